@@ -1,0 +1,29 @@
+# The two commands of the README: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is pinned here (a CPU build); the package itself only asks for torch>=2.4.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test bench env clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+env: $(VENV)/.installed
+
+demo: env
+	$(PY) scripts/build_demo_corpora.py --out demo/data --cache demo/cache
+	$(VENV)/bin/mixopt sample mixtures/demo.yaml
+	$(VENV)/bin/mixopt sweep mixtures/demo.yaml --workers 2
+	$(VENV)/bin/mixopt fit mixtures/demo.yaml
+
+test: env
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf workspaces demo/data mixtures/*.optimal.yaml
