@@ -1,0 +1,209 @@
+"""`mixopt sample`: count each domain, draw seeded train/validation slices, build the tokenizer.
+
+One streaming pass per domain keeps the documents with the smallest seeded content hash
+("bottom-k" sampling) until a byte budget is met: a uniform random sample without replacement
+whose memory is bounded by the slice size, not the corpus size, and that does not depend on file
+order. Exact duplicate documents get the same hash and are kept once. In hash order, the first
+documents form the validation slice and the following ones the train slice, so no document is in
+both; the tokenizer is trained only on documents outside the reserved validation region.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import Experiment
+from .errors import MixoptError
+from .keys import content_hash, file_sha256
+from .readers import iter_documents, source_fingerprint
+from .tokenizer import encode_documents, eos_id, load_tokenizer, token_byte_lengths, token_dtype, train_tokenizer
+from .workspace import Workspace, atomic_write_json, fsync_dir
+
+SAMPLER_VERSION = 1
+MAX_BYTES_PER_TOKEN = 6  # a byte-level BPE averages 3-5 bytes/token; budgets assume at most this
+
+
+@dataclass
+class _Candidates:
+    docs: list[str]  # in sampling order
+    documents: int  # documents read from the domain (exact duplicates of sampled ones excluded)
+    duplicates: int  # exact duplicates of sampled documents, dropped
+    bytes: int  # UTF-8 bytes of those documents
+    complete: bool  # every document of the domain is among the candidates
+
+
+def sample_key(exp: Experiment) -> str:
+    """Everything that changes the slices: sources (path, size, mtime), budgets, tokenizer, seed."""
+    sources = {
+        d.name: [[s.model_dump(), source_fingerprint(s, exp.resolve(s.path))] for s in d.sources]
+        for d in exp.domains
+    }
+    tok = exp.sample.tokenizer
+    tok_file = file_sha256(exp.resolve(tok.path)) if tok.path and exp.resolve(tok.path).is_file() else None
+    return content_hash({
+        "version": SAMPLER_VERSION, "seed": exp.seed, "sources": sources, "order": exp.domain_names,
+        "train_tokens": exp.train_tokens, "val_tokens": exp.sample.val_tokens,
+        "tokenizer": tok.model_dump(), "tokenizer_file": tok_file,
+    })
+
+
+def sample_corpus(exp: Experiment, force: bool = False) -> dict:
+    """Write the workspace's sample/ folder (slices, tokenizer, manifest) and return the manifest."""
+    ws = Workspace(exp.workspace_dir)
+    key = sample_key(exp)
+    if not force and ws.manifest_path.is_file():
+        manifest = ws.read_manifest()
+        if manifest.get("key") == key:
+            manifest["reused"] = True
+            return manifest
+
+    budget_tokens = exp.train_tokens + exp.sample.val_tokens
+    candidates = {}
+    for d in exp.domains:
+        candidates[d.name] = _draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN)
+
+    tok_cfg = exp.sample.tokenizer
+    if tok_cfg.path:
+        tok = load_tokenizer(exp.resolve(tok_cfg.path))
+    else:
+        val_region = exp.sample.val_tokens * MAX_BYTES_PER_TOKEN
+        tok = train_tokenizer(_tokenizer_texts(candidates, val_region, tok_cfg.train_bytes_per_domain),
+                              tok_cfg.vocab_size)
+    eos = eos_id(tok)
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    dtype = token_dtype(vocab)
+
+    # Build everything in a temp folder, then swap it in: a crash leaves the old sample or none.
+    ws.root.mkdir(parents=True, exist_ok=True)
+    tmp = ws.root / f".sample.tmp-{key[:12]}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        domains = {}
+        for d in exp.domains:
+            domains[d.name] = _write_slices(exp, d.name, candidates[d.name], tok, eos, dtype, tmp)
+        total = sum(v["tokens"] for v in domains.values())
+        for v in domains.values():
+            v["prior"] = v["tokens"] / total
+        tok.save(str(tmp / "tokenizer.json"))
+        np.save(tmp / "token_bytes.npy", token_byte_lengths(tok))
+        manifest = {
+            "key": key, "version": SAMPLER_VERSION, "seed": exp.seed, "order": exp.domain_names,
+            "vocab_size": vocab, "eos_id": eos, "dtype": np.dtype(dtype).name,
+            "tokenizer_sha256": file_sha256(tmp / "tokenizer.json"), "domains": domains,
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)
+        old = ws.root / f".sample.old-{key[:12]}"
+        if ws.sample_dir.exists():
+            ws.sample_dir.rename(old)
+        tmp.rename(ws.sample_dir)
+        fsync_dir(ws.root)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    manifest["reused"] = False
+    return manifest
+
+
+def _priority(seed_key: bytes, text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8, key=seed_key).digest(), "big")
+
+
+def _draw_candidates(exp: Experiment, domain, byte_budget: int) -> _Candidates:
+    """Bottom-k by seeded content hash until `byte_budget` bytes; counts the whole domain."""
+    seed_key = hashlib.sha256(f"{exp.seed}:{domain.name}".encode()).digest()[:32]
+    heap: list[tuple[int, str, int]] = []  # (-priority, text, bytes): a max-heap on priority
+    kept_bytes = 0
+    in_heap: set[int] = set()  # priorities kept: a duplicate of a dropped document is dropped too
+    documents = duplicates = total_bytes = 0
+    evicted = False
+    for source in domain.sources:
+        for text in iter_documents(source, exp.resolve(source.path)):
+            pri = _priority(seed_key, text)
+            if pri in in_heap:
+                duplicates += 1
+                continue
+            n = len(text.encode())
+            documents += 1
+            total_bytes += n
+            if heap and kept_bytes >= byte_budget and -heap[0][0] < pri:
+                evicted = True
+                continue
+            heapq.heappush(heap, (-pri, text, n))
+            in_heap.add(pri)
+            kept_bytes += n
+            # Drop the largest-hash documents while the rest still meet the budget.
+            while heap and kept_bytes - heap[0][2] >= byte_budget:
+                neg, _, m = heapq.heappop(heap)
+                in_heap.discard(-neg)
+                kept_bytes -= m
+                evicted = True
+    if documents == 0:
+        paths = ", ".join(s.path for s in domain.sources)
+        raise MixoptError(f"domain '{domain.name}' has no documents in {paths}",
+                          "check the path, format and text_field of its sources")
+    docs = [t for _, t, _ in sorted(heap, key=lambda x: -x[0])]
+    return _Candidates(docs, documents, duplicates, total_bytes, complete=not evicted)
+
+
+def _tokenizer_texts(candidates: dict[str, _Candidates], val_region: int, per_domain: int):
+    """Train-region documents only, the same number of bytes from each domain."""
+    for c in candidates.values():
+        skipped = used = 0
+        for doc in c.docs:
+            n = len(doc.encode())
+            if skipped < val_region:
+                skipped += n
+                continue
+            if used >= per_domain:
+                break
+            used += n
+            yield doc
+
+
+def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dtype, out: Path) -> dict:
+    encoded = tok.encode_batch(c.docs, add_special_tokens=False)
+    lengths = np.array([len(e.ids) + 1 for e in encoded])  # + end-of-text
+    cum = np.cumsum(lengths)
+    need_val, need_train = exp.sample.val_tokens, exp.train_tokens
+    n_val = int(np.searchsorted(cum, need_val) + 1)  # documents until val_tokens are reached
+    if n_val >= len(c.docs) or cum[n_val - 1] < need_val:
+        have = int(cum[-1]) if c.complete else f"at least {int(cum[-1])}"
+        raise MixoptError(f"domain '{name}' has {have} tokens, too few for a {need_val}-token validation "
+                          f"slice plus a train slice", "lower sample.val_tokens or add text to the domain")
+    train_cum = cum[n_val:] - cum[n_val - 1]
+    n_train = int(min(np.searchsorted(train_cum, need_train) + 1, len(train_cum)))
+    train_tokens = int(train_cum[n_train - 1])
+    if train_tokens < need_train:
+        raise MixoptError(
+            f"domain '{name}' has {int(cum[-1])} tokens: {train_tokens} left for its train slice after "
+            f"{int(cum[n_val - 1])} held out, fewer than sample.train_tokens={need_train}",
+            f"set sample.train_tokens <= {train_tokens} (runs then repeat this domain's text) or add text")
+
+    val_docs, train_docs = c.docs[:n_val], c.docs[n_val:n_val + n_train]
+    val = encode_documents(tok, val_docs, eos, dtype)
+    train = encode_documents(tok, train_docs, eos, dtype)
+    (out / name).mkdir()
+    np.save(out / name / "val.npy", val)
+    np.save(out / name / "train.npy", train)
+
+    # Available tokens: exact when the whole domain was read into the sample, else bytes x tokens/byte.
+    sampled_bytes = sum(len(d.encode()) for d in c.docs)
+    tokens = int(cum[-1]) if c.complete else int(round(c.bytes * cum[-1] / sampled_bytes))
+    return {
+        "documents": c.documents, "duplicates_dropped": c.duplicates, "bytes": c.bytes,
+        "tokens": tokens, "tokens_exact": c.complete,
+        "train_documents": len(train_docs), "train_tokens": int(train.size),
+        "train_bytes": sum(len(d.encode()) for d in train_docs),
+        "val_documents": len(val_docs), "val_tokens": int(val.size),
+        "val_bytes": sum(len(d.encode()) for d in val_docs),
+        "train_sha256": file_sha256(out / name / "train.npy"),
+        "val_sha256": file_sha256(out / name / "val.npy"),
+    }

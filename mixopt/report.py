@@ -1,0 +1,62 @@
+"""Plain-text tables for the terminal."""
+
+from __future__ import annotations
+
+
+def table(headers: list[str], rows: list[list], align: str | None = None) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    align = align or "l" + "r" * (len(headers) - 1)
+    lines = []
+    for j, r in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align)).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def human(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def format_sample(manifest: dict) -> str:
+    rows = []
+    for name, d in manifest["domains"].items():
+        tokens = human(d["tokens"]) if d["tokens_exact"] else "~" + human(d["tokens"])
+        rows.append([name, f"{d['documents']:,}", human(d["bytes"]) + "B", tokens, f"{d['prior']:.4f}",
+                     f"{d['train_documents']:,}", human(d["train_tokens"]), f"{d['val_documents']:,}",
+                     human(d["val_tokens"])])
+    head = ["domain", "docs", "bytes", "tokens", "prior", "train docs", "train tok", "val docs", "val tok"]
+    note = "(~ = estimated from the sample's tokens per byte)" if any(
+        not d["tokens_exact"] for d in manifest["domains"].values()) else ""
+    return "\n".join(filter(None, [table(head, rows), note]))
+
+
+def format_recommendation(rec) -> str:
+    rows = []
+    for i, d in enumerate(rec.domains):
+        rows.append([d, human(rec.available[i]), f"{rec.prior[i]:.4f}", f"{rec.weights[i]:.4f}",
+                     rec.binding[i] or "-"])
+    others = ", ".join(f"{k} {v.spearman:.3f}" for k, v in rec.candidates.items() if k != rec.model)
+    lines = [
+        f"fit: {rec.model} on {rec.runs} runs; objective = {rec.objective} (lower is better)",
+        f"cross-validated ({rec.cv.folds}-fold): Spearman {rec.cv.spearman:.3f}, R^2 {rec.cv.r2:.3f}"
+        + (f"   (other models' Spearman: {others})" if others else ""),
+        "",
+        table(["domain", "available tok", "prior", "recommended", "binding"], rows),
+        "",
+        f"predicted objective: {rec.predicted:.4f} at the recommendation, {rec.predicted_prior:.4f} at the prior; "
+        f"best measured run: {rec.best_run:.4f}",
+    ]
+    return "\n".join(lines)
+
+
+def format_sweep(report) -> str:
+    parts = [f"{report.planned} runs planned: {report.already_done} already done, {report.adopted} adopted, "
+             f"{report.trained} trained, {len(report.failed)} failed ({report.seconds:.1f}s)"]
+    for key, err in report.failed:
+        parts.append(f"  failed {key[:12]}: {err}")
+    return "\n".join(parts)

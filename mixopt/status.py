@@ -1,0 +1,35 @@
+"""`mixopt status`: what a workspace holds, for people and scripts."""
+
+from __future__ import annotations
+
+from .config import Experiment
+from .errors import MixoptError
+from .store import Store
+from .sweep import load_plan
+from .workspace import Workspace
+
+
+def experiment_status(exp: Experiment) -> dict:
+    ws = Workspace(exp.workspace_dir)
+    out = {"workspace": str(ws.root), "sample": "missing", "suite": None,
+           "design": {"planned": 0, "done": 0, "failed": 0, "pending": 0},
+           "runs": {"planned": 0, "done": 0, "failed": 0}, "evals_by_suite": {}}
+    if not ws.manifest_path.is_file():
+        return out
+    try:
+        plan = load_plan(exp)
+    except MixoptError as e:
+        out["sample"] = f"stale: {e.problem}"
+        return out
+    out["sample"] = "up to date"
+    out["suite"] = plan.suite.key
+    if ws.db_path.is_file():
+        with Store(ws.db_path) as store:
+            out.update(store.summary())
+            state = {r["key"]: r["status"] for r in store.runs(plan.context)}
+    else:
+        state = {}
+    statuses = [state.get(k, "planned") for k in plan.keys]
+    out["design"] = {"planned": len(plan.keys), "done": statuses.count("done"),
+                     "failed": statuses.count("failed"), "pending": statuses.count("planned")}
+    return out

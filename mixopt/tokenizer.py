@@ -1,0 +1,71 @@
+"""The tokenizer every proxy shares: a byte-level BPE trained on the train slices, or a given one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from .errors import MixoptError
+
+EOS = "<|endoftext|>"
+EOS_CANDIDATES = (EOS, "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>")
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    if not path.is_file():
+        raise MixoptError(f"tokenizer not found: {path}", "point sample.tokenizer.path at a tokenizer.json")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on bad files
+        raise MixoptError(f"{path}: not a tokenizers JSON file ({str(e).splitlines()[0]})",
+                          "save it with tokenizer.save(path)") from None
+
+
+def eos_id(tok: Tokenizer) -> int:
+    for name in EOS_CANDIDATES:
+        i = tok.token_to_id(name)
+        if i is not None:
+            return i
+    raise MixoptError("the tokenizer has no end-of-text token", f"add one of {', '.join(EOS_CANDIDATES)}")
+
+
+def token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+
+
+def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
+    """UTF-8 bytes each token id stands for (0 for special tokens): the denominator of bits per byte."""
+    vocab = tok.get_vocab(with_added_tokens=True)
+    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+    lengths = np.zeros(tok.get_vocab_size(with_added_tokens=True), dtype=np.int32)
+    byte_level = isinstance(tok.pre_tokenizer, pre_tokenizers.ByteLevel) or "ByteLevel" in repr(tok.pre_tokenizer)
+    for piece, i in vocab.items():
+        if piece in special:
+            continue
+        # Byte-level BPE writes each byte as one printable character, so characters = bytes.
+        lengths[i] = len(piece) if byte_level else len(tok.decode([i], skip_special_tokens=False).encode())
+    return lengths
+
+
+def encode_documents(tok: Tokenizer, docs: list[str], eos: int, dtype) -> np.ndarray:
+    """Token ids of the documents, each followed by the end-of-text token."""
+    if not docs:
+        return np.zeros(0, dtype=dtype)
+    parts = []
+    for enc in tok.encode_batch(docs, add_special_tokens=False):
+        parts.append(np.asarray(enc.ids, dtype=dtype))
+        parts.append(np.asarray([eos], dtype=dtype))
+    return np.concatenate(parts)

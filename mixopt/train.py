@@ -1,0 +1,176 @@
+"""Train one proxy on one mixture, save its checkpoint, evaluate it: the unit of work of a sweep.
+
+`train_run` takes a picklable RunTask and returns a plain dict, so any backend (in-process,
+worker processes, Ray, SLURM) can run it; it never touches the store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .keys import file_sha256
+from .proxy import ProxySpec, build_model
+from .workspace import atomic_write_json, fsync_dir
+
+TRAINER_VERSION = 1  # bump when a change alters what training computes: it is in every run key
+MIN_LR_FRACTION = 0.1  # cosine decays to this fraction of the peak learning rate
+
+
+@dataclass(frozen=True)
+class RunTask:
+    key: str
+    weights: tuple[float, ...]  # canonical domain order
+    domains: tuple[str, ...]
+    seed: int
+    spec: dict  # ProxySpec fields
+    sample_dir: str
+    checkpoint: str  # where the safetensors file goes
+    suite: dict = field(default_factory=dict)  # the eval suite (evals.Suite as a dict)
+    threads: int = 0  # torch threads; 0 leaves torch's default
+
+
+def mixture_sequences(weights, lengths: list[int], spec: ProxySpec, rng: np.random.Generator):
+    """(domain index, start offset) of every training sequence, shuffled.
+
+    Sequence counts per domain are the weights x total, rounded by largest remainder, so a run
+    sees exactly its mixture. Within a domain, windows of seq_len + 1 tokens are drawn without
+    replacement and repeat (a new permutation each epoch) only if the slice is too small.
+    """
+    total = spec.steps * spec.batch_size
+    raw = np.asarray(weights) * total
+    counts = np.floor(raw).astype(int)
+    counts[np.argsort(-(raw - counts), kind="stable")[: total - counts.sum()]] += 1
+    pairs, epochs = [], []
+    for d, (n, length) in enumerate(zip(counts, lengths)):
+        windows = (length - 1) // spec.seq_len
+        if n == 0:
+            epochs.append(0.0)
+            continue
+        if windows == 0:
+            raise ValueError(f"domain {d}: train slice of {length} tokens is shorter than seq_len {spec.seq_len}")
+        reps = -(-n // windows)
+        idx = np.concatenate([rng.permutation(windows) for _ in range(reps)])[:n]
+        pairs.append(np.stack([np.full(n, d), idx * spec.seq_len], axis=1))
+        epochs.append(n / windows)
+    seqs = np.concatenate(pairs)
+    return seqs[rng.permutation(len(seqs))], epochs
+
+
+def lr_at(step: int, spec: ProxySpec) -> float:
+    """Linear warmup, then cosine decay to MIN_LR_FRACTION of the peak."""
+    warm = max(1, round(spec.warmup * spec.steps))
+    if step < warm:
+        return spec.lr * (step + 1) / warm
+    t = (step - warm) / max(1, spec.steps - warm)
+    return spec.lr * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train_proxy(spec: ProxySpec, weights, streams: list[np.ndarray], seed: int,
+                progress: Callable[[int, int, float], None] | None = None):
+    """Train a fresh proxy; return (model, per-step losses, epochs per domain)."""
+    import torch
+
+    rng = np.random.default_rng([seed, 2])
+    seqs, epochs = mixture_sequences(weights, [len(s) for s in streams], spec, rng)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the same initial weights for every mixture: less noise between runs
+        model = build_model(spec)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.95))
+    width = spec.seq_len + 1
+    losses = []
+    for step in range(spec.steps):
+        batch = seqs[step * spec.batch_size:(step + 1) * spec.batch_size]
+        x = torch.from_numpy(np.stack([streams[d][s:s + width] for d, s in batch]).astype(np.int64))
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, spec)
+        loss = _causal_loss(model, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if progress:
+            progress(step + 1, spec.steps, losses[-1])
+    return model, losses, epochs
+
+
+def _causal_loss(model, x):
+    import torch.nn.functional as F
+
+    logits = model(input_ids=x[:, :-1]).logits
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), x[:, 1:].reshape(-1))
+
+
+def save_checkpoint(model, path: Path) -> str:
+    """safetensors to a temp file, fsync, rename; returns the file's sha256."""
+    from safetensors.torch import save_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_model(model, str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return file_sha256(path)
+
+
+def result_path(checkpoint: Path) -> Path:
+    return checkpoint.with_suffix(".json")
+
+
+def train_run(task: RunTask, progress: Callable[[int, int, float], None] | None = None) -> dict:
+    """Train, checkpoint and evaluate one run; the result is also written next to the checkpoint,
+    so a driver that dies before recording it can adopt it instead of retraining."""
+    import torch
+
+    from .evals import Suite, evaluate_suite
+
+    if task.threads:
+        torch.set_num_threads(task.threads)
+    spec = ProxySpec(**task.spec)
+    sample_dir = Path(task.sample_dir)
+    streams = [np.load(sample_dir / d / "train.npy", mmap_mode="r") for d in task.domains]
+    t0 = time.time()
+    model, losses, epochs = train_proxy(spec, task.weights, streams, task.seed, progress)
+    train_seconds = time.time() - t0
+    ckpt = Path(task.checkpoint)
+    sha = save_checkpoint(model, ckpt)
+    t1 = time.time()
+    metrics = evaluate_suite(model, spec, Suite.from_dict(task.suite), sample_dir)
+    tail = losses[-max(1, len(losses) // 10):]
+    result = {
+        "key": task.key, "checkpoint": str(ckpt), "sha256": sha, "losses": losses,
+        "train_loss": float(np.mean(tail)), "tokens": spec.steps * spec.batch_size * spec.seq_len,
+        "epochs": dict(zip(task.domains, epochs)), "train_seconds": train_seconds,
+        "eval_seconds": time.time() - t1, "suite": task.suite.get("key"), "metrics": metrics,
+    }
+    atomic_write_json(result_path(ckpt), result)
+    return result
+
+
+def read_result(checkpoint: Path) -> dict | None:
+    """A finished run's result left next to its checkpoint, if the checkpoint matches it."""
+    side = result_path(checkpoint)
+    if not (side.is_file() and checkpoint.is_file()):
+        return None
+    try:
+        result = json.loads(side.read_text())
+    except json.JSONDecodeError:
+        return None
+    return result if result.get("sha256") == file_sha256(checkpoint) else None

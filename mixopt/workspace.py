@@ -1,0 +1,80 @@
+"""Where an experiment's outputs live, and writes that never leave a half-written file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MixoptError
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @property
+    def sample_dir(self) -> Path:
+        return self.root / "sample"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.sample_dir / "manifest.json"
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.sample_dir / "tokenizer.json"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "mixopt.db"
+
+    @property
+    def fits_dir(self) -> Path:
+        return self.root / "fits"
+
+    def slice_path(self, domain: str, split: str) -> Path:
+        return self.sample_dir / domain / f"{split}.npy"
+
+    def read_manifest(self) -> dict:
+        if not self.manifest_path.is_file():
+            raise MixoptError(f"no sample in workspace {self.root}", "run `mixopt sample CONFIG` first")
+        return json.loads(self.manifest_path.read_text())
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
