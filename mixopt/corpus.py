@@ -120,7 +120,7 @@ def _draw_candidates(exp: Experiment, domain, byte_budget: int) -> _Candidates:
     """Bottom-k by seeded content hash until `byte_budget` bytes; counts the whole domain."""
     seed_key = hashlib.sha256(f"{exp.seed}:{domain.name}".encode()).digest()[:32]
     heap: list[tuple[int, str, int]] = []  # (-priority, text, bytes): a max-heap on priority
-    kept_bytes = 0
+    kept_bytes = largest = 0
     in_heap: set[int] = set()  # priorities kept: a duplicate of a dropped document is dropped too
     documents = duplicates = total_bytes = 0
     evicted = False
@@ -133,14 +133,16 @@ def _draw_candidates(exp: Experiment, domain, byte_budget: int) -> _Candidates:
             n = len(text.encode())
             documents += 1
             total_bytes += n
-            if heap and kept_bytes >= byte_budget and -heap[0][0] < pri:
+            # The validation slice can overshoot its budget by one document: keep room for it.
+            largest = max(largest, n)
+            if heap and kept_bytes >= byte_budget + largest and -heap[0][0] < pri:
                 evicted = True
                 continue
             heapq.heappush(heap, (-pri, text, n))
             in_heap.add(pri)
             kept_bytes += n
             # Drop the largest-hash documents while the rest still meet the budget.
-            while heap and kept_bytes - heap[0][2] >= byte_budget:
+            while heap and kept_bytes - heap[0][2] >= byte_budget + largest:
                 neg, _, m = heapq.heappop(heap)
                 in_heap.discard(-neg)
                 kept_bytes -= m
@@ -153,15 +155,23 @@ def _draw_candidates(exp: Experiment, domain, byte_budget: int) -> _Candidates:
     return _Candidates(docs, documents, duplicates, total_bytes, complete=not evicted)
 
 
+def val_region_docs(docs: list[str], val_region: int) -> int:
+    """How many leading documents the tokenizer skips: every one that starts within val_region
+    bytes. The validation slice (val_tokens, at most MAX_BYTES_PER_TOKEN bytes each) lies inside."""
+    skipped = 0
+    for i, doc in enumerate(docs):
+        if skipped >= val_region:
+            return i
+        skipped += len(doc.encode())
+    return len(docs)
+
+
 def _tokenizer_texts(candidates: dict[str, _Candidates], val_region: int, per_domain: int):
     """Train-region documents only, the same number of bytes from each domain."""
     for c in candidates.values():
-        skipped = used = 0
-        for doc in c.docs:
+        used = 0
+        for doc in c.docs[val_region_docs(c.docs, val_region):]:
             n = len(doc.encode())
-            if skipped < val_region:
-                skipped += n
-                continue
             if used >= per_domain:
                 break
             used += n
@@ -187,6 +197,10 @@ def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dty
             f"{int(cum[n_val - 1])} held out, fewer than sample.train_tokens={need_train}",
             f"set sample.train_tokens <= {train_tokens} (runs then repeat this domain's text) or add text")
 
+    if not exp.sample.tokenizer.path and n_val > val_region_docs(c.docs, need_val * MAX_BYTES_PER_TOKEN):
+        raise MixoptError(f"domain '{name}' averages over {MAX_BYTES_PER_TOKEN} bytes per token, so the "
+                          "tokenizer would have seen validation text",
+                          "lower sample.tokenizer.vocab_size or give sample.tokenizer.path")
     val_docs, train_docs = c.docs[:n_val], c.docs[n_val:n_val + n_train]
     val = encode_documents(tok, val_docs, eos, dtype)
     train = encode_documents(tok, train_docs, eos, dtype)

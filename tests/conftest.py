@@ -1,0 +1,116 @@
+"""Shared fixtures: small corpora of real text found on every machine that runs the tests
+(CPython's own sources, pydoc's prose topics, license texts of installed packages)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sysconfig
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_env(tmp_path_factory):
+    os.environ["HF_HOME"] = str(tmp_path_factory.mktemp("hf_home"))
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def _code_docs(limit_bytes: int) -> list[str]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out, n = [], 0
+    for pkg in ("json", "email", "asyncio", "logging", "http", "importlib", "concurrent", "xml"):
+        for f in sorted((root / pkg).rglob("*.py")):
+            if "test" in f.parts:
+                continue
+            text = f.read_text(errors="replace")
+            if text.strip():
+                out.append(text)
+                n += len(text)
+            if n > limit_bytes:
+                return out
+    return out
+
+
+def _prose_docs() -> list[str]:
+    import pydoc_data.topics
+
+    return [f"{k}\n\n{v}" for k, v in sorted(pydoc_data.topics.topics.items())]
+
+
+def _license_docs(limit_bytes: int) -> list[str]:
+    site = Path(sysconfig.get_paths()["purelib"])
+    out, n, seen = [], 0, set()
+    for f in sorted(site.glob("*.dist-info/**/*")):
+        if f.is_file() and f.name.upper().startswith(("LICENSE", "COPYING", "NOTICE")):
+            text = f.read_text(errors="replace")
+            if len(text) > 300 and text not in seen:
+                seen.add(text)
+                out.append(text)
+                n += len(text)
+        if n > limit_bytes:
+            break
+    return out
+
+
+@pytest.fixture(scope="session")
+def corpora(tmp_path_factory) -> Path:
+    """Three domains, each in a different format mixopt reads: Parquet, JSONL.gz, a .txt folder."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path_factory.mktemp("corpora")
+    code = _code_docs(400_000)
+    pq.write_table(pa.table({"text": code}), root / "code.parquet")
+    with gzip.open(root / "prose.jsonl.gz", "wt") as f:
+        for d in _prose_docs():
+            f.write(json.dumps({"text": d}) + "\n")
+    (root / "legal").mkdir()
+    licenses = _license_docs(300_000)
+    assert len(licenses) >= 10, "need license texts of installed packages for the 'legal' domain"
+    for i, d in enumerate(licenses):
+        (root / "legal" / f"{i:03d}.txt").write_text(d)
+    return root
+
+
+def small_config(corpora: Path, workspace: Path, **overrides) -> dict:
+    """A config that trains in seconds: 3 domains, tiny proxies on 24k tokens each."""
+    cfg = {
+        "name": "small",
+        "seed": 0,
+        "workspace": str(workspace),
+        "domains": [
+            {"name": "code", "sources": [{"path": str(corpora / "code.parquet")}]},
+            {"name": "prose", "sources": [{"path": str(corpora / "prose.jsonl.gz")}]},
+            {"name": "legal", "sources": [{"path": str(corpora / "legal")}]},
+        ],
+        "sample": {"train_tokens": 20000, "val_tokens": 3000, "tokenizer": {"vocab_size": 512}},
+        "proxy": {"size": "tiny", "tokens": 24000, "seq_len": 64, "batch_size": 8},
+        "design": {"runs": 8, "min_weight": 0.01},
+        "fit": {"model": "loglinear", "cv_folds": 4},
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            cfg.setdefault(section, {})[field] = value
+        else:
+            cfg[section] = value
+    return cfg
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def make_config(corpora, tmp_path):
+    def make(name: str = "small.yaml", ws: str = "ws", **overrides) -> Path:
+        return write_config(tmp_path / name, small_config(corpora, tmp_path / ws, **overrides))
+
+    return make

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import yaml
+
+from mixopt.config import load_experiment
+from mixopt.corpus import sample_corpus
+from mixopt.errors import MixoptError
+from mixopt.tokenizer import load_tokenizer
+from mixopt.workspace import Workspace
+
+
+def _docs(ws: Workspace, domain: str, split: str) -> set[str]:
+    tok = load_tokenizer(ws.tokenizer_path)
+    ids = np.load(ws.slice_path(domain, split))
+    eos = tok.token_to_id("<|endoftext|>")
+    cuts = np.flatnonzero(ids == eos)
+    starts = np.r_[0, cuts[:-1] + 1]
+    return {tok.decode(ids[a:b].tolist()) for a, b in zip(starts, cuts)}
+
+
+def test_slices_are_disjoint_sized_and_reproducible(make_config, tmp_path):
+    exp = load_experiment(make_config())
+    m = sample_corpus(exp)
+    ws = Workspace(exp.workspace_dir)
+    assert abs(sum(d["prior"] for d in m["domains"].values()) - 1) < 1e-9
+    for name, d in m["domains"].items():
+        assert d["val_tokens"] >= 3000 and d["train_tokens"] >= 20000
+        train, val = _docs(ws, name, "train"), _docs(ws, name, "val")
+        assert train and val and not (train & val), name  # no document in both slices
+        assert d["train_tokens"] == np.load(ws.slice_path(name, "train")).size
+    first = {n: d["train_sha256"] for n, d in m["domains"].items()}
+    assert sample_corpus(exp)["reused"] is True  # up to date: nothing is recomputed
+    again = sample_corpus(exp, force=True)
+    assert {n: d["train_sha256"] for n, d in again["domains"].items()} == first  # same seed, same slices
+    other = load_experiment(make_config("other.yaml", ws="ws1", seed=1))
+    m1 = sample_corpus(other)
+    assert {n: d["train_sha256"] for n, d in m1["domains"].items()} != first
+
+
+def test_too_little_text_fails_and_writes_nothing(make_config, tmp_path):
+    exp = load_experiment(make_config(sample={"train_tokens": 10_000_000, "val_tokens": 3000}))
+    with pytest.raises(MixoptError, match=r"set sample.train_tokens <= \d+"):
+        sample_corpus(exp)
+    assert not (tmp_path / "ws" / "sample").exists()
+    assert not list((tmp_path / "ws").glob(".sample*"))
+
+
+def test_empty_corpus_is_named(make_config, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    path = make_config()
+    cfg = yaml.safe_load(path.read_text())
+    cfg["domains"][2]["sources"] = [{"path": str(empty)}]
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(MixoptError, match="domain 'legal' has no documents"):
+        sample_corpus(load_experiment(path))
+
+
+def test_large_domain_token_count_is_estimated_within_5_percent(make_config, corpora):
+    # A budget far below the corpus size: the count is extrapolated from the sample's tokens/byte.
+    import pyarrow.parquet as pq
+
+    exp = load_experiment(make_config(sample={"train_tokens": 4000, "val_tokens": 1000,
+                                              "tokenizer": {"vocab_size": 512}}))
+    code = sample_corpus(exp)["domains"]["code"]
+    assert not code["tokens_exact"]
+    assert code["documents"] > code["train_documents"] + code["val_documents"]
+    tok = load_tokenizer(Workspace(exp.workspace_dir).tokenizer_path)
+    texts = pq.read_table(corpora / "code.parquet").column("text").to_pylist()
+    exact = sum(len(e.ids) + 1 for e in tok.encode_batch(texts, add_special_tokens=False))
+    assert abs(code["tokens"] / exact - 1) < 0.05

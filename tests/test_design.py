@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from mixopt.config import load_experiment
+from mixopt.design import design_mixtures, domain_bounds
+from mixopt.errors import MixoptError
+
+
+def _exp(make_config, **kw):
+    return load_experiment(make_config(**kw))
+
+
+PRIOR = np.array([0.6, 0.3, 0.1])
+AVAILABLE = [6e6, 3e6, 1e6]
+
+
+def test_bounds_seeds_and_distinctness(make_config):
+    exp = _exp(make_config, design={"runs": 30, "min_weight": 0.01, "min_distance": 0.05},
+               optimum={"target_tokens": 1e7, "max_epochs": 2})
+    b = domain_bounds(exp, AVAILABLE)
+    assert b.upper.tolist() == [1.0, 0.6, 0.2] and b.upper_reason == ("none", "repetition", "repetition")
+    mixes = design_mixtures(exp, PRIOR, b)
+    W = np.array([m.weights for m in mixes])
+    assert np.allclose(W.sum(1), 1) and (W >= 0).all()
+    assert (W <= b.upper + 1e-9).all()  # the repetition limit holds for every mixture
+    assert not ((W > 0) & (W < 0.01)).any()  # min_weight zeroes small weights
+    origins = [m.origin for m in mixes]
+    assert origins[:2] == ["prior", "vertex:code"]  # vertices the bounds forbid are left out
+    assert "vertex:prose" not in origins and len(mixes) == 32
+    d = np.abs(W[:, None] - W[None]).sum(-1) + np.eye(len(W)) * 9
+    assert d.min() >= 0.05  # near-duplicates rejected
+    again = design_mixtures(exp, PRIOR, b)
+    assert [m.weights for m in again] == [m.weights for m in mixes]  # seeded: identical
+    other = design_mixtures(_exp(make_config, seed=7, design={"runs": 30}), PRIOR, b)
+    assert [m.weights for m in other][4:] != [m.weights for m in mixes][4:]
+
+
+def test_lower_bounds_and_user_mixtures(make_config, corpora):
+    path = make_config(design={"runs": 10, "mixtures": [{"code": 0.5, "prose": 0.5}]})
+    import yaml
+
+    cfg = yaml.safe_load(path.read_text())
+    cfg["domains"][2]["min"] = 0.2
+    cfg["domains"][0]["max"] = 0.5
+    path.write_text(yaml.safe_dump(cfg))
+    exp = load_experiment(path)
+    b = domain_bounds(exp, AVAILABLE)
+    mixes = design_mixtures(exp, PRIOR, b)
+    W = np.array([m.weights for m in mixes if m.origin.startswith("random")])
+    assert (W[:, 2] >= 0.2 - 1e-9).all() and (W[:, 0] <= 0.5 + 1e-9).all()
+    assert any(m.origin == "user:0" and m.weights == (0.5, 0.5, 0.0) for m in mixes)
+    # min 0.2 on legal forbids the other vertices; max 0.5 on code forbids its own
+    assert [m.origin for m in mixes if m.origin.startswith("vertex")] == ["vertex:legal"]
+
+
+def test_impossible_designs_fail_clearly(make_config):
+    exp = _exp(make_config, optimum={"target_tokens": 1e9, "max_epochs": 1})
+    with pytest.raises(MixoptError, match="upper bounds .* sum to 0.010 < 1"):
+        domain_bounds(exp, AVAILABLE)
+    exp = _exp(make_config, design={"runs": 50, "min_distance": 1.9})
+    with pytest.raises(MixoptError, match="could draw only"):
+        design_mixtures(exp, PRIOR, domain_bounds(exp, AVAILABLE))
