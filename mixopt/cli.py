@@ -92,24 +92,10 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        app()  # standalone: click reports its own usage errors and exits 2
     except MixoptError as e:
         typer.echo(f"error: {e.one_line()}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; finished runs are kept, rerun to resume", err=True)
-        sys.exit(130)
-    except Exception as e:  # click's own usage errors
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""Bad input: one line naming the problem and the fix, exit code 2, no traceback, nothing written."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import small_config, write_config
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "mixopt.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def _mutate(cfg, case, tmp_path):
+    if case == "missing corpus":
+        cfg["domains"][0]["sources"] = [{"path": str(tmp_path / "nowhere.parquet")}]
+    elif case == "empty corpus":
+        (tmp_path / "empty").mkdir()
+        cfg["domains"][1]["sources"] = [{"path": str(tmp_path / "empty")}]
+    elif case == "too little text":
+        cfg["sample"]["train_tokens"] = 50_000_000
+    elif case == "misspelt key":
+        cfg["desing"] = {"runs": 3}
+    elif case == "unknown nested key":
+        cfg["proxy"]["layers"] = 4
+    elif case == "NaN weight":
+        cfg["design"]["mixtures"] = [{"code": float("nan"), "prose": 1.0}]
+    elif case == "negative weight":
+        cfg["design"]["mixtures"] = [{"code": -0.2, "prose": 1.2}]
+    elif case == "weights not summing to 1":
+        cfg["design"]["mixtures"] = [{"code": 0.2, "prose": 0.2}]
+    elif case == "infeasible bounds":
+        for d in cfg["domains"]:
+            d["max"] = 0.2
+    elif case == "repetition makes it infeasible":
+        cfg["optimum"] = {"target_tokens": 1e12, "max_epochs": 1}
+    elif case == "duplicate domain":
+        cfg["domains"][2]["name"] = "code"
+    return cfg
+
+
+CASES = {
+    "missing corpus": ("sample", "corpus not found"),
+    "empty corpus": ("sample", "domain 'prose' has no documents"),
+    "too little text": ("sample", "set sample.train_tokens <="),
+    "misspelt key": ("sample", "unknown key 'desing'; did you mean 'design'?"),
+    "unknown nested key": ("sample", "unknown key 'proxy.layers'"),
+    "NaN weight": ("sample", "weight of 'code' is nan"),
+    "negative weight": ("sample", "weight of 'code' is negative"),
+    "weights not summing to 1": ("sample", "weights sum to 0.4, not 1"),
+    "infeasible bounds": ("sample", "domain maximums sum to 0.6 < 1"),
+    "duplicate domain": ("sample", "domain 'code' is listed twice"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input(case, corpora, tmp_path):
+    cfg = _mutate(small_config(corpora, tmp_path / "ws"), case, tmp_path)
+    path = write_config(tmp_path / "bad.yaml", cfg)
+    verb, message = CASES[case]
+    r = run(verb, path)
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr
+    assert message in lines[0], lines[0]
+    assert not (tmp_path / "ws").exists() or not any((tmp_path / "ws").iterdir())  # nothing written
+
+
+def test_stage_order_and_usage_errors(corpora, tmp_path):
+    path = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws"))
+    r = run("sweep", path)
+    assert r.returncode == 2 and "run `mixopt sample CONFIG` first" in r.stderr
+    r = run("fit", tmp_path / "missing.yaml")
+    assert r.returncode == 2 and "config file not found" in r.stderr
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
+    r = run("sample", tmp_path / "broken.yaml")
+    assert r.returncode == 2 and "not valid YAML at line" in r.stderr
+    r = run("sweep", path, "--workers", "0")
+    assert r.returncode == 2
+
+
+def test_repetition_limit_infeasible_is_caught_before_training(corpora, tmp_path):
+    cfg = _mutate(small_config(corpora, tmp_path / "ws"), "repetition makes it infeasible", tmp_path)
+    path = write_config(tmp_path / "rep.yaml", cfg)
+    assert run("sample", path).returncode == 0
+    r = run("sweep", path)
+    assert r.returncode == 2 and "repetition limit" in r.stderr and "lower optimum.target_tokens" in r.stderr
+    assert not (tmp_path / "ws" / "checkpoints").exists()
