@@ -16,6 +16,13 @@ from .errors import MixoptError
 WEIGHT_TOLERANCE = 1e-3  # weights given by a user must sum to 1 within this; then they are normalized
 
 
+def _word(v: str) -> str:
+    """Names become folder names and metric names: keep them to one safe word."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+        raise ValueError("use letters, digits, '_', '.', '-' only")
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -36,12 +43,7 @@ class Domain(_Strict):
     min: float = Field(0.0, ge=0.0, le=1.0)  # lower bound on this domain's weight
     max: float = Field(1.0, ge=0.0, le=1.0)  # upper bound on this domain's weight
 
-    @field_validator("name")
-    @classmethod
-    def _name_is_a_word(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
-            raise ValueError("use letters, digits, '_', '.', '-' only")
-        return v
+    _name_is_a_word = field_validator("name")(classmethod(lambda cls, v: _word(v)))
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -123,12 +125,7 @@ class Experiment(_Strict):
     base_dir: str = "."
     config_path: str | None = None
 
-    @field_validator("name")
-    @classmethod
-    def _name_is_a_word(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
-            raise ValueError("use letters, digits, '_', '.', '-' only")
-        return v
+    _name_is_a_word = field_validator("name")(classmethod(lambda cls, v: _word(v)))
 
     @property
     def domain_names(self) -> list[str]:
