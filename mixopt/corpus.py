@@ -22,8 +22,8 @@ from .config import Experiment
 from .errors import MixoptError
 from .keys import content_hash, file_sha256
 from .readers import iter_documents, source_fingerprint
-from .tokenizer import encode_documents, eos_id, load_tokenizer, token_byte_lengths, token_dtype, train_tokenizer
-from .workspace import Workspace, atomic_write_json, fsync_dir
+from .tokenizer import eos_id, join_documents, load_tokenizer, token_byte_lengths, token_dtype, train_tokenizer
+from .workspace import Workspace, atomic_write_json, fsync_dir, slice_file, token_bytes_file
 
 SAMPLER_VERSION = 1
 MAX_BYTES_PER_TOKEN = 6  # a byte-level BPE averages 3-5 bytes/token; budgets assume at most this
@@ -32,6 +32,7 @@ MAX_BYTES_PER_TOKEN = 6  # a byte-level BPE averages 3-5 bytes/token; budgets as
 @dataclass
 class _Candidates:
     docs: list[str]  # in sampling order
+    sizes: list[int]  # UTF-8 bytes of each document
     documents: int  # documents read from the domain (exact duplicates of sampled ones excluded)
     duplicates: int  # exact duplicates of sampled documents, dropped
     bytes: int  # UTF-8 bytes of those documents
@@ -92,7 +93,7 @@ def sample_corpus(exp: Experiment, force: bool = False) -> dict:
         for v in domains.values():
             v["prior"] = v["tokens"] / total
         tok.save(str(tmp / "tokenizer.json"))
-        np.save(tmp / "token_bytes.npy", token_byte_lengths(tok))
+        np.save(token_bytes_file(tmp), token_byte_lengths(tok))
         manifest = {
             "key": key, "version": SAMPLER_VERSION, "seed": exp.seed, "order": exp.domain_names,
             "vocab_size": vocab, "eos_id": eos, "dtype": np.dtype(dtype).name,
@@ -151,27 +152,28 @@ def _draw_candidates(exp: Experiment, domain, byte_budget: int) -> _Candidates:
         paths = ", ".join(s.path for s in domain.sources)
         raise MixoptError(f"domain '{domain.name}' has no documents in {paths}",
                           "check the path, format and text_field of its sources")
-    docs = [t for _, t, _ in sorted(heap, key=lambda x: -x[0])]
-    return _Candidates(docs, documents, duplicates, total_bytes, complete=not evicted)
+    kept = sorted(heap, key=lambda x: -x[0])
+    return _Candidates([t for _, t, _ in kept], [n for _, _, n in kept], documents, duplicates, total_bytes,
+                       complete=not evicted)
 
 
-def val_region_docs(docs: list[str], val_region: int) -> int:
+def val_region_docs(sizes: list[int], val_region: int) -> int:
     """How many leading documents the tokenizer skips: every one that starts within val_region
     bytes. The validation slice (val_tokens, at most MAX_BYTES_PER_TOKEN bytes each) lies inside."""
     skipped = 0
-    for i, doc in enumerate(docs):
+    for i, n in enumerate(sizes):
         if skipped >= val_region:
             return i
-        skipped += len(doc.encode())
-    return len(docs)
+        skipped += n
+    return len(sizes)
 
 
 def _tokenizer_texts(candidates: dict[str, _Candidates], val_region: int, per_domain: int):
     """Train-region documents only, the same number of bytes from each domain."""
     for c in candidates.values():
         used = 0
-        for doc in c.docs[val_region_docs(c.docs, val_region):]:
-            n = len(doc.encode())
+        start = val_region_docs(c.sizes, val_region)
+        for doc, n in zip(c.docs[start:], c.sizes[start:]):
             if used >= per_domain:
                 break
             used += n
@@ -197,27 +199,26 @@ def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dty
             f"{int(cum[n_val - 1])} held out, fewer than sample.train_tokens={need_train}",
             f"set sample.train_tokens <= {train_tokens} (runs then repeat this domain's text) or add text")
 
-    if not exp.sample.tokenizer.path and n_val > val_region_docs(c.docs, need_val * MAX_BYTES_PER_TOKEN):
+    if not exp.sample.tokenizer.path and n_val > val_region_docs(c.sizes, need_val * MAX_BYTES_PER_TOKEN):
         raise MixoptError(f"domain '{name}' averages over {MAX_BYTES_PER_TOKEN} bytes per token, so the "
                           "tokenizer would have seen validation text",
                           "lower sample.tokenizer.vocab_size or give sample.tokenizer.path")
-    val_docs, train_docs = c.docs[:n_val], c.docs[n_val:n_val + n_train]
-    val = encode_documents(tok, val_docs, eos, dtype)
-    train = encode_documents(tok, train_docs, eos, dtype)
+    ids = [e.ids for e in encoded]
+    val = join_documents(ids[:n_val], eos, dtype)
+    train = join_documents(ids[n_val:n_val + n_train], eos, dtype)
     (out / name).mkdir()
-    np.save(out / name / "val.npy", val)
-    np.save(out / name / "train.npy", train)
+    np.save(slice_file(out, name, "val"), val)
+    np.save(slice_file(out, name, "train"), train)
 
     # Available tokens: exact when the whole domain was read into the sample, else bytes x tokens/byte.
-    sampled_bytes = sum(len(d.encode()) for d in c.docs)
-    tokens = int(cum[-1]) if c.complete else int(round(c.bytes * cum[-1] / sampled_bytes))
+    tokens = int(cum[-1]) if c.complete else int(round(c.bytes * cum[-1] / sum(c.sizes)))
     return {
         "documents": c.documents, "duplicates_dropped": c.duplicates, "bytes": c.bytes,
         "tokens": tokens, "tokens_exact": c.complete,
-        "train_documents": len(train_docs), "train_tokens": int(train.size),
-        "train_bytes": sum(len(d.encode()) for d in train_docs),
-        "val_documents": len(val_docs), "val_tokens": int(val.size),
-        "val_bytes": sum(len(d.encode()) for d in val_docs),
-        "train_sha256": file_sha256(out / name / "train.npy"),
-        "val_sha256": file_sha256(out / name / "val.npy"),
+        "train_documents": n_train, "train_tokens": int(train.size),
+        "train_bytes": sum(c.sizes[n_val:n_val + n_train]),
+        "val_documents": n_val, "val_tokens": int(val.size),
+        "val_bytes": sum(c.sizes[:n_val]),
+        "train_sha256": file_sha256(slice_file(out, name, "train")),
+        "val_sha256": file_sha256(slice_file(out, name, "val")),
     }

@@ -14,6 +14,7 @@ import numpy as np
 
 from .keys import content_hash
 from .proxy import ProxySpec
+from .workspace import slice_file, token_bytes_file
 
 EVAL_VERSION = 1
 EVAL_BATCH = 32  # windows per forward pass
@@ -65,10 +66,10 @@ def default_suite(exp, manifest: dict) -> Suite:
 
 
 def evaluate_suite(model, spec: ProxySpec, suite: Suite, sample_dir: Path) -> dict[str, float]:
-    token_bytes = np.load(sample_dir / "token_bytes.npy")
+    token_bytes = np.load(token_bytes_file(sample_dir))
     out = {}
     for e in suite.evaluations:
-        stream = np.load(sample_dir / e.domain / "val.npy", mmap_mode="r")
+        stream = np.load(slice_file(sample_dir, e.domain, "val"), mmap_mode="r")
         loss, bpb = heldout_loss(model, stream, spec.seq_len, token_bytes)
         out[f"{e.name}/loss"] = loss
         out[f"{e.name}/bpb"] = bpb

@@ -106,7 +106,7 @@ def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True) -> Sweep
                 else:
                     store.record_failure(task.key, error)
                     report.failed.append((task.key, error.strip().splitlines()[-1]))
-                bars.finish(task.key, ok=error is None)
+                bars.finish(task.key)
         finally:
             bars.close()
     report.seconds = time.time() - t0
@@ -140,7 +140,7 @@ class _Bars:
         bar.update(step - bar.n)
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-    def finish(self, key: str, ok: bool) -> None:
+    def finish(self, key: str) -> None:
         bar = self.runs.pop(key, None)
         if bar is not None:
             bar.close()

@@ -60,12 +60,8 @@ def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
     return lengths
 
 
-def encode_documents(tok: Tokenizer, docs: list[str], eos: int, dtype) -> np.ndarray:
-    """Token ids of the documents, each followed by the end-of-text token."""
-    if not docs:
+def join_documents(token_ids: list[list[int]], eos: int, dtype) -> np.ndarray:
+    """One stream of the documents' token ids, each followed by the end-of-text token."""
+    if not token_ids:
         return np.zeros(0, dtype=dtype)
-    parts = []
-    for enc in tok.encode_batch(docs, add_special_tokens=False):
-        parts.append(np.asarray(enc.ids, dtype=dtype))
-        parts.append(np.asarray([eos], dtype=dtype))
-    return np.concatenate(parts)
+    return np.concatenate([np.asarray([*ids, eos], dtype=dtype) for ids in token_ids])

@@ -18,7 +18,7 @@ import numpy as np
 
 from .keys import file_sha256
 from .proxy import ProxySpec, build_model
-from .workspace import atomic_write_json, fsync_dir
+from .workspace import atomic_write_json, fsync_dir, slice_file
 
 TRAINER_VERSION = 1  # bump when a change alters what training computes: it is in every run key
 MIN_LR_FRACTION = 0.1  # cosine decays to this fraction of the peak learning rate
@@ -145,7 +145,7 @@ def train_run(task: RunTask, progress: Callable[[int, int, float], None] | None 
         torch.set_num_threads(task.threads)
     spec = ProxySpec(**task.spec)
     sample_dir = Path(task.sample_dir)
-    streams = [np.load(sample_dir / d / "train.npy", mmap_mode="r") for d in task.domains]
+    streams = [np.load(slice_file(sample_dir, d, "train"), mmap_mode="r") for d in task.domains]
     t0 = time.time()
     model, losses, epochs = train_proxy(spec, task.weights, streams, task.seed, progress)
     train_seconds = time.time() - t0

@@ -11,6 +11,16 @@ from pathlib import Path
 from .errors import MixoptError
 
 
+def slice_file(sample_dir: Path, domain: str, split: str) -> Path:
+    """<sample>/<domain>/<split>.npy: token ids, documents separated by end-of-text."""
+    return sample_dir / domain / f"{split}.npy"
+
+
+def token_bytes_file(sample_dir: Path) -> Path:
+    """UTF-8 bytes per token id: the denominator of bits per byte."""
+    return sample_dir / "token_bytes.npy"
+
+
 @dataclass(frozen=True)
 class Workspace:
     root: Path
@@ -40,7 +50,7 @@ class Workspace:
         return self.root / "fits"
 
     def slice_path(self, domain: str, split: str) -> Path:
-        return self.sample_dir / domain / f"{split}.npy"
+        return slice_file(self.sample_dir, domain, split)
 
     def read_manifest(self) -> dict:
         if not self.manifest_path.is_file():
