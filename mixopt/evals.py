@@ -46,6 +46,14 @@ class Suite:
         total = sum(e.weight for e in self.evaluations)
         return {f"{e.name}/{self.metric}": e.weight / total for e in self.evaluations if e.weight > 0}
 
+    def describe_objective(self) -> str:
+        terms = self.objective_terms()
+        if len(terms) == 1:
+            return next(iter(terms))
+        if len(set(terms.values())) == 1:
+            return f"mean of {len(terms)} x heldout/<domain>/{self.metric}"
+        return " + ".join(f"{w:.3g}*{m}" for m, w in terms.items())
+
     def to_dict(self) -> dict:
         return {"key": self.key, "metric": self.metric, "evaluations": [e.__dict__ for e in self.evaluations]}
 

@@ -71,8 +71,7 @@ def recommend_mixture(exp: Experiment) -> Recommendation:
     fit_key = content_hash({"context": plan.context, "suite": plan.suite.key, "runs": sorted(keys),
                             "fit": exp.fit.model_dump(), "optimum": exp.optimum.model_dump(),
                             "bounds": [plan.bounds.lower.tolist(), plan.bounds.upper.tolist()]})
-    objective = " + ".join(f"{v:.3g}*{m}" for m, v in terms.items()) if len(set(terms.values())) > 1 \
-        else f"mean of {len(terms)} x heldout/<domain>/{plan.suite.metric}"
+    objective = plan.suite.describe_objective()
     rec = Recommendation(
         domains=names, weights=w, prior=plan.prior, available=plan.available,
         binding=binding_constraints(w, plan.bounds), predicted=float(fit.predict(w)[0]),

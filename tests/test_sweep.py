@@ -49,6 +49,7 @@ def test_sample_sweep_fit_end_to_end(make_config, tmp_path, monkeypatch):
     assert max(w.values()) < 0.99  # not a single vertex
     assert fit["cv"]["spearman"] > 0.5  # the fit ranks held-out runs (0.85 when this was written)
     assert fit["runs"] == 12 and fit["predicted"] > 0
+    assert fit["objective"] == "heldout/prose/bpb"
     written = yaml.safe_load((tmp_path / "small.optimal.yaml").read_text())
     assert written["weights"] == {k: round(v, 6) for k, v in w.items()}
     status = json.loads(mixopt("status", cfg, "--format", "json").stdout)
