@@ -46,26 +46,64 @@ def sweep(config: Path = CONFIG,
     from .sweep import run_sweep
 
     exp = load_experiment(config)
-    report = run_sweep(exp, workers=workers, progress=progress)
+    report = run_sweep(exp, workers=workers, progress=progress, say=typer.echo)
     typer.echo(format_sweep(report))
     if report.failed:
         raise typer.Exit(1)
 
 
 @app.command()
-def fit(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--format")):
+def fit(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--format"),
+        reeval: bool = typer.Option(True, "--reeval/--no-reeval",
+                                    help="Evaluate stored checkpoints on what the eval suite added (never trains)."),
+        workers: int = typer.Option(1, min=1, help="Worker processes for that evaluation."),
+        progress: bool = typer.Option(True, help="Show progress bars on stderr.")):
     """Fit the regression, cross-validate it, and write the recommended mixture."""
     from .config import load_experiment
+
+    exp = load_experiment(config)
+    _fit_and_print(exp, format, reeval, workers, progress)
+
+
+def _fit_and_print(exp, format: Format, reeval: bool, workers: int, progress: bool) -> None:
     from .recommend import recommend_mixture
     from .report import format_recommendation
 
-    exp = load_experiment(config)
-    rec = recommend_mixture(exp)
+    say = (lambda m: typer.echo(m, err=True)) if format is Format.json else typer.echo
+    rec = recommend_mixture(exp, reeval=reeval, workers=workers, progress=progress, say=say)
     if format is Format.json:
         typer.echo(json.dumps({**rec.to_json(), "written": str(exp.optimal_path)}))
     else:
         typer.echo(format_recommendation(rec))
         typer.echo(f"written: {exp.optimal_path}")
+
+
+@app.command("eval")
+def eval_(config: Path = CONFIG,
+          workers: int = typer.Option(1, min=1, help="Worker processes (one per core on CPU)."),
+          progress: bool = typer.Option(True, help="Show progress bars on stderr."),
+          watch: bool = typer.Option(False, help="Re-evaluate and refit each time the config or suite is saved."),
+          interval: float = typer.Option(1.0, min=0.05, help="--watch: seconds between checks.")):
+    """Evaluate every stored checkpoint on what the current eval suite lacks (never trains)."""
+    from .config import load_experiment
+    from .report import format_eval
+    from .sweep import run_eval
+
+    def once() -> None:
+        exp = load_experiment(config)
+        typer.echo(format_eval(run_eval(exp, workers=workers, progress=progress, say=typer.echo)))
+        if watch:
+            _fit_and_print(exp, Format.text, False, workers, progress)
+
+    if not watch:
+        once()
+        return
+    from .watch import watch as watch_files
+
+    try:
+        watch_files(config, once, typer.echo, interval)
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()
@@ -84,10 +122,15 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
     r = st["runs"]
     typer.echo(f"runs in this design: {st['design']['planned']} planned, {st['design']['done']} done, "
                f"{st['design']['failed']} failed, {st['design']['pending']} pending")
-    typer.echo(f"runs in store (all designs): {r['done']} done, {r['failed']} failed, {r['planned']} planned")
-    for suite, n in st["evals_by_suite"].items():
-        mark = " (current)" if suite == st["suite"] else ""
-        typer.echo(f"evals under suite {suite[:12]}{mark}: {n} runs")
+    typer.echo(f"runs in store (all designs): {r['done']} done, {r['failed']} failed, {r['planned']} planned; "
+               f"proxies trained: {st['trainings']}")
+    cur = st["current_suite"]
+    if cur:
+        typer.echo(f"current eval suite {cur['key'][:12]}: {cur['objective']}; "
+                   f"{cur['runs_lacking']} finished runs lack some of it")
+    for key, s in st["suites"].items():
+        mark = " (current)" if key == st["suite"] else ""
+        typer.echo(f"  suite {key[:12]}{mark}: {s['runs_scored']} runs scored, {len(s['evaluations'])} evaluations")
 
 
 def main() -> None:

@@ -99,6 +99,58 @@ class Objective(_Strict):
     domains: dict[str, float] | None = None  # validation domain -> weight; default: all, equal
 
 
+EVAL_METRICS = {"heldout": ("bpb", "loss"), "text": ("bpb", "loss"), "choice": ("prob", "acc", "acc_norm")}
+HIGHER_IS_BETTER = {"prob", "acc", "acc_norm"}
+
+
+class Evaluation(_Strict):
+    """One entry of an eval suite: what to measure, and its weight in the objective."""
+
+    name: str
+    kind: Literal["heldout", "text", "choice"]
+    weight: float = Field(1.0, ge=0)  # in the objective; normalized over the suite
+    family: str | None = None  # with `average: families`, each family counts once
+    metric: str | None = None  # heldout/text: bpb|loss (default fit.objective.metric); choice: prob|acc|acc_norm
+    domain: str | None = None  # heldout: which domain's validation slice
+    sources: list[Source] | None = None  # text: the files, read like a domain's sources
+    path: str | None = None  # choice: JSONL with question / choices / answer
+    max_tokens: int = Field(50_000, gt=0)  # text: tokens evaluated (the first ones, in file order)
+    max_items: int | None = Field(None, gt=0)  # choice: the first N items; default all
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_path_of_words(cls, v: str) -> str:
+        for part in v.split("/"):
+            _word(part)
+        return v
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _paths_as_sources(cls, v):
+        return Domain._paths_as_sources(v) if v is not None else v
+
+    @model_validator(mode="after")
+    def _fields_match_kind(self):
+        need = {"heldout": "domain", "text": "sources", "choice": "path"}[self.kind]
+        if getattr(self, need) in (None, []):
+            raise ValueError(f"a '{self.kind}' evaluation needs '{need}'")
+        for other in {"domain", "sources", "path"} - {need}:
+            if getattr(self, other) is not None:
+                raise ValueError(f"'{other}' does not apply to a '{self.kind}' evaluation (it uses '{need}')")
+        if self.metric is not None and self.metric not in EVAL_METRICS[self.kind]:
+            raise ValueError(f"metric '{self.metric}' is not one of {', '.join(EVAL_METRICS[self.kind])}")
+        return self
+
+
+class EvalSuite(_Strict):
+    """The eval suite: a YAML file named by the config's `evals:`, or a mapping inline."""
+
+    average: Literal["tasks", "families"] = "tasks"  # families: mean within each family, then over families
+    evaluations: list[Evaluation] = Field(min_length=1)
+    base_dir: str = "."  # set by load_experiment: relative paths resolve against the suite's folder
+    path: str | None = None  # set by load_experiment: the suite file, when it is one
+
+
 class Fit(_Strict):
     model: Literal["linear", "loglinear"] = "linear"
     cv_folds: int = Field(5, ge=2)
@@ -121,6 +173,7 @@ class Experiment(_Strict):
     design: Design = Design()
     fit: Fit = Fit()
     optimum: Optimum = Optimum()
+    evals: EvalSuite | None = None  # default: held-out loss/BPB on every domain, weighted by fit.objective
     # Set by load_experiment: where the YAML lives (relative paths resolve against its folder).
     base_dir: str = "."
     config_path: str | None = None
@@ -170,6 +223,8 @@ def load_experiment(path: str | Path) -> Experiment:
         if reserved in raw:
             raise MixoptError(f"{path}: '{reserved}' is set by mixopt", "remove it from the config")
     raw.setdefault("name", path.name.split(".")[0])
+    if "evals" in raw:
+        raw["evals"] = _read_suite(raw["evals"], path)
     try:
         exp = Experiment(**raw, base_dir=str(path.parent.resolve()), config_path=str(path.resolve()))
     except ValidationError as e:
@@ -178,25 +233,59 @@ def load_experiment(path: str | Path) -> Experiment:
     return exp
 
 
-def _explain(err: ValidationError) -> str:
+def _read_suite(value, config: Path) -> dict:
+    """`evals:` as a file name (read and validated here, so errors name that file) or a mapping."""
+    if isinstance(value, dict):
+        for reserved in ("base_dir", "path"):
+            if reserved in value:
+                raise MixoptError(f"{config}: 'evals.{reserved}' is set by mixopt", "remove it from the config")
+        return {**value, "base_dir": str(config.parent.resolve())}
+    if not isinstance(value, str):
+        raise MixoptError(f"{config}: 'evals' must be a suite file name or a mapping",
+                          "e.g. `evals: suite.yaml`; see 'Eval suites' in README.md")
+    suite = Path(value).expanduser()
+    suite = suite if suite.is_absolute() else (config.parent / suite).resolve()
+    if not suite.is_file():
+        raise MixoptError(f"{config}: eval suite file not found: {suite}", "fix the path in `evals:`")
+    try:
+        raw = yaml.safe_load(suite.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise MixoptError(f"{suite}: not valid YAML{where}", "fix the YAML syntax") from None
+    if not isinstance(raw, dict):
+        raise MixoptError(f"{suite}: expected a mapping with 'evaluations'", "see 'Eval suites' in README.md")
+    for reserved in ("base_dir", "path"):
+        if reserved in raw:
+            raise MixoptError(f"{suite}: '{reserved}' is set by mixopt", "remove it from the suite file")
+    try:
+        EvalSuite(**raw)
+    except ValidationError as e:
+        raise MixoptError(f"{suite}: {_explain(e, EvalSuite)}") from None
+    return {**raw, "base_dir": str(suite.parent), "path": str(suite)}
+
+
+def _explain(err: ValidationError, root: type[BaseModel] | None = None) -> str:
     """The first validation error as 'where: what; fix'."""
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
         parent, key = e["loc"][:-1], e["loc"][-1]
-        model = _model_at(parent)
+        model = _model_at(parent, root or Experiment)
         known = sorted(model.model_fields) if model else []
-        known = [k for k in known if k not in ("base_dir", "config_path")]
+        hidden = {Experiment: {"base_dir", "config_path"}, EvalSuite: {"base_dir", "path"}}.get(model, set())
+        known = [k for k in known if k not in hidden]
         close = difflib.get_close_matches(str(key), known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
         return f"unknown key '{loc}'; {hint}"
     if e["type"] == "missing":
         return f"'{loc}' is required; add it"
-    return f"'{loc}': {e['msg']}"
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"'{loc}': {msg}" if loc else msg
 
 
-def _model_at(loc) -> type[BaseModel] | None:
-    model: type[BaseModel] = Experiment
+def _model_at(loc, root: type[BaseModel]) -> type[BaseModel] | None:
+    model: type[BaseModel] = root
     for part in loc:
         if isinstance(part, int):
             continue
@@ -238,9 +327,38 @@ def _check_cross_references(exp: Experiment, path: Path) -> None:
         if any(not math.isfinite(v) or v < 0 for v in obj.values()) or sum(obj.values()) <= 0:
             raise MixoptError(f"{path}: fit.objective.domains weights must be finite, >= 0, not all 0",
                               "fix the weights")
+    if exp.evals is not None:
+        _check_suite(exp, path)
     lo_c, hi_c = exp.design.concentration
     if not (0 < lo_c <= hi_c):
         raise MixoptError(f"{path}: design.concentration must be 0 < low <= high", "e.g. [0.1, 5.0]")
+
+
+def _check_suite(exp: Experiment, path: Path) -> None:
+    suite = exp.evals
+    where = suite.path or f"{path}: evals"
+    if exp.fit.objective.domains is not None:
+        raise MixoptError(f"{path}: fit.objective.domains and an eval suite both set objective weights",
+                          "give the weights in the suite (each evaluation's `weight`) and drop fit.objective.domains")
+    names = [e.name for e in suite.evaluations]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise MixoptError(f"{where}: evaluation '{dupes[0]}' is listed twice", "give each evaluation its own name")
+    from .suites import read_choice_items, resolve_path
+
+    for e in suite.evaluations:
+        if e.kind == "heldout" and e.domain not in exp.domain_names:
+            raise MixoptError(f"{where}: evaluation '{e.name}' names unknown domain '{e.domain}'",
+                              f"use one of: {', '.join(exp.domain_names)}")
+        for s in e.sources or ():
+            if not resolve_path(suite, s.path).exists():
+                raise MixoptError(f"{where}: evaluation '{e.name}': text source not found: "
+                                  f"{resolve_path(suite, s.path)}", "fix the path under `sources`")
+        if e.kind == "choice":
+            read_choice_items(resolve_path(suite, e.path), e.max_items)
+    if sum(e.weight for e in suite.evaluations) <= 0:
+        raise MixoptError(f"{where}: every evaluation has weight 0, so there is no objective",
+                          "give at least one evaluation a positive weight")
 
 
 def check_weights(weights: dict[str, float], domains: list[str], where: str,

@@ -1,97 +1,70 @@
-"""The eval suite: what each checkpoint is measured on, and the hash that keys its results.
+"""Measure a proxy: held-out and text loss / bits per byte, and multiple-choice tasks.
 
-Today's suite is held-out loss and bits per byte on every domain's validation slice. Eval rows
-are keyed by (run key, suite key), so a changed suite is visible as missing rows, not stale ones.
+`eval_checkpoint` takes a picklable EvalTask and returns a plain dict, like `train.train_run`, so
+the same backends run it; it re-reads a stored checkpoint (verifying its sha256) and never trains.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .keys import content_hash
+from .keys import file_sha256
 from .proxy import ProxySpec
 from .workspace import slice_file, token_bytes_file
 
-EVAL_VERSION = 1
-EVAL_BATCH = 32  # windows per forward pass
+EVAL_BATCH = 32  # sequences per forward pass
+
+
+class CheckpointMismatch(Exception):
+    """The checkpoint on disk is not the one that was recorded: it must be retrained."""
 
 
 @dataclass(frozen=True)
-class Evaluation:
-    name: str  # e.g. "heldout/code"
-    kind: str  # "heldout"
-    domain: str
-    weight: float  # in the objective
-    fingerprint: str  # sha256 of the data it reads
+class EvalTask:
+    key: str  # run key
+    checkpoint: str
+    sha256: str  # recorded when the checkpoint was written
+    spec: dict  # ProxySpec fields
+    sample_dir: str
+    measures: tuple[dict, ...]  # suites.Measure as dicts: only the ones missing for this run
+    threads: int = 0
 
 
-@dataclass(frozen=True)
-class Suite:
-    evaluations: tuple[Evaluation, ...]
-    metric: str  # "bpb" or "loss": what the objective averages (lower is better)
-
-    @property
-    def key(self) -> str:
-        """What is measured, not how it is weighted: loss and BPB are both always computed, and
-        objective weights change no eval row, so neither invalidates stored results."""
-        return content_hash({"version": EVAL_VERSION,
-                             "evaluations": [[e.name, e.kind, e.domain, e.fingerprint] for e in self.evaluations]})
-
-    def objective_terms(self) -> dict[str, float]:
-        """metric name -> weight (weights sum to 1)."""
-        total = sum(e.weight for e in self.evaluations)
-        return {f"{e.name}/{self.metric}": e.weight / total for e in self.evaluations if e.weight > 0}
-
-    def describe_objective(self) -> str:
-        terms = self.objective_terms()
-        if len(terms) == 1:
-            return next(iter(terms))
-        if len(set(terms.values())) == 1:
-            return f"mean of {len(terms)} x heldout/<domain>/{self.metric}"
-        return " + ".join(f"{w:.3g}*{m}" for m, w in terms.items())
-
-    def to_dict(self) -> dict:
-        return {"key": self.key, "metric": self.metric, "evaluations": [e.__dict__ for e in self.evaluations]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Suite:
-        return cls(tuple(Evaluation(**e) for e in d["evaluations"]), d["metric"])
-
-
-def default_suite(exp, manifest: dict) -> Suite:
-    """Held-out loss and BPB on every domain; the objective's domain weights come from the config."""
-    weights = exp.fit.objective.domains or {n: 1.0 for n in exp.domain_names}
-    evals = tuple(
-        Evaluation(name=f"heldout/{n}", kind="heldout", domain=n, weight=float(weights.get(n, 0.0)),
-                   fingerprint=manifest["domains"][n]["val_sha256"])
-        for n in exp.domain_names
-    )
-    return Suite(evals, exp.fit.objective.metric)
-
-
-def evaluate_suite(model, spec: ProxySpec, suite: Suite, sample_dir: Path) -> dict[str, float]:
+def measure_model(model, spec: ProxySpec, measures, sample_dir: Path,
+                  progress: Callable[[int, int, float], None] | None = None) -> dict[str, dict[str, float]]:
+    """evaluation key -> {metric: value} for each measure (suites.Measure or its dict)."""
     token_bytes = np.load(token_bytes_file(sample_dir))
     out = {}
-    for e in suite.evaluations:
-        stream = np.load(slice_file(sample_dir, e.domain, "val"), mmap_mode="r")
-        loss, bpb = heldout_loss(model, stream, spec.seq_len, token_bytes)
-        out[f"{e.name}/loss"] = loss
-        out[f"{e.name}/bpb"] = bpb
+    for i, m in enumerate(measures):
+        m = m if isinstance(m, dict) else m.__dict__
+        if m["kind"] == "heldout":
+            stream = np.load(slice_file(sample_dir, m["domain"], "val"), mmap_mode="r")
+            out[m["key"]] = stream_loss(model, stream, spec.seq_len, token_bytes)
+        elif m["kind"] == "text":
+            stream = np.asarray(json.loads(Path(m["data"]).read_text())["tokens"])
+            out[m["key"]] = stream_loss(model, stream, spec.seq_len, token_bytes)
+        else:
+            out[m["key"]] = choice_scores(model, json.loads(Path(m["data"]).read_text())["items"], spec.seq_len)
+        if progress:
+            progress(i + 1, len(measures), 0.0)
     return out
 
 
-def heldout_loss(model, stream: np.ndarray, seq_len: int, token_bytes: np.ndarray) -> tuple[float, float]:
+def stream_loss(model, stream: np.ndarray, seq_len: int, token_bytes: np.ndarray) -> dict[str, float]:
     """Mean loss (nats/token) over every token of the stream but the first, and bits per byte."""
     import torch
     import torch.nn.functional as F
 
+    device = next(model.parameters()).device
     model.eval()
-    n = len(stream)
-    starts = list(range(0, n - 1, seq_len))
+    starts = list(range(0, len(stream) - 1, seq_len))
     nats, tokens, nbytes = 0.0, 0, 0
     with torch.no_grad():
         for i in range(0, len(starts), EVAL_BATCH):
@@ -102,12 +75,78 @@ def heldout_loss(model, stream: np.ndarray, seq_len: int, token_bytes: np.ndarra
                 w = np.asarray(stream[s:s + seq_len + 1], dtype=np.int64)
                 x[r, :len(w)] = w
                 mask[r, :len(w) - 1] = True
-            xt = torch.from_numpy(x)
+            xt = torch.from_numpy(x).to(device)
             logits = model(input_ids=xt[:, :-1]).logits.float()
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), xt[:, 1:].reshape(-1), reduction="none")
-            m = torch.from_numpy(mask.reshape(-1))
+            m = torch.from_numpy(mask.reshape(-1)).to(device)
             nats += float(ce[m].sum())
             tokens += int(m.sum())
             nbytes += int(token_bytes[x[:, 1:][mask]].sum())
     model.train()
-    return nats / tokens, nats / (math.log(2) * max(nbytes, 1))
+    return {"loss": nats / tokens, "bpb": nats / (math.log(2) * max(nbytes, 1))}
+
+
+def choice_scores(model, items: list[dict], seq_len: int) -> dict[str, float]:
+    """Score each choice by the proxy's log-likelihood of its tokens after the question.
+
+    acc: the most likely choice is the answer; acc_norm: the same per byte of choice text (longer
+    choices are not penalized); prob: the answer's share of the choices' total likelihood, a smooth
+    score that still ranks mixtures when tiny proxies are near chance on accuracy.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    rows = []  # (item, tokens, number of scored tokens at the end)
+    for i, it in enumerate(items):
+        for c in it["choices"]:
+            c = c[-seq_len:]  # a choice longer than the window keeps its end
+            seq = (it["context"] + c)[-(seq_len + 1):]
+            rows.append((i, seq, len(c)))
+    ll = np.zeros(len(rows))
+    model.eval()
+    with torch.no_grad():
+        for b in range(0, len(rows), EVAL_BATCH):
+            chunk = rows[b:b + EVAL_BATCH]
+            width = max(len(s) for _, s, _ in chunk)
+            x = np.zeros((len(chunk), width), dtype=np.int64)
+            for r, (_, s, _) in enumerate(chunk):
+                x[r, :len(s)] = s
+            xt = torch.from_numpy(x).to(device)
+            logp = torch.log_softmax(model(input_ids=xt[:, :-1]).logits.float(), dim=-1)
+            tok = logp.gather(-1, xt[:, 1:, None])[..., 0].cpu().numpy()
+            for r, (_, s, n) in enumerate(chunk):
+                ll[b + r] = tok[r, len(s) - 1 - n:len(s) - 1].sum()
+    model.train()
+    acc = acc_norm = prob = 0.0
+    pos = 0
+    for it in items:
+        k = len(it["choices"])
+        scores, nbytes = ll[pos:pos + k], np.asarray(it["bytes"], dtype=float)
+        pos += k
+        a = it["answer"]
+        acc += float(np.argmax(scores) == a)
+        acc_norm += float(np.argmax(scores / nbytes) == a)
+        p = np.exp(scores - scores.max())
+        prob += float(p[a] / p.sum())
+    n = len(items)
+    return {"acc": acc / n, "acc_norm": acc_norm / n, "prob": prob / n}
+
+
+def eval_checkpoint(task: EvalTask, progress: Callable[[int, int, float], None] | None = None) -> dict:
+    """Load a stored checkpoint (verified against its recorded sha256) and measure what it lacks."""
+    import torch
+    from safetensors.torch import load_model
+
+    from .proxy import build_model
+
+    if task.threads:
+        torch.set_num_threads(task.threads)
+    path = Path(task.checkpoint)
+    if not path.is_file() or file_sha256(path) != task.sha256:
+        raise CheckpointMismatch(f"checkpoint {path} is missing or not the one recorded (sha256 differs)")
+    t0 = time.time()
+    spec = ProxySpec(**task.spec)
+    model = build_model(spec)
+    load_model(model, str(path))
+    measurements = measure_model(model, spec, task.measures, Path(task.sample_dir), progress)
+    return {"key": task.key, "measurements": measurements, "eval_seconds": time.time() - t0}

@@ -15,7 +15,8 @@ from .keys import content_hash
 from .optimize import binding_constraints, solve_optimum
 from .regress import MODELS, CrossValidation, cross_validate, fit_model
 from .store import Store
-from .sweep import Plan, load_plan
+from .suites import prepare_suite
+from .sweep import Plan, Say, evaluate_stored, load_plan, missing_measures, record_scores, training_table
 from .workspace import atomic_write_json, atomic_write_text
 
 
@@ -54,9 +55,24 @@ class Recommendation:
         }
 
 
-def recommend_mixture(exp: Experiment) -> Recommendation:
+def recommend_mixture(exp: Experiment, reeval: bool = True, workers: int = 1, progress: bool = False,
+                      say: Say = print) -> Recommendation:
+    """Fit on every finished run; first evaluate stored checkpoints on what the suite added,
+    unless `reeval` is off (then runs lacking the current suite are left out, with a warning)."""
     plan = load_plan(exp)
-    X, metrics, keys = _training_table(plan)
+    with Store(plan.workspace.db_path) as store:
+        if reeval:
+            prepare_suite(exp, plan.suite, plan.workspace)
+            evaluate_stored(plan, store, workers, progress, say)
+        else:
+            lacking = missing_measures(plan, store)
+            if lacking:
+                keys = ", ".join(k[:12] for k in list(lacking)[:5]) + (" ..." if len(lacking) > 5 else "")
+                say(f"warning: {len(lacking)} finished runs lack the current eval suite and are left out "
+                    f"({keys}); run `mixopt eval CONFIG` or drop --no-reeval")
+        store.add_suite(plan.suite.to_dict())
+        record_scores(plan, store)
+        X, metrics, keys = training_table(plan, store)
     names = exp.domain_names
     if len(keys) < len(names) + 2:
         raise MixoptError(f"only {len(keys)} finished runs with current evals; fitting {len(names)} domains "
@@ -79,20 +95,6 @@ def recommend_mixture(exp: Experiment) -> Recommendation:
         candidates=candidates, model=kind, runs=len(keys), objective=objective, fit_key=fit_key)
     _write(exp, plan, rec, keys, y, fit)
     return rec
-
-
-def _training_table(plan: Plan):
-    """Weights (runs x domains) and every metric, for finished runs that have the current evals."""
-    with Store(plan.workspace.db_path) as store:
-        runs = store.runs(plan.context, "done")
-        evals = store.evals(plan.suite.key)
-    runs = [r for r in runs if r["key"] in evals]
-    if not runs:
-        return np.zeros((0, len(plan.prior))), {}, []
-    X = np.array([r["weights"] for r in runs])
-    names = sorted(set.intersection(*(set(evals[r["key"]]) for r in runs)))
-    metrics = {m: np.array([evals[r["key"]][m] for r in runs]) for m in names}
-    return X, metrics, [r["key"] for r in runs]
 
 
 def _write(exp: Experiment, plan: Plan, rec: Recommendation, keys: list[str], y: np.ndarray, fit) -> None:

@@ -55,8 +55,20 @@ def format_recommendation(rec) -> str:
 
 
 def format_sweep(report) -> str:
-    parts = [f"{report.planned} runs planned: {report.already_done} already done, {report.adopted} adopted, "
+    again = f", {report.reevaluated} re-evaluated" if report.reevaluated else ""
+    parts = [f"{report.planned} runs planned: {report.already_done} already done{again}, {report.adopted} adopted, "
              f"{report.trained} trained, {len(report.failed)} failed ({report.seconds:.1f}s)"]
+    for key, err in report.failed:
+        parts.append(f"  failed {key[:12]}: {err}")
+    return "\n".join(parts)
+
+
+def format_eval(report) -> str:
+    parts = [f"evaluated {report.runs} checkpoints ({report.evaluations} evaluations, {report.seconds:.1f}s); "
+             f"{report.up_to_date} already had the whole suite; 0 trained"]
+    if report.reset:
+        parts.append(f"  {len(report.reset)} checkpoints failed verification and go back to pending: "
+                     "run `mixopt sweep CONFIG`")
     for key, err in report.failed:
         parts.append(f"  failed {key[:12]}: {err}")
     return "\n".join(parts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .config import Experiment
 from .errors import MixoptError
 from .store import Store
-from .sweep import load_plan
+from .sweep import load_plan, missing_measures
 from .workspace import Workspace
 
 
@@ -13,7 +13,8 @@ def experiment_status(exp: Experiment) -> dict:
     ws = Workspace(exp.workspace_dir)
     out = {"workspace": str(ws.root), "sample": "missing", "suite": None,
            "design": {"planned": 0, "done": 0, "failed": 0, "pending": 0},
-           "runs": {"planned": 0, "done": 0, "failed": 0}, "evals_by_suite": {}}
+           "runs": {"planned": 0, "done": 0, "failed": 0}, "trainings": 0, "measurements": 0, "suites": {},
+           "current_suite": None}
     if not ws.manifest_path.is_file():
         return out
     try:
@@ -23,12 +24,17 @@ def experiment_status(exp: Experiment) -> dict:
         return out
     out["sample"] = "up to date"
     out["suite"] = plan.suite.key
+    lacking = {}
     if ws.db_path.is_file():
         with Store(ws.db_path) as store:
             out.update(store.summary())
             state = {r["key"]: r["status"] for r in store.runs(plan.context)}
+            lacking = missing_measures(plan, store)
     else:
         state = {}
+    out["current_suite"] = {"key": plan.suite.key, "objective": plan.suite.describe_objective(),
+                            "evaluations": [m.name for m in plan.suite.measures],
+                            "runs_lacking": len(lacking)}
     statuses = [state.get(k, "planned") for k in plan.keys]
     out["design"] = {"planned": len(plan.keys), "done": statuses.count("done"),
                      "failed": statuses.count("failed"), "pending": statuses.count("planned")}

@@ -1,7 +1,10 @@
 """The experiment's embedded store: SQLite in WAL mode, written by the driver alone.
 
-runs:  one row per run key (mixture x proxy x slices x tokenizer x seed x trainer version).
-evals: one row per (run key, suite key, metric).
+runs:         one row per run key (mixture x proxy x slices x tokenizer x seed x trainer version).
+measurements: one row per (run key, evaluation key, metric): what a checkpoint scored on one task.
+scores:       one row per (run key, suite key): the run's objective under that suite.
+suites:       every suite ever used, by key, with its body.
+sweeps:       one row per sweep / eval pass: when, what it trained and evaluated, its wall time.
 Every state change is one transaction with synchronous=FULL: a kill loses no committed result.
 """
 
@@ -22,17 +25,30 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL,           -- planned | done | failed
     checkpoint TEXT, sha256 TEXT,
     train_loss REAL, tokens INTEGER, train_seconds REAL, epochs TEXT,
-    error TEXT, created REAL NOT NULL, finished REAL
+    error TEXT, created REAL NOT NULL, finished REAL,
+    trainings INTEGER NOT NULL DEFAULT 0  -- times a proxy was trained for this key (1 unless retrained)
 );
 CREATE INDEX IF NOT EXISTS runs_context ON runs(context, status);
-CREATE TABLE IF NOT EXISTS evals (
+CREATE TABLE IF NOT EXISTS measurements (
+    run_key TEXT NOT NULL REFERENCES runs(key),
+    eval TEXT NOT NULL,             -- evaluation key (suites.Measure.key)
+    metric TEXT NOT NULL,           -- loss, bpb, acc, acc_norm, prob
+    value REAL NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_key, eval, metric)
+);
+CREATE TABLE IF NOT EXISTS scores (
     run_key TEXT NOT NULL REFERENCES runs(key),
     suite TEXT NOT NULL,
-    metric TEXT NOT NULL,
-    value REAL NOT NULL,
-    PRIMARY KEY (run_key, suite, metric)
+    objective REAL NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_key, suite)
 );
 CREATE TABLE IF NOT EXISTS suites (key TEXT PRIMARY KEY, body TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS sweeps (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, started REAL NOT NULL, finished REAL,
+    trained INTEGER NOT NULL DEFAULT 0, evaluated INTEGER NOT NULL DEFAULT 0
+);
 """
 
 
@@ -45,6 +61,9 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        cols = {r["name"] for r in self.db.execute("PRAGMA table_info(runs)")}
+        if "trainings" not in cols:  # a store written by mixopt 0.1
+            self.db.execute("ALTER TABLE runs ADD COLUMN trainings INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self.db.close()
@@ -81,9 +100,45 @@ class Store:
                 "epochs=?, error=NULL, finished=? WHERE key=?",
                 (result["checkpoint"], result["sha256"], result["train_loss"], result["tokens"],
                  result["train_seconds"], json.dumps(result["epochs"]), time.time(), result["key"]))
-            self.db.executemany(
-                "INSERT OR REPLACE INTO evals (run_key, suite, metric, value) VALUES (?, ?, ?, ?)",
-                [(result["key"], result["suite"], m, float(v)) for m, v in result["metrics"].items()])
+            self.db.execute("UPDATE runs SET trainings = trainings + 1 WHERE key=?", (result["key"],))
+            self._insert_measurements(result["key"], result["measurements"])
+
+    def record_measurements(self, run_key: str, measurements: dict[str, dict[str, float]]) -> None:
+        with self._tx():
+            self._insert_measurements(run_key, measurements)
+
+    def _insert_measurements(self, run_key: str, measurements: dict[str, dict[str, float]]) -> None:
+        now = time.time()
+        self.db.executemany(
+            "INSERT OR REPLACE INTO measurements (run_key, eval, metric, value, created) VALUES (?, ?, ?, ?, ?)",
+            [(run_key, e, m, float(v), now) for e, ms in measurements.items() for m, v in ms.items()])
+
+    def record_scores(self, suite: str, objective: dict[str, float]) -> None:
+        """run key -> objective under one suite (rewritten: the same suite gives the same value)."""
+        now = time.time()
+        with self._tx():
+            self.db.executemany("INSERT OR REPLACE INTO scores (run_key, suite, objective, created) VALUES (?, ?, ?, ?)",
+                                [(k, suite, float(v), now) for k, v in objective.items()])
+
+    def reset_run(self, key: str, error: str) -> None:
+        """Send a run back to pending (its checkpoint is gone or corrupt): the next sweep retrains it."""
+        with self._tx():
+            self.db.execute("UPDATE runs SET status='planned', checkpoint=NULL, sha256=NULL, error=? WHERE key=?",
+                            (error, key))
+            self.db.execute("DELETE FROM measurements WHERE run_key=?", (key,))
+            self.db.execute("DELETE FROM scores WHERE run_key=?", (key,))
+
+    def start_sweep(self, kind: str) -> int:
+        with self._tx():
+            return self.db.execute("INSERT INTO sweeps (kind, started) VALUES (?, ?)", (kind, time.time())).lastrowid
+
+    def finish_sweep(self, sweep_id: int, trained: int, evaluated: int) -> None:
+        with self._tx():
+            self.db.execute("UPDATE sweeps SET finished=?, trained=?, evaluated=? WHERE id=?",
+                            (time.time(), trained, evaluated, sweep_id))
+
+    def sweeps(self) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM sweeps ORDER BY id")]
 
     def record_failure(self, key: str, error: str) -> None:
         with self._tx():
@@ -102,18 +157,31 @@ class Store:
             r["domains"] = json.loads(r["domains"])
         return rows
 
-    def evals(self, suite: str) -> dict[str, dict[str, float]]:
-        """run key -> {metric: value} under one suite."""
-        out: dict[str, dict[str, float]] = {}
-        for r in self.db.execute("SELECT run_key, metric, value FROM evals WHERE suite=?", (suite,)):
-            out.setdefault(r["run_key"], {})[r["metric"]] = r["value"]
+    def measurements(self) -> dict[str, dict[str, dict[str, float]]]:
+        """run key -> evaluation key -> {metric: value}."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for r in self.db.execute("SELECT run_key, eval, metric, value FROM measurements"):
+            out.setdefault(r["run_key"], {}).setdefault(r["eval"], {})[r["metric"]] = r["value"]
         return out
+
+    def scores(self, suite: str) -> dict[str, float]:
+        return {r["run_key"]: r["objective"] for r in
+                self.db.execute("SELECT run_key, objective FROM scores WHERE suite=?", (suite,))}
 
     def summary(self) -> dict:
         runs = {r["status"]: r["n"] for r in self.db.execute("SELECT status, COUNT(*) n FROM runs GROUP BY status")}
-        evals = {r["suite"]: r["n"] for r in
-                 self.db.execute("SELECT suite, COUNT(DISTINCT run_key) n FROM evals GROUP BY suite")}
-        return {"runs": {s: runs.get(s, 0) for s in ("planned", "done", "failed")}, "evals_by_suite": evals}
+        trainings = self.db.execute("SELECT COALESCE(SUM(trainings), 0) FROM runs").fetchone()[0]
+        suites = {}
+        for r in self.db.execute(
+                "SELECT s.key, s.body, s.created, COUNT(c.run_key) n, MAX(c.created) last FROM suites s "
+                "LEFT JOIN scores c ON c.suite = s.key GROUP BY s.key ORDER BY s.created"):
+            body = json.loads(r["body"])
+            suites[r["key"]] = {"runs_scored": r["n"], "evaluations": [m["name"] for m in body["measures"]],
+                                "objective": body.get("objective"), "first_used": r["created"],
+                                "last_scored": r["last"]}
+        measured = self.db.execute("SELECT COUNT(*) FROM (SELECT DISTINCT run_key, eval FROM measurements)").fetchone()[0]
+        return {"runs": {s: runs.get(s, 0) for s in ("planned", "done", "failed")}, "trainings": trainings,
+                "measurements": measured, "suites": suites}
 
 
 class _Transaction:

@@ -1,4 +1,5 @@
-"""`mixopt sweep`: design the mixtures, train and evaluate each proxy not yet finished, record it.
+"""`mixopt sweep` and `mixopt eval`: train and evaluate each proxy not yet finished; evaluate
+stored checkpoints on what the current suite adds, without training.
 
 The driver alone writes the store; workers return results. A run whose key already has a
 finished result is never retrained, and a result a worker left next to its checkpoint is adopted.
@@ -8,23 +9,27 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from .backends import run_local
 from .config import Experiment
 from .corpus import sample_key
 from .design import Bounds, Mixture, design_mixtures, domain_bounds
 from .errors import MixoptError
-from .evals import Suite, default_suite
+from .evals import EvalTask, eval_checkpoint
 from .keys import content_hash
+from .progress import Bars
 from .proxy import ProxySpec, proxy_spec
 from .store import Store
+from .suites import Suite, prepare_suite, resolve_suite
 from .train import TRAINER_VERSION, RunTask, read_result, train_run
 from .workspace import Workspace
+
+Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,17 @@ class SweepReport:
     adopted: int = 0
     trained: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run key, last error line)
+    reevaluated: int = 0  # finished runs evaluated on what the suite added (no training)
+    seconds: float = 0.0
+
+
+@dataclass
+class EvalReport:
+    runs: int = 0  # checkpoints evaluated
+    evaluations: int = 0  # (run, evaluation) pairs computed
+    up_to_date: int = 0  # finished runs that lacked nothing
+    reset: list[str] = field(default_factory=list)  # runs whose checkpoint failed verification
+    failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -71,19 +87,25 @@ def load_plan(exp: Experiment) -> Plan:
     })
     mixtures = design_mixtures(exp, prior, bounds)
     keys = [content_hash({"context": context, "weights": list(m.weights)}) for m in mixtures]
-    return Plan(ws, manifest, spec, bounds, prior, available, context, default_suite(exp, manifest),
-                mixtures, keys)
+    suite = resolve_suite(exp, manifest, ws)
+    return Plan(ws, manifest, spec, bounds, prior, available, context, suite, mixtures, keys)
 
 
-def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True) -> SweepReport:
+def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say = print) -> SweepReport:
     t0 = time.time()
     plan = load_plan(exp)
     ws = plan.workspace
     report = SweepReport(planned=len(plan.mixtures))
+    prepare_suite(exp, plan.suite, ws)
     with Store(ws.db_path) as store:
+        sweep_id = store.start_sweep("sweep")
         store.add_suite(plan.suite.to_dict())
         store.add_planned([{"key": k, "context": plan.context, "origin": m.origin, "weights": list(m.weights),
                             "domains": exp.domain_names} for k, m in zip(plan.keys, plan.mixtures)])
+        # Finished runs first get what the suite added (no training); a corrupt checkpoint found
+        # here goes back to pending and is retrained below.
+        ev = evaluate_stored(plan, store, workers, progress, say)
+        report.reevaluated = ev.runs
         done = {r["key"] for r in store.runs(plan.context, "done")}
         tasks = []
         for key, m in zip(plan.keys, plan.mixtures):
@@ -92,12 +114,12 @@ def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True) -> Sweep
                 continue
             task = _task(exp, plan, key, m, workers)
             left = read_result(Path(task.checkpoint))
-            if left and left.get("suite") == plan.suite.key:
+            if left and "measurements" in left:
                 store.record_result(left)  # trained before a crash, never recorded: adopt it
                 report.adopted += 1
                 continue
             tasks.append(task)
-        bars = _Bars(len(tasks), enabled=progress)
+        bars = Bars(len(tasks), enabled=progress)
         try:
             for task, result, error in run_local(train_run, tasks, workers, on_progress=bars.step):
                 if error is None:
@@ -109,8 +131,110 @@ def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True) -> Sweep
                 bars.finish(task.key)
         finally:
             bars.close()
+        if report.adopted:  # adopted sidecars may predate the current suite
+            evaluate_stored(plan, store, workers, progress, say)
+        record_scores(plan, store)
+        store.finish_sweep(sweep_id, report.trained, ev.evaluations)
     report.seconds = time.time() - t0
     return report
+
+
+def run_eval(exp: Experiment, workers: int = 1, progress: bool = True, say: Say = print) -> EvalReport:
+    """`mixopt eval`: every finished run of this design gets what the current suite lacks."""
+    plan = load_plan(exp)
+    prepare_suite(exp, plan.suite, plan.workspace)
+    with Store(plan.workspace.db_path) as store:
+        sweep_id = store.start_sweep("eval")
+        store.add_suite(plan.suite.to_dict())
+        report = evaluate_stored(plan, store, workers, progress, say)
+        record_scores(plan, store)
+        store.finish_sweep(sweep_id, 0, report.evaluations)
+    return report
+
+
+def missing_measures(plan: Plan, store: Store) -> dict[str, list]:
+    """run key -> the current suite's measures that finished run lacks."""
+    have = store.measurements()
+    out = {}
+    for r in store.runs(plan.context, "done"):
+        lack = [m for m in plan.suite.measures if m.key not in have.get(r["key"], {})]
+        if lack:
+            out[r["key"]] = lack
+    return out
+
+
+def evaluate_stored(plan: Plan, store: Store, workers: int = 1, progress: bool = True,
+                    say: Say = print) -> EvalReport:
+    """Evaluate stored checkpoints on the measures they lack; never trains."""
+    t0 = time.time()
+    report = EvalReport()
+    missing = missing_measures(plan, store)
+    runs = {r["key"]: r for r in store.runs(plan.context, "done")}
+    report.up_to_date = len(runs) - len(missing)
+    if not missing:
+        return report
+    names = sorted({m.name for lack in missing.values() for m in lack})
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    say(f"eval suite changed since these results: {len(missing)} finished runs lack {shown}; "
+        f"evaluating their checkpoints (no training)")
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+    tasks = [EvalTask(key=k, checkpoint=runs[k]["checkpoint"], sha256=runs[k]["sha256"], spec=plan.spec.to_dict(),
+                      sample_dir=str(plan.workspace.sample_dir), measures=tuple(m.__dict__ for m in lack),
+                      threads=threads) for k, lack in missing.items()]
+    bars = Bars(len(tasks), enabled=progress, desc="eval", unit="run", step_unit="eval")
+    try:
+        for task, result, error in run_local(eval_checkpoint, tasks, workers, on_progress=bars.step):
+            if error is None:
+                store.record_measurements(task.key, result["measurements"])
+                report.runs += 1
+                report.evaluations += len(task.measures)
+            elif "CheckpointMismatch" in error:
+                store.reset_run(task.key, error.strip().splitlines()[-1])
+                report.reset.append(task.key)
+                say(f"run {task.key[:12]}: {error.strip().splitlines()[-1].split(': ', 1)[-1]}; "
+                    f"it goes back to pending and the next sweep retrains it")
+            else:
+                report.failed.append((task.key, error.strip().splitlines()[-1]))
+            bars.finish(task.key)
+    finally:
+        bars.close()
+    report.seconds = time.time() - t0
+    return report
+
+
+def record_scores(plan: Plan, store: Store) -> dict[str, float]:
+    """Each finished run's objective under the current suite, from its measurements; stored."""
+    have = store.measurements()
+    terms = plan.suite.objective_terms()
+    scores = {}
+    for r in store.runs(plan.context, "done"):
+        metrics = _metrics_of(plan.suite, have.get(r["key"], {}))
+        if metrics is not None:
+            scores[r["key"]] = sum(a * metrics[m] for m, a in terms.items())
+    store.record_scores(plan.suite.key, scores)
+    return scores
+
+
+def _metrics_of(suite: Suite, measured: dict[str, dict[str, float]]) -> dict[str, float] | None:
+    """'<evaluation name>/<metric>' -> value, or None if any of the suite's measures is missing."""
+    if any(m.key not in measured for m in suite.measures):
+        return None
+    return {f"{m.name}/{k}": v for m in suite.measures for k, v in measured[m.key].items()}
+
+
+def training_table(plan: Plan, store: Store):
+    """Weights (runs x domains), every metric, and run keys: finished runs with the whole suite."""
+    have = store.measurements()
+    rows, keys = [], []
+    for r in store.runs(plan.context, "done"):
+        metrics = _metrics_of(plan.suite, have.get(r["key"], {}))
+        if metrics is not None:
+            rows.append((r["weights"], metrics))
+            keys.append(r["key"])
+    if not rows:
+        return np.zeros((0, len(plan.prior))), {}, []
+    names = sorted(set.intersection(*(set(m) for _, m in rows)))
+    return np.array([w for w, _ in rows]), {n: np.array([m[n] for _, m in rows]) for n in names}, keys
 
 
 def _task(exp: Experiment, plan: Plan, key: str, m: Mixture, workers: int) -> RunTask:
@@ -118,36 +242,4 @@ def _task(exp: Experiment, plan: Plan, key: str, m: Mixture, workers: int) -> Ru
     return RunTask(key=key, weights=m.weights, domains=tuple(exp.domain_names), seed=exp.seed,
                    spec=plan.spec.to_dict(), sample_dir=str(plan.workspace.sample_dir),
                    checkpoint=str(plan.workspace.checkpoints_dir / f"{key[:24]}.safetensors"),
-                   suite=plan.suite.to_dict(), threads=threads)
-
-
-class _Bars:
-    """One bar for the sweep, one per run in flight."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.enabled = enabled and total > 0
-        self.sweep = tqdm(total=total, desc="sweep", unit="run", position=0, disable=not self.enabled)
-        self.runs: dict[str, tqdm] = {}
-
-    def step(self, key: str, step: int, total: int, loss: float) -> None:
-        if not self.enabled:
-            return
-        bar = self.runs.get(key)
-        if bar is None:
-            used = {b.pos for b in self.runs.values()}
-            pos = next(i for i in range(1, len(used) + 2) if i not in used)
-            bar = self.runs[key] = tqdm(total=total, desc=f"run {key[:8]}", unit="step", position=pos, leave=False)
-        bar.update(step - bar.n)
-        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-
-    def finish(self, key: str) -> None:
-        bar = self.runs.pop(key, None)
-        if bar is not None:
-            bar.close()
-        if self.enabled:
-            self.sweep.update(1)
-
-    def close(self) -> None:
-        for bar in self.runs.values():
-            bar.close()
-        self.sweep.close()
+                   measures=tuple(x.__dict__ for x in plan.suite.measures), threads=threads)

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ class RunTask:
     spec: dict  # ProxySpec fields
     sample_dir: str
     checkpoint: str  # where the safetensors file goes
-    suite: dict = field(default_factory=dict)  # the eval suite (evals.Suite as a dict)
+    measures: tuple[dict, ...] = ()  # the eval suite's measures (suites.Measure as dicts)
     threads: int = 0  # torch threads; 0 leaves torch's default
 
 
@@ -139,7 +139,7 @@ def train_run(task: RunTask, progress: Callable[[int, int, float], None] | None 
     so a driver that dies before recording it can adopt it instead of retraining."""
     import torch
 
-    from .evals import Suite, evaluate_suite
+    from .evals import measure_model
 
     if task.threads:
         torch.set_num_threads(task.threads)
@@ -152,13 +152,13 @@ def train_run(task: RunTask, progress: Callable[[int, int, float], None] | None 
     ckpt = Path(task.checkpoint)
     sha = save_checkpoint(model, ckpt)
     t1 = time.time()
-    metrics = evaluate_suite(model, spec, Suite.from_dict(task.suite), sample_dir)
+    measurements = measure_model(model, spec, task.measures, sample_dir)
     tail = losses[-max(1, len(losses) // 10):]
     result = {
         "key": task.key, "checkpoint": str(ckpt), "sha256": sha, "losses": losses,
         "train_loss": float(np.mean(tail)), "tokens": spec.steps * spec.batch_size * spec.seq_len,
         "epochs": dict(zip(task.domains, epochs)), "train_seconds": train_seconds,
-        "eval_seconds": time.time() - t1, "suite": task.suite.get("key"), "metrics": metrics,
+        "eval_seconds": time.time() - t1, "measurements": measurements,
     }
     atomic_write_json(result_path(ckpt), result)
     return result

@@ -1,5 +1,6 @@
 """Bad input: one line naming the problem and the fix, exit code 2, no traceback, nothing written."""
 
+import json
 import subprocess
 import sys
 
@@ -38,6 +39,28 @@ def _mutate(cfg, case, tmp_path):
         cfg["optimum"] = {"target_tokens": 1e12, "max_epochs": 1}
     elif case == "duplicate domain":
         cfg["domains"][2]["name"] = "code"
+    elif case.startswith("suite"):
+        del cfg["fit"]["objective"]
+        good = {"name": "h", "kind": "heldout", "domain": "prose"}
+        task = tmp_path / "task.jsonl"
+        row = {"question": "2 + 2 =", "choices": ["4", "5"], "answer": 0}
+        cfg["evals"] = {"evaluations": [good]}
+        if case == "suite: unknown domain":
+            cfg["evals"]["evaluations"].append({"name": "p", "kind": "heldout", "domain": "poetry"})
+        elif case == "suite: missing text file":
+            cfg["evals"]["evaluations"].append({"name": "t", "kind": "text", "sources": [str(tmp_path / "no.txt")]})
+        elif case in ("suite: choice without answer", "suite: answer out of range"):
+            bad = {k: v for k, v in row.items() if k != "answer"} if "without" in case else {**row, "answer": 2}
+            task.write_text(json.dumps(row) + "\n" + json.dumps(bad) + "\n")
+            cfg["evals"]["evaluations"].append({"name": "c", "kind": "choice", "path": str(task)})
+        elif case == "suite: all weights zero":
+            cfg["evals"]["evaluations"] = [{**good, "weight": 0}]
+        elif case == "suite file missing":
+            cfg["evals"] = "nosuch-suite.yaml"
+        elif case == "suite: field of another kind":
+            cfg["evals"]["evaluations"][0]["path"] = str(task)
+        elif case == "suite: weights in two places":
+            cfg["fit"]["objective"] = {"domains": {"prose": 1.0}}
     return cfg
 
 
@@ -52,6 +75,14 @@ CASES = {
     "weights not summing to 1": ("sample", "weights sum to 0.4, not 1"),
     "infeasible bounds": ("sample", "domain maximums sum to 0.6 < 1"),
     "duplicate domain": ("sample", "domain 'code' is listed twice"),
+    "suite: unknown domain": ("sample", "evaluation 'p' names unknown domain 'poetry'"),
+    "suite: missing text file": ("sample", "text source not found"),
+    "suite: choice without answer": ("sample", "task.jsonl:2: no 'answer'"),
+    "suite: answer out of range": ("sample", "task.jsonl:2: answer 2 is not an index into its 2 choices"),
+    "suite: all weights zero": ("sample", "every evaluation has weight 0"),
+    "suite file missing": ("sample", "eval suite file not found"),
+    "suite: field of another kind": ("sample", "'path' does not apply to a 'heldout' evaluation"),
+    "suite: weights in two places": ("sample", "fit.objective.domains and an eval suite both set"),
 }
 
 

@@ -1,0 +1,208 @@
+"""The eval suite at run time: every evaluation resolved to the data it reads, and two keys.
+
+- An evaluation's key says what is computed: its kind, a fingerprint of its data (file contents,
+  not paths), its limits and prompt format. Measurements are stored per (run key, evaluation key),
+  so adding one task to a suite computes that task only, and renaming or reweighting computes nothing.
+- The suite's key says what the suite means: every evaluation's key, name, metric, weight and
+  family, and how they are averaged. Key order, comments and file bytes don't change it; a new
+  weight does. Each run's objective is stored per (run key, suite key).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .config import HIGHER_IS_BETTER, EvalSuite, Evaluation, Experiment, Source
+from .errors import MixoptError
+from .keys import content_hash, file_sha256
+from .readers import iter_documents, source_files
+from .workspace import Workspace, atomic_write_json
+
+EVAL_VERSION = 2  # bump when a change alters what an evaluation computes
+CHOICE_PROMPT = "{question}\n{choice}"  # the proxy scores the choice's tokens after the question
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One evaluation of the suite, resolved."""
+
+    name: str  # e.g. "heldout/code"; metrics are "<name>/<metric>"
+    kind: str  # heldout | text | choice
+    key: str  # what is computed (see the module docstring)
+    metric: str  # the metric that enters the objective
+    weight: float  # as written in the suite
+    family: str
+    domain: str | None  # heldout: the domain whose validation slice is read
+    data: str | None  # text / choice: the prepared file (token ids) in the workspace
+
+    @property
+    def direction(self) -> int:
+        """+1 if lower is better (loss, BPB), -1 if higher is (accuracy, probability)."""
+        return -1 if self.metric in HIGHER_IS_BETTER else 1
+
+
+@dataclass(frozen=True)
+class Suite:
+    measures: tuple[Measure, ...]
+    average: str  # tasks | families
+
+    @property
+    def key(self) -> str:
+        return content_hash({"version": EVAL_VERSION, "average": self.average, "measures": [
+            [m.name, m.key, m.metric, m.weight, m.family] for m in self.measures]})
+
+    def effective_weights(self) -> dict[str, float]:
+        """name -> weight in the objective, summing to 1 (families: each family counts once)."""
+        if self.average == "tasks":
+            total = sum(m.weight for m in self.measures)
+            return {m.name: m.weight / total for m in self.measures}
+        fam: dict[str, float] = {}
+        for m in self.measures:
+            fam[m.family] = fam.get(m.family, 0.0) + m.weight
+        live = [f for f, w in fam.items() if w > 0]
+        return {m.name: (m.weight / fam[m.family] / len(live) if fam[m.family] > 0 else 0.0)
+                for m in self.measures}
+
+    def objective_terms(self) -> dict[str, float]:
+        """metric name -> signed weight: the objective is their sum, and lower is better."""
+        w = self.effective_weights()
+        return {f"{m.name}/{m.metric}": m.direction * w[m.name] for m in self.measures if w[m.name] > 0}
+
+    def describe_objective(self) -> str:
+        terms = self.objective_terms()
+        if len(terms) == 1:
+            (name, a), = terms.items()
+            return name if a > 0 else f"-{name}"
+        if len({abs(a) for a in terms.values()}) == 1 and all(a > 0 for a in terms.values()):
+            return f"mean of {len(terms)}: " + ", ".join(terms)
+        text = " ".join(f"{'-' if a < 0 else '+'} {abs(a):.3g}*{n}" for n, a in terms.items())
+        return text.removeprefix("+ ")
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "average": self.average, "objective": self.describe_objective(),
+                "measures": [asdict(m) for m in self.measures]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Suite:
+        return cls(tuple(Measure(**m) for m in d["measures"]), d["average"])
+
+
+def suite_config(exp: Experiment) -> EvalSuite:
+    """The experiment's suite; without `evals:`, held-out loss/BPB on every domain."""
+    if exp.evals is not None:
+        return exp.evals
+    weights = exp.fit.objective.domains or {n: 1.0 for n in exp.domain_names}
+    return EvalSuite(evaluations=[
+        Evaluation(name=f"heldout/{n}", kind="heldout", domain=n, weight=float(weights.get(n, 0.0)))
+        for n in exp.domain_names], base_dir=exp.base_dir)
+
+
+def resolve_suite(exp: Experiment, manifest: dict, ws: Workspace) -> Suite:
+    """Fingerprint every evaluation's data and check it; bad task files fail here, before any compute."""
+    cfg = suite_config(exp)
+    measures = []
+    for e in cfg.evaluations:
+        metric = e.metric or ("prob" if e.kind == "choice" else exp.fit.objective.metric)
+        if e.kind == "heldout":
+            key = content_hash({"v": EVAL_VERSION, "kind": "heldout", "data": manifest["domains"][e.domain]["val_sha256"]})
+            data = None
+        else:
+            ident = {"v": EVAL_VERSION, "kind": e.kind, "tokenizer": manifest["tokenizer_sha256"]}
+            if e.kind == "text":
+                ident |= {"data": [_source_fingerprint(s, resolve_path(cfg, s.path), e.name) for s in e.sources],
+                          "max_tokens": e.max_tokens}
+            else:
+                path = resolve_path(cfg, e.path)
+                read_choice_items(path, e.max_items)  # validate now: one clear error, nothing computed
+                ident |= {"data": file_sha256(path), "max_items": e.max_items, "prompt": CHOICE_PROMPT}
+            key = content_hash(ident)
+            data = str(ws.root / "evalsets" / f"{e.kind}-{key[:24]}.json")
+        measures.append(Measure(e.name, e.kind, key, metric, e.weight, e.family or e.name, e.domain, data))
+    return Suite(tuple(measures), cfg.average)
+
+
+def prepare_suite(exp: Experiment, suite: Suite, ws: Workspace) -> None:
+    """Tokenize the text and choice data once per (evaluation, tokenizer); heldout needs nothing."""
+    from .tokenizer import eos_id, load_tokenizer
+
+    cfg = {e.name: e for e in suite_config(exp).evaluations}
+    todo = [m for m in suite.measures if m.data and not Path(m.data).is_file()]
+    if not todo:
+        return
+    tok = load_tokenizer(ws.tokenizer_path)
+    eos = eos_id(tok)
+    for m in todo:
+        e = cfg[m.name]
+        if m.kind == "text":
+            ids: list[int] = []
+            for s in e.sources:
+                for doc in iter_documents(s, resolve_path(suite_config(exp), s.path)):
+                    ids += tok.encode(doc).ids + [eos]
+                    if len(ids) >= e.max_tokens + 1:
+                        break
+                if len(ids) >= e.max_tokens + 1:
+                    break
+            if len(ids) < 2:
+                raise MixoptError(f"evaluation '{m.name}': its text files hold no text", "point `sources` at text")
+            body = {"tokens": ids[:e.max_tokens + 1]}
+        else:
+            items = read_choice_items(resolve_path(suite_config(exp), e.path), e.max_items)
+            body = {"items": [{
+                "context": tok.encode(it["question"] + "\n").ids,
+                "choices": [tok.encode(c).ids for c in it["choices"]],
+                "bytes": [max(1, len(c.encode())) for c in it["choices"]],
+                "answer": it["answer"]} for it in items]}
+        atomic_write_json(Path(m.data), body)
+
+
+def read_choice_items(path: Path, limit: int | None = None) -> list[dict]:
+    """A multiple-choice task: JSONL rows with `question`, `choices` (>= 2 strings), `answer` (index)."""
+    if not path.is_file():
+        raise MixoptError(f"choice task file not found: {path}", "fix the evaluation's `path`")
+    items = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise MixoptError(f"{where}: not a JSON object", "write one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise MixoptError(f"{where}: not a JSON object", "write one JSON object per line")
+            q, ch, a = row.get("question"), row.get("choices"), row.get("answer")
+            if not isinstance(q, str) or not q.strip():
+                raise MixoptError(f"{where}: no 'question' text", "give each row a non-empty 'question'")
+            if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) and c.strip() for c in ch):
+                raise MixoptError(f"{where}: 'choices' must be a list of at least 2 non-empty strings",
+                                  "fix the row's choices")
+            if a is None:
+                raise MixoptError(f"{where}: no 'answer'", "give the index of the correct choice (0-based)")
+            if isinstance(a, bool) or not isinstance(a, int) or not 0 <= a < len(ch):
+                raise MixoptError(f"{where}: answer {a!r} is not an index into its {len(ch)} choices",
+                                  f"give an integer from 0 to {len(ch) - 1}")
+            items.append({"question": q, "choices": ch, "answer": a})
+            if limit and len(items) >= limit:
+                break
+    if not items:
+        raise MixoptError(f"{path}: the choice task has no items", "add JSONL rows")
+    return items
+
+
+def resolve_path(cfg: EvalSuite, path: str) -> Path:
+    """A path in a suite, relative to the suite file's folder (or the config's, for inline suites)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (Path(cfg.base_dir) / p).resolve()
+
+
+def _source_fingerprint(source: Source, path: Path, name: str) -> list:
+    files = source_files(source, path)
+    if not files:
+        raise MixoptError(f"evaluation '{name}': text source not found or empty: {path}",
+                          "fix the evaluation's `sources` path")
+    opts = source.model_dump(exclude={"path"})
+    return [opts, [[f.name if f == path else str(f.relative_to(path)), file_sha256(f)] for f in files]]
+
