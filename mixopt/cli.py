@@ -6,6 +6,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -52,25 +53,95 @@ def sweep(config: Path = CONFIG,
         raise typer.Exit(1)
 
 
+class Model(str, Enum):
+    linear = "linear"
+    loglinear = "loglinear"
+    law = "law"
+    gbm = "gbm"
+    auto = "auto"
+
+
 @app.command()
-def fit(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--format"),
+def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML; or fit a table with --runs."),
+        format: Format = typer.Option(Format.text, "--format"),
         reeval: bool = typer.Option(True, "--reeval/--no-reeval",
                                     help="Evaluate stored checkpoints on what the eval suite added (never trains)."),
         workers: int = typer.Option(1, min=1, help="Worker processes for that evaluation."),
-        progress: bool = typer.Option(True, help="Show progress bars on stderr.")):
-    """Fit the regression, cross-validate it, and write the recommended mixture."""
-    from .config import load_experiment
+        progress: bool = typer.Option(True, help="Show progress bars on stderr."),
+        plots: bool = typer.Option(True, help="Write PNG plots next to fit.json."),
+        runs: Optional[Path] = typer.Option(None, help="External swarm: mixture weights per run (.csv/.parquet)."),
+        scores: Optional[Path] = typer.Option(None, help="External swarm: scores per run, joined on --key."),
+        key: Optional[str] = typer.Option(None, help="The run id column joining --runs and --scores."),
+        target: list[str] = typer.Option([], help="Score column to minimize; COLUMN=WEIGHT to combine several."),
+        domains: Optional[str] = typer.Option(None, help="Weight columns are those starting with this prefix."),
+        model: Model = typer.Option(Model.auto, help="External swarm: the regressor (auto: best CV Spearman)."),
+        save: Optional[Path] = typer.Option(None, help="External swarm: write fit.json, runs.parquet, plots here."),
+        tolerance: float = typer.Option(0.01, min=0, help="External swarm: how far a row's weights may sum from 1."),
+        bound: list[str] = typer.Option([], help="External swarm: DOMAIN=LOW:HIGH weight bounds."),
+        kl_weight: float = typer.Option(0.0, min=0, help="External swarm: KL(w || swarm mean) penalty."),
+        bootstrap: int = typer.Option(50, min=0, help="External swarm: bootstrap refits for the intervals."),
+        cv_folds: int = typer.Option(5, min=2, help="External swarm: cross-validation folds."),
+        seed: int = typer.Option(0, help="External swarm: seed for folds, trees and simulation.")):
+    """Fit the regression, cross-validate it, and write the recommended mixture.
 
-    exp = load_experiment(config)
-    _fit_and_print(exp, format, reeval, workers, progress)
+    With CONFIG: fit the experiment's sweep. With --runs: fit an external swarm table."""
+    from .errors import MixoptError
+
+    if runs is None:
+        if config is None:
+            raise MixoptError("fit needs an experiment CONFIG or an external swarm with --runs", "see `mixopt fit --help`")
+        external = [n for n, v in (("--scores", scores), ("--key", key), ("--target", target), ("--domains", domains),
+                                   ("--save", save), ("--bound", bound)) if v]
+        if external or model is not Model.auto:
+            raise MixoptError(f"{external[0] if external else '--model'} applies to --runs fits only",
+                              "with a CONFIG, set these in its fit/optimum sections")
+        from .config import load_experiment
+
+        _fit_and_print(load_experiment(config), format, reeval, workers, progress, plots)
+        return
+    if config is not None:
+        raise MixoptError("give either CONFIG or --runs, not both", "drop one")
+    from .recommend import FitSettings
+    from .report import format_recommendation
+    from .swarm import fit_external, load_swarm, parse_targets
+
+    swarm = load_swarm(runs, parse_targets(target), scores, key, domains, tolerance, bound)
+    settings = FitSettings(model.value, cv_folds, seed, kl_weight, bootstrap)
+    rec = fit_external(swarm, settings, save, plots)
+    if format is Format.json:
+        typer.echo(json.dumps({**rec.to_json(), "written": str(save) if save else None}))
+    else:
+        typer.echo(format_recommendation(rec))
+        if save:
+            typer.echo(f"written: {save / 'fit.json'}, {save / 'optimal.yaml'}")
 
 
-def _fit_and_print(exp, format: Format, reeval: bool, workers: int, progress: bool) -> None:
+@app.command()
+def predict(fit_dir: Path = typer.Argument(..., help="A saved fit: `fit --save DIR` or a workspace's fits/<key>/."),
+            mixtures: Path = typer.Argument(..., help="Candidate mixtures (.csv/.parquet), one weight column per domain."),
+            key: Optional[str] = typer.Option(None, help="Id column to echo (default: the first non-weight column)."),
+            tolerance: float = typer.Option(0.01, min=0, help="How far a row's weights may sum from 1."),
+            format: Format = typer.Option(Format.text, "--format", help="text (CSV) or json.")):
+    """Predict the objective of each candidate mixture with a saved fit (lower is better)."""
+    from .swarm import predict_mixtures
+
+    name, ids, pred = predict_mixtures(fit_dir, mixtures, key, tolerance)
+    order = sorted(range(len(ids)), key=lambda i: pred[i])
+    rank = {i: r + 1 for r, i in enumerate(order)}
+    if format is Format.json:
+        typer.echo(json.dumps([{name: ids[i], "predicted": float(pred[i]), "rank": rank[i]} for i in range(len(ids))]))
+        return
+    typer.echo(f"{name},predicted,rank")
+    for i in range(len(ids)):
+        typer.echo(f"{ids[i]},{pred[i]:.6g},{rank[i]}")
+
+
+def _fit_and_print(exp, format: Format, reeval: bool, workers: int, progress: bool, plots: bool = True) -> None:
     from .recommend import recommend_mixture
     from .report import format_recommendation
 
     say = (lambda m: typer.echo(m, err=True)) if format is Format.json else typer.echo
-    rec = recommend_mixture(exp, reeval=reeval, workers=workers, progress=progress, say=say)
+    rec = recommend_mixture(exp, reeval=reeval, workers=workers, progress=progress, say=say, plots=plots)
     if format is Format.json:
         typer.echo(json.dumps({**rec.to_json(), "written": str(exp.optimal_path)}))
     else:

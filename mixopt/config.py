@@ -152,8 +152,10 @@ class EvalSuite(_Strict):
 
 
 class Fit(_Strict):
-    model: Literal["linear", "loglinear"] = "linear"
+    model: Literal["linear", "loglinear", "law", "gbm", "auto"] = "linear"  # auto: best CV Spearman
     cv_folds: int = Field(5, ge=2)
+    bootstrap: int = Field(50, ge=0)  # replicates for the intervals; 0 turns them off
+    ci: float = Field(0.9, gt=0, lt=1)  # interval level
     objective: Objective = Objective()
 
 

@@ -1,10 +1,15 @@
 """The recommended mixture: the best predicted score under bounds, repetition limits and a
-KL(w || prior) penalty that keeps a linear model from collapsing onto one vertex."""
+KL(w || prior) penalty that keeps a linear model from collapsing onto one vertex.
+
+Smooth models are solved (exactly for linear; SLSQP for the exp families); tree models, which are
+piecewise constant, by RegMix's recipe: score many simulated mixtures and average the top ones.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import functools
 
+import numpy as np
 from scipy.optimize import minimize
 
 from .design import Bounds
@@ -14,28 +19,120 @@ AT_BOUND = 1e-9
 TINY = 1e-12  # weights are floored here inside log()
 
 
-def solve_optimum(model, prior: np.ndarray, bounds: Bounds, kl_weight: float) -> np.ndarray:
+SIMULATIONS = 100_000  # mixtures scored for a tree model (RegMix's recipe)
+TOP_K = 100  # ... whose best TOP_K are averaged: the mean of near-optimal mixtures is more stable
+
+
+def check_feasible(bounds: Bounds, names: list[str]) -> None:
+    lo, hi = bounds.lower.sum(), bounds.upper.sum()
+    if lo > 1 + 1e-9 or hi < 1 - 1e-9:
+        raise MixoptError(f"no mixture satisfies the bounds: minimums sum to {lo:.4g}, maximums to {hi:.4g}",
+                          "lower some minimums or raise some maximums")
+    bad = np.flatnonzero(bounds.lower > bounds.upper + 1e-12)
+    if bad.size:
+        raise MixoptError(f"domain '{names[bad[0]]}': min above max", "fix its bounds")
+
+
+def solve_optimum(model, prior: np.ndarray, bounds: Bounds, kl_weight: float, seed: int = 0) -> np.ndarray:
     """The mixture minimizing predicted objective + kl_weight x KL(w || prior) within the bounds."""
     if model.kind == "linear":
         return solve_linear_kl(model.linear_coef(), prior, bounds, kl_weight)
-    return solve_convex_kl(model, prior, bounds, kl_weight)
+    if not model.smooth:
+        return solve_by_simulation(model, prior, bounds, kl_weight, seed)
+    w = solve_convex_kl(model, prior, bounds, kl_weight)
+    if model.convex():
+        return w
+    # Some terms enter negated (accuracy-like metrics): not convex, so also start from the best
+    # simulated mixture and keep the better local optimum.
+    w2 = solve_convex_kl(model, prior, bounds, kl_weight, start=solve_by_simulation(model, prior, bounds,
+                                                                                 kl_weight, seed, top_k=1))
+    f = _penalized(model, prior, kl_weight)
+    return w2 if f(w2) < f(w) else w
 
 
-def solve_convex_kl(model, prior: np.ndarray, bounds: Bounds, kl_weight: float) -> np.ndarray:
-    """SLSQP on a convex objective (loglinear terms are convex, KL is convex): the optimum is global.
-    Started from the exact solution of the model's linearization at the prior."""
-    upper = np.where(prior > 0, bounds.upper, bounds.lower)  # KL forbids weight where the prior is 0
+def _penalized(model, prior: np.ndarray, kl_weight: float):
     safe_prior = np.maximum(prior, TINY)
 
     def f(w):
-        kl = np.sum(np.where(w > 0, w * np.log(np.maximum(w, TINY) / safe_prior), 0.0))
-        return float(model.predict(w)[0]) + kl_weight * kl
+        W = np.atleast_2d(w)
+        kl = np.sum(np.where(W > 0, W * np.log(np.maximum(W, TINY) / safe_prior), 0.0), axis=1)
+        out = model.predict(W) + kl_weight * kl
+        return out if np.ndim(w) == 2 else float(out[0])
+
+    return f
+
+
+def sample_mixtures(prior: np.ndarray, bounds: Bounds, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n mixtures within the bounds: Dirichlet draws around prior**0.5 at log-uniform concentrations
+    (0.1..5, as the design draws them), projected onto {lower <= w <= upper, sum w = 1}."""
+    centre = np.maximum(prior, TINY) ** 0.5
+    centre /= centre.sum()
+    scale = np.exp(rng.uniform(np.log(0.1), np.log(5.0), size=(n, 1)))
+    g = rng.standard_gamma(np.maximum(centre * scale, 1e-3))
+    w = g / np.maximum(g.sum(axis=1, keepdims=True), TINY)
+    return project_to_bounds(w, bounds)
+
+
+def project_to_bounds(W: np.ndarray, bounds: Bounds) -> np.ndarray:
+    """Each row's Euclidean projection onto the bounded simplex: clip(w - tau, lower, upper), tau by bisection."""
+    lo, hi = bounds.lower, bounds.upper
+    outside = np.flatnonzero(np.any(W < lo, axis=1) | np.any(W > hi, axis=1))
+    if outside.size < len(W):  # rows already inside are their own projection
+        W = W.copy()
+        if outside.size:
+            W[outside] = project_to_bounds(W[outside], bounds)
+        return W
+    a = (W - hi).min(axis=1) - 1.0  # tau here: every weight at its upper bound (sum >= 1)
+    b = (W - lo).max(axis=1) + 1.0  # tau here: every weight at its lower bound (sum <= 1)
+    for _ in range(50):  # the bracket is < 4 wide: 2^-50 of it is below float noise
+        mid = 0.5 * (a + b)
+        s = np.clip(W - mid[:, None], lo, hi).sum(axis=1)
+        a, b = np.where(s > 1, mid, a), np.where(s > 1, b, mid)
+    return np.clip(W - (0.5 * (a + b))[:, None], lo, hi)
+
+
+def solve_by_simulation(model, prior: np.ndarray, bounds: Bounds, kl_weight: float, seed: int = 0,
+                        top_k: int = TOP_K, n: int = SIMULATIONS, pool: np.ndarray | None = None) -> np.ndarray:
+    """Score n simulated mixtures (and the prior), or the given pool, and average the top_k: RegMix's optimum."""
+    W = simulated_pool(prior, bounds, n, seed) if pool is None else pool
+    scores = _penalized(model, prior, kl_weight)(W)
+    best = np.argsort(scores, kind="stable")[:top_k]
+    w = W[best].mean(axis=0)  # a mean of points in a convex set stays in it
+    return w / w.sum()
+
+
+def simulated_pool(prior: np.ndarray, bounds: Bounds, n: int = SIMULATIONS, seed: int = 0) -> np.ndarray:
+    """The simulated mixtures for one (prior, bounds, n, seed), drawn once per process."""
+    return _pool(prior.tobytes(), bounds.lower.tobytes(), bounds.upper.tobytes(), n, seed)
+
+
+def penalized_scores(model, prior: np.ndarray, kl_weight: float, W: np.ndarray) -> np.ndarray:
+    return _penalized(model, prior, kl_weight)(W)
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(prior: bytes, lower: bytes, upper: bytes, n: int, seed: int) -> np.ndarray:
+    p, lo, hi = (np.frombuffer(b) for b in (prior, lower, upper))
+    bounds = Bounds(lo, hi, ("none",) * len(p))
+    rng = np.random.default_rng([seed, 7])
+    W = np.vstack([project_to_bounds(p[None, :], bounds), sample_mixtures(p, bounds, n, rng)])
+    W.flags.writeable = False
+    return W
+
+
+def solve_convex_kl(model, prior: np.ndarray, bounds: Bounds, kl_weight: float,
+                    start: np.ndarray | None = None) -> np.ndarray:
+    """SLSQP on a convex objective (loglinear terms are convex, KL is convex): the optimum is global.
+    Started from the exact solution of the model's linearization at the prior, or from `start`."""
+    upper = np.where(prior > 0, bounds.upper, bounds.lower)  # KL forbids weight where the prior is 0
+    safe_prior = np.maximum(prior, TINY)
+    f = _penalized(model, prior, kl_weight)
 
     def grad(w):
         return model.gradient(w) + kl_weight * (np.log(np.maximum(w, TINY) / safe_prior) + 1.0)
 
     box = Bounds(bounds.lower, upper, bounds.upper_reason)
-    w0 = solve_linear_kl(model.gradient(prior), prior, box, max(kl_weight, 1e-3))
+    w0 = start if start is not None else solve_linear_kl(model.gradient(prior), prior, box, max(kl_weight, 1e-3))
     res = minimize(f, w0, jac=grad, method="SLSQP", bounds=list(zip(bounds.lower, upper)),
                    constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
                    options={"maxiter": 500, "ftol": 1e-12})

@@ -1,23 +1,61 @@
-"""`mixopt fit`: regress the objective on the finished runs, cross-validate, solve the optimum,
-and write the recommended ratio."""
+"""`mixopt fit`: regress the objective on the finished runs, cross-validate every model, solve
+the optimum, bootstrap its uncertainty, and write the recommended ratio.
+
+The same core fits our own sweep (`recommend_mixture`) and an external swarm table (swarm.py).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import yaml
 
 from . import __version__
 from .config import Experiment
+from .design import Bounds
 from .errors import MixoptError
 from .keys import content_hash
-from .optimize import binding_constraints, solve_optimum
-from .regress import MODELS, CrossValidation, cross_validate, fit_model
+from .optimize import (binding_constraints, check_feasible, penalized_scores, simulated_pool, solve_by_simulation,
+                       solve_optimum)
+from .regress import CrossValidation, MixtureModel, candidates_for, cross_validate, fit_model, select_model
 from .store import Store
 from .suites import prepare_suite
-from .sweep import Plan, Say, evaluate_stored, load_plan, missing_measures, record_scores, training_table
+from .sweep import Say, evaluate_stored, load_plan, missing_measures, record_scores, training_table
 from .workspace import atomic_write_json, atomic_write_text
+
+
+BOOTSTRAP_POOL = 20_000  # simulated mixtures each tree-model replicate scores
+
+
+@dataclass(frozen=True)
+class Swarm:
+    """What a fit needs, from our own sweep or from an external table."""
+
+    domains: list[str]
+    X: np.ndarray  # runs x domains
+    metrics: dict[str, np.ndarray]  # metric -> value per run
+    terms: dict[str, float]  # metric -> signed weight: objective = sum, lower is better
+    keys: list[str]  # one id per run
+    prior: np.ndarray
+    bounds: Bounds
+    objective: str
+    available: list[int] | None = None  # tokens per domain, when known
+
+    @property
+    def y(self) -> np.ndarray:
+        return sum(a * self.metrics[m] for m, a in self.terms.items())
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    model: str = "auto"
+    cv_folds: int = 5
+    seed: int = 0
+    kl_weight: float = 0.0
+    bootstrap: int = 50  # replicates; 0 = no intervals
+    ci: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -25,7 +63,7 @@ class Recommendation:
     domains: list[str]
     weights: np.ndarray
     prior: np.ndarray
-    available: list[int]
+    available: list[int] | None
     binding: list[str]
     predicted: float  # objective predicted at the recommended mixture
     predicted_prior: float  # ... and at the natural prior
@@ -36,10 +74,20 @@ class Recommendation:
     runs: int
     objective: str
     fit_key: str
+    weights_ci: np.ndarray | None = None  # domains x 2: the bootstrap's interval for each weight
+    predicted_ci: tuple[float, float] | None = None  # ... for the objective at the recommendation
+    bootstrap: int = 0
+    ci: float = 0.9
 
     def to_json(self) -> dict:
+        ci = None
+        if self.weights_ci is not None:
+            ci = {"level": self.ci, "replicates": self.bootstrap,
+                  "weights": {d: [float(a), float(b)] for d, (a, b) in zip(self.domains, self.weights_ci)},
+                  "predicted": list(self.predicted_ci)}
         return {
             "weights": dict(zip(self.domains, map(float, self.weights))),
+            "interval": ci,
             "predicted": self.predicted,
             "predicted_at_prior": self.predicted_prior,
             "best_run": self.best_run,
@@ -49,14 +97,72 @@ class Recommendation:
             "objective": self.objective,
             "runs": self.runs,
             "prior": dict(zip(self.domains, map(float, self.prior))),
-            "available_tokens": dict(zip(self.domains, self.available)),
+            "available_tokens": dict(zip(self.domains, self.available)) if self.available else None,
             "binding": dict(zip(self.domains, self.binding)),
             "fit_key": self.fit_key,
         }
 
 
+def fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None = None) -> tuple[Recommendation, MixtureModel]:
+    """Cross-validate the candidates, fit the chosen model on every run, solve, bootstrap."""
+    n, names = len(swarm.keys), swarm.domains
+    if n < len(names) + 2:
+        raise MixoptError(f"only {n} runs; fitting {len(names)} domains and cross-validating needs at least "
+                          f"{len(names) + 2}", "train or add more runs")
+    check_feasible(swarm.bounds, names)
+    kinds = candidates_for(n)
+    if settings.model not in ("auto", *kinds):
+        kinds = (*kinds, settings.model)
+    cvs = {k: cross_validate(k, swarm.X, swarm.metrics, swarm.terms, settings.cv_folds, settings.seed) for k in kinds}
+    kind = select_model(cvs) if settings.model == "auto" else settings.model
+    model = fit_model(kind, swarm.X, swarm.metrics, swarm.terms, settings.seed)
+    w = solve_optimum(model, swarm.prior, swarm.bounds, settings.kl_weight, settings.seed)
+    weights_ci = predicted_ci = None
+    if settings.bootstrap:
+        weights_ci, predicted_ci = _bootstrap(swarm, settings, model, w)
+    y = swarm.y
+    rec = Recommendation(
+        domains=names, weights=w, prior=swarm.prior, available=swarm.available,
+        binding=binding_constraints(w, swarm.bounds), predicted=float(model.predict(w)[0]),
+        predicted_prior=float(model.predict(swarm.prior)[0]), best_run=float(y.min()), cv=cvs[kind],
+        candidates=cvs, model=kind, runs=n, objective=swarm.objective,
+        fit_key=fit_key or content_hash({"keys": swarm.keys, "X": swarm.X.tolist(), "y": y.tolist(),
+                                         "settings": settings.__dict__}),
+        weights_ci=weights_ci, predicted_ci=predicted_ci, bootstrap=settings.bootstrap, ci=settings.ci)
+    return rec, model
+
+
+def _bootstrap(swarm: Swarm, settings: FitSettings, model: MixtureModel, w: np.ndarray):
+    """Refit on runs drawn with replacement and re-solve: percentile intervals for each weight, and
+    for the objective predicted at the recommendation `w`.
+
+    A tree model's replicates re-rank a fifth of the main fit's simulated mixtures: the
+    BOOTSTRAP_POOL / 2 it scored best and as many others at random (scoring all 100k per replicate
+    would take ~0.3 s each); a replicate's top mixtures are almost always among the former."""
+    rng = np.random.default_rng([settings.seed, 11])
+    n = len(swarm.keys)
+    pool = None
+    if not model.smooth:
+        full = simulated_pool(swarm.prior, swarm.bounds, seed=settings.seed)
+        order = np.argsort(penalized_scores(model, swarm.prior, settings.kl_weight, full), kind="stable")
+        half = BOOTSTRAP_POOL // 2
+        pool = full[np.r_[order[:half], rng.choice(order[half:], min(half, len(order) - half), replace=False)]]
+    ws, preds = [], []
+    for _ in range(settings.bootstrap):
+        idx = rng.integers(0, n, n)
+        m = fit_model(model.kind, swarm.X[idx], {k: v[idx] for k, v in swarm.metrics.items()}, swarm.terms,
+                      settings.seed)
+        if m.smooth:
+            ws.append(solve_optimum(m, swarm.prior, swarm.bounds, settings.kl_weight, settings.seed))
+        else:
+            ws.append(solve_by_simulation(m, swarm.prior, swarm.bounds, settings.kl_weight, pool=pool))
+        preds.append(float(m.predict(w)[0]))
+    q = [50 * (1 - settings.ci), 100 - 50 * (1 - settings.ci)]
+    return np.percentile(np.array(ws), q, axis=0).T, tuple(float(x) for x in np.percentile(preds, q))
+
+
 def recommend_mixture(exp: Experiment, reeval: bool = True, workers: int = 1, progress: bool = False,
-                      say: Say = print) -> Recommendation:
+                      say: Say = print, plots: bool = True) -> Recommendation:
     """Fit on every finished run; first evaluate stored checkpoints on what the suite added,
     unless `reeval` is off (then runs lacking the current suite are left out, with a warning)."""
     plan = load_plan(exp)
@@ -73,37 +179,50 @@ def recommend_mixture(exp: Experiment, reeval: bool = True, workers: int = 1, pr
         store.add_suite(plan.suite.to_dict())
         record_scores(plan, store)
         X, metrics, keys = training_table(plan, store)
-    names = exp.domain_names
-    if len(keys) < len(names) + 2:
-        raise MixoptError(f"only {len(keys)} finished runs with current evals; fitting {len(names)} domains "
-                          f"and cross-validating needs at least {len(names) + 2}", "run `mixopt sweep CONFIG`")
-    terms = plan.suite.objective_terms()
-    y = sum(w * metrics[m] for m, w in terms.items())
-    candidates = {k: cross_validate(k, X, metrics, terms, exp.fit.cv_folds, exp.seed) for k in MODELS}
-    kind = exp.fit.model
-    fit = fit_model(kind, X, metrics, terms)
-    cv = candidates[kind]
-    w = solve_optimum(fit, plan.prior, plan.bounds, exp.optimum.kl_weight)
+    if len(keys) < len(exp.domain_names) + 2:
+        raise MixoptError(f"only {len(keys)} finished runs with current evals; fitting {len(exp.domain_names)} "
+                          f"domains and cross-validating needs at least {len(exp.domain_names) + 2}",
+                          "run `mixopt sweep CONFIG`")
+    swarm = Swarm(exp.domain_names, X, metrics, plan.suite.objective_terms(), keys, plan.prior, plan.bounds,
+                  plan.suite.describe_objective(), plan.available)
+    settings = FitSettings(exp.fit.model, exp.fit.cv_folds, exp.seed, exp.optimum.kl_weight, exp.fit.bootstrap,
+                           exp.fit.ci)
     fit_key = content_hash({"context": plan.context, "suite": plan.suite.key, "runs": sorted(keys),
                             "fit": exp.fit.model_dump(), "optimum": exp.optimum.model_dump(),
                             "bounds": [plan.bounds.lower.tolist(), plan.bounds.upper.tolist()]})
-    objective = plan.suite.describe_objective()
-    rec = Recommendation(
-        domains=names, weights=w, prior=plan.prior, available=plan.available,
-        binding=binding_constraints(w, plan.bounds), predicted=float(fit.predict(w)[0]),
-        predicted_prior=float(fit.predict(plan.prior)[0]), best_run=float(y.min()), cv=cv,
-        candidates=candidates, model=kind, runs=len(keys), objective=objective, fit_key=fit_key)
-    _write(exp, plan, rec, keys, y, fit)
+    rec, model = fit_swarm(swarm, settings, fit_key)
+    out = plan.workspace.fits_dir / rec.fit_key[:16]
+    save_fit(out, swarm, settings, rec, model, plots=plots)
+    write_optimal(exp.optimal_path, rec, exp.name, out)
     return rec
 
 
-def _write(exp: Experiment, plan: Plan, rec: Recommendation, keys: list[str], y: np.ndarray, fit) -> None:
-    out = plan.workspace.fits_dir / rec.fit_key[:16]
-    atomic_write_json(out / "fit.json", {**rec.to_json(), "run_keys": keys, "measured": y.tolist(),
-                                         "out_of_fold": rec.cv.oof.tolist(),
-                                         "params": {m: p.tolist() for m, p in fit.params.items()}})
+def save_fit(out: Path, swarm: Swarm, settings: FitSettings, rec: Recommendation, model: MixtureModel,
+             plots: bool = True) -> None:
+    """fit.json (the result, settings and data summary), runs.parquet (the table it was fit on:
+    `mixopt predict` refits from it) and, unless disabled, plots."""
+    import polars as pl
+
+    table = pl.DataFrame({"key": swarm.keys, **{d: swarm.X[:, i] for i, d in enumerate(swarm.domains)},
+                          **{m: v for m, v in swarm.metrics.items()}})
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".runs.parquet.tmp"
+    table.write_parquet(tmp)
+    tmp.replace(out / "runs.parquet")
+    atomic_write_json(out / "fit.json", {
+        **rec.to_json(), "settings": settings.__dict__, "domains": swarm.domains, "terms": swarm.terms,
+        "bounds": {"lower": swarm.bounds.lower.tolist(), "upper": swarm.bounds.upper.tolist()},
+        "run_keys": swarm.keys, "measured": swarm.y.tolist(), "out_of_fold": rec.cv.oof.tolist(),
+        "params": {m: p.tolist() for m, p in model.params.items()}, "mixopt": __version__})
+    if plots:
+        from .plots import plot_fit
+
+        plot_fit(out, swarm, rec, model)
+
+
+def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path) -> None:
     doc = {
-        "experiment": exp.name,
+        "experiment": name,
         "weights": {d: round(float(v), 6) for d, v in zip(rec.domains, rec.weights)},
         "predicted_objective": round(rec.predicted, 6),
         "objective": rec.objective,
@@ -111,7 +230,12 @@ def _write(exp: Experiment, plan: Plan, rec: Recommendation, keys: list[str], y:
         "model": rec.model,
         "runs": rec.runs,
         "constraints": {d: b for d, b in zip(rec.domains, rec.binding) if b},
-        "fit": str(out / "fit.json"),
+        "fit": str(fit_dir / "fit.json"),
     }
-    header = f"# Recommended mixture for '{exp.name}', written by mixopt {__version__} `mixopt fit`.\n"
-    atomic_write_text(exp.optimal_path, header + yaml.safe_dump(doc, sort_keys=False))
+    if rec.weights_ci is not None:
+        doc["interval"] = {"level": rec.ci, "bootstrap": rec.bootstrap,
+                           "weights": {d: [round(float(a), 6), round(float(b), 6)]
+                                       for d, (a, b) in zip(rec.domains, rec.weights_ci)},
+                           "predicted_objective": [round(x, 6) for x in rec.predicted_ci]}
+    header = f"# Recommended mixture for '{name}', written by mixopt {__version__} `mixopt fit`.\n"
+    atomic_write_text(path, header + yaml.safe_dump(doc, sort_keys=False))

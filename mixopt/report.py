@@ -36,20 +36,30 @@ def format_sample(manifest: dict) -> str:
 
 
 def format_recommendation(rec) -> str:
+    ci = rec.weights_ci
+    head = ["domain"] + (["available tok"] if rec.available else []) + ["prior", "recommended"]
+    head += [f"{rec.ci:.0%} interval"] if ci is not None else []
+    head += ["binding"]
     rows = []
     for i, d in enumerate(rec.domains):
-        rows.append([d, human(rec.available[i]), f"{rec.prior[i]:.4f}", f"{rec.weights[i]:.4f}",
-                     rec.binding[i] or "-"])
-    others = ", ".join(f"{k} {v.spearman:.3f}" for k, v in rec.candidates.items() if k != rec.model)
+        row = [d] + ([human(rec.available[i])] if rec.available else []) + [f"{rec.prior[i]:.4f}",
+                                                                          f"{rec.weights[i]:.4f}"]
+        row += [f"{ci[i][0]:.4f} .. {ci[i][1]:.4f}"] if ci is not None else []
+        rows.append(row + [rec.binding[i] or "-"])
+    cv_rows = [[k + (" *" if k == rec.model else ""), f"{v.spearman:.3f}", f"{v.r2:.3f}"]
+               for k, v in rec.candidates.items()]
+    pred = f"predicted objective: {rec.predicted:.4f}"
+    if rec.predicted_ci is not None:
+        pred += f" ({rec.ci:.0%} interval {rec.predicted_ci[0]:.4f} .. {rec.predicted_ci[1]:.4f}, " \
+                f"{rec.bootstrap} bootstrap refits)"
     lines = [
         f"fit: {rec.model} on {rec.runs} runs; objective = {rec.objective} (lower is better)",
-        f"cross-validated ({rec.cv.folds}-fold): Spearman {rec.cv.spearman:.3f}, R^2 {rec.cv.r2:.3f}"
-        + (f"   (other models' Spearman: {others})" if others else ""),
         "",
-        table(["domain", "available tok", "prior", "recommended", "binding"], rows),
+        table([f"model ({rec.cv.folds}-fold CV)", "Spearman", "R^2"], cv_rows),
         "",
-        f"predicted objective: {rec.predicted:.4f} at the recommendation, {rec.predicted_prior:.4f} at the prior; "
-        f"best measured run: {rec.best_run:.4f}",
+        table(head, rows),
+        "",
+        f"{pred} at the recommendation; {rec.predicted_prior:.4f} at the prior; best measured run: {rec.best_run:.4f}",
     ]
     return "\n".join(lines)
 

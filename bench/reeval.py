@@ -1,0 +1,89 @@
+"""Benchmark: re-evaluate + refit after an eval-suite change, vs the sweep that trained the proxies.
+
+Works on a copy of a finished experiment's workspace (default: the demo's, after `make demo`), so
+the real one is untouched. The suite change adds a text evaluation (CPython's `unittest` sources,
+a code set outside the sample) and gives the FAQ task a weight: every checkpoint is reloaded and
+measured on both, then the ratio is refit. Prints one JSON object and writes it to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from mixopt.config import load_experiment
+from mixopt.recommend import recommend_mixture
+from mixopt.store import Store
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=Path("mixtures/demo.yaml"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/reeval.json"))
+    args = ap.parse_args()
+    exp = load_experiment(args.config)
+    ws = exp.workspace_dir
+    with Store(ws / "mixopt.db") as store:
+        sweeps = [s for s in store.sweeps() if s["kind"] == "sweep" and s["trained"] > 0 and s["finished"]]
+        runs = len(store.runs(status="done"))
+    if not sweeps:
+        raise SystemExit(f"no finished sweep recorded in {ws}: run `make demo` first")
+    sweep_seconds = sum(s["finished"] - s["started"] for s in sweeps)
+
+    with tempfile.TemporaryDirectory(prefix="mixopt-bench-") as tmp:
+        tmp = Path(tmp)
+        shutil.copytree(ws, tmp / "ws")
+        raw = yaml.safe_load(args.config.read_text())
+        suite = yaml.safe_load(Path(exp.evals.path).read_text()) if exp.evals and exp.evals.path else \
+            {"evaluations": [e.model_dump(exclude_none=True) for e in exp.evals.evaluations]}
+        base = Path(exp.evals.base_dir) if exp.evals else exp.resolve(".")
+        for e in suite["evaluations"]:  # the copied suite lives elsewhere: make its paths absolute
+            if "path" in e:
+                e["path"] = str((base / e["path"]).resolve())
+            if "sources" in e:
+                e["sources"] = [{"path": s} if isinstance(s, str) else s for s in e["sources"]]
+                for s in e["sources"]:
+                    s["path"] = str((base / s["path"]).resolve())
+            if e["kind"] == "choice":
+                e["weight"] = 0.5
+        unittest_src = Path(sysconfig.get_paths()["stdlib"]) / "unittest"
+        suite["evaluations"].append({"name": "unittest-src", "kind": "text", "weight": 1.0, "max_tokens": 50_000,
+                                     "sources": [{"path": str(unittest_src), "extensions": [".py"]}]})
+        (tmp / "suite.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
+        raw |= {"workspace": str(tmp / "ws"), "evals": "suite.yaml"}
+        for d in raw["domains"]:
+            for s in d["sources"]:
+                s["path"] = str(exp.resolve(s["path"]))
+        (tmp / "bench.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        changed = load_experiment(tmp / "bench.yaml")
+        with Store(tmp / "ws" / "mixopt.db") as store:
+            trainings_before = store.summary()["trainings"]
+        t0 = time.perf_counter()
+        rec = recommend_mixture(changed, reeval=True, workers=args.workers, progress=False, say=lambda m: None)
+        reeval_seconds = time.perf_counter() - t0
+        with Store(tmp / "ws" / "mixopt.db") as store:
+            trainings_after = store.summary()["trainings"]
+
+    result = {
+        "experiment": exp.name, "runs": runs, "sweep_seconds": round(sweep_seconds, 2),
+        "reeval_and_refit_seconds": round(reeval_seconds, 2),
+        "ratio": round(reeval_seconds / sweep_seconds, 4), "target_ratio": 0.05,
+        "proxies_trained_during_reeval": trainings_after - trainings_before, "workers": args.workers,
+        "suite_change": "added text eval unittest-src (50k tokens); faq-answer weight 0 -> 0.5",
+        "new_objective": rec.objective, "new_weights": dict(zip(rec.domains, map(float, rec.weights))),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Two PNGs per fit: out-of-fold predicted vs measured objective, and each domain's weight effect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .optimize import project_to_bounds
+
+
+def plot_fit(out: Path, swarm, rec, model) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y, oof = swarm.y, rec.cv.oof
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110)
+    ax.scatter(y, oof, s=12, alpha=0.7)
+    lo, hi = float(min(y.min(), oof.min())), float(max(y.max(), oof.max()))
+    ax.plot([lo, hi], [lo, hi], lw=1, color="gray")
+    ax.set_xlabel("measured objective")
+    ax.set_ylabel(f"predicted out-of-fold ({rec.cv.folds}-fold)")
+    ax.set_title(f"{rec.model}: Spearman {rec.cv.spearman:.3f}, R² {rec.cv.r2:.3f}", fontsize=10)
+    fig.tight_layout()
+    first = out / "predicted_vs_measured.png"
+    _save(fig, first)
+
+    # Each domain's weight swept from its lower to its upper bound, the other domains keeping their
+    # proportions from the recommendation (then projected back into the bounds).
+    d = len(swarm.domains)
+    cols = min(4, d)
+    rows = -(-d // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows), dpi=110, squeeze=False)
+    w0 = rec.weights
+    for i, name in enumerate(swarm.domains):
+        ax = axes[i // cols][i % cols]
+        grid = np.linspace(swarm.bounds.lower[i], swarm.bounds.upper[i], 41)
+        rest = np.delete(w0, i)
+        rest = rest / rest.sum() if rest.sum() > 0 else np.full(d - 1, 1 / (d - 1))
+        W = np.array([np.insert(rest * (1 - g), i, g) for g in grid])
+        W = project_to_bounds(W, swarm.bounds)
+        ax.plot(W[:, i], model.predict(W), lw=1.5)
+        ax.axvline(w0[i], color="gray", lw=1, ls="--")
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for j in range(d, rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    fig.supxlabel("domain weight (others keep the recommendation's proportions)", fontsize=9)
+    fig.supylabel("predicted objective", fontsize=9)
+    fig.tight_layout()
+    second = out / "weight_effects.png"
+    _save(fig, second)
+    return [first, second]
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,206 @@
+"""External swarms: fit a table of mixtures and scores that mixopt did not train (e.g. RegMix's
+released runs), and score candidate mixtures with a saved fit (`mixopt predict`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .design import Bounds
+from .errors import MixoptError
+from .recommend import FitSettings, Recommendation, Swarm, fit_swarm, save_fit, write_optimal
+from .regress import MixtureModel, fit_model
+
+TABLE_TOLERANCE = 0.01  # published swarms round weights (RegMix: to 1e-3, rows sum to 1 +- 0.004)
+
+
+def read_table(path: Path):
+    import polars as pl
+
+    if not path.is_file():
+        raise MixoptError(f"table not found: {path}", "pass a .csv or .parquet file")
+    name = path.name.lower()
+    try:
+        if name.endswith(".csv"):
+            return pl.read_csv(path, infer_schema_length=10_000)
+        if name.endswith(".parquet"):
+            return pl.read_parquet(path)
+    except Exception as e:  # polars raises several types for unreadable files
+        raise MixoptError(f"{path}: cannot read the table ({str(e).splitlines()[0]})",
+                          "check that it is a valid CSV/Parquet file") from None
+    raise MixoptError(f"{path}: unknown table format", "use a .csv or .parquet file")
+
+
+def parse_targets(targets: list[str]) -> dict[str, float]:
+    """'COLUMN' or 'COLUMN=WEIGHT' (a negative weight for a higher-is-better score)."""
+    if not targets:
+        raise MixoptError("no --target given", "name the score column to minimize, e.g. --target val_loss")
+    out: dict[str, float] = {}
+    for t in targets:
+        name, weight = t, 1.0
+        if "=" in t:
+            head, _, tail = t.rpartition("=")
+            try:
+                name, weight = head, float(tail)
+            except ValueError:
+                pass
+        if not math.isfinite(weight) or weight == 0:
+            raise MixoptError(f"--target {t}: weight must be a finite non-zero number", "e.g. --target loss=0.5")
+        out[name] = out.get(name, 0.0) + weight
+    return out
+
+
+def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None, key: str | None = None,
+               domains: str | None = None, tolerance: float = TABLE_TOLERANCE,
+               bounds: list[str] | None = None) -> Swarm:
+    import polars as pl
+
+    table = read_table(runs)
+    if scores is not None:
+        if key is None:
+            raise MixoptError("--scores needs --key: the column that joins the two tables", "e.g. --key index")
+        right = read_table(scores)
+        for t, name in ((table, runs), (right, scores)):
+            if key not in t.columns:
+                raise MixoptError(f"{name}: no column '{key}'", f"columns: {', '.join(t.columns[:12])}")
+            if t[key].n_unique() != t.height:
+                raise MixoptError(f"{name}: key '{key}' repeats", "give each run one row")
+        lost = table.join(right, on=key, how="anti")
+        if lost.height:
+            raise MixoptError(f"{lost.height} runs in {runs} have no row in {scores} (first {key}: {lost[key][0]})",
+                              "pass tables with the same runs, or drop those runs")
+        weight_cols = _domain_columns(table, key, domains, exclude=set())
+        table = table.join(right.select([key, *[c for c in right.columns if c != key and c not in table.columns]]),
+                           on=key, how="inner")
+    else:
+        weight_cols = _domain_columns(table, key, domains, exclude=set(targets))
+    for t in targets:
+        if t not in table.columns:
+            raise MixoptError(f"target column '{t}' not found", f"score columns: {_score_columns(table, weight_cols, key)}")
+    if len(weight_cols) < 2:
+        raise MixoptError(f"found {len(weight_cols)} weight columns ({', '.join(weight_cols)}); a mixture needs >= 2",
+                          "name them with --domains PREFIX")
+    X = check_mixtures(table, weight_cols, str(runs), tolerance)
+    metrics = {}
+    for t in targets:
+        v = table[t].cast(pl.Float64, strict=False).to_numpy()
+        bad = np.flatnonzero(~np.isfinite(v))
+        if bad.size:
+            raise MixoptError(f"{t}: row {bad[0] + 1} has no finite score", "fill or drop that run")
+        metrics[t] = v
+    keys = [str(k) for k in table[key]] if key else [str(i) for i in range(table.height)]
+    objective = " + ".join(f"{w:g}*{t}" if w != 1 else t for t, w in targets.items())
+    return Swarm(weight_cols, X, metrics, targets, keys, _prior(X), parse_bounds(bounds or [], weight_cols),
+                 objective)
+
+
+def _domain_columns(table, key, prefix, exclude) -> list[str]:
+    import polars as pl
+
+    if prefix:
+        cols = [c for c in table.columns if c.startswith(prefix) and c != key]
+        if not cols:
+            raise MixoptError(f"no column starts with '{prefix}'", f"columns: {', '.join(table.columns[:12])}")
+        return cols
+    return [c for c in table.columns if c != key and c not in exclude and table[c].dtype.is_numeric()
+            and table[c].dtype != pl.Boolean]
+
+
+def _score_columns(table, weight_cols, key) -> str:
+    rest = [c for c in table.columns if c not in weight_cols and c != key]
+    return ", ".join(rest[:12]) or "(none)"
+
+
+def check_mixtures(table, cols: list[str], where: str, tolerance: float) -> np.ndarray:
+    """Rows of weights: finite, >= 0, summing to 1 within tolerance; returned normalized."""
+    import polars as pl
+
+    X = np.column_stack([table[c].cast(pl.Float64, strict=False).to_numpy() for c in cols])
+    bad = np.argwhere(~np.isfinite(X))
+    if bad.size:
+        r, c = bad[0]
+        raise MixoptError(f"{where}: row {r + 1}, column '{cols[c]}' is not a number", "fill or drop that row")
+    neg = np.argwhere(X < 0)
+    if neg.size:
+        r, c = neg[0]
+        raise MixoptError(f"{where}: row {r + 1}, column '{cols[c]}' is negative ({X[r, c]:g})", "weights must be >= 0")
+    sums = X.sum(axis=1)
+    off = np.flatnonzero(np.abs(sums - 1) > tolerance)
+    if off.size:
+        raise MixoptError(f"{where}: row {off[0] + 1}'s weights sum to {sums[off[0]]:.6g}, not 1 "
+                          f"(tolerance {tolerance:g}; {off.size} such rows)",
+                          "fix the weights, pass --tolerance, or name the weight columns with --domains PREFIX")
+    return X / sums[:, None]
+
+
+def parse_bounds(specs: list[str], names: list[str]) -> Bounds:
+    """--bound DOMAIN=LOW:HIGH (either side may be empty)."""
+    lower, upper = np.zeros(len(names)), np.ones(len(names))
+    reason = ["none"] * len(names)
+    for s in specs:
+        name, _, rng = s.partition("=")
+        lo, sep, hi = rng.partition(":")
+        if name not in names or not sep:
+            raise MixoptError(f"--bound {s}: expected DOMAIN=LOW:HIGH with a known domain",
+                              f"domains: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
+        i = names.index(name)
+        try:
+            lower[i] = float(lo) if lo else 0.0
+            upper[i] = float(hi) if hi else 1.0
+        except ValueError:
+            raise MixoptError(f"--bound {s}: bounds must be numbers", "e.g. --bound code=0.05:0.4") from None
+        if not (0 <= lower[i] <= upper[i] <= 1):
+            raise MixoptError(f"--bound {s}: need 0 <= low <= high <= 1", "fix the bound")
+        reason[i] = "max" if upper[i] < 1 else "none"
+    return Bounds(lower, upper, tuple(reason))
+
+
+def _prior(X: np.ndarray) -> np.ndarray:
+    """Without token counts, the swarm's mean mixture is the centre the KL term and simulation use."""
+    p = X.mean(axis=0)
+    return p / p.sum()
+
+
+def fit_external(swarm: Swarm, settings: FitSettings, save: Path | None, plots: bool = True) -> Recommendation:
+    rec, model = fit_swarm(swarm, settings)
+    if save is not None:
+        save_fit(save, swarm, settings, rec, model, plots=plots)
+        write_optimal(save / "optimal.yaml", rec, save.name, save)
+    return rec
+
+
+def load_fit(fit_dir: Path) -> tuple[dict, MixtureModel]:
+    """A saved fit, refit from its own table (deterministic): the model that made its recommendation."""
+    import polars as pl
+
+    meta_path, runs_path = fit_dir / "fit.json", fit_dir / "runs.parquet"
+    if not meta_path.is_file() or not runs_path.is_file():
+        raise MixoptError(f"{fit_dir}: not a saved fit (needs fit.json and runs.parquet)",
+                          "pass a folder written by `mixopt fit --save DIR` or a workspace's fits/<key>/")
+    meta = json.loads(meta_path.read_text())
+    table = pl.read_parquet(runs_path)
+    X = np.column_stack([table[d].to_numpy() for d in meta["domains"]])
+    metrics = {m: table[m].to_numpy() for m in meta["terms"]}
+    return meta, fit_model(meta["model"], X, metrics, meta["terms"], meta["settings"]["seed"])
+
+
+def predict_mixtures(fit_dir: Path, mixtures: Path, key: str | None = None,
+                     tolerance: float = TABLE_TOLERANCE) -> tuple[list[str], list, np.ndarray]:
+    """(key column name, key values, predicted objective) for each row of a mixtures table."""
+    meta, model = load_fit(fit_dir)
+    table = read_table(mixtures)
+    missing = [d for d in meta["domains"] if d not in table.columns]
+    if missing:
+        raise MixoptError(f"{mixtures}: no column for domain '{missing[0]}' ({len(missing)} missing)",
+                          "give one weight column per domain of the fit, named as in its runs table")
+    X = check_mixtures(table, meta["domains"], str(mixtures), tolerance)
+    if key is None:
+        others = [c for c in table.columns if c not in meta["domains"]]
+        key = others[0] if others else None
+    if key is not None and key not in table.columns:
+        raise MixoptError(f"{mixtures}: no column '{key}'", f"columns: {', '.join(table.columns[:12])}")
+    ids = table[key].to_list() if key else list(range(table.height))
+    return key or "row", ids, model.predict(X)
