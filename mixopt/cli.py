@@ -40,14 +40,16 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
 @app.command()
 def sweep(config: Path = CONFIG,
           workers: int = typer.Option(1, min=1, help="Local worker processes (one per core on CPU)."),
-          progress: bool = typer.Option(True, help="Show progress bars on stderr.")):
+          progress: bool = typer.Option(True, help="Show progress bars on stderr."),
+          mixtures: Optional[Path] = typer.Option(None, help="Also train these mixtures (what `mixopt propose` wrote).")):
     """Design the mixtures, train and evaluate one proxy per mixture not yet finished."""
     from .config import load_experiment
     from .report import format_sweep
-    from .sweep import run_sweep
+    from .sweep import read_mixtures_file, run_sweep
 
     exp = load_experiment(config)
-    report = run_sweep(exp, workers=workers, progress=progress, say=typer.echo)
+    extra = read_mixtures_file(mixtures, exp) if mixtures else []
+    report = run_sweep(exp, workers=workers, progress=progress, say=typer.echo, extra=extra)
     typer.echo(format_sweep(report))
     if report.failed:
         raise typer.Exit(1)
@@ -134,6 +136,40 @@ def predict(fit_dir: Path = typer.Argument(..., help="A saved fit: `fit --save D
     typer.echo(f"{name},predicted,rank")
     for i in range(len(ids)):
         typer.echo(f"{ids[i]},{pred[i]:.6g},{rank[i]}")
+
+
+@app.command()
+def propose(config: Path = CONFIG, n: int = typer.Option(4, "--n", min=1, help="How many mixtures.")):
+    """The next mixtures to train: where the fit is least sure about the optimum."""
+    from .config import load_experiment
+    from .propose import propose_mixtures
+
+    exp = load_experiment(config)
+    picks, out = propose_mixtures(exp, n, say=typer.echo)
+    typer.echo(f"{len(picks)} mixtures written to {out}; train them with "
+               f"`mixopt sweep {config} --mixtures {out}`, then `mixopt fit {config}`")
+
+
+@app.command()
+def verify(config: Path = CONFIG, workers: int = typer.Option(1, min=1, help="Local worker processes."),
+           progress: bool = typer.Option(True, help="Show progress bars on stderr."),
+           format: Format = typer.Option(Format.text, "--format")):
+    """Train proxies on the recommended mixture and on the prior; compare measured with predicted."""
+    from .config import load_experiment
+    from .propose import verify_recommendation
+
+    exp = load_experiment(config)
+    v = verify_recommendation(exp, workers, progress, say=(lambda m: typer.echo(m, err=True)))
+    if format is Format.json:
+        typer.echo(json.dumps(v.to_json()))
+        return
+    typer.echo(f"objective: {v.objective} (lower is better); {v.trained} proxies trained for this check")
+    typer.echo(f"recommended mixture: measured {v.measured:.4f}, predicted {v.predicted:.4f} "
+               f"(error {v.measured - v.predicted:+.4f}); rank {v.rank} of {v.runs + 1} among the swarm's runs")
+    typer.echo(f"natural prior:       measured {v.prior_measured:.4f}, predicted {v.prior_predicted:.4f}")
+    typer.echo(f"best swarm run:      measured {v.best_run:.4f}")
+    verdict = "better than" if v.measured < v.prior_measured else "NOT better than"
+    typer.echo(f"the recommendation is {verdict} the prior by {abs(v.prior_measured - v.measured):.4f}")
 
 
 def _fit_and_print(exp, format: Format, reeval: bool, workers: int, progress: bool, plots: bool = True) -> None:

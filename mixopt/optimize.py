@@ -69,14 +69,15 @@ def sample_mixtures(prior: np.ndarray, bounds: Bounds, n: int, rng: np.random.Ge
     centre /= centre.sum()
     scale = np.exp(rng.uniform(np.log(0.1), np.log(5.0), size=(n, 1)))
     g = rng.standard_gamma(np.maximum(centre * scale, 1e-3))
-    w = g / np.maximum(g.sum(axis=1, keepdims=True), TINY)
+    total = g.sum(axis=1, keepdims=True)
+    w = np.where(total > 0, g / np.maximum(total, TINY), centre)  # tiny concentrations can underflow to 0
     return project_to_bounds(w, bounds)
 
 
 def project_to_bounds(W: np.ndarray, bounds: Bounds) -> np.ndarray:
     """Each row's Euclidean projection onto the bounded simplex: clip(w - tau, lower, upper), tau by bisection."""
     lo, hi = bounds.lower, bounds.upper
-    outside = np.flatnonzero(np.any(W < lo, axis=1) | np.any(W > hi, axis=1))
+    outside = np.flatnonzero(np.any(W < lo, axis=1) | np.any(W > hi, axis=1) | (np.abs(W.sum(axis=1) - 1) > 1e-9))
     if outside.size < len(W):  # rows already inside are their own projection
         W = W.copy()
         if outside.size:

@@ -165,6 +165,17 @@ def recommend_mixture(exp: Experiment, reeval: bool = True, workers: int = 1, pr
                       say: Say = print, plots: bool = True) -> Recommendation:
     """Fit on every finished run; first evaluate stored checkpoints on what the suite added,
     unless `reeval` is off (then runs lacking the current suite are left out, with a warning)."""
+    plan, swarm, settings, fit_key = experiment_swarm(exp, reeval, workers, progress, say)
+    rec, model = fit_swarm(swarm, settings, fit_key)
+    out = plan.workspace.fits_dir / rec.fit_key[:16]
+    save_fit(out, swarm, settings, rec, model, plots=plots)
+    write_optimal(exp.optimal_path, rec, exp.name, out)
+    return rec
+
+
+def experiment_swarm(exp: Experiment, reeval: bool = True, workers: int = 1, progress: bool = False,
+                     say: Say = print):
+    """(plan, swarm, settings, fit key): the experiment's finished runs under its current suite."""
     plan = load_plan(exp)
     with Store(plan.workspace.db_path) as store:
         if reeval:
@@ -190,11 +201,7 @@ def recommend_mixture(exp: Experiment, reeval: bool = True, workers: int = 1, pr
     fit_key = content_hash({"context": plan.context, "suite": plan.suite.key, "runs": sorted(keys),
                             "fit": exp.fit.model_dump(), "optimum": exp.optimum.model_dump(),
                             "bounds": [plan.bounds.lower.tolist(), plan.bounds.upper.tolist()]})
-    rec, model = fit_swarm(swarm, settings, fit_key)
-    out = plan.workspace.fits_dir / rec.fit_key[:16]
-    save_fit(out, swarm, settings, rec, model, plots=plots)
-    write_optimal(exp.optimal_path, rec, exp.name, out)
-    return rec
+    return plan, swarm, settings, fit_key
 
 
 def save_fit(out: Path, swarm: Swarm, settings: FitSettings, rec: Recommendation, model: MixtureModel,

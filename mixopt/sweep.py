@@ -69,7 +69,8 @@ class EvalReport:
     seconds: float = 0.0
 
 
-def load_plan(exp: Experiment) -> Plan:
+def load_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool = True) -> Plan:
+    """The design's mixtures (unless design=False) plus `extra` ones (proposed, verification)."""
     ws = Workspace(exp.workspace_dir)
     manifest = ws.read_manifest()
     if manifest.get("key") != sample_key(exp):
@@ -85,15 +86,49 @@ def load_plan(exp: Experiment) -> Plan:
         "slices": {n: manifest["domains"][n]["train_sha256"] for n in names},
         "tokenizer": manifest["tokenizer_sha256"],
     })
-    mixtures = design_mixtures(exp, prior, bounds)
-    keys = [content_hash({"context": context, "weights": list(m.weights)}) for m in mixtures]
+    mixtures, keys = [], []
+    for m in (design_mixtures(exp, prior, bounds) if design else []) + list(extra):
+        key = run_key(context, m.weights)
+        if key not in keys:
+            mixtures.append(m)
+            keys.append(key)
     suite = resolve_suite(exp, manifest, ws)
     return Plan(ws, manifest, spec, bounds, prior, available, context, suite, mixtures, keys)
 
 
-def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say = print) -> SweepReport:
+def run_key(context: str, weights) -> str:
+    return content_hash({"context": context, "weights": list(weights)})
+
+
+def read_mixtures_file(path: Path, exp: Experiment) -> list[Mixture]:
+    """Mixtures to train besides the design: YAML `mixtures: [{domain: weight, ...}, ...]`
+    (what `mixopt propose` writes) or a bare list of such mappings."""
+    import yaml
+
+    from .config import check_weights
+
+    if not path.is_file():
+        raise MixoptError(f"mixtures file not found: {path}", "pass the file `mixopt propose` wrote")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise MixoptError(f"{path}: not valid YAML", "fix the YAML syntax") from None
+    items = raw.get("mixtures") if isinstance(raw, dict) else raw
+    if not isinstance(items, list) or not items or not all(isinstance(m, dict) for m in items):
+        raise MixoptError(f"{path}: expected a list of mixtures (domain: weight mappings)",
+                          "write `mixtures: [{code: 0.5, wiki: 0.5}]`")
+    return [Mixture(f"file:{path.stem}:{i}", tuple(check_weights(m, exp.domain_names, f"{path}: mixtures[{i}]")))
+            for i, m in enumerate(items)]
+
+
+def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say = print,
+              extra: list[Mixture] | tuple = (), design: bool = True) -> SweepReport:
     t0 = time.time()
-    plan = load_plan(exp)
+    plan = load_plan(exp, extra, design)
+    for m in extra:
+        if m.origin.startswith("file:") and not plan.bounds.contains(np.asarray(m.weights)):
+            raise MixoptError(f"mixture {m.origin} is outside the domain bounds (or repetition limits)",
+                              "fix its weights or the bounds")
     ws = plan.workspace
     report = SweepReport(planned=len(plan.mixtures))
     prepare_suite(exp, plan.suite, ws)

@@ -86,3 +86,14 @@ def test_linear_ranks_a_linear_truth():
     y = X @ np.array([3.0, 2.0, 2.5, 4.0, 3.3]) + RNG.normal(0, 0.01, 40)
     cv = cross_validate("linear", X, {"y": y}, {"y": 1.0}, 5, 0)
     assert cv.spearman > 0.99 and cv.r2 > 0.98
+
+
+def test_simulated_mixtures_lie_in_the_bounded_simplex():
+    from mixopt.optimize import sample_mixtures
+
+    prior = np.array([0.7, 0.2, 0.05, 0.05])
+    b = Bounds(np.array([0.0, 0.1, 0.0, 0.0]), np.array([0.5, 1.0, 0.3, 0.3]), ("max", "none", "max", "max"))
+    W = sample_mixtures(prior, b, 20_000, np.random.default_rng(0))
+    assert np.allclose(W.sum(axis=1), 1, atol=1e-9)
+    assert np.all(W >= b.lower - 1e-12) and np.all(W <= b.upper + 1e-12)
+    assert W[:, 0].max() > 0.49 and W[:, 2].min() < 0.01  # the projection reaches the bounds, not only the centre
