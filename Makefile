@@ -25,5 +25,10 @@ demo: env
 test: env
 	$(PY) -m pytest -q
 
+# Benchmarks are scripts, not timed tests; each prints JSON and writes it under bench/results/.
+bench: demo
+	$(PY) bench/reeval.py --config mixtures/demo.yaml --workers 2
+	$(PY) bench/fit_regmix.py
+
 clean:
 	rm -rf workspaces demo/data mixtures/*.optimal.yaml
