@@ -66,7 +66,7 @@ def stream_loss(model, stream: np.ndarray, seq_len: int, token_bytes: np.ndarray
     model.eval()
     starts = list(range(0, len(stream) - 1, seq_len))
     nats, tokens, nbytes = 0.0, 0, 0
-    with torch.no_grad():
+    with torch.inference_mode():
         for i in range(0, len(starts), EVAL_BATCH):
             chunk = starts[i:i + EVAL_BATCH]
             x = np.zeros((len(chunk), seq_len + 1), dtype=np.int64)
@@ -104,18 +104,25 @@ def choice_scores(model, items: list[dict], seq_len: int) -> dict[str, float]:
             rows.append((i, seq, len(c)))
     ll = np.zeros(len(rows))
     model.eval()
-    with torch.no_grad():
+    with torch.inference_mode():
         for b in range(0, len(rows), EVAL_BATCH):
             chunk = rows[b:b + EVAL_BATCH]
             width = max(len(s) for _, s, _ in chunk)
             x = np.zeros((len(chunk), width), dtype=np.int64)
-            for r, (_, s, _) in enumerate(chunk):
-                x[r, :len(s)] = s
-            xt = torch.from_numpy(x).to(device)
-            logp = torch.log_softmax(model(input_ids=xt[:, :-1]).logits.float(), dim=-1)
-            tok = logp.gather(-1, xt[:, 1:, None])[..., 0].cpu().numpy()
+            r_idx, t_idx, owner = [], [], []
             for r, (_, s, n) in enumerate(chunk):
-                ll[b + r] = tok[r, len(s) - 1 - n:len(s) - 1].sum()
+                x[r, :len(s)] = s
+                r_idx += [r] * n
+                t_idx += list(range(len(s) - 1 - n, len(s) - 1))
+                owner += [b + r] * n
+            xt = torch.from_numpy(x).to(device)
+            # Only the choice tokens are scored: project just their positions onto the vocabulary
+            # (the output layer is most of a tiny model's cost).
+            hidden = model.model(input_ids=xt[:, :-1]).last_hidden_state
+            rows_t, cols_t = torch.tensor(r_idx, device=device), torch.tensor(t_idx, device=device)
+            logp = torch.log_softmax(model.lm_head(hidden[rows_t, cols_t]).float(), dim=-1)
+            tok = logp.gather(-1, xt[rows_t, cols_t + 1][:, None])[:, 0].cpu().numpy()
+            np.add.at(ll, np.asarray(owner), tok)
     model.train()
     acc = acc_norm = prob = 0.0
     pos = 0

@@ -39,7 +39,8 @@ def propose_mixtures(exp: Experiment, n: int, say: Say = print) -> tuple[list[np
     replicates, optima = [], [rec.weights]
     for _ in range(max(settings.bootstrap, MIN_REPLICATES)):
         idx = rng.integers(0, len(swarm.keys), len(swarm.keys))
-        m = fit_model(model.kind, swarm.X[idx], {k: v[idx] for k, v in swarm.metrics.items()}, swarm.terms, exp.seed)
+        m = fit_model(model.kind, swarm.X[idx], {k: v[idx] for k, v in swarm.metrics.items()}, swarm.terms, exp.seed,
+                      start=model)
         replicates.append(m)
         if m.smooth:
             optima.append(solve_optimum(m, swarm.prior, swarm.bounds, settings.kl_weight, exp.seed))

@@ -151,7 +151,7 @@ def _bootstrap(swarm: Swarm, settings: FitSettings, model: MixtureModel, w: np.n
     for _ in range(settings.bootstrap):
         idx = rng.integers(0, n, n)
         m = fit_model(model.kind, swarm.X[idx], {k: v[idx] for k, v in swarm.metrics.items()}, swarm.terms,
-                      settings.seed)
+                      settings.seed, start=model)
         if m.smooth:
             ws.append(solve_optimum(m, swarm.prior, swarm.bounds, settings.kl_weight, settings.seed))
         else:

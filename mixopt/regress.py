@@ -87,21 +87,26 @@ class CrossValidation:
 
 
 def fit_model(kind: str, X: np.ndarray, metrics: dict[str, np.ndarray], terms: dict[str, float],
-              seed: int = 0) -> MixtureModel:
+              seed: int = 0, start: MixtureModel | None = None) -> MixtureModel:
+    """Fit each metric of the objective; `start` (a fit of the same kind on similar data, e.g. the
+    full swarm for a bootstrap replicate) warm-starts the least-squares families."""
     if kind == "gbm":
         return MixtureModel(kind, dict(terms), trees={m: _fit_gbm(X, metrics[m], seed) for m in terms})
-    fit_one = {"linear": _fit_linear, "loglinear": _fit_loglinear, "law": _fit_law}[kind]
-    return MixtureModel(kind, dict(terms), {m: fit_one(X, metrics[m]) for m in terms})
+    if kind == "linear":
+        return MixtureModel(kind, dict(terms), {m: _fit_linear(X, metrics[m]) for m in terms})
+    fit_one = _fit_loglinear if kind == "loglinear" else _fit_law
+    p0 = (lambda m: start.params[m]) if start is not None and start.kind == kind else (lambda m: None)
+    return MixtureModel(kind, dict(terms), {m: fit_one(X, metrics[m], p0(m)) for m in terms})
 
 
 def _fit_linear(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.linalg.lstsq(X, y, rcond=None)[0]
 
 
-def _fit_loglinear(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _fit_loglinear(X: np.ndarray, y: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
     floor0 = 0.5 * max(float(y.min()), 1e-6)
-    t0 = np.log(max(float(y.mean()) - floor0, 1e-6))
-    p0 = np.r_[np.log(floor0), np.full(X.shape[1], t0)]
+    t0 = np.log(max(float(y.mean()) - floor0, 1e-6))  # the ridge's centre stays the flat start
+    p0 = np.r_[np.log(floor0), np.full(X.shape[1], t0)] if start is None else start
 
     d = X.shape[1]
 
@@ -114,21 +119,30 @@ def _fit_loglinear(X: np.ndarray, y: np.ndarray) -> np.ndarray:
         top = np.column_stack([np.full(len(y), np.exp(p[0])), e[:, None] * X])
         return np.vstack([top, np.column_stack([np.zeros(d), LOGLINEAR_RIDGE * np.eye(d)])])
 
-    return least_squares(residuals, p0, jac=jacobian, method="trf").x
+    return least_squares(residuals, p0, jac=jacobian, method="trf", max_nfev=_max_evals(X)).x
 
 
-def _fit_law(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """c + exp(X t), least squares from three floors (0, half and 90% of the smallest score)."""
+def _fit_law(X: np.ndarray, y: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+    """c + exp(X t), least squares from three floors (0, half and 90% of the smallest score),
+    or from `start` alone."""
     best = None
-    for frac in (0.0, 0.5, 0.9):
+    starts = [start] if start is not None else []
+    for frac in () if starts else (0.0, 0.5, 0.9):
         c0 = frac * float(y.min())
-        t0 = np.log(max(float(y.mean()) - c0, 1e-6))
-        p0 = np.r_[c0, np.full(X.shape[1], t0)]
+        starts.append(np.r_[c0, np.full(X.shape[1], np.log(max(float(y.mean()) - c0, 1e-6)))])
+    for p0 in starts:
         res = least_squares(lambda p: p[0] + np.exp(np.clip(X @ p[1:], -50, 50)) - y, p0, method="trf",
-                            jac=lambda p: np.column_stack([np.ones(len(y)), np.exp(np.clip(X @ p[1:], -50, 50))[:, None] * X]))
+                            jac=lambda p: np.column_stack([np.ones(len(y)), np.exp(np.clip(X @ p[1:], -50, 50))[:, None] * X]),
+                            max_nfev=_max_evals(X))
         if best is None or res.cost < best.cost:
             best = res
     return best.x
+
+
+def _max_evals(X: np.ndarray) -> int:
+    """A cap on least-squares evaluations: a metric the shape cannot follow (e.g. a near-constant
+    accuracy) would otherwise drift along a flat valley for thousands of steps, to no better fit."""
+    return 30 * (X.shape[1] + 1)
 
 
 def _fit_gbm(X: np.ndarray, y: np.ndarray, seed: int):

@@ -102,15 +102,21 @@ def test_choice_scores_prefer_the_likelier_choice():
     """A model that always predicts token 7: the choice made of 7s is the likeliest, per token and per byte."""
     import torch
 
+    class Body(torch.nn.Module):
+        def forward(self, input_ids):
+            return type("Out", (), {"last_hidden_state": torch.zeros(*input_ids.shape, 4)})()
+
+    class Head(torch.nn.Module):
+        def forward(self, hidden):
+            logits = torch.full((*hidden.shape[:-1], 16), -10.0)
+            logits[..., 7] = 10.0
+            return logits
+
     class Always7(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, input_ids):
-            logits = torch.full((*input_ids.shape, 16), -10.0)
-            logits[..., 7] = 10.0
-            return type("Out", (), {"logits": logits + self.w})()
+            self.model, self.lm_head = Body(), Head()
 
     items = [{"context": [1, 2, 3], "choices": [[7, 7], [5, 5]], "bytes": [2, 2], "answer": 0},
              {"context": [1], "choices": [[5], [7, 7, 7]], "bytes": [1, 3], "answer": 0}]
