@@ -14,6 +14,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# The cluster backends' engines (Ray ~300 MB, submitit) are extras: the tests need them, the demo does not.
+$(VENV)/.extras: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[test,ray,slurm]"
+	touch $@
+
 env: $(VENV)/.installed
 
 demo: env
@@ -22,7 +27,7 @@ demo: env
 	$(VENV)/bin/mixopt sweep mixtures/demo.yaml --workers 2
 	$(VENV)/bin/mixopt fit mixtures/demo.yaml
 
-test: env
+test: $(VENV)/.extras
 	$(PY) -m pytest -q
 
 # Benchmarks are scripts, not timed tests; each prints JSON and writes it under bench/results/.

@@ -21,6 +21,12 @@ class Format(str, Enum):
     json = "json"
 
 
+class Backend(str, Enum):
+    local = "local"
+    ray = "ray"
+    slurm = "slurm"
+
+
 CONFIG = typer.Argument(..., help="The experiment YAML (e.g. mixtures/demo.yaml).")
 
 
@@ -41,7 +47,13 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
 def sweep(config: Path = CONFIG,
           workers: int = typer.Option(1, min=1, help="Local worker processes (one per core on CPU)."),
           progress: bool = typer.Option(True, help="Show progress bars on stderr."),
-          mixtures: Optional[Path] = typer.Option(None, help="Also train these mixtures (what `mixopt propose` wrote).")):
+          mixtures: Optional[Path] = typer.Option(None, help="Also train these mixtures (what `mixopt propose` wrote)."),
+          backend: Backend = typer.Option(Backend.local, help="Where proxies train."),
+          ray_address: Optional[str] = typer.Option(None, help="ray: join this cluster (auto or HOST:PORT); "
+                                                               "default: start a local Ray."),
+          slurm_partition: Optional[str] = typer.Option(None, help="slurm: partition (overrides slurm.partition)."),
+          slurm_cluster: Optional[str] = typer.Option(None, help="slurm: submitit cluster (slurm, local, debug); "
+                                                                 "default: slurm where sbatch exists.")):
     """Design the mixtures, train and evaluate one proxy per mixture not yet finished."""
     from .config import load_experiment
     from .report import format_sweep
@@ -49,7 +61,9 @@ def sweep(config: Path = CONFIG,
 
     exp = load_experiment(config)
     extra = read_mixtures_file(mixtures, exp) if mixtures else []
-    report = run_sweep(exp, workers=workers, progress=progress, say=typer.echo, extra=extra)
+    options = {"ray_address": ray_address, "slurm_partition": slurm_partition, "slurm_cluster": slurm_cluster}
+    report = run_sweep(exp, workers=workers, progress=progress, say=typer.echo, extra=extra, backend=backend.value,
+                       options=options)
     typer.echo(format_sweep(report))
     if report.failed:
         raise typer.Exit(1)
@@ -241,10 +255,20 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
 
 
 def main() -> None:
+    import sqlite3
+
     try:
         app()  # standalone: click reports its own usage errors and exits 2
     except MixoptError as e:
         typer.echo(f"error: {e.one_line()}", err=True)
+        sys.exit(2)
+    except (OSError, sqlite3.OperationalError) as e:
+        from .sweep import disk_full
+
+        if not disk_full(str(e)) and getattr(e, "errno", None) not in (27, 28, 122):
+            raise
+        typer.echo(f"error: cannot write to the workspace: disk full, file size limit or I/O error ({e}); "
+                   "free space (or raise the quota) and rerun: finished results are kept", err=True)
         sys.exit(2)
 
 

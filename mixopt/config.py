@@ -165,6 +165,19 @@ class Optimum(_Strict):
     kl_weight: float = Field(0.05, ge=0)  # objective + kl_weight x KL(w || prior)
 
 
+class Resources(_Strict):
+    """What one proxy asks of a cluster (ray, slurm backends)."""
+
+    gpus: float = Field(0.0, ge=0)  # a fraction packs several proxies on one GPU (Ray)
+    cpus: float = Field(1.0, gt=0)
+
+
+class Slurm(_Strict):
+    partition: str | None = None
+    time_min: int = Field(60, gt=0)  # per job: one proxy
+    mem_gb: float | None = Field(None, gt=0)
+
+
 class Experiment(_Strict):
     name: str
     seed: int = 0
@@ -176,6 +189,8 @@ class Experiment(_Strict):
     fit: Fit = Fit()
     optimum: Optimum = Optimum()
     evals: EvalSuite | None = None  # default: held-out loss/BPB on every domain, weighted by fit.objective
+    resources: Resources = Resources()
+    slurm: Slurm = Slurm()
     # Set by load_experiment: where the YAML lives (relative paths resolve against its folder).
     base_dir: str = "."
     config_path: str | None = None

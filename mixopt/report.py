@@ -66,6 +66,7 @@ def format_recommendation(rec) -> str:
 
 def format_sweep(report) -> str:
     again = f", {report.reevaluated} re-evaluated" if report.reevaluated else ""
+    again += f", {report.elsewhere} finished by another sweep" if report.elsewhere else ""
     parts = [f"{report.planned} runs planned: {report.already_done} already done{again}, {report.adopted} adopted, "
              f"{report.trained} trained, {len(report.failed)} failed ({report.seconds:.1f}s)"]
     for key, err in report.failed:

@@ -11,8 +11,11 @@ Every state change is one transaction with synchronous=FULL: a kill loses no com
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import time
+import uuid
 from pathlib import Path
 
 SCHEMA = """
@@ -22,11 +25,13 @@ CREATE TABLE IF NOT EXISTS runs (
     origin TEXT NOT NULL,           -- how the design produced it: prior, vertex:<d>, random:<i>, user:<i>
     weights TEXT NOT NULL,          -- JSON list, canonical domain order
     domains TEXT NOT NULL,          -- JSON list of domain names
-    status TEXT NOT NULL,           -- planned | done | failed
+    status TEXT NOT NULL,           -- planned | running | done | failed
     checkpoint TEXT, sha256 TEXT,
     train_loss REAL, tokens INTEGER, train_seconds REAL, epochs TEXT,
     error TEXT, created REAL NOT NULL, finished REAL,
-    trainings INTEGER NOT NULL DEFAULT 0  -- times a proxy was trained for this key (1 unless retrained)
+    trainings INTEGER NOT NULL DEFAULT 0, -- times a proxy was trained for this key (1 unless retrained)
+    lease_owner TEXT,               -- host:pid:nonce of the driver running it
+    lease_expires REAL              -- unix time; a lease not renewed by then may be taken over
 );
 CREATE INDEX IF NOT EXISTS runs_context ON runs(context, status);
 CREATE TABLE IF NOT EXISTS measurements (
@@ -62,8 +67,10 @@ class Store:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
         cols = {r["name"] for r in self.db.execute("PRAGMA table_info(runs)")}
-        if "trainings" not in cols:  # a store written by mixopt 0.1
-            self.db.execute("ALTER TABLE runs ADD COLUMN trainings INTEGER NOT NULL DEFAULT 0")
+        for col, decl in (("trainings", "INTEGER NOT NULL DEFAULT 0"), ("lease_owner", "TEXT"),
+                          ("lease_expires", "REAL")):
+            if col not in cols:  # a store written by an earlier mixopt
+                self.db.execute(f"ALTER TABLE runs ADD COLUMN {col} {decl}")
 
     def close(self) -> None:
         self.db.close()
@@ -92,16 +99,62 @@ class Store:
             self.db.execute("INSERT OR IGNORE INTO suites (key, body, created) VALUES (?, ?, ?)",
                             (suite["key"], json.dumps(suite), time.time()))
 
-    def record_result(self, result: dict) -> None:
-        """A finished run and its evals, in one transaction."""
+    def claim(self, keys: list[str], owner: str, ttl: float, limit: int) -> list[str]:
+        """Lease up to `limit` of these runs to `owner`, in order: those planned or failed, and those
+        running under a lease that expired or whose driver (on this host) is dead."""
+        now = time.time()
+        out = []
         with self._tx():
+            for key in keys:
+                if len(out) >= limit:
+                    break
+                row = self.db.execute("SELECT status, lease_owner, lease_expires FROM runs WHERE key=?",
+                                      (key,)).fetchone()
+                if row is None or row["status"] == "done":
+                    continue
+                if row["status"] == "running" and row["lease_owner"] != owner and \
+                        (row["lease_expires"] or 0) > now and owner_alive(row["lease_owner"]):
+                    continue
+                self.db.execute("UPDATE runs SET status='running', lease_owner=?, lease_expires=? WHERE key=?",
+                                (owner, now + ttl, key))
+                out.append(key)
+        return out
+
+    def renew(self, owner: str, ttl: float) -> None:
+        with self._tx():
+            self.db.execute("UPDATE runs SET lease_expires=? WHERE lease_owner=? AND status='running'",
+                            (time.time() + ttl, owner))
+
+    def release(self, owner: str) -> None:
+        """A driver leaving cleanly gives back what it did not finish."""
+        with self._tx():
+            self.db.execute("UPDATE runs SET status='planned', lease_owner=NULL, lease_expires=NULL "
+                            "WHERE lease_owner=? AND status='running'", (owner,))
+
+    def running_elsewhere(self, keys: list[str], owner: str) -> int:
+        """How many of these runs another live driver holds."""
+        now, n = time.time(), 0
+        for key in keys:
+            row = self.db.execute("SELECT status, lease_owner, lease_expires FROM runs WHERE key=?", (key,)).fetchone()
+            if row and row["status"] == "running" and row["lease_owner"] != owner and \
+                    (row["lease_expires"] or 0) > now and owner_alive(row["lease_owner"]):
+                n += 1
+        return n
+
+    def record_result(self, result: dict) -> bool:
+        """A finished run and its evals, in one transaction; False if it was already recorded."""
+        with self._tx():
+            row = self.db.execute("SELECT status, sha256 FROM runs WHERE key=?", (result["key"],)).fetchone()
+            if row is not None and row["status"] == "done" and row["sha256"] == result["sha256"]:
+                return False
             self.db.execute(
                 "UPDATE runs SET status='done', checkpoint=?, sha256=?, train_loss=?, tokens=?, train_seconds=?, "
-                "epochs=?, error=NULL, finished=? WHERE key=?",
+                "epochs=?, error=NULL, finished=?, lease_owner=NULL, lease_expires=NULL WHERE key=?",
                 (result["checkpoint"], result["sha256"], result["train_loss"], result["tokens"],
                  result["train_seconds"], json.dumps(result["epochs"]), time.time(), result["key"]))
             self.db.execute("UPDATE runs SET trainings = trainings + 1 WHERE key=?", (result["key"],))
             self._insert_measurements(result["key"], result["measurements"])
+        return True
 
     def record_measurements(self, run_key: str, measurements: dict[str, dict[str, float]]) -> None:
         with self._tx():
@@ -142,8 +195,8 @@ class Store:
 
     def record_failure(self, key: str, error: str) -> None:
         with self._tx():
-            self.db.execute("UPDATE runs SET status='failed', error=?, finished=? WHERE key=?",
-                            (error, time.time(), key))
+            self.db.execute("UPDATE runs SET status='failed', error=?, finished=?, lease_owner=NULL, "
+                            "lease_expires=NULL WHERE key=?", (error, time.time(), key))
 
     def runs(self, context: str | None = None, status: str | None = None) -> list[dict]:
         sql, args = "SELECT * FROM runs WHERE 1=1", []
@@ -180,8 +233,29 @@ class Store:
                                 "objective": body.get("objective"), "first_used": r["created"],
                                 "last_scored": r["last"]}
         measured = self.db.execute("SELECT COUNT(*) FROM (SELECT DISTINCT run_key, eval FROM measurements)").fetchone()[0]
-        return {"runs": {s: runs.get(s, 0) for s in ("planned", "done", "failed")}, "trainings": trainings,
+        return {"runs": {s: runs.get(s, 0) for s in ("planned", "running", "done", "failed")}, "trainings": trainings,
                 "measurements": measured, "suites": suites}
+
+
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """False only when the owner ran on this host and its process is gone; other hosts' owners
+    count as alive until their lease expires."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(rest.split(":")[0]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
 
 
 class _Transaction:

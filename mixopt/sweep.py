@@ -8,6 +8,7 @@ finished result is never retrained, and a result a worker left next to its check
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import run_local
+from .backends import make_backend, run_local
 from .config import Experiment
 from .corpus import sample_key
 from .design import Bounds, Mixture, design_mixtures, domain_bounds
@@ -24,7 +25,7 @@ from .evals import EvalTask, eval_checkpoint
 from .keys import content_hash
 from .progress import Bars
 from .proxy import ProxySpec, proxy_spec
-from .store import Store
+from .store import Store, new_owner
 from .suites import Suite, prepare_suite, resolve_suite
 from .train import TRAINER_VERSION, RunTask, read_result, train_run
 from .workspace import Workspace
@@ -56,6 +57,7 @@ class SweepReport:
     trained: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run key, last error line)
     reevaluated: int = 0  # finished runs evaluated on what the suite added (no training)
+    elsewhere: int = 0  # finished meanwhile by another sweep on the same workspace
     seconds: float = 0.0
 
 
@@ -122,7 +124,10 @@ def read_mixtures_file(path: Path, exp: Experiment) -> list[Mixture]:
 
 
 def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say = print,
-              extra: list[Mixture] | tuple = (), design: bool = True) -> SweepReport:
+              extra: list[Mixture] | tuple = (), design: bool = True, backend: str = "local",
+              options: dict | None = None) -> SweepReport:
+    """Train every run of the plan not yet done, through `backend`. Runs are leased in the store,
+    so sweeps sharing a workspace (or a driver restarted after a crash) never train one run twice."""
     t0 = time.time()
     plan = load_plan(exp, extra, design)
     for m in extra:
@@ -132,6 +137,7 @@ def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say
     ws = plan.workspace
     report = SweepReport(planned=len(plan.mixtures))
     prepare_suite(exp, plan.suite, ws)
+    owner = new_owner()
     with Store(ws.db_path) as store:
         sweep_id = store.start_sweep("sweep")
         store.add_suite(plan.suite.to_dict())
@@ -142,36 +148,96 @@ def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say
         ev = evaluate_stored(plan, store, workers, progress, say)
         report.reevaluated = ev.runs
         done = {r["key"] for r in store.runs(plan.context, "done")}
-        tasks = []
-        for key, m in zip(plan.keys, plan.mixtures):
-            if key in done:
-                report.already_done += 1
-                continue
-            task = _task(exp, plan, key, m, workers)
-            left = read_result(Path(task.checkpoint))
-            if left and "measurements" in left:
-                store.record_result(left)  # trained before a crash, never recorded: adopt it
-                report.adopted += 1
-                continue
-            tasks.append(task)
+        report.already_done = sum(k in done for k in plan.keys)
+        tasks = {k: _task(exp, plan, k, m, workers, backend) for k, m in zip(plan.keys, plan.mixtures) if k not in done}
         bars = Bars(len(tasks), enabled=progress)
+        engine = make_backend(backend, train_run, workers, bars.step, options or {}, exp, ws)
+        tried: set[str] = set()
         try:
-            for task, result, error in run_local(train_run, tasks, workers, on_progress=bars.step):
-                if error is None:
-                    store.record_result(result)
-                    report.trained += 1
-                else:
-                    store.record_failure(task.key, error)
-                    report.failed.append((task.key, error.strip().splitlines()[-1]))
-                bars.finish(task.key)
+            with _Heartbeat(ws.db_path, owner):
+                while True:
+                    left = [k for k in tasks if k not in tried]
+                    claimed = store.claim(left, owner, LEASE_SECONDS, engine.free_slots) \
+                        if engine.free_slots > 0 and left else []
+                    for key in claimed:
+                        tried.add(key)
+                        side = read_result(Path(tasks[key].checkpoint))
+                        if side and "measurements" in side:  # trained before a crash, never recorded
+                            store.record_result(side)
+                            report.adopted += 1
+                            bars.finish(key)
+                        else:
+                            engine.submit(tasks[key])
+                    for task, result, error in engine.wait(0.5 if engine.in_flight else 0.0):
+                        if error is None:
+                            if store.record_result(result):
+                                report.trained += 1
+                        elif disk_full(error):  # not the run's fault, and every other run would fail too
+                            raise MixoptError(f"cannot write run {task.key[:12]}'s files: disk full, file size limit "
+                                              f"or I/O error "
+                                              f"({_last_line(error)[:160]})",
+                                              "free space (or raise the quota) and rerun; finished runs are kept")
+                        else:
+                            store.record_failure(task.key, error)
+                            report.failed.append((task.key, _last_line(error)))
+                        bars.finish(task.key)
+                    if engine.in_flight or claimed:
+                        continue
+                    done = {r["key"] for r in store.runs(plan.context, "done")}
+                    left = [k for k in tasks if k not in tried and k not in done]
+                    if not left:
+                        break
+                    time.sleep(1.0)  # another sweep holds the rest: wait for it to finish them (or die)
         finally:
+            engine.close()
             bars.close()
+            store.release(owner)
+        done = {r["key"] for r in store.runs(plan.context, "done")}
+        report.elsewhere = sum(k in done for k in tasks) - report.trained - report.adopted
         if report.adopted:  # adopted sidecars may predate the current suite
             evaluate_stored(plan, store, workers, progress, say)
         record_scores(plan, store)
         store.finish_sweep(sweep_id, report.trained, ev.evaluations)
     report.seconds = time.time() - t0
     return report
+
+
+LEASE_SECONDS = 120.0  # a driver renews its leases every third of this; a dead one's lapse after it
+
+
+class _Heartbeat:
+    """Renew this driver's leases from a thread with its own connection while the sweep runs."""
+
+    def __init__(self, db_path: Path, owner: str):
+        self.db_path, self.owner = db_path, owner
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with Store(self.db_path) as store:
+            while not self.stop.wait(LEASE_SECONDS / 3):
+                store.renew(self.owner, LEASE_SECONDS)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+DISK_FULL = ("Errno 28", "Errno 27", "Errno 122", "No space left", "File too large", "FileTooLarge",
+             "StorageFull", "disk is full", "file write failed", "disk I/O error")
+
+
+def disk_full(error: str) -> bool:
+    """Does this error text say the disk (or the file size limit, or the quota) is exhausted?"""
+    return any(s in error for s in DISK_FULL)
+
+
+def _last_line(error: str) -> str:
+    return error.strip().splitlines()[-1] if error.strip() else "unknown error"
 
 
 def run_eval(exp: Experiment, workers: int = 1, progress: bool = True, say: Say = print) -> EvalReport:
@@ -272,8 +338,8 @@ def training_table(plan: Plan, store: Store):
     return np.array([w for w, _ in rows]), {n: np.array([m[n] for _, m in rows]) for n in names}, keys
 
 
-def _task(exp: Experiment, plan: Plan, key: str, m: Mixture, workers: int) -> RunTask:
-    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+def _task(exp: Experiment, plan: Plan, key: str, m: Mixture, workers: int, backend: str = "local") -> RunTask:
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 and backend == "local" else 0
     return RunTask(key=key, weights=m.weights, domains=tuple(exp.domain_names), seed=exp.seed,
                    spec=plan.spec.to_dict(), sample_dir=str(plan.workspace.sample_dir),
                    checkpoint=str(plan.workspace.checkpoints_dir / f"{key[:24]}.safetensors"),

@@ -18,10 +18,11 @@ import numpy as np
 
 from .keys import file_sha256
 from .proxy import ProxySpec, build_model
-from .workspace import atomic_write_json, fsync_dir, slice_file
+from .workspace import atomic_write_bytes, atomic_write_json, fsync_dir, slice_file
 
 TRAINER_VERSION = 1  # bump when a change alters what training computes: it is in every run key
 MIN_LR_FRACTION = 0.1  # cosine decays to this fraction of the peak learning rate
+RESUME_SAVES = 10  # training state saved this many times per run: a kill loses <= 1/10 of a run
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,13 @@ def lr_at(step: int, spec: ProxySpec) -> float:
 
 
 def train_proxy(spec: ProxySpec, weights, streams: list[np.ndarray], seed: int,
-                progress: Callable[[int, int, float], None] | None = None):
-    """Train a fresh proxy; return (model, per-step losses, epochs per domain)."""
+                progress: Callable[[int, int, float], None] | None = None,
+                state_path: Path | None = None, tag: str = ""):
+    """Train a fresh proxy; return (model, per-step losses, epochs per domain).
+
+    With `state_path`, the training state (weights, optimizer, step, losses) is saved there every
+    ~10% of the steps, and a run that finds one resumes from it: a killed run loses at most that
+    much work, and computes exactly what an uninterrupted run computes (no other randomness)."""
     import torch
 
     rng = np.random.default_rng([seed, 2])
@@ -89,8 +95,13 @@ def train_proxy(spec: ProxySpec, weights, streams: list[np.ndarray], seed: int,
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.95))
     width = spec.seq_len + 1
-    losses = []
-    for step in range(spec.steps):
+    losses: list[float] = []
+    start = 0
+    every = max(1, -(-spec.steps // RESUME_SAVES))
+    if state_path is not None:
+        start, losses = _load_state(state_path, model, opt, spec)
+    work_log = os.environ.get("MIXOPT_WORK_LOG")  # tests: one line per trained step, across attempts
+    for step in range(start, spec.steps):
         batch = seqs[step * spec.batch_size:(step + 1) * spec.batch_size]
         x = torch.from_numpy(np.stack([streams[d][s:s + width] for d, s in batch]).astype(np.int64))
         for group in opt.param_groups:
@@ -101,9 +112,44 @@ def train_proxy(spec: ProxySpec, weights, streams: list[np.ndarray], seed: int,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(float(loss.detach()))
+        if work_log:
+            with open(work_log, "a") as f:
+                f.write(f"{tag} {step}\n")
+        if state_path is not None and (step + 1) % every == 0 and step + 1 < spec.steps:
+            _save_state(state_path, model, opt, spec, step + 1, losses)
         if progress:
             progress(step + 1, spec.steps, losses[-1])
     return model, losses, epochs
+
+
+def _save_state(path: Path, model, opt, spec: ProxySpec, step: int, losses: list[float]) -> None:
+    """Serialized in memory, then written by Python: a full disk raises a plain OSError (ENOSPC,
+    EFBIG) that the driver recognizes, not torch's opaque writer error."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"spec": spec.to_dict(), "step": step, "losses": losses, "model": model.state_dict(),
+                "opt": opt.state_dict()}, buf)
+    atomic_write_bytes(path, buf.getbuffer())
+
+
+def _load_state(path: Path, model, opt, spec: ProxySpec) -> tuple[int, list[float]]:
+    """(first step to train, losses so far); (0, []) if there is no usable state."""
+    import torch
+
+    if not path.is_file():
+        return 0, []
+    try:
+        st = torch.load(path, weights_only=True)
+        if st["spec"] != spec.to_dict() or not 0 < st["step"] < spec.steps or len(st["losses"]) != st["step"]:
+            return 0, []
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        return int(st["step"]), list(st["losses"])
+    except Exception:  # a torn or foreign file: start over rather than fail the run
+        return 0, []
 
 
 def _causal_loss(model, x):
@@ -134,6 +180,11 @@ def result_path(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".json")
 
 
+def state_path(checkpoint: Path) -> Path:
+    """Where an unfinished run keeps its training state."""
+    return checkpoint.with_suffix(".resume.pt")
+
+
 def train_run(task: RunTask, progress: Callable[[int, int, float], None] | None = None) -> dict:
     """Train, checkpoint and evaluate one run; the result is also written next to the checkpoint,
     so a driver that dies before recording it can adopt it instead of retraining."""
@@ -147,9 +198,10 @@ def train_run(task: RunTask, progress: Callable[[int, int, float], None] | None 
     sample_dir = Path(task.sample_dir)
     streams = [np.load(slice_file(sample_dir, d, "train"), mmap_mode="r") for d in task.domains]
     t0 = time.time()
-    model, losses, epochs = train_proxy(spec, task.weights, streams, task.seed, progress)
-    train_seconds = time.time() - t0
     ckpt = Path(task.checkpoint)
+    state = state_path(ckpt)
+    model, losses, epochs = train_proxy(spec, task.weights, streams, task.seed, progress, state, task.key)
+    train_seconds = time.time() - t0
     sha = save_checkpoint(model, ckpt)
     t1 = time.time()
     measurements = measure_model(model, spec, task.measures, sample_dir)
@@ -161,6 +213,7 @@ def train_run(task: RunTask, progress: Callable[[int, int, float], None] | None 
         "eval_seconds": time.time() - t1, "measurements": measurements,
     }
     atomic_write_json(result_path(ckpt), result)
+    state.unlink(missing_ok=True)
     return result
 
 

@@ -1,4 +1,4 @@
-"""The local backend: in this process (workers=1) or a pool of spawned worker processes."""
+"""The local backend: this process (workers=1) or a pool of spawned worker processes."""
 
 from __future__ import annotations
 
@@ -8,39 +8,111 @@ import queue
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
 
 ProgressFn = Callable[[str, int, int, float], None]  # (task key, step, total, loss)
+Finished = tuple[object, "dict | None", "str | None"]  # (task, result, error text)
 _events = None  # the progress queue, in a worker process
 
 
-def run_local(fn: Callable, tasks: list, workers: int = 1, on_progress: ProgressFn | None = None
-              ) -> Iterator[tuple[object, dict | None, str | None]]:
-    """Yield (task, result, None) or (task, None, error text) for each task, as each finishes."""
-    if workers <= 1:
-        for task in tasks:
-            cb = (lambda s, t, l, k=task.key: on_progress(k, s, t, l)) if on_progress else None
+class LocalBackend:
+    """Submit tasks, collect (task, result, error) as they finish. Crashed workers fail their task
+    (the pool is rebuilt); worker processes die with the driver, even on kill -9."""
+
+    name = "local"
+
+    def __init__(self, fn: Callable, workers: int = 1, on_progress: ProgressFn | None = None):
+        self.fn, self.workers, self.on_progress = fn, workers, on_progress
+        self.pending: list = []  # workers=1: tasks waiting to run in this process
+        self.futures: dict = {}
+        self.pool = None
+        if workers > 1:
+            ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
+            self.events = ctx.Queue()
+            self.stop = threading.Event()
+            self.pump = threading.Thread(target=_pump, args=(self.events, on_progress, self.stop), daemon=True)
+            self.pump.start()
+            self._new_pool()
+
+    def _new_pool(self) -> None:
+        self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                        initializer=_init_worker, initargs=(self.events,))
+
+    @property
+    def free_slots(self) -> int:
+        return self.workers - len(self.pending) - len(self.futures)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending) + len(self.futures)
+
+    def submit(self, task) -> None:
+        if self.pool is None:
+            self.pending.append(task)
+        else:
+            self.futures[self.pool.submit(_call, self.fn, task)] = task
+
+    def wait(self, timeout: float) -> list[Finished]:
+        if self.pool is None:
+            out = []
+            while self.pending:
+                task = self.pending.pop(0)
+                cb = (lambda s, t, loss, k=task.key: self.on_progress(k, s, t, loss)) if self.on_progress else None
+                try:
+                    out.append((task, self.fn(task, progress=cb), None))
+                except Exception:  # one run's failure must not stop the sweep
+                    out.append((task, None, traceback.format_exc()))
+            if not out:
+                time.sleep(timeout)
+            return out
+        if not self.futures:
+            time.sleep(timeout)
+            return []
+        done, _ = wait_futures(list(self.futures), timeout=timeout, return_when=FIRST_COMPLETED)
+        out, broken = [], False
+        for fut in done:
+            task = self.futures.pop(fut)
             try:
-                yield task, fn(task, progress=cb), None
-            except Exception:  # one run's failure must not stop the sweep
-                yield task, None, traceback.format_exc()
-        return
-    ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
-    events = ctx.Queue()
-    stop = threading.Event()
-    pump = threading.Thread(target=_pump, args=(events, on_progress, stop), daemon=True)
-    pump.start()
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(events,))
-    try:
-        for task, result, error in pool.imap_unordered(_call, [(fn, t) for t in tasks]):
-            yield task, result, error
-        pool.close()
-        pool.join()
-    finally:
-        pool.terminate()  # on an exception or Ctrl-C: no orphaned workers keep training
-        stop.set()
-        pump.join(timeout=5)
+                out.append(fut.result())
+            except Exception as e:  # the worker process died (OOM killer, segfault): BrokenProcessPool
+                broken = True
+                out.append((task, None, f"worker process died: {type(e).__name__}: {e}"))
+        if broken:
+            for fut, task in list(self.futures.items()):
+                out.append((task, None, "worker pool broken by another task's crash; will be retried"))
+            self.futures.clear()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self._new_pool()
+        return out
+
+    def close(self) -> None:
+        if self.pool is not None:
+            for proc in list(getattr(self.pool, "_processes", {}).values()):
+                proc.terminate()  # on Ctrl-C or an error: no orphaned workers keep training
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.stop.set()
+            self.pump.join(timeout=5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def run_local(fn: Callable, tasks: list, workers: int = 1, on_progress: ProgressFn | None = None
+              ) -> Iterator[Finished]:
+    """Yield (task, result, None) or (task, None, error text) for each task, as each finishes."""
+    with LocalBackend(fn, workers, on_progress) as backend:
+        todo = list(tasks)
+        while todo or backend.in_flight:
+            while todo and backend.free_slots > 0:
+                backend.submit(todo.pop(0))
+            yield from backend.wait(0.2)
 
 
 def _init_worker(events) -> None:
@@ -53,9 +125,7 @@ def _init_worker(events) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _call(item):
-    fn, task = item
-
+def _call(fn, task):
     def progress(step, total, loss):
         if step == total or step % 5 == 0:
             _events.put((task.key, step, total, loss))

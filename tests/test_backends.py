@@ -1,0 +1,188 @@
+"""Backends and faults: Ray (local with fake GPUs, and joining a `ray start --head`), SLURM through
+submitit's local executor, leases across concurrent sweeps, kill -9 at random moments, a full disk."""
+
+import os
+import random
+import resource
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mixopt.config import load_experiment
+from mixopt.errors import MixoptError
+from mixopt.sweep import run_sweep
+
+CLI = [sys.executable, "-m", "mixopt.cli"]
+RAY = str(Path(sys.executable).with_name("ray"))  # the ray CLI of this environment
+
+
+def mixopt(*args, env=None, check=True, **kw):
+    r = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=600, env=env, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"mixopt {args} exited {r.returncode}: {r.stderr[-3000:]}")
+    return r
+
+
+def _db(ws: Path) -> sqlite3.Connection:
+    return sqlite3.connect(ws / "mixopt.db")
+
+
+def _work(log: Path) -> Counter:
+    """Steps trained per run key, over every attempt (MIXOPT_WORK_LOG lines: '<key> <step>')."""
+    return Counter(line.split()[0] for line in log.read_text().splitlines()) if log.exists() else Counter()
+
+
+@pytest.fixture
+def ray_env(monkeypatch):
+    """Ray with token auth off, its own HOME and a short temp dir (socket paths must be < 108 bytes)."""
+    pytest.importorskip("ray")
+    tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    env = {"RAY_AUTH_MODE": "disabled", "HOME": tmp, "RAY_TMPDIR": tmp, "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_DEDUP_LOGS": "0"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    yield {**os.environ, **env}
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, env={**os.environ, **env}, timeout=120)
+
+
+@pytest.mark.slow
+def test_ray_local_with_fake_gpus(make_config, tmp_path, ray_env):
+    import ray
+
+    cfg = make_config(design__runs=3, resources={"gpus": 1, "cpus": 1})
+    mixopt("sample", cfg)
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=ray_env["RAY_TMPDIR"])
+    try:
+        report = run_sweep(load_experiment(cfg), workers=2, progress=False, backend="ray")
+        assert report.trained == 7 and not report.failed  # prior + 3 vertices + 3 random
+        assert ray.cluster_resources()["GPU"] == 2  # the sweep used the running Ray, did not restart it
+    finally:
+        ray.shutdown()
+    # Asking for more GPUs than the cluster has fails at once instead of waiting forever.
+    cfg2 = make_config("c2.yaml", ws="ws", design__runs=3, resources={"gpus": 1})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=ray_env["RAY_TMPDIR"])
+    try:
+        with _db(tmp_path / "ws") as db:
+            db.execute("UPDATE runs SET status='planned'")
+        t0 = time.time()
+        with pytest.raises(MixoptError, match="asks for 1 GPU but the Ray cluster has 0"):
+            run_sweep(load_experiment(cfg2), workers=2, progress=False, backend="ray")
+        assert time.time() - t0 < 60
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_joins_a_head_node(make_config, tmp_path, ray_env):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = make_config(design__runs=1)
+    mixopt("sample", cfg)
+    start = subprocess.run([RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                            "--num-cpus", "2", "--disable-usage-stats", "--include-dashboard", "false"],
+                           capture_output=True, text=True, env=ray_env, timeout=180)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        r = mixopt("sweep", cfg, "--backend", "ray", "--ray-address", f"127.0.0.1:{port}", "--no-progress",
+                   env=ray_env)
+        assert "5 trained, 0 failed" in r.stdout  # prior + 3 vertices + 1 random
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=ray_env, timeout=120)
+    left = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout.split()
+    assert not left, f"Ray processes left behind: {left}"
+
+
+@pytest.mark.slow
+def test_slurm_backend_through_submitit_local_executor(make_config, tmp_path):
+    pytest.importorskip("submitit")
+    cfg = make_config(design__runs=1)
+    mixopt("sample", cfg)
+    r = mixopt("sweep", cfg, "--backend", "slurm", "--slurm-cluster", "local", "--workers", "2", "--no-progress")
+    assert "5 trained, 0 failed" in r.stdout
+    assert any((tmp_path / "ws" / "slurm").glob("*_result.pkl"))  # it really went through submitit jobs
+
+
+@pytest.mark.slow
+def test_four_concurrent_sweeps_train_each_run_once(make_config, tmp_path):
+    cfg = make_config(design__runs=8)
+    mixopt("sample", cfg)
+    log = tmp_path / "work.log"
+    env = {**os.environ, "MIXOPT_WORK_LOG": str(log), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([*CLI, "sweep", str(cfg), "--no-progress"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-1000:] for o in outs]
+    with _db(tmp_path / "ws") as db:
+        rows = db.execute("SELECT key, status, trainings FROM runs").fetchall()
+    assert len(rows) == 12 and all(status == "done" and n == 1 for _, status, n in rows)
+    steps = _work(log)
+    assert len(steps) == 12 and set(steps.values()) == {46}  # every step of every run trained exactly once
+    assert sum(int(o[0].split(" trained")[0].split()[-1]) for o in outs) == 12
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_loses_nothing_finished(make_config, tmp_path):
+    cfg = make_config(proxy={"size": "tiny", "tokens": 48000, "seq_len": 64, "batch_size": 8})
+    mixopt("sample", cfg)
+    log = tmp_path / "work.log"
+    env = {**os.environ, "MIXOPT_WORK_LOG": str(log)}
+    rng = random.Random(1234)
+    finished: dict[str, float] = {}
+    kills = 0
+    while kills < 10:
+        proc = subprocess.Popen([*CLI, "sweep", str(cfg), "--workers", "2", "--no-progress"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 9.0))
+        if proc.poll() is not None:
+            break  # it finished before this kill
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        time.sleep(0.3)
+        orphans = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True).stdout
+        assert not orphans.strip(), "worker processes outlived a killed driver"
+        with _db(tmp_path / "ws") as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            now = dict(db.execute("SELECT key, finished FROM runs WHERE status='done'").fetchall())
+        assert all(now.get(k) == v for k, v in finished.items()), "a finished run changed or vanished"
+        finished = now
+    assert kills >= 10, "each sweep finished before it could be killed: make the runs longer"
+    mixopt("sweep", cfg, "--workers", "2", "--no-progress", env=env)
+    with _db(tmp_path / "ws") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = db.execute("SELECT key, status, trainings, finished FROM runs").fetchall()
+    assert len(rows) == 12 and all(r[1] == "done" and r[2] == 1 for r in rows)
+    assert all(dict((r[0], r[3]) for r in rows)[k] == v for k, v in finished.items())
+    steps = sum(_work(log).values())
+    assert steps <= 1.5 * 12 * 93, f"{steps} steps trained for {12 * 93}: too much work lost to kills"
+
+
+@pytest.mark.slow
+def test_full_disk_gives_a_clean_error_and_the_rerun_completes(make_config, tmp_path):
+    cfg = make_config(design__runs=1)
+    mixopt("sample", cfg)
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))  # the store fits; a checkpoint does not
+
+    r = mixopt("sweep", cfg, "--no-progress", check=False, preexec_fn=small_files)
+    assert r.returncode == 2, (r.stdout, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr
+    assert "disk full, file size limit or I/O error" in lines[0] and "rerun" in lines[0]
+    with _db(tmp_path / "ws") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    r = mixopt("sweep", cfg, "--no-progress")
+    assert "0 failed" in r.stdout
+    with _db(tmp_path / "ws") as db:
+        assert db.execute("SELECT COUNT(*) FROM runs WHERE status='done'").fetchone()[0] == 5
