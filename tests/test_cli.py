@@ -120,3 +120,30 @@ def test_repetition_limit_infeasible_is_caught_before_training(corpora, tmp_path
     r = run("sweep", path)
     assert r.returncode == 2 and "repetition limit" in r.stderr and "lower optimum.target_tokens" in r.stderr
     assert not (tmp_path / "ws" / "checkpoints").exists()
+
+
+FLAG_CASES = {
+    "unknown backend": (["sweep", "{cfg}", "--backend", "mpi"], "Invalid value for '--backend'"),
+    "zero workers": (["sweep", "{cfg}", "--workers", "0"], "Invalid value for '--workers'"),
+    "missing mixtures file": (["sweep", "{cfg}", "--mixtures", "{tmp}/none.yaml"], "mixtures file not found"),
+    "mixtures file with unknown domain": (["sweep", "{cfg}", "--mixtures", "{tmp}/bad-mix.yaml"],
+                                          "mixtures[0]: unknown domain 'poetry'"),
+    "fit flags with a config": (["fit", "{cfg}", "--target", "x"], "--target applies to --runs fits only"),
+    "fit with nothing": (["fit"], "fit needs an experiment CONFIG or an external swarm"),
+    "predict from a folder that is not a fit": (["predict", "{tmp}", "{tmp}/none.csv"], "not a saved fit"),
+    "propose before any run": (["propose", "{cfg}"], "run `mixopt sample CONFIG` first"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FLAG_CASES))
+def test_bad_flags_and_files(case, corpora, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws"))
+    (tmp_path / "bad-mix.yaml").write_text("mixtures: [{poetry: 1.0}]\n")
+    args, message = FLAG_CASES[case]
+    r = run(*[a.format(cfg=cfg, tmp=tmp_path) for a in args])
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    if r.stderr.startswith("error: "):
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "ws").exists()  # nothing written
