@@ -53,17 +53,22 @@ def sweep(config: Path = CONFIG,
                                                                "default: start a local Ray."),
           slurm_partition: Optional[str] = typer.Option(None, help="slurm: partition (overrides slurm.partition)."),
           slurm_cluster: Optional[str] = typer.Option(None, help="slurm: submitit cluster (slurm, local, debug); "
-                                                                 "default: slurm where sbatch exists.")):
+                                                                 "default: slurm where sbatch exists."),
+          batch_proxies: str = typer.Option("auto", help="Proxies trained together per worker: auto (as many as "
+                                                         "fit on a GPU, 1 on CPU) or a number.")):
     """Design the mixtures, train and evaluate one proxy per mixture not yet finished."""
     from .config import load_experiment
+    from .errors import MixoptError
     from .report import format_sweep
     from .sweep import read_mixtures_file, run_sweep
 
     exp = load_experiment(config)
     extra = read_mixtures_file(mixtures, exp) if mixtures else []
     options = {"ray_address": ray_address, "slurm_partition": slurm_partition, "slurm_cluster": slurm_cluster}
+    if batch_proxies != "auto" and not (batch_proxies.isdigit() and int(batch_proxies) >= 1):
+        raise MixoptError(f"--batch-proxies {batch_proxies}: expected auto or a positive integer", "e.g. --batch-proxies 8")
     report = run_sweep(exp, workers=workers, progress=progress, say=typer.echo, extra=extra, backend=backend.value,
-                       options=options)
+                       options=options, batch_proxies=batch_proxies)
     typer.echo(format_sweep(report))
     if report.failed:
         raise typer.Exit(1)

@@ -55,7 +55,7 @@ def build_model(spec: ProxySpec):
     config = LlamaConfig(
         vocab_size=spec.vocab_size, hidden_size=spec.hidden, num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
-        intermediate_size=_mlp_width(spec.hidden), max_position_embeddings=spec.seq_len,
+        intermediate_size=mlp_width(spec.hidden), max_position_embeddings=spec.seq_len,
         tie_word_embeddings=True,  # the output layer dominates tiny models; tying halves it
         attention_dropout=0.0,  # any dropout forces the slow attention path
         rope_theta=10000.0, use_cache=False,
@@ -64,5 +64,5 @@ def build_model(spec: ProxySpec):
     return LlamaForCausalLM(config)
 
 
-def _mlp_width(hidden: int) -> int:
+def mlp_width(hidden: int) -> int:
     return max(8, (hidden * 8 // 3 + 7) // 8 * 8)  # SwiGLU's 8/3 x hidden, rounded to 8

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import make_backend, run_local
+from .batched import BatchTask, proxies_per_batch, train_batch
 from .config import Experiment
 from .corpus import sample_key
 from .design import Bounds, Mixture, design_mixtures, domain_bounds
@@ -125,7 +126,7 @@ def read_mixtures_file(path: Path, exp: Experiment) -> list[Mixture]:
 
 def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say = print,
               extra: list[Mixture] | tuple = (), design: bool = True, backend: str = "local",
-              options: dict | None = None) -> SweepReport:
+              options: dict | None = None, batch_proxies: int | str = "auto") -> SweepReport:
     """Train every run of the plan not yet done, through `backend`. Runs are leased in the store,
     so sweeps sharing a workspace (or a driver restarted after a crash) never train one run twice."""
     t0 = time.time()
@@ -150,15 +151,18 @@ def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say
         done = {r["key"] for r in store.runs(plan.context, "done")}
         report.already_done = sum(k in done for k in plan.keys)
         tasks = {k: _task(exp, plan, k, m, workers, backend) for k, m in zip(plan.keys, plan.mixtures) if k not in done}
+        per_batch = _batch_size(batch_proxies, plan.spec, backend)
         bars = Bars(len(tasks), enabled=progress)
-        engine = make_backend(backend, train_run, workers, bars.step, options or {}, exp, ws)
+        engine = make_backend(backend, train_run if per_batch == 1 else train_batch, workers, bars.step,
+                              options or {}, exp, ws)
         tried: set[str] = set()
         try:
             with _Heartbeat(ws.db_path, owner):
                 while True:
                     left = [k for k in tasks if k not in tried]
-                    claimed = store.claim(left, owner, LEASE_SECONDS, engine.free_slots) \
+                    claimed = store.claim(left, owner, LEASE_SECONDS, engine.free_slots * per_batch) \
                         if engine.free_slots > 0 and left else []
+                    todo = []
                     for key in claimed:
                         tried.add(key)
                         side = read_result(Path(tasks[key].checkpoint))
@@ -167,20 +171,25 @@ def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say
                             report.adopted += 1
                             bars.finish(key)
                         else:
-                            engine.submit(tasks[key])
-                    for task, result, error in engine.wait(0.5 if engine.in_flight else 0.0):
-                        if error is None:
-                            if store.record_result(result):
-                                report.trained += 1
-                        elif disk_full(error):  # not the run's fault, and every other run would fail too
-                            raise MixoptError(f"cannot write run {task.key[:12]}'s files: disk full, file size limit "
-                                              f"or I/O error "
-                                              f"({_last_line(error)[:160]})",
-                                              "free space (or raise the quota) and rerun; finished runs are kept")
-                        else:
-                            store.record_failure(task.key, error)
-                            report.failed.append((task.key, _last_line(error)))
-                        bars.finish(task.key)
+                            todo.append(tasks[key])
+                    for i in range(0, len(todo), per_batch):
+                        group = todo[i:i + per_batch]
+                        engine.submit(group[0] if per_batch == 1 else BatchTask(group[0].key, tuple(group)))
+                    for job, result, error in engine.wait(0.5 if engine.in_flight else 0.0):
+                        runs = job.tasks if isinstance(job, BatchTask) else (job,)
+                        results = result["results"] if error is None and "results" in result else [result] * len(runs)
+                        for task, res in zip(runs, results):
+                            if error is None:
+                                if store.record_result(res):
+                                    report.trained += 1
+                            elif disk_full(error):  # not the run's fault, and every other run would fail too
+                                raise MixoptError(f"cannot write run {task.key[:12]}'s files: disk full, file size "
+                                                  f"limit or I/O error ({_last_line(error)[:160]})",
+                                                  "free space (or raise the quota) and rerun; finished runs are kept")
+                            else:
+                                store.record_failure(task.key, error)
+                                report.failed.append((task.key, _last_line(error)))
+                            bars.finish(task.key)
                     if engine.in_flight or claimed:
                         continue
                     done = {r["key"] for r in store.runs(plan.context, "done")}
@@ -200,6 +209,17 @@ def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say
         store.finish_sweep(sweep_id, report.trained, ev.evaluations)
     report.seconds = time.time() - t0
     return report
+
+
+def _batch_size(choice: int | str, spec: ProxySpec, backend: str) -> int:
+    """Proxies per worker task: `auto` batches only where it pays, on a GPU this process sees."""
+    if choice != "auto":
+        return max(1, int(choice))
+    if backend != "local":
+        return 1  # the workers' devices are not visible from here: pass --batch-proxies N
+    import torch
+
+    return proxies_per_batch(spec, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 LEASE_SECONDS = 120.0  # a driver renews its leases every third of this; a dead one's lapse after it

@@ -76,7 +76,7 @@ def lr_at(step: int, spec: ProxySpec) -> float:
 
 def train_proxy(spec: ProxySpec, weights, streams: list[np.ndarray], seed: int,
                 progress: Callable[[int, int, float], None] | None = None,
-                state_path: Path | None = None, tag: str = ""):
+                state_path: Path | None = None, tag: str = "", device: str = "cpu"):
     """Train a fresh proxy; return (model, per-step losses, epochs per domain).
 
     With `state_path`, the training state (weights, optimizer, step, losses) is saved there every
@@ -88,7 +88,7 @@ def train_proxy(spec: ProxySpec, weights, streams: list[np.ndarray], seed: int,
     seqs, epochs = mixture_sequences(weights, [len(s) for s in streams], spec, rng)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the same initial weights for every mixture: less noise between runs
-        model = build_model(spec)
+        model = build_model(spec).to(device)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -103,7 +103,7 @@ def train_proxy(spec: ProxySpec, weights, streams: list[np.ndarray], seed: int,
     work_log = os.environ.get("MIXOPT_WORK_LOG")  # tests: one line per trained step, across attempts
     for step in range(start, spec.steps):
         batch = seqs[step * spec.batch_size:(step + 1) * spec.batch_size]
-        x = torch.from_numpy(np.stack([streams[d][s:s + width] for d, s in batch]).astype(np.int64))
+        x = torch.from_numpy(np.stack([streams[d][s:s + width] for d, s in batch]).astype(np.int64)).to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, spec)
         loss = _causal_loss(model, x)
@@ -142,7 +142,7 @@ def _load_state(path: Path, model, opt, spec: ProxySpec) -> tuple[int, list[floa
     if not path.is_file():
         return 0, []
     try:
-        st = torch.load(path, weights_only=True)
+        st = torch.load(path, weights_only=True, map_location=next(model.parameters()).device)
         if st["spec"] != spec.to_dict() or not 0 < st["step"] < spec.steps or len(st["losses"]) != st["step"]:
             return 0, []
         model.load_state_dict(st["model"])
@@ -200,8 +200,10 @@ def train_run(task: RunTask, progress: Callable[[int, int, float], None] | None 
     t0 = time.time()
     ckpt = Path(task.checkpoint)
     state = state_path(ckpt)
-    model, losses, epochs = train_proxy(spec, task.weights, streams, task.seed, progress, state, task.key)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, losses, epochs = train_proxy(spec, task.weights, streams, task.seed, progress, state, task.key, device)
     train_seconds = time.time() - t0
+    model = model.cpu()  # checkpoints and evaluation on the CPU: both are small next to training
     sha = save_checkpoint(model, ckpt)
     t1 = time.time()
     measurements = measure_model(model, spec, task.measures, sample_dir)
