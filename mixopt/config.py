@@ -228,17 +228,7 @@ def load_experiment(path: str | Path) -> Experiment:
     path = Path(path)
     if not path.is_file():
         raise MixoptError(f"config file not found: {path}", "pass the path of an experiment YAML")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise MixoptError(f"{path}: not valid YAML{where}", "fix the YAML syntax") from None
-    if not isinstance(raw, dict):
-        raise MixoptError(f"{path}: expected a mapping at the top", "see the config reference in README.md")
-    for reserved in ("base_dir", "config_path"):
-        if reserved in raw:
-            raise MixoptError(f"{path}: '{reserved}' is set by mixopt", "remove it from the config")
+    raw = _read_mapping(path, ("base_dir", "config_path"), "a mapping at the top", "see the config reference in README.md")
     raw.setdefault("name", path.name.split(".")[0])
     if "evals" in raw:
         raw["evals"] = _read_suite(raw["evals"], path)
@@ -248,6 +238,22 @@ def load_experiment(path: str | Path) -> Experiment:
         raise MixoptError(f"{path}: {_explain(e)}") from None
     _check_cross_references(exp, path)
     return exp
+
+
+def _read_mapping(path: Path, reserved: tuple[str, ...], expected: str, help: str) -> dict:
+    """A YAML file that must hold a mapping without keys mixopt sets itself."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise MixoptError(f"{path}: not valid YAML{where}", "fix the YAML syntax") from None
+    if not isinstance(raw, dict):
+        raise MixoptError(f"{path}: expected {expected}", help)
+    for key in reserved:
+        if key in raw:
+            raise MixoptError(f"{path}: '{key}' is set by mixopt", "remove it from the file")
+    return raw
 
 
 def _read_suite(value, config: Path) -> dict:
@@ -264,17 +270,7 @@ def _read_suite(value, config: Path) -> dict:
     suite = suite if suite.is_absolute() else (config.parent / suite).resolve()
     if not suite.is_file():
         raise MixoptError(f"{config}: eval suite file not found: {suite}", "fix the path in `evals:`")
-    try:
-        raw = yaml.safe_load(suite.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise MixoptError(f"{suite}: not valid YAML{where}", "fix the YAML syntax") from None
-    if not isinstance(raw, dict):
-        raise MixoptError(f"{suite}: expected a mapping with 'evaluations'", "see 'Eval suites' in README.md")
-    for reserved in ("base_dir", "path"):
-        if reserved in raw:
-            raise MixoptError(f"{suite}: '{reserved}' is set by mixopt", "remove it from the suite file")
+    raw = _read_mapping(suite, ("base_dir", "path"), "a mapping with 'evaluations'", "see 'Eval suites' in README.md")
     try:
         EvalSuite(**raw)
     except ValidationError as e:

@@ -163,6 +163,7 @@ def test_kill_9_at_random_moments_loses_nothing_finished(make_config, tmp_path):
     assert len(rows) == 12 and all(r[1] == "done" and r[2] == 1 for r in rows)
     assert all(dict((r[0], r[3]) for r in rows)[k] == v for k, v in finished.items())
     steps = sum(_work(log).values())
+    print(f"kill -9 x {kills}: {steps} steps trained for {12 * 93} ({steps / (12 * 93):.3f}x)")
     assert steps <= 1.5 * 12 * 93, f"{steps} steps trained for {12 * 93}: too much work lost to kills"
 
 

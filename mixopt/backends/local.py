@@ -115,6 +115,15 @@ def run_local(fn: Callable, tasks: list, workers: int = 1, on_progress: Progress
             yield from backend.wait(0.2)
 
 
+def call_task(fn, task):
+    """(task, result, None), or (task, None, traceback) when our own code raises: a remote worker
+    reports its run's error with the run, instead of the engine retrying it as a crash."""
+    try:
+        return task, fn(task, progress=None), None
+    except Exception:
+        return task, None, traceback.format_exc()
+
+
 def _init_worker(events) -> None:
     global _events
     _events = events

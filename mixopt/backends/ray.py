@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import time
-import traceback
 
 from ..errors import MixoptError
+from .local import call_task
 
 MAX_RETRIES = 2  # Ray reruns a task whose worker process died (node lost, OOM kill) this often
-
-
-def _ray_call(fn, task):
-    try:
-        return task, fn(task, progress=None), None
-    except Exception:  # our own code's error: report it with the run's key, do not retry
-        return task, None, traceback.format_exc()
 
 
 class RayBackend:
@@ -50,7 +43,7 @@ class RayBackend:
                               "lower resources.cpus")
         fit = int(min(total.get("CPU", 0) // max(cpus, 1e-9), total.get("GPU", 0) // gpus if gpus else 1 << 30))
         self.slots = max(1, min(workers, fit)) if workers > 1 else max(1, fit)
-        self.remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=MAX_RETRIES)(_ray_call)
+        self.remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=MAX_RETRIES)(call_task)
 
     @property
     def free_slots(self) -> int:

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import time
-import traceback
 from pathlib import Path
 
 from ..errors import MixoptError
-
-
-def _slurm_call(fn, task):
-    try:
-        return task, fn(task, progress=None), None
-    except Exception:
-        return task, None, traceback.format_exc()
+from .local import call_task
 
 
 class SlurmBackend:
@@ -52,7 +45,7 @@ class SlurmBackend:
         return len(self.jobs)
 
     def submit(self, task) -> None:
-        self.jobs[self.executor.submit(_slurm_call, self.fn, task)] = task
+        self.jobs[self.executor.submit(call_task, self.fn, task)] = task
 
     def wait(self, timeout: float):
         deadline = time.time() + timeout
