@@ -310,12 +310,12 @@ def evaluate_stored(plan: Plan, store: Store, workers: int = 1, progress: bool =
                 report.runs += 1
                 report.evaluations += len(task.measures)
             elif "CheckpointMismatch" in error:
-                store.reset_run(task.key, error.strip().splitlines()[-1])
+                store.reset_run(task.key, _last_line(error))
                 report.reset.append(task.key)
-                say(f"run {task.key[:12]}: {error.strip().splitlines()[-1].split(': ', 1)[-1]}; "
+                say(f"run {task.key[:12]}: {_last_line(error).split(': ', 1)[-1]}; "
                     f"it goes back to pending and the next sweep retrains it")
             else:
-                report.failed.append((task.key, error.strip().splitlines()[-1]))
+                report.failed.append((task.key, _last_line(error)))
             bars.finish(task.key)
     finally:
         bars.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing as mp
+import os
 import queue
 import signal
 import sys
@@ -40,7 +41,7 @@ class LocalBackend:
 
     def _new_pool(self) -> None:
         self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(self.events,))
+                                        initializer=_init_worker, initargs=(self.events, os.getpid()))
 
     @property
     def free_slots(self) -> int:
@@ -124,7 +125,7 @@ def call_task(fn, task):
         return task, None, traceback.format_exc()
 
 
-def _init_worker(events) -> None:
+def _init_worker(events, driver: int) -> None:
     global _events
     _events = events
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and terminates us
@@ -132,6 +133,8 @@ def _init_worker(events) -> None:
         # If the driver is killed (even kill -9), the kernel kills this worker too.
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != driver:  # the driver died while this worker was still starting up
+        os._exit(1)
 
 
 def _call(fn, task):
