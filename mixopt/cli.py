@@ -21,6 +21,11 @@ class Format(str, Enum):
     json = "json"
 
 
+class TableFormat(str, Enum):
+    csv = "csv"
+    json = "json"
+
+
 class Backend(str, Enum):
     local = "local"
     ray = "ray"
@@ -142,14 +147,14 @@ def predict(fit_dir: Path = typer.Argument(..., help="A saved fit: `fit --save D
             mixtures: Path = typer.Argument(..., help="Candidate mixtures (.csv/.parquet), one weight column per domain."),
             key: Optional[str] = typer.Option(None, help="Id column to echo (default: the first non-weight column)."),
             tolerance: float = typer.Option(0.01, min=0, help="How far a row's weights may sum from 1."),
-            format: Format = typer.Option(Format.text, "--format", help="text (CSV) or json.")):
+            format: TableFormat = typer.Option(TableFormat.csv, "--format")):
     """Predict the objective of each candidate mixture with a saved fit (lower is better)."""
     from .swarm import predict_mixtures
 
     name, ids, pred = predict_mixtures(fit_dir, mixtures, key, tolerance)
     order = sorted(range(len(ids)), key=lambda i: pred[i])
     rank = {i: r + 1 for r, i in enumerate(order)}
-    if format is Format.json:
+    if format is TableFormat.json:
         typer.echo(json.dumps([{name: ids[i], "predicted": float(pred[i]), "rank": rank[i]} for i in range(len(ids))]))
         return
     typer.echo(f"{name},predicted,rank")

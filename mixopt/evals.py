@@ -19,7 +19,8 @@ from .keys import file_sha256
 from .proxy import ProxySpec
 from .workspace import slice_file, token_bytes_file
 
-EVAL_BATCH = 32  # sequences per forward pass
+EVAL_BATCH = 32  # sequences per forward pass on CPU (more does not help there)
+GPU_EVAL_BATCH = 512  # ... and on a GPU
 
 
 class CheckpointMismatch(Exception):
@@ -65,10 +66,11 @@ def stream_loss(model, stream: np.ndarray, seq_len: int, token_bytes: np.ndarray
     device = next(model.parameters()).device
     model.eval()
     starts = list(range(0, len(stream) - 1, seq_len))
+    per_pass = GPU_EVAL_BATCH if device.type == "cuda" else EVAL_BATCH
     nats, tokens, nbytes = 0.0, 0, 0
     with torch.inference_mode():
-        for i in range(0, len(starts), EVAL_BATCH):
-            chunk = starts[i:i + EVAL_BATCH]
+        for i in range(0, len(starts), per_pass):
+            chunk = starts[i:i + per_pass]
             x = np.zeros((len(chunk), seq_len + 1), dtype=np.int64)
             mask = np.zeros((len(chunk), seq_len), dtype=bool)
             for r, s in enumerate(chunk):
@@ -103,10 +105,11 @@ def choice_scores(model, items: list[dict], seq_len: int) -> dict[str, float]:
             seq = (it["context"] + c)[-(seq_len + 1):]
             rows.append((i, seq, len(c)))
     ll = np.zeros(len(rows))
+    per_pass = GPU_EVAL_BATCH if device.type == "cuda" else EVAL_BATCH
     model.eval()
     with torch.inference_mode():
-        for b in range(0, len(rows), EVAL_BATCH):
-            chunk = rows[b:b + EVAL_BATCH]
+        for b in range(0, len(rows), per_pass):
+            chunk = rows[b:b + per_pass]
             width = max(len(s) for _, s, _ in chunk)
             x = np.zeros((len(chunk), width), dtype=np.int64)
             r_idx, t_idx, owner = [], [], []
@@ -155,5 +158,6 @@ def eval_checkpoint(task: EvalTask, progress: Callable[[int, int, float], None] 
     spec = ProxySpec(**task.spec)
     model = build_model(spec)
     load_model(model, str(path))
+    model.to("cuda" if torch.cuda.is_available() else "cpu")  # a GPU evaluates many sequences per pass
     measurements = measure_model(model, spec, task.measures, Path(task.sample_dir), progress)
     return {"key": task.key, "measurements": measurements, "eval_seconds": time.time() - t0}

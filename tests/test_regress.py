@@ -151,3 +151,30 @@ def test_regmix_predict_ranks_the_best_1b_mixture_first_or_second(tmp_path):
     measured = read_table(ANCHOR / "test_pile_loss_1B.csv")
     best = measured["index"][int(np.argmin(measured[TARGET].to_numpy()))]
     assert len(predicted) == 64 and predicted[best] <= 2
+
+
+def test_external_fit_save_then_predict_csv(tmp_path):
+    """A swarm mixopt did not train: fit it from tables, save, and score new mixtures with the fit."""
+    X, metrics, truth = _law_swarm(n=60, d=3, seed=5)
+    names = ["code", "web", "books"]
+    _write_csv(tmp_path / "runs.csv", ["run", *names], [[f"r{i}", *x] for i, x in enumerate(X)])
+    _write_csv(tmp_path / "scores.csv", ["run", "loss_a", "loss_b"],
+               [[f"r{i}", a, b] for i, (a, b) in enumerate(zip(metrics["a"], metrics["b"]))])
+    fit = subprocess.run([sys.executable, "-m", "mixopt.cli", "fit", "--runs", tmp_path / "runs.csv", "--scores",
+                          tmp_path / "scores.csv", "--key", "run", "--target", "loss_a=0.5", "--target", "loss_b=0.5",
+                          "--bootstrap", "5", "--save", tmp_path / "fit", "--format", "json"],
+                         capture_output=True, text=True, timeout=300)
+    assert fit.returncode == 0, fit.stderr
+    rec = json.loads(fit.stdout)
+    assert rec["objective"] == "0.5*loss_a + 0.5*loss_b" and rec["runs"] == 60
+    assert {p.name for p in (tmp_path / "fit").iterdir()} >= {"fit.json", "runs.parquet", "optimal.yaml",
+                                                             "predicted_vs_measured.png", "weight_effects.png"}
+    cands = np.random.default_rng(9).dirichlet(np.ones(3), 12)
+    _write_csv(tmp_path / "cands.csv", ["id", *names], [[f"c{i}", *w] for i, w in enumerate(cands)])
+    pred = subprocess.run([sys.executable, "-m", "mixopt.cli", "predict", tmp_path / "fit", tmp_path / "cands.csv"],
+                          capture_output=True, text=True, timeout=300)
+    assert pred.returncode == 0, pred.stderr
+    rows = list(csv.DictReader(pred.stdout.splitlines()))
+    assert [r["id"] for r in rows] == [f"c{i}" for i in range(12)] and sorted(int(r["rank"]) for r in rows) == list(range(1, 13))
+    true = truth.predict(cands)
+    assert spearman(np.array([float(r["predicted"]) for r in rows]), true) > 0.9
