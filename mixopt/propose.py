@@ -18,8 +18,7 @@ from .config import Experiment
 from .design import Mixture
 from .errors import MixoptError
 from .optimize import penalized_scores, simulated_pool, solve_optimum
-from .recommend import experiment_swarm, fit_swarm
-from .regress import fit_model
+from .recommend import experiment_swarm, fit_swarm, refit_resampled
 from .store import Store
 from .sweep import Say, record_scores, run_key, run_sweep
 from .workspace import atomic_write_text
@@ -38,9 +37,7 @@ def propose_mixtures(exp: Experiment, n: int, say: Say = print) -> tuple[list[np
     pool = simulated_pool(swarm.prior, swarm.bounds, n=20_000, seed=exp.seed)
     replicates, optima = [], [rec.weights]
     for _ in range(max(settings.bootstrap, MIN_REPLICATES)):
-        idx = rng.integers(0, len(swarm.keys), len(swarm.keys))
-        m = fit_model(model.kind, swarm.X[idx], {k: v[idx] for k, v in swarm.metrics.items()}, swarm.terms, exp.seed,
-                      start=model)
+        m = refit_resampled(swarm, model, rng, exp.seed)
         replicates.append(m)
         if m.smooth:
             optima.append(solve_optimum(m, swarm.prior, swarm.bounds, settings.kl_weight, exp.seed))

@@ -132,6 +132,14 @@ def fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None = None) -
     return rec, model
 
 
+def refit_resampled(swarm: Swarm, model: MixtureModel, rng: np.random.Generator, seed: int) -> MixtureModel:
+    """One bootstrap replicate: `model`'s kind refit on the runs drawn with replacement, warm-started from it."""
+    n = len(swarm.keys)
+    idx = rng.integers(0, n, n)
+    return fit_model(model.kind, swarm.X[idx], {k: v[idx] for k, v in swarm.metrics.items()}, swarm.terms, seed,
+                     start=model)
+
+
 def _bootstrap(swarm: Swarm, settings: FitSettings, model: MixtureModel, w: np.ndarray):
     """Refit on runs drawn with replacement and re-solve: percentile intervals for each weight, and
     for the objective predicted at the recommendation `w`.
@@ -140,7 +148,6 @@ def _bootstrap(swarm: Swarm, settings: FitSettings, model: MixtureModel, w: np.n
     BOOTSTRAP_POOL / 2 it scored best and as many others at random (scoring all 100k per replicate
     would take ~0.3 s each); a replicate's top mixtures are almost always among the former."""
     rng = np.random.default_rng([settings.seed, 11])
-    n = len(swarm.keys)
     pool = None
     if not model.smooth:
         full = simulated_pool(swarm.prior, swarm.bounds, seed=settings.seed)
@@ -149,9 +156,7 @@ def _bootstrap(swarm: Swarm, settings: FitSettings, model: MixtureModel, w: np.n
         pool = full[np.r_[order[:half], rng.choice(order[half:], min(half, len(order) - half), replace=False)]]
     ws, preds = [], []
     for _ in range(settings.bootstrap):
-        idx = rng.integers(0, n, n)
-        m = fit_model(model.kind, swarm.X[idx], {k: v[idx] for k, v in swarm.metrics.items()}, swarm.terms,
-                      settings.seed, start=model)
+        m = refit_resampled(swarm, model, rng, settings.seed)
         if m.smooth:
             ws.append(solve_optimum(m, swarm.prior, swarm.bounds, settings.kl_weight, settings.seed))
         else:

@@ -298,7 +298,7 @@ def evaluate_stored(plan: Plan, store: Store, workers: int = 1, progress: bool =
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
     say(f"eval suite changed since these results: {len(missing)} finished runs lack {shown}; "
         f"evaluating their checkpoints (no training)")
-    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+    threads = _worker_threads(workers)
     tasks = [EvalTask(key=k, checkpoint=runs[k]["checkpoint"], sha256=runs[k]["sha256"], spec=plan.spec.to_dict(),
                       sample_dir=str(plan.workspace.sample_dir), measures=tuple(m.__dict__ for m in lack),
                       threads=threads) for k, lack in missing.items()]
@@ -358,8 +358,13 @@ def training_table(plan: Plan, store: Store):
     return np.array([w for w, _ in rows]), {n: np.array([m[n] for _, m in rows]) for n in names}, keys
 
 
+def _worker_threads(workers: int) -> int:
+    """torch threads per local worker process: the cores shared out; 0 (torch's default) in-process."""
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+
+
 def _task(exp: Experiment, plan: Plan, key: str, m: Mixture, workers: int, backend: str = "local") -> RunTask:
-    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 and backend == "local" else 0
+    threads = _worker_threads(workers) if backend == "local" else 0
     return RunTask(key=key, weights=m.weights, domains=tuple(exp.domain_names), seed=exp.seed,
                    spec=plan.spec.to_dict(), sample_dir=str(plan.workspace.sample_dir),
                    checkpoint=str(plan.workspace.checkpoints_dir / f"{key[:24]}.safetensors"),
