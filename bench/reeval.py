@@ -18,10 +18,10 @@ from pathlib import Path
 
 import yaml
 
-from mixopt.config import load_experiment
-from mixopt.recommend import recommend_mixture
-from mixopt.store import Store
-from mixopt.sweep import run_eval
+from mixopt.config.load import load_experiment
+from mixopt.fit.recommend import recommend_mixture
+from mixopt.sweep.reeval import run_eval
+from mixopt.sweep.store import Store
 
 
 def main() -> None:

@@ -32,10 +32,9 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from mixopt.batched import model_flops_per_token, proxies_per_batch, train_proxies
-    from mixopt.config import Proxy
-    from mixopt.proxy import proxy_spec
-    from mixopt.train import train_proxy
+    from mixopt.config.schema import Proxy
+    from mixopt.proxy.model import model_flops_per_token, proxy_spec
+    from mixopt.proxy.train import proxies_per_batch, train_proxies, train_proxy
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()

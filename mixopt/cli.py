@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from .errors import MixoptError
+from mixopt.errors import MixoptError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the best data mixture for LM pretraining: sample -> sweep -> fit.")
@@ -38,11 +38,10 @@ CONFIG = typer.Argument(..., help="The experiment YAML (e.g. mixtures/demo.yaml)
 @app.command()
 def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resample even if up to date.")):
     """Count each domain's tokens, draw train/validation slices, build the tokenizer."""
-    from .config import load_experiment
-    from .corpus import sample_corpus
-    from .report import format_sample
+    from mixopt.data.sample import sample_corpus
+    from mixopt.report import format_sample
 
-    exp = load_experiment(config)
+    exp = _load(config)
     manifest = sample_corpus(exp, force=force)
     typer.echo(format_sample(manifest))
     typer.echo(("sample up to date in " if manifest["reused"] else "sample written to ") + str(exp.workspace_dir))
@@ -62,12 +61,12 @@ def sweep(config: Path = CONFIG,
           batch_proxies: str = typer.Option("auto", help="Proxies trained together per worker: auto (as many as "
                                                          "fit on a GPU, 1 on CPU) or a number.")):
     """Design the mixtures, train and evaluate one proxy per mixture not yet finished."""
-    from .config import load_experiment
-    from .errors import MixoptError
-    from .report import format_sweep
-    from .sweep import read_mixtures_file, run_sweep
+    from mixopt.core.mixtures import read_mixtures_file
+    from mixopt.errors import MixoptError
+    from mixopt.report import format_sweep
+    from mixopt.sweep.run import run_sweep
 
-    exp = load_experiment(config)
+    exp = _load(config)
     extra = read_mixtures_file(mixtures, exp) if mixtures else []
     options = {"ray_address": ray_address, "slurm_partition": slurm_partition, "slurm_cluster": slurm_cluster}
     if batch_proxies != "auto" and not (batch_proxies.isdigit() and int(batch_proxies) >= 1):
@@ -111,7 +110,7 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
     """Fit the regression, cross-validate it, and write the recommended mixture.
 
     With CONFIG: fit the experiment's sweep. With --runs: fit an external swarm table."""
-    from .errors import MixoptError
+    from mixopt.errors import MixoptError
 
     if runs is None:
         if config is None:
@@ -121,15 +120,13 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         if external or model is not Model.auto:
             raise MixoptError(f"{external[0] if external else '--model'} applies to --runs fits only",
                               "with a CONFIG, set these in its fit/optimum sections")
-        from .config import load_experiment
-
-        _fit_and_print(load_experiment(config), format, reeval, workers, progress, plots)
+        _fit_and_print(_load(config), format, reeval, workers, progress, plots)
         return
     if config is not None:
         raise MixoptError("give either CONFIG or --runs, not both", "drop one")
-    from .recommend import FitSettings
-    from .report import format_recommendation
-    from .swarm import fit_external, load_swarm, parse_targets
+    from mixopt.fit.swarm import FitSettings
+    from mixopt.fit.tables import fit_external, load_swarm, parse_targets
+    from mixopt.report import format_recommendation
 
     swarm = load_swarm(runs, parse_targets(target), scores, key, domains, tolerance, bound)
     settings = FitSettings(model.value, cv_folds, seed, kl_weight, bootstrap)
@@ -149,7 +146,7 @@ def predict(fit_dir: Path = typer.Argument(..., help="A saved fit: `fit --save D
             tolerance: float = typer.Option(0.01, min=0, help="How far a row's weights may sum from 1."),
             format: TableFormat = typer.Option(TableFormat.csv, "--format")):
     """Predict the objective of each candidate mixture with a saved fit (lower is better)."""
-    from .swarm import predict_mixtures
+    from mixopt.fit.tables import predict_mixtures
 
     name, ids, pred = predict_mixtures(fit_dir, mixtures, key, tolerance)
     order = sorted(range(len(ids)), key=lambda i: pred[i])
@@ -165,10 +162,9 @@ def predict(fit_dir: Path = typer.Argument(..., help="A saved fit: `fit --save D
 @app.command()
 def propose(config: Path = CONFIG, n: int = typer.Option(4, "--n", min=1, help="How many mixtures.")):
     """The next mixtures to train: where the fit is least sure about the optimum."""
-    from .config import load_experiment
-    from .propose import propose_mixtures
+    from mixopt.fit.propose import propose_mixtures
 
-    exp = load_experiment(config)
+    exp = _load(config)
     picks, out = propose_mixtures(exp, n, say=typer.echo)
     typer.echo(f"{len(picks)} mixtures written to {out}; train them with "
                f"`mixopt sweep {config} --mixtures {out}`, then `mixopt fit {config}`")
@@ -179,10 +175,9 @@ def verify(config: Path = CONFIG, workers: int = typer.Option(1, min=1, help="Lo
            progress: bool = typer.Option(True, help="Show progress bars on stderr."),
            format: Format = typer.Option(Format.text, "--format")):
     """Train proxies on the recommended mixture and on the prior; compare measured with predicted."""
-    from .config import load_experiment
-    from .propose import verify_recommendation
+    from mixopt.fit.verify import verify_recommendation
 
-    exp = load_experiment(config)
+    exp = _load(config)
     v = verify_recommendation(exp, workers, progress, say=(lambda m: typer.echo(m, err=True)))
     if format is Format.json:
         typer.echo(json.dumps(v.to_json()))
@@ -197,8 +192,8 @@ def verify(config: Path = CONFIG, workers: int = typer.Option(1, min=1, help="Lo
 
 
 def _fit_and_print(exp, format: Format, reeval: bool, workers: int, progress: bool, plots: bool = True) -> None:
-    from .recommend import recommend_mixture
-    from .report import format_recommendation
+    from mixopt.fit.recommend import recommend_mixture
+    from mixopt.report import format_recommendation
 
     say = (lambda m: typer.echo(m, err=True)) if format is Format.json else typer.echo
     rec = recommend_mixture(exp, reeval=reeval, workers=workers, progress=progress, say=say, plots=plots)
@@ -216,12 +211,11 @@ def eval_(config: Path = CONFIG,
           watch: bool = typer.Option(False, help="Re-evaluate and refit each time the config or suite is saved."),
           interval: float = typer.Option(1.0, min=0.05, help="--watch: seconds between checks.")):
     """Evaluate every stored checkpoint on what the current eval suite lacks (never trains)."""
-    from .config import load_experiment
-    from .report import format_eval
-    from .sweep import run_eval
+    from mixopt.report import format_eval
+    from mixopt.sweep.reeval import run_eval
 
     def once() -> None:
-        exp = load_experiment(config)
+        exp = _load(config)
         typer.echo(format_eval(run_eval(exp, workers=workers, progress=progress, say=typer.echo)))
         if watch:
             _fit_and_print(exp, Format.text, False, workers, progress)
@@ -229,7 +223,7 @@ def eval_(config: Path = CONFIG,
     if not watch:
         once()
         return
-    from .watch import watch as watch_files
+    from mixopt.evals.watch import watch as watch_files
 
     try:
         watch_files(config, once, typer.echo, interval)
@@ -240,10 +234,9 @@ def eval_(config: Path = CONFIG,
 @app.command()
 def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--format")):
     """What is done: runs planned, trained, failed; evals per suite."""
-    from .config import load_experiment
-    from .status import experiment_status
+    from mixopt.sweep.status import experiment_status
 
-    exp = load_experiment(config)
+    exp = _load(config)
     st = experiment_status(exp)
     if format is Format.json:
         typer.echo(json.dumps(st))
@@ -264,6 +257,16 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
         typer.echo(f"  suite {key[:12]}{mark}: {s['runs_scored']} runs scored, {len(s['evaluations'])} evaluations")
 
 
+def _load(config: Path):
+    """The experiment, with every file its suite names checked: the same errors for every verb."""
+    from mixopt.config.load import load_experiment
+    from mixopt.evals.suites import check_suite_files
+
+    exp = load_experiment(config)
+    check_suite_files(exp)
+    return exp
+
+
 def main() -> None:
     import sqlite3
 
@@ -273,7 +276,7 @@ def main() -> None:
         typer.echo(f"error: {e.one_line()}", err=True)
         sys.exit(2)
     except (OSError, sqlite3.OperationalError) as e:
-        from .sweep import disk_full
+        from mixopt.sweep.work import disk_full
 
         if not disk_full(str(e)) and getattr(e, "errno", None) not in (27, 28, 122):
             raise

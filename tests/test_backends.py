@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from mixopt.config import load_experiment
+from mixopt.config.load import load_experiment
 from mixopt.errors import MixoptError
-from mixopt.sweep import run_sweep
+from mixopt.sweep.run import run_sweep
 
 CLI = [sys.executable, "-m", "mixopt.cli"]
 RAY = str(Path(sys.executable).with_name("ray"))  # the ray CLI of this environment

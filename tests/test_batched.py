@@ -4,9 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from mixopt.batched import forward_logits, stack_weights, train_proxies, unstack
-from mixopt.proxy import ProxySpec, build_model
-from mixopt.train import train_proxy
+from mixopt.proxy.model import (
+    ProxySpec,
+    build_model,
+    forward_logits,
+    stack_weights,
+    unstack,
+)
+from mixopt.proxy.train import train_proxies, train_proxy
 
 SPEC = ProxySpec(size="tiny", hidden=64, layers=2, heads=2, seq_len=32, batch_size=4, lr=3e-3, warmup=0.05,
                  weight_decay=0.1, tokens=32 * 4 * 24, vocab_size=300)  # 24 steps

@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from mixopt.config import check_weights, load_experiment
+from mixopt.config.load import load_experiment
+from mixopt.config.validate import check_weights
 from mixopt.errors import MixoptError
 
 

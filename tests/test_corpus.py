@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import yaml
 
-from mixopt.config import load_experiment
-from mixopt.corpus import sample_corpus
+from mixopt.config.load import load_experiment
+from mixopt.core.workspace import Workspace
+from mixopt.data.sample import sample_corpus
+from mixopt.data.tokenizer import load_tokenizer
 from mixopt.errors import MixoptError
-from mixopt.tokenizer import load_tokenizer
-from mixopt.workspace import Workspace
 
 
 def _docs(ws: Workspace, domain: str, split: str) -> set[str]:

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from mixopt.config import load_experiment
-from mixopt.design import design_mixtures, domain_bounds
+from mixopt.config.load import load_experiment
+from mixopt.core.mixtures import domain_bounds
 from mixopt.errors import MixoptError
+from mixopt.sweep.design import design_mixtures
 
 
 def _exp(make_config, **kw):

@@ -5,24 +5,24 @@ import queue
 import sqlite3
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
-import sysconfig
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import small_config, write_config
 from typer.testing import CliRunner
 
-from conftest import small_config, write_config
-from mixopt import evals as evals_module
-from mixopt import sweep as sweep_module
-from mixopt import train as train_module
 from mixopt.cli import app
-from mixopt.config import load_experiment
-from mixopt.suites import resolve_suite
-from mixopt.workspace import Workspace
+from mixopt.config.load import load_experiment
+from mixopt.core.workspace import Workspace
+from mixopt.evals import measure as evals_module
+from mixopt.evals.suites import resolve_suite
+from mixopt.sweep import run as sweep_module
+from mixopt.sweep import work as work_module
 
 
 def _text_files(root: Path) -> Path:
@@ -152,10 +152,10 @@ def test_suite_change_reevaluates_without_retraining(corpora, tmp_path, monkeypa
     # From here on, any training is a failure: count every call into the trainer.
     trained = []
     monkeypatch.setattr(sweep_module, "train_run", lambda *a, **k: trained.append(a) or pytest.fail("trained"))
-    monkeypatch.setattr(train_module, "train_proxy", lambda *a, **k: trained.append(a) or pytest.fail("trained"))
+    monkeypatch.setattr(work_module, "train_proxy", lambda *a, **k: trained.append(a) or pytest.fail("trained"))
     measured = []
     real = evals_module.measure_model
-    monkeypatch.setattr(evals_module, "measure_model",
+    monkeypatch.setattr(work_module, "measure_model",
                         lambda model, spec, ms, *a, **k: measured.append([m["name"] for m in ms])
                         or real(model, spec, ms, *a, **k))
 

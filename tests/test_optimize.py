@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from mixopt.design import Bounds
-from mixopt.optimize import binding_constraints, solve_linear_kl, solve_optimum
-from mixopt.regress import cross_validate, fit_model
+from mixopt.core.mixtures import Bounds
+from mixopt.fit.optimize import binding_constraints, solve_linear_kl, solve_optimum
+from mixopt.fit.regress import cross_validate, fit_model
 
 RNG = np.random.default_rng(0)
 
@@ -89,7 +89,7 @@ def test_linear_ranks_a_linear_truth():
 
 
 def test_simulated_mixtures_lie_in_the_bounded_simplex():
-    from mixopt.optimize import sample_mixtures
+    from mixopt.core.mixtures import sample_mixtures
 
     prior = np.array([0.7, 0.2, 0.05, 0.05])
     b = Bounds(np.array([0.0, 0.1, 0.0, 0.0]), np.array([0.5, 1.0, 0.3, 0.3]), ("max", "none", "max", "max"))

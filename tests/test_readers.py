@@ -6,9 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from mixopt.config import Source
+from mixopt.config.schema import Source
+from mixopt.data.readers import detect_format, iter_documents
 from mixopt.errors import MixoptError
-from mixopt.readers import detect_format, iter_documents
 
 DOCS = ["first document", "second one\nwith two lines", "  ", "third"]
 EXPECTED = ["first document", "second one\nwith two lines", "third"]  # blank documents are skipped

@@ -12,11 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from mixopt.cli import app
-from mixopt.design import Bounds
-from mixopt.optimize import solve_optimum
-from mixopt.recommend import FitSettings, Swarm, fit_swarm
-from mixopt.regress import MixtureModel, cross_validate, fit_model, spearman
-from mixopt.swarm import check_mixtures, load_swarm, read_table
+from mixopt.core.mixtures import Bounds
+from mixopt.fit.optimize import solve_optimum
+from mixopt.fit.recommend import fit_swarm
+from mixopt.fit.regress import MixtureModel, cross_validate, fit_model, spearman
+from mixopt.fit.swarm import FitSettings, Swarm
+from mixopt.fit.tables import check_mixtures, load_swarm, read_table
 
 ANCHOR = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "regmix"
 TARGET = "metric/the_pile_pile_cc_val_loss"

@@ -11,9 +11,9 @@ import time
 import pytest
 import yaml
 
-from mixopt import sweep as sweep_module
-from mixopt.config import load_experiment
-from mixopt.sweep import run_sweep
+from mixopt.config.load import load_experiment
+from mixopt.sweep import run as sweep_module
+from mixopt.sweep.run import run_sweep
 
 
 def mixopt(*args, check=True):

@@ -4,8 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mixopt.proxy import SIZES, ProxySpec, build_model
-from mixopt.train import lr_at, mixture_sequences, save_checkpoint, train_proxy
+from mixopt.proxy.checkpoint import save_checkpoint
+from mixopt.proxy.model import SIZES, ProxySpec, build_model
+from mixopt.proxy.train import lr_at, mixture_sequences, train_proxy
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_proxy_losses.json"
 SPEC = ProxySpec(size="tiny", hidden=64, layers=2, heads=2, seq_len=32, batch_size=4, lr=3e-3, warmup=0.1,

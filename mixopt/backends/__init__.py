@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import MixoptError
-from .local import LocalBackend, run_local
+from mixopt.backends.local import LocalBackend, run_local
+from mixopt.errors import MixoptError
 
 BACKENDS = ("local", "ray", "slurm")
 
@@ -17,12 +17,12 @@ def make_backend(name: str, fn, workers: int, on_progress, options: dict, exp, w
     if name == "local":
         return LocalBackend(fn, workers, on_progress)
     if name == "ray":
-        from .ray import RayBackend
+        from mixopt.backends.ray import RayBackend
 
         return RayBackend(fn, workers, address=options.get("ray_address"), gpus=exp.resources.gpus,
                           cpus=exp.resources.cpus)
     if name == "slurm":
-        from .slurm import SlurmBackend
+        from mixopt.backends.slurm import SlurmBackend
 
         cfg = exp.slurm
         return SlurmBackend(fn, workers, folder=Path(workspace.root) / "slurm",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from ..errors import MixoptError
-from .local import call_task
+from mixopt.backends.local import call_task
+from mixopt.errors import MixoptError
 
 MAX_RETRIES = 2  # Ray reruns a task whose worker process died (node lost, OOM kill) this often
 

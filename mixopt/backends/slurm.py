@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..errors import MixoptError
-from .local import call_task
+from mixopt.backends.local import call_task
+from mixopt.errors import MixoptError
 
 
 class SlurmBackend:

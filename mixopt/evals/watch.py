@@ -6,12 +6,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import MixoptError
+from mixopt.errors import MixoptError
 
 
 def watched_files(config: Path) -> list[Path]:
     """The config and, when it names one, its suite file (read fresh: the config may change it)."""
-    from .config import load_experiment
+    from mixopt.config.load import load_experiment
 
     files = [config]
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .optimize import project_to_bounds
+from mixopt.core.mixtures import project_to_bounds
 
 
 def plot_fit(out: Path, swarm, rec, model) -> list[Path]:

@@ -12,14 +12,15 @@ import functools
 import numpy as np
 from scipy.optimize import minimize
 
-from .design import Bounds
-from .errors import MixoptError
+from mixopt.core.mixtures import TINY, Bounds, project_to_bounds, sample_mixtures
+from mixopt.errors import MixoptError
 
 AT_BOUND = 1e-9
-TINY = 1e-12  # weights are floored here inside log()
 
 
 SIMULATIONS = 100_000  # mixtures scored for a tree model (RegMix's recipe)
+
+
 TOP_K = 100  # ... whose best TOP_K are averaged: the mean of near-optimal mixtures is more stable
 
 
@@ -60,36 +61,6 @@ def _penalized(model, prior: np.ndarray, kl_weight: float):
         return out if np.ndim(w) == 2 else float(out[0])
 
     return f
-
-
-def sample_mixtures(prior: np.ndarray, bounds: Bounds, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n mixtures within the bounds: Dirichlet draws around prior**0.5 at log-uniform concentrations
-    (0.1..5, as the design draws them), projected onto {lower <= w <= upper, sum w = 1}."""
-    centre = np.maximum(prior, TINY) ** 0.5
-    centre /= centre.sum()
-    scale = np.exp(rng.uniform(np.log(0.1), np.log(5.0), size=(n, 1)))
-    g = rng.standard_gamma(np.maximum(centre * scale, 1e-3))
-    total = g.sum(axis=1, keepdims=True)
-    w = np.where(total > 0, g / np.maximum(total, TINY), centre)  # tiny concentrations can underflow to 0
-    return project_to_bounds(w, bounds)
-
-
-def project_to_bounds(W: np.ndarray, bounds: Bounds) -> np.ndarray:
-    """Each row's Euclidean projection onto the bounded simplex: clip(w - tau, lower, upper), tau by bisection."""
-    lo, hi = bounds.lower, bounds.upper
-    outside = np.flatnonzero(np.any(W < lo, axis=1) | np.any(W > hi, axis=1) | (np.abs(W.sum(axis=1) - 1) > 1e-9))
-    if outside.size < len(W):  # rows already inside are their own projection
-        W = W.copy()
-        if outside.size:
-            W[outside] = project_to_bounds(W[outside], bounds)
-        return W
-    a = (W - hi).min(axis=1) - 1.0  # tau here: every weight at its upper bound (sum >= 1)
-    b = (W - lo).max(axis=1) + 1.0  # tau here: every weight at its lower bound (sum <= 1)
-    for _ in range(50):  # the bracket is < 4 wide: 2^-50 of it is below float noise
-        mid = 0.5 * (a + b)
-        s = np.clip(W - mid[:, None], lo, hi).sum(axis=1)
-        a, b = np.where(s > 1, mid, a), np.where(s > 1, b, mid)
-    return np.clip(W - (0.5 * (a + b))[:, None], lo, hi)
 
 
 def solve_by_simulation(model, prior: np.ndarray, bounds: Bounds, kl_weight: float, seed: int = 0,

@@ -1,7 +1,7 @@
 """`mixopt fit`: regress the objective on the finished runs, cross-validate every model, solve
 the optimum, bootstrap its uncertainty, and write the recommended ratio.
 
-The same core fits our own sweep (`recommend_mixture`) and an external swarm table (swarm.py).
+The same core fits our own sweep (`recommend_mixture`) and an external swarm table (tables.py).
 """
 
 from __future__ import annotations
@@ -12,50 +12,39 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import __version__
-from .config import Experiment
-from .design import Bounds
-from .errors import MixoptError
-from .keys import content_hash
-from .optimize import (binding_constraints, check_feasible, penalized_scores, simulated_pool, solve_by_simulation,
-                       solve_optimum)
-from .regress import CrossValidation, MixtureModel, candidates_for, cross_validate, fit_model, select_model
-from .store import Store
-from .suites import prepare_suite
-from .sweep import Say, evaluate_stored, load_plan, missing_measures, record_scores, training_table
-from .workspace import atomic_write_json, atomic_write_text
-
+from mixopt import __version__
+from mixopt.config.schema import Experiment
+from mixopt.core.keys import content_hash
+from mixopt.core.workspace import atomic_write_json, atomic_write_text
+from mixopt.errors import MixoptError
+from mixopt.evals.suites import prepare_suite
+from mixopt.fit.optimize import (
+    binding_constraints,
+    check_feasible,
+    penalized_scores,
+    simulated_pool,
+    solve_by_simulation,
+    solve_optimum,
+)
+from mixopt.fit.regress import (
+    CrossValidation,
+    MixtureModel,
+    candidates_for,
+    cross_validate,
+    fit_model,
+    select_model,
+)
+from mixopt.fit.swarm import FitSettings, Swarm
+from mixopt.sweep.plan import Say, load_plan
+from mixopt.sweep.reeval import (
+    evaluate_stored,
+    missing_measures,
+    record_scores,
+    training_table,
+)
+from mixopt.sweep.store import Store
 
 BOOTSTRAP_POOL = 20_000  # simulated mixtures each tree-model replicate scores
-
-
-@dataclass(frozen=True)
-class Swarm:
-    """What a fit needs, from our own sweep or from an external table."""
-
-    domains: list[str]
-    X: np.ndarray  # runs x domains
-    metrics: dict[str, np.ndarray]  # metric -> value per run
-    terms: dict[str, float]  # metric -> signed weight: objective = sum, lower is better
-    keys: list[str]  # one id per run
-    prior: np.ndarray
-    bounds: Bounds
-    objective: str
-    available: list[int] | None = None  # tokens per domain, when known
-
-    @property
-    def y(self) -> np.ndarray:
-        return sum(a * self.metrics[m] for m, a in self.terms.items())
-
-
-@dataclass(frozen=True)
-class FitSettings:
-    model: str = "auto"
-    cv_folds: int = 5
-    seed: int = 0
-    kl_weight: float = 0.0
-    bootstrap: int = 50  # replicates; 0 = no intervals
-    ci: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -227,7 +216,7 @@ def save_fit(out: Path, swarm: Swarm, settings: FitSettings, rec: Recommendation
         "run_keys": swarm.keys, "measured": swarm.y.tolist(), "out_of_fold": rec.cv.oof.tolist(),
         "params": {m: p.tolist() for m, p in model.params.items()}, "mixopt": __version__})
     if plots:
-        from .plots import plot_fit
+        from mixopt.fit.plots import plot_fit
 
         plot_fit(out, swarm, rec, model)
 

@@ -14,11 +14,17 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .config import HIGHER_IS_BETTER, EvalSuite, Evaluation, Experiment, Source
-from .errors import MixoptError
-from .keys import content_hash, file_sha256
-from .readers import iter_documents, source_files
-from .workspace import Workspace, atomic_write_json
+from mixopt.config.schema import (
+    HIGHER_IS_BETTER,
+    EvalSuite,
+    Evaluation,
+    Experiment,
+    Source,
+)
+from mixopt.core.keys import content_hash, file_sha256
+from mixopt.core.workspace import Workspace, atomic_write_json
+from mixopt.data.readers import iter_documents, source_files
+from mixopt.errors import MixoptError
 
 EVAL_VERSION = 2  # bump when a change alters what an evaluation computes
 CHOICE_PROMPT = "{question}\n{choice}"  # the proxy scores the choice's tokens after the question
@@ -111,10 +117,10 @@ def resolve_suite(exp: Experiment, manifest: dict, ws: Workspace) -> Suite:
         else:
             ident = {"v": EVAL_VERSION, "kind": e.kind, "tokenizer": manifest["tokenizer_sha256"]}
             if e.kind == "text":
-                ident |= {"data": [_source_fingerprint(s, resolve_path(cfg, s.path), e.name) for s in e.sources],
+                ident |= {"data": [_source_fingerprint(s, cfg.resolve(s.path), e.name) for s in e.sources],
                           "max_tokens": e.max_tokens}
             else:
-                path = resolve_path(cfg, e.path)
+                path = cfg.resolve(e.path)
                 read_choice_items(path, e.max_items)  # validate now: one clear error, nothing computed
                 ident |= {"data": file_sha256(path), "max_items": e.max_items, "prompt": CHOICE_PROMPT}
             key = content_hash(ident)
@@ -125,7 +131,7 @@ def resolve_suite(exp: Experiment, manifest: dict, ws: Workspace) -> Suite:
 
 def prepare_suite(exp: Experiment, suite: Suite, ws: Workspace) -> None:
     """Tokenize the text and choice data once per (evaluation, tokenizer); heldout needs nothing."""
-    from .tokenizer import eos_id, load_tokenizer
+    from mixopt.data.tokenizer import eos_id, load_tokenizer
 
     cfg = {e.name: e for e in suite_config(exp).evaluations}
     todo = [m for m in suite.measures if m.data and not Path(m.data).is_file()]
@@ -138,7 +144,7 @@ def prepare_suite(exp: Experiment, suite: Suite, ws: Workspace) -> None:
         if m.kind == "text":
             ids: list[int] = []
             for s in e.sources:
-                for doc in iter_documents(s, resolve_path(suite_config(exp), s.path)):
+                for doc in iter_documents(s, suite_config(exp).resolve(s.path)):
                     ids += tok.encode(doc).ids + [eos]
                     if len(ids) >= e.max_tokens + 1:
                         break
@@ -148,13 +154,22 @@ def prepare_suite(exp: Experiment, suite: Suite, ws: Workspace) -> None:
                 raise MixoptError(f"evaluation '{m.name}': its text files hold no text", "point `sources` at text")
             body = {"tokens": ids[:e.max_tokens + 1]}
         else:
-            items = read_choice_items(resolve_path(suite_config(exp), e.path), e.max_items)
+            items = read_choice_items(suite_config(exp).resolve(e.path), e.max_items)
             body = {"items": [{
                 "context": tok.encode(it["question"] + "\n").ids,
                 "choices": [tok.encode(c).ids for c in it["choices"]],
                 "bytes": [max(1, len(c.encode())) for c in it["choices"]],
                 "answer": it["answer"]} for it in items]}
         atomic_write_json(Path(m.data), body)
+
+
+def check_suite_files(exp: Experiment) -> None:
+    """Read every choice task file of the suite once: a bad row fails every verb, before any work."""
+    if exp.evals is None:
+        return
+    for e in exp.evals.evaluations:
+        if e.kind == "choice":
+            read_choice_items(exp.evals.resolve(e.path), e.max_items)
 
 
 def read_choice_items(path: Path, limit: int | None = None) -> list[dict]:
@@ -190,12 +205,6 @@ def read_choice_items(path: Path, limit: int | None = None) -> list[dict]:
     if not items:
         raise MixoptError(f"{path}: the choice task has no items", "add JSONL rows")
     return items
-
-
-def resolve_path(cfg: EvalSuite, path: str) -> Path:
-    """A path in a suite, relative to the suite file's folder (or the config's, for inline suites)."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else (Path(cfg.base_dir) / p).resolve()
 
 
 def _source_fingerprint(source: Source, path: Path, name: str) -> list:

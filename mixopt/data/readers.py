@@ -12,8 +12,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .config import Source
-from .errors import MixoptError
+from mixopt.config.schema import Source
+from mixopt.errors import MixoptError
 
 TEXT_EXTENSIONS = (".txt", ".md", ".rst", ".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".java", ".js",
                    ".ts", ".go", ".rs", ".rb", ".sh", ".pl", ".pm", ".pod", ".tex", ".html", ".json",

@@ -1,23 +1,19 @@
 """Measure a proxy: held-out and text loss / bits per byte, and multiple-choice tasks.
 
-`eval_checkpoint` takes a picklable EvalTask and returns a plain dict, like `train.train_run`, so
-the same backends run it; it re-reads a stored checkpoint (verifying its sha256) and never trains.
+It never trains and never touches the store: sweep/work.py loads checkpoints and calls it.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .keys import file_sha256
-from .proxy import ProxySpec
-from .workspace import slice_file, token_bytes_file
+from mixopt.core.workspace import slice_file, token_bytes_file
+from mixopt.proxy.model import ProxySpec
 
 EVAL_BATCH = 32  # sequences per forward pass on CPU (more does not help there)
 GPU_EVAL_BATCH = 512  # ... and on a GPU
@@ -27,15 +23,6 @@ class CheckpointMismatch(Exception):
     """The checkpoint on disk is not the one that was recorded: it must be retrained."""
 
 
-@dataclass(frozen=True)
-class EvalTask:
-    key: str  # run key
-    checkpoint: str
-    sha256: str  # recorded when the checkpoint was written
-    spec: dict  # ProxySpec fields
-    sample_dir: str
-    measures: tuple[dict, ...]  # suites.Measure as dicts: only the ones missing for this run
-    threads: int = 0
 
 
 def measure_model(model, spec: ProxySpec, measures, sample_dir: Path,
@@ -140,24 +127,3 @@ def choice_scores(model, items: list[dict], seq_len: int) -> dict[str, float]:
         prob += float(p[a] / p.sum())
     n = len(items)
     return {"acc": acc / n, "acc_norm": acc_norm / n, "prob": prob / n}
-
-
-def eval_checkpoint(task: EvalTask, progress: Callable[[int, int, float], None] | None = None) -> dict:
-    """Load a stored checkpoint (verified against its recorded sha256) and measure what it lacks."""
-    import torch
-    from safetensors.torch import load_model
-
-    from .proxy import build_model
-
-    if task.threads:
-        torch.set_num_threads(task.threads)
-    path = Path(task.checkpoint)
-    if not path.is_file() or file_sha256(path) != task.sha256:
-        raise CheckpointMismatch(f"checkpoint {path} is missing or not the one recorded (sha256 differs)")
-    t0 = time.time()
-    spec = ProxySpec(**task.spec)
-    model = build_model(spec)
-    load_model(model, str(path))
-    model.to("cuda" if torch.cuda.is_available() else "cpu")  # a GPU evaluates many sequences per pass
-    measurements = measure_model(model, spec, task.measures, Path(task.sample_dir), progress)
-    return {"key": task.key, "measurements": measurements, "eval_seconds": time.time() - t0}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from .config import Experiment
-from .errors import MixoptError
-from .store import Store
-from .sweep import load_plan, missing_measures
-from .workspace import Workspace
+from mixopt.config.schema import Experiment
+from mixopt.core.workspace import Workspace
+from mixopt.errors import MixoptError
+from mixopt.sweep.plan import load_plan
+from mixopt.sweep.reeval import missing_measures
+from mixopt.sweep.store import Store
 
 
 def experiment_status(exp: Experiment) -> dict:

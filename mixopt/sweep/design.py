@@ -1,59 +1,16 @@
-"""Candidate mixtures on the simplex: RegMix-style Dirichlet draws around the token prior, plus
-the natural prior, each single-domain mixture and the user's own, all within the bounds."""
+"""The sweep's candidate mixtures: RegMix-style Dirichlet draws around the token prior, plus the
+natural prior, each single-domain mixture and the user's own, all within the bounds."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from .config import Experiment, check_weights
-from .errors import MixoptError
+from mixopt.config.schema import Experiment
+from mixopt.config.validate import check_weights
+from mixopt.core.mixtures import BOUND_SLACK, Bounds, Mixture
+from mixopt.errors import MixoptError
 
 ATTEMPTS_PER_RUN = 2000  # rejection sampling gives up after this many draws per wanted mixture
-BOUND_SLACK = 1e-9
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """Per-domain weight bounds, in canonical order, with the reason for each upper bound."""
-
-    lower: np.ndarray
-    upper: np.ndarray
-    upper_reason: tuple[str, ...]  # "max" (the config's bound), "repetition", or "none"
-
-    def contains(self, w: np.ndarray) -> bool:
-        return bool(np.all(w >= self.lower - BOUND_SLACK) and np.all(w <= self.upper + BOUND_SLACK))
-
-
-@dataclass(frozen=True)
-class Mixture:
-    origin: str  # "prior", "vertex:<domain>", "user:<i>" or "random:<i>"
-    weights: tuple[float, ...]  # canonical domain order, sums to 1
-
-
-def domain_bounds(exp: Experiment, available_tokens: list[float]) -> Bounds:
-    """Config bounds, tightened by the repetition limit w x target_tokens <= max_epochs x available."""
-    lower = np.array([d.min for d in exp.domains], dtype=float)
-    upper = np.array([d.max for d in exp.domains], dtype=float)
-    reason = ["max" if d.max < 1 else "none" for d in exp.domains]
-    target = exp.optimum.target_tokens
-    if target:
-        for i, avail in enumerate(available_tokens):
-            cap = exp.optimum.max_epochs * avail / target
-            if cap < upper[i]:
-                upper[i], reason[i] = cap, "repetition"
-    if upper.sum() < 1 - 1e-9:
-        raise MixoptError(
-            f"no mixture fits: upper bounds (with the repetition limit {exp.optimum.max_epochs:g} epochs of "
-            f"{target:.3g} target tokens) sum to {upper.sum():.3f} < 1",
-            "lower optimum.target_tokens, raise optimum.max_epochs or add text")
-    bad = np.flatnonzero(lower > upper + BOUND_SLACK)
-    if bad.size:
-        i = int(bad[0])
-        raise MixoptError(f"domain '{exp.domains[i].name}': min {lower[i]:.4g} is above its repetition limit "
-                          f"{upper[i]:.4g}", "lower its min, lower optimum.target_tokens or add text")
-    return Bounds(lower, upper, tuple(reason))
 
 
 def design_mixtures(exp: Experiment, prior: np.ndarray, bounds: Bounds) -> list[Mixture]:

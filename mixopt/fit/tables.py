@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .design import Bounds
-from .errors import MixoptError
-from .recommend import FitSettings, Recommendation, Swarm, fit_swarm, save_fit, write_optimal
-from .regress import MixtureModel, fit_model
+from mixopt.core.mixtures import Bounds
+from mixopt.errors import MixoptError
+from mixopt.fit.recommend import Recommendation, fit_swarm, save_fit, write_optimal
+from mixopt.fit.regress import MixtureModel, fit_model
+from mixopt.fit.swarm import FitSettings, Swarm
 
 TABLE_TOLERANCE = 0.01  # published swarms round weights (RegMix: to 1e-3, rows sum to 1 +- 0.004)
 

@@ -18,12 +18,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Experiment
-from .errors import MixoptError
-from .keys import content_hash, file_sha256
-from .readers import iter_documents, source_fingerprint
-from .tokenizer import eos_id, join_documents, load_tokenizer, token_byte_lengths, token_dtype, train_tokenizer
-from .workspace import Workspace, atomic_write_json, fsync_dir, slice_file, token_bytes_file
+from mixopt.config.schema import Experiment
+from mixopt.core.keys import content_hash, file_sha256
+from mixopt.core.workspace import (
+    Workspace,
+    atomic_write_json,
+    fsync_dir,
+    slice_file,
+    token_bytes_file,
+)
+from mixopt.data.readers import iter_documents, source_fingerprint
+from mixopt.data.tokenizer import (
+    eos_id,
+    join_documents,
+    load_tokenizer,
+    token_byte_lengths,
+    token_dtype,
+    train_tokenizer,
+)
+from mixopt.errors import MixoptError
 
 SAMPLER_VERSION = 1
 MAX_BYTES_PER_TOKEN = 6  # a byte-level BPE averages 3-5 bytes/token; budgets assume at most this

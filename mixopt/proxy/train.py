@@ -1,41 +1,27 @@
-"""Train one proxy on one mixture, save its checkpoint, evaluate it: the unit of work of a sweep.
+"""Train proxies: the data order of a run, the learning-rate schedule, and the training loop.
 
-`train_run` takes a picklable RunTask and returns a plain dict, so any backend (in-process,
-worker processes, Ray, SLURM) can run it; it never touches the store.
+Knows nothing of the store or the backends: it takes a spec, mixtures and token streams.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .keys import file_sha256
-from .proxy import ProxySpec, build_model
-from .workspace import atomic_write_bytes, atomic_write_json, fsync_dir, slice_file
+from mixopt.core.workspace import atomic_write_bytes
+from mixopt.proxy.model import ProxySpec, build_model, forward_logits, stack_weights
 
 TRAINER_VERSION = 1  # bump when a change alters what training computes: it is in every run key
+
+
 MIN_LR_FRACTION = 0.1  # cosine decays to this fraction of the peak learning rate
+
+
 RESUME_SAVES = 10  # training state saved this many times per run: a kill loses <= 1/10 of a run
-
-
-@dataclass(frozen=True)
-class RunTask:
-    key: str
-    weights: tuple[float, ...]  # canonical domain order
-    domains: tuple[str, ...]
-    seed: int
-    spec: dict  # ProxySpec fields
-    sample_dir: str
-    checkpoint: str  # where the safetensors file goes
-    measures: tuple[dict, ...] = ()  # the eval suite's measures (suites.Measure as dicts)
-    threads: int = 0  # torch threads; 0 leaves torch's default
 
 
 def mixture_sequences(weights, lengths: list[int], spec: ProxySpec, rng: np.random.Generator):
@@ -159,73 +145,65 @@ def _causal_loss(model, x):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), x[:, 1:].reshape(-1))
 
 
-def save_checkpoint(model, path: Path) -> str:
-    """safetensors to a temp file, fsync, rename; returns the file's sha256."""
-    from safetensors.torch import save_model
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_model(model, str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-    return file_sha256(path)
+PER_PROXY_BYTES = 16  # fp32 weight + grad + two AdamW moments, per parameter
 
 
-def result_path(checkpoint: Path) -> Path:
-    return checkpoint.with_suffix(".json")
+def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], seed: int, device: str = "cpu",
+                  progress: Callable[[int, int, float], None] | None = None, autocast: bool = False):
+    """Train len(mixtures) proxies together; returns (stacked weights, losses [steps][N], epochs per proxy)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = len(mixtures)
+    plans = [mixture_sequences(w, [len(s) for s in streams], spec, np.random.default_rng([seed, 2])) for w in mixtures]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the same initial weights as train_proxy gives every proxy
+        base = build_model(spec)
+    W = {k: v.to(device).detach().requires_grad_(True) for k, v in stack_weights(base, n).items()}
+    decay = [v for k, v in W.items() if v.ndim >= 3]  # matrices (per proxy: ndim >= 2)
+    no_decay = [v for k, v in W.items() if v.ndim < 3]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.95))
+    width = spec.seq_len + 1
+    losses = []
+    for step in range(spec.steps):
+        rows = [seqs[step * spec.batch_size:(step + 1) * spec.batch_size] for seqs, _ in plans]
+        x = np.stack([np.stack([streams[d][s:s + width] for d, s in r]) for r in rows]).astype(np.int64)
+        xt = torch.from_numpy(x).to(device, non_blocking=True)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, spec)
+        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
+            logits = forward_logits(W, xt[:, :, :-1], spec)
+        ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), xt[:, :, 1:].reshape(-1),
+                             reduction="none").view(n, -1).mean(dim=1)  # one loss per proxy
+        opt.zero_grad(set_to_none=True)
+        ce.sum().backward()  # proxies share no weights: each gets exactly its own gradient
+        _clip_per_proxy(list(W.values()), 1.0)
+        opt.step()
+        losses.append(ce.detach().float().cpu().tolist())
+        if progress:
+            progress(step + 1, spec.steps, float(np.mean(losses[-1])))
+    return W, losses, [epochs for _, epochs in plans]
 
 
-def state_path(checkpoint: Path) -> Path:
-    """Where an unfinished run keeps its training state."""
-    return checkpoint.with_suffix(".resume.pt")
-
-
-def train_run(task: RunTask, progress: Callable[[int, int, float], None] | None = None) -> dict:
-    """Train, checkpoint and evaluate one run; the result is also written next to the checkpoint,
-    so a driver that dies before recording it can adopt it instead of retraining."""
+def _clip_per_proxy(params, max_norm: float) -> None:
+    """torch.nn.utils.clip_grad_norm_ applied to each proxy's gradients separately."""
     import torch
 
-    from .evals import measure_model
-
-    if task.threads:
-        torch.set_num_threads(task.threads)
-    spec = ProxySpec(**task.spec)
-    sample_dir = Path(task.sample_dir)
-    streams = [np.load(slice_file(sample_dir, d, "train"), mmap_mode="r") for d in task.domains]
-    t0 = time.time()
-    ckpt = Path(task.checkpoint)
-    state = state_path(ckpt)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, losses, epochs = train_proxy(spec, task.weights, streams, task.seed, progress, state, task.key, device)
-    train_seconds = time.time() - t0
-    model = model.cpu()  # checkpoints and evaluation on the CPU: both are small next to training
-    sha = save_checkpoint(model, ckpt)
-    t1 = time.time()
-    measurements = measure_model(model, spec, task.measures, sample_dir)
-    tail = losses[-max(1, len(losses) // 10):]
-    result = {
-        "key": task.key, "checkpoint": str(ckpt), "sha256": sha, "losses": losses,
-        "train_loss": float(np.mean(tail)), "tokens": spec.steps * spec.batch_size * spec.seq_len,
-        "epochs": dict(zip(task.domains, epochs)), "train_seconds": train_seconds,
-        "eval_seconds": time.time() - t1, "measurements": measurements,
-    }
-    atomic_write_json(result_path(ckpt), result)
-    state.unlink(missing_ok=True)
-    return result
+    sq = sum(p.grad.reshape(p.shape[0], -1).float().pow(2).sum(dim=1) for p in params)
+    coef = torch.clamp(max_norm / (sq.sqrt() + 1e-6), max=1.0)
+    for p in params:
+        p.grad.mul_(coef.view(-1, *([1] * (p.ndim - 1))).to(p.grad.dtype))
 
 
-def read_result(checkpoint: Path) -> dict | None:
-    """A finished run's result left next to its checkpoint, if the checkpoint matches it."""
-    side = result_path(checkpoint)
-    if not (side.is_file() and checkpoint.is_file()):
-        return None
-    try:
-        result = json.loads(side.read_text())
-    except json.JSONDecodeError:
-        return None
-    return result if result.get("sha256") == file_sha256(checkpoint) else None
+def proxies_per_batch(spec: ProxySpec, device: str, cap: int = 64) -> int:
+    """How many proxies fit: 1 on CPU (batching is slower there); on a GPU, what 80% of free
+    memory holds at PER_PROXY_BYTES per parameter plus activations."""
+    if not device.startswith("cuda"):
+        return 1
+    import torch
+
+    free, _ = torch.cuda.mem_get_info()
+    params = sum(p.numel() for p in build_model(spec).parameters())
+    acts = spec.batch_size * spec.seq_len * (spec.layers * spec.hidden * 34 + spec.vocab_size * 3) * 4  # bytes
+    return int(max(1, min(cap, 0.8 * free // (params * PER_PROXY_BYTES + acts))))

@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MixoptError
+from mixopt.errors import MixoptError
 
 
 def slice_file(sample_dir: Path, domain: str, split: str) -> Path:

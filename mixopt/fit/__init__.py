@@ -1,0 +1,1 @@
+"""`mixopt fit`, `predict`, `propose`, `verify`: regressions, the optimum, recommendations, external tables."""

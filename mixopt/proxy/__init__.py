@@ -1,0 +1,1 @@
+"""Proxy models: the spec and the stacked forward (model.py), the one training loop (train.py), checkpoints."""

@@ -1,0 +1,156 @@
+"""Proxy models: the spec (one size dial), a LlamaForCausalLM built from it (never downloaded) for
+the initial weights and checkpoints, and the forward pass over stacked weights that trains N >= 1
+proxies at once. The stacked forward is Llama's as transformers implements it for our proxies
+(RMSNorm in float32, rotary embeddings, causal SDPA, SwiGLU, tied output embedding)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from mixopt.config.schema import Proxy
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    """Everything that defines a proxy and its training; part of every run's key."""
+
+    size: str
+    hidden: int
+    layers: int
+    heads: int
+    seq_len: int
+    batch_size: int
+    lr: float
+    warmup: float
+    weight_decay: float
+    tokens: int
+    vocab_size: int
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.tokens // (self.seq_len * self.batch_size))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# size -> (hidden, layers, heads, seq_len, batch, lr). Non-embedding params ~ 12 x layers x hidden^2.
+SIZES = {
+    "tiny": (64, 2, 2, 128, 16, 3e-3),  # ~0.1M: tests and the CPU demo
+    "1m": (128, 5, 4, 256, 16, 2e-3),  # ~1M, RegMix's smallest proxy
+    "5m": (256, 6, 4, 256, 32, 1.5e-3),
+    "15m": (384, 8, 6, 512, 32, 1e-3),
+    "30m": (512, 10, 8, 512, 64, 8e-4),  # ~30M, Olmix's proxy scale
+}
+
+
+def proxy_spec(cfg: Proxy, vocab_size: int) -> ProxySpec:
+    hidden, layers, heads, seq_len, batch, lr = SIZES[cfg.size]
+    return ProxySpec(size=cfg.size, hidden=hidden, layers=layers, heads=heads,
+                     seq_len=cfg.seq_len or seq_len, batch_size=cfg.batch_size or batch, lr=cfg.lr or lr,
+                     warmup=cfg.warmup, weight_decay=cfg.weight_decay, tokens=cfg.tokens, vocab_size=vocab_size)
+
+
+def build_model(spec: ProxySpec):
+    """A fresh model; the caller seeds torch's RNG (initial weights come from it)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=spec.vocab_size, hidden_size=spec.hidden, num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
+        intermediate_size=mlp_width(spec.hidden), max_position_embeddings=spec.seq_len,
+        tie_word_embeddings=True,  # the output layer dominates tiny models; tying halves it
+        attention_dropout=0.0,  # any dropout forces the slow attention path
+        rope_theta=10000.0, use_cache=False,
+    )
+    config._attn_implementation = "sdpa"
+    return LlamaForCausalLM(config)
+
+
+def mlp_width(hidden: int) -> int:
+    return max(8, (hidden * 8 // 3 + 7) // 8 * 8)  # SwiGLU's 8/3 x hidden, rounded to 8
+
+
+RMS_EPS = 1e-6  # LlamaConfig's default, which build_model keeps
+
+
+ROPE_THETA = 10000.0
+
+
+def stack_weights(model, n: int) -> dict:
+    """Every parameter of `model` repeated n times along a new axis 0, as leaf tensors."""
+    return {name: p.detach().unsqueeze(0).repeat(n, *([1] * p.ndim)).clone().requires_grad_(True)
+            for name, p in model.named_parameters()}
+
+
+def forward_logits(W: dict, x, spec: ProxySpec):
+    """x: [N, B, T] token ids -> logits [N, B, T, V]."""
+    import torch
+    import torch.nn.functional as F
+
+    n, b, t = x.shape
+    heads, hd = spec.heads, spec.hidden // spec.heads
+    emb = W["model.embed_tokens.weight"]  # [N, V, H]
+    h = emb[torch.arange(n, device=x.device)[:, None, None], x]  # [N, B, T, H]
+    cos, sin = _rope(t, hd, x.device, h.dtype)
+    for i in range(spec.layers):
+        p = f"model.layers.{i}."
+        a = _rms(h, W[p + "input_layernorm.weight"])
+        q, k, v = (_linear(a, W[p + f"self_attn.{m}_proj.weight"]) for m in "qkv")
+        q, k, v = (z.view(n * b, t, heads, hd).transpose(1, 2) for z in (q, k, v))
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        o = o.transpose(1, 2).reshape(n, b, t, spec.hidden)
+        h = h + _linear(o, W[p + "self_attn.o_proj.weight"])
+        m = _rms(h, W[p + "post_attention_layernorm.weight"])
+        gate, up = _linear(m, W[p + "mlp.gate_proj.weight"]), _linear(m, W[p + "mlp.up_proj.weight"])
+        h = h + _linear(F.silu(gate) * up, W[p + "mlp.down_proj.weight"])
+    h = _rms(h, W["model.norm.weight"])
+    return _linear(h, emb)  # tied output embedding
+
+
+def _linear(x, w):
+    """x [N, ..., in] @ w[N, out, in]^T, one batched matmul for all proxies."""
+    n = x.shape[0]
+    return (x.reshape(n, -1, x.shape[-1]) @ w.transpose(1, 2)).reshape(*x.shape[:-1], w.shape[1])
+
+
+def _rms(x, w):
+    import torch
+
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + RMS_EPS)
+    return w[:, None, None, :] * xf.to(x.dtype)
+
+
+def _rope(t: int, hd: int, device, dtype):
+    import torch
+
+    inv = 1.0 / (ROPE_THETA ** (torch.arange(0, hd, 2, dtype=torch.int64, device=device).float() / hd))
+    freqs = torch.arange(t, device=device).float()[:, None] * inv[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x):
+    import torch
+
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def unstack(W: dict, i: int, spec: ProxySpec):
+    """Proxy i of a stacked set, as the transformers model `train_proxy` would have returned."""
+    import torch
+
+    model = build_model(spec)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(W[name][i].detach().float().cpu())
+    return model
+
+
+def model_flops_per_token(spec: ProxySpec) -> float:
+    """Training FLOPs per token: 6 x parameters (weights, including the output layer) plus attention."""
+    params = spec.layers * (4 * spec.hidden ** 2 + 3 * spec.hidden * mlp_width(spec.hidden)) + spec.vocab_size * spec.hidden
+    return 6 * params + 12 * spec.layers * spec.hidden * spec.seq_len

@@ -1,0 +1,125 @@
+"""Evaluate stored checkpoints on what the current suite adds (never trains), and each run's
+objective under the suite."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mixopt.backends import run_local
+from mixopt.config.schema import Experiment
+from mixopt.core.progress import Bars
+from mixopt.evals.suites import Suite, prepare_suite
+from mixopt.sweep.plan import Plan, Say, load_plan
+from mixopt.sweep.store import Store
+from mixopt.sweep.work import EvalTask, _last_line, _worker_threads, eval_checkpoint
+
+
+@dataclass
+class EvalReport:
+    runs: int = 0  # checkpoints evaluated
+    evaluations: int = 0  # (run, evaluation) pairs computed
+    up_to_date: int = 0  # finished runs that lacked nothing
+    reset: list[str] = field(default_factory=list)  # runs whose checkpoint failed verification
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run_eval(exp: Experiment, workers: int = 1, progress: bool = True, say: Say = print) -> EvalReport:
+    """`mixopt eval`: every finished run of this design gets what the current suite lacks."""
+    plan = load_plan(exp)
+    prepare_suite(exp, plan.suite, plan.workspace)
+    with Store(plan.workspace.db_path) as store:
+        sweep_id = store.start_sweep("eval")
+        store.add_suite(plan.suite.to_dict())
+        report = evaluate_stored(plan, store, workers, progress, say)
+        record_scores(plan, store)
+        store.finish_sweep(sweep_id, 0, report.evaluations)
+    return report
+
+
+def missing_measures(plan: Plan, store: Store) -> dict[str, list]:
+    """run key -> the current suite's measures that finished run lacks."""
+    have = store.measurements()
+    out = {}
+    for r in store.runs(plan.context, "done"):
+        lack = [m for m in plan.suite.measures if m.key not in have.get(r["key"], {})]
+        if lack:
+            out[r["key"]] = lack
+    return out
+
+
+def evaluate_stored(plan: Plan, store: Store, workers: int = 1, progress: bool = True,
+                    say: Say = print) -> EvalReport:
+    """Evaluate stored checkpoints on the measures they lack; never trains."""
+    t0 = time.time()
+    report = EvalReport()
+    missing = missing_measures(plan, store)
+    runs = {r["key"]: r for r in store.runs(plan.context, "done")}
+    report.up_to_date = len(runs) - len(missing)
+    if not missing:
+        return report
+    names = sorted({m.name for lack in missing.values() for m in lack})
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    say(f"eval suite changed since these results: {len(missing)} finished runs lack {shown}; "
+        f"evaluating their checkpoints (no training)")
+    threads = _worker_threads(workers)
+    tasks = [EvalTask(key=k, checkpoint=runs[k]["checkpoint"], sha256=runs[k]["sha256"], spec=plan.spec.to_dict(),
+                      sample_dir=str(plan.workspace.sample_dir), measures=tuple(m.__dict__ for m in lack),
+                      threads=threads) for k, lack in missing.items()]
+    bars = Bars(len(tasks), enabled=progress, desc="eval", unit="run", step_unit="eval")
+    try:
+        for task, result, error in run_local(eval_checkpoint, tasks, workers, on_progress=bars.step):
+            if error is None:
+                store.record_measurements(task.key, result["measurements"])
+                report.runs += 1
+                report.evaluations += len(task.measures)
+            elif "CheckpointMismatch" in error:
+                store.reset_run(task.key, _last_line(error))
+                report.reset.append(task.key)
+                say(f"run {task.key[:12]}: {_last_line(error).split(': ', 1)[-1]}; "
+                    f"it goes back to pending and the next sweep retrains it")
+            else:
+                report.failed.append((task.key, _last_line(error)))
+            bars.finish(task.key)
+    finally:
+        bars.close()
+    report.seconds = time.time() - t0
+    return report
+
+
+def record_scores(plan: Plan, store: Store) -> dict[str, float]:
+    """Each finished run's objective under the current suite, from its measurements; stored."""
+    have = store.measurements()
+    terms = plan.suite.objective_terms()
+    scores = {}
+    for r in store.runs(plan.context, "done"):
+        metrics = _metrics_of(plan.suite, have.get(r["key"], {}))
+        if metrics is not None:
+            scores[r["key"]] = sum(a * metrics[m] for m, a in terms.items())
+    store.record_scores(plan.suite.key, scores)
+    return scores
+
+
+def _metrics_of(suite: Suite, measured: dict[str, dict[str, float]]) -> dict[str, float] | None:
+    """'<evaluation name>/<metric>' -> value, or None if any of the suite's measures is missing."""
+    if any(m.key not in measured for m in suite.measures):
+        return None
+    return {f"{m.name}/{k}": v for m in suite.measures for k, v in measured[m.key].items()}
+
+
+def training_table(plan: Plan, store: Store):
+    """Weights (runs x domains), every metric, and run keys: finished runs with the whole suite."""
+    have = store.measurements()
+    rows, keys = [], []
+    for r in store.runs(plan.context, "done"):
+        metrics = _metrics_of(plan.suite, have.get(r["key"], {}))
+        if metrics is not None:
+            rows.append((r["weights"], metrics))
+            keys.append(r["key"])
+    if not rows:
+        return np.zeros((0, len(plan.prior))), {}, []
+    names = sorted(set.intersection(*(set(m) for _, m in rows)))
+    return np.array([w for w, _ in rows]), {n: np.array([m[n] for _, m in rows]) for n in names}, keys

@@ -1,0 +1,179 @@
+"""`mixopt sweep`: train and evaluate each proxy not yet finished, through a backend.
+
+The driver alone writes the store; workers return results. A run whose key already has a
+finished result is never retrained, and a result a worker left next to its checkpoint is adopted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mixopt.backends import make_backend
+from mixopt.config.schema import Experiment
+from mixopt.core.mixtures import Mixture
+from mixopt.core.progress import Bars
+from mixopt.errors import MixoptError
+from mixopt.evals.suites import prepare_suite
+from mixopt.proxy.checkpoint import read_result
+from mixopt.proxy.model import ProxySpec
+from mixopt.proxy.train import proxies_per_batch
+from mixopt.sweep.plan import Plan, Say, load_plan
+from mixopt.sweep.reeval import evaluate_stored, record_scores
+from mixopt.sweep.store import Store, new_owner
+from mixopt.sweep.work import (
+    BatchTask,
+    RunTask,
+    _last_line,
+    _worker_threads,
+    disk_full,
+    train_batch,
+    train_run,
+)
+
+
+@dataclass
+class SweepReport:
+    planned: int
+    already_done: int = 0
+    adopted: int = 0
+    trained: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (run key, last error line)
+    reevaluated: int = 0  # finished runs evaluated on what the suite added (no training)
+    elsewhere: int = 0  # finished meanwhile by another sweep on the same workspace
+    seconds: float = 0.0
+
+
+def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say = print,
+              extra: list[Mixture] | tuple = (), design: bool = True, backend: str = "local",
+              options: dict | None = None, batch_proxies: int | str = "auto") -> SweepReport:
+    """Train every run of the plan not yet done, through `backend`. Runs are leased in the store,
+    so sweeps sharing a workspace (or a driver restarted after a crash) never train one run twice."""
+    t0 = time.time()
+    plan = load_plan(exp, extra, design)
+    for m in extra:
+        if m.origin.startswith("file:") and not plan.bounds.contains(np.asarray(m.weights)):
+            raise MixoptError(f"mixture {m.origin} is outside the domain bounds (or repetition limits)",
+                              "fix its weights or the bounds")
+    ws = plan.workspace
+    report = SweepReport(planned=len(plan.mixtures))
+    prepare_suite(exp, plan.suite, ws)
+    owner = new_owner()
+    with Store(ws.db_path) as store:
+        sweep_id = store.start_sweep("sweep")
+        store.add_suite(plan.suite.to_dict())
+        store.add_planned([{"key": k, "context": plan.context, "origin": m.origin, "weights": list(m.weights),
+                            "domains": exp.domain_names} for k, m in zip(plan.keys, plan.mixtures)])
+        # Finished runs first get what the suite added (no training); a corrupt checkpoint found
+        # here goes back to pending and is retrained below.
+        ev = evaluate_stored(plan, store, workers, progress, say)
+        report.reevaluated = ev.runs
+        done = {r["key"] for r in store.runs(plan.context, "done")}
+        report.already_done = sum(k in done for k in plan.keys)
+        tasks = {k: _task(exp, plan, k, m, workers, backend) for k, m in zip(plan.keys, plan.mixtures) if k not in done}
+        per_batch = _batch_size(batch_proxies, plan.spec, backend)
+        bars = Bars(len(tasks), enabled=progress)
+        engine = make_backend(backend, train_run if per_batch == 1 else train_batch, workers, bars.step,
+                              options or {}, exp, ws)
+        tried: set[str] = set()
+        try:
+            with _Heartbeat(ws.db_path, owner):
+                while True:
+                    left = [k for k in tasks if k not in tried]
+                    claimed = store.claim(left, owner, LEASE_SECONDS, engine.free_slots * per_batch) \
+                        if engine.free_slots > 0 and left else []
+                    todo = []
+                    for key in claimed:
+                        tried.add(key)
+                        side = read_result(Path(tasks[key].checkpoint))
+                        if side and "measurements" in side:  # trained before a crash, never recorded
+                            store.record_result(side)
+                            report.adopted += 1
+                            bars.finish(key)
+                        else:
+                            todo.append(tasks[key])
+                    for i in range(0, len(todo), per_batch):
+                        group = todo[i:i + per_batch]
+                        engine.submit(group[0] if per_batch == 1 else BatchTask(group[0].key, tuple(group)))
+                    for job, result, error in engine.wait(0.5 if engine.in_flight else 0.0):
+                        runs = job.tasks if isinstance(job, BatchTask) else (job,)
+                        results = result["results"] if error is None and "results" in result else [result] * len(runs)
+                        for task, res in zip(runs, results):
+                            if error is None:
+                                if store.record_result(res):
+                                    report.trained += 1
+                            elif disk_full(error):  # not the run's fault, and every other run would fail too
+                                raise MixoptError(f"cannot write run {task.key[:12]}'s files: disk full, file size "
+                                                  f"limit or I/O error ({_last_line(error)[:160]})",
+                                                  "free space (or raise the quota) and rerun; finished runs are kept")
+                            else:
+                                store.record_failure(task.key, error)
+                                report.failed.append((task.key, _last_line(error)))
+                            bars.finish(task.key)
+                    if engine.in_flight or claimed:
+                        continue
+                    done = {r["key"] for r in store.runs(plan.context, "done")}
+                    left = [k for k in tasks if k not in tried and k not in done]
+                    if not left:
+                        break
+                    time.sleep(1.0)  # another sweep holds the rest: wait for it to finish them (or die)
+        finally:
+            engine.close()
+            bars.close()
+            store.release(owner)
+        done = {r["key"] for r in store.runs(plan.context, "done")}
+        report.elsewhere = sum(k in done for k in tasks) - report.trained - report.adopted
+        if report.adopted:  # adopted sidecars may predate the current suite
+            evaluate_stored(plan, store, workers, progress, say)
+        record_scores(plan, store)
+        store.finish_sweep(sweep_id, report.trained, ev.evaluations)
+    report.seconds = time.time() - t0
+    return report
+
+
+def _batch_size(choice: int | str, spec: ProxySpec, backend: str) -> int:
+    """Proxies per worker task: `auto` batches only where it pays, on a GPU this process sees."""
+    if choice != "auto":
+        return max(1, int(choice))
+    if backend != "local":
+        return 1  # the workers' devices are not visible from here: pass --batch-proxies N
+    import torch
+
+    return proxies_per_batch(spec, "cuda" if torch.cuda.is_available() else "cpu")
+
+
+LEASE_SECONDS = 120.0  # a driver renews its leases every third of this; a dead one's lapse after it
+
+
+class _Heartbeat:
+    """Renew this driver's leases from a thread with its own connection while the sweep runs."""
+
+    def __init__(self, db_path: Path, owner: str):
+        self.db_path, self.owner = db_path, owner
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with Store(self.db_path) as store:
+            while not self.stop.wait(LEASE_SECONDS / 3):
+                store.renew(self.owner, LEASE_SECONDS)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def _task(exp: Experiment, plan: Plan, key: str, m: Mixture, workers: int, backend: str = "local") -> RunTask:
+    threads = _worker_threads(workers) if backend == "local" else 0
+    return RunTask(key=key, weights=m.weights, domains=tuple(exp.domain_names), seed=exp.seed,
+                   spec=plan.spec.to_dict(), sample_dir=str(plan.workspace.sample_dir),
+                   checkpoint=str(plan.workspace.checkpoints_dir / f"{key[:24]}.safetensors"),
+                   measures=tuple(x.__dict__ for x in plan.suite.measures), threads=threads)

@@ -1,0 +1,64 @@
+"""The package's one-way import rule: config <- core <- data <- proxy <- evals <- sweep <- fit <- cli.
+
+A stage imports only stages to its left (and `mixopt.errors`); backends import only core and errors;
+the config schema imports nothing from mixopt. A violation names the file, the line and the import.
+"""
+
+import ast
+from pathlib import Path
+
+import mixopt
+
+ROOT = Path(mixopt.__file__).parent
+ORDER = ["config", "core", "data", "proxy", "evals", "sweep", "fit", "cli"]
+TOP = {"cli.py": "cli", "report.py": "cli", "errors.py": "errors", "__init__.py": "errors"}
+
+
+def _stage(path: Path) -> str:
+    rel = path.relative_to(ROOT)
+    return rel.parts[0] if len(rel.parts) > 1 else TOP[rel.name]
+
+
+def _imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mixopt"):
+            yield node.lineno, node.module
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("mixopt"):
+                    yield node.lineno, a.name
+
+
+def _allowed(src: str, dst: str) -> bool:
+    if dst in ("errors", src):
+        return True
+    if src == "backends":
+        return dst == "core"
+    if dst == "backends":
+        return src in ("sweep", "fit", "cli")
+    if src == "errors":
+        return False
+    return ORDER.index(dst) < ORDER.index(src)
+
+
+def test_imports_run_one_way():
+    bad = []
+    for path in sorted(ROOT.rglob("*.py")):
+        src = _stage(path)
+        for line, module in _imports(path):
+            parts = module.split(".")
+            dst = parts[1] if len(parts) > 1 else "errors"
+            dst = TOP.get(f"{dst}.py", dst)
+            if not _allowed(src, dst):
+                bad.append(f"{path.relative_to(ROOT)}:{line} ({src}) imports {module} ({dst})")
+    assert not bad, "imports against the stage order:\n" + "\n".join(bad)
+
+
+def test_config_schema_imports_nothing_from_mixopt():
+    assert not list(_imports(ROOT / "config" / "schema.py"))
+
+
+def test_every_stage_is_a_package_with_a_docstring():
+    for stage in [s for s in ORDER if s != "cli"] + ["backends"]:
+        init = ROOT / stage / "__init__.py"
+        assert init.is_file() and ast.get_docstring(ast.parse(init.read_text())), stage
