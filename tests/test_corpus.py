@@ -69,3 +69,27 @@ def test_large_domain_token_count_is_estimated_within_5_percent(make_config, cor
     texts = pq.read_table(corpora / "code.parquet").column("text").to_pylist()
     exact = sum(len(e.ids) + 1 for e in tok.encode_batch(texts, add_special_tokens=False))
     assert abs(code["tokens"] / exact - 1) < 0.05
+
+
+def test_a_moved_corpus_is_the_same_corpus_and_changed_bytes_are_not(make_config, corpora, tmp_path):
+    """Sources are identified by content: a copy at another path (mtimes not kept, path spelled with
+    '..') reuses the sample; one changed byte in one file makes it stale."""
+    import shutil
+
+    from mixopt.sweep.plan import load_plan
+
+    exp = load_experiment(make_config())
+    sample_corpus(exp)
+    moved = tmp_path / "elsewhere" / "corpora"
+    shutil.copytree(corpora, moved, copy_function=shutil.copy)  # new mtimes and inodes
+    cfg = yaml.safe_load(make_config().read_text())
+    for d, name in zip(cfg["domains"], ("code.parquet", "prose.jsonl.gz", "legal")):
+        d["sources"] = [{"path": str(tmp_path / "elsewhere" / ".." / "elsewhere" / "corpora" / name)}]
+    path = tmp_path / "moved.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    moved_exp = load_experiment(path)
+    assert sample_corpus(moved_exp)["reused"] is True
+    load_plan(moved_exp)  # sweep and fit accept the sample too
+    victim = sorted((moved / "legal").iterdir())[0]
+    victim.write_text(victim.read_text() + "!")
+    assert sample_corpus(moved_exp)["reused"] is False

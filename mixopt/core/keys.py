@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 
@@ -36,3 +37,40 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+class FileHashes:
+    """sha256 of files, remembered by (real path, size, mtime, inode) in a JSON file: a corpus is
+    identified by its bytes, so a moved or re-spelled path is the same corpus, and each file is
+    hashed once per place it lives. Saving is best effort (a read-only workspace still works)."""
+
+    def __init__(self, cache: Path | None):
+        self.cache, self.known, self.dirty = cache, {}, False
+        if cache is not None and cache.is_file():
+            try:
+                self.known = json.loads(cache.read_text())
+            except (OSError, ValueError):
+                self.known = {}  # a torn or foreign cache only costs re-hashing
+
+    def sha256(self, path: Path) -> str:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+        hit = self.known.get(real)
+        if hit and hit[0] == stamp:
+            return hit[1]
+        digest = file_sha256(Path(real))
+        self.known[real] = [stamp, digest]
+        self.dirty = True
+        return digest
+
+    def save(self) -> None:
+        if self.cache is None or not self.dirty:
+            return
+        from mixopt.core.workspace import atomic_write_json
+
+        try:
+            atomic_write_json(self.cache, self.known)
+            self.dirty = False
+        except OSError:
+            pass

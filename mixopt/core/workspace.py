@@ -38,6 +38,11 @@ class Workspace:
         return self.sample_dir / "tokenizer.json"
 
     @property
+    def file_hashes_path(self) -> Path:
+        """sha256 of the corpus files, cached by path, size, mtime and inode (keys.FileHashes)."""
+        return self.root / "file-hashes.json"
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.root / "checkpoints"
 

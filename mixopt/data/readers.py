@@ -65,13 +65,15 @@ def source_files(source: Source, path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(exts))
 
 
-def source_fingerprint(source: Source, path: Path) -> list:
-    """Cheap identity of a source: each file's relative path, size and mtime."""
-    out = []
-    for f in source_files(source, path):
-        st = f.stat()
-        out.append([str(f.relative_to(path)) if f != path else f.name, st.st_size, st.st_mtime_ns])
-    return out
+def source_fingerprint(source: Source, path: Path, hashes) -> list:
+    """A source's identity by content: how it is read (format as detected, field, split) and the sorted
+    sha256 of the files it reads. Not the path: a moved or re-spelled corpus is the same corpus, and
+    the sample does not depend on file names or order (bottom-k by content hash)."""
+    fmt = source.format if source.format != "auto" else (detect_format(path) if path.exists() else "missing")
+    how = {"format": fmt, "text_field": source.text_field, "split": source.split}
+    if fmt == "text":
+        how["extensions"] = sorted(e.lower() for e in source.extensions or TEXT_EXTENSIONS)
+    return [how, sorted(hashes.sha256(f) for f in source_files(source, path))]
 
 
 def _iter_parquet(source: Source, path: Path) -> Iterator[str]:

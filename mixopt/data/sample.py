@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mixopt.config.schema import Experiment
-from mixopt.core.keys import content_hash, file_sha256
+from mixopt.core.keys import FileHashes, content_hash, file_sha256
 from mixopt.core.workspace import (
     Workspace,
     atomic_write_json,
@@ -53,17 +53,16 @@ class _Candidates:
 
 
 def sample_key(exp: Experiment) -> str:
-    """Everything that changes the slices: sources (path, size, mtime), budgets, tokenizer, seed."""
-    sources = {
-        d.name: [[s.model_dump(), source_fingerprint(s, exp.resolve(s.path))] for s in d.sources]
-        for d in exp.domains
-    }
+    """Everything that changes the slices: sources (by content), budgets, tokenizer, seed."""
+    hashes = FileHashes(Workspace(exp.workspace_dir).file_hashes_path)
+    sources = {d.name: [source_fingerprint(s, exp.resolve(s.path), hashes) for s in d.sources] for d in exp.domains}
+    hashes.save()
     tok = exp.sample.tokenizer
     tok_file = file_sha256(exp.resolve(tok.path)) if tok.path and exp.resolve(tok.path).is_file() else None
     return content_hash({
         "version": SAMPLER_VERSION, "seed": exp.seed, "sources": sources, "order": exp.domain_names,
         "train_tokens": exp.train_tokens, "val_tokens": exp.sample.val_tokens,
-        "tokenizer": tok.model_dump(), "tokenizer_file": tok_file,
+        "tokenizer": tok.model_dump(exclude={"path"}), "tokenizer_file": tok_file,
     })
 
 
