@@ -61,13 +61,16 @@ def sweep(config: Path = CONFIG,
           batch_proxies: str = typer.Option("auto", help="Proxies trained together per worker: auto (as many as "
                                                          "fit on a GPU, 1 on CPU) or a number.")):
     """Design the mixtures, train and evaluate one proxy per mixture not yet finished."""
-    from mixopt.core.mixtures import read_mixtures_file
+    from mixopt.core.mixtures import Mixture, read_mixtures
     from mixopt.errors import MixoptError
     from mixopt.report import format_sweep
     from mixopt.sweep.run import run_sweep
 
     exp = _load(config)
-    extra = read_mixtures_file(mixtures, exp) if mixtures else []
+    extra = []
+    if mixtures:
+        _, ids, W = read_mixtures(mixtures, exp.domain_names)
+        extra = [Mixture(f"file:{mixtures.stem}:{i}", tuple(w)) for i, w in zip(ids, W)]
     options = {"ray_address": ray_address, "slurm_partition": slurm_partition, "slurm_cluster": slurm_cluster}
     if batch_proxies != "auto" and not (batch_proxies.isdigit() and int(batch_proxies) >= 1):
         raise MixoptError(f"--batch-proxies {batch_proxies}: expected auto or a positive integer", "e.g. --batch-proxies 8")

@@ -89,7 +89,7 @@ def _write_csv(path, header, rows):
 
 @pytest.mark.parametrize("case,message", [
     ("infeasible bounds", "no mixture satisfies the bounds"),
-    ("rows not summing to 1", "row 3's weights sum to 0.7"),
+    ("rows not summing to 1", "row 3: weights sum to 0.7"),
     ("missing target", "target column 'nope' not found"),
     ("unmatched scores", "1 runs in"),
     ("negative weight", "is negative"),

@@ -1,28 +1,53 @@
-"""The one place numbers given by a user are validated: weights, bounds, finite values."""
+"""The one place weights given by a user are validated: a config's mixtures, mixture files, swarm tables."""
 
 from __future__ import annotations
 
-import math
+import numpy as np
 
 from mixopt.errors import MixoptError
 
 WEIGHT_TOLERANCE = 1e-3  # weights given by a user must sum to 1 within this; then they are normalized
 
 
-def check_weights(weights: dict[str, float], domains: list[str], where: str,
-                  tolerance: float = WEIGHT_TOLERANCE) -> list[float]:
-    """Validate a mixture given as domain -> weight; return it normalized, in canonical order."""
-    unknown = sorted(set(weights) - set(domains))
+def check_weight_rows(X, names: list[str], where: str, tolerance: float = WEIGHT_TOLERANCE,
+                      rows: list[str] | None = None) -> np.ndarray:
+    """Mixtures as rows of weights in `names` order: finite, >= 0, each summing to 1 within
+    `tolerance`; returned normalized. `rows` names each row in messages (default: row 1, row 2, ...)."""
+    X = np.atleast_2d(np.asarray(X, dtype=float))
+
+    def at(r: int) -> str:
+        label = rows[r] if rows is not None else f"row {r + 1}"
+        return f"{where}: {label}" if label else where
+
+    bad = np.argwhere(~np.isfinite(X))
+    if bad.size:
+        r, c = bad[0]
+        raise MixoptError(f"{at(r)}: weight of '{names[c]}' is {X[r, c]:g}, not a finite number",
+                          "give a number in [0, 1]")
+    neg = np.argwhere(X < 0)
+    if neg.size:
+        r, c = neg[0]
+        raise MixoptError(f"{at(r)}: weight of '{names[c]}' is negative ({X[r, c]:g})", "weights must be >= 0")
+    sums = X.sum(axis=1)
+    off = np.flatnonzero(np.abs(sums - 1) > tolerance)
+    if off.size:
+        many = f"; {off.size} such rows" if off.size > 1 else ""
+        raise MixoptError(f"{at(off[0])}: weights sum to {sums[off[0]]:.6g}, not 1 (tolerance {tolerance:g}{many})",
+                          "make the weights sum to 1 (tables: or pass --tolerance)")
+    return X / sums[:, None]
+
+
+def check_weights(weights: dict, domains: list[str], where: str, tolerance: float = WEIGHT_TOLERANCE) -> list[float]:
+    """One mixture given as domain -> weight (missing domains are 0); normalized, in canonical order."""
+    if not isinstance(weights, dict):
+        raise MixoptError(f"{where}: expected a mapping of domain to weight", "e.g. {code: 0.5, wiki: 0.5}")
+    unknown = sorted(set(map(str, weights)) - set(domains))
     if unknown:
         raise MixoptError(f"{where}: unknown domain '{unknown[0]}'", f"use one of: {', '.join(domains)}")
-    values = [weights.get(d, 0.0) for d in domains]
-    for d, v in zip(domains, values):
-        if not isinstance(v, (int, float)) or not math.isfinite(v):
+    values = []
+    for d in domains:
+        v = weights.get(d, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise MixoptError(f"{where}: weight of '{d}' is {v!r}, not a finite number", "give a number in [0, 1]")
-        if v < 0:
-            raise MixoptError(f"{where}: weight of '{d}' is negative ({v})", "weights must be >= 0")
-    total = sum(values)
-    if abs(total - 1.0) > tolerance:
-        raise MixoptError(f"{where}: weights sum to {total:.6g}, not 1 (tolerance {tolerance})",
-                          "make the weights sum to 1")
-    return [v / total for v in values]
+        values.append(float(v))
+    return check_weight_rows([values], domains, where, tolerance, rows=[""])[0].tolist()

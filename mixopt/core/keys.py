@@ -65,8 +65,8 @@ class FileHashes:
         return digest
 
     def save(self) -> None:
-        if self.cache is None or not self.dirty:
-            return
+        if self.cache is None or not self.dirty or not self.cache.parent.is_dir():
+            return  # never create a workspace just to hold a cache
         from mixopt.core.workspace import atomic_write_json
 
         try:

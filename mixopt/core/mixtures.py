@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mixopt.config.schema import Experiment
-from mixopt.config.validate import check_weights
+from mixopt.config.validate import check_weight_rows, check_weights
 from mixopt.errors import MixoptError
 
 BOUND_SLACK = 1e-9
@@ -60,15 +60,38 @@ def domain_bounds(exp: Experiment, available_tokens: list[float]) -> Bounds:
 TINY = 1e-12  # weights are floored here inside log()
 
 
-def sample_mixtures(prior: np.ndarray, bounds: Bounds, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n mixtures within the bounds: Dirichlet draws around prior**0.5 at log-uniform concentrations
-    (0.1..5, as the design draws them), projected onto {lower <= w <= upper, sum w = 1}."""
-    centre = np.maximum(prior, TINY) ** 0.5
-    centre /= centre.sum()
-    scale = np.exp(rng.uniform(np.log(0.1), np.log(5.0), size=(n, 1)))
-    g = rng.standard_gamma(np.maximum(centre * scale, 1e-3))
-    total = g.sum(axis=1, keepdims=True)
-    w = np.where(total > 0, g / np.maximum(total, TINY), centre)  # tiny concentrations can underflow to 0
+@dataclass(frozen=True)
+class Sampler:
+    """RegMix's distribution of mixtures, the one the design draws from and the tree optimum simulates:
+    Dirichlet(centre x s) with centre = prior ** temperature (normalized) and the concentration s drawn
+    log-uniformly from `concentration`."""
+
+    temperature: float = 0.5
+    concentration: tuple[float, float] = (0.1, 5.0)
+
+    def centre(self, prior: np.ndarray) -> np.ndarray:
+        c = np.asarray(prior, dtype=float) ** self.temperature
+        return c / c.sum()
+
+    def draw(self, prior: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n raw draws (rows sum to 1); a row whose gammas all underflowed to 0 is NaN. For n = 1
+        the random stream is that of one scale then one gamma vector, as the design has always drawn."""
+        centre = self.centre(prior)
+        lo, hi = np.log(self.concentration[0]), np.log(self.concentration[1])
+        scale = np.exp(rng.uniform(lo, hi, size=(n, 1)))
+        g = rng.standard_gamma(centre * scale)
+        total = g.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(np.isfinite(total) & (total > 0), g / total, np.nan)
+
+
+def sample_mixtures(prior: np.ndarray, bounds: Bounds, n: int, rng: np.random.Generator,
+                    sampler: Sampler = Sampler()) -> np.ndarray:
+    """n mixtures within the bounds: the sampler's draws (the centre where a draw underflowed),
+    projected onto {lower <= w <= upper, sum w = 1}."""
+    w = sampler.draw(prior, n, rng)
+    bad = ~np.isfinite(w).all(axis=1)
+    w[bad] = sampler.centre(prior)
     return project_to_bounds(w, bounds)
 
 
@@ -90,20 +113,46 @@ def project_to_bounds(W: np.ndarray, bounds: Bounds) -> np.ndarray:
     return np.clip(W - (0.5 * (a + b))[:, None], lo, hi)
 
 
-def read_mixtures_file(path: Path, exp: Experiment) -> list[Mixture]:
-    """Mixtures to train besides the design: YAML `mixtures: [{domain: weight, ...}, ...]`
-    (what `mixopt propose` writes) or a bare list of such mappings."""
+def read_mixtures(path: Path, domains: list[str], tolerance: float = 1e-3, key: str | None = None
+                  ) -> tuple[str, list, np.ndarray]:
+    """The one reader of mixture files: (id name, ids, weights as rows in `domains` order, normalized).
+
+    YAML: `mixtures: [{domain: weight, ...}, ...]` (what `mixopt propose` writes), a bare list of such
+    mappings, or a recommendation (`weights: {...}`, what `mixopt fit` writes). CSV / Parquet: one
+    weight column per domain; ids from `key`, else the first other column, else row numbers."""
+    if not path.is_file():
+        raise MixoptError(f"mixtures file not found: {path}", "pass a YAML, CSV or Parquet file of mixtures")
+    if path.name.lower().endswith((".yaml", ".yml")):
+        return _read_yaml_mixtures(path, domains, tolerance)
+    from mixopt.core.tables import read_table, weight_matrix
+
+    table = read_table(path)
+    missing = [d for d in domains if d not in table.columns]
+    if missing:
+        raise MixoptError(f"{path}: no column for domain '{missing[0]}' ({len(missing)} missing)",
+                          "give one weight column per domain, named as the domains")
+    if key is not None and key not in table.columns:
+        raise MixoptError(f"{path}: no column '{key}'", f"columns: {', '.join(table.columns[:12])}")
+    key = key or next((c for c in table.columns if c not in domains), None)
+    if table.height == 0:
+        raise MixoptError(f"{path}: no mixtures in the table", "add rows")
+    W = check_weight_rows(weight_matrix(table, domains), domains, str(path), tolerance)
+    return key or "row", (table[key].to_list() if key else list(range(table.height))), W
+
+
+def _read_yaml_mixtures(path: Path, domains: list[str], tolerance: float) -> tuple[str, list, np.ndarray]:
     import yaml
 
-    if not path.is_file():
-        raise MixoptError(f"mixtures file not found: {path}", "pass the file `mixopt propose` wrote")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
         raise MixoptError(f"{path}: not valid YAML", "fix the YAML syntax") from None
+    if isinstance(raw, dict) and isinstance(raw.get("weights"), dict):  # a recommendation: optimal.yaml
+        return "mixture", ["recommended"], np.array([check_weights(raw["weights"], domains, f"{path}: weights",
+                                                                   tolerance)])
     items = raw.get("mixtures") if isinstance(raw, dict) else raw
     if not isinstance(items, list) or not items or not all(isinstance(m, dict) for m in items):
         raise MixoptError(f"{path}: expected a list of mixtures (domain: weight mappings)",
                           "write `mixtures: [{code: 0.5, wiki: 0.5}]`")
-    return [Mixture(f"file:{path.stem}:{i}", tuple(check_weights(m, exp.domain_names, f"{path}: mixtures[{i}]")))
-            for i, m in enumerate(items)]
+    W = np.array([check_weights(m, domains, f"{path}: mixtures[{i}]", tolerance) for i, m in enumerate(items)])
+    return "mixture", list(range(len(items))), W

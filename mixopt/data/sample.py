@@ -52,9 +52,9 @@ class _Candidates:
     complete: bool  # every document of the domain is among the candidates
 
 
-def sample_key(exp: Experiment) -> str:
+def sample_key(exp: Experiment, hashes: FileHashes | None = None) -> str:
     """Everything that changes the slices: sources (by content), budgets, tokenizer, seed."""
-    hashes = FileHashes(Workspace(exp.workspace_dir).file_hashes_path)
+    hashes = hashes or FileHashes(Workspace(exp.workspace_dir).file_hashes_path)
     sources = {d.name: [source_fingerprint(s, exp.resolve(s.path), hashes) for s in d.sources] for d in exp.domains}
     hashes.save()
     tok = exp.sample.tokenizer
@@ -69,7 +69,8 @@ def sample_key(exp: Experiment) -> str:
 def sample_corpus(exp: Experiment, force: bool = False) -> dict:
     """Write the workspace's sample/ folder (slices, tokenizer, manifest) and return the manifest."""
     ws = Workspace(exp.workspace_dir)
-    key = sample_key(exp)
+    hashes = FileHashes(ws.file_hashes_path)
+    key = sample_key(exp, hashes)
     if not force and ws.manifest_path.is_file():
         manifest = ws.read_manifest()
         if manifest.get("key") == key:
@@ -121,6 +122,7 @@ def sample_corpus(exp: Experiment, force: bool = False) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    hashes.save()  # the workspace exists now: later runs of sweep and fit need not hash the corpus again
     manifest["reused"] = False
     return manifest
 

@@ -12,7 +12,13 @@ import functools
 import numpy as np
 from scipy.optimize import minimize
 
-from mixopt.core.mixtures import TINY, Bounds, project_to_bounds, sample_mixtures
+from mixopt.core.mixtures import (
+    TINY,
+    Bounds,
+    Sampler,
+    project_to_bounds,
+    sample_mixtures,
+)
 from mixopt.errors import MixoptError
 
 AT_BOUND = 1e-9
@@ -34,19 +40,21 @@ def check_feasible(bounds: Bounds, names: list[str]) -> None:
         raise MixoptError(f"domain '{names[bad[0]]}': min above max", "fix its bounds")
 
 
-def solve_optimum(model, prior: np.ndarray, bounds: Bounds, kl_weight: float, seed: int = 0) -> np.ndarray:
-    """The mixture minimizing predicted objective + kl_weight x KL(w || prior) within the bounds."""
+def solve_optimum(model, prior: np.ndarray, bounds: Bounds, kl_weight: float, seed: int = 0,
+                  sampler: Sampler = Sampler()) -> np.ndarray:
+    """The mixture minimizing predicted objective + kl_weight x KL(w || prior) within the bounds
+    (`sampler` draws the simulated mixtures where a solver cannot be used)."""
     if model.kind == "linear":
         return solve_linear_kl(model.linear_coef(), prior, bounds, kl_weight)
     if not model.smooth:
-        return solve_by_simulation(model, prior, bounds, kl_weight, seed)
+        return solve_by_simulation(model, prior, bounds, kl_weight, seed, sampler=sampler)
     w = solve_convex_kl(model, prior, bounds, kl_weight)
     if model.convex():
         return w
     # Some terms enter negated (accuracy-like metrics): not convex, so also start from the best
     # simulated mixture and keep the better local optimum.
-    w2 = solve_convex_kl(model, prior, bounds, kl_weight, start=solve_by_simulation(model, prior, bounds,
-                                                                                 kl_weight, seed, top_k=1))
+    w2 = solve_convex_kl(model, prior, bounds, kl_weight, start=solve_by_simulation(model, prior, bounds, kl_weight, seed,
+                                                                                 top_k=1, sampler=sampler))
     f = _penalized(model, prior, kl_weight)
     return w2 if f(w2) < f(w) else w
 
@@ -64,18 +72,20 @@ def _penalized(model, prior: np.ndarray, kl_weight: float):
 
 
 def solve_by_simulation(model, prior: np.ndarray, bounds: Bounds, kl_weight: float, seed: int = 0,
-                        top_k: int = TOP_K, n: int = SIMULATIONS, pool: np.ndarray | None = None) -> np.ndarray:
+                        top_k: int = TOP_K, n: int = SIMULATIONS, pool: np.ndarray | None = None,
+                        sampler: Sampler = Sampler()) -> np.ndarray:
     """Score n simulated mixtures (and the prior), or the given pool, and average the top_k: RegMix's optimum."""
-    W = simulated_pool(prior, bounds, n, seed) if pool is None else pool
+    W = simulated_pool(prior, bounds, n, seed, sampler) if pool is None else pool
     scores = _penalized(model, prior, kl_weight)(W)
     best = np.argsort(scores, kind="stable")[:top_k]
     w = W[best].mean(axis=0)  # a mean of points in a convex set stays in it
     return w / w.sum()
 
 
-def simulated_pool(prior: np.ndarray, bounds: Bounds, n: int = SIMULATIONS, seed: int = 0) -> np.ndarray:
-    """The simulated mixtures for one (prior, bounds, n, seed), drawn once per process."""
-    return _pool(prior.tobytes(), bounds.lower.tobytes(), bounds.upper.tobytes(), n, seed)
+def simulated_pool(prior: np.ndarray, bounds: Bounds, n: int = SIMULATIONS, seed: int = 0,
+                   sampler: Sampler = Sampler()) -> np.ndarray:
+    """The simulated mixtures for one (prior, bounds, n, seed, sampler), drawn once per process."""
+    return _pool(prior.tobytes(), bounds.lower.tobytes(), bounds.upper.tobytes(), n, seed, sampler)
 
 
 def penalized_scores(model, prior: np.ndarray, kl_weight: float, W: np.ndarray) -> np.ndarray:
@@ -83,11 +93,11 @@ def penalized_scores(model, prior: np.ndarray, kl_weight: float, W: np.ndarray) 
 
 
 @functools.lru_cache(maxsize=4)
-def _pool(prior: bytes, lower: bytes, upper: bytes, n: int, seed: int) -> np.ndarray:
+def _pool(prior: bytes, lower: bytes, upper: bytes, n: int, seed: int, sampler: Sampler) -> np.ndarray:
     p, lo, hi = (np.frombuffer(b) for b in (prior, lower, upper))
     bounds = Bounds(lo, hi, ("none",) * len(p))
     rng = np.random.default_rng([seed, 7])
-    W = np.vstack([project_to_bounds(p[None, :], bounds), sample_mixtures(p, bounds, n, rng)])
+    W = np.vstack([project_to_bounds(p[None, :], bounds), sample_mixtures(p, bounds, n, rng, sampler)])
     W.flags.writeable = False
     return W
 

@@ -28,13 +28,13 @@ def propose_mixtures(exp: Experiment, n: int, say: Say = print) -> tuple[list[np
     plan, swarm, settings, _ = experiment_swarm(exp, say=say)
     rec, model = fit_swarm(swarm, settings)
     rng = np.random.default_rng([exp.seed, 13])
-    pool = simulated_pool(swarm.prior, swarm.bounds, n=20_000, seed=exp.seed)
+    pool = simulated_pool(swarm.prior, swarm.bounds, n=20_000, seed=exp.seed, sampler=settings.sampler)
     replicates, optima = [], [rec.weights]
     for _ in range(max(settings.bootstrap, MIN_REPLICATES)):
         m = refit_resampled(swarm, model, rng, exp.seed)
         replicates.append(m)
         if m.smooth:
-            optima.append(solve_optimum(m, swarm.prior, swarm.bounds, settings.kl_weight, exp.seed))
+            optima.append(solve_optimum(m, swarm.prior, swarm.bounds, settings.kl_weight, exp.seed, settings.sampler))
     candidates = np.vstack([np.array(optima), pool])
     preds = np.array([penalized_scores(m, swarm.prior, settings.kl_weight, candidates) for m in replicates])
     lcb = preds.mean(axis=0) - EXPLORATION * preds.std(axis=0)

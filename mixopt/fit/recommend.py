@@ -105,7 +105,7 @@ def fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None = None) -
     cvs = {k: cross_validate(k, swarm.X, swarm.metrics, swarm.terms, settings.cv_folds, settings.seed) for k in kinds}
     kind = select_model(cvs) if settings.model == "auto" else settings.model
     model = fit_model(kind, swarm.X, swarm.metrics, swarm.terms, settings.seed)
-    w = solve_optimum(model, swarm.prior, swarm.bounds, settings.kl_weight, settings.seed)
+    w = solve_optimum(model, swarm.prior, swarm.bounds, settings.kl_weight, settings.seed, settings.sampler)
     weights_ci = predicted_ci = None
     if settings.bootstrap:
         weights_ci, predicted_ci = _bootstrap(swarm, settings, model, w)
@@ -139,7 +139,7 @@ def _bootstrap(swarm: Swarm, settings: FitSettings, model: MixtureModel, w: np.n
     rng = np.random.default_rng([settings.seed, 11])
     pool = None
     if not model.smooth:
-        full = simulated_pool(swarm.prior, swarm.bounds, seed=settings.seed)
+        full = simulated_pool(swarm.prior, swarm.bounds, seed=settings.seed, sampler=settings.sampler)
         order = np.argsort(penalized_scores(model, swarm.prior, settings.kl_weight, full), kind="stable")
         half = BOOTSTRAP_POOL // 2
         pool = full[np.r_[order[:half], rng.choice(order[half:], min(half, len(order) - half), replace=False)]]
@@ -147,7 +147,7 @@ def _bootstrap(swarm: Swarm, settings: FitSettings, model: MixtureModel, w: np.n
     for _ in range(settings.bootstrap):
         m = refit_resampled(swarm, model, rng, settings.seed)
         if m.smooth:
-            ws.append(solve_optimum(m, swarm.prior, swarm.bounds, settings.kl_weight, settings.seed))
+            ws.append(solve_optimum(m, swarm.prior, swarm.bounds, settings.kl_weight, settings.seed, settings.sampler))
         else:
             ws.append(solve_by_simulation(m, swarm.prior, swarm.bounds, settings.kl_weight, pool=pool))
         preds.append(float(m.predict(w)[0]))
@@ -191,9 +191,10 @@ def experiment_swarm(exp: Experiment, reeval: bool = True, workers: int = 1, pro
     swarm = Swarm(exp.domain_names, X, metrics, plan.suite.objective_terms(), keys, plan.prior, plan.bounds,
                   plan.suite.describe_objective(), plan.available)
     settings = FitSettings(exp.fit.model, exp.fit.cv_folds, exp.seed, exp.optimum.kl_weight, exp.fit.bootstrap,
-                           exp.fit.ci)
+                           exp.fit.ci, exp.design.temperature, tuple(exp.design.concentration))
     fit_key = content_hash({"context": plan.context, "suite": plan.suite.key, "runs": sorted(keys),
                             "fit": exp.fit.model_dump(), "optimum": exp.optimum.model_dump(),
+                            "sampler": [settings.temperature, list(settings.concentration)],
                             "bounds": [plan.bounds.lower.tolist(), plan.bounds.upper.tolist()]})
     return plan, swarm, settings, fit_key
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mixopt.core.mixtures import Bounds
+from mixopt.core.mixtures import Bounds, Sampler
 
 
 @dataclass(frozen=True)
@@ -36,3 +36,10 @@ class FitSettings:
     kl_weight: float = 0.0
     bootstrap: int = 50  # replicates; 0 = no intervals
     ci: float = 0.9
+    # The simulated mixtures of the tree optimum follow the design's distribution (RegMix's defaults).
+    temperature: float = 0.5
+    concentration: tuple[float, float] = (0.1, 5.0)
+
+    @property
+    def sampler(self) -> Sampler:
+        return Sampler(self.temperature, tuple(self.concentration))

@@ -9,30 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mixopt.core.mixtures import Bounds
+from mixopt.config.validate import check_weight_rows
+from mixopt.core.mixtures import Bounds, read_mixtures
+from mixopt.core.tables import read_table, weight_matrix
 from mixopt.errors import MixoptError
 from mixopt.fit.recommend import Recommendation, fit_swarm, save_fit, write_optimal
 from mixopt.fit.regress import MixtureModel, fit_model
 from mixopt.fit.swarm import FitSettings, Swarm
 
 TABLE_TOLERANCE = 0.01  # published swarms round weights (RegMix: to 1e-3, rows sum to 1 +- 0.004)
-
-
-def read_table(path: Path):
-    import polars as pl
-
-    if not path.is_file():
-        raise MixoptError(f"table not found: {path}", "pass a .csv or .parquet file")
-    name = path.name.lower()
-    try:
-        if name.endswith(".csv"):
-            return pl.read_csv(path, infer_schema_length=10_000)
-        if name.endswith(".parquet"):
-            return pl.read_parquet(path)
-    except Exception as e:  # polars raises several types for unreadable files
-        raise MixoptError(f"{path}: cannot read the table ({str(e).splitlines()[0]})",
-                          "check that it is a valid CSV/Parquet file") from None
-    raise MixoptError(f"{path}: unknown table format", "use a .csv or .parquet file")
 
 
 def parse_targets(targets: list[str]) -> dict[str, float]:
@@ -116,25 +101,8 @@ def _score_columns(table, weight_cols, key) -> str:
 
 
 def check_mixtures(table, cols: list[str], where: str, tolerance: float) -> np.ndarray:
-    """Rows of weights: finite, >= 0, summing to 1 within tolerance; returned normalized."""
-    import polars as pl
-
-    X = np.column_stack([table[c].cast(pl.Float64, strict=False).to_numpy() for c in cols])
-    bad = np.argwhere(~np.isfinite(X))
-    if bad.size:
-        r, c = bad[0]
-        raise MixoptError(f"{where}: row {r + 1}, column '{cols[c]}' is not a number", "fill or drop that row")
-    neg = np.argwhere(X < 0)
-    if neg.size:
-        r, c = neg[0]
-        raise MixoptError(f"{where}: row {r + 1}, column '{cols[c]}' is negative ({X[r, c]:g})", "weights must be >= 0")
-    sums = X.sum(axis=1)
-    off = np.flatnonzero(np.abs(sums - 1) > tolerance)
-    if off.size:
-        raise MixoptError(f"{where}: row {off[0] + 1}'s weights sum to {sums[off[0]]:.6g}, not 1 "
-                          f"(tolerance {tolerance:g}; {off.size} such rows)",
-                          "fix the weights, pass --tolerance, or name the weight columns with --domains PREFIX")
-    return X / sums[:, None]
+    """A table's weight columns, validated as mixtures and normalized."""
+    return check_weight_rows(weight_matrix(table, cols), cols, where, tolerance)
 
 
 def parse_bounds(specs: list[str], names: list[str]) -> Bounds:
@@ -189,19 +157,8 @@ def load_fit(fit_dir: Path) -> tuple[dict, MixtureModel]:
 
 
 def predict_mixtures(fit_dir: Path, mixtures: Path, key: str | None = None,
-                     tolerance: float = TABLE_TOLERANCE) -> tuple[list[str], list, np.ndarray]:
-    """(key column name, key values, predicted objective) for each row of a mixtures table."""
+                     tolerance: float = TABLE_TOLERANCE) -> tuple[str, list, np.ndarray]:
+    """(id name, ids, predicted objective) for each mixture of a mixtures file (YAML, CSV or Parquet)."""
     meta, model = load_fit(fit_dir)
-    table = read_table(mixtures)
-    missing = [d for d in meta["domains"] if d not in table.columns]
-    if missing:
-        raise MixoptError(f"{mixtures}: no column for domain '{missing[0]}' ({len(missing)} missing)",
-                          "give one weight column per domain of the fit, named as in its runs table")
-    X = check_mixtures(table, meta["domains"], str(mixtures), tolerance)
-    if key is None:
-        others = [c for c in table.columns if c not in meta["domains"]]
-        key = others[0] if others else None
-    if key is not None and key not in table.columns:
-        raise MixoptError(f"{mixtures}: no column '{key}'", f"columns: {', '.join(table.columns[:12])}")
-    ids = table[key].to_list() if key else list(range(table.height))
-    return key or "row", ids, model.predict(X)
+    name, ids, X = read_mixtures(mixtures, meta["domains"], tolerance, key)
+    return name, ids, model.predict(X)

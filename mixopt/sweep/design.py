@@ -7,7 +7,7 @@ import numpy as np
 
 from mixopt.config.schema import Experiment
 from mixopt.config.validate import check_weights
-from mixopt.core.mixtures import BOUND_SLACK, Bounds, Mixture
+from mixopt.core.mixtures import BOUND_SLACK, Bounds, Mixture, Sampler
 from mixopt.errors import MixoptError
 
 ATTEMPTS_PER_RUN = 2000  # rejection sampling gives up after this many draws per wanted mixture
@@ -29,24 +29,26 @@ def design_mixtures(exp: Experiment, prior: np.ndarray, bounds: Bounds) -> list[
     return fixed + _draw_random(exp, prior, bounds, [np.array(m.weights) for m in fixed])
 
 
+def design_sampler(exp: Experiment) -> Sampler:
+    return Sampler(exp.design.temperature, tuple(exp.design.concentration))
+
+
 def _draw_random(exp: Experiment, prior: np.ndarray, bounds: Bounds, taken: list[np.ndarray]) -> list[Mixture]:
     cfg = exp.design
     if cfg.runs == 0:
         return []
     rng = np.random.default_rng([exp.seed, 1])
-    centre = prior ** cfg.temperature
-    centre /= centre.sum()
+    sampler = design_sampler(exp)
+    centre = sampler.centre(prior)
     cap = cfg.max_prior_multiple * centre if cfg.max_prior_multiple else np.ones_like(centre)
     free = 1.0 - bounds.lower.sum()  # mass left once every domain has its minimum
-    lo, hi = np.log(cfg.concentration[0]), np.log(cfg.concentration[1])
     out: list[Mixture] = []
     taken = list(taken)
     for _ in range(ATTEMPTS_PER_RUN * cfg.runs):
-        scale = np.exp(rng.uniform(lo, hi))
-        g = rng.standard_gamma(centre * scale)
-        if not np.isfinite(g).all() or g.sum() <= 0:
+        g = sampler.draw(prior, 1, rng)[0]
+        if not np.isfinite(g).all():
             continue
-        w = bounds.lower + free * (g / g.sum())
+        w = bounds.lower + free * g
         w[w < cfg.min_weight] = 0.0
         w /= w.sum()
         if not bounds.contains(w) or np.any(w > np.maximum(cap, bounds.lower) + BOUND_SLACK):
