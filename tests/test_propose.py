@@ -25,7 +25,7 @@ def test_propose_train_refit_verify(make_config, tmp_path):
     first = json.loads(run("fit", cfg, "--format", "json", "--no-progress", "--no-plots"))
     assert first["runs"] == 12 and first["interval"]["replicates"] == 50
     lo, hi = np.array(list(first["interval"]["weights"].values())).T
-    assert np.all(lo <= hi)
+    assert np.all(lo >= 0) and np.all(hi <= 1) and np.any(hi - lo > 1e-3)  # the replicates really differ
 
     out = run("propose", cfg, "--n", "2")
     proposed = tmp_path / "small.proposed.yaml"
@@ -44,8 +44,43 @@ def test_propose_train_refit_verify(make_config, tmp_path):
 
     v = json.loads(run("verify", cfg, "--format", "json", "--no-progress"))
     assert v["trained"] == 1  # the prior is already in the design; only the recommendation is new
-    assert np.isfinite(v["measured"]) and 1 <= v["rank"] <= 15 and v["runs"] == 14
+    fit_json = json.loads((tmp_path / "ws" / "fits" / second["fit_key"][:16] / "fit.json").read_text())
+    assert np.isfinite(v["measured"]) and v["runs"] == 14
+    assert v["rank"] == 1 + sum(m < v["measured"] for m in fit_json["measured"])  # rank among the fit's runs
     # Fit error on a fresh mixture, in the objective's units (BPB), stays modest.
     assert abs(v["measured"] - v["predicted"]) < 0.3
     again = json.loads(run("verify", cfg, "--format", "json", "--no-progress"))
     assert again["trained"] == 0 and again["measured"] == v["measured"]
+
+
+def _corner_swarm(n=30, d=4, seed=0):
+    """A law whose optimum sits near a corner: domain 0 helps, domain 3 hurts steeply."""
+    from mixopt.core.mixtures import Bounds
+    from mixopt.fit.swarm import Swarm
+
+    rng = np.random.default_rng(seed)
+    X = rng.dirichlet(np.full(d, 0.8), n)
+    y = 2.0 + np.exp(X @ np.array([-2.0, 0.3, 0.5, 1.5])) + rng.normal(0, 0.01, n)
+    prior = np.full(d, 1 / d)
+    return Swarm([f"d{i}" for i in range(d)], X, {"y": y}, {"y": 1.0}, [str(i) for i in range(n)], prior,
+                 Bounds(np.zeros(d), np.ones(d), ("none",) * d), "y")
+
+
+def test_proposals_honour_min_weight_and_spread_out():
+    from mixopt.fit.propose import pick_mixtures
+    from mixopt.fit.recommend import fit_swarm
+    from mixopt.fit.swarm import FitSettings
+
+    swarm = _corner_swarm()
+    settings = FitSettings(model="law", bootstrap=16, kl_weight=0.0)
+    rec, model = fit_swarm(swarm, settings)
+    picks = pick_mixtures(swarm, settings, model, rec.weights, 6, min_weight=0.01, min_distance=0.02, seed=0)
+    assert len(picks) == 6
+    W = np.array(picks)
+    assert np.all((W == 0) | (W >= 0.01)), W  # no 5e-05 weights a proxy cannot even see
+    assert np.allclose(W.sum(axis=1), 1)
+    runs = swarm.X
+    gaps = np.median([np.sort(np.abs(runs - r).sum(axis=1))[1] for r in runs])
+    pairwise = [np.abs(a - b).sum() for i, a in enumerate(W) for b in W[i + 1:]]
+    assert min(pairwise) >= 0.5 * gaps  # not near-copies of one corner
+    assert min(np.abs(runs - w).sum(axis=1).min() for w in W) >= 0.02

@@ -13,6 +13,8 @@ from mixopt.core.workspace import atomic_write_text
 from mixopt.errors import MixoptError
 from mixopt.fit.optimize import penalized_scores, simulated_pool, solve_optimum
 from mixopt.fit.recommend import experiment_swarm, fit_swarm, refit_resampled
+from mixopt.fit.regress import MixtureModel
+from mixopt.fit.swarm import FitSettings, Swarm
 from mixopt.sweep.plan import Say
 
 MIN_REPLICATES = 16  # bootstrap models behind the uncertainty, even when fit.bootstrap is lower
@@ -22,32 +24,12 @@ EXPLORATION = 2.0  # lower confidence bound: mean - EXPLORATION x sd of the repl
 
 
 def propose_mixtures(exp: Experiment, n: int, say: Say = print) -> tuple[list[np.ndarray], Path]:
-    """n mixtures, each the lowest lower-confidence-bound candidate (optimistic about the objective,
-    so it goes where the optimum may be but the fit is unsure) that is at least design.min_distance
-    (L1) from every trained run and every earlier pick. Written to <config dir>/<name>.proposed.yaml."""
+    """n mixtures where the fit is least sure about the optimum (see pick_mixtures), written to
+    <config dir>/<name>.proposed.yaml for `mixopt sweep --mixtures`."""
     plan, swarm, settings, _ = experiment_swarm(exp, say=say)
     rec, model = fit_swarm(swarm, settings)
-    rng = np.random.default_rng([exp.seed, 13])
-    pool = simulated_pool(swarm.prior, swarm.bounds, n=20_000, seed=exp.seed, sampler=settings.sampler)
-    replicates, optima = [], [rec.weights]
-    for _ in range(max(settings.bootstrap, MIN_REPLICATES)):
-        m = refit_resampled(swarm, model, rng, exp.seed)
-        replicates.append(m)
-        if m.smooth:
-            optima.append(solve_optimum(m, swarm.prior, swarm.bounds, settings.kl_weight, exp.seed, settings.sampler))
-    candidates = np.vstack([np.array(optima), pool])
-    preds = np.array([penalized_scores(m, swarm.prior, settings.kl_weight, candidates) for m in replicates])
-    lcb = preds.mean(axis=0) - EXPLORATION * preds.std(axis=0)
-    taken = list(swarm.X)
-    picks: list[np.ndarray] = []
-    for i in np.argsort(lcb, kind="stable"):
-        w = candidates[i]
-        if min(np.abs(t - w).sum() for t in taken) < max(exp.design.min_distance, 1e-6):
-            continue
-        picks.append(w)
-        taken.append(w)
-        if len(picks) == n:
-            break
+    picks = pick_mixtures(swarm, settings, model, rec.weights, n, exp.design.min_weight, exp.design.min_distance,
+                          exp.seed)
     if not picks:
         raise MixoptError("every candidate is within design.min_distance of a trained run",
                           "lower design.min_distance to propose closer mixtures")
@@ -57,3 +39,48 @@ def propose_mixtures(exp: Experiment, n: int, say: Say = print) -> tuple[list[np
               f"({model.kind} fit on {len(swarm.keys)} runs).\n# Train them: mixopt sweep CONFIG --mixtures {out.name}\n")
     atomic_write_text(out, header + yaml.safe_dump(doc, sort_keys=False))
     return picks, out
+
+
+def pick_mixtures(swarm: Swarm, settings: FitSettings, model: MixtureModel, optimum: np.ndarray, n: int,
+                  min_weight: float, min_distance: float, seed: int) -> list[np.ndarray]:
+    """Up to n mixtures, each the lowest lower-confidence-bound candidate (optimistic about the
+    objective, so it goes where the optimum may be but the fit is unsure).
+
+    Candidates are the bootstrap replicates' optima and simulated mixtures, with weights under
+    `min_weight` set to 0 as the design does. A pick keeps `min_distance` (L1) from every trained run
+    and a wider berth from earlier picks: half the typical distance between neighbouring runs, so
+    a batch spreads over the region of doubt instead of piling near-copies into one corner."""
+    rng = np.random.default_rng([seed, 13])
+    pool = simulated_pool(swarm.prior, swarm.bounds, n=20_000, seed=seed, sampler=settings.sampler)
+    replicates, optima = [], [optimum]
+    for _ in range(max(settings.bootstrap, MIN_REPLICATES)):
+        m = refit_resampled(swarm, model, rng, seed)
+        replicates.append(m)
+        if m.smooth:
+            optima.append(solve_optimum(m, swarm.prior, swarm.bounds, settings.kl_weight, seed, settings.sampler))
+    candidates = _drop_small_weights(np.vstack([np.array(optima), pool]), min_weight, swarm.bounds)
+    preds = np.array([penalized_scores(m, swarm.prior, settings.kl_weight, candidates) for m in replicates])
+    lcb = preds.mean(axis=0) - EXPLORATION * preds.std(axis=0)
+    runs = np.asarray(swarm.X)
+    gaps = [np.sort(np.abs(runs - r).sum(axis=1))[1] for r in runs] if len(runs) > 1 else [0.0]
+    spread = max(min_distance, 0.5 * float(np.median(gaps)), 1e-6)
+    picks: list[np.ndarray] = []
+    for i in np.argsort(lcb, kind="stable"):
+        w = candidates[i]
+        if np.abs(runs - w).sum(axis=1).min() < max(min_distance, 1e-6):
+            continue
+        if picks and min(np.abs(p - w).sum() for p in picks) < spread:
+            continue
+        picks.append(w)
+        if len(picks) == n:
+            break
+    return picks
+
+
+def _drop_small_weights(W: np.ndarray, min_weight: float, bounds) -> np.ndarray:
+    """Weights under min_weight set to 0 and the rows renormalized; rows then outside the bounds dropped."""
+    W = np.where(W < min_weight, 0.0, W)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a row with every weight dropped is NaN, then dropped
+        W = W / W.sum(axis=1, keepdims=True)
+    inside = np.all(W >= bounds.lower - 1e-9, axis=1) & np.all(W <= bounds.upper + 1e-9, axis=1)
+    return W[inside]
