@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 
@@ -52,3 +53,31 @@ def test_bad_weights(weights, message):
 def test_weights_within_tolerance_are_normalized():
     w = check_weights({"a": 0.5004, "b": 0.5}, ["a", "b"], "here")
     assert math.isclose(sum(w), 1.0) and w[0] > w[1]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("name: a\nseed: 1\nseed: 2\n", "line 3: key 'seed' is given twice"),
+    ("name: a\nproxy: {lr: .inf}\n", "'proxy.lr': Input should be a finite number"),
+    ("name: a\noptimum: {kl_weight: .nan}\n", "'optimum.kl_weight': Input should be a finite number"),
+    ("name: a\ndesign: {concentration: [0.1, .inf]}\n", "'design.concentration.1': Input should be a finite number"),
+    ("name: a\nseed: -1\n", "'seed': Input should be greater than or equal to 0"),
+    ("name: a\nproxy: {tokens: 1e30}\n", "'proxy.tokens'"),
+])
+def test_config_numbers_and_keys_are_checked_when_read(tmp_path, text, message):
+    doms = "domains:\n  - {name: x, sources: [a]}\n  - {name: y, sources: [b]}\n"
+    path = tmp_path / "c.yaml"
+    path.write_text(text + doms)
+    with pytest.raises(MixoptError, match=re.escape(message)):
+        load_experiment(path)
+
+
+def test_config_encoding_and_rounding_messages(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"name: a\n# caf\xe9\n")
+    with pytest.raises(MixoptError, match="not UTF-8 text"):
+        load_experiment(path)
+    path.write_bytes("\ufeffname: a\ndomains:\n  - {name: x, sources: [a], max: 0.33333333}\n"
+                     "  - {name: y, sources: [b], max: 0.33333333}\n  - {name: z, sources: [c], max: 0.33333333}\n"
+                     .encode())  # a BOM is fine; maximums summing to 0.99999999 are not
+    with pytest.raises(MixoptError, match=r"maximums sum to 0\.99999999 < 1"):
+        load_experiment(path)

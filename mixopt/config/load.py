@@ -33,18 +33,45 @@ def load_experiment(path: str | Path) -> Experiment:
 
 def _read_mapping(path: Path, reserved: tuple[str, ...], expected: str, help: str) -> dict:
     """A YAML file that must hold a mapping without keys mixopt sets itself."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise MixoptError(f"{path}: not valid YAML{where}", "fix the YAML syntax") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise MixoptError(f"{path}: expected {expected}", help)
     for key in reserved:
         if key in raw:
             raise MixoptError(f"{path}: '{key}' is set by mixopt", "remove it from the file")
     return raw
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error (YAML itself keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise MixoptError(f"line {key_node.start_mark.line + 1}: key '{key}' is given twice",
+                                  "keep one of them")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path):
+    """A YAML file as data; bad syntax, bad encoding and repeated keys are one MixoptError naming the file."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # a BOM is fine; other non-UTF-8 bytes are not
+    except UnicodeDecodeError as e:
+        raise MixoptError(f"{path}: not UTF-8 text (byte {e.start})", "save the file as UTF-8") from None
+    except OSError as e:
+        raise MixoptError(f"{path}: cannot read it ({e.strerror})", "check the path and its permissions") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except MixoptError as e:
+        raise MixoptError(f"{path}: {e.problem}", e.fix) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise MixoptError(f"{path}: not valid YAML{where}", "fix the YAML syntax") from None
 
 
 def _read_suite(value, config: Path) -> dict:
@@ -117,9 +144,11 @@ def _check_cross_references(exp: Experiment, path: Path) -> None:
     lo = sum(d.min for d in exp.domains)
     hi = sum(d.max for d in exp.domains)
     if lo > 1 + 1e-9:
-        raise MixoptError(f"{path}: domain minimums sum to {lo:.4g} > 1, so no mixture fits", "lower some 'min'")
+        raise MixoptError(f"{path}: domain minimums sum to {_beside_one(lo)} > 1, so no mixture fits",
+                          "lower some 'min'")
     if hi < 1 - 1e-9:
-        raise MixoptError(f"{path}: domain maximums sum to {hi:.4g} < 1, so no mixture fits", "raise some 'max'")
+        raise MixoptError(f"{path}: domain maximums sum to {_beside_one(hi)} < 1, so no mixture fits",
+                          "raise some 'max'")
     for i, m in enumerate(exp.design.mixtures):
         check_weights(m, names, f"{path}: design.mixtures[{i}]")
     obj = exp.fit.objective.domains
@@ -136,6 +165,15 @@ def _check_cross_references(exp: Experiment, path: Path) -> None:
     lo_c, hi_c = exp.design.concentration
     if not (0 < lo_c <= hi_c):
         raise MixoptError(f"{path}: design.concentration must be 0 < low <= high", "e.g. [0.1, 5.0]")
+
+
+def _beside_one(x: float) -> str:
+    """A sum near 1 with enough digits that it never reads as exactly 1 ("sums to 1 < 1")."""
+    for digits in range(4, 17):
+        text = f"{x:.{digits}g}"
+        if float(text) != 1.0:
+            return text
+    return repr(x)
 
 
 def _check_suite(exp: Experiment, path: Path) -> None:

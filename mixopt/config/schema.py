@@ -18,7 +18,7 @@ def _word(v: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .inf / .nan never pass
 
 
 class Source(_Strict):
@@ -67,7 +67,7 @@ class Sample(_Strict):
 
 class Proxy(_Strict):
     size: Literal["tiny", "1m", "5m", "15m", "30m"] = "1m"
-    tokens: int = Field(20_000_000, gt=0)  # training tokens per proxy
+    tokens: int = Field(20_000_000, gt=0, le=10**13)  # training tokens per proxy (<= 10T: a proxy, not a run)
     # Expert overrides; None means "what `size` picks".
     seq_len: int | None = Field(None, gt=1)
     batch_size: int | None = Field(None, gt=0)
@@ -181,7 +181,7 @@ class Slurm(_Strict):
 
 class Experiment(_Strict):
     name: str
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # numpy's seeds are non-negative
     workspace: str | None = None
     domains: list[Domain] = Field(min_length=2)
     sample: Sample = Sample()

@@ -141,12 +141,9 @@ def read_mixtures(path: Path, domains: list[str], tolerance: float = 1e-3, key: 
 
 
 def _read_yaml_mixtures(path: Path, domains: list[str], tolerance: float) -> tuple[str, list, np.ndarray]:
-    import yaml
+    from mixopt.config.load import read_yaml
 
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise MixoptError(f"{path}: not valid YAML", "fix the YAML syntax") from None
+    raw = read_yaml(path)
     if isinstance(raw, dict) and isinstance(raw.get("weights"), dict):  # a recommendation: optimal.yaml
         return "mixture", ["recommended"], np.array([check_weights(raw["weights"], domains, f"{path}: weights",
                                                                    tolerance)])

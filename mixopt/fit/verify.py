@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import yaml
-
+from mixopt.config.load import read_yaml
 from mixopt.config.schema import Experiment
-from mixopt.core.mixtures import Mixture
+from mixopt.core.mixtures import Mixture, read_mixtures
 from mixopt.errors import MixoptError
 from mixopt.fit.recommend import experiment_swarm, fit_swarm
 from mixopt.sweep.plan import Say, run_key
@@ -38,12 +36,11 @@ def verify_recommendation(exp: Experiment, workers: int = 1, progress: bool = Tr
     """Train (or reuse) proxies on the written recommendation and on the prior; compare with the fit."""
     if not exp.optimal_path.is_file():
         raise MixoptError(f"no recommendation at {exp.optimal_path}", "run `mixopt fit CONFIG` first")
-    doc = yaml.safe_load(exp.optimal_path.read_text())
+    doc = read_yaml(exp.optimal_path)
     plan, swarm, settings, _ = experiment_swarm(exp, say=say)
-    if list(doc.get("weights", {})) != swarm.domains:
+    if not isinstance(doc, dict) or list(doc.get("weights") or {}) != swarm.domains:
         raise MixoptError(f"{exp.optimal_path} is for other domains than the config", "run `mixopt fit CONFIG` again")
-    w = np.array([doc["weights"][d] for d in swarm.domains], dtype=float)
-    w /= w.sum()
+    w = read_mixtures(exp.optimal_path, swarm.domains)[2][0]
     # The swarm as the fit saw it, before the verification runs join the store.
     _, model = fit_swarm(swarm, settings.__class__(**{**settings.__dict__, "bootstrap": 0}))
     y = swarm.y
