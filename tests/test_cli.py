@@ -69,7 +69,7 @@ CASES = {
     "too little text": ("sample", "set sample.train_tokens <="),
     "misspelt key": ("sample", "unknown key 'desing'; did you mean 'design'?"),
     "unknown nested key": ("sample", "unknown key 'proxy.layers'"),
-    "NaN weight": ("sample", "weight of 'code' is nan"),
+    "NaN weight": ("sample", "'design.mixtures.0.code': Input should be a finite number"),
     "negative weight": ("sample", "weight of 'code' is negative"),
     "weights not summing to 1": ("sample", "weights sum to 0.4, not 1"),
     "infeasible bounds": ("sample", "domain maximums sum to 0.6 < 1"),
