@@ -131,16 +131,6 @@ class Store:
             self.db.execute("UPDATE runs SET status='planned', lease_owner=NULL, lease_expires=NULL "
                             "WHERE lease_owner=? AND status='running'", (owner,))
 
-    def running_elsewhere(self, keys: list[str], owner: str) -> int:
-        """How many of these runs another live driver holds."""
-        now, n = time.time(), 0
-        for key in keys:
-            row = self.db.execute("SELECT status, lease_owner, lease_expires FROM runs WHERE key=?", (key,)).fetchone()
-            if row and row["status"] == "running" and row["lease_owner"] != owner and \
-                    (row["lease_expires"] or 0) > now and owner_alive(row["lease_owner"]):
-                n += 1
-        return n
-
     def record_result(self, result: dict) -> bool:
         """A finished run and its evals, in one transaction; False if it was already recorded."""
         with self._tx():
