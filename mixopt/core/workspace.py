@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,11 +67,33 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_UMASK: int | None = None
+_UMASK_LOCK = threading.Lock()
+
+
+def process_umask() -> int:
+    """This process's umask, read once: from /proc where it can be read without changing it,
+    else set and restored under a lock (os.umask has no read-only form)."""
+    global _UMASK
+    with _UMASK_LOCK:
+        if _UMASK is None:
+            try:
+                with open("/proc/self/status") as f:
+                    _UMASK = next(int(x.split()[1], 8) for x in f if x.startswith("Umask:"))
+            except (OSError, StopIteration, ValueError, IndexError):
+                _UMASK = os.umask(0o022)
+                os.umask(_UMASK)
+        return _UMASK
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, rename: readers see old or new, never half."""
+    """Write to a temp file in the same folder, fsync, rename: readers see old or new, never half.
+    The file gets the mode open() would give it (0666 less the umask), not mkstemp's 0600, so
+    teammates on a shared filesystem can read manifests and fits."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~process_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
