@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from mixopt.core.workspace import relative_checkpoint
 from mixopt.errors import MixoptError
 from mixopt.sweep import store as store_module
-from mixopt.sweep.store import SCHEMA, VERSION, Run, Store, relative_checkpoint
+from mixopt.sweep.store import SCHEMA, VERSION, Run, Store
 
 HOST = socket.gethostname()
 ALIVE = f"{HOST}:{os.getpid()}:a"  # this process: alive
@@ -170,3 +171,13 @@ def test_relative_checkpoint():
     assert relative_checkpoint("/old/checkpoints/ws/checkpoints/x.safetensors", root) == "checkpoints/x.safetensors"
     assert relative_checkpoint("checkpoints/x.safetensors", root) == "checkpoints/x.safetensors"
     assert relative_checkpoint("/elsewhere/x.safetensors", root) == "/elsewhere/x.safetensors"
+
+
+def test_result_file_from_an_old_root_is_recorded_relative(tmp_path):
+    """An adopted result file (written before the workspace was copied) names the old root."""
+    s, [k] = _store(tmp_path)
+    result = _result(tmp_path, k, size=21)
+    result["checkpoint"] = f"/old/ws/checkpoints/{k}.safetensors"
+    s.record_result(result)
+    run = s.runs()[0]
+    assert (run.checkpoint, run.checkpoint_bytes) == (f"checkpoints/{k}.safetensors", 21)

@@ -59,6 +59,21 @@ class Workspace:
         return json.loads(self.manifest_path.read_text())
 
 
+def relative_checkpoint(path: str | Path, root: Path) -> str:
+    """A checkpoint's path relative to the workspace `root`. A path recorded under another root (a
+    copied or moved workspace) keeps its part from the last `checkpoints/` folder on."""
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    for base in (root, root.resolve()):
+        if p.is_relative_to(base):
+            return p.relative_to(base).as_posix()
+    if "checkpoints" in p.parts[:-1]:
+        i = len(p.parts) - 1 - p.parts[::-1].index("checkpoints")
+        return Path(*p.parts[i:]).as_posix()
+    return str(p)  # outside any workspace layout: kept as recorded
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

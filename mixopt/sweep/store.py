@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mixopt import __version__
+from mixopt.core.workspace import relative_checkpoint
 from mixopt.errors import MixoptError
 
 # The schema as of store version 0 (PRAGMA user_version 0, mixopt 0.1). Never edit it: change the
@@ -182,7 +183,8 @@ class Store:
     def _tx(self):
         if self.readonly:
             raise MixoptError(f"the workspace store {self.path} is read-only here",
-                              "run this where the workspace is writable (`mixopt status` only reads)")
+                              "copy the workspace somewhere writable (`cp -a` keeps it working) or run this where "
+                              "it is writable; `mixopt status` and `mixopt check` only read")
         return _Transaction(self.db)
 
     def add_planned(self, rows: list[dict]) -> None:
@@ -236,8 +238,8 @@ class Store:
     def record_result(self, result: dict) -> bool:
         """A finished run and its evals, in one transaction; False if it was already recorded. A new
         training replaces everything measured on the run's previous checkpoint."""
-        path = Path(result["checkpoint"])
-        size = path.stat().st_size if path.is_file() else None
+        rel = relative_checkpoint(result["checkpoint"], self.root)  # a result file may name an old root
+        size = (self.root / rel).stat().st_size if (self.root / rel).is_file() else None
         with self._tx():
             row = self.db.execute("SELECT status, sha256 FROM runs WHERE key=?", (result["key"],)).fetchone()
             if row is not None and row["status"] == "done" and row["sha256"] == result["sha256"]:
@@ -246,7 +248,7 @@ class Store:
                 "UPDATE runs SET status='done', checkpoint=?, checkpoint_bytes=?, sha256=?, train_loss=?, tokens=?, "
                 "train_seconds=?, epochs=?, error=NULL, finished=?, lease_owner=NULL, lease_expires=NULL, "
                 "trainings = trainings + 1 WHERE key=?",
-                (relative_checkpoint(path, self.root), size, result["sha256"], result["train_loss"], result["tokens"],
+                (rel, size, result["sha256"], result["train_loss"], result["tokens"],
                  result["train_seconds"], json.dumps(result["epochs"]), time.time(), result["key"]))
             self.db.execute("DELETE FROM measurements WHERE run_key=?", (result["key"],))
             self.db.execute("DELETE FROM scores WHERE run_key=?", (result["key"],))
@@ -345,21 +347,6 @@ class Store:
         return {"runs": {s: runs.get(s, 0) for s in ("planned", "running", "done", "failed", "suspect")},
                 "held_by_live_drivers": self.held_elsewhere(""), "trainings": trainings,
                 "measurements": measured, "suites": suites}
-
-
-def relative_checkpoint(path: str | Path, root: Path) -> str:
-    """A checkpoint's path relative to the workspace `root`. A path recorded under another root (a
-    copied or moved workspace) keeps its part from the last `checkpoints/` folder on."""
-    p = Path(path)
-    if not p.is_absolute():
-        return p.as_posix()
-    for base in (root, root.resolve()):
-        if p.is_relative_to(base):
-            return p.relative_to(base).as_posix()
-    if "checkpoints" in p.parts[:-1]:
-        i = len(p.parts) - 1 - p.parts[::-1].index("checkpoints")
-        return Path(*p.parts[i:]).as_posix()
-    return str(p)  # outside any workspace layout: kept as recorded
 
 
 def read_only(path: Path) -> bool:
