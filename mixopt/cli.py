@@ -123,7 +123,8 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         if external or model is not Model.auto:
             raise MixoptError(f"{external[0] if external else '--model'} applies to --runs fits only",
                               "with a CONFIG, set these in its fit/optimum sections")
-        _fit_and_print(_load(config), format, reeval, workers, progress, plots)
+        if not _fit_and_print(_load(config), format, reeval, workers, progress, plots):
+            raise typer.Exit(1)
         return
     if config is not None:
         raise MixoptError("give either CONFIG or --runs, not both", "drop one")
@@ -194,9 +195,10 @@ def verify(config: Path = CONFIG, workers: int = typer.Option(1, min=1, help="Lo
     typer.echo(f"the recommendation is {verdict} the prior by {abs(v.prior_measured - v.measured):.4f}")
 
 
-def _fit_and_print(exp, format: Format, reeval: bool, workers: int, progress: bool, plots: bool = True) -> None:
+def _fit_and_print(exp, format: Format, reeval: bool, workers: int, progress: bool, plots: bool = True) -> bool:
+    """Fit and print; False when suspect runs were left out (said on stderr)."""
     from mixopt.fit.recommend import recommend_mixture
-    from mixopt.report import format_recommendation
+    from mixopt.report import format_recommendation, suspect_line
 
     say = (lambda m: typer.echo(m, err=True)) if format is Format.json else typer.echo
     rec = recommend_mixture(exp, reeval=reeval, workers=workers, progress=progress, say=say, plots=plots)
@@ -205,6 +207,9 @@ def _fit_and_print(exp, format: Format, reeval: bool, workers: int, progress: bo
     else:
         typer.echo(format_recommendation(rec))
         typer.echo(f"written: {exp.optimal_path}")
+    if rec.suspect:
+        typer.echo(suspect_line(rec.suspect), err=True)
+    return not rec.suspect
 
 
 @app.command("eval")
@@ -214,17 +219,22 @@ def eval_(config: Path = CONFIG,
           watch: bool = typer.Option(False, help="Re-evaluate and refit each time the config or suite is saved."),
           interval: float = typer.Option(1.0, min=0.05, help="--watch: seconds between checks.")):
     """Evaluate every stored checkpoint on what the current eval suite lacks (never trains)."""
-    from mixopt.report import format_eval
+    from mixopt.report import format_eval, suspect_line
     from mixopt.sweep.reeval import run_eval
 
-    def once() -> None:
+    def once() -> bool:
         exp = _load(config)
-        typer.echo(format_eval(run_eval(exp, workers=workers, progress=progress, say=typer.echo)))
+        report = run_eval(exp, workers=workers, progress=progress, say=typer.echo)
+        typer.echo(format_eval(report))
+        if report.suspect:
+            typer.echo(suspect_line(report.suspect), err=True)
         if watch:
             _fit_and_print(exp, Format.text, False, workers, progress)
+        return not report.suspect
 
     if not watch:
-        once()
+        if not once():
+            raise typer.Exit(1)
         return
     from mixopt.evals.watch import watch as watch_files
 
@@ -247,10 +257,11 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
     typer.echo(f"workspace: {st['workspace']}")
     typer.echo(f"sample: {st['sample']}")
     r = st["runs"]
-    typer.echo(f"runs in this design: {st['design']['planned']} planned, {st['design']['done']} done, "
-               f"{st['design']['failed']} failed, {st['design']['pending']} pending")
-    typer.echo(f"runs in store (all designs): {r['done']} done, {r['failed']} failed, {r['planned']} planned; "
-               f"proxies trained: {st['trainings']}")
+    d = st["design"]
+    typer.echo(f"runs in this design: {d['planned']} planned, {d['done']} done, {d['failed']} failed, "
+               f"{d['suspect']} suspect, {d['pending']} pending")
+    typer.echo(f"runs in store (all designs): {r['done']} done, {r['failed']} failed, {r['suspect']} suspect, "
+               f"{r['planned']} planned; proxies trained: {st['trainings']}")
     cur = st["current_suite"]
     if cur:
         typer.echo(f"current eval suite {cur['key'][:12]}: {cur['objective']}; "
@@ -258,6 +269,21 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
     for key, s in st["suites"].items():
         mark = " (current)" if key == st["suite"] else ""
         typer.echo(f"  suite {key[:12]}{mark}: {s['runs_scored']} runs scored, {len(s['evaluations'])} evaluations")
+
+
+@app.command()
+def check(config: Path = CONFIG,
+          repair: bool = typer.Option(False, help="Send runs with a bad checkpoint back to pending (their results "
+                                                  "are kept until the next sweep retrains them)."),
+          format: Format = typer.Option(Format.text, "--format")):
+    """Verify the store (integrity_check) and every checkpoint's sha256; exit 1 if anything is wrong."""
+    from mixopt.report import format_check
+    from mixopt.sweep.check import check_workspace
+
+    report = check_workspace(_load(config), repair)
+    typer.echo(json.dumps(report.to_json()) if format is Format.json else format_check(report))
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def _load(config: Path):

@@ -77,9 +77,30 @@ def format_sweep(report) -> str:
 def format_eval(report) -> str:
     parts = [f"evaluated {report.runs} checkpoints ({report.evaluations} evaluations, {report.seconds:.1f}s); "
              f"{report.up_to_date} already had the whole suite; 0 trained"]
-    if report.reset:
-        parts.append(f"  {len(report.reset)} checkpoints failed verification and go back to pending: "
-                     "run `mixopt sweep CONFIG`")
     for key, err in report.failed:
         parts.append(f"  failed {key[:12]}: {err}")
     return "\n".join(parts)
+
+
+def suspect_line(keys) -> str:
+    """The one line `eval` and `fit` end with when runs were left out (they then exit 1)."""
+    shown = ", ".join(k[:12] for k in list(keys)[:5]) + (" ..." if len(keys) > 5 else "")
+    return (f"error: {len(keys)} runs left out as suspect: checkpoint missing or not the one recorded ({shown}); "
+            "their results are kept: `mixopt sweep CONFIG` retrains them (`mixopt check CONFIG` verifies all)")
+
+
+def format_check(report) -> str:
+    db = "ok" if not report.database else "; ".join(report.database[:5])
+    lines = [f"workspace {report.workspace}: database {db}; {report.checked} checkpoints verified, "
+             f"{len(report.problems)} with problems"]
+    for p in report.problems:
+        lines.append(f"  {p.key[:12]} ({p.status}): {p.problem}")
+    if report.repaired:
+        lines.append("repaired: bad checkpoints' runs are pending (results kept until retrained; run "
+                     "`mixopt sweep CONFIG`), suspect runs that verify are done again")
+    elif report.problems:
+        lines.append("run `mixopt check CONFIG --repair` to send them back to pending, then `mixopt sweep CONFIG`")
+    elif report.database:
+        lines.append("the database is damaged: restore mixopt.db from a backup (checkpoints and their .json "
+                     "results beside them are adopted by `mixopt sweep` without retraining)")
+    return "\n".join(lines)

@@ -228,7 +228,7 @@ def test_suite_change_reevaluates_without_retraining(corpora, tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_corrupt_checkpoint_goes_back_to_pending(corpora, tmp_path, monkeypatch):
+def test_corrupt_checkpoint_is_suspect_and_keeps_its_results(corpora, tmp_path, monkeypatch):
     cfg = small_config(corpora, tmp_path / "ws", design__runs=2)
     config = write_config(tmp_path / "c.yaml", cfg)
     cli = CliRunner()
@@ -242,12 +242,16 @@ def test_corrupt_checkpoint_goes_back_to_pending(corpora, tmp_path, monkeypatch)
     assert r.exit_code == 0 and "evaluated 0 checkpoints" in r.output  # nothing missing: nothing reloaded
     # Make the damaged run lack a measurement, so `eval` must reload it: its sha256 gives it away.
     db = sqlite3.connect(tmp_path / "ws" / "mixopt.db")
-    db.execute("DELETE FROM measurements WHERE run_key IN (SELECT key FROM runs WHERE checkpoint LIKE ?)",
-               (f"%{victim.name}",))
+    key = db.execute("SELECT key FROM runs WHERE checkpoint LIKE ?", (f"%{victim.name}",)).fetchone()[0]
+    db.execute("DELETE FROM measurements WHERE run_key=? AND eval=(SELECT MIN(eval) FROM measurements "
+               "WHERE run_key=?)", (key, key))
     db.commit()
+    kept = db.execute("SELECT COUNT(*) FROM measurements WHERE run_key=?", (key,)).fetchone()[0]
     r = cli.invoke(app, ["eval", str(config), "--no-progress"])
-    assert "goes back to pending" in r.output and "1 checkpoints failed verification" in r.output
-    assert db.execute("SELECT status FROM runs WHERE checkpoint IS NULL").fetchall() == [("planned",)]
+    assert r.exit_code == 1 and "marked suspect" in r.output and "1 runs left out as suspect" in r.output
+    assert db.execute("SELECT status FROM runs WHERE key=?", (key,)).fetchone() == ("suspect",)
+    assert kept > 0 and db.execute("SELECT COUNT(*) FROM measurements WHERE run_key=?", (key,)).fetchone()[0] == kept
     r = cli.invoke(app, ["sweep", str(config), "--no-progress"])
     assert "1 trained" in r.output
+    assert db.execute("SELECT status, trainings FROM runs WHERE key=?", (key,)).fetchone() == ("done", 2)
     db.close()

@@ -53,7 +53,7 @@ def test_sample_sweep_fit_end_to_end(make_config, tmp_path, monkeypatch):
     written = yaml.safe_load((tmp_path / "small.optimal.yaml").read_text())
     assert written["weights"] == {k: round(v, 6) for k, v in w.items()}
     status = json.loads(mixopt("status", cfg, "--format", "json").stdout)
-    assert status["design"] == {"planned": 12, "done": 12, "failed": 0, "pending": 0}
+    assert status["design"] == {"planned": 12, "done": 12, "failed": 0, "suspect": 0, "pending": 0}
     assert status["trainings"] == 12 and status["current_suite"]["runs_lacking"] == 0
     assert {k: v["runs_scored"] for k, v in status["suites"].items()} == {status["suite"]: 12}
     assert "12 already done" in mixopt("sweep", cfg, "--no-progress").stdout  # rerun trains nothing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,21 @@ class Workspace:
         return json.loads(self.manifest_path.read_text())
 
 
+def relative_checkpoint(path: str | Path, root: Path) -> str:
+    """A checkpoint's path relative to the workspace `root`. A path recorded under another root (a
+    copied or moved workspace) keeps its part from the last `checkpoints/` folder on."""
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    for base in (root, root.resolve()):
+        if p.is_relative_to(base):
+            return p.relative_to(base).as_posix()
+    if "checkpoints" in p.parts[:-1]:
+        i = len(p.parts) - 1 - p.parts[::-1].index("checkpoints")
+        return Path(*p.parts[i:]).as_posix()
+    return str(p)  # outside any workspace layout: kept as recorded
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -71,11 +87,33 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_UMASK: int | None = None
+_UMASK_LOCK = threading.Lock()
+
+
+def process_umask() -> int:
+    """This process's umask, read once: from /proc where it can be read without changing it,
+    else set and restored under a lock (os.umask has no read-only form)."""
+    global _UMASK
+    with _UMASK_LOCK:
+        if _UMASK is None:
+            try:
+                with open("/proc/self/status") as f:
+                    _UMASK = next(int(x.split()[1], 8) for x in f if x.startswith("Umask:"))
+            except (OSError, StopIteration, ValueError, IndexError):
+                _UMASK = os.umask(0o022)
+                os.umask(_UMASK)
+        return _UMASK
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, rename: readers see old or new, never half."""
+    """Write to a temp file in the same folder, fsync, rename: readers see old or new, never half.
+    The file gets the mode open() would give it (0666 less the umask), not mkstemp's 0600, so
+    teammates on a shared filesystem can read manifests and fits."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~process_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -90,10 +90,6 @@ class Suite:
         return {"key": self.key, "average": self.average, "objective": self.describe_objective(),
                 "measures": [asdict(m) for m in self.measures]}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> Suite:
-        return cls(tuple(Measure(**m) for m in d["measures"]), d["average"])
-
 
 def suite_config(exp: Experiment) -> EvalSuite:
     """The experiment's suite; without `evals:`, held-out loss/BPB on every domain."""

@@ -6,7 +6,7 @@ The same core fits our own sweep (`recommend_mixture`) and an external swarm tab
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,7 @@ class Recommendation:
     predicted_ci: tuple[float, float] | None = None  # ... for the objective at the recommendation
     bootstrap: int = 0
     ci: float = 0.9
+    suspect: tuple[str, ...] = ()  # run keys left out: their checkpoint is missing or damaged
 
     def to_json(self) -> dict:
         ci = None
@@ -89,6 +90,7 @@ class Recommendation:
             "available_tokens": dict(zip(self.domains, self.available)) if self.available else None,
             "binding": dict(zip(self.domains, self.binding)),
             "fit_key": self.fit_key,
+            "suspect_runs": list(self.suspect),
         }
 
 
@@ -161,6 +163,8 @@ def recommend_mixture(exp: Experiment, reeval: bool = True, workers: int = 1, pr
     unless `reeval` is off (then runs lacking the current suite are left out, with a warning)."""
     plan, swarm, settings, fit_key = experiment_swarm(exp, reeval, workers, progress, say)
     rec, model = fit_swarm(swarm, settings, fit_key)
+    with Store(plan.workspace.db_path) as store:
+        rec = replace(rec, suspect=tuple(r.key for r in store.runs(plan.context, "suspect")))
     out = plan.workspace.fits_dir / rec.fit_key[:16]
     save_fit(out, swarm, settings, rec, model, plots=plots)
     write_optimal(exp.optimal_path, rec, exp.name, out)

@@ -27,7 +27,6 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import KFold
 
 MODELS = ("linear", "loglinear", "law", "gbm")
-CHOICES = (*MODELS, "auto")
 LOGLINEAR_RIDGE = 0.05  # pulls t towards its starting point: stable fits from ~10 runs
 # Fewer, larger steps than RegMix's notebook (1000 x 0.01): the same ranking on its 1M test set
 # (Spearman 0.990 vs 0.990) at a seventh of the time, which CV and the bootstrap multiply.

@@ -22,7 +22,7 @@ class EvalReport:
     runs: int = 0  # checkpoints evaluated
     evaluations: int = 0  # (run, evaluation) pairs computed
     up_to_date: int = 0  # finished runs that lacked nothing
-    reset: list[str] = field(default_factory=list)  # runs whose checkpoint failed verification
+    suspect: list[str] = field(default_factory=list)  # this design's runs left out of fits: bad checkpoints
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -45,9 +45,9 @@ def missing_measures(plan: Plan, store: Store) -> dict[str, list]:
     have = store.measurements()
     out = {}
     for r in store.runs(plan.context, "done"):
-        lack = [m for m in plan.suite.measures if m.key not in have.get(r["key"], {})]
+        lack = [m for m in plan.suite.measures if m.key not in have.get(r.key, {})]
         if lack:
-            out[r["key"]] = lack
+            out[r.key] = lack
     return out
 
 
@@ -57,8 +57,9 @@ def evaluate_stored(plan: Plan, store: Store, workers: int = 1, progress: bool =
     t0 = time.time()
     report = EvalReport()
     missing = missing_measures(plan, store)
-    runs = {r["key"]: r for r in store.runs(plan.context, "done")}
+    runs = {r.key: r for r in store.runs(plan.context, "done")}
     report.up_to_date = len(runs) - len(missing)
+    report.suspect = [r.key for r in store.runs(plan.context, "suspect")]
     if not missing:
         return report
     names = sorted({m.name for lack in missing.values() for m in lack})
@@ -66,7 +67,8 @@ def evaluate_stored(plan: Plan, store: Store, workers: int = 1, progress: bool =
     say(f"eval suite changed since these results: {len(missing)} finished runs lack {shown}; "
         f"evaluating their checkpoints (no training)")
     threads = _worker_threads(workers)
-    tasks = [EvalTask(key=k, checkpoint=runs[k]["checkpoint"], sha256=runs[k]["sha256"], spec=plan.spec.to_dict(),
+    root = plan.workspace.root  # workers get absolute paths; the store keeps them relative to it
+    tasks = [EvalTask(key=k, checkpoint=str(root / runs[k].checkpoint), sha256=runs[k].sha256, spec=plan.spec.to_dict(),
                       sample_dir=str(plan.workspace.sample_dir), measures=tuple(m.__dict__ for m in lack),
                       threads=threads) for k, lack in missing.items()]
     bars = Bars(len(tasks), enabled=progress, desc="eval", unit="run", step_unit="eval")
@@ -77,10 +79,10 @@ def evaluate_stored(plan: Plan, store: Store, workers: int = 1, progress: bool =
                 report.runs += 1
                 report.evaluations += len(task.measures)
             elif "CheckpointMismatch" in error:
-                store.reset_run(task.key, _last_line(error))
-                report.reset.append(task.key)
-                say(f"run {task.key[:12]}: {_last_line(error).split(': ', 1)[-1]}; "
-                    f"it goes back to pending and the next sweep retrains it")
+                store.mark_suspect([task.key], _last_line(error))
+                report.suspect.append(task.key)
+                say(f"run {task.key[:12]}: {_last_line(error).split(': ', 1)[-1]}; marked suspect: its results "
+                    f"are kept but left out of fits, and the next sweep retrains it")
             else:
                 report.failed.append((task.key, _last_line(error)))
             bars.finish(task.key)
@@ -96,9 +98,9 @@ def record_scores(plan: Plan, store: Store) -> dict[str, float]:
     terms = plan.suite.objective_terms()
     scores = {}
     for r in store.runs(plan.context, "done"):
-        metrics = _metrics_of(plan.suite, have.get(r["key"], {}))
+        metrics = _metrics_of(plan.suite, have.get(r.key, {}))
         if metrics is not None:
-            scores[r["key"]] = sum(a * metrics[m] for m, a in terms.items())
+            scores[r.key] = sum(a * metrics[m] for m, a in terms.items())
     store.record_scores(plan.suite.key, scores)
     return scores
 
@@ -115,10 +117,10 @@ def training_table(plan: Plan, store: Store):
     have = store.measurements()
     rows, keys = [], []
     for r in store.runs(plan.context, "done"):
-        metrics = _metrics_of(plan.suite, have.get(r["key"], {}))
+        metrics = _metrics_of(plan.suite, have.get(r.key, {}))
         if metrics is not None:
-            rows.append((r["weights"], metrics))
-            keys.append(r["key"])
+            rows.append((r.weights, metrics))
+            keys.append(r.key)
     if not rows:
         return np.zeros((0, len(plan.prior))), {}, []
     names = sorted(set.intersection(*(set(m) for _, m in rows)))

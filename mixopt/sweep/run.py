@@ -22,6 +22,7 @@ from mixopt.evals.suites import prepare_suite
 from mixopt.proxy.checkpoint import read_result
 from mixopt.proxy.model import ProxySpec
 from mixopt.proxy.train import proxies_per_batch
+from mixopt.sweep.check import flag_damaged
 from mixopt.sweep.plan import Plan, Say, load_plan
 from mixopt.sweep.reeval import evaluate_stored, record_scores
 from mixopt.sweep.store import Store, new_owner
@@ -68,11 +69,12 @@ def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say
         store.add_suite(plan.suite.to_dict())
         store.add_planned([{"key": k, "context": plan.context, "origin": m.origin, "weights": list(m.weights),
                             "domains": exp.domain_names} for k, m in zip(plan.keys, plan.mixtures)])
-        # Finished runs first get what the suite added (no training); a corrupt checkpoint found
-        # here goes back to pending and is retrained below.
+        # A finished run whose checkpoint is gone or truncated (a stat, no hashing), or found corrupt
+        # when evaluated on what the suite added, is marked suspect and retrained below.
+        flag_damaged(plan, store, say)
         ev = evaluate_stored(plan, store, workers, progress, say)
         report.reevaluated = ev.runs
-        done = {r["key"] for r in store.runs(plan.context, "done")}
+        done = {r.key for r in store.runs(plan.context, "done")}
         report.already_done = sum(k in done for k in plan.keys)
         tasks = {k: _task(exp, plan, k, m, workers, backend) for k, m in zip(plan.keys, plan.mixtures) if k not in done}
         per_batch = _batch_size(batch_proxies, plan.spec, backend)
@@ -116,7 +118,7 @@ def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say
                             bars.finish(task.key)
                     if engine.in_flight or claimed:
                         continue
-                    done = {r["key"] for r in store.runs(plan.context, "done")}
+                    done = {r.key for r in store.runs(plan.context, "done")}
                     left = [k for k in tasks if k not in tried and k not in done]
                     if not left:
                         break
@@ -125,7 +127,7 @@ def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say
             engine.close()
             bars.close()
             store.release(owner)
-        done = {r["key"] for r in store.runs(plan.context, "done")}
+        done = {r.key for r in store.runs(plan.context, "done")}
         report.elsewhere = sum(k in done for k in tasks) - report.trained - report.adopted
         if report.adopted:  # adopted sidecars may predate the current suite
             evaluate_stored(plan, store, workers, progress, say)

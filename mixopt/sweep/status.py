@@ -13,8 +13,8 @@ from mixopt.sweep.store import Store
 def experiment_status(exp: Experiment) -> dict:
     ws = Workspace(exp.workspace_dir)
     out = {"workspace": str(ws.root), "sample": "missing", "suite": None,
-           "design": {"planned": 0, "done": 0, "failed": 0, "pending": 0},
-           "runs": {"planned": 0, "done": 0, "failed": 0}, "trainings": 0, "measurements": 0, "suites": {},
+           "design": {"planned": 0, "done": 0, "failed": 0, "suspect": 0, "pending": 0},
+           "runs": {"planned": 0, "running": 0, "done": 0, "failed": 0, "suspect": 0}, "trainings": 0, "measurements": 0, "suites": {},
            "current_suite": None}
     if not ws.manifest_path.is_file():
         return out
@@ -29,7 +29,7 @@ def experiment_status(exp: Experiment) -> dict:
     if ws.db_path.is_file():
         with Store(ws.db_path) as store:
             out.update(store.summary())
-            state = {r["key"]: r["status"] for r in store.runs(plan.context)}
+            state = {r.key: r.status for r in store.runs(plan.context)}
             lacking = missing_measures(plan, store)
     else:
         state = {}
@@ -38,5 +38,6 @@ def experiment_status(exp: Experiment) -> dict:
                             "runs_lacking": len(lacking)}
     statuses = [state.get(k, "planned") for k in plan.keys]
     out["design"] = {"planned": len(plan.keys), "done": statuses.count("done"),
-                     "failed": statuses.count("failed"), "pending": statuses.count("planned")}
+                     "failed": statuses.count("failed"), "suspect": statuses.count("suspect"),
+                     "pending": statuses.count("planned")}
     return out

@@ -6,6 +6,9 @@ scores:       one row per (run key, suite key): the run's objective under that s
 suites:       every suite ever used, by key, with its body.
 sweeps:       one row per sweep / eval pass: when, what it trained and evaluated, its wall time.
 Every state change is one transaction with synchronous=FULL: a kill loses no committed result.
+Results are never deleted: a run whose checkpoint is missing or damaged is marked `suspect` (kept,
+left out of fits) until a new training replaces them. Checkpoint paths are relative to the
+workspace, so a copied, moved or read-only mounted workspace keeps its runs.
 """
 
 from __future__ import annotations
@@ -16,8 +19,17 @@ import socket
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import quote
 
+from mixopt import __version__
+from mixopt.core.workspace import relative_checkpoint
+from mixopt.errors import MixoptError
+
+# The schema as of store version 0 (PRAGMA user_version 0, mixopt 0.1). Never edit it: change the
+# schema with a step in MIGRATIONS below.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     key TEXT PRIMARY KEY,
@@ -25,8 +37,8 @@ CREATE TABLE IF NOT EXISTS runs (
     origin TEXT NOT NULL,           -- how the design produced it: prior, vertex:<d>, random:<i>, user:<i>
     weights TEXT NOT NULL,          -- JSON list, canonical domain order
     domains TEXT NOT NULL,          -- JSON list of domain names
-    status TEXT NOT NULL,           -- planned | running | done | failed
-    checkpoint TEXT, sha256 TEXT,
+    status TEXT NOT NULL,           -- planned | running | done | failed | suspect
+    checkpoint TEXT, sha256 TEXT,   -- checkpoint: relative to the workspace since store version 2
     train_loss REAL, tokens INTEGER, train_seconds REAL, epochs TEXT,
     error TEXT, created REAL NOT NULL, finished REAL,
     trainings INTEGER NOT NULL DEFAULT 0, -- times a proxy was trained for this key (1 unless retrained)
@@ -57,20 +69,107 @@ CREATE TABLE IF NOT EXISTS sweeps (
 """
 
 
+def _add_run_columns(db: sqlite3.Connection, root: Path) -> None:
+    """Stores written before retraining counts and leases lack these columns."""
+    cols = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
+    for col, decl in (("trainings", "INTEGER NOT NULL DEFAULT 0"), ("lease_owner", "TEXT"),
+                      ("lease_expires", "REAL")):
+        if col not in cols:
+            db.execute(f"ALTER TABLE runs ADD COLUMN {col} {decl}")
+
+
+def _relative_checkpoints(db: sqlite3.Connection, root: Path) -> None:
+    """Checkpoint paths relative to the workspace, and each checkpoint's size in bytes."""
+    db.execute("ALTER TABLE runs ADD COLUMN checkpoint_bytes INTEGER")
+    for key, path in db.execute("SELECT key, checkpoint FROM runs WHERE checkpoint IS NOT NULL").fetchall():
+        rel = relative_checkpoint(path, root)
+        f = root / rel
+        db.execute("UPDATE runs SET checkpoint=?, checkpoint_bytes=? WHERE key=?",
+                   (rel, f.stat().st_size if f.is_file() else None, key))
+
+
+# Store version i+1 is what MIGRATIONS[i] makes of version i; a new store takes every step too.
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_add_run_columns, _relative_checkpoints]
+VERSION = len(MIGRATIONS)
+
+# The one lease condition: a run another live driver holds (running, not ours, not expired, and its
+# owner not known dead). Anything not done and not so held may be claimed.
+HELD_ELSEWHERE = ("status = 'running' AND lease_owner IS NOT :owner AND COALESCE(lease_expires, 0) > :now "
+                  "AND owner_alive(lease_owner)")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One row of `runs`."""
+
+    key: str
+    context: str
+    origin: str
+    weights: tuple[float, ...]  # canonical domain order
+    domains: tuple[str, ...]
+    status: str  # planned | running | done | failed | suspect
+    checkpoint: str | None  # relative to the workspace root
+    checkpoint_bytes: int | None
+    sha256: str | None
+    train_loss: float | None
+    tokens: int | None
+    train_seconds: float | None
+    epochs: dict | None  # domain -> epochs over its slice
+    error: str | None
+    created: float
+    finished: float | None
+    trainings: int
+    lease_owner: str | None
+    lease_expires: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Run:
+        d = {f.name: row[f.name] for f in fields(cls)}
+        return cls(**{**d, "weights": tuple(json.loads(d["weights"])), "domains": tuple(json.loads(d["domains"])),
+                      "epochs": json.loads(d["epochs"]) if d["epochs"] else None})
+
+
 class Store:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    def __init__(self, path: Path, readonly: bool | None = None):
+        """Open (creating and migrating as needed); `readonly` (default: when the file or its folder
+        cannot be written) opens for reading only, which needs a store already at VERSION."""
+        self.path, self.root = path, path.parent
+        self.readonly = read_only(path) if readonly is None else readonly
+        if self.readonly:
+            if not path.is_file():
+                raise MixoptError(f"no store at {path}", "run `mixopt sweep CONFIG` first")
+            self.db = sqlite3.connect(_read_only_uri(path), uri=True, timeout=60, isolation_level=None)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.create_function("owner_alive", 1, owner_alive)
         self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(SCHEMA)
-        cols = {r["name"] for r in self.db.execute("PRAGMA table_info(runs)")}
-        for col, decl in (("trainings", "INTEGER NOT NULL DEFAULT 0"), ("lease_owner", "TEXT"),
-                          ("lease_expires", "REAL")):
-            if col not in cols:  # a store written by an earlier mixopt
-                self.db.execute(f"ALTER TABLE runs ADD COLUMN {col} {decl}")
+        try:
+            self._migrate()
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > VERSION:
+            raise MixoptError(f"the store {self.path} was written by a newer mixopt (store version {version}; "
+                              f"mixopt {__version__} reads up to {VERSION})", "upgrade mixopt")
+        if version == VERSION:
+            return
+        if self.readonly:
+            raise MixoptError(f"the store {self.path} is from an older mixopt (store version {version}) and "
+                              f"read-only here", "run any mixopt command once where it is writable to upgrade it")
+        if version == 0:
+            self.db.executescript(SCHEMA)
+        with self._tx():
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]  # another driver may have migrated
+            for step in MIGRATIONS[version:]:
+                step(self.db, self.root)
+            self.db.execute(f"PRAGMA user_version = {VERSION}")
 
     def close(self) -> None:
         self.db.close()
@@ -82,6 +181,10 @@ class Store:
         self.close()
 
     def _tx(self):
+        if self.readonly:
+            raise MixoptError(f"the workspace store {self.path} is read-only here",
+                              "copy the workspace somewhere writable (`cp -a` keeps it working) or run this where "
+                              "it is writable; `mixopt status` and `mixopt check` only read")
         return _Transaction(self.db)
 
     def add_planned(self, rows: list[dict]) -> None:
@@ -100,25 +203,26 @@ class Store:
                             (suite["key"], json.dumps(suite), time.time()))
 
     def claim(self, keys: list[str], owner: str, ttl: float, limit: int) -> list[str]:
-        """Lease up to `limit` of these runs to `owner`, in order: those planned or failed, and those
-        running under a lease that expired or whose driver (on this host) is dead."""
+        """Lease up to `limit` of these runs to `owner`, in order: any not done and not held by
+        another live driver (HELD_ELSEWHERE)."""
         now = time.time()
         out = []
         with self._tx():
             for key in keys:
                 if len(out) >= limit:
                     break
-                row = self.db.execute("SELECT status, lease_owner, lease_expires FROM runs WHERE key=?",
-                                      (key,)).fetchone()
-                if row is None or row["status"] == "done":
-                    continue
-                if row["status"] == "running" and row["lease_owner"] != owner and \
-                        (row["lease_expires"] or 0) > now and owner_alive(row["lease_owner"]):
-                    continue
-                self.db.execute("UPDATE runs SET status='running', lease_owner=?, lease_expires=? WHERE key=?",
-                                (owner, now + ttl, key))
-                out.append(key)
+                cur = self.db.execute(
+                    "UPDATE runs SET status='running', lease_owner=:owner, lease_expires=:expires "
+                    f"WHERE key=:key AND status != 'done' AND NOT ({HELD_ELSEWHERE})",
+                    {"owner": owner, "expires": now + ttl, "key": key, "now": now})
+                if cur.rowcount:
+                    out.append(key)
         return out
+
+    def held_elsewhere(self, owner: str) -> int:
+        """How many runs another live driver holds."""
+        return self.db.execute(f"SELECT COUNT(*) FROM runs WHERE {HELD_ELSEWHERE}",
+                               {"owner": owner, "now": time.time()}).fetchone()[0]
 
     def renew(self, owner: str, ttl: float) -> None:
         with self._tx():
@@ -131,28 +235,23 @@ class Store:
             self.db.execute("UPDATE runs SET status='planned', lease_owner=NULL, lease_expires=NULL "
                             "WHERE lease_owner=? AND status='running'", (owner,))
 
-    def running_elsewhere(self, keys: list[str], owner: str) -> int:
-        """How many of these runs another live driver holds."""
-        now, n = time.time(), 0
-        for key in keys:
-            row = self.db.execute("SELECT status, lease_owner, lease_expires FROM runs WHERE key=?", (key,)).fetchone()
-            if row and row["status"] == "running" and row["lease_owner"] != owner and \
-                    (row["lease_expires"] or 0) > now and owner_alive(row["lease_owner"]):
-                n += 1
-        return n
-
     def record_result(self, result: dict) -> bool:
-        """A finished run and its evals, in one transaction; False if it was already recorded."""
+        """A finished run and its evals, in one transaction; False if it was already recorded. A new
+        training replaces everything measured on the run's previous checkpoint."""
+        rel = relative_checkpoint(result["checkpoint"], self.root)  # a result file may name an old root
+        size = (self.root / rel).stat().st_size if (self.root / rel).is_file() else None
         with self._tx():
             row = self.db.execute("SELECT status, sha256 FROM runs WHERE key=?", (result["key"],)).fetchone()
             if row is not None and row["status"] == "done" and row["sha256"] == result["sha256"]:
                 return False
             self.db.execute(
-                "UPDATE runs SET status='done', checkpoint=?, sha256=?, train_loss=?, tokens=?, train_seconds=?, "
-                "epochs=?, error=NULL, finished=?, lease_owner=NULL, lease_expires=NULL WHERE key=?",
-                (result["checkpoint"], result["sha256"], result["train_loss"], result["tokens"],
+                "UPDATE runs SET status='done', checkpoint=?, checkpoint_bytes=?, sha256=?, train_loss=?, tokens=?, "
+                "train_seconds=?, epochs=?, error=NULL, finished=?, lease_owner=NULL, lease_expires=NULL, "
+                "trainings = trainings + 1 WHERE key=?",
+                (rel, size, result["sha256"], result["train_loss"], result["tokens"],
                  result["train_seconds"], json.dumps(result["epochs"]), time.time(), result["key"]))
-            self.db.execute("UPDATE runs SET trainings = trainings + 1 WHERE key=?", (result["key"],))
+            self.db.execute("DELETE FROM measurements WHERE run_key=?", (result["key"],))
+            self.db.execute("DELETE FROM scores WHERE run_key=?", (result["key"],))
             self._insert_measurements(result["key"], result["measurements"])
         return True
 
@@ -173,13 +272,24 @@ class Store:
             self.db.executemany("INSERT OR REPLACE INTO scores (run_key, suite, objective, created) VALUES (?, ?, ?, ?)",
                                 [(k, suite, float(v), now) for k, v in objective.items()])
 
-    def reset_run(self, key: str, error: str) -> None:
-        """Send a run back to pending (its checkpoint is gone or corrupt): the next sweep retrains it."""
+    def mark_suspect(self, keys: list[str], problem: str) -> None:
+        """These finished runs' checkpoints are missing or damaged: keep their results, but leave
+        them out of fits until a sweep retrains them."""
         with self._tx():
-            self.db.execute("UPDATE runs SET status='planned', checkpoint=NULL, sha256=NULL, error=? WHERE key=?",
-                            (error, key))
-            self.db.execute("DELETE FROM measurements WHERE run_key=?", (key,))
-            self.db.execute("DELETE FROM scores WHERE run_key=?", (key,))
+            self.db.executemany("UPDATE runs SET status='suspect', error=? WHERE key=? AND status='done'",
+                                [(problem, k) for k in keys])
+
+    def send_back(self, keys: list[str], problem: str) -> None:
+        """Back to pending (the next sweep retrains them); their results stay until it does."""
+        with self._tx():
+            self.db.executemany("UPDATE runs SET status='planned', error=? WHERE key=? AND status IN ('done', "
+                                "'suspect')", [(problem, k) for k in keys])
+
+    def restore(self, keys: list[str]) -> None:
+        """Suspect runs whose checkpoint verifies again are done."""
+        with self._tx():
+            self.db.executemany("UPDATE runs SET status='done', error=NULL WHERE key=? AND status='suspect'",
+                                [(k,) for k in keys])
 
     def start_sweep(self, kind: str) -> int:
         with self._tx():
@@ -198,17 +308,13 @@ class Store:
             self.db.execute("UPDATE runs SET status='failed', error=?, finished=?, lease_owner=NULL, "
                             "lease_expires=NULL WHERE key=?", (error, time.time(), key))
 
-    def runs(self, context: str | None = None, status: str | None = None) -> list[dict]:
+    def runs(self, context: str | None = None, status: str | None = None) -> list[Run]:
         sql, args = "SELECT * FROM runs WHERE 1=1", []
         if context:
             sql, args = sql + " AND context=?", args + [context]
         if status:
             sql, args = sql + " AND status=?", args + [status]
-        rows = [dict(r) for r in self.db.execute(sql + " ORDER BY created, rowid", args)]
-        for r in rows:
-            r["weights"] = json.loads(r["weights"])
-            r["domains"] = json.loads(r["domains"])
-        return rows
+        return [Run.from_row(r) for r in self.db.execute(sql + " ORDER BY created, rowid", args)]
 
     def measurements(self) -> dict[str, dict[str, dict[str, float]]]:
         """run key -> evaluation key -> {metric: value}."""
@@ -220,6 +326,11 @@ class Store:
     def scores(self, suite: str) -> dict[str, float]:
         return {r["run_key"]: r["objective"] for r in
                 self.db.execute("SELECT run_key, objective FROM scores WHERE suite=?", (suite,))}
+
+    def integrity(self) -> list[str]:
+        """SQLite's integrity_check: [] when the database is sound, else its complaints."""
+        rows = [r[0] for r in self.db.execute("PRAGMA integrity_check")]
+        return [] if rows == ["ok"] else rows
 
     def summary(self) -> dict:
         runs = {r["status"]: r["n"] for r in self.db.execute("SELECT status, COUNT(*) n FROM runs GROUP BY status")}
@@ -233,8 +344,26 @@ class Store:
                                 "objective": body.get("objective"), "first_used": r["created"],
                                 "last_scored": r["last"]}
         measured = self.db.execute("SELECT COUNT(*) FROM (SELECT DISTINCT run_key, eval FROM measurements)").fetchone()[0]
-        return {"runs": {s: runs.get(s, 0) for s in ("planned", "running", "done", "failed")}, "trainings": trainings,
+        return {"runs": {s: runs.get(s, 0) for s in ("planned", "running", "done", "failed", "suspect")},
+                "held_by_live_drivers": self.held_elsewhere(""), "trainings": trainings,
                 "measurements": measured, "suites": suites}
+
+
+def read_only(path: Path) -> bool:
+    """Can this process not write the store (a read-only mount, a teammate's files)?"""
+    if path.exists():
+        return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
+    return path.parent.exists() and not os.access(path.parent, os.W_OK)
+
+
+def _read_only_uri(path: Path) -> str:
+    """mode=ro needs to create the WAL index (-shm) when none exists, which a read-only folder
+    forbids: then open as immutable, which is safe when no write-ahead log is pending."""
+    uri = f"file:{quote(str(path.absolute()))}?mode=ro"
+    wal = path.with_name(path.name + "-wal")
+    if not os.access(path.parent, os.W_OK) and not (wal.is_file() and wal.stat().st_size):
+        uri += "&immutable=1"
+    return uri
 
 
 def new_owner() -> str:
