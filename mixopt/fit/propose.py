@@ -8,6 +8,7 @@ import numpy as np
 import yaml
 
 from mixopt import __version__
+from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.workspace import atomic_write_text
 from mixopt.errors import MixoptError
@@ -15,7 +16,6 @@ from mixopt.fit.optimize import penalized_scores, simulated_pool, solve_optimum
 from mixopt.fit.recommend import experiment_swarm, fit_swarm, refit_resampled
 from mixopt.fit.regress import MixtureModel
 from mixopt.fit.swarm import FitSettings, Swarm
-from mixopt.sweep.plan import Say
 
 MIN_REPLICATES = 16  # bootstrap models behind the uncertainty, even when fit.bootstrap is lower
 
@@ -23,10 +23,10 @@ MIN_REPLICATES = 16  # bootstrap models behind the uncertainty, even when fit.bo
 EXPLORATION = 2.0  # lower confidence bound: mean - EXPLORATION x sd of the replicates' predictions
 
 
-def propose_mixtures(exp: Experiment, n: int, say: Say = print) -> tuple[list[np.ndarray], Path]:
+def propose_mixtures(exp: Experiment, n: int, runtime: Runtime = Runtime()) -> tuple[list[np.ndarray], Path]:
     """n mixtures where the fit is least sure about the optimum (see pick_mixtures), written to
     <config dir>/<name>.proposed.yaml for `mixopt sweep --mixtures`."""
-    plan, swarm, settings, _ = experiment_swarm(exp, say=say)
+    plan, swarm, settings, _ = experiment_swarm(exp, runtime)
     rec, model = fit_swarm(swarm, settings)
     picks = pick_mixtures(swarm, settings, model, rec.weights, n, exp.design.min_weight, exp.design.min_distance,
                           exp.seed)

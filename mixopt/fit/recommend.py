@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 
 from mixopt import __version__
+from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.keys import content_hash
 from mixopt.core.workspace import atomic_write_json, atomic_write_text
@@ -35,7 +36,7 @@ from mixopt.fit.regress import (
     select_model,
 )
 from mixopt.fit.swarm import FitSettings, Swarm
-from mixopt.sweep.plan import Say, load_plan
+from mixopt.sweep.plan import load_plan
 from mixopt.sweep.reeval import (
     evaluate_stored,
     missing_measures,
@@ -157,11 +158,11 @@ def _bootstrap(swarm: Swarm, settings: FitSettings, model: MixtureModel, w: np.n
     return np.percentile(np.array(ws), q, axis=0).T, tuple(float(x) for x in np.percentile(preds, q))
 
 
-def recommend_mixture(exp: Experiment, reeval: bool = True, workers: int = 1, progress: bool = False,
-                      say: Say = print, plots: bool = True) -> Recommendation:
+def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool = True,
+                      plots: bool = True) -> Recommendation:
     """Fit on every finished run; first evaluate stored checkpoints on what the suite added,
     unless `reeval` is off (then runs lacking the current suite are left out, with a warning)."""
-    plan, swarm, settings, fit_key = experiment_swarm(exp, reeval, workers, progress, say)
+    plan, swarm, settings, fit_key = experiment_swarm(exp, runtime, reeval)
     rec, model = fit_swarm(swarm, settings, fit_key)
     with Store(plan.workspace.db_path) as store:
         rec = replace(rec, suspect=tuple(r.key for r in store.runs(plan.context, "suspect")))
@@ -171,19 +172,18 @@ def recommend_mixture(exp: Experiment, reeval: bool = True, workers: int = 1, pr
     return rec
 
 
-def experiment_swarm(exp: Experiment, reeval: bool = True, workers: int = 1, progress: bool = False,
-                     say: Say = print):
+def experiment_swarm(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool = True):
     """(plan, swarm, settings, fit key): the experiment's finished runs under its current suite."""
     plan = load_plan(exp)
     with Store(plan.workspace.db_path) as store:
         if reeval:
             prepare_suite(exp, plan.suite, plan.workspace)
-            evaluate_stored(plan, store, workers, progress, say)
+            evaluate_stored(plan, store, runtime)
         else:
             lacking = missing_measures(plan, store)
             if lacking:
                 keys = ", ".join(k[:12] for k in list(lacking)[:5]) + (" ..." if len(lacking) > 5 else "")
-                say(f"warning: {len(lacking)} finished runs lack the current eval suite and are left out "
+                runtime.say(f"warning: {len(lacking)} finished runs lack the current eval suite and are left out "
                     f"({keys}); run `mixopt eval CONFIG` or drop --no-reeval")
         store.add_suite(plan.suite.to_dict())
         record_scores(plan, store)

@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mixopt.config.load import read_yaml
+from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import Mixture, read_mixtures
 from mixopt.errors import MixoptError
 from mixopt.fit.recommend import experiment_swarm, fit_swarm
-from mixopt.sweep.plan import Say, run_key
+from mixopt.sweep.plan import run_key
 from mixopt.sweep.reeval import record_scores
 from mixopt.sweep.run import run_sweep
 from mixopt.sweep.store import Store
@@ -32,12 +33,12 @@ class Verification:
         return self.__dict__.copy()
 
 
-def verify_recommendation(exp: Experiment, workers: int = 1, progress: bool = True, say: Say = print) -> Verification:
+def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime()) -> Verification:
     """Train (or reuse) proxies on the written recommendation and on the prior; compare with the fit."""
     if not exp.optimal_path.is_file():
         raise MixoptError(f"no recommendation at {exp.optimal_path}", "run `mixopt fit CONFIG` first")
     doc = read_yaml(exp.optimal_path)
-    plan, swarm, settings, _ = experiment_swarm(exp, say=say)
+    plan, swarm, settings, _ = experiment_swarm(exp, runtime)
     if not isinstance(doc, dict) or list(doc.get("weights") or {}) != swarm.domains:
         raise MixoptError(f"{exp.optimal_path} is for other domains than the config", "run `mixopt fit CONFIG` again")
     w = read_mixtures(exp.optimal_path, swarm.domains)[2][0]
@@ -45,7 +46,7 @@ def verify_recommendation(exp: Experiment, workers: int = 1, progress: bool = Tr
     _, model = fit_swarm(swarm, settings.__class__(**{**settings.__dict__, "bootstrap": 0}))
     y = swarm.y
     extra = [Mixture("verify:recommended", tuple(w)), Mixture("verify:prior", tuple(plan.prior))]
-    report = run_sweep(exp, workers, progress, say, extra=extra, design=False)
+    report = run_sweep(exp, runtime, extra=extra, design=False)
     if report.failed:
         raise MixoptError(f"a verification run failed: {report.failed[0][1]}", "see the error above and rerun")
     with Store(plan.workspace.db_path) as store:
