@@ -276,9 +276,11 @@ def main() -> None:
         typer.echo(f"error: {e.one_line()}", err=True)
         sys.exit(2)
     except (OSError, sqlite3.OperationalError) as e:
-        from mixopt.sweep.work import disk_full
+        from mixopt.core.workspace import DISK_FULL_ERRNOS
 
-        if not disk_full(str(e)) and getattr(e, "errno", None) not in (27, 28, 122):
+        # SQLite reports no errno: its own codes say "database or disk is full" and "disk I/O error".
+        sqlite_full = ((getattr(e, "sqlite_errorcode", None) or 0) & 0xFF) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+        if getattr(e, "errno", None) not in DISK_FULL_ERRNOS and not sqlite_full:
             raise
         typer.echo(f"error: cannot write to the workspace: disk full, file size limit or I/O error ({e}); "
                    "free space (or raise the quota) and rerun: finished results are kept", err=True)

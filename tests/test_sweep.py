@@ -26,13 +26,13 @@ def mixopt(*args, check=True):
 
 def _count_training(monkeypatch):
     calls = []
-    real = sweep_module.train_run
+    real = sweep_module.train_task
 
     def counting(task, progress=None):
         calls.append(task.key)
         return real(task, progress)
 
-    monkeypatch.setattr(sweep_module, "train_run", counting)
+    monkeypatch.setattr(sweep_module, "train_task", counting)
     return calls
 
 

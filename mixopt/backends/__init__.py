@@ -1,18 +1,20 @@
-"""Where work runs. A backend takes picklable tasks (`submit`), runs a picklable function on each,
-and hands back (task, result, error) as they finish (`wait`); it knows nothing of mixtures or the
-store. `local`: processes on this machine; `ray`: Ray Core tasks; `slurm`: submitit jobs."""
+"""Where work runs. A backend (base.Backend) takes picklable tasks (`submit`), runs a picklable
+function on each, and hands back (task, result, failure) as they finish (`wait`); it knows nothing
+of mixtures or the store. `local`: processes on this machine; `ray`: Ray Core tasks; `slurm`:
+submitit jobs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from mixopt.backends.base import Backend, Failure
 from mixopt.backends.local import LocalBackend, run_local
 from mixopt.errors import MixoptError
 
 BACKENDS = ("local", "ray", "slurm")
 
 
-def make_backend(name: str, fn, workers: int, on_progress, options: dict, exp, workspace):
+def make_backend(name: str, fn, workers: int, on_progress, options: dict, exp, workspace) -> Backend:
     """The backend `name`, sized by `workers` (concurrent tasks) and the experiment's resources."""
     if name == "local":
         return LocalBackend(fn, workers, on_progress)
@@ -32,4 +34,4 @@ def make_backend(name: str, fn, workers: int, on_progress, options: dict, exp, w
     raise MixoptError(f"unknown backend '{name}'", f"use one of: {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "LocalBackend", "make_backend", "run_local"]
+__all__ = ["BACKENDS", "Backend", "Failure", "LocalBackend", "make_backend", "run_local"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -56,6 +57,10 @@ class Workspace:
         if not self.manifest_path.is_file():
             raise MixoptError(f"no sample in workspace {self.root}", "run `mixopt sample CONFIG` first")
         return json.loads(self.manifest_path.read_text())
+
+
+# A write failed for want of space, not for what was written: no space, the file size limit, the quota.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
 
 def fsync_dir(path: Path) -> None:

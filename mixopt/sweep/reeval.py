@@ -11,10 +11,11 @@ import numpy as np
 from mixopt.backends import run_local
 from mixopt.config.schema import Experiment
 from mixopt.core.progress import Bars
+from mixopt.evals.measure import CheckpointMismatch
 from mixopt.evals.suites import Suite, prepare_suite
 from mixopt.sweep.plan import Plan, Say, load_plan
 from mixopt.sweep.store import Store
-from mixopt.sweep.work import EvalTask, _last_line, _worker_threads, eval_checkpoint
+from mixopt.sweep.work import EvalTask, eval_checkpoint, worker_threads
 
 
 @dataclass
@@ -65,24 +66,23 @@ def evaluate_stored(plan: Plan, store: Store, workers: int = 1, progress: bool =
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
     say(f"eval suite changed since these results: {len(missing)} finished runs lack {shown}; "
         f"evaluating their checkpoints (no training)")
-    threads = _worker_threads(workers)
-    tasks = [EvalTask(key=k, checkpoint=runs[k]["checkpoint"], sha256=runs[k]["sha256"], spec=plan.spec.to_dict(),
-                      sample_dir=str(plan.workspace.sample_dir), measures=tuple(m.__dict__ for m in lack),
-                      threads=threads) for k, lack in missing.items()]
+    threads = worker_threads(workers)
+    tasks = [EvalTask(key=k, checkpoint=runs[k]["checkpoint"], sha256=runs[k]["sha256"], spec=plan.spec,
+                      sample_dir=str(plan.workspace.sample_dir), measures=tuple(lack), threads=threads)
+             for k, lack in missing.items()]
     bars = Bars(len(tasks), enabled=progress, desc="eval", unit="run", step_unit="eval")
     try:
-        for task, result, error in run_local(eval_checkpoint, tasks, workers, on_progress=bars.step):
-            if error is None:
-                store.record_measurements(task.key, result["measurements"])
+        for task, result, failure in run_local(eval_checkpoint, tasks, workers, on_progress=bars.step):
+            if failure is None:
+                store.record_measurements(task.key, result.measurements)
                 report.runs += 1
                 report.evaluations += len(task.measures)
-            elif "CheckpointMismatch" in error:
-                store.reset_run(task.key, _last_line(error))
+            elif failure.type == CheckpointMismatch.__name__:
+                store.reset_run(task.key, failure.line)
                 report.reset.append(task.key)
-                say(f"run {task.key[:12]}: {_last_line(error).split(': ', 1)[-1]}; "
-                    f"it goes back to pending and the next sweep retrains it")
+                say(f"run {task.key[:12]}: {failure.message}; it goes back to pending and the next sweep retrains it")
             else:
-                report.failed.append((task.key, _last_line(error)))
+                report.failed.append((task.key, failure.line))
             bars.finish(task.key)
     finally:
         bars.close()
