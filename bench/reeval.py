@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from mixopt.config.load import load_experiment
+from mixopt.config.runtime import Runtime
 from mixopt.fit.recommend import recommend_mixture
 from mixopt.sweep.reeval import run_eval
 from mixopt.sweep.store import Store
@@ -68,9 +69,9 @@ def main() -> None:
             with Store(tmp / "ws" / "mixopt.db") as store:
                 trainings_before = store.summary()["trainings"]
             t0 = time.perf_counter()
-            evaluated = run_eval(changed, workers=args.workers, progress=False, say=lambda m: None)
+            evaluated = run_eval(changed, Runtime(workers=args.workers, say=lambda m: None))
             t1 = time.perf_counter()
-            rec = recommend_mixture(changed, reeval=False, progress=False, say=lambda m: None)
+            rec = recommend_mixture(changed, Runtime(say=lambda m: None), reeval=False)
             t2 = time.perf_counter()
             reeval_seconds = t2 - t0
             with Store(tmp / "ws" / "mixopt.db") as store:

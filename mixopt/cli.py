@@ -33,6 +33,21 @@ class Backend(str, Enum):
 
 
 CONFIG = typer.Argument(..., help="The experiment YAML (e.g. mixtures/demo.yaml).")
+# Runtime flags shared by the verbs that train or evaluate: they choose where work runs, never what.
+WORKERS = typer.Option(1, min=1, help="Local worker processes (one per core on CPU).")
+PROGRESS = typer.Option(True, help="Show progress bars on stderr.")
+DEVICE = typer.Option("auto", help="Where proxies train and evaluate: auto (a GPU where the worker sees one), "
+                                   "cpu, cuda or cuda:N.")
+
+
+def _runtime(workers: int = 1, progress: bool = True, device: str = "auto", say=typer.echo, **more):
+    """The one Runtime value of a command, from its flags; a bad flag is one line, exit 2."""
+    from mixopt.config.runtime import Runtime
+
+    try:
+        return Runtime(workers=workers, progress=progress, device=device, say=say, **more)
+    except ValueError as e:
+        raise MixoptError(str(e), "see `mixopt COMMAND --help`") from None
 
 
 @app.command()
@@ -49,8 +64,7 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
 
 @app.command()
 def sweep(config: Path = CONFIG,
-          workers: int = typer.Option(1, min=1, help="Local worker processes (one per core on CPU)."),
-          progress: bool = typer.Option(True, help="Show progress bars on stderr."),
+          workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE,
           mixtures: Optional[Path] = typer.Option(None, help="Also train these mixtures (what `mixopt propose` wrote)."),
           backend: Backend = typer.Option(Backend.local, help="Where proxies train."),
           ray_address: Optional[str] = typer.Option(None, help="ray: join this cluster (auto or HOST:PORT); "
@@ -71,11 +85,12 @@ def sweep(config: Path = CONFIG,
     if mixtures:
         _, ids, W = read_mixtures(mixtures, exp.domain_names)
         extra = [Mixture(f"file:{mixtures.stem}:{i}", tuple(w)) for i, w in zip(ids, W)]
-    options = {"ray_address": ray_address, "slurm_partition": slurm_partition, "slurm_cluster": slurm_cluster}
     if batch_proxies != "auto" and not (batch_proxies.isdigit() and int(batch_proxies) >= 1):
         raise MixoptError(f"--batch-proxies {batch_proxies}: expected auto or a positive integer", "e.g. --batch-proxies 8")
-    report = run_sweep(exp, workers=workers, progress=progress, say=typer.echo, extra=extra, backend=backend.value,
-                       options=options, batch_proxies=batch_proxies)
+    runtime = _runtime(workers, progress, device, backend=backend.value, ray_address=ray_address,
+                       slurm_partition=slurm_partition, slurm_cluster=slurm_cluster,
+                       batch_proxies=batch_proxies if batch_proxies == "auto" else int(batch_proxies))
+    report = run_sweep(exp, runtime, extra=extra)
     typer.echo(format_sweep(report))
     if report.failed:
         raise typer.Exit(1)
@@ -94,8 +109,7 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         format: Format = typer.Option(Format.text, "--format"),
         reeval: bool = typer.Option(True, "--reeval/--no-reeval",
                                     help="Evaluate stored checkpoints on what the eval suite added (never trains)."),
-        workers: int = typer.Option(1, min=1, help="Worker processes for that evaluation."),
-        progress: bool = typer.Option(True, help="Show progress bars on stderr."),
+        workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE,
         plots: bool = typer.Option(True, help="Write PNG plots next to fit.json."),
         runs: Optional[Path] = typer.Option(None, help="External swarm: mixture weights per run (.csv/.parquet)."),
         scores: Optional[Path] = typer.Option(None, help="External swarm: scores per run, joined on --key."),
@@ -123,7 +137,7 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         if external or model is not Model.auto:
             raise MixoptError(f"{external[0] if external else '--model'} applies to --runs fits only",
                               "with a CONFIG, set these in its fit/optimum sections")
-        if not _fit_and_print(_load(config), format, reeval, workers, progress, plots):
+        if not _fit_and_print(_load(config), format, _runtime(workers, progress, device), reeval, plots):
             raise typer.Exit(1)
         return
     if config is not None:
@@ -169,20 +183,19 @@ def propose(config: Path = CONFIG, n: int = typer.Option(4, "--n", min=1, help="
     from mixopt.fit.propose import propose_mixtures
 
     exp = _load(config)
-    picks, out = propose_mixtures(exp, n, say=typer.echo)
+    picks, out = propose_mixtures(exp, n, _runtime(progress=False))
     typer.echo(f"{len(picks)} mixtures written to {out}; train them with "
                f"`mixopt sweep {config} --mixtures {out}`, then `mixopt fit {config}`")
 
 
 @app.command()
-def verify(config: Path = CONFIG, workers: int = typer.Option(1, min=1, help="Local worker processes."),
-           progress: bool = typer.Option(True, help="Show progress bars on stderr."),
+def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE,
            format: Format = typer.Option(Format.text, "--format")):
     """Train proxies on the recommended mixture and on the prior; compare measured with predicted."""
     from mixopt.fit.verify import verify_recommendation
 
     exp = _load(config)
-    v = verify_recommendation(exp, workers, progress, say=(lambda m: typer.echo(m, err=True)))
+    v = verify_recommendation(exp, _runtime(workers, progress, device, say=lambda m: typer.echo(m, err=True)))
     if format is Format.json:
         typer.echo(json.dumps(v.to_json()))
         return
@@ -195,13 +208,16 @@ def verify(config: Path = CONFIG, workers: int = typer.Option(1, min=1, help="Lo
     typer.echo(f"the recommendation is {verdict} the prior by {abs(v.prior_measured - v.measured):.4f}")
 
 
-def _fit_and_print(exp, format: Format, reeval: bool, workers: int, progress: bool, plots: bool = True) -> bool:
+def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = True) -> bool:
     """Fit and print; False when suspect runs were left out (said on stderr)."""
+    from dataclasses import replace
+
     from mixopt.fit.recommend import recommend_mixture
     from mixopt.report import format_recommendation, suspect_line
 
-    say = (lambda m: typer.echo(m, err=True)) if format is Format.json else typer.echo
-    rec = recommend_mixture(exp, reeval=reeval, workers=workers, progress=progress, say=say, plots=plots)
+    if format is Format.json:  # stdout holds the JSON alone
+        runtime = replace(runtime, say=lambda m: typer.echo(m, err=True))
+    rec = recommend_mixture(exp, runtime, reeval=reeval, plots=plots)
     if format is Format.json:
         typer.echo(json.dumps({**rec.to_json(), "written": str(exp.optimal_path)}))
     else:
@@ -214,22 +230,23 @@ def _fit_and_print(exp, format: Format, reeval: bool, workers: int, progress: bo
 
 @app.command("eval")
 def eval_(config: Path = CONFIG,
-          workers: int = typer.Option(1, min=1, help="Worker processes (one per core on CPU)."),
-          progress: bool = typer.Option(True, help="Show progress bars on stderr."),
+          workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE,
           watch: bool = typer.Option(False, help="Re-evaluate and refit each time the config or suite is saved."),
           interval: float = typer.Option(1.0, min=0.05, help="--watch: seconds between checks.")):
     """Evaluate every stored checkpoint on what the current eval suite lacks (never trains)."""
     from mixopt.report import format_eval, suspect_line
     from mixopt.sweep.reeval import run_eval
 
+    runtime = _runtime(workers, progress, device)
+
     def once() -> bool:
         exp = _load(config)
-        report = run_eval(exp, workers=workers, progress=progress, say=typer.echo)
+        report = run_eval(exp, runtime)
         typer.echo(format_eval(report))
         if report.suspect:
             typer.echo(suspect_line(report.suspect), err=True)
         if watch:
-            _fit_and_print(exp, Format.text, False, workers, progress)
+            _fit_and_print(exp, Format.text, runtime, False)
         return not report.suspect
 
     if not watch:
@@ -305,9 +322,11 @@ def main() -> None:
         typer.echo(f"error: {e.one_line()}", err=True)
         sys.exit(2)
     except (OSError, sqlite3.OperationalError) as e:
-        from mixopt.sweep.work import disk_full
+        from mixopt.core.workspace import DISK_FULL_ERRNOS
 
-        if not disk_full(str(e)) and getattr(e, "errno", None) not in (27, 28, 122):
+        # SQLite reports no errno: its own codes say "database or disk is full" and "disk I/O error".
+        sqlite_full = ((getattr(e, "sqlite_errorcode", None) or 0) & 0xFF) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+        if getattr(e, "errno", None) not in DISK_FULL_ERRNOS and not sqlite_full:
             raise
         typer.echo(f"error: cannot write to the workspace: disk full, file size limit or I/O error ({e}); "
                    "free space (or raise the quota) and rerun: finished results are kept", err=True)

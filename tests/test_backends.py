@@ -1,6 +1,7 @@
-"""Backends and faults: Ray (local with fake GPUs, and joining a `ray start --head`), SLURM through
+"""Backends and faults: failures classified by type and errno, Ray (local with fake GPUs, and joining a `ray start --head`), SLURM through
 submitit's local executor, leases across concurrent sweeps, kill -9 at random moments, a full disk."""
 
+import errno
 import os
 import random
 import resource
@@ -16,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from mixopt.backends import Failure, run_local
 from mixopt.config.load import load_experiment
+from mixopt.config.runtime import Runtime
 from mixopt.errors import MixoptError
+from mixopt.evals.measure import CheckpointMismatch
 from mixopt.sweep.run import run_sweep
 
 CLI = [sys.executable, "-m", "mixopt.cli"]
@@ -79,7 +83,7 @@ def test_ray_local_with_fake_gpus(make_config, tmp_path, ray_env):
     mixopt("sample", cfg)
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=ray_env["RAY_TMPDIR"])
     try:
-        report = run_sweep(load_experiment(cfg), workers=2, progress=False, backend="ray")
+        report = run_sweep(load_experiment(cfg), Runtime(workers=2, backend="ray"))
         assert report.trained == 7 and not report.failed  # prior + 3 vertices + 3 random
         assert ray.cluster_resources()["GPU"] == 2  # the sweep used the running Ray, did not restart it
     finally:
@@ -92,7 +96,7 @@ def test_ray_local_with_fake_gpus(make_config, tmp_path, ray_env):
             db.execute("UPDATE runs SET status='planned'")
         t0 = time.time()
         with pytest.raises(MixoptError, match="asks for 1 GPU but the Ray cluster has 0"):
-            run_sweep(load_experiment(cfg2), workers=2, progress=False, backend="ray")
+            run_sweep(load_experiment(cfg2), Runtime(workers=2, backend="ray"))
         assert time.time() - t0 < 60
     finally:
         ray.shutdown()
@@ -239,3 +243,20 @@ def test_full_disk_gives_a_clean_error_and_the_rerun_completes(make_config, tmp_
     assert "0 failed" in r.stdout
     with _db(tmp_path / "ws") as db:
         assert db.execute("SELECT COUNT(*) FROM runs WHERE status='done'").fetchone()[0] == 5
+
+
+def _write_too_much(task, progress=None):
+    if task == "full":
+        raise OSError(errno.EFBIG, "File too large")
+    if task == "says-full":
+        raise RuntimeError("No space left on device (Errno 28)")  # the words, but no errno: not a full disk
+    raise CheckpointMismatch(f"{task} differs")
+
+
+def test_failures_are_classified_by_type_and_errno():
+    got = {task: failure for task, result, failure in run_local(_write_too_much, ["full", "says-full", "ckpt"])}
+    assert all(isinstance(f, Failure) for f in got.values())
+    assert got["full"].disk_full and got["full"].errno == errno.EFBIG and got["full"].type == "OSError"
+    assert not got["says-full"].disk_full and got["says-full"].errno is None
+    assert got["ckpt"].type == "CheckpointMismatch" and got["ckpt"].line == "CheckpointMismatch: ckpt differs"
+    assert "Traceback" in got["ckpt"].traceback

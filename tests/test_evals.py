@@ -102,27 +102,25 @@ def test_choice_scores_prefer_the_likelier_choice():
     """A model that always predicts token 7: the choice made of 7s is the likeliest, per token and per byte."""
     import torch
 
-    class Body(torch.nn.Module):
-        def forward(self, input_ids):
-            return type("Out", (), {"last_hidden_state": torch.zeros(*input_ids.shape, 4)})()
+    from mixopt.proxy.model import ProxySpec, build_model, stack_weights
 
-    class Head(torch.nn.Module):
-        def forward(self, hidden):
-            logits = torch.full((*hidden.shape[:-1], 16), -10.0)
-            logits[..., 7] = 10.0
-            return logits
-
-    class Always7(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-            self.model, self.lm_head = Body(), Head()
-
+    spec = ProxySpec(size="tiny", hidden=4, layers=1, heads=1, seq_len=8, batch_size=1, lr=1e-3, warmup=0.0,
+                     weight_decay=0.0, tokens=8, vocab_size=16)
+    W = {k: torch.zeros_like(v) for k, v in stack_weights(build_model(spec), 2).items()}
+    for k in W:
+        if k.endswith("norm.weight"):
+            W[k] += 1
+    # Layers add nothing (zero weights); every token embeds along one axis, 7 ten times longer: the
+    # tied output layer then always ranks 7 first, by a logit margin of 18.
+    W["model.embed_tokens.weight"][:, :, 0] = 1.0
+    W["model.embed_tokens.weight"][:, 7, 0] = 10.0
     items = [{"context": [1, 2, 3], "choices": [[7, 7], [5, 5]], "bytes": [2, 2], "answer": 0},
              {"context": [1], "choices": [[5], [7, 7, 7]], "bytes": [1, 3], "answer": 0}]
-    s = evals_module.choice_scores(Always7(), items, seq_len=8)
-    assert s["acc"] == 0.5 and s["acc_norm"] == 0.5
-    assert s["prob"] == pytest.approx(0.5, abs=1e-6)  # ~1 on the first item, ~0 on the second
+    scores = evals_module.choice_scores(W, spec, items)
+    assert len(scores) == 2  # one per proxy
+    for s in scores:
+        assert s["acc"] == 0.5 and s["acc_norm"] == 0.5
+        assert s["prob"] == pytest.approx(0.5, abs=1e-6)  # ~1 on the first item, ~0 on the second
 
 
 @pytest.mark.slow
@@ -151,13 +149,13 @@ def test_suite_change_reevaluates_without_retraining(corpora, tmp_path, monkeypa
 
     # From here on, any training is a failure: count every call into the trainer.
     trained = []
-    monkeypatch.setattr(sweep_module, "train_run", lambda *a, **k: trained.append(a) or pytest.fail("trained"))
-    monkeypatch.setattr(work_module, "train_proxy", lambda *a, **k: trained.append(a) or pytest.fail("trained"))
+    monkeypatch.setattr(sweep_module, "train_task", lambda *a, **k: trained.append(a) or pytest.fail("trained"))
+    monkeypatch.setattr(work_module, "train_proxies", lambda *a, **k: trained.append(a) or pytest.fail("trained"))
     measured = []
-    real = evals_module.measure_model
-    monkeypatch.setattr(work_module, "measure_model",
-                        lambda model, spec, ms, *a, **k: measured.append([m["name"] for m in ms])
-                        or real(model, spec, ms, *a, **k))
+    real = evals_module.measure_models
+    monkeypatch.setattr(work_module, "measure_models",
+                        lambda W, spec, ms, *a, **k: measured.append([m.name for m in ms])
+                        or real(W, spec, ms, *a, **k))
 
     # Add a text target and a choice task, and move the weight onto the new text target.
     suite["evaluations"][0]["weight"] = 0.2

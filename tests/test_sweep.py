@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from mixopt.config.load import load_experiment
+from mixopt.config.runtime import Runtime
 from mixopt.sweep import run as sweep_module
 from mixopt.sweep.run import run_sweep
 
@@ -26,13 +27,13 @@ def mixopt(*args, check=True):
 
 def _count_training(monkeypatch):
     calls = []
-    real = sweep_module.train_run
+    real = sweep_module.train_task
 
     def counting(task, progress=None):
         calls.append(task.key)
         return real(task, progress)
 
-    monkeypatch.setattr(sweep_module, "train_run", counting)
+    monkeypatch.setattr(sweep_module, "train_task", counting)
     return calls
 
 
@@ -61,7 +62,7 @@ def test_sample_sweep_fit_end_to_end(make_config, tmp_path, monkeypatch):
     # A driver that dies after a worker saved its checkpoint, before recording it: adopt, don't retrain.
     os.remove(tmp_path / "ws" / "mixopt.db")
     calls = _count_training(monkeypatch)
-    report = run_sweep(load_experiment(cfg), progress=False)
+    report = run_sweep(load_experiment(cfg), Runtime())
     assert calls == [] and report.adopted == 12
 
 
@@ -89,7 +90,7 @@ def test_kill_mid_sweep_then_resume_retrains_nothing_finished(make_config, tmp_p
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         before = dict(c.execute("SELECT key, finished FROM runs WHERE status='done'").fetchall())
     calls = _count_training(monkeypatch)
-    report = run_sweep(load_experiment(cfg), progress=False)
+    report = run_sweep(load_experiment(cfg), Runtime())
     assert not set(calls) & set(before)  # nothing finished is trained again
     assert report.already_done + report.adopted >= len(before)
     assert len(calls) == 12 - report.already_done - report.adopted and not report.failed

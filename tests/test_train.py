@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mixopt.proxy.checkpoint import save_checkpoint
-from mixopt.proxy.model import SIZES, ProxySpec, build_model
-from mixopt.proxy.train import lr_at, mixture_sequences, train_proxy
+from mixopt.proxy.checkpoint import load_checkpoints, save_checkpoint, state_path
+from mixopt.proxy.model import SIZES, ProxySpec, build_model, stack_weights
+from mixopt.proxy.train import lr_at, mixture_sequences, train_proxies
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_proxy_losses.json"
 SPEC = ProxySpec(size="tiny", hidden=64, layers=2, heads=2, seq_len=32, batch_size=4, lr=3e-3, warmup=0.1,
@@ -21,7 +21,7 @@ def _streams():
 
 def test_first_losses_match_the_golden_file():
     """A silent change in the model, init, data order or optimizer shows up here."""
-    _, losses, _ = train_proxy(SPEC, [0.7, 0.3], _streams(), seed=0)
+    _, (losses,), _ = train_proxies(SPEC, [(0.7, 0.3)], _streams(), seed=0)  # N = 1
     golden = json.loads(GOLDEN.read_text())
     assert len(losses) == SPEC.steps == 32
     np.testing.assert_allclose(losses[:8], golden["first_losses"], rtol=2e-4)
@@ -47,15 +47,72 @@ def test_schedule_and_sizes():
             non_embedding, rel=0.25)
 
 
-def test_checkpoint_roundtrip(tmp_path):
+class Crash(Exception):
+    pass
+
+
+def _crash_at(k):
+    """A progress hook that "crashes" the run once step k is done."""
+    def on_step(step, total, last):
+        if step == k:
+            raise Crash
+    return on_step
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_resumed_training_equals_an_uninterrupted_run(tmp_path, n):
     import torch
-    from safetensors.torch import load_model
+
+    mixtures = [(0.7, 0.3), (0.2, 0.8), (1.0, 0.0)][:n]
+    states = [tmp_path / f"run{i}.resume.pt" for i in range(n)]
+    W, losses, epochs = train_proxies(SPEC, mixtures, _streams(), seed=3)
+
+    with pytest.raises(Crash):  # dies after step 13: the state saved after step 12 survives it
+        train_proxies(SPEC, mixtures, _streams(), seed=3, on_step=_crash_at(13), states=states)
+    assert all(torch.load(p, weights_only=True)["step"] == 12 for p in states)  # saves every 4 of 32 steps
+    seen = []
+    W2, losses2, epochs2 = train_proxies(SPEC, mixtures, _streams(), seed=3, states=states,
+                                         on_step=lambda step, total, last: seen.append((step, total, len(last))))
+    assert seen[0] == (13, 32, n) and seen[-1] == (32, 32, n)  # resumed: steps 1-12 not trained again
+    assert losses2 == losses and epochs2 == epochs
+    for k in W:
+        assert torch.equal(W2[k], W[k]), k
+
+
+def test_unusable_states_start_over(tmp_path):
+    import torch
+
+    mixtures = [(0.7, 0.3), (0.2, 0.8)]
+    states = [tmp_path / "a.resume.pt", tmp_path / "b.resume.pt"]
+    with pytest.raises(Crash):
+        train_proxies(SPEC, mixtures[:1], _streams(), seed=3, states=states[:1], on_step=_crash_at(9))
+    seen = []
+    train_proxies(SPEC, mixtures, _streams(), seed=3, states=states, on_step=lambda step, *_: seen.append(step))
+    assert seen[0] == 1  # one member had state, the other none: the batch trained from step 0
+    # A state file of the old HF-model trainer (same spec and step, other contents): start over, no error.
+    old = torch.load(states[0], weights_only=True)
+    torch.save({"spec": old["spec"], "step": old["step"], "losses": old["losses"], "model": {}, "opt": {}}, states[0])
+    seen.clear()
+    train_proxies(SPEC, mixtures[:1], _streams(), seed=3, states=states[:1], on_step=lambda step, *_: seen.append(step))
+    assert seen[0] == 1
+
+
+def test_checkpoint_roundtrip(tmp_path):
+    """A checkpoint is the file safetensors' save_model writes for transformers' model, byte for byte."""
+    import torch
+    from safetensors.torch import load_model, save_model
 
     torch.manual_seed(0)
     model = build_model(SPEC)
-    sha = save_checkpoint(model, tmp_path / "m.safetensors")
+    W = stack_weights(model, 2)
+    sha = save_checkpoint(W, 1, tmp_path / "m.safetensors")
     assert len(sha) == 64 and not list(tmp_path.glob(".*tmp"))
+    save_model(model, str(tmp_path / "hf.safetensors"))
+    assert (tmp_path / "m.safetensors").read_bytes() == (tmp_path / "hf.safetensors").read_bytes()
     fresh = build_model(SPEC)
     load_model(fresh, str(tmp_path / "m.safetensors"))
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
         assert torch.equal(a, b)
+    back = load_checkpoints([tmp_path / "hf.safetensors", tmp_path / "m.safetensors"])
+    assert back.keys() == W.keys() and all(torch.equal(back[k], W[k].detach()) for k in W)
+    assert state_path(tmp_path / "m.safetensors").name == "m.resume.pt"

@@ -10,18 +10,17 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 
-ProgressFn = Callable[[str, int, int, float], None]  # (task key, step, total, loss)
-Finished = tuple[object, "dict | None", "str | None"]  # (task, result, error text)
+from mixopt.backends.base import Backend, Failure, Finished, ProgressFn
+
 _events = None  # the progress queue, in a worker process
 
 
-class LocalBackend:
-    """Submit tasks, collect (task, result, error) as they finish. Crashed workers fail their task
+class LocalBackend(Backend):
+    """Submit tasks, collect (task, result, failure) as they finish. Crashed workers fail their task
     (the pool is rebuilt); worker processes die with the driver, even on kill -9."""
 
     name = "local"
@@ -65,8 +64,8 @@ class LocalBackend:
                 cb = (lambda s, t, loss, k=task.key: self.on_progress(k, s, t, loss)) if self.on_progress else None
                 try:
                     out.append((task, self.fn(task, progress=cb), None))
-                except Exception:  # one run's failure must not stop the sweep
-                    out.append((task, None, traceback.format_exc()))
+                except Exception as e:  # one run's failure must not stop the sweep
+                    out.append((task, None, Failure.of(e)))
             if not out:
                 time.sleep(timeout)
             return out
@@ -81,10 +80,10 @@ class LocalBackend:
                 out.append(fut.result())
             except Exception as e:  # the worker process died (OOM killer, segfault): BrokenProcessPool
                 broken = True
-                out.append((task, None, f"worker process died: {type(e).__name__}: {e}"))
+                out.append((task, None, Failure.worker_died(f"worker process died: {type(e).__name__}: {e}")))
         if broken:
             for fut, task in list(self.futures.items()):
-                out.append((task, None, "worker pool broken by another task's crash; will be retried"))
+                out.append((task, None, Failure.worker_died("worker pool broken by another task's crash; will be retried")))
             self.futures.clear()
             self.pool.shutdown(wait=False, cancel_futures=True)
             self._new_pool()
@@ -107,22 +106,13 @@ class LocalBackend:
 
 def run_local(fn: Callable, tasks: list, workers: int = 1, on_progress: ProgressFn | None = None
               ) -> Iterator[Finished]:
-    """Yield (task, result, None) or (task, None, error text) for each task, as each finishes."""
+    """Yield (task, result, None) or (task, None, Failure) for each task, as each finishes."""
     with LocalBackend(fn, workers, on_progress) as backend:
         todo = list(tasks)
         while todo or backend.in_flight:
             while todo and backend.free_slots > 0:
                 backend.submit(todo.pop(0))
             yield from backend.wait(0.2)
-
-
-def call_task(fn, task):
-    """(task, result, None), or (task, None, traceback) when our own code raises: a remote worker
-    reports its run's error with the run, instead of the engine retrying it as a crash."""
-    try:
-        return task, fn(task, progress=None), None
-    except Exception:
-        return task, None, traceback.format_exc()
 
 
 def _init_worker(events, driver: int) -> None:
@@ -144,8 +134,8 @@ def _call(fn, task):
 
     try:
         return task, fn(task, progress=progress), None
-    except Exception:
-        return task, None, traceback.format_exc()
+    except Exception as e:
+        return task, None, Failure.of(e)
 
 
 def _pump(events, on_progress, stop) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 
-from mixopt.backends.local import call_task
+from mixopt.backends.base import Backend, Failure, call_task
 from mixopt.errors import MixoptError
 
 MAX_RETRIES = 2  # Ray reruns a task whose worker process died (node lost, OOM kill) this often
 
 
-class RayBackend:
+class RayBackend(Backend):
     name = "ray"
 
     def __init__(self, fn, workers: int, address: str | None = None, gpus: float = 0.0, cpus: float = 1.0):
@@ -67,7 +67,8 @@ class RayBackend:
             try:
                 out.append(self.ray.get(ref))
             except Exception as e:  # the worker died more than MAX_RETRIES times, or the task was cancelled
-                out.append((task, None, f"Ray task failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+                first = str(e).splitlines()[0] if str(e) else ""
+                out.append((task, None, Failure.worker_died(f"Ray task failed: {type(e).__name__}: {first}")))
         return out
 
     def close(self) -> None:

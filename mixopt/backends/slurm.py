@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mixopt.backends.local import call_task
+from mixopt.backends.base import Backend, Failure, call_task
 from mixopt.errors import MixoptError
 
 
-class SlurmBackend:
+class SlurmBackend(Backend):
     name = "slurm"
 
     def __init__(self, fn, workers: int, folder: Path, cluster: str | None = None, partition: str | None = None,
@@ -56,8 +56,9 @@ class SlurmBackend:
                 try:
                     out.append(job.result())
                 except Exception as e:  # the job failed outside our code: timeout, node failure, preemption
-                    out.append((task, None, f"SLURM job {job.job_id} failed: {type(e).__name__}: "
-                                            f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}"))
+                    last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+                    out.append((task, None, Failure.worker_died(f"SLURM job {job.job_id} failed: "
+                                                                f"{type(e).__name__}: {last}")))
             if out or time.time() >= deadline:
                 break
             time.sleep(0.2)

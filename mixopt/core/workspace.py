@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -77,6 +78,10 @@ def relative_checkpoint(path: str | Path, root: Path) -> str:
         i = len(p.parts) - 1 - p.parts[::-1].index("checkpoints")
         return Path(*p.parts[i:]).as_posix()
     return str(p)  # outside any workspace layout: kept as recorded
+
+
+# A write failed for want of space, not for what was written: no space, the file size limit, the quota.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
 
 def fsync_dir(path: Path) -> None:

@@ -1,7 +1,8 @@
 """Proxy models: the spec (one size dial), a LlamaForCausalLM built from it (never downloaded) for
-the initial weights and checkpoints, and the forward pass over stacked weights that trains N >= 1
-proxies at once. The stacked forward is Llama's as transformers implements it for our proxies
-(RMSNorm in float32, rotary embeddings, causal SDPA, SwiGLU, tied output embedding)."""
+the initial weights and the checkpoints' names, and the one forward pass, over weights stacked on a
+leading proxy axis, that trains and evaluates N >= 1 proxies at once. It is Llama's as transformers
+implements it for our proxies (RMSNorm in float32, rotary embeddings, causal SDPA, SwiGLU, tied
+output embedding)."""
 
 from __future__ import annotations
 
@@ -83,15 +84,18 @@ def stack_weights(model, n: int) -> dict:
             for name, p in model.named_parameters()}
 
 
-def forward_logits(W: dict, x, spec: ProxySpec):
-    """x: [N, B, T] token ids -> logits [N, B, T, V]."""
+def forward_hidden(W: dict, x, spec: ProxySpec):
+    """x: [N, B, T] token ids -> final (normed) hidden states [N, B, T, H]."""
     import torch
     import torch.nn.functional as F
 
     n, b, t = x.shape
     heads, hd = spec.heads, spec.hidden // spec.heads
     emb = W["model.embed_tokens.weight"]  # [N, V, H]
-    h = emb[torch.arange(n, device=x.device)[:, None, None], x]  # [N, B, T, H]
+    # One lookup into the N tables laid end to end: F.embedding's backward is a dense scatter-add,
+    # cheaper than the backward of advanced indexing.
+    offsets = torch.arange(n, device=x.device).view(n, 1, 1) * emb.shape[1]
+    h = F.embedding(x + offsets, emb.reshape(-1, emb.shape[-1]))  # [N, B, T, H]
     cos, sin = _rope(t, hd, x.device, h.dtype)
     for i in range(spec.layers):
         p = f"model.layers.{i}."
@@ -105,8 +109,17 @@ def forward_logits(W: dict, x, spec: ProxySpec):
         m = _rms(h, W[p + "post_attention_layernorm.weight"])
         gate, up = _linear(m, W[p + "mlp.gate_proj.weight"]), _linear(m, W[p + "mlp.up_proj.weight"])
         h = h + _linear(F.silu(gate) * up, W[p + "mlp.down_proj.weight"])
-    h = _rms(h, W["model.norm.weight"])
-    return _linear(h, emb)  # tied output embedding
+    return _rms(h, W["model.norm.weight"])
+
+
+def forward_logits(W: dict, x, spec: ProxySpec):
+    """x: [N, B, T] token ids -> logits [N, B, T, V]."""
+    return project(W, forward_hidden(W, x, spec))
+
+
+def project(W: dict, h):
+    """Hidden states [N, ..., H] -> logits [N, ..., V] through the tied output embedding."""
+    return _linear(h, W["model.embed_tokens.weight"])
 
 
 def _linear(x, w):
@@ -137,17 +150,6 @@ def _rotate_half(x):
 
     half = x.shape[-1] // 2
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-
-
-def unstack(W: dict, i: int, spec: ProxySpec):
-    """Proxy i of a stacked set, as the transformers model `train_proxy` would have returned."""
-    import torch
-
-    model = build_model(spec)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(W[name][i].detach().float().cpu())
-    return model
 
 
 def model_flops_per_token(spec: ProxySpec) -> float:

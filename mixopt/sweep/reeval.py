@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mixopt.backends import run_local
+from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.progress import Bars
+from mixopt.evals.measure import CheckpointMismatch
 from mixopt.evals.suites import Suite, prepare_suite
-from mixopt.sweep.plan import Plan, Say, load_plan
+from mixopt.sweep.plan import Plan, load_plan
 from mixopt.sweep.store import Store
-from mixopt.sweep.work import EvalTask, _last_line, _worker_threads, eval_checkpoint
+from mixopt.sweep.work import EvalTask, device_of, eval_checkpoint, worker_threads
 
 
 @dataclass
@@ -27,14 +29,14 @@ class EvalReport:
     seconds: float = 0.0
 
 
-def run_eval(exp: Experiment, workers: int = 1, progress: bool = True, say: Say = print) -> EvalReport:
+def run_eval(exp: Experiment, runtime: Runtime = Runtime()) -> EvalReport:
     """`mixopt eval`: every finished run of this design gets what the current suite lacks."""
     plan = load_plan(exp)
     prepare_suite(exp, plan.suite, plan.workspace)
     with Store(plan.workspace.db_path) as store:
         sweep_id = store.start_sweep("eval")
         store.add_suite(plan.suite.to_dict())
-        report = evaluate_stored(plan, store, workers, progress, say)
+        report = evaluate_stored(plan, store, runtime)
         record_scores(plan, store)
         store.finish_sweep(sweep_id, 0, report.evaluations)
     return report
@@ -51,8 +53,7 @@ def missing_measures(plan: Plan, store: Store) -> dict[str, list]:
     return out
 
 
-def evaluate_stored(plan: Plan, store: Store, workers: int = 1, progress: bool = True,
-                    say: Say = print) -> EvalReport:
+def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime()) -> EvalReport:
     """Evaluate stored checkpoints on the measures they lack; never trains."""
     t0 = time.time()
     report = EvalReport()
@@ -64,27 +65,29 @@ def evaluate_stored(plan: Plan, store: Store, workers: int = 1, progress: bool =
         return report
     names = sorted({m.name for lack in missing.values() for m in lack})
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    say = runtime.say
     say(f"eval suite changed since these results: {len(missing)} finished runs lack {shown}; "
         f"evaluating their checkpoints (no training)")
-    threads = _worker_threads(workers)
+    threads = worker_threads(runtime.workers)
     root = plan.workspace.root  # workers get absolute paths; the store keeps them relative to it
-    tasks = [EvalTask(key=k, checkpoint=str(root / runs[k].checkpoint), sha256=runs[k].sha256, spec=plan.spec.to_dict(),
-                      sample_dir=str(plan.workspace.sample_dir), measures=tuple(m.__dict__ for m in lack),
-                      threads=threads) for k, lack in missing.items()]
-    bars = Bars(len(tasks), enabled=progress, desc="eval", unit="run", step_unit="eval")
+    tasks = [EvalTask(key=k, checkpoint=str(root / runs[k].checkpoint), sha256=runs[k].sha256, spec=plan.spec,
+                      sample_dir=str(plan.workspace.sample_dir), measures=tuple(lack), threads=threads,
+                      device=device_of(runtime))
+             for k, lack in missing.items()]
+    bars = Bars(len(tasks), enabled=runtime.progress, desc="eval", unit="run", step_unit="eval")
     try:
-        for task, result, error in run_local(eval_checkpoint, tasks, workers, on_progress=bars.step):
-            if error is None:
-                store.record_measurements(task.key, result["measurements"])
+        for task, result, failure in run_local(eval_checkpoint, tasks, runtime.workers, on_progress=bars.step):
+            if failure is None:
+                store.record_measurements(task.key, result.measurements)
                 report.runs += 1
                 report.evaluations += len(task.measures)
-            elif "CheckpointMismatch" in error:
-                store.mark_suspect([task.key], _last_line(error))
+            elif failure.type == CheckpointMismatch.__name__:
+                store.mark_suspect([task.key], failure.line)
                 report.suspect.append(task.key)
-                say(f"run {task.key[:12]}: {_last_line(error).split(': ', 1)[-1]}; marked suspect: its results "
-                    f"are kept but left out of fits, and the next sweep retrains it")
+                say(f"run {task.key[:12]}: {failure.message}; marked suspect: its results are kept but left "
+                    f"out of fits, and the next sweep retrains it")
             else:
-                report.failed.append((task.key, _last_line(error)))
+                report.failed.append((task.key, failure.line))
             bars.finish(task.key)
     finally:
         bars.close()

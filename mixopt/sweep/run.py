@@ -8,32 +8,31 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mixopt.backends import make_backend
+from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import Mixture
 from mixopt.core.progress import Bars
 from mixopt.errors import MixoptError
 from mixopt.evals.suites import prepare_suite
-from mixopt.proxy.checkpoint import read_result
 from mixopt.proxy.model import ProxySpec
 from mixopt.proxy.train import proxies_per_batch
 from mixopt.sweep.check import flag_damaged
-from mixopt.sweep.plan import Plan, Say, load_plan
+from mixopt.sweep.plan import Plan, load_plan
 from mixopt.sweep.reeval import evaluate_stored, record_scores
 from mixopt.sweep.store import Store, new_owner
 from mixopt.sweep.work import (
-    BatchTask,
-    RunTask,
-    _last_line,
-    _worker_threads,
-    disk_full,
-    train_batch,
-    train_run,
+    TrainRun,
+    TrainTask,
+    device_of,
+    read_result,
+    train_task,
+    worker_threads,
 )
 
 
@@ -49,11 +48,11 @@ class SweepReport:
     seconds: float = 0.0
 
 
-def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say = print,
-              extra: list[Mixture] | tuple = (), design: bool = True, backend: str = "local",
-              options: dict | None = None, batch_proxies: int | str = "auto") -> SweepReport:
-    """Train every run of the plan not yet done, through `backend`. Runs are leased in the store,
-    so sweeps sharing a workspace (or a driver restarted after a crash) never train one run twice."""
+def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture] | tuple = (),
+              design: bool = True) -> SweepReport:
+    """Train every run of the plan (the design's, unless design=False, and `extra`) not yet done,
+    where `runtime` says. Runs are leased in the store, so sweeps sharing a workspace (or a driver
+    restarted after a crash) never train one run twice."""
     t0 = time.time()
     plan = load_plan(exp, extra, design)
     for m in extra:
@@ -71,55 +70,52 @@ def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say
                             "domains": exp.domain_names} for k, m in zip(plan.keys, plan.mixtures)])
         # A finished run whose checkpoint is gone or truncated (a stat, no hashing), or found corrupt
         # when evaluated on what the suite added, is marked suspect and retrained below.
-        flag_damaged(plan, store, say)
-        ev = evaluate_stored(plan, store, workers, progress, say)
+        flag_damaged(plan, store, runtime.say)
+        ev = evaluate_stored(plan, store, runtime)
         report.reevaluated = ev.runs
         done = {r.key for r in store.runs(plan.context, "done")}
         report.already_done = sum(k in done for k in plan.keys)
-        tasks = {k: _task(exp, plan, k, m, workers, backend) for k, m in zip(plan.keys, plan.mixtures) if k not in done}
-        per_batch = _batch_size(batch_proxies, plan.spec, backend)
-        bars = Bars(len(tasks), enabled=progress)
-        engine = make_backend(backend, train_run if per_batch == 1 else train_batch, workers, bars.step,
-                              options or {}, exp, ws)
+        runs = {k: _run(plan, k, m) for k, m in zip(plan.keys, plan.mixtures) if k not in done}
+        per_batch = _batch_size(runtime, plan.spec)
+        bars = Bars(len(runs), enabled=runtime.progress)
+        engine = make_backend(runtime, train_task, bars.step, exp, ws)
+        threads = worker_threads(runtime.workers) if runtime.backend == "local" else 0
         tried: set[str] = set()
         try:
             with _Heartbeat(ws.db_path, owner):
                 while True:
-                    left = [k for k in tasks if k not in tried]
+                    left = [k for k in runs if k not in tried]
                     claimed = store.claim(left, owner, LEASE_SECONDS, engine.free_slots * per_batch) \
                         if engine.free_slots > 0 and left else []
                     todo = []
                     for key in claimed:
                         tried.add(key)
-                        side = read_result(Path(tasks[key].checkpoint))
-                        if side and "measurements" in side:  # trained before a crash, never recorded
-                            store.record_result(side)
+                        side = read_result(Path(runs[key].checkpoint))
+                        if side:  # trained before a crash, never recorded
+                            store.record_result(asdict(side))
                             report.adopted += 1
                             bars.finish(key)
                         else:
-                            todo.append(tasks[key])
+                            todo.append(runs[key])
                     for i in range(0, len(todo), per_batch):
-                        group = todo[i:i + per_batch]
-                        engine.submit(group[0] if per_batch == 1 else BatchTask(group[0].key, tuple(group)))
-                    for job, result, error in engine.wait(0.5 if engine.in_flight else 0.0):
-                        runs = job.tasks if isinstance(job, BatchTask) else (job,)
-                        results = result["results"] if error is None and "results" in result else [result] * len(runs)
-                        for task, res in zip(runs, results):
-                            if error is None:
-                                if store.record_result(res):
+                        engine.submit(_train_task(exp, plan, tuple(todo[i:i + per_batch]), threads, device_of(runtime)))
+                    for job, results, failure in engine.wait(0.5 if engine.in_flight else 0.0):
+                        for run, result in zip(job.runs, results or [None] * len(job.runs)):
+                            if failure is None:
+                                if store.record_result(asdict(result)):
                                     report.trained += 1
-                            elif disk_full(error):  # not the run's fault, and every other run would fail too
-                                raise MixoptError(f"cannot write run {task.key[:12]}'s files: disk full, file size "
-                                                  f"limit or I/O error ({_last_line(error)[:160]})",
+                            elif failure.disk_full:  # not the run's fault, and every other run would fail too
+                                raise MixoptError(f"cannot write run {run.key[:12]}'s files: disk full, file size "
+                                                  f"limit or I/O error ({failure.line[:160]})",
                                                   "free space (or raise the quota) and rerun; finished runs are kept")
                             else:
-                                store.record_failure(task.key, error)
-                                report.failed.append((task.key, _last_line(error)))
-                            bars.finish(task.key)
+                                store.record_failure(run.key, failure.traceback or failure.line)
+                                report.failed.append((run.key, failure.line))
+                            bars.finish(run.key)
                     if engine.in_flight or claimed:
                         continue
                     done = {r.key for r in store.runs(plan.context, "done")}
-                    left = [k for k in tasks if k not in tried and k not in done]
+                    left = [k for k in runs if k not in tried and k not in done]
                     if not left:
                         break
                     time.sleep(1.0)  # another sweep holds the rest: wait for it to finish them (or die)
@@ -128,24 +124,25 @@ def run_sweep(exp: Experiment, workers: int = 1, progress: bool = True, say: Say
             bars.close()
             store.release(owner)
         done = {r.key for r in store.runs(plan.context, "done")}
-        report.elsewhere = sum(k in done for k in tasks) - report.trained - report.adopted
+        report.elsewhere = sum(k in done for k in runs) - report.trained - report.adopted
         if report.adopted:  # adopted sidecars may predate the current suite
-            evaluate_stored(plan, store, workers, progress, say)
+            evaluate_stored(plan, store, runtime)
         record_scores(plan, store)
         store.finish_sweep(sweep_id, report.trained, ev.evaluations)
     report.seconds = time.time() - t0
     return report
 
 
-def _batch_size(choice: int | str, spec: ProxySpec, backend: str) -> int:
+def _batch_size(runtime: Runtime, spec: ProxySpec) -> int:
     """Proxies per worker task: `auto` batches only where it pays, on a GPU this process sees."""
-    if choice != "auto":
-        return max(1, int(choice))
-    if backend != "local":
+    if runtime.batch_proxies != "auto":
+        return int(runtime.batch_proxies)
+    if runtime.backend != "local":
         return 1  # the workers' devices are not visible from here: pass --batch-proxies N
     import torch
 
-    return proxies_per_batch(spec, "cuda" if torch.cuda.is_available() else "cpu")
+    device = runtime.device if runtime.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return proxies_per_batch(spec, device)
 
 
 LEASE_SECONDS = 120.0  # a driver renews its leases every third of this; a dead one's lapse after it
@@ -173,9 +170,12 @@ class _Heartbeat:
         self.thread.join(timeout=5)
 
 
-def _task(exp: Experiment, plan: Plan, key: str, m: Mixture, workers: int, backend: str = "local") -> RunTask:
-    threads = _worker_threads(workers) if backend == "local" else 0
-    return RunTask(key=key, weights=m.weights, domains=tuple(exp.domain_names), seed=exp.seed,
-                   spec=plan.spec.to_dict(), sample_dir=str(plan.workspace.sample_dir),
-                   checkpoint=str(plan.workspace.checkpoints_dir / f"{key[:24]}.safetensors"),
-                   measures=tuple(x.__dict__ for x in plan.suite.measures), threads=threads)
+def _run(plan: Plan, key: str, m: Mixture) -> TrainRun:
+    return TrainRun(key=key, weights=m.weights, checkpoint=str(plan.workspace.checkpoints_dir / f"{key[:24]}.safetensors"))
+
+
+def _train_task(exp: Experiment, plan: Plan, runs: tuple[TrainRun, ...], threads: int,
+                device: str | None) -> TrainTask:
+    return TrainTask(runs=runs, domains=tuple(exp.domain_names), seed=exp.seed, spec=plan.spec,
+                     sample_dir=str(plan.workspace.sample_dir), measures=plan.suite.measures, threads=threads,
+                     device=device)

@@ -1,0 +1,75 @@
+"""What every backend declares: `Backend` (submit tasks, wait for (task, result, failure) as they
+finish), and `Failure`, a task's error as data the driver classifies by type and errno."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mixopt.core.workspace import DISK_FULL_ERRNOS
+
+ProgressFn = Callable[[str, int, int, float], None]  # (task key, step, total, loss)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a task produced no result."""
+
+    type: str  # the exception's class name, e.g. "CheckpointMismatch"; "WorkerDied" when no exception reached us
+    errno: int | None  # OSError's errno, else None
+    message: str
+    traceback: str = ""  # empty when the worker died before it could report one
+
+    @classmethod
+    def of(cls, e: BaseException) -> Failure:
+        return cls(type(e).__name__, e.errno if isinstance(e, OSError) else None, str(e),
+                   "".join(traceback.format_exception(e)))
+
+    @classmethod
+    def worker_died(cls, why: str) -> Failure:
+        return cls("WorkerDied", None, why)
+
+    @property
+    def disk_full(self) -> bool:
+        """No space, the file size limit or the quota: not the run's fault, and every run would fail."""
+        return self.errno in DISK_FULL_ERRNOS
+
+    @property
+    def line(self) -> str:
+        return f"{self.type}: {self.message}" if self.type != "WorkerDied" else self.message
+
+
+Finished = tuple[Any, Any, "Failure | None"]  # (task, result or None, failure or None)
+
+
+class Backend(Protocol):
+    """Runs a picklable function on picklable tasks, somewhere; knows nothing of mixtures or the store."""
+
+    name: str
+
+    @property
+    def free_slots(self) -> int: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    def submit(self, task) -> None: ...
+
+    def wait(self, timeout: float) -> list[Finished]:
+        """The tasks finished by now (waiting up to `timeout` seconds for one)."""
+        ...
+
+    def close(self) -> None:
+        """Cancel what is in flight and release the workers."""
+        ...
+
+
+def call_task(fn, task) -> Finished:
+    """(task, result, None), or (task, None, Failure) when our own code raises: a remote worker
+    reports its run's error with the run, instead of the engine retrying it as a crash."""
+    try:
+        return task, fn(task, progress=None), None
+    except Exception as e:
+        return task, None, Failure.of(e)
