@@ -167,7 +167,8 @@ def eval_checkpoint(task: EvalTask, progress: Progress | None = None) -> EvalRes
     if not path.is_file() or file_sha256(path) != task.sha256:
         raise CheckpointMismatch(f"checkpoint {path} is missing or not the one recorded (sha256 differs)")
     t0 = time.time()
-    W = load_checkpoints([path], "cuda" if torch.cuda.is_available() else "cpu")  # a GPU evaluates many sequences per pass
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU evaluates many sequences per pass
+    W = load_checkpoints([path], device)
     (measurements,) = measure_models(W, task.spec, task.measures, Path(task.sample_dir), progress)
     return EvalResult(task.key, measurements, time.time() - t0)
 
