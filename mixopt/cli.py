@@ -325,7 +325,8 @@ def main() -> None:
         from mixopt.core.workspace import DISK_FULL_ERRNOS
 
         # SQLite reports no errno: its own codes say "database or disk is full" and "disk I/O error".
-        sqlite_full = ((getattr(e, "sqlite_errorcode", None) or 0) & 0xFF) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+        code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF  # the primary code
+        sqlite_full = code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
         if getattr(e, "errno", None) not in DISK_FULL_ERRNOS and not sqlite_full:
             raise
         typer.echo(f"error: cannot write to the workspace: disk full, file size limit or I/O error ({e}); "

@@ -1,5 +1,6 @@
-"""Backends and faults: failures classified by type and errno, Ray (local with fake GPUs, and joining a `ray start --head`), SLURM through
-submitit's local executor, leases across concurrent sweeps, kill -9 at random moments, a full disk."""
+"""Backends and faults: failures classified by type and errno, Ray (local with fake GPUs, and joining
+a `ray start --head`), SLURM through submitit's local executor, leases across concurrent sweeps,
+kill -9 at random moments, a full disk."""
 
 import errno
 import os

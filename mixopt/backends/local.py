@@ -82,8 +82,9 @@ class LocalBackend(Backend):
                 broken = True
                 out.append((task, None, Failure.worker_died(f"worker process died: {type(e).__name__}: {e}")))
         if broken:
+            retry = Failure.worker_died("worker pool broken by another task's crash; will be retried")
             for fut, task in list(self.futures.items()):
-                out.append((task, None, Failure.worker_died("worker pool broken by another task's crash; will be retried")))
+                out.append((task, None, retry))
             self.futures.clear()
             self.pool.shutdown(wait=False, cancel_futures=True)
             self._new_pool()
