@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPEATS = 3
+REPEATS = 5
 
 
 def main() -> None:
