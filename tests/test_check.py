@@ -136,3 +136,22 @@ def test_status_of_a_read_only_workspace(swept, tmp_path, monkeypatch):
     st = experiment_status(load_experiment(config))
     assert st["design"]["done"] == st["design"]["planned"] > 0 and st["trainings"] == st["design"]["planned"]
     assert sorted(p.name for p in ws.iterdir()) == files
+
+
+def test_fit_on_a_read_only_workspace_writes_nothing_there(swept, tmp_path, monkeypatch):
+    """A read-only mount (pretended, as in the status test): fit computes the recommendation from the
+    stored measurements, writes optimal.yaml next to the config and nothing in the workspace."""
+    from mixopt.config.runtime import Runtime
+    from mixopt.fit.recommend import recommend_mixture
+
+    config, ws = _copy(swept, tmp_path)
+    monkeypatch.setattr(store_module, "read_only", lambda path: True)
+    monkeypatch.setattr(store_module.os, "access", lambda path, mode: False)
+    before = {p: p.stat().st_mtime_ns for p in ws.rglob("*")}
+    said = []
+    exp = load_experiment(config)
+    rec = recommend_mixture(exp, Runtime(say=said.append), plots=False)
+    assert abs(rec.weights.sum() - 1) < 1e-9 and rec.runs > 0
+    assert exp.optimal_path.is_file()
+    assert {p: p.stat().st_mtime_ns for p in ws.rglob("*")} == before  # not one file added or touched
+    assert any("read-only" in m and "not written" in m for m in said)

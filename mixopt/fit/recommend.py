@@ -166,8 +166,13 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
     rec, model = fit_swarm(swarm, settings, fit_key)
     with Store(plan.workspace.db_path) as store:
         rec = replace(rec, suspect=tuple(r.key for r in store.runs(plan.context, "suspect")))
+        readonly = store.readonly
     out = plan.workspace.fits_dir / rec.fit_key[:16]
-    save_fit(out, swarm, settings, rec, model, plots=plots)
+    if readonly:  # a read-only mount: the recommendation still goes next to the config
+        runtime.say(f"note: the workspace {plan.workspace.root} is read-only: {out.relative_to(plan.workspace.root)}/ "
+                    "(fit.json, runs.parquet, plots) is not written")
+    else:
+        save_fit(out, swarm, settings, rec, model, plots=plots)
     write_optimal(exp.optimal_path, rec, exp.name, out)
     return rec
 
@@ -176,17 +181,19 @@ def experiment_swarm(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool
     """(plan, swarm, settings, fit key): the experiment's finished runs under its current suite."""
     plan = load_plan(exp)
     with Store(plan.workspace.db_path) as store:
-        if reeval:
+        if reeval and not store.readonly:
             prepare_suite(exp, plan.suite, plan.workspace)
             evaluate_stored(plan, store, runtime)
         else:
             lacking = missing_measures(plan, store)
             if lacking:
                 keys = ", ".join(k[:12] for k in list(lacking)[:5]) + (" ..." if len(lacking) > 5 else "")
+                why = "the workspace is read-only" if store.readonly else "--no-reeval"
                 runtime.say(f"warning: {len(lacking)} finished runs lack the current eval suite and are left out "
-                    f"({keys}); run `mixopt eval CONFIG` or drop --no-reeval")
-        store.add_suite(plan.suite.to_dict())
-        record_scores(plan, store)
+                            f"({keys}; {why}); run `mixopt eval CONFIG` on a writable copy")
+        if not store.readonly:  # the objective of each run under this suite, kept for status and export
+            store.add_suite(plan.suite.to_dict())
+            record_scores(plan, store)
         X, metrics, keys = training_table(plan, store)
     if len(keys) < len(exp.domain_names) + 2:
         raise MixoptError(f"only {len(keys)} finished runs with current evals; fitting {len(exp.domain_names)} "
