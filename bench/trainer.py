@@ -2,7 +2,7 @@
 loop over transformers' LlamaForCausalLM, the reference (what mixopt's sequential trainer was).
 
 For each size, the same spec trains for a fixed number of steps: the reference (one model), the one
-loop at N = 1, and the one loop at N = 4 (different mixtures). Each is timed 3 times, interleaved,
+loop at N = 1, and the one loop at N = 4 (different mixtures). Each is timed REPEATS (5) times, interleaved,
 and the median kept. Prints tokens/s (all proxies' tokens) and the ratios to the reference, and
 writes the JSON to --out.
 """

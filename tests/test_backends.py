@@ -22,7 +22,7 @@ from mixopt.backends import Failure, run_local
 from mixopt.config.load import load_experiment
 from mixopt.config.runtime import Runtime
 from mixopt.errors import MixoptError
-from mixopt.evals.measure import CheckpointMismatch
+from mixopt.proxy.checkpoint import CheckpointMismatch
 from mixopt.sweep.run import run_sweep
 
 CLI = [sys.executable, "-m", "mixopt.cli"]

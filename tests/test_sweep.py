@@ -30,7 +30,7 @@ def _count_training(monkeypatch):
     real = sweep_module.train_task
 
     def counting(task, progress=None):
-        calls.append(task.key)
+        calls.extend(r.key for r in task.runs)  # every run of a batch, not only the first
         return real(task, progress)
 
     monkeypatch.setattr(sweep_module, "train_task", counting)

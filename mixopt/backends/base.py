@@ -31,6 +31,15 @@ class Failure:
     def worker_died(cls, why: str) -> Failure:
         return cls("WorkerDied", None, why)
 
+    @classmethod
+    def interrupted(cls, why: str) -> Failure:
+        """The task never failed itself (another task's crash took its worker pool down): run it again."""
+        return cls("Interrupted", None, why)
+
+    @property
+    def retry(self) -> bool:
+        return self.type == "Interrupted"
+
     @property
     def disk_full(self) -> bool:
         """No space, the file size limit or the quota: not the run's fault, and every run would fail."""
@@ -38,7 +47,7 @@ class Failure:
 
     @property
     def line(self) -> str:
-        return f"{self.type}: {self.message}" if self.type != "WorkerDied" else self.message
+        return f"{self.type}: {self.message}" if self.type not in ("WorkerDied", "Interrupted") else self.message
 
 
 Finished = tuple[Any, Any, "Failure | None"]  # (task, result or None, failure or None)

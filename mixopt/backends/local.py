@@ -82,7 +82,7 @@ class LocalBackend(Backend):
                 broken = True
                 out.append((task, None, Failure.worker_died(f"worker process died: {type(e).__name__}: {e}")))
         if broken:
-            retry = Failure.worker_died("worker pool broken by another task's crash; will be retried")
+            retry = Failure.interrupted("worker pool broken by another task's crash; run again")
             for fut, task in list(self.futures.items()):
                 out.append((task, None, retry))
             self.futures.clear()

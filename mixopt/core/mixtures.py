@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mixopt.config.schema import Experiment
-from mixopt.config.validate import check_weight_rows, check_weights
+from mixopt.config.validate import WEIGHT_TOLERANCE, check_weight_rows, check_weights
 from mixopt.errors import MixoptError
 
 BOUND_SLACK = 1e-9
@@ -85,6 +85,14 @@ class Sampler:
             return np.where(np.isfinite(total) & (total > 0), g / total, np.nan)
 
 
+def drop_small_weights(W: np.ndarray, min_weight: float) -> np.ndarray:
+    """Weights under `min_weight` set to 0 and each row renormalized (a proxy cannot learn from a
+    1e-5 share); a row whose every weight is dropped comes back NaN."""
+    W = np.where(np.asarray(W) < min_weight, 0.0, W)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return W / W.sum(axis=-1, keepdims=True)
+
+
 def sample_mixtures(prior: np.ndarray, bounds: Bounds, n: int, rng: np.random.Generator,
                     sampler: Sampler = Sampler()) -> np.ndarray:
     """n mixtures within the bounds: the sampler's draws (the centre where a draw underflowed),
@@ -113,7 +121,7 @@ def project_to_bounds(W: np.ndarray, bounds: Bounds) -> np.ndarray:
     return np.clip(W - (0.5 * (a + b))[:, None], lo, hi)
 
 
-def read_mixtures(path: Path, domains: list[str], tolerance: float = 1e-3, key: str | None = None
+def read_mixtures(path: Path, domains: list[str], tolerance: float = WEIGHT_TOLERANCE, key: str | None = None
                   ) -> tuple[str, list, np.ndarray]:
     """The one reader of mixture files: (id name, ids, weights as rows in `domains` order, normalized).
 

@@ -21,8 +21,6 @@ EVAL_BATCH = 32  # sequences per forward pass on CPU (more does not help there),
 GPU_EVAL_BATCH = 512  # ... and on a GPU
 
 
-class CheckpointMismatch(Exception):
-    """The checkpoint on disk is not the one that was recorded: it must be retrained."""
 
 
 def measure_models(W: dict, spec: ProxySpec, measures: tuple[Measure, ...], sample_dir: Path,

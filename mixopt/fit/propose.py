@@ -10,6 +10,7 @@ import yaml
 from mixopt import __version__
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
+from mixopt.core.mixtures import drop_small_weights
 from mixopt.core.workspace import atomic_write_text
 from mixopt.errors import MixoptError
 from mixopt.fit.optimize import penalized_scores, simulated_pool, solve_optimum
@@ -58,7 +59,8 @@ def pick_mixtures(swarm: Swarm, settings: FitSettings, model: MixtureModel, opti
         replicates.append(m)
         if m.smooth:
             optima.append(solve_optimum(m, swarm.prior, swarm.bounds, settings.kl_weight, seed, settings.sampler))
-    candidates = _drop_small_weights(np.vstack([np.array(optima), pool]), min_weight, swarm.bounds)
+    candidates = drop_small_weights(np.vstack([np.array(optima), pool]), min_weight)
+    candidates = candidates[[np.isfinite(w).all() and swarm.bounds.contains(w) for w in candidates]]
     preds = np.array([penalized_scores(m, swarm.prior, settings.kl_weight, candidates) for m in replicates])
     lcb = preds.mean(axis=0) - EXPLORATION * preds.std(axis=0)
     runs = np.asarray(swarm.X)
@@ -75,12 +77,3 @@ def pick_mixtures(swarm: Swarm, settings: FitSettings, model: MixtureModel, opti
         if len(picks) == n:
             break
     return picks
-
-
-def _drop_small_weights(W: np.ndarray, min_weight: float, bounds) -> np.ndarray:
-    """Weights under min_weight set to 0 and the rows renormalized; rows then outside the bounds dropped."""
-    W = np.where(W < min_weight, 0.0, W)
-    with np.errstate(invalid="ignore", divide="ignore"):  # a row with every weight dropped is NaN, then dropped
-        W = W / W.sum(axis=1, keepdims=True)
-    inside = np.all(W >= bounds.lower - 1e-9, axis=1) & np.all(W <= bounds.upper + 1e-9, axis=1)
-    return W[inside]

@@ -6,6 +6,7 @@ The same core fits our own sweep (`recommend_mixture`) and an external swarm tab
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -16,7 +17,11 @@ from mixopt import __version__
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.keys import content_hash
-from mixopt.core.workspace import atomic_write_json, atomic_write_text
+from mixopt.core.workspace import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 from mixopt.errors import MixoptError
 from mixopt.evals.suites import prepare_suite
 from mixopt.fit.optimize import (
@@ -173,7 +178,7 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
                     "(fit.json, runs.parquet, plots) is not written")
     else:
         save_fit(out, swarm, settings, rec, model, plots=plots)
-    write_optimal(exp.optimal_path, rec, exp.name, out)
+    write_optimal(exp.optimal_path, rec, exp.name, None if readonly else out)
     return rec
 
 
@@ -218,10 +223,9 @@ def save_fit(out: Path, swarm: Swarm, settings: FitSettings, rec: Recommendation
 
     table = pl.DataFrame({"key": swarm.keys, **{d: swarm.X[:, i] for i, d in enumerate(swarm.domains)},
                           **{m: v for m, v in swarm.metrics.items()}})
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".runs.parquet.tmp"
-    table.write_parquet(tmp)
-    tmp.replace(out / "runs.parquet")
+    buf = io.BytesIO()  # in memory, then the atomic writer: fits running at once never share a temp file
+    table.write_parquet(buf)
+    atomic_write_bytes(out / "runs.parquet", buf.getvalue())
     atomic_write_json(out / "fit.json", {
         **rec.to_json(), "settings": settings.__dict__, "domains": swarm.domains, "terms": swarm.terms,
         "bounds": {"lower": swarm.bounds.lower.tolist(), "upper": swarm.bounds.upper.tolist()},
@@ -233,7 +237,8 @@ def save_fit(out: Path, swarm: Swarm, settings: FitSettings, rec: Recommendation
         plot_fit(out, swarm, rec, model)
 
 
-def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path) -> None:
+def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | None) -> None:
+    """The recommendation as YAML; `fit` names the fit folder's fit.json when one was written."""
     doc = {
         "experiment": name,
         "weights": {d: round(float(v), 6) for d, v in zip(rec.domains, rec.weights)},
@@ -243,7 +248,7 @@ def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path) -> 
         "model": rec.model,
         "runs": rec.runs,
         "constraints": {d: b for d, b in zip(rec.domains, rec.binding) if b},
-        "fit": str(fit_dir / "fit.json"),
+        "fit": str(fit_dir / "fit.json") if fit_dir else None,
     }
     if rec.weights_ci is not None:
         doc["interval"] = {"level": rec.ci, "bootstrap": rec.bootstrap,

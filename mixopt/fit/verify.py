@@ -3,7 +3,7 @@ they measure with what the fit predicted."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mixopt.config.load import read_yaml
 from mixopt.config.runtime import Runtime
@@ -43,7 +43,7 @@ def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime()) -> Veri
         raise MixoptError(f"{exp.optimal_path} is for other domains than the config", "run `mixopt fit CONFIG` again")
     w = read_mixtures(exp.optimal_path, swarm.domains)[2][0]
     # The swarm as the fit saw it, before the verification runs join the store.
-    _, model = fit_swarm(swarm, settings.__class__(**{**settings.__dict__, "bootstrap": 0}))
+    _, model = fit_swarm(swarm, replace(settings, bootstrap=0))
     y = swarm.y
     extra = [Mixture("verify:recommended", tuple(w)), Mixture("verify:prior", tuple(plan.prior))]
     report = run_sweep(exp, runtime, extra=extra, design=False)

@@ -43,3 +43,7 @@ def result_path(checkpoint: Path) -> Path:
 def state_path(checkpoint: Path) -> Path:
     """Where an unfinished run keeps its training state."""
     return checkpoint.with_suffix(".resume.pt")
+
+
+class CheckpointMismatch(Exception):
+    """The checkpoint on disk is not the one that was recorded: its run must be retrained."""

@@ -62,7 +62,7 @@ def build_model(spec: ProxySpec):
         intermediate_size=mlp_width(spec.hidden), max_position_embeddings=spec.seq_len,
         tie_word_embeddings=True,  # the output layer dominates tiny models; tying halves it
         attention_dropout=0.0,  # any dropout forces the slow attention path
-        rope_theta=10000.0, use_cache=False,
+        rope_theta=ROPE_THETA, use_cache=False,
     )
     config._attn_implementation = "sdpa"
     return LlamaForCausalLM(config)
@@ -150,9 +150,3 @@ def _rotate_half(x):
 
     half = x.shape[-1] // 2
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-
-
-def model_flops_per_token(spec: ProxySpec) -> float:
-    """Training FLOPs per token: 6 x parameters (weights, including the output layer) plus attention."""
-    params = spec.layers * (4 * spec.hidden ** 2 + 3 * spec.hidden * mlp_width(spec.hidden)) + spec.vocab_size * spec.hidden
-    return 6 * params + 12 * spec.layers * spec.hidden * spec.seq_len

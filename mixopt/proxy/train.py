@@ -194,14 +194,15 @@ def _clip_per_proxy(params, max_norm: float) -> None:
 PER_PROXY_BYTES = 16  # fp32 weight + grad + two AdamW moments, per parameter
 
 
-def proxies_per_batch(spec: ProxySpec, device: str, cap: int = 64) -> int:
-    """How many proxies fit: 1 on CPU (batching is slower there); on a GPU, what 80% of free
-    memory holds at PER_PROXY_BYTES per parameter plus activations."""
+def proxies_per_batch(spec: ProxySpec, device: str, cap: int = 64, sharers: int = 1) -> int:
+    """How many proxies fit: 1 on CPU (batching is slower there); on a GPU, what 80% of its free
+    memory, shared by `sharers` workers training on it at once, holds at PER_PROXY_BYTES per
+    parameter plus activations."""
     if not device.startswith("cuda"):
         return 1
     import torch
 
-    free, _ = torch.cuda.mem_get_info()
+    free = torch.cuda.mem_get_info(torch.device(device))[0] / max(1, sharers)
     params = sum(p.numel() for p in build_model(spec).parameters())
     acts = spec.batch_size * spec.seq_len * (spec.layers * spec.hidden * 34 + spec.vocab_size * 3) * 4  # bytes
     return int(max(1, min(cap, 0.8 * free // (params * PER_PROXY_BYTES + acts))))

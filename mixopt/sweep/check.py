@@ -92,7 +92,7 @@ def check_workspace(exp: Experiment, repair: bool = False) -> CheckReport:
     return report
 
 
-def flag_damaged(plan: Plan, store: Store, say: Say = print) -> list[str]:
+def flag_damaged(plan: Plan, store: Store, say: Say) -> list[str]:
     """Mark suspect this design's finished runs whose checkpoint is missing or not its recorded
     size: a stat each, no hashing, so a sweep can afford it and retrains them."""
     bad = []

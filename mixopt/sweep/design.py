@@ -7,7 +7,13 @@ import numpy as np
 
 from mixopt.config.schema import Experiment
 from mixopt.config.validate import check_weights
-from mixopt.core.mixtures import BOUND_SLACK, Bounds, Mixture, Sampler
+from mixopt.core.mixtures import (
+    BOUND_SLACK,
+    Bounds,
+    Mixture,
+    Sampler,
+    drop_small_weights,
+)
 from mixopt.errors import MixoptError
 
 ATTEMPTS_PER_RUN = 2000  # rejection sampling gives up after this many draws per wanted mixture
@@ -49,8 +55,7 @@ def _draw_random(exp: Experiment, prior: np.ndarray, bounds: Bounds, taken: list
         if not np.isfinite(g).all():
             continue
         w = bounds.lower + free * g
-        w[w < cfg.min_weight] = 0.0
-        w /= w.sum()
+        w = drop_small_weights(w, cfg.min_weight)
         if not bounds.contains(w) or np.any(w > np.maximum(cap, bounds.lower) + BOUND_SLACK):
             continue
         if taken and min(np.abs(t - w).sum() for t in taken) < cfg.min_distance:

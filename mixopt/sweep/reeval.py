@@ -3,6 +3,7 @@ objective under the suite."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -12,8 +13,8 @@ from mixopt.backends import run_local
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.progress import Bars
-from mixopt.evals.measure import CheckpointMismatch
 from mixopt.evals.suites import Suite, prepare_suite
+from mixopt.proxy.checkpoint import CheckpointMismatch
 from mixopt.sweep.plan import Plan, load_plan
 from mixopt.sweep.store import Store
 from mixopt.sweep.work import EvalTask, device_of, eval_checkpoint, worker_threads
@@ -68,7 +69,9 @@ def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime()) -> E
     say = runtime.say
     say(f"eval suite changed since these results: {len(missing)} finished runs lack {shown}; "
         f"evaluating their checkpoints (no training)")
-    threads = worker_threads(runtime.workers)
+    # Evaluation runs here, in local processes: under ray/slurm `workers` is the cluster's width, not ours.
+    workers = runtime.workers if runtime.backend == "local" else min(runtime.workers, os.cpu_count() or 1)
+    threads = worker_threads(workers)
     root = plan.workspace.root  # workers get absolute paths; the store keeps them relative to it
     tasks = [EvalTask(key=k, checkpoint=str(root / runs[k].checkpoint), sha256=runs[k].sha256, spec=plan.spec,
                       sample_dir=str(plan.workspace.sample_dir), measures=tuple(lack), threads=threads,
@@ -76,7 +79,7 @@ def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime()) -> E
              for k, lack in missing.items()]
     bars = Bars(len(tasks), enabled=runtime.progress, desc="eval", unit="run", step_unit="eval")
     try:
-        for task, result, failure in run_local(eval_checkpoint, tasks, runtime.workers, on_progress=bars.step):
+        for task, result, failure in run_local(eval_checkpoint, tasks, workers, on_progress=bars.step):
             if failure is None:
                 store.record_measurements(task.key, result.measurements)
                 report.runs += 1

@@ -104,6 +104,9 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
                             if failure is None:
                                 if store.record_result(asdict(result)):
                                     report.trained += 1
+                            elif failure.retry:  # still leased to us: claimed and submitted again
+                                tried.discard(run.key)
+                                continue
                             elif failure.disk_full:  # not the run's fault, and every other run would fail too
                                 raise MixoptError(f"cannot write run {run.key[:12]}'s files: disk full, file size "
                                                   f"limit or I/O error ({failure.line[:160]})",
@@ -142,7 +145,7 @@ def _batch_size(runtime: Runtime, spec: ProxySpec) -> int:
     import torch
 
     device = runtime.device if runtime.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    return proxies_per_batch(spec, device)
+    return proxies_per_batch(spec, device, sharers=runtime.workers)
 
 
 LEASE_SECONDS = 120.0  # a driver renews its leases every third of this; a dead one's lapse after it

@@ -14,9 +14,10 @@ import numpy as np
 
 from mixopt.core.keys import file_sha256
 from mixopt.core.workspace import atomic_write_json, slice_file
-from mixopt.evals.measure import CheckpointMismatch, measure_models
+from mixopt.evals.measure import measure_models
 from mixopt.evals.suites import Measure
 from mixopt.proxy.checkpoint import (
+    CheckpointMismatch,
     load_checkpoints,
     result_path,
     save_checkpoint,
