@@ -69,6 +69,11 @@ class Sampler:
     temperature: float = 0.5
     concentration: tuple[float, float] = (0.1, 5.0)
 
+    @classmethod
+    def of(cls, design) -> Sampler:
+        """The sampler a config's `design:` section describes."""
+        return cls(design.temperature, tuple(design.concentration))
+
     def centre(self, prior: np.ndarray) -> np.ndarray:
         c = np.asarray(prior, dtype=float) ** self.temperature
         return c / c.sum()

@@ -7,7 +7,7 @@ The same core fits our own sweep (`recommend_mixture`) and an external swarm tab
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from mixopt import __version__
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.keys import content_hash
+from mixopt.core.mixtures import Sampler
 from mixopt.core.workspace import (
     atomic_write_bytes,
     atomic_write_json,
@@ -207,7 +208,7 @@ def experiment_swarm(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool
     swarm = Swarm(exp.domain_names, X, metrics, plan.suite.objective_terms(), keys, plan.prior, plan.bounds,
                   plan.suite.describe_objective(), plan.available)
     settings = FitSettings(exp.fit.model, exp.fit.cv_folds, exp.seed, exp.optimum.kl_weight, exp.fit.bootstrap,
-                           exp.fit.ci, exp.design.temperature, tuple(exp.design.concentration))
+                           exp.fit.ci, *astuple(Sampler.of(exp.design)))
     fit_key = content_hash({"context": plan.context, "suite": plan.suite.key, "runs": sorted(keys),
                             "fit": exp.fit.model_dump(), "optimum": exp.optimum.model_dump(),
                             "sampler": [settings.temperature, list(settings.concentration)],

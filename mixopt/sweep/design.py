@@ -35,16 +35,12 @@ def design_mixtures(exp: Experiment, prior: np.ndarray, bounds: Bounds) -> list[
     return fixed + _draw_random(exp, prior, bounds, [np.array(m.weights) for m in fixed])
 
 
-def design_sampler(exp: Experiment) -> Sampler:
-    return Sampler(exp.design.temperature, tuple(exp.design.concentration))
-
-
 def _draw_random(exp: Experiment, prior: np.ndarray, bounds: Bounds, taken: list[np.ndarray]) -> list[Mixture]:
     cfg = exp.design
     if cfg.runs == 0:
         return []
     rng = np.random.default_rng([exp.seed, 1])
-    sampler = design_sampler(exp)
+    sampler = Sampler.of(cfg)
     centre = sampler.centre(prior)
     cap = cfg.max_prior_multiple * centre if cfg.max_prior_multiple else np.ones_like(centre)
     free = 1.0 - bounds.lower.sum()  # mass left once every domain has its minimum
