@@ -146,3 +146,21 @@ def test_bad_flags_and_files(case, corpora, tmp_path):
     if r.stderr.startswith("error: "):
         assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "ws").exists()  # nothing written
+
+
+def test_a_gpu_device_this_machine_lacks_is_one_line_before_any_work(corpora, tmp_path):
+    import torch
+
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws"))
+    for verb in ("sweep", "eval", "verify"):
+        r = run(verb, cfg, "--device", "cuda:7")
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr, r.stderr
+    r = run("sweep", cfg, "--device", "cuda:7")
+    assert r.stderr.strip() == ("error: --device cuda:7: this machine sees "
+                                f"{torch.cuda.device_count()} CUDA GPU(s); use --device auto (a GPU where there is "
+                                "one) or --device cpu")
+    assert not (tmp_path / "ws").exists()  # nothing written
+    r = run("sweep", cfg, "--device", "tpu")
+    assert r.returncode == 2 and "device 'tpu' is not auto, cpu, cuda or cuda:N" in r.stderr

@@ -17,7 +17,13 @@ from mixopt.evals.suites import Suite, prepare_suite
 from mixopt.proxy.checkpoint import CheckpointMismatch
 from mixopt.sweep.plan import Plan, load_plan
 from mixopt.sweep.store import Store
-from mixopt.sweep.work import EvalTask, device_of, eval_checkpoint, worker_threads
+from mixopt.sweep.work import (
+    EvalTask,
+    check_local_device,
+    device_of,
+    eval_checkpoint,
+    worker_threads,
+)
 
 
 @dataclass
@@ -64,6 +70,7 @@ def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime()) -> E
     report.suspect = [r.key for r in store.runs(plan.context, "suspect")]
     if not missing:
         return report
+    check_local_device(runtime)  # evaluation always runs here
     names = sorted({m.name for lack in missing.values() for m in lack})
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
     say = runtime.say

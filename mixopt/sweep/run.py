@@ -29,6 +29,7 @@ from mixopt.sweep.store import Store, new_owner
 from mixopt.sweep.work import (
     TrainRun,
     TrainTask,
+    check_local_device,
     device_of,
     read_result,
     train_task,
@@ -54,6 +55,8 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
     where `runtime` says. Runs are leased in the store, so sweeps sharing a workspace (or a driver
     restarted after a crash) never train one run twice."""
     t0 = time.time()
+    if runtime.backend == "local":
+        check_local_device(runtime)
     plan = load_plan(exp, extra, design)
     for m in extra:
         if m.origin.startswith("file:") and not plan.bounds.contains(np.asarray(m.weights)):

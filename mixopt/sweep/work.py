@@ -14,6 +14,7 @@ import numpy as np
 
 from mixopt.core.keys import file_sha256
 from mixopt.core.workspace import atomic_write_json, slice_file
+from mixopt.errors import MixoptError
 from mixopt.evals.measure import measure_models
 from mixopt.evals.suites import Measure
 from mixopt.proxy.checkpoint import (
@@ -177,6 +178,20 @@ def eval_checkpoint(task: EvalTask, progress: Progress | None = None) -> EvalRes
 def device_of(runtime) -> str | None:
     """What a task asks of its worker: None (auto: the worker's GPU if it sees one) or a device."""
     return None if runtime.device == "auto" else runtime.device
+
+
+def check_local_device(runtime) -> None:
+    """Work that runs on this machine (local workers, re-evaluation) fails before it starts, with
+    one line, when `--device` names a GPU this machine does not have."""
+    if not runtime.device.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(runtime.device.partition(":")[2] or 0)
+    if index >= count:
+        raise MixoptError(f"--device {runtime.device}: this machine sees {count} CUDA GPU(s)",
+                          "use --device auto (a GPU where there is one) or --device cpu")
 
 
 def worker_device(asked: str | None) -> str:
