@@ -100,8 +100,16 @@ class Model(str, Enum):
     linear = "linear"
     loglinear = "loglinear"
     law = "law"
+    quadratic = "quadratic"
+    gp = "gp"
     gbm = "gbm"
+    ensemble = "ensemble"
     auto = "auto"
+
+
+class TrustRegion(str, Enum):
+    range = "range"
+    none = "none"
 
 
 @app.command()
@@ -123,7 +131,9 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         kl_weight: float = typer.Option(0.0, min=0, help="External swarm: KL(w || swarm mean) penalty."),
         bootstrap: int = typer.Option(50, min=0, help="External swarm: bootstrap refits for the intervals."),
         cv_folds: int = typer.Option(5, min=2, help="External swarm: cross-validation folds."),
-        seed: int = typer.Option(0, help="External swarm: seed for folds, trees and simulation.")):
+        seed: int = typer.Option(0, help="External swarm: seed for folds, trees and simulation."),
+        trust_region: TrustRegion = typer.Option(TrustRegion.range, help="External swarm: range keeps each weight "
+                                                 "within what the runs covered; none only within the bounds.")):
     """Fit the regression, cross-validate it, and write the recommended mixture.
 
     With CONFIG: fit the experiment's sweep. With --runs: fit an external swarm table."""
@@ -134,8 +144,9 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
             raise MixoptError("fit needs an experiment CONFIG or an external swarm with --runs", "see `mixopt fit --help`")
         external = [n for n, v in (("--scores", scores), ("--key", key), ("--target", target), ("--domains", domains),
                                    ("--save", save), ("--bound", bound)) if v]
-        if external or model is not Model.auto:
-            raise MixoptError(f"{external[0] if external else '--model'} applies to --runs fits only",
+        if external or model is not Model.auto or trust_region is not TrustRegion.range:
+            flag = external[0] if external else "--model" if model is not Model.auto else "--trust-region"
+            raise MixoptError(f"{flag} applies to --runs fits only",
                               "with a CONFIG, set these in its fit/optimum sections")
         if not _fit_and_print(_load(config), format, _runtime(workers, progress, device), reeval, plots):
             raise typer.Exit(1)
@@ -147,7 +158,7 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
     from mixopt.report import format_recommendation
 
     swarm = load_swarm(runs, parse_targets(target), scores, key, domains, tolerance, bound)
-    settings = FitSettings(model.value, cv_folds, seed, kl_weight, bootstrap)
+    settings = FitSettings(model.value, cv_folds, seed, kl_weight, bootstrap, trust_region=trust_region.value)
     rec = fit_external(swarm, settings, save, plots)
     if format is Format.json:
         typer.echo(json.dumps({**rec.to_json(), "written": str(save) if save else None}))

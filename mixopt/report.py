@@ -46,8 +46,8 @@ def format_recommendation(rec) -> str:
                                                                           f"{rec.weights[i]:.4f}"]
         row += [f"{ci[i][0]:.4f} .. {ci[i][1]:.4f}"] if ci is not None else []
         rows.append(row + [rec.binding[i] or "-"])
-    cv_rows = [[k + (" *" if k == rec.model else ""), f"{v.spearman:.3f}", f"{v.r2:.3f}"]
-               for k, v in rec.candidates.items()]
+    cv_rows = [[k + (" *" if k == rec.model else "") + (f" ({'+'.join(v.members)})" if v.members else ""),
+                f"{v.spearman:.3f}", f"{v.r2:.3f}"] for k, v in rec.candidates.items()]
     pred = f"predicted objective: {rec.predicted:.4f}"
     if rec.predicted_ci is not None:
         pred += f" ({rec.ci:.0%} interval {rec.predicted_ci[0]:.4f} .. {rec.predicted_ci[1]:.4f}, " \
@@ -61,6 +61,14 @@ def format_recommendation(rec) -> str:
         "",
         f"{pred} at the recommendation; {rec.predicted_prior:.4f} at the prior; best measured run: {rec.best_run:.4f}",
     ]
+    if rec.unconstrained is not None:
+        moved = sorted(range(len(rec.domains)), key=lambda i: -abs(rec.unconstrained[i] - rec.weights[i]))[:3]
+        lines.append(f"trust region ({rec.trust_region}): the unconstrained optimum lies outside the runs' evidence; "
+                     f"pulled in by L1 {rec.pulled_in:.3f} ("
+                     + ", ".join(f"{rec.domains[i]} {rec.unconstrained[i]:.3f} -> {rec.weights[i]:.3f}" for i in moved)
+                     + f"; predicted {rec.predicted_unconstrained:.4f} there, unsupported by runs)")
+    if rec.warnings:
+        lines[1:1] = [""] + [f"WARNING: {w}" for w in rec.warnings]
     return "\n".join(lines)
 
 

@@ -30,6 +30,11 @@ SIMULATIONS = 100_000  # mixtures scored for a tree model (RegMix's recipe)
 TOP_K = 100  # ... whose best TOP_K are averaged: the mean of near-optimal mixtures is more stable
 
 
+START_POOL = 10_000  # simulated mixtures whose best starts the solver on a non-convex smooth model
+TRUST_REGIONS = ("range", "none")
+LOW_EDGE = 1e-3  # weights the runs took below this count as reaching 0
+
+
 def check_feasible(bounds: Bounds, names: list[str]) -> None:
     lo, hi = bounds.lower.sum(), bounds.upper.sum()
     if lo > 1 + 1e-9 or hi < 1 - 1e-9:
@@ -53,8 +58,8 @@ def solve_optimum(model, prior: np.ndarray, bounds: Bounds, kl_weight: float, se
         return w
     # Some terms enter negated (accuracy-like metrics): not convex, so also start from the best
     # simulated mixture and keep the better local optimum.
-    w2 = solve_convex_kl(model, prior, bounds, kl_weight, start=solve_by_simulation(model, prior, bounds, kl_weight, seed,
-                                                                                 top_k=1, sampler=sampler))
+    w2 = solve_convex_kl(model, prior, bounds, kl_weight, start=solve_by_simulation(
+        model, prior, bounds, kl_weight, seed, top_k=1, n=START_POOL, sampler=sampler))
     f = _penalized(model, prior, kl_weight)
     return w2 if f(w2) < f(w) else w
 
@@ -80,6 +85,32 @@ def solve_by_simulation(model, prior: np.ndarray, bounds: Bounds, kl_weight: flo
     best = np.argsort(scores, kind="stable")[:top_k]
     w = W[best].mean(axis=0)  # a mean of points in a convex set stays in it
     return w / w.sum()
+
+
+def solve_with_trust_region(model, prior: np.ndarray, trust: Bounds, loose: Bounds | None, kl_weight: float,
+                            seed: int = 0, sampler: Sampler = Sampler()):
+    """(optimum within `trust`, optimum within `loose` or None when not asked, and for a tree model
+    the simulated mixtures within `trust` with their penalized scores, for the bootstrap to reuse).
+
+    A tree model scores one pool drawn within `loose` for both optima when enough of it
+    (20 x TOP_K) falls inside `trust`: the simulation, not the solve, is a tree fit's cost."""
+    if model.smooth:
+        w = solve_optimum(model, prior, trust, kl_weight, seed, sampler)
+        return w, None if loose is None else solve_optimum(model, prior, loose, kl_weight, seed, sampler), None
+    f = _penalized(model, prior, kl_weight)
+    W = simulated_pool(prior, loose if loose is not None else trust, seed=seed, sampler=sampler)
+    inside = np.all((W >= trust.lower - 1e-12) & (W <= trust.upper + 1e-12), axis=1)
+    scores = f(W)
+    free = None
+    if loose is not None:
+        free = W[np.argsort(scores, kind="stable")[:TOP_K]].mean(axis=0)
+        free /= free.sum()
+        if inside.sum() < 20 * TOP_K:  # the trust region is a sliver of the bounds: draw within it
+            W = simulated_pool(prior, trust, seed=seed, sampler=sampler)
+            scores, inside = f(W), np.ones(len(W), bool)
+    W, scores = W[inside], scores[inside]
+    w = W[np.argsort(scores, kind="stable")[:TOP_K]].mean(axis=0)
+    return w / w.sum(), free, (W, scores)
 
 
 def simulated_pool(prior: np.ndarray, bounds: Bounds, n: int = SIMULATIONS, seed: int = 0,
@@ -164,14 +195,48 @@ def _fill_greedy(coef: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.n
     return w
 
 
-def binding_constraints(w: np.ndarray, bounds: Bounds) -> list[str]:
-    """For each domain: 'min', 'max', 'repetition' or '' (interior)."""
+def evidence_bounds(X: np.ndarray, bounds: Bounds, mode: str, names: list[str],
+                    fixed: list[int] = ()) -> tuple[Bounds, list[str]]:
+    """The bounds narrowed to where the runs give evidence, and warnings.
+
+    Domains in `fixed` (no run varied them) are held at their one value whatever the mode; with
+    mode "range" every other weight stays within [least, most] the runs gave it. Where that range
+    and the configured bounds do not meet, the configured bounds win for that domain (and a
+    warning says the recommendation there is an extrapolation)."""
+    if mode not in TRUST_REGIONS:
+        raise MixoptError(f"trust region '{mode}' is not one of {', '.join(TRUST_REGIONS)}", "use range or none")
+    lo, hi = X.min(axis=0), X.max(axis=0)
+    lo = np.where(lo < LOW_EDGE, 0.0, lo)  # a domain the runs took down to ~0 is covered down to 0
+    keep = np.zeros(X.shape[1], bool)
+    keep[list(fixed)] = True
+    if mode == "range":
+        keep[:] = True
+    lower = np.where(keep, np.maximum(bounds.lower, lo), bounds.lower)
+    upper = np.where(keep, np.minimum(bounds.upper, hi), bounds.upper)
+    warns = []
+    clash = np.flatnonzero(lower > upper + 1e-12)
+    if clash.size:
+        lower[clash], upper[clash] = bounds.lower[clash], bounds.upper[clash]
+        j = clash[0]
+        warns.append(f"{clash.size} domain(s) have bounds outside the range the runs covered (first: {names[j]}, "
+                     f"runs {lo[j]:.4g}..{hi[j]:.4g}): there the recommendation extrapolates")
+    if lower.sum() > 1 + 1e-9 or upper.sum() < 1 - 1e-9:  # the box met the bounds only outside the simplex
+        return bounds, warns + ["the runs' range and the bounds leave no mixture in common: the recommendation "
+                                "is held to the bounds alone and extrapolates"]
+    reason = tuple("evidence" if u < b - 1e-12 else r for u, b, r in zip(upper, bounds.upper, bounds.upper_reason))
+    return Bounds(lower, upper, reason), warns
+
+
+def binding_constraints(w: np.ndarray, bounds: Bounds, configured: Bounds | None = None) -> list[str]:
+    """For each domain: 'min', 'max', 'repetition', 'evidence' (the trust region) or '' (interior);
+    `configured` (the bounds before the trust region) tells a configured minimum from the runs' least."""
     out = []
-    for wi, lo, hi, why in zip(w, bounds.lower, bounds.upper, bounds.upper_reason):
+    base = configured.lower if configured is not None else bounds.lower
+    for wi, lo, hi, why, lo0 in zip(w, bounds.lower, bounds.upper, bounds.upper_reason, base):
         if hi - lo > AT_BOUND and wi >= hi - AT_BOUND and why != "none":
             out.append(why)
         elif lo > 0 and wi <= lo + AT_BOUND:
-            out.append("min")
+            out.append("min" if lo <= lo0 + AT_BOUND else "evidence")
         else:
             out.append("")
     return out

@@ -9,63 +9,130 @@ of the metric predictions. The families:
 - law:       m(w) = c + exp(w . t), the Data Mixing Laws' c + k exp(sum t_j r_j) (with sum r = 1,
   k folds into t): the same shape with a free floor and no regularization, fitted from several
   starts. Wants more runs than loglinear; better when it has them.
+- quadratic: m(w) = a . w + sum_{i<j} b_ij w_i w_j (Scheffe's quadratic mixture model): linear
+  plus every pairwise interaction, the interactions ridge-penalized with the penalty chosen by
+  generalized cross-validation. RegMix's paper ranks it above linear.
+- gp:        linear plus a Gaussian process on its residuals, with one length scale per domain
+  (ARD): smooth interactions of any shape, and a domain that does not matter gets a long scale.
 - gbm:       gradient-boosted trees (LightGBM, as RegMix uses), RegMix's choice for
   hundreds of runs: no shape assumed, so it captures interactions, but it is piecewise constant,
   so its optimum is found by simulation (optimize.py), not by a solver.
-- auto:      k-fold cross-validated Spearman picks among the four.
+- ensemble:  the mean of the best few of the above (by cross-validated Spearman).
+- auto:      k-fold cross-validated ranking picks among all of them (select_model).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.linalg import cho_factor, cho_solve
+from scipy.optimize import least_squares, minimize
 from scipy.stats import spearmanr
 from sklearn.metrics import r2_score
 from sklearn.model_selection import KFold
 
-MODELS = ("linear", "loglinear", "law", "gbm")
+MODELS = ("linear", "loglinear", "law", "quadratic", "gp", "gbm", "ensemble")
 LOGLINEAR_RIDGE = 0.05  # pulls t towards its starting point: stable fits from ~10 runs
 # Fewer, larger steps than RegMix's notebook (1000 x 0.01): the same ranking on its 1M test set
 # (Spearman 0.990 vs 0.990) at a seventh of the time, which CV and the bootstrap multiply.
 GBM_PARAMS = dict(objective="regression", n_estimators=150, learning_rate=0.1, num_leaves=15, min_child_samples=5,
                   reg_lambda=1.0, verbose=-1, deterministic=True, force_row_wise=True, n_jobs=1)
 MIN_RUNS_FOR_GBM = 30  # below this, trees memorize; auto does not consider gbm
+MAX_RUNS_FOR_GP = 300  # exact GP: cubic in runs; above this auto leaves it out (trees have the runs they need)
+GP_MAX_ITER = 60  # marginal-likelihood steps: the fit is a second or less up to ~300 runs
+ENSEMBLE_SIZE = 3  # the ensemble averages the best three other families
+RIDGE_GRID = np.logspace(-6, 1, 15)  # quadratic's interaction penalty, relative to the largest singular value^2
+
+
+@dataclass(frozen=True)
+class GaussianProcess:
+    """Linear mean plus an RBF-ARD process on its residuals; fitted hyperparameters kept for refits."""
+
+    coef: np.ndarray  # the linear mean
+    X: np.ndarray  # the runs it conditions on
+    alpha: np.ndarray  # K^-1 (residual / scale)
+    length: np.ndarray  # per-domain length scale
+    amplitude: float  # signal variance, in units of scale^2
+    noise: float  # noise variance, same units
+    scale: float  # residual standard deviation (the process is fit on standardized residuals)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return X @ self.coef + self.scale * (self._k(X) @ self.alpha)
+
+    def gradient(self, w: np.ndarray) -> np.ndarray:
+        k = self._k(w[None, :])[0]
+        return self.coef - self.scale * ((k * self.alpha) @ ((w - self.X) / self.length ** 2))
+
+    def _k(self, X: np.ndarray) -> np.ndarray:
+        A, B = X / self.length, self.X / self.length
+        d2 = np.maximum((A ** 2).sum(1)[:, None] + (B ** 2).sum(1)[None, :] - 2 * A @ B.T, 0.0)
+        return self.amplitude * np.exp(-0.5 * d2)
 
 
 @dataclass(frozen=True)
 class MixtureModel:
     kind: str
     terms: dict[str, float]  # metric -> signed weight in the objective
-    params: dict[str, np.ndarray] = field(default_factory=dict)  # linear coef, or [floor, t_1..t_d]
+    params: dict[str, np.ndarray] = field(default_factory=dict)  # linear coef, [floor, t_1..t_d], or [a, b_ij]
     trees: dict = field(default_factory=dict)  # metric -> fitted gbm
+    gps: dict = field(default_factory=dict)  # metric -> GaussianProcess
+    members: tuple = ()  # ensemble: the MixtureModels averaged
 
     @property
     def smooth(self) -> bool:
         """Differentiable, so a solver finds its optimum; trees are piecewise constant."""
+        if self.kind == "ensemble":
+            return all(m.smooth for m in self.members)
         return self.kind != "gbm"
+
+    @property
+    def member_kinds(self) -> list[str]:
+        return [m.kind for m in self.members]
 
     def predict_metric(self, metric: str, X: np.ndarray) -> np.ndarray:
         X = np.atleast_2d(X)
+        if self.kind == "ensemble":
+            return np.mean([m.predict_metric(metric, X) for m in self.members], axis=0)
         if self.kind == "gbm":
             return self.trees[metric].predict(X, num_threads=os.cpu_count() or 1)
+        if self.kind == "gp":
+            return self.gps[metric].predict(X)
         p = self.params[metric]
         if self.kind == "linear":
             return X @ p
+        if self.kind == "quadratic":
+            i, j = np.triu_indices(X.shape[1], 1)
+            return X @ p[:X.shape[1]] + (X[:, i] * X[:, j]) @ p[X.shape[1]:]
         floor = np.exp(p[0]) if self.kind == "loglinear" else p[0]
         return floor + np.exp(np.clip(X @ p[1:], -50, 50))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The objective (lower is better)."""
+        if self.kind == "ensemble":
+            return np.mean([m.predict(X) for m in self.members], axis=0)
         return sum(a * self.predict_metric(m, X) for m, a in self.terms.items())
 
     def gradient(self, w: np.ndarray) -> np.ndarray:
+        if self.kind == "ensemble":
+            return np.mean([m.gradient(w) for m in self.members], axis=0)
         g = np.zeros_like(w, dtype=float)
         for m, a in self.terms.items():
+            if self.kind == "gp":
+                g += a * self.gps[m].gradient(w)
+                continue
             p = self.params[m]
-            g += a * (p if self.kind == "linear" else np.exp(np.clip(w @ p[1:], -50, 50)) * p[1:])
+            if self.kind == "linear":
+                g += a * p
+            elif self.kind == "quadratic":
+                d = len(w)
+                B = np.zeros((d, d))
+                B[np.triu_indices(d, 1)] = p[d:]
+                g += a * (p[:d] + (B + B.T) @ w)
+            else:
+                g += a * np.exp(np.clip(w @ p[1:], -50, 50)) * p[1:]
         return g
 
     def linear_coef(self) -> np.ndarray:
@@ -74,6 +141,8 @@ class MixtureModel:
 
     def convex(self) -> bool:
         """Every term convex (exp terms with positive weight, or linear): SLSQP's optimum is global."""
+        if self.kind in ("quadratic", "gp", "ensemble", "gbm"):
+            return False
         return self.kind == "linear" or all(a > 0 for a in self.terms.values())
 
 
@@ -83,23 +152,99 @@ class CrossValidation:
     r2: float
     folds: int
     oof: np.ndarray  # out-of-fold prediction for every run
+    fold_spearman: np.ndarray = field(default_factory=lambda: np.zeros(0))  # within each test fold
+    members: tuple[str, ...] = ()  # ensemble: which families it averages
 
 
 def fit_model(kind: str, X: np.ndarray, metrics: dict[str, np.ndarray], terms: dict[str, float],
-              seed: int = 0, start: MixtureModel | None = None) -> MixtureModel:
+              seed: int = 0, start: MixtureModel | None = None, members: tuple[str, ...] = ()) -> MixtureModel:
     """Fit each metric of the objective; `start` (a fit of the same kind on similar data, e.g. the
-    full swarm for a bootstrap replicate) warm-starts the least-squares families."""
+    full swarm for a bootstrap replicate) warm-starts the least-squares families and fixes a GP's
+    hyperparameters; an ensemble fits each of `members` (or `start`'s)."""
+    if kind == "ensemble":
+        starts = start.members if start is not None and start.kind == "ensemble" else (None,) * len(members)
+        kinds = [s.kind for s in starts] if start is not None and start.kind == "ensemble" else list(members)
+        if not kinds:
+            raise ValueError("an ensemble needs its member families")
+        return MixtureModel(kind, dict(terms), members=tuple(
+            fit_model(k, X, metrics, terms, seed, s) for k, s in zip(kinds, starts)))
     if kind == "gbm":
         return MixtureModel(kind, dict(terms), trees={m: _fit_gbm(X, metrics[m], seed) for m in terms})
     if kind == "linear":
         return MixtureModel(kind, dict(terms), {m: _fit_linear(X, metrics[m]) for m in terms})
+    if kind == "quadratic":
+        return MixtureModel(kind, dict(terms), {m: _fit_quadratic(X, metrics[m]) for m in terms})
+    warm = start is not None and start.kind == kind
+    if kind == "gp":
+        return MixtureModel(kind, dict(terms), gps={m: _fit_gp(X, metrics[m], seed, start.gps[m] if warm else None)
+                                                    for m in terms})
     fit_one = _fit_loglinear if kind == "loglinear" else _fit_law
-    p0 = (lambda m: start.params[m]) if start is not None and start.kind == kind else (lambda m: None)
-    return MixtureModel(kind, dict(terms), {m: fit_one(X, metrics[m], p0(m)) for m in terms})
+    return MixtureModel(kind, dict(terms), {m: fit_one(X, metrics[m], start.params[m] if warm else None)
+                                            for m in terms})
 
 
 def _fit_linear(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.linalg.lstsq(X, y, rcond=None)[0]
+
+
+def _fit_quadratic(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """[a, b]: y ~ X a + P b with P the pairwise products; only b is penalized (a carries the level),
+    its penalty picked by generalized cross-validation over RIDGE_GRID."""
+    n, d = X.shape
+    i, j = np.triu_indices(d, 1)
+    P = X[:, i] * X[:, j]
+    U0, s0, _ = np.linalg.svd(X, full_matrices=False)
+    U0 = U0[:, s0 > 1e-10 * s0.max()]
+    proj = lambda M: M - U0 @ (U0.T @ M)  # noqa: E731  (remove what the linear part explains)
+    Q, r = proj(P), proj(y)
+    U, s, Vt = np.linalg.svd(Q, full_matrices=False)
+    uty = U.T @ r
+    best = None
+    for lam in RIDGE_GRID * max(s.max() ** 2, 1e-12):
+        f = s ** 2 / (s ** 2 + lam)
+        resid = r - U @ (f * uty)
+        dof = U0.shape[1] + f.sum()
+        gcv = (resid @ resid) / max(n - dof, 1e-3) ** 2
+        if best is None or gcv < best[0]:
+            best = (gcv, lam)
+    lam = best[1]
+    b = Vt.T @ (s / (s ** 2 + lam) * uty)
+    a = np.linalg.lstsq(X, y - P @ b, rcond=None)[0]
+    return np.r_[a, b]
+
+
+def _fit_gp(X: np.ndarray, y: np.ndarray, seed: int, start: GaussianProcess | None = None) -> GaussianProcess:
+    """The linear fit, then an RBF-ARD process on its standardized residuals: hyperparameters by
+    maximum marginal likelihood (capped at GP_MAX_ITER steps), or `start`'s kept as they are."""
+    coef = _fit_linear(X, y)
+    resid = y - X @ coef
+    scale = float(resid.std()) or 1.0
+    z = resid / scale
+    d = X.shape[1]
+    if start is not None:
+        length, amplitude, noise = start.length, start.amplitude, start.noise
+    else:
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import RBF, WhiteKernel
+        from sklearn.gaussian_process.kernels import ConstantKernel as C
+
+        def optimizer(obj, theta0, bounds):
+            res = minimize(obj, theta0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": GP_MAX_ITER})
+            return res.x, res.fun
+
+        # Length scales start at the spread of a typical mixture's weights; a domain that does not
+        # matter drifts to the upper bound (the process ignores it).
+        kernel = C(0.5, (1e-3, 1e2)) * RBF(np.full(d, 0.5), (1e-2, 1e3)) + WhiteKernel(0.1, (1e-6, 1.0))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            g = GaussianProcessRegressor(kernel, optimizer=optimizer, normalize_y=False, random_state=seed).fit(X, z)
+        k = g.kernel_
+        amplitude, length, noise = float(k.k1.k1.constant_value), np.atleast_1d(k.k1.k2.length_scale), float(k.k2.noise_level)
+    proc = GaussianProcess(coef, X, np.zeros(len(y)), np.asarray(length, float), amplitude, noise, scale)
+    K = proc._k(X) + (noise + 1e-10) * np.eye(len(y))
+    alpha = cho_solve(cho_factor(K, lower=True), z)
+    return GaussianProcess(coef, X.copy(), alpha, proc.length, amplitude, noise, scale)
 
 
 def _fit_loglinear(X: np.ndarray, y: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
@@ -150,21 +295,66 @@ def _fit_gbm(X: np.ndarray, y: np.ndarray, seed: int):
     return lightgbm.LGBMRegressor(random_state=seed, **GBM_PARAMS).fit(X, y).booster_
 
 
-def candidates_for(n_runs: int) -> tuple[str, ...]:
-    """The models `auto` may pick from with this many runs."""
-    return MODELS if n_runs >= MIN_RUNS_FOR_GBM else tuple(m for m in MODELS if m != "gbm")
+def candidates_for(n_runs: int, domains: int = 0) -> tuple[str, ...]:
+    """The models `auto` may pick from with this many runs (the ensemble is built from the others).
+    The unregularized law needs twice as many runs as its d + 1 coefficients: with fewer, its
+    least squares runs away (CV R^2 of -1e46 at 49 runs x 32 domains) after seconds of work."""
+    out = [m for m in MODELS if m != "ensemble"]
+    if n_runs < 2 * (domains + 1):
+        out.remove("law")
+    if n_runs < MIN_RUNS_FOR_GBM:
+        out.remove("gbm")
+    if n_runs > MAX_RUNS_FOR_GP:
+        out.remove("gp")
+    return tuple(out)
+
+
+def runs_wanted(kind: str, domains: int, members: tuple[str, ...] = ()) -> int:
+    """Runs below which a family is short of evidence: about three per coefficient it estimates
+    for the parametric ones (a quadratic's interactions are ridge-penalized, so a third of them
+    count), the trees' minimum, and the most demanding member of an ensemble."""
+    d = domains
+    if kind == "ensemble":
+        return max((runs_wanted(k, d) for k in members), default=3 * d)
+    return {"linear": 2 * d, "loglinear": 2 * (d + 1), "law": 3 * (d + 1), "quadratic": 3 * d + d * (d - 1) // 2,
+            "gp": 4 * d, "gbm": max(MIN_RUNS_FOR_GBM, 10 * d)}.get(kind, 3 * d)
+
+
+def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
+    """The test indices of each of k seeded folds (k capped at n); the same for every model."""
+    return [test for _, test in KFold(min(folds, n), shuffle=True, random_state=seed).split(np.zeros((n, 1)))]
 
 
 def cross_validate(kind: str, X: np.ndarray, metrics: dict[str, np.ndarray], terms: dict[str, float],
                    folds: int, seed: int) -> CrossValidation:
     """k-fold (seeded, k capped at the number of runs) out-of-fold predictions of the objective."""
     y = sum(a * metrics[m] for m, a in terms.items())
-    k = min(folds, len(y))
     oof = np.empty(len(y))
-    for train, test in KFold(k, shuffle=True, random_state=seed).split(X):
+    tests = fold_indices(len(y), folds, seed)
+    for test in tests:
+        train = np.setdiff1d(np.arange(len(y)), test)
         model = fit_model(kind, X[train], {m: v[train] for m, v in metrics.items()}, terms, seed)
         oof[test] = model.predict(X[test])
-    return CrossValidation(spearman(oof, y), float(r2_score(y, oof)), k, oof)
+    return _scored(oof, y, tests)
+
+
+def _scored(oof: np.ndarray, y: np.ndarray, tests: list[np.ndarray], members: tuple[str, ...] = ()) -> CrossValidation:
+    r2 = float(r2_score(y, oof)) if np.isfinite(oof).all() else float("-inf")
+    per_fold = np.array([spearman(oof[t], y[t]) if len(t) > 2 else np.nan for t in tests])
+    return CrossValidation(spearman(oof, y) if np.isfinite(oof).all() else float("nan"), r2, len(tests), oof,
+                           per_fold, members)
+
+
+def cross_validate_ensemble(cvs: dict[str, CrossValidation], y: np.ndarray, folds: int, seed: int,
+                            size: int = ENSEMBLE_SIZE) -> CrossValidation | None:
+    """The mean of the best `size` families' out-of-fold predictions: the ensemble's own out-of-fold
+    prediction (each member was fit without the fold it predicts). None with fewer than two members."""
+    ranked = sorted((k for k, v in cvs.items() if k != "ensemble" and np.isfinite(v.spearman) and v.r2 > 0),
+                    key=lambda k: -cvs[k].spearman)[:size]
+    if len(ranked) < 2:
+        return None
+    oof = np.mean([cvs[k].oof for k in ranked], axis=0)
+    return _scored(oof, y, fold_indices(len(y), folds, seed), tuple(ranked))
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -173,10 +363,32 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def select_model(cvs: dict[str, CrossValidation]) -> str:
-    """The best cross-validated Spearman; ties (within 0.002) go to the simpler model, in MODELS order."""
-    scored = {k: v.spearman for k, v in cvs.items() if np.isfinite(v.spearman)}
+def tied_with_best(cvs: dict[str, CrossValidation]) -> list[str]:
+    """The models whose CV Spearman is within one standard error of the best's, the error taken
+    over the folds' paired differences (a model that loses on every fold by a little is not tied)."""
+    scored = {k: v for k, v in cvs.items() if np.isfinite(v.spearman)}
     if not scored:
+        return []
+    best = max(scored, key=lambda k: scored[k].spearman)
+    out = []
+    for k, v in scored.items():
+        diff = scored[best].fold_spearman - v.fold_spearman
+        diff = diff[np.isfinite(diff)]
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        if scored[best].spearman - v.spearman <= se:
+            out.append(k)
+    return out
+
+
+def select_model(cvs: dict[str, CrossValidation]) -> str:
+    """Among the models tied with the best CV Spearman (tied_with_best), the one that ranks best
+    fold by fold (the lowest mean rank across folds), then the higher pooled Spearman. Near-ties
+    are not broken towards the simplest model: on a tie the better ranker is at least as safe."""
+    tied = tied_with_best(cvs)
+    if not tied:
         return "linear"
-    best = max(scored.values())
-    return next(k for k in MODELS if k in scored and scored[k] >= best - 0.002)
+    if len(tied) == 1:
+        return tied[0]
+    F = np.array([np.nan_to_num(cvs[k].fold_spearman, nan=-2.0) for k in tied])  # models x folds
+    ranks = (-F).argsort(axis=0).argsort(axis=0).mean(axis=1)
+    return tied[min(range(len(tied)), key=lambda i: (ranks[i], -cvs[tied[i]].spearman))]

@@ -39,7 +39,51 @@ class FitSettings:
     # The simulated mixtures of the tree optimum follow the design's distribution (RegMix's defaults).
     temperature: float = 0.5
     concentration: tuple[float, float] = (0.1, 5.0)
+    # Where the recommendation may go: "range" keeps each weight within what the runs covered,
+    # "none" only within the bounds (optimize.evidence_bounds).
+    trust_region: str = "range"
 
     @property
     def sampler(self) -> Sampler:
         return Sampler(self.temperature, tuple(self.concentration))
+
+
+FLAT = 1e-6  # a domain whose weight spans less than this across the runs did not vary
+
+
+def flat_domains(X: np.ndarray) -> list[int]:
+    """Domains whose weight no run varied: the runs say nothing about changing them."""
+    return [j for j in range(X.shape[1]) if np.ptp(X[:, j]) <= FLAT]
+
+
+def check_swarm(swarm: Swarm) -> list[str]:
+    """Raise where no fit can mean anything (non-finite values, a constant objective, too few distinct
+    mixtures); return warnings for what the fit can work around (domains no run varied)."""
+    from mixopt.errors import MixoptError
+
+    X, n, d = swarm.X, len(swarm.keys), len(swarm.domains)
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    if bad.size:
+        raise MixoptError(f"run {swarm.keys[bad[0]]}: a weight is not a finite number", "fix or drop that run")
+    for m, v in swarm.metrics.items():
+        bad = np.flatnonzero(~np.isfinite(v))
+        if bad.size:
+            raise MixoptError(f"{m}: run {swarm.keys[bad[0]]} has no finite score", "fill or drop that run")
+    y = swarm.y
+    scale = max(float(np.abs(y).max()), 1e-300)
+    levels = len(np.unique(np.round(y / scale, 9)))
+    if levels < 3:
+        what = f"constant ({y[0]:.6g})" if levels == 1 else "only 2 distinct values"
+        raise MixoptError(f"the objective ({swarm.objective}) is {what} across the {n} runs: nothing to fit",
+                          "pick a target that the mixture changes, or check the score column")
+    flat = flat_domains(X)
+    free = d - len(flat)
+    distinct = len(np.unique(np.round(X, 6), axis=0))
+    if distinct < free + 2:
+        raise MixoptError(f"only {distinct} distinct mixtures among the {n} runs; fitting {free} varying domains "
+                          f"and cross-validating needs at least {free + 2}", "train or add runs on other mixtures")
+    if not flat:
+        return []
+    names = ", ".join(f"{swarm.domains[j]} (always {X[0, j]:.4g})" for j in flat[:6]) + (" ..." if len(flat) > 6 else "")
+    return [f"{len(flat)} domain(s) did not vary across the runs: {names}; their weight is held at that value, "
+            "since no run shows what changing it does"]

@@ -153,7 +153,8 @@ def load_fit(fit_dir: Path) -> tuple[dict, MixtureModel]:
     table = pl.read_parquet(runs_path)
     X = np.column_stack([table[d].to_numpy() for d in meta["domains"]])
     metrics = {m: table[m].to_numpy() for m in meta["terms"]}
-    return meta, fit_model(meta["model"], X, metrics, meta["terms"], meta["settings"]["seed"])
+    return meta, fit_model(meta["model"], X, metrics, meta["terms"], meta["settings"]["seed"],
+                           members=tuple(meta.get("ensemble_members") or ()))
 
 
 def predict_mixtures(fit_dir: Path, mixtures: Path, key: str | None = None,
