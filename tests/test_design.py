@@ -61,3 +61,16 @@ def test_impossible_designs_fail_clearly(make_config):
     exp = _exp(make_config, design={"runs": 50, "min_distance": 1.9})
     with pytest.raises(MixoptError, match="could draw only"):
         design_mixtures(exp, PRIOR, domain_bounds(exp, AVAILABLE))
+
+
+def test_default_runs_grow_with_the_domains(make_config, corpora):
+    """design.runs unset: 4 random mixtures per domain, at least 32 (Olmix: the swarm grows with m)."""
+    from mixopt.sweep.design import random_runs
+
+    assert random_runs(_exp(make_config, design={})) == 32  # 3 domains: the floor
+    many = [{"name": f"d{i}", "sources": [{"path": str(corpora / "code.parquet")}]} for i in range(12)]
+    exp = _exp(make_config, domains=many, design={"min_distance": 0.0}, fit={"model": "auto"})
+    assert random_runs(exp) == 48
+    prior = np.full(12, 1 / 12)
+    mixes = design_mixtures(exp, prior, domain_bounds(exp, [1e6] * 12))
+    assert sum(m.origin.startswith("random:") for m in mixes) == 48

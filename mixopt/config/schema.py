@@ -77,7 +77,9 @@ class Proxy(_Strict):
 
 
 class Design(_Strict):
-    runs: int = Field(32, ge=0)  # random mixtures, besides vertices, the prior and `mixtures`
+    # Random mixtures, besides vertices, the prior and `mixtures`; default (null): 4 per domain, at
+    # least 32 (Olmix: the swarm should grow linearly with the number of domains).
+    runs: int | None = Field(None, ge=0)
     concentration: tuple[float, float] = (0.1, 5.0)  # Dirichlet scale, drawn log-uniformly (RegMix)
     temperature: float = Field(0.5, gt=0)  # prior ** temperature is the Dirichlet centre
     min_weight: float = Field(2e-4, ge=0, lt=1)  # smaller weights are set to 0
@@ -153,7 +155,8 @@ class EvalSuite(_Strict):
 
 
 class Fit(_Strict):
-    model: Literal["linear", "loglinear", "law", "gbm", "auto"] = "linear"  # auto: best CV Spearman
+    # auto: every family cross-validated, the best ranker within one standard error (the safe choice)
+    model: Literal["linear", "loglinear", "law", "quadratic", "gp", "gbm", "ensemble", "auto"] = "auto"
     cv_folds: int = Field(5, ge=2)
     bootstrap: int = Field(50, ge=0)  # replicates for the intervals; 0 turns them off
     ci: float = Field(0.9, gt=0, lt=1)  # interval level
@@ -164,6 +167,7 @@ class Optimum(_Strict):
     target_tokens: float | None = Field(None, gt=0)  # the real run's tokens; enables the repetition limit
     max_epochs: float = Field(4.0, gt=0)  # weight x target_tokens <= max_epochs x available tokens
     kl_weight: float = Field(0.05, ge=0)  # objective + kl_weight x KL(w || prior)
+    trust_region: Literal["range", "none"] = "range"  # range: each weight within what the runs covered
 
 
 class Resources(_Strict):

@@ -314,7 +314,7 @@ def experiment_swarm(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool
     swarm = Swarm(exp.domain_names, X, metrics, plan.suite.objective_terms(), keys, plan.prior, plan.bounds,
                   plan.suite.describe_objective(), plan.available)
     settings = FitSettings(exp.fit.model, exp.fit.cv_folds, exp.seed, exp.optimum.kl_weight, exp.fit.bootstrap,
-                           exp.fit.ci, *astuple(Sampler.of(exp.design)))
+                           exp.fit.ci, *astuple(Sampler.of(exp.design)), trust_region=exp.optimum.trust_region)
     fit_key = content_hash({"context": plan.context, "suite": plan.suite.key, "runs": sorted(keys),
                             "fit": exp.fit.model_dump(), "optimum": exp.optimum.model_dump(),
                             "sampler": [settings.temperature, list(settings.concentration)],

@@ -17,6 +17,13 @@ from mixopt.core.mixtures import (
 from mixopt.errors import MixoptError
 
 ATTEMPTS_PER_RUN = 2000  # rejection sampling gives up after this many draws per wanted mixture
+RUNS_PER_DOMAIN, MIN_RUNS = 4, 32  # design.runs' default: enough for the smooth families to fit
+
+
+def random_runs(exp: Experiment) -> int:
+    """design.runs, or by default 4 per domain (at least 32): the swarm grows with the domains."""
+    runs = exp.design.runs
+    return runs if runs is not None else max(MIN_RUNS, RUNS_PER_DOMAIN * len(exp.domain_names))
 
 
 def design_mixtures(exp: Experiment, prior: np.ndarray, bounds: Bounds) -> list[Mixture]:
@@ -37,7 +44,8 @@ def design_mixtures(exp: Experiment, prior: np.ndarray, bounds: Bounds) -> list[
 
 def _draw_random(exp: Experiment, prior: np.ndarray, bounds: Bounds, taken: list[np.ndarray]) -> list[Mixture]:
     cfg = exp.design
-    if cfg.runs == 0:
+    runs = random_runs(exp)
+    if runs == 0:
         return []
     rng = np.random.default_rng([exp.seed, 1])
     sampler = Sampler.of(cfg)
@@ -46,7 +54,7 @@ def _draw_random(exp: Experiment, prior: np.ndarray, bounds: Bounds, taken: list
     free = 1.0 - bounds.lower.sum()  # mass left once every domain has its minimum
     out: list[Mixture] = []
     taken = list(taken)
-    for _ in range(ATTEMPTS_PER_RUN * cfg.runs):
+    for _ in range(ATTEMPTS_PER_RUN * runs):
         g = sampler.draw(prior, 1, rng)[0]
         if not np.isfinite(g).all():
             continue
@@ -58,8 +66,8 @@ def _draw_random(exp: Experiment, prior: np.ndarray, bounds: Bounds, taken: list
             continue
         taken.append(w)
         out.append(Mixture(f"random:{len(out)}", tuple(float(x) for x in w)))
-        if len(out) == cfg.runs:
+        if len(out) == runs:
             return out
     raise MixoptError(
-        f"could draw only {len(out)} of design.runs={cfg.runs} distinct mixtures within the bounds",
+        f"could draw only {len(out)} of design.runs={runs} distinct mixtures within the bounds",
         "lower design.runs or design.min_distance, raise max_prior_multiple, or loosen the bounds")
