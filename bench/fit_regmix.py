@@ -83,6 +83,8 @@ def main() -> None:
             subprocess.run(cmd, check=True, capture_output=True)
             out.append(time.perf_counter() - t0)
 
+    wide = _wide_swarm_seconds(args.repeats)
+
     result = {
         "table": "RegMix train_*_1m.csv: 512 runs x 17 domains, target " + TARGET,
         "cores": os.cpu_count(),
@@ -107,6 +109,13 @@ def main() -> None:
                             "regmix_way": [round(x, 2) for x in whole_theirs]},
             "target_ratio": 1.0,
         },
+        "wide_swarm": {
+            "table": "32 domains x 49 runs, objective = noise (random splits of one corpus): every model's CV R^2 <= 0",
+            "mixopt_fit_cli_seconds": round(min(wide), 3),
+            "all_seconds": [round(x, 2) for x in wide],
+            "target_seconds": 10.0,
+        },
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -127,6 +136,28 @@ prior = X.mean(axis=0)
 sims = np.random.default_rng(42).dirichlet(np.maximum(prior, 1e-3), 100_000)
 print(sims[np.argsort(m.predict(sims))[:100]].mean(axis=0))
 """
+
+
+def _wide_swarm_seconds(repeats: int) -> list[float]:
+    """Whole-process `mixopt fit --runs` on 32 domains x 49 runs whose objective the mixture does not move."""
+    import csv
+    import tempfile
+
+    rng = np.random.default_rng(0)
+    X, y = rng.dirichlet(np.ones(32), 49), 3.0 + rng.normal(0, 0.01, 49)
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "runs.csv"
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["run", *[f"d{i}" for i in range(32)], "bpb"])
+            w.writerows([[f"r{i}", *map(float, x), float(v)] for i, (x, v) in enumerate(zip(X, y))])
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "mixopt.cli", "fit", "--runs", str(path), "--key", "run", "--target",
+                            "bpb"], check=True, capture_output=True)
+            out.append(time.perf_counter() - t0)
+    return out
 
 
 def _whole_process_commands(anchor: Path) -> tuple[list[str], list[str]]:

@@ -136,7 +136,7 @@ def _num(x: float) -> float | None:
 
 
 LOW_SPEARMAN = 0.5  # below this CV Spearman the fit ranks unseen runs poorly: say so
-PULLED_IN = 0.01  # L1 distance from the unconstrained optimum worth reporting
+PULLED_IN = 0.05  # L1 distance from the unconstrained optimum worth reporting (below: simulation noise)
 
 
 def fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None = None) -> tuple[Recommendation, MixtureModel]:
