@@ -37,6 +37,7 @@ def _one_line_error(r, message):
 @pytest.mark.parametrize("case,message", [
     ("constant target", "is constant (3.25) across the 30 runs"),
     ("two-valued target", "only 2 distinct values"),
+    ("near-constant target", "below what a score can resolve"),
     ("one mixture repeated", "only 1 distinct mixtures among the 40 runs"),
     ("non-finite score", "has no finite score"),
 ])
@@ -49,6 +50,8 @@ def test_a_fit_that_cannot_mean_anything_is_refused(case, message, tmp_path):
         y = [3.25] * n
     if case == "two-valued target":
         y = [3.0 if i % 3 else 3.1 for i in range(n)]
+    if case == "near-constant target":
+        y = list(3.25 + 1e-9 * rng.normal(size=n))
     if case == "one mixture repeated":
         X = np.tile(X[:1], (n, 1))
     if case == "non-finite score":

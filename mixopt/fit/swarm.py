@@ -49,6 +49,7 @@ class FitSettings:
 
 
 FLAT = 1e-6  # a domain whose weight spans less than this across the runs did not vary
+NEAR_CONSTANT = 1e-7  # an objective whose spread is below this fraction of its size is rounding, not signal
 
 
 def flat_domains(X: np.ndarray) -> list[int]:
@@ -72,10 +73,16 @@ def check_swarm(swarm: Swarm) -> list[str]:
     y = swarm.y
     scale = max(float(np.abs(y).max()), 1e-300)
     levels = len(np.unique(np.round(y / scale, 9)))
-    if levels < 3:
-        what = f"constant ({y[0]:.6g})" if levels == 1 else "only 2 distinct values"
-        raise MixoptError(f"the objective ({swarm.objective}) is {what} across the {n} runs: nothing to fit",
+    if levels == 1:
+        raise MixoptError(f"the objective ({swarm.objective}) is constant ({y[0]:.6g}) across the {n} runs: nothing "
+                          "to fit", "pick a target that the mixture changes, or check the score column")
+    if np.ptp(y) <= NEAR_CONSTANT * scale:
+        raise MixoptError(f"the objective ({swarm.objective}) varies by only {np.ptp(y):.3g} across the {n} runs "
+                          f"({np.ptp(y) / scale:.1e} of its size): below what a score can resolve",
                           "pick a target that the mixture changes, or check the score column")
+    if levels < 3:
+        raise MixoptError(f"the objective ({swarm.objective}) takes only 2 distinct values across the {n} runs: "
+                          "nothing to rank", "pick a continuous target (e.g. a loss or BPB, not an accuracy)")
     flat = flat_domains(X)
     free = d - len(flat)
     distinct = len(np.unique(np.round(X, 6), axis=0))
