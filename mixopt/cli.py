@@ -133,7 +133,13 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         cv_folds: int = typer.Option(5, min=2, help="External swarm: cross-validation folds."),
         seed: int = typer.Option(0, help="External swarm: seed for folds, trees and simulation."),
         trust_region: TrustRegion = typer.Option(TrustRegion.range, help="External swarm: range keeps each weight "
-                                                 "within what the runs covered; none only within the bounds.")):
+                                                 "within what the runs covered; none only within the bounds."),
+        scale_column: Optional[str] = typer.Option(None, help="External swarm: model-size column; fits one law "
+                                                   "across sizes and recommends at --at-scale."),
+        tokens_column: Optional[str] = typer.Option(None, help="External swarm: training-tokens column (with "
+                                                    "--scale-column), recommended at --at-tokens."),
+        at_scale: Optional[float] = typer.Option(None, help="The target model size (same units as --scale-column)."),
+        at_tokens: Optional[float] = typer.Option(None, help="The target run's tokens (with --tokens-column).")):
     """Fit the regression, cross-validate it, and write the recommended mixture.
 
     With CONFIG: fit the experiment's sweep. With --runs: fit an external swarm table."""
@@ -143,7 +149,7 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         if config is None:
             raise MixoptError("fit needs an experiment CONFIG or an external swarm with --runs", "see `mixopt fit --help`")
         external = [n for n, v in (("--scores", scores), ("--key", key), ("--target", target), ("--domains", domains),
-                                   ("--save", save), ("--bound", bound)) if v]
+                                   ("--save", save), ("--bound", bound), ("--scale-column", scale_column)) if v]
         if external or model is not Model.auto or trust_region is not TrustRegion.range:
             flag = external[0] if external else "--model" if model is not Model.auto else "--trust-region"
             raise MixoptError(f"{flag} applies to --runs fits only",
@@ -157,9 +163,21 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
     from mixopt.fit.tables import fit_external, load_swarm, parse_targets
     from mixopt.report import format_recommendation
 
-    swarm = load_swarm(runs, parse_targets(target), scores, key, domains, tolerance, bound)
+    covariates = [c for c in (scale_column, tokens_column) if c]
+    if (tokens_column or at_scale or at_tokens) and not scale_column:
+        raise MixoptError("--tokens-column, --at-scale and --at-tokens need --scale-column", "name the model-size column")
+    if scale_column and at_scale is None:
+        raise MixoptError("--scale-column needs --at-scale: the model size to recommend for", "e.g. --at-scale 1e9")
+    swarm = load_swarm(runs, parse_targets(target), scores, key, domains, tolerance, bound, covariates)
     settings = FitSettings(model.value, cv_folds, seed, kl_weight, bootstrap, trust_region=trust_region.value)
-    rec = fit_external(swarm, settings, save, plots)
+    if scale_column:
+        from mixopt.fit.scaling import fit_scaled
+
+        if save is not None:
+            raise MixoptError("--save is not supported with --scale-column yet", "drop --save")
+        rec, _ = fit_scaled(swarm, settings, scale_column, at_scale, tokens_column, at_tokens)
+    else:
+        rec = fit_external(swarm, settings, save, plots)
     if format is Format.json:
         typer.echo(json.dumps({**rec.to_json(), "written": str(save) if save else None}))
     else:

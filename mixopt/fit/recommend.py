@@ -181,7 +181,7 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None) -> tupl
                                             settings.sampler)
     if free is not None and np.abs(free - w).sum() < PULLED_IN:
         free = None
-    warns += _fit_warnings(cv, kind, n, len(names) - len(flat))
+    warns += fit_warnings(cv, kind, n, len(names) - len(flat))
     unreliable = not (cv.r2 > 0)
     weights_ci = predicted_ci = None
     if settings.bootstrap and not unreliable:
@@ -202,7 +202,7 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None) -> tupl
     return rec, model
 
 
-def _fit_warnings(cv: CrossValidation, kind: str, n: int, varying: int) -> list[str]:
+def fit_warnings(cv: CrossValidation, kind: str, n: int, varying: int) -> list[str]:
     """What a reader must know before trusting the numbers: a fit worse than the mean, a poor
     ranking, a swarm too small for the model."""
     out = []

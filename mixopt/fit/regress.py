@@ -101,6 +101,8 @@ class MixtureModel:
         if self.kind == "gp":
             return self.gps[metric].predict(X)
         p = self.params[metric]
+        if self.kind == "scaling":
+            return scaling_law(p, X)
         if self.kind == "linear":
             return X @ p
         if self.kind == "quadratic":
@@ -124,7 +126,9 @@ class MixtureModel:
                 g += a * self.gps[m].gradient(w)
                 continue
             p = self.params[m]
-            if self.kind == "linear":
+            if self.kind == "scaling":
+                g += a * scaling_law_gradient(p, w)
+            elif self.kind == "linear":
                 g += a * p
             elif self.kind == "quadratic":
                 d = len(w)
@@ -143,7 +147,26 @@ class MixtureModel:
         """Every term convex (exp terms with positive weight, or linear): SLSQP's optimum is global."""
         if self.kind in ("quadratic", "gp", "ensemble", "gbm"):
             return False
+        if self.kind == "scaling":
+            return all(a > 0 for a in self.terms.values())  # linear + exp terms
         return self.kind == "linear" or all(a > 0 for a in self.terms.values())
+
+
+def scaling_law(p: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """The joint law at one size: p = [e, a, b, alpha, beta, ln(N/N0), ln(D/D0)] (scaling.py):
+    X e + exp(X a - alpha ln N) + exp(X b - beta ln D)."""
+    d = X.shape[1]
+    e, a, b = p[:d], p[d:2 * d], p[2 * d:3 * d]
+    alpha, beta, ln_n, ln_d = p[3 * d:3 * d + 4]
+    return X @ e + np.exp(np.clip(X @ a - alpha * ln_n, -50, 50)) + np.exp(np.clip(X @ b - beta * ln_d, -50, 50))
+
+
+def scaling_law_gradient(p: np.ndarray, w: np.ndarray) -> np.ndarray:
+    d = len(w)
+    e, a, b = p[:d], p[d:2 * d], p[2 * d:3 * d]
+    alpha, beta, ln_n, ln_d = p[3 * d:3 * d + 4]
+    return (e + a * np.exp(np.clip(w @ a - alpha * ln_n, -50, 50))
+            + b * np.exp(np.clip(w @ b - beta * ln_d, -50, 50)))
 
 
 @dataclass(frozen=True)

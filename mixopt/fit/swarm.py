@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,6 +22,7 @@ class Swarm:
     bounds: Bounds
     objective: str
     available: list[int] | None = None  # tokens per domain, when known
+    covariates: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. model size per run (scaling.py)
 
     @property
     def y(self) -> np.ndarray:

@@ -41,7 +41,8 @@ def parse_targets(targets: list[str]) -> dict[str, float]:
 
 def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None, key: str | None = None,
                domains: str | None = None, tolerance: float = TABLE_TOLERANCE,
-               bounds: list[str] | None = None) -> Swarm:
+               bounds: list[str] | None = None, covariates: list[str] = ()) -> Swarm:
+    """`covariates` (e.g. a model-size column) are read per run, never taken for weight columns."""
     import polars as pl
 
     table = read_table(runs)
@@ -58,11 +59,11 @@ def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None
         if lost.height:
             raise MixoptError(f"{lost.height} runs in {runs} have no row in {scores} (first {key}: {lost[key][0]})",
                               "pass tables with the same runs, or drop those runs")
-        weight_cols = _domain_columns(table, key, domains, exclude=set())
+        weight_cols = _domain_columns(table, key, domains, exclude=set(covariates))
         table = table.join(right.select([key, *[c for c in right.columns if c != key and c not in table.columns]]),
                            on=key, how="inner")
     else:
-        weight_cols = _domain_columns(table, key, domains, exclude=set(targets))
+        weight_cols = _domain_columns(table, key, domains, exclude=set(targets) | set(covariates))
     for t in targets:
         if t not in table.columns:
             raise MixoptError(f"target column '{t}' not found", f"score columns: {_score_columns(table, weight_cols, key)}")
@@ -77,17 +78,26 @@ def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None
         if bad.size:
             raise MixoptError(f"{t}: row {bad[0] + 1} has no finite score", "fill or drop that run")
         metrics[t] = v
+    covs = {}
+    for c in covariates:
+        if c not in table.columns:
+            raise MixoptError(f"column '{c}' not found", f"columns: {', '.join(table.columns[:12])}")
+        v = table[c].cast(pl.Float64, strict=False).to_numpy()
+        bad = np.flatnonzero(~(np.isfinite(v) & (v > 0)))
+        if bad.size:
+            raise MixoptError(f"{c}: row {bad[0] + 1} is not a positive number", "give every run its size")
+        covs[c] = v
     keys = [str(k) for k in table[key]] if key else [str(i) for i in range(table.height)]
     objective = " + ".join(f"{w:g}*{t}" if w != 1 else t for t, w in targets.items())
     return Swarm(weight_cols, X, metrics, targets, keys, _prior(X), parse_bounds(bounds or [], weight_cols),
-                 objective)
+                 objective, covariates=covs)
 
 
 def _domain_columns(table, key, prefix, exclude) -> list[str]:
     import polars as pl
 
     if prefix:
-        cols = [c for c in table.columns if c.startswith(prefix) and c != key]
+        cols = [c for c in table.columns if c.startswith(prefix) and c != key and c not in exclude]
         if not cols:
             raise MixoptError(f"no column starts with '{prefix}'", f"columns: {', '.join(table.columns[:12])}")
         return cols

@@ -1,0 +1,152 @@
+"""Fits across scales: a table whose runs were trained at several model sizes (and/or token
+counts) fits one joint law in (mixture, size, tokens), and the recommendation is solved at a
+target size larger than any run (`fit --runs ... --scale-column N --at-scale 1e9`).
+
+Per metric, with n = ln(N / N_min) and t = ln(D / D_min) (the smallest run's size and tokens):
+
+    L(w, N, D) = w . e + exp(w . a - alpha n) + exp(w . b - beta t)
+
+w . e is the loss the mixture tends to as the model and data grow; the exp terms are what a
+finite model (data) adds, each with its own dependence on the mixture, shrinking as a power of
+N (D). This is the additive form of Shukor et al. 2025 ("Scaling Laws for Optimal Data
+Mixtures": L = E(h) + A(h)/N^alpha + B(h)/D^beta), with E linear and A, B log-linear in the
+mixture. Because the terms shrink at different rates, the best mixture moves with the size:
+a small run alone can point the wrong way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from mixopt.errors import MixoptError
+from mixopt.fit.optimize import (
+    binding_constraints,
+    check_feasible,
+    evidence_bounds,
+    solve_optimum,
+)
+from mixopt.fit.regress import (
+    CrossValidation,
+    MixtureModel,
+    _scored,
+    fold_indices,
+    spearman,
+)
+from mixopt.fit.swarm import FitSettings, Swarm, check_swarm, flat_domains
+
+FAR = 100.0  # a target size this many times the largest run's is a long extrapolation: say so
+
+
+def _law(theta: np.ndarray, X: np.ndarray, n: np.ndarray, t: np.ndarray | None) -> np.ndarray:
+    d = X.shape[1]
+    out = X @ theta[:d] + np.exp(np.clip(X @ theta[d:2 * d] - np.exp(theta[-2 if t is not None else -1]) * n, -50, 50))
+    if t is not None:
+        out = out + np.exp(np.clip(X @ theta[2 * d:3 * d] - np.exp(theta[-1]) * t, -50, 50))
+    return out
+
+
+def fit_law(X: np.ndarray, y: np.ndarray, n: np.ndarray, t: np.ndarray | None,
+            start: np.ndarray | None = None) -> np.ndarray:
+    """theta = [e, a, (b), ln alpha, (ln beta)] by least squares, from a flat start or `start`."""
+    d = X.shape[1]
+    if start is None:
+        e0 = np.linalg.lstsq(X, y, rcond=None)[0] - 0.5 * float(y.std())
+        a0 = np.full(d, np.log(max(float(y.std()), 1e-6)))
+        start = np.r_[e0, a0, a0, np.log(0.3), np.log(0.3)] if t is not None else np.r_[e0, a0, np.log(0.3)]
+    res = least_squares(lambda th: _law(th, X, n, t) - y, start, method="trf", max_nfev=60 * (len(start) + 1))
+    return res.x
+
+
+def _at(theta: np.ndarray, d: int, n_star: float, t_star: float | None) -> np.ndarray:
+    """The law at one size, in regress.scaling_law's layout."""
+    e, a = theta[:d], theta[d:2 * d]
+    if t_star is None:
+        return np.r_[e, a, np.full(d, -50.0), np.exp(theta[-1]), 0.0, n_star, 0.0]
+    return np.r_[e, a, theta[2 * d:3 * d], np.exp(theta[-2]), np.exp(theta[-1]), n_star, t_star]
+
+
+def fit_scaled(swarm: Swarm, settings: FitSettings, scale: str, at_scale: float, tokens: str | None = None,
+               at_tokens: float | None = None):
+    """(Recommendation, model at the target size) for a table with a size column (and a tokens column)."""
+    from mixopt.fit.recommend import PULLED_IN, Recommendation, fit_warnings
+
+    if tokens is not None and at_tokens is None:
+        raise MixoptError("--tokens-column needs --at-tokens: the target run's tokens", "e.g. --at-tokens 1e11")
+    if not (at_scale > 0) or (at_tokens is not None and not at_tokens > 0):
+        raise MixoptError("--at-scale and --at-tokens must be positive numbers", "e.g. --at-scale 1e9")
+    names, X, n_runs = swarm.domains, swarm.X, len(swarm.keys)
+    warns = check_swarm(swarm)
+    check_feasible(swarm.bounds, names)
+    N = swarm.covariates[scale]
+    if len(np.unique(N)) < 2:
+        raise MixoptError(f"every run has the same {scale} ({N[0]:g}): a law across sizes needs at least two",
+                          "add runs at another size, or fit without --scale-column")
+    n, n_star = np.log(N / N.min()), float(np.log(at_scale / N.min()))
+    t = t_star = None
+    if tokens is not None:
+        D = swarm.covariates[tokens]
+        t, t_star = np.log(D / D.min()), float(np.log(at_tokens / D.min()))
+    y = swarm.y
+
+    def fit_all(idx, start=None):
+        return {m: fit_law(X[idx], v[idx], n[idx], None if t is None else t[idx],
+                           None if start is None else start[m]) for m, v in swarm.metrics.items() if m in swarm.terms}
+
+    def predict(thetas, idx):
+        return sum(a * _law(thetas[m], X[idx], n[idx], None if t is None else t[idx]) for m, a in swarm.terms.items())
+
+    everything = np.arange(n_runs)
+    full = fit_all(everything)
+    tests = fold_indices(n_runs, settings.cv_folds, settings.seed)
+    oof = np.empty(n_runs)
+    for test in tests:
+        oof[test] = predict(fit_all(np.setdiff1d(everything, test), full), test)
+    cv = _scored(oof, y, tests)
+    candidates = {"scaling": cv}
+    big = N == N.max()
+    small_fit = fit_all(np.flatnonzero(~big))
+    held = predict(small_fit, np.flatnonzero(big))
+    candidates[f"scaling, {scale}={N.max():g} held out"] = CrossValidation(
+        spearman(held, y[big]), float(1 - ((held - y[big]) ** 2).sum() / max(((y[big] - y[big].mean()) ** 2).sum(), 1e-300)),
+        1, held)
+    d = len(names)
+    model = MixtureModel("scaling", dict(swarm.terms), {m: _at(th, d, n_star, t_star) for m, th in full.items()})
+    flat = flat_domains(X)
+    trust, trust_warns = evidence_bounds(X, swarm.bounds, settings.trust_region, names, flat)
+    warns += trust_warns
+    w = solve_optimum(model, swarm.prior, trust, settings.kl_weight, settings.seed, settings.sampler)
+    free = None
+    if settings.trust_region != "none":
+        loose = evidence_bounds(X, swarm.bounds, "none", names, flat)[0]
+        free = solve_optimum(model, swarm.prior, loose, settings.kl_weight, settings.seed, settings.sampler)
+        free = free if np.abs(free - w).sum() >= PULLED_IN else None
+    if at_scale > FAR * N.max():
+        warns.append(f"the target {scale}={at_scale:g} is {at_scale / N.max():.0f}x the largest run's: a long "
+                     "extrapolation of the law")
+    warns += fit_warnings(cv, "scaling", n_runs, d - len(flat))
+    weights_ci = predicted_ci = None
+    if settings.bootstrap and cv.r2 > 0:
+        rng = np.random.default_rng([settings.seed, 11])
+        ws, preds = [], []
+        for _ in range(settings.bootstrap):
+            idx = rng.integers(0, n_runs, n_runs)
+            m = MixtureModel("scaling", dict(swarm.terms),
+                             {k: _at(th, d, n_star, t_star) for k, th in fit_all(idx, full).items()})
+            ws.append(solve_optimum(m, swarm.prior, trust, settings.kl_weight, settings.seed, settings.sampler))
+            preds.append(float(m.predict(w)[0]))
+        q = [50 * (1 - settings.ci), 100 - 50 * (1 - settings.ci)]
+        weights_ci, predicted_ci = np.percentile(np.array(ws), q, axis=0).T, tuple(np.percentile(preds, q))
+    at = f"{scale}={at_scale:g}" + (f", {tokens}={at_tokens:g}" if tokens else "")
+    binding = ["held" if j in flat else b for j, b in enumerate(binding_constraints(w, trust, swarm.bounds))]
+    rec = Recommendation(
+        domains=names, weights=w, prior=swarm.prior, available=None, binding=binding,
+        predicted=float(model.predict(w)[0]), predicted_prior=float(model.predict(swarm.prior)[0]),
+        best_run=float(y[big].min()), cv=cv, candidates=candidates, model="scaling", runs=n_runs,
+        objective=f"{swarm.objective} at {at}", fit_key="", weights_ci=weights_ci,
+        predicted_ci=None if predicted_ci is None else tuple(map(float, predicted_ci)),
+        bootstrap=settings.bootstrap if weights_ci is not None else 0, ci=settings.ci, warnings=tuple(warns),
+        reliable=bool(cv.r2 > 0), trust_region=settings.trust_region,
+        trust_bounds=np.column_stack([trust.lower, trust.upper]), unconstrained=free,
+        predicted_unconstrained=None if free is None else float(model.predict(free)[0]))
+    return rec, model
