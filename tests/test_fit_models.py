@@ -76,3 +76,40 @@ def test_trust_region_keeps_the_recommendation_where_the_runs_are():
     assert np.all(rec.weights_ci[:, 1] <= hi + 1e-9)  # the intervals stay inside too
     free, _ = fit_swarm(_swarm(X, y), FitSettings(model="linear", bootstrap=0, trust_region="none"))
     assert free.weights[0] > 0.99 and free.unconstrained is None
+
+
+def test_every_new_family_saves_and_predicts(tmp_path):
+    """`fit --save` then `predict` refits the saved family (the ensemble with its members) from runs.parquet."""
+    import csv
+    import json
+
+    from typer.testing import CliRunner
+
+    from mixopt.cli import app
+
+    rng = np.random.default_rng(5)
+    X = rng.dirichlet(np.full(D, 0.8), 50)
+    y = _downstream(X) + rng.normal(0, 0.004, len(X))
+    with open(tmp_path / "runs.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", *[f"d{i}" for i in range(D)], "err"])
+        w.writerows([[f"r{i}", *map(float, x), float(v)] for i, (x, v) in enumerate(zip(X, y))])
+    cands = rng.dirichlet(np.ones(D), 30)
+    with open(tmp_path / "cands.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", *[f"d{i}" for i in range(D)]])
+        w.writerows([[f"c{i}", *map(float, x)] for i, x in enumerate(cands)])
+    from mixopt.fit.regress import spearman
+
+    for kind in ("quadratic", "gp", "ensemble"):
+        out = tmp_path / kind
+        r = CliRunner().invoke(app, ["fit", "--runs", str(tmp_path / "runs.csv"), "--key", "run", "--target", "err",
+                                     "--model", kind, "--bootstrap", "0", "--no-plots", "--save", str(out),
+                                     "--format", "json"])
+        assert r.exit_code == 0, r.output
+        fit = json.loads(r.output)
+        assert fit["model"] == kind and (kind != "ensemble" or len(fit["ensemble_members"]) == 3)
+        r = CliRunner().invoke(app, ["predict", str(out), str(tmp_path / "cands.csv"), "--format", "json"])
+        assert r.exit_code == 0, r.output
+        pred = np.array([row["predicted"] for row in json.loads(r.output)])
+        assert spearman(pred, _downstream(cands)) > (0.95 if kind != "ensemble" else 0.8), kind  # it may hold gbm
