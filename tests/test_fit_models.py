@@ -113,3 +113,17 @@ def test_every_new_family_saves_and_predicts(tmp_path):
         assert r.exit_code == 0, r.output
         pred = np.array([row["predicted"] for row in json.loads(r.output)])
         assert spearman(pred, _downstream(cands)) > (0.95 if kind != "ensemble" else 0.8), kind  # it may hold gbm
+
+
+def test_intervals_hold_their_point_estimate():
+    from mixopt.fit.recommend import widened
+
+    ci = widened(np.array([[0.0005, 0.0066], [0.2, 0.3]]), np.array([0.0, 0.25]))
+    assert ci.tolist() == [[0.0, 0.0066], [0.2, 0.3]]
+    assert widened(np.array([5.09, 5.12]), 5.13) == (5.09, 5.13)
+    rng = np.random.default_rng(4)
+    X = rng.dirichlet(np.full(D, 0.8), 60)
+    rec, _ = fit_swarm(_swarm(X, _downstream(X) + rng.normal(0, 0.004, 60)), FitSettings(model="gbm", bootstrap=8))
+    lo, hi = rec.weights_ci.T
+    assert np.all(lo <= rec.weights + 1e-12) and np.all(rec.weights <= hi + 1e-12)
+    assert rec.predicted_ci[0] <= rec.predicted <= rec.predicted_ci[1]

@@ -69,7 +69,7 @@ def _at(theta: np.ndarray, d: int, n_star: float, t_star: float | None) -> np.nd
 def fit_scaled(swarm: Swarm, settings: FitSettings, scale: str, at_scale: float, tokens: str | None = None,
                at_tokens: float | None = None):
     """(Recommendation, model at the target size) for a table with a size column (and a tokens column)."""
-    from mixopt.fit.recommend import PULLED_IN, Recommendation, fit_warnings
+    from mixopt.fit.recommend import PULLED_IN, Recommendation, fit_warnings, widened
 
     if tokens is not None and at_tokens is None:
         raise MixoptError("--tokens-column needs --at-tokens: the target run's tokens", "e.g. --at-tokens 1e11")
@@ -136,7 +136,8 @@ def fit_scaled(swarm: Swarm, settings: FitSettings, scale: str, at_scale: float,
             ws.append(solve_optimum(m, swarm.prior, trust, settings.kl_weight, settings.seed, settings.sampler))
             preds.append(float(m.predict(w)[0]))
         q = [50 * (1 - settings.ci), 100 - 50 * (1 - settings.ci)]
-        weights_ci, predicted_ci = np.percentile(np.array(ws), q, axis=0).T, tuple(np.percentile(preds, q))
+        weights_ci = widened(np.percentile(np.array(ws), q, axis=0).T, w)
+        predicted_ci = widened(np.percentile(preds, q), float(model.predict(w)[0]))
     at = f"{scale}={at_scale:g}" + (f", {tokens}={at_tokens:g}" if tokens else "")
     binding = ["held" if j in flat else b for j, b in enumerate(binding_constraints(w, trust, swarm.bounds))]
     rec = Recommendation(
