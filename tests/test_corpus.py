@@ -60,13 +60,17 @@ def test_large_domain_token_count_is_estimated_within_5_percent(make_config, cor
     # A budget far below the corpus size: the count is extrapolated from the sample's tokens/byte.
     import pyarrow.parquet as pq
 
-    exp = load_experiment(make_config(sample={"train_tokens": 4000, "val_tokens": 1000,
+    # Documents are cut at 8 kB (sample.max_document_bytes), so 400 kB of code is far above the budget.
+    cap = 8192
+    exp = load_experiment(make_config(sample={"train_tokens": 4000, "val_tokens": 1000, "max_document_bytes": cap,
                                               "tokenizer": {"vocab_size": 512}}))
     code = sample_corpus(exp)["domains"]["code"]
     assert not code["tokens_exact"]
     assert code["documents"] > code["train_documents"] + code["val_documents"]
     tok = load_tokenizer(Workspace(exp.workspace_dir).tokenizer_path)
     texts = pq.read_table(corpora / "code.parquet").column("text").to_pylist()
+    assert code["truncated_documents"] == sum(len(t.encode()) > cap for t in texts) > 0
+    texts = [t.encode()[:cap].decode("utf-8", "ignore") for t in texts]
     exact = sum(len(e.ids) + 1 for e in tok.encode_batch(texts, add_special_tokens=False))
     assert abs(code["tokens"] / exact - 1) < 0.05
 
