@@ -197,6 +197,7 @@ def _remote_shards(source: Source, url: str) -> list[Shard] | None:
     fs, root = _fs(url, dict(source.storage_options))
     proto = url.split("://", 1)[0]
     try:
+        fs.invalidate_cache()  # fsspec keeps listings per filesystem instance: list the store as it is now
         if _has_magic(root):
             infos = fs.glob(root, detail=True)
         elif fs.isdir(root):
@@ -232,10 +233,9 @@ def _hub_target(source: Source, base_dir) -> str:
     return str(local.absolute()) if local.is_dir() else source.hub
 
 
-def _load_hub(source: Source, base_dir):
+def _load_hub(source: Source, target: str):
     import datasets
 
-    target = _hub_target(source, base_dir)
     try:
         ds = datasets.load_dataset(target, source.config, split=source.split or "train", streaming=True,
                                    **({"storage_options": dict(source.storage_options)}
@@ -248,9 +248,10 @@ def _load_hub(source: Source, base_dir):
 
 
 def _hub_shards(source: Source, base_dir) -> list[Shard]:
-    ds = _load_hub(source, base_dir)
+    target = _hub_target(source, base_dir)
+    ds = _load_hub(source, target)
     n = max(1, int(getattr(ds, "num_shards", None) or getattr(ds, "n_shards", 1)))
-    return [Shard(_hub_target(source, base_dir), "hub", local=False, index=i, count=n) for i in range(n)]
+    return [Shard(target, "hub", local=False, index=i, count=n) for i in range(n)]
 
 
 # ---- fingerprints: a source's identity by content ------------------------------------------------
@@ -390,6 +391,10 @@ def _text_column(table_or_batch, source: Source, where: str):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         return None
+    try:
+        col.validate(full=True)  # UTF-8: Parquet and Arrow files need not hold valid text
+    except pa.ArrowInvalid as e:
+        raise ShardError(f"{where}: not valid UTF-8 text in column '{source.text_field}' ({e})") from None
     return col
 
 
@@ -455,6 +460,7 @@ def _parse_jsonl_block(source: Source, shard: Shard, data: bytes, first_line: in
                                  unexpected_field_behavior="ignore", newlines_in_values=False))
         col = table.column(source.text_field).combine_chunks()
         if col.null_count == 0:
+            col.validate(full=True)  # Arrow's JSON reader passes invalid UTF-8 through
             yield col
             return
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -517,7 +523,7 @@ def _chunks_hf(source: Source, shard: Shard, _cap) -> Iterator:
 def _chunks_hub(source: Source, shard: Shard) -> Iterator:
     import pyarrow as pa
 
-    ds = _load_hub(source, Path(shard.uri).parent if os.path.isdir(shard.uri) else ".")
+    ds = _load_hub(source, shard.uri)
     if shard.count > 1:
         ds = ds.shard(num_shards=shard.count, index=shard.index)
     names = ds.column_names

@@ -182,7 +182,7 @@ def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dty
     tokens = int(cum[-1]) if c.complete else int(round(c.bytes * cum[-1] / sum(c.sizes)))
     return {
         "documents": c.documents, "duplicates_dropped": c.duplicates, "bytes": c.bytes,
-        "truncated_documents": c.truncated, "skipped_shards": len(c.skipped),
+        "truncated_documents": c.truncated, "skipped_shards": len(c.skipped), "skipped": c.skipped,
         "tokens": tokens, "tokens_exact": c.complete,
         "train_documents": n_train, "train_tokens": int(train.size),
         "train_bytes": sum(c.sizes[n_val:n_val + n_train]),
