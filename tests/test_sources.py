@@ -155,3 +155,24 @@ def test_hub_domain_in_an_experiment(corpora, tmp_path):
     m = sample_corpus(load_experiment(write_config(tmp_path / "hub.yaml", cfg)))
     assert m["domains"]["prose"]["documents"] == len({t for t in texts if t.strip()})
     assert yaml.safe_load((tmp_path / "hub.yaml").read_text())["domains"][1]["sources"][0]["hub"] == "hub/prose"
+
+
+def test_any_number_of_workers_gives_byte_identical_samples(corpora, tmp_path):
+    """The bottom-k pools of separate processes merge into the serial result: slices, counts and tokenizer."""
+    table = pq.read_table(corpora / "code.parquet")
+    (tmp_path / "code").mkdir()
+    step = (table.num_rows + 4) // 5
+    for i in range(5):
+        pq.write_table(table.slice(i * step, step), tmp_path / "code" / f"part-{i}.parquet")
+    pq.write_table(table.slice(0, 7), tmp_path / "code" / "dups.parquet")  # exact duplicates across shards
+    manifests = []
+    for workers in (1, 3):
+        cfg = small_config(corpora, tmp_path / f"ws{workers}",
+                           sample={"train_tokens": 8000, "val_tokens": 2000, "max_document_bytes": 20_000,
+                                   "tokenizer": {"vocab_size": 512}})
+        cfg["domains"][0]["sources"] = [{"path": str(tmp_path / "code" / "*.parquet")}]
+        m = sample_corpus(load_experiment(write_config(tmp_path / f"w{workers}.yaml", cfg)), workers=workers)
+        manifests.append({k: v for k, v in m.items() if k != "reused"})
+    assert not manifests[0]["domains"]["code"]["tokens_exact"]  # the pools were trimmed
+    assert manifests[0]["domains"]["code"]["duplicates_dropped"] > 0
+    assert manifests[0] == manifests[1]  # slices' and tokenizer's sha256, counts, estimates
