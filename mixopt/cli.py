@@ -65,6 +65,10 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
         if d.get("skipped_shards"):
             typer.echo(f"{name}: skipped {d['skipped_shards']} unreadable shard(s) (on_error: skip): "
                        + "; ".join(d.get("skipped", [])[:3]))
+        if d.get("scan"):
+            sc = d["scan"]
+            typer.echo(f"{name}: read {sc['shards_read']} of {sc['shards']} shards (sample.scan): ~{d['tokens']:,} "
+                       f"tokens +- {sc['tokens_stderr']:,} (1 standard error)")
         if d.get("truncated_documents"):
             typer.echo(f"{name}: {d['truncated_documents']} document(s) cut to sample.max_document_bytes="
                        f"{exp.sample.max_document_bytes}")

@@ -1,3 +1,6 @@
+import gzip
+import json
+
 import numpy as np
 import pytest
 import yaml
@@ -97,3 +100,23 @@ def test_a_moved_corpus_is_the_same_corpus_and_changed_bytes_are_not(make_config
     victim = sorted((moved / "legal").iterdir())[0]
     victim.write_text(victim.read_text() + "!")
     assert sample_corpus(moved_exp)["reused"] is False
+
+
+def test_a_hugging_face_tokenizer_from_a_local_folder(make_config, corpora, tmp_path):
+    """`tokenizer: {name: folder}`: a tokenizer saved with save_pretrained is used as is."""
+    from transformers import PreTrainedTokenizerFast
+
+    from mixopt.data.tokenizer import train_tokenizer
+
+    texts = [json.loads(line)["text"] for line in gzip.open(corpora / "prose.jsonl.gz", "rt")]
+    hf = PreTrainedTokenizerFast(tokenizer_object=train_tokenizer(texts, 700), eos_token="<|endoftext|>")
+    hf.save_pretrained(tmp_path / "my-tokenizer")
+    exp = load_experiment(make_config(sample={"train_tokens": 20000, "val_tokens": 3000,
+                                              "tokenizer": {"name": "my-tokenizer"}}))
+    m = sample_corpus(exp)
+    assert m["vocab_size"] == 700
+    tok = load_tokenizer(Workspace(exp.workspace_dir).tokenizer_path)
+    assert tok.encode(texts[0]).ids == hf(texts[0])["input_ids"]
+    assert sample_corpus(exp)["reused"] is True
+    with pytest.raises(MixoptError, match="tokenizer 'nowhere/none' cannot be loaded"):
+        sample_corpus(load_experiment(make_config("b.yaml", ws="ws2", sample={"tokenizer": {"name": "nowhere/none"}})))

@@ -176,3 +176,24 @@ def test_any_number_of_workers_gives_byte_identical_samples(corpora, tmp_path):
     assert not manifests[0]["domains"]["code"]["tokens_exact"]  # the pools were trimmed
     assert manifests[0]["domains"]["code"]["duplicates_dropped"] > 0
     assert manifests[0] == manifests[1]  # slices' and tokenizer's sha256, counts, estimates
+
+
+def test_scan_fraction_reads_a_seeded_subset_and_estimates_the_rest(corpora, tmp_path):
+    table = pq.read_table(corpora / "code.parquet")
+    (tmp_path / "code").mkdir()
+    step = (table.num_rows + 11) // 12
+    for i in range(12):
+        pq.write_table(table.slice(i * step, step), tmp_path / "code" / f"part-{i:02d}.parquet")
+    out = {}
+    for name, scan in (("all", None), ("part", {"fraction": 0.5})):
+        cfg = small_config(corpora, tmp_path / f"ws-{name}",
+                           sample={"train_tokens": 8000, "val_tokens": 2000, "tokenizer": {"vocab_size": 512},
+                                   **({"scan": scan} if scan else {})})
+        cfg["domains"][0]["sources"] = [{"path": str(tmp_path / "code")}]
+        out[name] = sample_corpus(load_experiment(write_config(tmp_path / f"{name}.yaml", cfg)))["domains"]["code"]
+    full, part = out["all"], out["part"]
+    assert "scan" not in full and part["scan"]["shards_read"] == 6 and part["scan"]["shards"] == 12
+    assert not part["tokens_exact"] and part["scan"]["bytes_stderr"] > 0
+    # The estimate of the domain's text bytes is within 4 standard errors of the exact count.
+    assert abs(part["bytes"] - full["bytes"]) < 4 * part["scan"]["bytes_stderr"] + 0.01 * full["bytes"]
+    assert part["documents"] != full["documents"] or part["bytes"] != full["bytes"]  # it was estimated

@@ -71,8 +71,22 @@ class Domain(_Strict):
 
 class Tokenizer(_Strict):
     path: str | None = None  # a tokenizer.json to use as is; otherwise one is trained
+    name: str | None = None  # a Hugging Face tokenizer: a folder (save_pretrained) or a Hub name
+
+    @model_validator(mode="after")
+    def _one_given(self):
+        if self.path and self.name:
+            raise ValueError("give `path` or `name`, not both")
+        return self
     vocab_size: int = Field(8192, ge=260, le=1 << 20)
     train_bytes_per_domain: int = Field(2_000_000, gt=0)  # equal bytes per domain: no domain dominates
+
+
+class Scan(_Strict):
+    """Read a seeded subset of each domain's shards (huge domains); the token count is then estimated."""
+
+    fraction: float = Field(gt=0, le=1)  # of each domain's shards (at least min_shards of them)
+    min_shards: int = Field(2, ge=1)
 
 
 class Sample(_Strict):
@@ -81,6 +95,7 @@ class Sample(_Strict):
     # Longer documents are cut to this many bytes (counted in the manifest): no giant document reaches
     # the tokenizer whole.
     max_document_bytes: int = Field(1_000_000, ge=1024)
+    scan: Scan | None = None  # default: read every shard (exact counts)
     tokenizer: Tokenizer = Tokenizer()
 
 

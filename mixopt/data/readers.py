@@ -49,6 +49,7 @@ class Shard:
     local: bool = True
     index: int = 0  # hub: this shard's index among `count`
     count: int = 1
+    size: int | None = field(default=None, compare=False)  # bytes on disk / in the store, when known
     opts: dict = field(default_factory=dict, compare=False, hash=False)  # storage_options
 
 
@@ -168,7 +169,11 @@ def _wanted(source: Source, f: str, kind: str) -> bool:
 
 def _local_shard(source: Source, f: str) -> Shard:
     fmt = source.format if source.format not in ("auto", "hf") else detect_format(f)
-    return Shard(f, fmt)
+    try:
+        size = os.stat(f).st_size
+    except OSError:
+        size = None
+    return Shard(f, fmt, size=size)
 
 
 def _fs(url: str, opts: dict):
@@ -223,7 +228,7 @@ def _remote_shards(source: Source, url: str) -> list[Shard] | None:
             raise MixoptError(f"{name}: not a regular file", SKIP_FIX)
         uri = name if "://" in name else f"{proto}://{name}"
         fmt = source.format if source.format not in ("auto", "hf") else detect_format(name)
-        out.append(Shard(uri, fmt, local=False, opts=dict(source.storage_options)))
+        out.append(Shard(uri, fmt, local=False, size=info.get("size"), opts=dict(source.storage_options)))
     return out
 
 

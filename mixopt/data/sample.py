@@ -28,8 +28,9 @@ from mixopt.data.readers import source_fingerprint
 from mixopt.data.scan import Candidates, draw_candidates, make_executor
 from mixopt.data.tokenizer import (
     eos_id,
+    given_tokenizer,
+    given_tokenizer_id,
     join_documents,
-    load_tokenizer,
     token_byte_lengths,
     token_dtype,
     train_tokenizer,
@@ -49,11 +50,12 @@ def sample_key(exp: Experiment, hashes: FileHashes | None = None) -> str:
     sources = {d.name: [source_fingerprint(s, exp.base_dir, hashes) for s in d.sources] for d in exp.domains}
     hashes.save()
     tok = exp.sample.tokenizer
-    tok_file = file_sha256(exp.resolve(tok.path)) if tok.path and exp.resolve(tok.path).is_file() else None
+    tok_file = given_tokenizer_id(tok, exp.base_dir)
     return content_hash({
         "version": SAMPLER_VERSION, "seed": exp.seed, "sources": sources, "order": exp.domain_names,
         "train_tokens": exp.train_tokens, "val_tokens": exp.sample.val_tokens,
         "max_document_bytes": exp.sample.max_document_bytes,
+        **({"scan": exp.sample.scan.model_dump()} if exp.sample.scan else {}),
         "tokenizer": tok.model_dump(exclude={"path"}), "tokenizer_file": tok_file,
     })
 
@@ -81,9 +83,8 @@ def sample_corpus(exp: Experiment, force: bool = False, workers: int = 1) -> dic
             executor.shutdown(cancel_futures=True)
 
     tok_cfg = exp.sample.tokenizer
-    if tok_cfg.path:
-        tok = load_tokenizer(exp.resolve(tok_cfg.path))
-    else:
+    tok = given_tokenizer(tok_cfg, exp.base_dir)
+    if tok is None:
         val_region = exp.sample.val_tokens * MAX_BYTES_PER_TOKEN
         tok = train_tokenizer(_tokenizer_texts(candidates, val_region, tok_cfg.train_bytes_per_domain),
                               tok_cfg.vocab_size)
@@ -167,7 +168,7 @@ def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dty
             f"{int(cum[n_val - 1])} held out, fewer than sample.train_tokens={need_train}",
             f"set sample.train_tokens <= {train_tokens} (runs then repeat this domain's text) or add text")
 
-    if not exp.sample.tokenizer.path and n_val > val_region_docs(c.sizes, need_val * MAX_BYTES_PER_TOKEN):
+    if not (exp.sample.tokenizer.path or exp.sample.tokenizer.name) and n_val > val_region_docs(c.sizes, need_val * MAX_BYTES_PER_TOKEN):
         raise MixoptError(f"domain '{name}' averages over {MAX_BYTES_PER_TOKEN} bytes per token, so the "
                           "tokenizer would have seen validation text",
                           "lower sample.tokenizer.vocab_size or give sample.tokenizer.path")
@@ -180,7 +181,7 @@ def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dty
 
     # Available tokens: exact when the whole domain was read into the sample, else bytes x tokens/byte.
     tokens = int(cum[-1]) if c.complete else int(round(c.bytes * cum[-1] / sum(c.sizes)))
-    return {
+    entry = {
         "documents": c.documents, "duplicates_dropped": c.duplicates, "bytes": c.bytes,
         "truncated_documents": c.truncated, "skipped_shards": len(c.skipped), "skipped": c.skipped,
         "tokens": tokens, "tokens_exact": c.complete,
@@ -191,3 +192,6 @@ def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dty
         "train_sha256": file_sha256(slice_file(out, name, "train")),
         "val_sha256": file_sha256(slice_file(out, name, "val")),
     }
+    if c.scan:  # sample.scan: read a subset of the shards; the token count's standard error
+        entry["scan"] = {**c.scan, "tokens_stderr": int(round(c.scan["bytes_stderr"] * cum[-1] / sum(c.sizes)))}
+    return entry

@@ -46,6 +46,7 @@ class Candidates:
     complete: bool  # every document of the domain is among the candidates
     truncated: int = 0  # documents cut to max_document_bytes
     skipped: list[str] = field(default_factory=list)  # shards skipped (on_error: skip), with why
+    scan: dict | None = None  # with sample.scan: shards read of all, and the estimate's standard error
 
 
 class Pool:
@@ -143,10 +144,10 @@ def seed_key(seed: int, domain: str) -> bytes:
     return hashlib.sha256(f"{seed}:{domain}".encode()).digest()[:32]
 
 
-def scan_units(units: list, key: bytes, threshold: int, cap: int, top: int | None = None) -> tuple[Pool, list[str]]:
-    """Read (source, shard) units into one pool; bad shards raise, or are listed when the source skips."""
-    pool, skipped = Pool(threshold), []
-    pool.top = top
+def scan_units(units: list, key: bytes, threshold: int, cap: int) -> tuple[Pool, list[str], list]:
+    """Read (source, shard) units into one pool; bad shards raise, or are listed when the source skips.
+    Also returns each shard read as (size, text bytes, documents), for estimates from a shard sample."""
+    pool, skipped, read = Pool(threshold), [], []
     for source, shard in units:
         part = Pool(threshold)
         part.top = pool.top
@@ -158,8 +159,9 @@ def scan_units(units: list, key: bytes, threshold: int, cap: int, top: int | Non
                 skipped.append(str(e))
                 continue
             raise MixoptError(str(e), SKIP_FIX) from None
+        read.append((shard.size, part.read_bytes, part.read))
         pool.merge(part)
-    return pool, skipped
+    return pool, skipped, read
 
 
 def _split(units: list, workers: int) -> list[list]:
@@ -189,15 +191,19 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
     threshold = byte_budget + cap  # a larger sample than the slices need: a steadier token estimate
     key = seed_key(exp.seed, domain.name)
     units = [(s, shard) for s in domain.sources for shard in list_shards(s, exp.base_dir)]
+    every = units
+    if exp.sample.scan is not None:
+        units = subsample(units, exp.sample.scan, key)
     if executor is None or workers <= 1 or len(units) <= 1:
-        pool, skipped = scan_units(units, key, threshold, cap)
+        pool, skipped, read = scan_units(units, key, threshold, cap)
     else:
         futures = [executor.submit(scan_units, g, key, threshold, cap) for g in _split(units, workers)]
-        pool, skipped = Pool(threshold), []
+        pool, skipped, read = Pool(threshold), [], []
         for f in futures:
-            part, sk = f.result()
+            part, sk, rd = f.result()
             pool.merge(part)
             skipped += sk
+            read += rd
     pool.trim()
     if pool.read == 0:
         raise MixoptError(f"domain '{domain.name}' has no documents in "
@@ -207,10 +213,45 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
     kept = [pool.docs[k] for k in keys]
     dups = sum(c - 1 for _, c in kept)
     dup_bytes = sum((c - 1) * len(b) for b, c in kept)
-    return Candidates(
+    c = Candidates(
         docs=[b.decode("utf-8", "replace") for b, _ in kept], sizes=[len(b) for b, _ in kept],
         documents=pool.read - dups, duplicates=dups, bytes=pool.read_bytes - dup_bytes,
         complete=sum(c for _, c in kept) == pool.read, truncated=pool.truncated, skipped=sorted(skipped))
+    if len(units) < len(every):
+        c.scan = estimate(read, every, c)
+        c.complete = False
+    return c
+
+
+def subsample(units: list, scan, key: bytes) -> list:
+    """A seeded subset of the shards: the ceil(fraction x n) (at least min_shards) whose keyed hash of
+    the file name (not the folder: a moved corpus reads the same shards) is smallest."""
+    import math
+
+    k = min(len(units), max(scan.min_shards, math.ceil(scan.fraction * len(units))))
+
+    def rank(u):
+        name = f"{os.path.basename(u[1].uri.rstrip('/'))}#{u[1].index}"
+        return hashlib.blake2b(name.encode(), digest_size=8, key=key).digest(), u[1].uri
+    return sorted(units, key=rank)[:k]
+
+
+def estimate(read: list, every: list, c: Candidates) -> dict:
+    """The domain's text bytes and documents from the shards read: a ratio estimator on shard sizes
+    (bytes on disk or in the store; 1 per shard where unknown), with its standard error."""
+    sizes = [u[1].size or 1 for u in every]
+    x = np.array([r[0] or 1 for r in read], dtype=float)
+    y = np.array([r[1] for r in read], dtype=float)
+    docs = np.array([r[2] for r in read], dtype=float)
+    n, big_n, total = len(read), len(every), float(sum(sizes))
+    ratio = y.sum() / x.sum()
+    est = ratio * total
+    f = n / big_n
+    # var = N^2 (1 - f) / n * s^2, s^2 the variance of the residuals y - ratio x (Cochran, ratio estimator)
+    se = big_n * np.sqrt((1 - f) / n * ((y - ratio * x) ** 2).sum() / (n - 1)) if n > 1 else 0.0
+    c.bytes = int(round(est))
+    c.documents = int(round(docs.sum() / x.sum() * total))
+    return {"shards_read": n, "shards": big_n, "bytes_stderr": float(se)}
 
 
 def make_executor(workers: int) -> ProcessPoolExecutor | None:

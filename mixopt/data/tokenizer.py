@@ -34,6 +34,55 @@ def load_tokenizer(path: Path) -> Tokenizer:
                           "save it with tokenizer.save(path)") from None
 
 
+def given_tokenizer(cfg, base_dir) -> Tokenizer | None:
+    """The tokenizer the config names (sample.tokenizer.path: a tokenizer.json; .name: a Hugging Face
+    tokenizer by local folder or Hub name), or None when one is to be trained."""
+    if cfg.path:
+        return load_tokenizer(_resolve(cfg.path, base_dir))
+    if cfg.name:
+        return load_named_tokenizer(cfg.name, base_dir)
+    return None
+
+
+def given_tokenizer_id(cfg, base_dir) -> str | None:
+    """What identifies a given tokenizer in the sample key: its files' bytes, or the Hub name."""
+    from mixopt.core.keys import content_hash, file_sha256
+
+    if cfg.path:
+        p = _resolve(cfg.path, base_dir)
+        return file_sha256(p) if p.is_file() else None
+    if cfg.name:
+        p = _resolve(cfg.name, base_dir)
+        if p.is_dir():
+            return content_hash(sorted([f.name, file_sha256(f)] for f in p.iterdir() if f.is_file()))
+        return f"hub:{cfg.name}"
+    return None
+
+
+def _resolve(path: str, base_dir) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(base_dir) / p
+
+
+def load_named_tokenizer(name: str, base_dir=".") -> Tokenizer:
+    """A Hugging Face tokenizer: a folder saved with save_pretrained (or holding a tokenizer.json), or
+    a Hub name (downloaded once into the Hugging Face cache)."""
+    local = _resolve(name, base_dir)
+    if local.is_dir() and (local / "tokenizer.json").is_file():
+        return load_tokenizer(local / "tokenizer.json")
+    try:
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else name, use_fast=True)
+    except Exception as e:  # not found, offline, gated: transformers' error types vary
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MixoptError(f"tokenizer '{name}' cannot be loaded ({msg})",
+                          "give a folder saved with save_pretrained or a Hub name (and HF_TOKEN if gated)") from None
+    if not getattr(hf, "is_fast", False):
+        raise MixoptError(f"tokenizer '{name}' has no fast (tokenizers) version", "give a fast tokenizer")
+    return hf.backend_tokenizer
+
+
 def eos_id(tok: Tokenizer) -> int:
     for name in EOS_CANDIDATES:
         i = tok.token_to_id(name)
