@@ -240,7 +240,10 @@ def _hub_target(source: Source, base_dir) -> str:
 
 def _load_hub(source: Source, target: str):
     import datasets
+    import huggingface_hub
 
+    datasets.logging.set_verbosity_error()  # e.g. "Repo card metadata block was not found", once per shard
+    huggingface_hub.utils.logging.set_verbosity_error()
     try:
         ds = datasets.load_dataset(target, source.config, split=source.split or "train", streaming=True,
                                    **({"storage_options": dict(source.storage_options)}
