@@ -102,7 +102,7 @@ def test_a_moved_corpus_is_the_same_corpus_and_changed_bytes_are_not(make_config
     assert sample_corpus(moved_exp)["reused"] is False
 
 
-def test_a_hugging_face_tokenizer_from_a_local_folder(make_config, corpora, tmp_path):
+def test_a_hugging_face_tokenizer_from_a_local_folder(make_config, corpora, tmp_path, monkeypatch):
     """`tokenizer: {name: folder}`: a tokenizer saved with save_pretrained is used as is."""
     from transformers import PreTrainedTokenizerFast
 
@@ -118,5 +118,9 @@ def test_a_hugging_face_tokenizer_from_a_local_folder(make_config, corpora, tmp_
     tok = load_tokenizer(Workspace(exp.workspace_dir).tokenizer_path)
     assert tok.encode(texts[0]).ids == hf(texts[0])["input_ids"]
     assert sample_corpus(exp)["reused"] is True
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network in the tests: fail at once, not after retries
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(MixoptError, match="tokenizer 'nowhere/none' cannot be loaded"):
         sample_corpus(load_experiment(make_config("b.yaml", ws="ws2", sample={"tokenizer": {"name": "nowhere/none"}})))

@@ -71,7 +71,10 @@ def load_named_tokenizer(name: str, base_dir=".") -> Tokenizer:
     if local.is_dir() and (local / "tokenizer.json").is_file():
         return load_tokenizer(local / "tokenizer.json")
     try:
+        import huggingface_hub
         from transformers import AutoTokenizer
+
+        huggingface_hub.utils.logging.set_verbosity_error()  # no "Retrying in 1s" lines before our one line
 
         hf = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else name, use_fast=True)
     except Exception as e:  # not found, offline, gated: transformers' error types vary
