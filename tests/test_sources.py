@@ -165,12 +165,15 @@ def test_any_number_of_workers_gives_byte_identical_samples(corpora, tmp_path):
     for i in range(5):
         pq.write_table(table.slice(i * step, step), tmp_path / "code" / f"part-{i}.parquet")
     pq.write_table(table.slice(0, 7), tmp_path / "code" / "dups.parquet")  # exact duplicates across shards
+    prose = [json.loads(line)["text"] for line in __import__("gzip").open(corpora / "prose.jsonl.gz", "rt")]
+    pq.write_table(pa.table({"text": prose}), tmp_path / "prose.parquet", row_group_size=16)  # one file, split
     manifests = []
     for workers in (1, 3):
         cfg = small_config(corpora, tmp_path / f"ws{workers}",
                            sample={"train_tokens": 8000, "val_tokens": 2000, "max_document_bytes": 20_000,
                                    "tokenizer": {"vocab_size": 512}})
         cfg["domains"][0]["sources"] = [{"path": str(tmp_path / "code" / "*.parquet")}]
+        cfg["domains"][1]["sources"] = [{"path": str(tmp_path / "prose.parquet")}]
         m = sample_corpus(load_experiment(write_config(tmp_path / f"w{workers}.yaml", cfg)), workers=workers)
         manifests.append({k: v for k, v in m.items() if k != "reused"})
     assert not manifests[0]["domains"]["code"]["tokens_exact"]  # the pools were trimmed

@@ -418,10 +418,33 @@ def _chunks_parquet(source: Source, shard: Shard, _cap) -> Iterator:
         if source.text_field not in pf.schema_arrow.names:
             raise MixoptError(f"{shard.uri}: no column '{source.text_field}' (columns: "
                               f"{', '.join(pf.schema_arrow.names)})", "set the source's text_field")
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[source.text_field]):
+        groups = None
+        if shard.count > 1:  # one of `count` parts of the file: every count-th row group
+            groups = list(range(shard.index, pf.metadata.num_row_groups, shard.count))
+            if not groups:
+                return
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[source.text_field], row_groups=groups):
             col = _text_column(batch, source, shard.uri)
             if col is not None:
                 yield col
+
+
+def row_group_parts(shard: Shard, parts: int) -> list[Shard]:
+    """A local Parquet file as up to `parts` shards of interleaved row groups (for parallel reading)."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    if not (shard.local and shard.fmt == "parquet" and shard.count == 1 and parts > 1):
+        return [shard]
+    try:
+        groups = pq.ParquetFile(shard.uri).metadata.num_row_groups
+    except Exception:  # a bad file: read (and reported) as one shard
+        return [shard]
+    n = min(parts, groups)
+    if n <= 1:
+        return [shard]
+    return [dataclasses.replace(shard, index=i, count=n, size=(shard.size or 0) // n) for i in range(n)]
 
 
 def _chunks_arrow(source: Source, shard: Shard, _cap) -> Iterator:

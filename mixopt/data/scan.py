@@ -30,6 +30,7 @@ from mixopt.data.readers import (
     describe,
     iter_chunks,
     list_shards,
+    row_group_parts,
 )
 from mixopt.errors import MixoptError
 
@@ -194,6 +195,9 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
     every = units
     if exp.sample.scan is not None:
         units = subsample(units, exp.sample.scan, key)
+    if executor is not None and workers > 1 and len(units) < workers and exp.sample.scan is None:
+        # Fewer files than workers: split Parquet files by row groups (the merge makes it the same sample).
+        units = [(s, part) for s, shard in units for part in row_group_parts(shard, workers)]
     if executor is None or workers <= 1 or len(units) <= 1:
         pool, skipped, read = scan_units(units, key, threshold, cap)
     else:
