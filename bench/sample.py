@@ -4,7 +4,9 @@ Builds corpora of real text (this Python's standard library sources, each docume
 header line) as Parquet shards and as JSONL.zst shards, then, each in a fresh process:
   - polars' raw scan: the total UTF-8 length of the text column (the reference: read + decompress);
   - `mixopt sample` of a config whose first domain is that corpus (a tiny second domain beside it),
-    with 1 and `--workers` processes; wall time, MB/s of corpus text, and the max RSS of the process.
+    with 1 and `--workers` processes; wall time, MB/s of corpus text, and the max RSS of the process
+    (this includes the fixed cost of training the tokenizer and tokenizing the slices);
+  - the reading pipeline alone (`scan_*`: list, read, hash, bottom-k of the big domain, no tokenizer).
 The RSS is measured at two corpus sizes (`--sizes`, GB of text) to show that memory does not grow
 with the corpus. Prints JSON and writes it to --out. One run each: on a shared machine the ratios
 measured within one run are what to read.
@@ -109,6 +111,17 @@ def mixopt_sample(folder: Path, fmt: str, work: Path, workers: int, small: Path)
     return wall, rss, manifest["domains"]["big"]
 
 
+def mixopt_scan(config: Path, workers: int) -> tuple[float, int]:
+    """The reading pipeline alone (list, read, hash, bottom-k of the big domain), no tokenizer."""
+    code = ("import sys; from mixopt.config.load import load_experiment; "
+            "from mixopt.data.scan import draw_candidates, make_executor; "
+            "exp = load_experiment(sys.argv[1]); w = int(sys.argv[2]); ex = make_executor(w); "
+            "c = draw_candidates(exp, exp.domains[0], (exp.train_tokens + exp.sample.val_tokens) * 6, ex, w); "
+            "print(c.documents)")
+    wall, rss, _ = _timed([sys.executable, "-c", code, str(config), str(workers)])
+    return wall, rss
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("bench/cache/sample"))
@@ -142,9 +155,13 @@ def main() -> None:
             row[f"mixopt_w{w}_rss_MB"] = rss
             row[f"mixopt_w{w}_s"] = round(wall, 1)
             row["documents"] = dom["documents"]
+            s_wall, _ = mixopt_scan(args.work / f"{folder.name}-{w}.yaml", w)
+            row[f"scan_w{w}_MBps"] = round(mb / s_wall)
         row["ratio_w1_vs_polars"] = round(row["mixopt_w1_MBps"] / row["polars_MBps"], 3)
+        row["scan_ratio_w1_vs_polars"] = round(row["scan_w1_MBps"] / row["polars_MBps"], 3)
         if f"mixopt_w{args.workers}_MBps" in row and args.workers > 1:
             row[f"speedup_w{args.workers}_vs_w1"] = round(row[f"mixopt_w{args.workers}_MBps"] / row["mixopt_w1_MBps"], 2)
+            row[f"scan_speedup_w{args.workers}_vs_w1"] = round(row[f"scan_w{args.workers}_MBps"] / row["scan_w1_MBps"], 2)
         out["corpora"][name] = row
         print(name, json.dumps(row), flush=True)
     if len(sizes) > 1:

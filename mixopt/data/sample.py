@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixopt.config.schema import Experiment
+from mixopt.config.schema import Experiment, Sample
 from mixopt.core.keys import FileHashes, content_hash, file_sha256
 from mixopt.core.workspace import (
     Workspace,
@@ -54,9 +54,11 @@ def sample_key(exp: Experiment, hashes: FileHashes | None = None) -> str:
     return content_hash({
         "version": SAMPLER_VERSION, "seed": exp.seed, "sources": sources, "order": exp.domain_names,
         "train_tokens": exp.train_tokens, "val_tokens": exp.sample.val_tokens,
-        "max_document_bytes": exp.sample.max_document_bytes,
+        # Added in a later version: in the key only when set, so existing samples keep their key.
+        **({"max_document_bytes": exp.sample.max_document_bytes}
+           if exp.sample.max_document_bytes != Sample().max_document_bytes else {}),
         **({"scan": exp.sample.scan.model_dump()} if exp.sample.scan else {}),
-        "tokenizer": tok.model_dump(exclude={"path"}), "tokenizer_file": tok_file,
+        "tokenizer": tok.model_dump(exclude={"path"} | ({"name"} if tok.name is None else set())), "tokenizer_file": tok_file,
     })
 
 

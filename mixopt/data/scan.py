@@ -1,13 +1,14 @@
 """One pass over a domain's shards: count it and keep the bottom-k documents by seeded content hash.
 
 The kept set is defined without reference to reading order: sort the domain's distinct documents by
-priority (a keyed blake2b of their UTF-8 bytes) and keep the shortest prefix P with
-bytes(P) - max document size in P >= budget (room for the validation slice to overshoot its budget
-by one document). That quantity only grows when documents are added, so a pool that sees part of the
-domain and keeps the same rule over its part keeps every document of the domain's prefix it saw:
-pools of separate shards (or separate processes) merge into exactly the serial result, and slices,
-counts and tokenizer do not depend on the number of workers. Memory is bounded by about 1.5x the
-budget plus the largest document, not by the corpus.
+priority (a keyed blake2b of their UTF-8 bytes) and keep the shortest prefix holding at least
+budget + L bytes, L the largest document of the domain (room for the validation slice to overshoot
+its budget by one document). While reading, L is not known yet, but it is at most max_document_bytes:
+each pool keeps the shortest prefix holding budget + max_document_bytes, a superset, and the final
+trim uses the domain's L. A pool that sees part of the domain keeps every document of the domain's
+prefix it saw, so pools of separate shards (or processes) merge into exactly the serial result:
+slices, counts and tokenizer do not depend on the number of workers. Memory is bounded by about 1.5x
+(budget + max_document_bytes), not by the corpus.
 
 Documents are hashed as bytes straight from Arrow buffers; a Python string is built only for the
 documents kept. A document longer than `max_document_bytes` is cut there (at a character boundary)
@@ -51,31 +52,29 @@ class Candidates:
 
 
 class Pool:
-    """The bottom-k pool: priority -> [document bytes, occurrences]; trimmed to the shortest prefix P
-    with bytes(P) - max(P) >= budget whenever it has grown by half."""
+    """The bottom-k pool: priority -> [document bytes, occurrences]; trimmed to the shortest prefix
+    holding `threshold` bytes whenever it has grown by half."""
 
-    def __init__(self, budget: int):
-        self.budget = budget
+    def __init__(self, threshold: int):
+        self.threshold = threshold
         self.docs: dict[int, list] = {}
         self.bytes = 0
-        self.next_trim = budget * 3 // 2 + 1
+        self.next_trim = threshold * 3 // 2 + 1
         self.top: int | None = None  # when full: the largest priority kept; larger ones are out
-        self.read = self.read_bytes = self.truncated = 0
+        self.read = self.read_bytes = self.truncated = self.largest = 0
 
     def trim(self) -> None:
-        keys = sorted(self.docs)
-        acc = largest = 0
-        for i, k in enumerate(keys):
-            n = len(self.docs[k][0])
-            acc += n
-            largest = max(largest, n)
-            if acc - largest >= self.budget:
-                for k in keys[i + 1:]:
-                    del self.docs[k]
-                self.top = keys[i]
-                break
-        self.bytes = acc
-        self.next_trim = max(self.bytes, self.budget) * 3 // 2 + 1
+        if self.bytes >= self.threshold:
+            keys = sorted(self.docs)
+            acc = 0
+            for i, k in enumerate(keys):
+                acc += len(self.docs[k][0])
+                if acc >= self.threshold:
+                    break
+            for k in keys[i + 1:]:
+                del self.docs[k]
+            self.bytes, self.top = acc, keys[i]
+        self.next_trim = max(self.bytes, self.threshold) * 3 // 2 + 1
 
     def merge(self, other: Pool) -> None:
         for k, (b, c) in other.docs.items():
@@ -88,6 +87,7 @@ class Pool:
         self.read += other.read
         self.read_bytes += other.read_bytes
         self.truncated += other.truncated
+        self.largest = max(self.largest, other.largest)
         if other.top is not None and (self.top is None or other.top < self.top):
             self.top = other.top  # the merged prefix ends no later than either pool's
         self.trim()
@@ -105,7 +105,7 @@ class Pool:
         data = memoryview(bufs[2]) if bufs[2] is not None else memoryview(b"")
         valid = col.is_valid().to_numpy(zero_copy_only=False) if col.null_count else None
         docs, top, blake = self.docs, self.top, hashlib.blake2b
-        read = read_bytes = truncated = 0
+        read = read_bytes = truncated = largest = 0
         for i in range(n):
             a, b = offs[i], offs[i + 1]
             if b == a or (valid is not None and not valid[i]):
@@ -124,6 +124,8 @@ class Pool:
                 truncated += 1
             read += 1
             read_bytes += len(doc)
+            if len(doc) > largest:
+                largest = len(doc)
             pri = int.from_bytes(blake(doc, digest_size=8, key=key).digest(), "big")
             if top is not None and pri > top:
                 continue
@@ -139,6 +141,7 @@ class Pool:
         self.read += read
         self.read_bytes += read_bytes
         self.truncated += truncated
+        self.largest = max(self.largest, largest)
 
 
 def seed_key(seed: int, domain: str) -> bytes:
@@ -189,7 +192,7 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
     """The domain's bottom-k documents (by seeded content hash) holding byte_budget bytes, plus room for
     one more document of at most max_document_bytes; counts the whole domain."""
     cap = exp.sample.max_document_bytes
-    threshold = byte_budget + cap  # a larger sample than the slices need: a steadier token estimate
+    threshold = byte_budget + cap  # while reading; the final trim uses the domain's largest document
     key = seed_key(exp.seed, domain.name)
     units = [(s, shard) for s in domain.sources for shard in list_shards(s, exp.base_dir)]
     every = units
@@ -208,6 +211,7 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
             pool.merge(part)
             skipped += sk
             read += rd
+    pool.threshold = byte_budget + pool.largest  # the final prefix: room for one more of the domain's documents
     pool.trim()
     if pool.read == 0:
         raise MixoptError(f"domain '{domain.name}' has no documents in "
