@@ -123,14 +123,15 @@ def test_a_giant_document_is_cut(corpora, tmp_path):
                                       + "".join(json.dumps({"text": f"small {i} " * 50}) + "\n" for i in range(3000)))
     cfg = small_config(corpora, tmp_path / "ws")
     cfg["domains"][0]["sources"] = [{"path": str(folder)}]
-    cfg["sample"]["max_document_bytes"] = 100_000
+    # The default cap (1 MB): the cut document is one 1 MB word, which BPE training alone would take
+    # ~15 min over (quadratic); the tokenizer trains on it in pieces.
     code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
             "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.stdout, r.stderr)")
     r = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "mixopt.cli", "sample",
                         write_config(tmp_path / "c.yaml", cfg)], capture_output=True, text=True, timeout=300)
     rc, rss_kb = map(int, r.stdout.split("\n")[0].split())
     assert rc == 0, r.stdout
-    assert "code: 1 document(s) cut to sample.max_document_bytes=100000" in r.stdout
+    assert "code: 1 document(s) cut to sample.max_document_bytes=1000000" in r.stdout
     manifest = json.loads((tmp_path / "ws" / "sample" / "manifest.json").read_text())
     assert manifest["domains"]["code"]["truncated_documents"] == 1
     assert rss_kb < 1_500_000, rss_kb  # was 9.9 GB with the whole document in the tokenizer
