@@ -171,13 +171,7 @@ def scan_units(units: list, key: bytes, threshold: int, cap: int) -> tuple[Pool,
 def _split(units: list, workers: int) -> list[list]:
     """Balance shards across workers by size (largest first onto the least loaded); order-free."""
     def size(u):
-        _, shard = u
-        if shard.local:
-            try:
-                return os.path.getsize(shard.uri)
-            except OSError:
-                return 0
-        return 1
+        return u[1].size or 1  # bytes on disk / in the store (1 where unknown: Hub shards)
     groups: list[list] = [[] for _ in range(workers)]
     load = [0] * workers
     for u in sorted(units, key=lambda u: (-size(u), u[1].uri, u[1].index)):
