@@ -51,14 +51,27 @@ def _runtime(workers: int = 1, progress: bool = True, device: str = "auto", say=
 
 
 @app.command()
-def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resample even if up to date.")):
+def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resample even if up to date."),
+           workers: int = typer.Option(1, min=1, help="Processes reading each domain's shards (same result "
+                                                      "for any number).")):
     """Count each domain's tokens, draw train/validation slices, build the tokenizer."""
     from mixopt.data.sample import sample_corpus
     from mixopt.report import format_sample
 
     exp = _load(config)
-    manifest = sample_corpus(exp, force=force)
+    manifest = sample_corpus(exp, force=force, workers=workers)
     typer.echo(format_sample(manifest))
+    for name, d in manifest["domains"].items():
+        if d.get("skipped_shards"):
+            typer.echo(f"{name}: skipped {d['skipped_shards']} unreadable shard(s) (on_error: skip): "
+                       + "; ".join(d.get("skipped", [])[:3]))
+        if d.get("scan"):
+            sc = d["scan"]
+            typer.echo(f"{name}: read {sc['shards_read']} of {sc['shards']} shards (sample.scan): ~{d['tokens']:,} "
+                       f"tokens +- {sc['tokens_stderr']:,} (1 standard error)")
+        if d.get("truncated_documents"):
+            typer.echo(f"{name}: {d['truncated_documents']} document(s) cut to sample.max_document_bytes="
+                       f"{exp.sample.max_document_bytes}")
     typer.echo(("sample up to date in " if manifest["reused"] else "sample written to ") + str(exp.workspace_dir))
 
 

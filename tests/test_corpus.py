@@ -1,3 +1,6 @@
+import gzip
+import json
+
 import numpy as np
 import pytest
 import yaml
@@ -60,13 +63,17 @@ def test_large_domain_token_count_is_estimated_within_5_percent(make_config, cor
     # A budget far below the corpus size: the count is extrapolated from the sample's tokens/byte.
     import pyarrow.parquet as pq
 
-    exp = load_experiment(make_config(sample={"train_tokens": 4000, "val_tokens": 1000,
+    # Documents are cut at 8 kB (sample.max_document_bytes), so 400 kB of code is far above the budget.
+    cap = 8192
+    exp = load_experiment(make_config(sample={"train_tokens": 4000, "val_tokens": 1000, "max_document_bytes": cap,
                                               "tokenizer": {"vocab_size": 512}}))
     code = sample_corpus(exp)["domains"]["code"]
     assert not code["tokens_exact"]
     assert code["documents"] > code["train_documents"] + code["val_documents"]
     tok = load_tokenizer(Workspace(exp.workspace_dir).tokenizer_path)
     texts = pq.read_table(corpora / "code.parquet").column("text").to_pylist()
+    assert code["truncated_documents"] == sum(len(t.encode()) > cap for t in texts) > 0
+    texts = [t.encode()[:cap].decode("utf-8", "ignore") for t in texts]
     exact = sum(len(e.ids) + 1 for e in tok.encode_batch(texts, add_special_tokens=False))
     assert abs(code["tokens"] / exact - 1) < 0.05
 
@@ -93,3 +100,27 @@ def test_a_moved_corpus_is_the_same_corpus_and_changed_bytes_are_not(make_config
     victim = sorted((moved / "legal").iterdir())[0]
     victim.write_text(victim.read_text() + "!")
     assert sample_corpus(moved_exp)["reused"] is False
+
+
+def test_a_hugging_face_tokenizer_from_a_local_folder(make_config, corpora, tmp_path, monkeypatch):
+    """`tokenizer: {name: folder}`: a tokenizer saved with save_pretrained is used as is."""
+    from transformers import PreTrainedTokenizerFast
+
+    from mixopt.data.tokenizer import train_tokenizer
+
+    texts = [json.loads(line)["text"] for line in gzip.open(corpora / "prose.jsonl.gz", "rt")]
+    hf = PreTrainedTokenizerFast(tokenizer_object=train_tokenizer(texts, 700), eos_token="<|endoftext|>")
+    hf.save_pretrained(tmp_path / "my-tokenizer")
+    exp = load_experiment(make_config(sample={"train_tokens": 20000, "val_tokens": 3000,
+                                              "tokenizer": {"name": "my-tokenizer"}}))
+    m = sample_corpus(exp)
+    assert m["vocab_size"] == 700
+    tok = load_tokenizer(Workspace(exp.workspace_dir).tokenizer_path)
+    assert tok.encode(texts[0]).ids == hf(texts[0])["input_ids"]
+    assert sample_corpus(exp)["reused"] is True
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network in the tests: fail at once, not after retries
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(MixoptError, match="tokenizer 'nowhere/none' cannot be loaded"):
+        sample_corpus(load_experiment(make_config("b.yaml", ws="ws2", sample={"tokenizer": {"name": "nowhere/none"}})))

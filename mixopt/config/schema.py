@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -22,13 +22,29 @@ class _Strict(BaseModel):
 
 
 class Source(_Strict):
-    """One place a domain's documents come from."""
+    """One place a domain's documents come from: `path` (files, folders, globs, fsspec URLs) or `hub`."""
 
-    path: str
-    format: Literal["auto", "parquet", "jsonl", "text", "hf"] = "auto"
+    # A file, a folder, a glob (shards/*.parquet, **/*.jsonl.zst) or an fsspec URL (s3://, gs://,
+    # hf://datasets/..., https://, memory://, file://); or a list of them.
+    path: str | list[str] | None = None
+    hub: str | None = None  # a Hugging Face Hub dataset (org/name, or a local folder laid out like one)
+    config: str | None = None  # hub: the dataset's configuration (subset)
+    format: Literal["auto", "parquet", "jsonl", "text", "hf", "arrow"] = "auto"
     text_field: str = "text"  # column / JSON key holding the document text
     extensions: list[str] | None = None  # for directories: which files are documents
-    split: str | None = None  # for a saved HF DatasetDict
+    split: str | None = None  # for a saved HF DatasetDict; hub: the split (default train)
+    storage_options: dict[str, Any] = {}  # passed to fsspec (endpoint_url, anon, ...); credentials from the env
+    on_error: Literal["fail", "skip"] = "fail"  # skip: unreadable shards are skipped and counted
+
+    @model_validator(mode="after")
+    def _one_place(self):
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of `path` and `hub`")
+        if isinstance(self.path, list) and not self.path:
+            raise ValueError("`path` is an empty list")
+        if self.config is not None and self.hub is None:
+            raise ValueError("`config` applies to a `hub` source")
+        return self
 
 
 class Domain(_Strict):
@@ -55,13 +71,31 @@ class Domain(_Strict):
 
 class Tokenizer(_Strict):
     path: str | None = None  # a tokenizer.json to use as is; otherwise one is trained
+    name: str | None = None  # a Hugging Face tokenizer: a folder (save_pretrained) or a Hub name
+
+    @model_validator(mode="after")
+    def _one_given(self):
+        if self.path and self.name:
+            raise ValueError("give `path` or `name`, not both")
+        return self
     vocab_size: int = Field(8192, ge=260, le=1 << 20)
     train_bytes_per_domain: int = Field(2_000_000, gt=0)  # equal bytes per domain: no domain dominates
+
+
+class Scan(_Strict):
+    """Read a seeded subset of each domain's shards (huge domains); the token count is then estimated."""
+
+    fraction: float = Field(gt=0, le=1)  # of each domain's shards (at least min_shards of them)
+    min_shards: int = Field(2, ge=1)
 
 
 class Sample(_Strict):
     train_tokens: int | None = Field(None, gt=0)  # per domain; default: one proxy's whole budget
     val_tokens: int = Field(50_000, gt=0)  # per domain, held out from training
+    # Longer documents are cut to this many bytes (counted in the manifest): no giant document reaches
+    # the tokenizer whole.
+    max_document_bytes: int = Field(1_000_000, ge=1024)
+    scan: Scan | None = None  # default: read every shard (exact counts)
     tokenizer: Tokenizer = Tokenizer()
 
 

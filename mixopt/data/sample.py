@@ -10,15 +10,12 @@ both; the tokenizer is trained only on documents outside the reserved validation
 
 from __future__ import annotations
 
-import hashlib
-import heapq
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mixopt.config.schema import Experiment
+from mixopt.config.schema import Experiment, Sample
 from mixopt.core.keys import FileHashes, content_hash, file_sha256
 from mixopt.core.workspace import (
     Workspace,
@@ -27,11 +24,13 @@ from mixopt.core.workspace import (
     slice_file,
     token_bytes_file,
 )
-from mixopt.data.readers import iter_documents, source_fingerprint
+from mixopt.data.readers import source_fingerprint
+from mixopt.data.scan import Candidates, draw_candidates, make_executor
 from mixopt.data.tokenizer import (
     eos_id,
+    given_tokenizer,
+    given_tokenizer_id,
     join_documents,
-    load_tokenizer,
     token_byte_lengths,
     token_dtype,
     train_tokenizer,
@@ -42,32 +41,30 @@ SAMPLER_VERSION = 1
 MAX_BYTES_PER_TOKEN = 6  # a byte-level BPE averages 3-5 bytes/token; budgets assume at most this
 
 
-@dataclass
-class _Candidates:
-    docs: list[str]  # in sampling order
-    sizes: list[int]  # UTF-8 bytes of each document
-    documents: int  # documents read from the domain (exact duplicates of sampled ones excluded)
-    duplicates: int  # exact duplicates of sampled documents, dropped
-    bytes: int  # UTF-8 bytes of those documents
-    complete: bool  # every document of the domain is among the candidates
+_Candidates = Candidates
 
 
 def sample_key(exp: Experiment, hashes: FileHashes | None = None) -> str:
     """Everything that changes the slices: sources (by content), budgets, tokenizer, seed."""
     hashes = hashes or FileHashes(Workspace(exp.workspace_dir).file_hashes_path)
-    sources = {d.name: [source_fingerprint(s, exp.resolve(s.path), hashes) for s in d.sources] for d in exp.domains}
+    sources = {d.name: [source_fingerprint(s, exp.base_dir, hashes) for s in d.sources] for d in exp.domains}
     hashes.save()
     tok = exp.sample.tokenizer
-    tok_file = file_sha256(exp.resolve(tok.path)) if tok.path and exp.resolve(tok.path).is_file() else None
+    tok_file = given_tokenizer_id(tok, exp.base_dir)
     return content_hash({
         "version": SAMPLER_VERSION, "seed": exp.seed, "sources": sources, "order": exp.domain_names,
         "train_tokens": exp.train_tokens, "val_tokens": exp.sample.val_tokens,
-        "tokenizer": tok.model_dump(exclude={"path"}), "tokenizer_file": tok_file,
+        # Added in a later version: in the key only when set, so existing samples keep their key.
+        **({"max_document_bytes": exp.sample.max_document_bytes}
+           if exp.sample.max_document_bytes != Sample().max_document_bytes else {}),
+        **({"scan": exp.sample.scan.model_dump()} if exp.sample.scan else {}),
+        "tokenizer": tok.model_dump(exclude={"path"} | ({"name"} if tok.name is None else set())), "tokenizer_file": tok_file,
     })
 
 
-def sample_corpus(exp: Experiment, force: bool = False) -> dict:
-    """Write the workspace's sample/ folder (slices, tokenizer, manifest) and return the manifest."""
+def sample_corpus(exp: Experiment, force: bool = False, workers: int = 1) -> dict:
+    """Write the workspace's sample/ folder (slices, tokenizer, manifest) and return the manifest.
+    `workers` processes read each domain's shards; the result does not depend on their number."""
     ws = Workspace(exp.workspace_dir)
     hashes = FileHashes(ws.file_hashes_path)
     key = sample_key(exp, hashes)
@@ -79,13 +76,17 @@ def sample_corpus(exp: Experiment, force: bool = False) -> dict:
 
     budget_tokens = exp.train_tokens + exp.sample.val_tokens
     candidates = {}
-    for d in exp.domains:
-        candidates[d.name] = _draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN)
+    executor = make_executor(workers)
+    try:
+        for d in exp.domains:
+            candidates[d.name] = draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN, executor, workers)
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
 
     tok_cfg = exp.sample.tokenizer
-    if tok_cfg.path:
-        tok = load_tokenizer(exp.resolve(tok_cfg.path))
-    else:
+    tok = given_tokenizer(tok_cfg, exp.base_dir)
+    if tok is None:
         val_region = exp.sample.val_tokens * MAX_BYTES_PER_TOKEN
         tok = train_tokenizer(_tokenizer_texts(candidates, val_region, tok_cfg.train_bytes_per_domain),
                               tok_cfg.vocab_size)
@@ -125,50 +126,6 @@ def sample_corpus(exp: Experiment, force: bool = False) -> dict:
     hashes.save()  # the workspace exists now: later runs of sweep and fit need not hash the corpus again
     manifest["reused"] = False
     return manifest
-
-
-def _priority(seed_key: bytes, text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8, key=seed_key).digest(), "big")
-
-
-def _draw_candidates(exp: Experiment, domain, byte_budget: int) -> _Candidates:
-    """Bottom-k by seeded content hash until `byte_budget` bytes; counts the whole domain."""
-    seed_key = hashlib.sha256(f"{exp.seed}:{domain.name}".encode()).digest()[:32]
-    heap: list[tuple[int, str, int]] = []  # (-priority, text, bytes): a max-heap on priority
-    kept_bytes = largest = 0
-    in_heap: set[int] = set()  # priorities kept: a duplicate of a dropped document is dropped too
-    documents = duplicates = total_bytes = 0
-    evicted = False
-    for source in domain.sources:
-        for text in iter_documents(source, exp.resolve(source.path)):
-            pri = _priority(seed_key, text)
-            if pri in in_heap:
-                duplicates += 1
-                continue
-            n = len(text.encode())
-            documents += 1
-            total_bytes += n
-            # The validation slice can overshoot its budget by one document: keep room for it.
-            largest = max(largest, n)
-            if heap and kept_bytes >= byte_budget + largest and -heap[0][0] < pri:
-                evicted = True
-                continue
-            heapq.heappush(heap, (-pri, text, n))
-            in_heap.add(pri)
-            kept_bytes += n
-            # Drop the largest-hash documents while the rest still meet the budget.
-            while heap and kept_bytes - heap[0][2] >= byte_budget + largest:
-                neg, _, m = heapq.heappop(heap)
-                in_heap.discard(-neg)
-                kept_bytes -= m
-                evicted = True
-    if documents == 0:
-        paths = ", ".join(s.path for s in domain.sources)
-        raise MixoptError(f"domain '{domain.name}' has no documents in {paths}",
-                          "check the path, format and text_field of its sources")
-    kept = sorted(heap, key=lambda x: -x[0])
-    return _Candidates([t for _, t, _ in kept], [n for _, _, n in kept], documents, duplicates, total_bytes,
-                       complete=not evicted)
 
 
 def val_region_docs(sizes: list[int], val_region: int) -> int:
@@ -213,7 +170,7 @@ def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dty
             f"{int(cum[n_val - 1])} held out, fewer than sample.train_tokens={need_train}",
             f"set sample.train_tokens <= {train_tokens} (runs then repeat this domain's text) or add text")
 
-    if not exp.sample.tokenizer.path and n_val > val_region_docs(c.sizes, need_val * MAX_BYTES_PER_TOKEN):
+    if not (exp.sample.tokenizer.path or exp.sample.tokenizer.name) and n_val > val_region_docs(c.sizes, need_val * MAX_BYTES_PER_TOKEN):
         raise MixoptError(f"domain '{name}' averages over {MAX_BYTES_PER_TOKEN} bytes per token, so the "
                           "tokenizer would have seen validation text",
                           "lower sample.tokenizer.vocab_size or give sample.tokenizer.path")
@@ -226,8 +183,9 @@ def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dty
 
     # Available tokens: exact when the whole domain was read into the sample, else bytes x tokens/byte.
     tokens = int(cum[-1]) if c.complete else int(round(c.bytes * cum[-1] / sum(c.sizes)))
-    return {
+    entry = {
         "documents": c.documents, "duplicates_dropped": c.duplicates, "bytes": c.bytes,
+        "truncated_documents": c.truncated, "skipped_shards": len(c.skipped), "skipped": c.skipped,
         "tokens": tokens, "tokens_exact": c.complete,
         "train_documents": n_train, "train_tokens": int(train.size),
         "train_bytes": sum(c.sizes[n_val:n_val + n_train]),
@@ -236,3 +194,6 @@ def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dty
         "train_sha256": file_sha256(slice_file(out, name, "train")),
         "val_sha256": file_sha256(slice_file(out, name, "val")),
     }
+    if c.scan:  # sample.scan: read a subset of the shards; the token count's standard error
+        entry["scan"] = {**c.scan, "tokens_stderr": int(round(c.scan["bytes_stderr"] * cum[-1] / sum(c.sizes)))}
+    return entry

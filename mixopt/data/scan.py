@@ -1,0 +1,267 @@
+"""One pass over a domain's shards: count it and keep the bottom-k documents by seeded content hash.
+
+The kept set is defined without reference to reading order: sort the domain's distinct documents by
+priority (a keyed blake2b of their UTF-8 bytes) and keep the shortest prefix holding at least
+budget + L bytes, L the largest document of the domain (room for the validation slice to overshoot
+its budget by one document). While reading, L is not known yet, but it is at most max_document_bytes:
+each pool keeps the shortest prefix holding budget + max_document_bytes, a superset, and the final
+trim uses the domain's L. A pool that sees part of the domain keeps every document of the domain's
+prefix it saw, so pools of separate shards (or processes) merge into exactly the serial result:
+slices, counts and tokenizer do not depend on the number of workers. Memory is bounded by about 1.5x
+(budget + max_document_bytes), not by the corpus.
+
+Documents are hashed as bytes straight from Arrow buffers; a Python string is built only for the
+documents kept. A document longer than `max_document_bytes` is cut there (at a character boundary)
+and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mixopt.data.readers import (
+    SKIP_FIX,
+    Shard,
+    ShardError,
+    describe,
+    iter_chunks,
+    list_shards,
+    row_group_parts,
+)
+from mixopt.errors import MixoptError
+
+_WS_FIRST = frozenset(b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f")  # str.isspace's ASCII characters
+
+
+@dataclass
+class Candidates:
+    docs: list[str]  # in sampling order
+    sizes: list[int]  # UTF-8 bytes of each document
+    documents: int  # documents read from the domain (exact duplicates of sampled ones excluded)
+    duplicates: int  # exact duplicates of sampled documents, dropped
+    bytes: int  # UTF-8 bytes of those documents
+    complete: bool  # every document of the domain is among the candidates
+    truncated: int = 0  # documents cut to max_document_bytes
+    skipped: list[str] = field(default_factory=list)  # shards skipped (on_error: skip), with why
+    scan: dict | None = None  # with sample.scan: shards read of all, and the estimate's standard error
+
+
+class Pool:
+    """The bottom-k pool: priority -> [document bytes, occurrences]; trimmed to the shortest prefix
+    holding `threshold` bytes whenever it has grown by half."""
+
+    def __init__(self, threshold: int):
+        self.threshold = threshold
+        self.docs: dict[int, list] = {}
+        self.bytes = 0
+        self.next_trim = threshold * 3 // 2 + 1
+        self.top: int | None = None  # when full: the largest priority kept; larger ones are out
+        self.read = self.read_bytes = self.truncated = self.largest = 0
+
+    def trim(self) -> None:
+        if self.bytes >= self.threshold:
+            keys = sorted(self.docs)
+            acc = 0
+            for i, k in enumerate(keys):
+                acc += len(self.docs[k][0])
+                if acc >= self.threshold:
+                    break
+            for k in keys[i + 1:]:
+                del self.docs[k]
+            self.bytes, self.top = acc, keys[i]
+        self.next_trim = max(self.bytes, self.threshold) * 3 // 2 + 1
+
+    def merge(self, other: Pool) -> None:
+        for k, (b, c) in other.docs.items():
+            e = self.docs.get(k)
+            if e is not None:
+                e[1] += c
+            else:
+                self.docs[k] = [b, c]
+                self.bytes += len(b)
+        self.read += other.read
+        self.read_bytes += other.read_bytes
+        self.truncated += other.truncated
+        self.largest = max(self.largest, other.largest)
+        if other.top is not None and (self.top is None or other.top < self.top):
+            self.top = other.top  # the merged prefix ends no later than either pool's
+        self.trim()
+
+    def feed(self, col, key: bytes, cap: int) -> None:
+        """Offer every document of an Arrow string array."""
+        import pyarrow as pa
+
+        n = len(col)
+        if n == 0:
+            return
+        bufs = col.buffers()
+        width = np.int64 if pa.types.is_large_string(col.type) else np.int32
+        offs = np.frombuffer(bufs[1], dtype=width)[col.offset:col.offset + n + 1].tolist()
+        data = memoryview(bufs[2]) if bufs[2] is not None else memoryview(b"")
+        valid = col.is_valid().to_numpy(zero_copy_only=False) if col.null_count else None
+        docs, top, blake = self.docs, self.top, hashlib.blake2b
+        read = read_bytes = truncated = largest = 0
+        for i in range(n):
+            a, b = offs[i], offs[i + 1]
+            if b == a or (valid is not None and not valid[i]):
+                continue
+            doc = data[a:b]
+            if doc[0] in _WS_FIRST or doc[0] >= 0x80:
+                stripped = bytes(doc).strip()
+                if not stripped or ((stripped[0] >= 0x80 or stripped[0] in _WS_FIRST)
+                                    and bytes(doc).decode("utf-8", "replace").isspace()):
+                    continue
+            if b - a > cap:
+                cut = cap
+                while cut > 0 and (doc[cut] & 0xC0) == 0x80:  # not inside a UTF-8 character
+                    cut -= 1
+                doc = doc[:cut]
+                truncated += 1
+            read += 1
+            read_bytes += len(doc)
+            if len(doc) > largest:
+                largest = len(doc)
+            pri = int.from_bytes(blake(doc, digest_size=8, key=key).digest(), "big")
+            if top is not None and pri > top:
+                continue
+            e = docs.get(pri)
+            if e is not None:
+                e[1] += 1
+                continue
+            docs[pri] = [bytes(doc), 1]
+            self.bytes += len(doc)
+            if self.bytes >= self.next_trim:
+                self.trim()
+                top = self.top
+        self.read += read
+        self.read_bytes += read_bytes
+        self.truncated += truncated
+        self.largest = max(self.largest, largest)
+
+
+def seed_key(seed: int, domain: str) -> bytes:
+    return hashlib.sha256(f"{seed}:{domain}".encode()).digest()[:32]
+
+
+def scan_units(units: list, key: bytes, threshold: int, cap: int) -> tuple[Pool, list[str], list]:
+    """Read (source, shard) units into one pool; bad shards raise, or are listed when the source skips.
+    Also returns each shard read as (size, text bytes, documents), for estimates from a shard sample."""
+    pool, skipped, read = Pool(threshold), [], []
+    for source, shard in units:
+        part = Pool(threshold)
+        part.top = pool.top
+        try:
+            for col in iter_chunks(source, shard, cap):
+                part.feed(col, key, cap)
+        except ShardError as e:
+            if source.on_error == "skip":
+                skipped.append(str(e))
+                continue
+            raise MixoptError(str(e), SKIP_FIX) from None
+        read.append((shard.size, part.read_bytes, part.read))
+        pool.merge(part)
+    return pool, skipped, read
+
+
+def _split(units: list, workers: int) -> list[list]:
+    """Balance shards across workers by size (largest first onto the least loaded); order-free."""
+    def size(u):
+        return u[1].size or 1  # bytes on disk / in the store (1 where unknown: Hub shards)
+    groups: list[list] = [[] for _ in range(workers)]
+    load = [0] * workers
+    for u in sorted(units, key=lambda u: (-size(u), u[1].uri, u[1].index)):
+        j = load.index(min(load))
+        groups[j].append(u)
+        load[j] += size(u) or 1
+    return [g for g in groups if g]
+
+
+def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor | None = None,
+                    workers: int = 1) -> Candidates:
+    """The domain's bottom-k documents (by seeded content hash) holding byte_budget bytes, plus room for
+    one more document of at most max_document_bytes; counts the whole domain."""
+    cap = exp.sample.max_document_bytes
+    threshold = byte_budget + cap  # while reading; the final trim uses the domain's largest document
+    key = seed_key(exp.seed, domain.name)
+    units = [(s, shard) for s in domain.sources for shard in list_shards(s, exp.base_dir)]
+    every = units
+    if exp.sample.scan is not None:
+        units = subsample(units, exp.sample.scan, key)
+    if executor is not None and workers > 1 and len(units) < workers and exp.sample.scan is None:
+        # Fewer files than workers: split Parquet files by row groups (the merge makes it the same sample).
+        units = [(s, part) for s, shard in units for part in row_group_parts(shard, workers)]
+    if executor is None or workers <= 1 or len(units) <= 1:
+        pool, skipped, read = scan_units(units, key, threshold, cap)
+    else:
+        futures = [executor.submit(scan_units, g, key, threshold, cap) for g in _split(units, workers)]
+        pool, skipped, read = Pool(threshold), [], []
+        for f in futures:
+            part, sk, rd = f.result()
+            pool.merge(part)
+            skipped += sk
+            read += rd
+    pool.threshold = byte_budget + pool.largest  # the final prefix: room for one more of the domain's documents
+    pool.trim()
+    if pool.read == 0:
+        raise MixoptError(f"domain '{domain.name}' has no documents in "
+                          f"{', '.join(describe(s) for s in domain.sources)}",
+                          "check the path, format and text_field of its sources")
+    keys = sorted(pool.docs)
+    kept = [pool.docs[k] for k in keys]
+    dups = sum(c - 1 for _, c in kept)
+    dup_bytes = sum((c - 1) * len(b) for b, c in kept)
+    c = Candidates(
+        docs=[b.decode("utf-8", "replace") for b, _ in kept], sizes=[len(b) for b, _ in kept],
+        documents=pool.read - dups, duplicates=dups, bytes=pool.read_bytes - dup_bytes,
+        complete=sum(c for _, c in kept) == pool.read, truncated=pool.truncated, skipped=sorted(skipped))
+    if len(units) < len(every):
+        c.scan = estimate(read, every, c)
+        c.complete = False
+    return c
+
+
+def subsample(units: list, scan, key: bytes) -> list:
+    """A seeded subset of the shards: the ceil(fraction x n) (at least min_shards) whose keyed hash of
+    the file name (not the folder: a moved corpus reads the same shards) is smallest."""
+    import math
+
+    k = min(len(units), max(scan.min_shards, math.ceil(scan.fraction * len(units))))
+
+    def rank(u):
+        name = f"{os.path.basename(u[1].uri.rstrip('/'))}#{u[1].index}"
+        return hashlib.blake2b(name.encode(), digest_size=8, key=key).digest(), u[1].uri
+    return sorted(units, key=rank)[:k]
+
+
+def estimate(read: list, every: list, c: Candidates) -> dict:
+    """The domain's text bytes and documents from the shards read: a ratio estimator on shard sizes
+    (bytes on disk or in the store; 1 per shard where unknown), with its standard error."""
+    sizes = [u[1].size or 1 for u in every]
+    x = np.array([r[0] or 1 for r in read], dtype=float)
+    y = np.array([r[1] for r in read], dtype=float)
+    docs = np.array([r[2] for r in read], dtype=float)
+    n, big_n, total = len(read), len(every), float(sum(sizes))
+    ratio = y.sum() / x.sum()
+    est = ratio * total
+    f = n / big_n
+    # var = N^2 (1 - f) / n * s^2, s^2 the variance of the residuals y - ratio x (Cochran, ratio estimator)
+    se = big_n * np.sqrt((1 - f) / n * ((y - ratio * x) ** 2).sum() / (n - 1)) if n > 1 else 0.0
+    c.bytes = int(round(est))
+    c.documents = int(round(docs.sum() / x.sum() * total))
+    return {"shards_read": n, "shards": big_n, "bytes_stderr": float(se)}
+
+
+def make_executor(workers: int) -> ProcessPoolExecutor | None:
+    if workers <= 1:
+        return None
+    import multiprocessing
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+__all__ = ["Candidates", "Pool", "Shard", "draw_candidates", "make_executor", "scan_units", "seed_key"]

@@ -1,0 +1,137 @@
+"""Bad shards: one line naming the file and the fix, exit 2, nothing written; or, with `on_error: skip`,
+the shard is skipped, and the count printed and stored in the manifest."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+from conftest import small_config, write_config
+
+ROWS = "".join(json.dumps({"text": f"line {i} of a good shard"}) + "\n" for i in range(400)).encode()
+
+
+def _bad(folder, case) -> str:
+    """Write one bad shard into `folder`; return its file name."""
+    if case == "truncated gzip":
+        data = gzip.compress(ROWS)
+        (folder / "bad.jsonl.gz").write_bytes(data[: len(data) // 2])
+        return "bad.jsonl.gz"
+    if case == "corrupt zstd":
+        data = bytearray(zstandard.ZstdCompressor().compress(ROWS))
+        data[len(data) // 2:] = b"\xff" * (len(data) - len(data) // 2)
+        (folder / "bad.jsonl.zst").write_bytes(bytes(data))
+        return "bad.jsonl.zst"
+    if case == "truncated parquet":
+        pq.write_table(pa.table({"text": ["some text"] * 100}), folder / "full.parquet")
+        data = (folder / "full.parquet").read_bytes()
+        (folder / "full.parquet").unlink()
+        (folder / "bad.parquet").write_bytes(data[: len(data) - 20])
+        return "bad.parquet"
+    if case == "corrupt arrow":
+        with pa.OSFile(str(folder / "bad.arrow"), "wb") as f, pa.ipc.new_file(f, pa.schema([("text", pa.string())])) as w:
+            w.write_table(pa.table({"text": ["some text"] * 100}))
+        data = bytearray((folder / "bad.arrow").read_bytes())
+        data[8:40] = b"\x00" * 32
+        (folder / "bad.arrow").write_bytes(bytes(data[:-30]))
+        return "bad.arrow"
+    if case == "non-UTF-8 JSONL":
+        (folder / "bad.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9 latin-1"}\n')
+        return "bad.jsonl"
+    if case == "FIFO":
+        os.mkfifo(folder / "bad.jsonl")
+        return "bad.jsonl"
+    if case == "no read permission":
+        (folder / "bad.jsonl").write_bytes(ROWS)
+        os.chmod(folder / "bad.jsonl", 0)
+        return "bad.jsonl"
+    raise ValueError(case)
+
+
+CASES = ["truncated gzip", "corrupt zstd", "truncated parquet", "corrupt arrow", "non-UTF-8 JSONL", "FIFO",
+         "no read permission"]
+
+
+def _config(corpora, tmp_path, case, on_error="fail"):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    table = pq.read_table(corpora / "code.parquet")
+    half = table.num_rows // 2
+    pq.write_table(table.slice(0, half), folder / "good-0.parquet")
+    pq.write_table(table.slice(half), folder / "good-1.parquet")
+    name = _bad(folder, case)
+    cfg = small_config(corpora, tmp_path / "ws")
+    cfg["domains"][0]["sources"] = [{"path": str(folder), "on_error": on_error}]
+    return write_config(tmp_path / "c.yaml", cfg), folder / name
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "mixopt.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_bad_shard_is_one_line_naming_it(corpora, tmp_path, case):
+    if case == "no read permission" and os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    path, bad = _config(corpora, tmp_path, case)
+    r = run("sample", path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0], r.stderr
+    assert "on_error: skip" in lines[0]
+    assert not (tmp_path / "ws" / "sample").exists() and not list((tmp_path / "ws").glob(".sample*"))
+
+
+def test_skipped_shards_are_counted_printed_and_stored(corpora, tmp_path):
+    path, bad = _config(corpora, tmp_path, "truncated gzip", on_error="skip")
+    _bad(bad.parent, "non-UTF-8 JSONL")
+    os.mkfifo(bad.parent / "pipe.parquet")
+    r = run("sample", path)
+    assert r.returncode == 0, r.stderr
+    assert "code: skipped 3 unreadable shard(s)" in r.stdout
+    manifest = json.loads((tmp_path / "ws" / "sample" / "manifest.json").read_text())
+    assert manifest["domains"]["code"]["skipped_shards"] == 3
+    clean = run("sample", write_config(tmp_path / "clean.yaml", small_config(corpora, tmp_path / "ws2")))
+    assert clean.returncode == 0, clean.stderr
+    ref = json.loads((tmp_path / "ws2" / "sample" / "manifest.json").read_text())
+    assert manifest["domains"]["code"]["documents"] == ref["domains"]["code"]["documents"]  # good shards only
+
+
+def test_empty_glob_is_one_line(corpora, tmp_path):
+    cfg = small_config(corpora, tmp_path / "ws")
+    cfg["domains"][0]["sources"] = [{"path": str(tmp_path / "shards" / "*.parquet")}]
+    r = run("sample", write_config(tmp_path / "c.yaml", cfg))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: no file matches {tmp_path}/shards/*.parquet; fix the glob in the domain's " \
+                               "source path"
+    assert not (tmp_path / "ws").exists()
+
+
+def test_a_giant_document_is_cut(corpora, tmp_path):
+    """A 50 MB single-line document: cut to sample.max_document_bytes, counted, and RSS stays small."""
+    folder = tmp_path / "giant"
+    folder.mkdir()
+    (folder / "big.jsonl").write_text(json.dumps({"text": "x" * 50_000_000}) + "\n"
+                                      + "".join(json.dumps({"text": f"small {i} " * 50}) + "\n" for i in range(3000)))
+    cfg = small_config(corpora, tmp_path / "ws")
+    cfg["domains"][0]["sources"] = [{"path": str(folder)}]
+    # The default cap (1 MB): the cut document is one 1 MB word, which BPE training alone would take
+    # ~15 min over (quadratic); the tokenizer trains on it in pieces.
+    code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.stdout, r.stderr)")
+    r = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "mixopt.cli", "sample",
+                        write_config(tmp_path / "c.yaml", cfg)], capture_output=True, text=True, timeout=300)
+    rc, rss_kb = map(int, r.stdout.split("\n")[0].split())
+    assert rc == 0, r.stdout
+    assert "code: 1 document(s) cut to sample.max_document_bytes=1000000" in r.stdout
+    manifest = json.loads((tmp_path / "ws" / "sample" / "manifest.json").read_text())
+    assert manifest["domains"]["code"]["truncated_documents"] == 1
+    assert rss_kb < 1_500_000, rss_kb  # was 9.9 GB with the whole document in the tokenizer
