@@ -14,6 +14,8 @@ def _word(v: str) -> str:
     """Names become folder names and metric names: keep them to one safe word."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
         raise ValueError("use letters, digits, '_', '.', '-' only")
+    if set(v) == {"."}:  # '.' and '..' name the folder itself or its parent, not a new one
+        raise ValueError(f"'{v}' is not a name; use letters or digits")
     return v
 
 
@@ -181,7 +183,7 @@ class Slurm(_Strict):
 
 class Experiment(_Strict):
     name: str
-    seed: int = Field(0, ge=0, lt=2**63)  # numpy's seeds are non-negative
+    seed: int = Field(0, ge=0, lt=2**63, strict=True)  # numpy's seeds are non-negative
     workspace: str | None = None
     domains: list[Domain] = Field(min_length=2)
     sample: Sample = Sample()
