@@ -104,6 +104,10 @@ def sweep(config: Path = CONFIG,
     runtime = _runtime(workers, progress, device, backend=backend.value, ray_address=ray_address,
                        slurm_partition=slurm_partition, slurm_cluster=slurm_cluster,
                        batch_proxies=batch_proxies if batch_proxies == "auto" else int(batch_proxies))
+    if backend is Backend.ray:
+        from mixopt.backends.ray import check_reachable
+
+        check_reachable(ray_address)
     report = run_sweep(exp, runtime, extra=extra)
     typer.echo(format_sweep(report))
     if report.failed:

@@ -58,7 +58,15 @@ def plot_fit(out: Path, swarm, rec, model) -> list[Path]:
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    import os
+    import tempfile
+
+    # A temp name of its own: fits running at once on one workspace never write each other's file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp)
+        Path(tmp).replace(path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
