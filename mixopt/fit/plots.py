@@ -62,7 +62,10 @@ def _save(fig, path: Path) -> None:
     import tempfile
 
     # A temp name of its own: fits running at once on one workspace never write each other's file.
+    from mixopt.core.workspace import process_umask
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
+    os.fchmod(fd, 0o666 & ~process_umask())  # the mode open() would give, not mkstemp's 0600
     os.close(fd)
     try:
         fig.savefig(tmp)
