@@ -321,6 +321,22 @@ def check(config: Path = CONFIG,
         raise typer.Exit(1)
 
 
+@app.command()
+def schema(out: Optional[Path] = typer.Option(None, help="Write it to this file (default: stdout).")):
+    """The config's JSON Schema, for editors (e.g. `# yaml-language-server: $schema=mixopt.schema.json`)."""
+    from mixopt.config.schema import experiment_json_schema
+    from mixopt.core.workspace import atomic_write_text
+
+    text = json.dumps(experiment_json_schema(), indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    if out.is_dir():
+        raise MixoptError(f"--out {out} is a folder", "name a file, e.g. --out mixopt.schema.json")
+    atomic_write_text(out, text)
+    typer.echo(f"written: {out}")
+
+
 def _load(config: Path):
     """The experiment, with every file its suite names checked: the same errors for every verb."""
     from mixopt.config.load import load_experiment

@@ -56,14 +56,14 @@ def plot_fit(out: Path, swarm, rec, model) -> list[Path]:
 
 
 def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     import os
     import tempfile
 
-    # A temp name of its own: fits running at once on one workspace never write each other's file.
+    import matplotlib.pyplot as plt
+
     from mixopt.core.workspace import process_umask
 
+    # A temp name of its own: fits running at once on one workspace never write each other's file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
     os.fchmod(fd, 0o666 & ~process_umask())  # the mode open() would give, not mkstemp's 0600
     os.close(fd)
