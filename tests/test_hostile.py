@@ -29,11 +29,23 @@ INF, NAN = float("inf"), float("nan")
 DOMAINS = ["code", "prose", "legal"]
 
 
-def cli(args, cwd, env=None, preexec=None, timeout=120):
+def cli(args, cwd, env=None, preexec=None, timeout=120, read_only: Path | None = None):
+    """The real CLI in a subprocess; with `read_only`, that folder is a read-only mount for it (a user
+    and mount namespace: `unshare -rm`, then a read-only bind mount of the folder on itself)."""
     e = {**os.environ, **(env or {})}
     e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), e.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "mixopt.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env=e, preexec_fn=preexec, timeout=timeout)
+    cmd = [sys.executable, "-m", "mixopt.cli", *map(str, args)]
+    if read_only is not None:
+        mount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+        cmd = ["unshare", "-rm", "sh", "-c", mount, str(read_only), *cmd]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=e, preexec_fn=preexec, timeout=timeout)
+
+
+def can_mount_read_only() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+    except OSError:
+        return False
 
 
 def snapshot(root: Path) -> dict:
@@ -96,6 +108,7 @@ class Case:
     _fit: Path
     env: dict | None = None
     preexec: object = None
+    read_only: Path | None = None  # mounted read-only for the command
 
     def config(self, changes: dict | None = None, name: str = "c.yaml", ws: str = "ws", drop=()) -> Path:
         """The small test config with dotted-key changes (`proxy.lr`, `domains.0.max`)."""
@@ -974,6 +987,34 @@ def env_disk_full_during_sample(t):
     return ["sample", t.config()]
 
 
+def _read_only(t: Case) -> Path:
+    if not can_mount_read_only():
+        pytest.skip("needs `unshare -rm` (user and mount namespaces) for a read-only mount")
+    t.read_only = t.sampled()
+    return t.read_only
+
+
+@case("read-only filesystem")
+def env_read_only_workspace_sample(t):
+    _read_only(t)
+    return ["sample", t.config(), "--force"]
+
+
+@case("the workspace is read-only here")
+def env_read_only_workspace_sweep(t):
+    _read_only(t)
+    return ["sweep", t.config()]
+
+
+@case("read-only filesystem")
+def env_read_only_save_folder(t):
+    if not can_mount_read_only():
+        pytest.skip("needs `unshare -rm` for a read-only mount")
+    t.fit("out")
+    t.read_only = t.dir / "out"
+    return _fit(t, t.swarm(), "--target", "loss", "--key", "run", "--save", t.dir / "out")
+
+
 @case("cannot reach the Ray cluster at 127.0.0.1:9")
 def env_ray_unreachable(t):
     pytest.importorskip("ray")
@@ -991,7 +1032,7 @@ def test_hostile(name, corpora, sampled, saved_fit, tmp_path):
     t.dir.mkdir()
     args = fn(t)
     before = snapshot(tmp_path)
-    r = cli(args, t.dir, t.env, t.preexec)
+    r = cli(args, t.dir, t.env, t.preexec, read_only=t.read_only)
     lines = r.stderr.splitlines()
     assert r.returncode == 2, f"exit {r.returncode}\n{r.stderr[-3000:]}"
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
@@ -1004,3 +1045,18 @@ def test_hostile(name, corpora, sampled, saved_fit, tmp_path):
 
 def test_the_catalogue_is_large():
     assert len(CASES) >= 100
+
+
+def test_read_only_verbs_work_on_a_read_only_mount(corpora, sampled, saved_fit, tmp_path):
+    """The other side of the read-only cases: status reads a read-only workspace, predict a read-only fit."""
+    if not can_mount_read_only():
+        pytest.skip("needs `unshare -rm` (user and mount namespaces) for a read-only mount")
+    t = Case(tmp_path, corpora, sampled, saved_fit)
+    ws, fit = t.sampled(), t.fit()
+    before = snapshot(tmp_path)
+    r = cli(["status", t.config()], tmp_path, read_only=ws)
+    assert r.returncode == 0 and "sample: up to date" in r.stdout, r.stderr
+    r = cli(["predict", fit, t.table("cand.csv", code=[0.5, 0.2], prose=[0.5, 0.3], legal=[0.0, 0.5])], tmp_path,
+            read_only=fit)
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "row,predicted,rank", r.stderr
+    assert {k: v for k, v in snapshot(tmp_path).items() if k != "cand.csv" and k != "c.yaml"} == before

@@ -138,7 +138,8 @@ class Store:
         self.readonly = read_only(path) if readonly is None else readonly
         if self.readonly:
             if not path.is_file():
-                raise MixoptError(f"no store at {path}", "run `mixopt sweep CONFIG` first")
+                raise MixoptError(f"no store at {path}, and the workspace is read-only here",
+                                  "run `mixopt sweep CONFIG` where the workspace is writable")
             self.db = sqlite3.connect(_read_only_uri(path), uri=True, timeout=60, isolation_level=None)
         else:
             Workspace(path.parent).claim()  # never a store in a folder of someone else's files
