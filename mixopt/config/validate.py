@@ -99,6 +99,6 @@ def check_seq_len(seq_len: int, train_tokens: dict[str, int | None]) -> None:
     short = {n: t for n, t in train_tokens.items() if t is not None and t < seq_len + 1}
     if short:
         name, tokens = min(short.items(), key=lambda kv: kv[1])
-        raise MixoptError(f"proxy.seq_len {seq_len} is longer than domain '{name}''s train slice ({tokens} tokens"
+        raise MixoptError(f"proxy.seq_len {seq_len} is longer than the train slice of domain '{name}' ({tokens} tokens"
                           f"{f'; {len(short)} domains are too short' if len(short) > 1 else ''})",
                           f"set proxy.seq_len <= {tokens - 1} or raise sample.train_tokens and resample")
