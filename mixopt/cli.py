@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from enum import Enum
@@ -38,6 +39,16 @@ WORKERS = typer.Option(1, min=1, help="Local worker processes (one per core on C
 PROGRESS = typer.Option(True, help="Show progress bars on stderr.")
 DEVICE = typer.Option("auto", help="Where proxies train and evaluate: auto (a GPU where the worker sees one), "
                                    "cpu, cuda or cuda:N.")
+
+
+def _finite_at_least_0(value: float) -> float:
+    """A number flag: finite and >= 0, by the same rule as the config's numbers (one line if not)."""
+    from mixopt.config.validate import check_finite
+
+    try:
+        return check_finite(value, "", 0.0)
+    except MixoptError as e:
+        raise typer.BadParameter(e.problem.strip()) from None
 
 
 def _runtime(workers: int = 1, progress: bool = True, device: str = "auto", say=typer.echo, **more):
@@ -96,6 +107,9 @@ def sweep(config: Path = CONFIG,
     exp = _load(config)
     extra = []
     if mixtures:
+        from mixopt.config.validate import check_input_path
+
+        check_input_path(mixtures, "--mixtures file", exp.workspace_dir)
         _, ids, W = read_mixtures(mixtures, exp.domain_names)
         extra = [Mixture(f"file:{mixtures.stem}:{i}", tuple(w)) for i, w in zip(ids, W)]
     if batch_proxies != "auto" and not (batch_proxies.isdigit() and int(batch_proxies) >= 1):
@@ -103,6 +117,10 @@ def sweep(config: Path = CONFIG,
     runtime = _runtime(workers, progress, device, backend=backend.value, ray_address=ray_address,
                        slurm_partition=slurm_partition, slurm_cluster=slurm_cluster,
                        batch_proxies=batch_proxies if batch_proxies == "auto" else int(batch_proxies))
+    if backend is Backend.ray:
+        from mixopt.backends.ray import check_reachable
+
+        check_reachable(ray_address)
     report = run_sweep(exp, runtime, extra=extra)
     typer.echo(format_sweep(report))
     if report.failed:
@@ -139,12 +157,12 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         domains: Optional[str] = typer.Option(None, help="Weight columns are those starting with this prefix."),
         model: Model = typer.Option(Model.auto, help="External swarm: the regressor (auto: best CV Spearman)."),
         save: Optional[Path] = typer.Option(None, help="External swarm: write fit.json, runs.parquet, plots here."),
-        tolerance: float = typer.Option(0.01, min=0, help="External swarm: how far a row's weights may sum from 1."),
+        tolerance: float = typer.Option(0.01, callback=_finite_at_least_0, help="External swarm: how far a row's weights may sum from 1."),
         bound: list[str] = typer.Option([], help="External swarm: DOMAIN=LOW:HIGH weight bounds."),
-        kl_weight: float = typer.Option(0.0, min=0, help="External swarm: KL(w || swarm mean) penalty."),
+        kl_weight: float = typer.Option(0.0, callback=_finite_at_least_0, help="External swarm: KL(w || swarm mean) penalty."),
         bootstrap: int = typer.Option(50, min=0, help="External swarm: bootstrap refits for the intervals."),
         cv_folds: int = typer.Option(5, min=2, help="External swarm: cross-validation folds."),
-        seed: int = typer.Option(0, help="External swarm: seed for folds, trees and simulation."),
+        seed: int = typer.Option(0, min=0, help="External swarm: seed for folds, trees and simulation."),
         trust_region: TrustRegion = typer.Option(TrustRegion.range, help="External swarm: range keeps each weight "
                                                  "within what the runs covered; none only within the bounds."),
         scale_column: Optional[str] = typer.Option(None, help="External swarm: model-size column; fits one law "
@@ -203,7 +221,7 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
 def predict(fit_dir: Path = typer.Argument(..., help="A saved fit: `fit --save DIR` or a workspace's fits/<key>/."),
             mixtures: Path = typer.Argument(..., help="Candidate mixtures (.csv/.parquet), one weight column per domain."),
             key: Optional[str] = typer.Option(None, help="Id column to echo (default: the first non-weight column)."),
-            tolerance: float = typer.Option(0.01, min=0, help="How far a row's weights may sum from 1."),
+            tolerance: float = typer.Option(0.01, callback=_finite_at_least_0, help="How far a row's weights may sum from 1."),
             format: TableFormat = typer.Option(TableFormat.csv, "--format")):
     """Predict the objective of each candidate mixture with a saved fit (lower is better)."""
     from mixopt.fit.tables import predict_mixtures
@@ -274,7 +292,7 @@ def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = Tru
 def eval_(config: Path = CONFIG,
           workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE,
           watch: bool = typer.Option(False, help="Re-evaluate and refit each time the config or suite is saved."),
-          interval: float = typer.Option(1.0, min=0.05, help="--watch: seconds between checks.")):
+          interval: float = typer.Option(1.0, min=0.05, max=86400, help="--watch: seconds between checks.")):
     """Evaluate every stored checkpoint on what the current eval suite lacks (never trains)."""
     from mixopt.report import format_eval, suspect_line
     from mixopt.sweep.reeval import run_eval
@@ -345,6 +363,22 @@ def check(config: Path = CONFIG,
         raise typer.Exit(1)
 
 
+@app.command()
+def schema(out: Optional[Path] = typer.Option(None, help="Write it to this file (default: stdout).")):
+    """The config's JSON Schema, for editors (e.g. `# yaml-language-server: $schema=mixopt.schema.json`)."""
+    from mixopt.config.schema import experiment_json_schema
+    from mixopt.core.workspace import atomic_write_text
+
+    text = json.dumps(experiment_json_schema(), indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    if out.is_dir():
+        raise MixoptError(f"--out {out} is a folder", "name a file, e.g. --out mixopt.schema.json")
+    atomic_write_text(out, text)
+    typer.echo(f"written: {out}")
+
+
 def _load(config: Path):
     """The experiment, with every file its suite names checked: the same errors for every verb."""
     from mixopt.config.load import load_experiment
@@ -355,25 +389,85 @@ def _load(config: Path):
     return exp
 
 
+def _one_line_usage(e) -> str:
+    """click's usage error (a box of lines) as one line naming the command to ask for help."""
+    ctx = getattr(e, "ctx", None)
+    path = ctx.command_path.replace("python -m mixopt.cli", "mixopt") if ctx else "mixopt"
+    return f"error: {' '.join(e.format_message().split()).rstrip('.')}; see `{path} --help`"
+
+
+def _guarded(fn):
+    """A verb whose stray EOFError (a file that ends early, read by a library) is not taken for Ctrl-D."""
+    import functools
+
+    @functools.wraps(fn)
+    def verb(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EOFError as e:
+            raise MixoptError(f"a file ended before its end ({e or 'truncated'})",
+                              "check that the input files are complete") from None
+    return verb
+
+
 def main() -> None:
     import sqlite3
 
     try:
-        app()  # standalone: click reports its own usage errors and exits 2
+        from typer._click import exceptions as cx  # recent typer carries its own click
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import exceptions as cx
+
+    for info in app.registered_commands:
+        if not getattr(info.callback, "__wrapped__", None):
+            info.callback = _guarded(info.callback)
+    try:
+        code = app(standalone_mode=False)  # usage errors come back here: one line, like ours
     except MixoptError as e:
         typer.echo(f"error: {e.one_line()}", err=True)
         sys.exit(2)
-    except (OSError, sqlite3.OperationalError) as e:
+    except cx.NoArgsIsHelpError as e:  # `mixopt` alone: the help, as click prints it
+        typer.echo(e.ctx.get_help(), err=True)
+        sys.exit(2)
+    except cx.UsageError as e:
+        typer.echo(_one_line_usage(e), err=True)
+        sys.exit(2)
+    except cx.ClickException as e:
+        typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+        sys.exit(e.exit_code or 1)
+    except typer.Abort:
+        typer.echo("error: interrupted; finished results are kept, rerun to continue", err=True)
+        sys.exit(130)
+    except sqlite3.DatabaseError as e:
+        code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF  # the primary code
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            typer.echo("error: the workspace's database stayed locked by another process; wait for the other "
+                       "mixopt command to finish (or stop it) and rerun", err=True)
+            sys.exit(2)
+        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            typer.echo(f"error: the workspace's mixopt.db is damaged ({e}); run `mixopt check CONFIG`, or move it "
+                       "away (a new one is made; `mixopt sweep` adopts finished runs from their checkpoints)", err=True)
+            sys.exit(2)
+        if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+            _disk_full(e)
+        raise
+    except OSError as e:
         from mixopt.core.workspace import DISK_FULL_ERRNOS
 
-        # SQLite reports no errno: its own codes say "database or disk is full" and "disk I/O error".
-        code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF  # the primary code
-        sqlite_full = code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
-        if getattr(e, "errno", None) not in DISK_FULL_ERRNOS and not sqlite_full:
-            raise
-        typer.echo(f"error: cannot write to the workspace: disk full, file size limit or I/O error ({e}); "
-                   "free space (or raise the quota) and rerun: finished results are kept", err=True)
-        sys.exit(2)
+        if e.errno in DISK_FULL_ERRNOS:
+            _disk_full(e)
+        if e.errno == errno.EROFS:
+            typer.echo(f"error: cannot write {e.filename or 'to the workspace'}: read-only filesystem; run this "
+                       "command where the workspace is writable (status, check, fit and predict read only)", err=True)
+            sys.exit(2)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _disk_full(e) -> None:
+    typer.echo(f"error: cannot write to the workspace: disk full, file size limit or I/O error ({e}); "
+               "free space (or raise the quota) and rerun: finished results are kept", err=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

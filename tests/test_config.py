@@ -81,3 +81,37 @@ def test_config_encoding_and_rounding_messages(tmp_path):
                      .encode())  # a BOM is fine; maximums summing to 0.99999999 are not
     with pytest.raises(MixoptError, match=r"maximums sum to 0\.99999999 < 1"):
         load_experiment(path)
+
+
+def test_errors_are_all_reported_with_their_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: a\nseed: -1\nproxy:\n  lr: .inf\ndomains:\n  - {name: x, sources: [a]}\n"
+                    "  - {name: y, sources: [b], max: 2}\ndesign: {temperature: 0}\n")
+    with pytest.raises(MixoptError) as e:
+        load_experiment(path)
+    line = e.value.one_line()
+    assert "4 problems: line 2: 'seed'" in line
+    assert "line 4: 'proxy.lr': Input should be a finite number" in line
+    assert "line 7: 'domains.1.max'" in line and "line 8: 'design.temperature'" in line
+    assert line.index("line 2:") < line.index("line 4:") < line.index("line 7:") < line.index("line 8:")
+
+
+def test_json_schema_accepts_configs_and_rejects_what_the_loader_rejects(make_config):
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+    jsonschema = pytest.importorskip("jsonschema")
+
+    r = subprocess.run([sys.executable, "-m", "mixopt.cli", "schema"], capture_output=True, text=True, check=True)
+    schema = json.loads(r.stdout)
+    assert "base_dir" not in schema["properties"] and "config_path" not in schema["properties"]
+    cfg = yaml.safe_load(make_config().read_text())
+    cfg["domains"][0]["sources"] = "short/form.parquet"  # a bare path, as the loader accepts
+    cfg["evals"] = "suite.yaml"
+    jsonschema.validate(cfg, schema)
+    for section, key, bad in (("proxy", "lr", -1), ("design", "rnus", 3), ("optimum", "kl_weight", "x")):
+        wrong = {**cfg, section: {**cfg.get(section, {}), key: bad}}
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(wrong, schema)

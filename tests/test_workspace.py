@@ -1,4 +1,4 @@
-"""Atomic writes: whole files only, with the mode the user's umask gives."""
+"""Atomic writes (whole files only, with the mode the user's umask gives) and folder ownership."""
 
 import stat
 import subprocess
@@ -6,7 +6,17 @@ import sys
 
 import pytest
 
-from mixopt.core.workspace import atomic_write_json
+from mixopt.core.workspace import (
+    MARKER,
+    Workspace,
+    atomic_write_json,
+    check_folder,
+    claim_folder,
+    make_dirs,
+    owns,
+    read_json,
+)
+from mixopt.errors import MixoptError
 
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
@@ -18,7 +28,8 @@ def test_atomic_write_honours_umask(tmp_path, umask, mode):
     subprocess.run([sys.executable, "-c", code, str(out)], check=True, umask=umask)
     assert stat.S_IMODE(out.stat().st_mode) == mode
     assert out.read_text() == '{\n  "a": 1\n}\n'
-    assert [p.name for p in out.parent.iterdir()] == ["fit.json"]  # no temp file left
+    # no temp file left; the folder it made carries mixopt's marker
+    assert sorted(p.name for p in out.parent.iterdir()) == [MARKER, "fit.json"]
 
 
 def test_atomic_write_replaces(tmp_path):
@@ -26,3 +37,39 @@ def test_atomic_write_replaces(tmp_path):
     atomic_write_json(out, [1])
     atomic_write_json(out, [2])
     assert out.read_text() == "[\n  2\n]\n"
+
+
+def test_make_dirs_marks_every_folder_it_creates_and_only_those(tmp_path):
+    (tmp_path / "mine").mkdir()
+    make_dirs(tmp_path / "mine" / "a" / "b")
+    assert not owns(tmp_path / "mine")  # it existed: not mixopt's
+    assert owns(tmp_path / "mine" / "a") and owns(tmp_path / "mine" / "a" / "b")
+
+
+def test_claim_refuses_a_folder_of_someone_elses_files(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(MixoptError, match=r"holds files mixopt did not write \(todo.txt\)"):
+        claim_folder(tmp_path / "notes", "--save folder")
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]  # untouched
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(MixoptError, match="is a file, not a folder"):
+        check_folder(tmp_path / "f", "the workspace")
+
+
+def test_claim_makes_adopts_empty_and_legacy_workspaces(tmp_path):
+    Workspace(tmp_path / "new").claim()
+    assert owns(tmp_path / "new")
+    (tmp_path / "empty").mkdir()
+    Workspace(tmp_path / "empty").claim()
+    assert owns(tmp_path / "empty")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "mixopt.db").write_bytes(b"")  # written by a mixopt from before markers
+    Workspace(tmp_path / "old").claim()
+    assert owns(tmp_path / "old")
+
+
+def test_read_json_names_a_truncated_file(tmp_path):
+    (tmp_path / "m.json").write_text('{"a": ')
+    with pytest.raises(MixoptError, match="m.json: truncated or not JSON"):
+        read_json(tmp_path / "m.json")

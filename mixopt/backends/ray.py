@@ -10,6 +10,23 @@ from mixopt.errors import MixoptError
 MAX_RETRIES = 2  # Ray reruns a task whose worker process died (node lost, OOM kill) this often
 
 
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A HOST:PORT --ray-address that nothing answers on is one line before anything is written, not
+    Ray's screen of warnings and a sweep row left unfinished. `auto` and ray:// addresses are left to Ray."""
+    import socket
+
+    if not address or address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise MixoptError(f"--ray-address {address}: expected HOST:PORT or auto", "e.g. --ray-address 10.0.0.5:6379")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise MixoptError(f"cannot reach the Ray cluster at {address} ({e.strerror or e})",
+                          f"start its head with `ray start --head --port {port}`, or fix --ray-address") from None
+
+
 class RayBackend(Backend):
     name = "ray"
 

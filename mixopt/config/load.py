@@ -10,36 +10,52 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mixopt.config.schema import EvalSuite, Experiment
-from mixopt.config.validate import check_weights
+from mixopt.config.validate import check_weights, input_path_problem, is_inside
 from mixopt.errors import MixoptError
 
 
 def load_experiment(path: str | Path) -> Experiment:
-    """Read and validate an experiment YAML; every problem becomes one MixoptError."""
+    """Read and validate an experiment YAML; every problem (all of them at once, each with its line)
+    becomes one MixoptError."""
     path = Path(path)
     if not path.is_file():
         raise MixoptError(f"config file not found: {path}", "pass the path of an experiment YAML")
-    raw = _read_mapping(path, ("base_dir", "config_path"), "a mapping at the top", "see the config reference in README.md")
+    raw, lines = _read_mapping(path, ("base_dir", "config_path"), "a mapping at the top",
+                               "see the config reference in README.md")
     raw.setdefault("name", path.name.split(".")[0])
     if "evals" in raw:
-        raw["evals"] = _read_suite(raw["evals"], path)
+        raw["evals"] = _read_suite(raw["evals"], path, lines)
     try:
         exp = Experiment(**raw, base_dir=str(path.parent.resolve()), config_path=str(path.resolve()))
     except ValidationError as e:
-        raise MixoptError(f"{path}: {_explain(e)}") from None
-    _check_cross_references(exp, path)
+        raise _problems(path, _explain(e, Experiment, lines)) from None
+    _problems(path, _cross_references(exp, path, lines), raise_=True)
     return exp
 
 
-def _read_mapping(path: Path, reserved: tuple[str, ...], expected: str, help: str) -> dict:
-    """A YAML file that must hold a mapping without keys mixopt sets itself."""
-    raw = read_yaml(path)
+def _problems(path: Path, problems: list[str], raise_: bool = False) -> MixoptError | None:
+    """Several problems of one file as one line: 'FILE: N problems: line 3: ...; line 7: ...'."""
+    if not problems:
+        return None
+    if len(problems) == 1:
+        err = MixoptError(f"{path}: {problems[0]}")
+    else:
+        err = MixoptError(f"{path}: {len(problems)} problems: " + "; ".join(problems))
+    if raise_:
+        raise err
+    return err
+
+
+def _read_mapping(path: Path, reserved: tuple[str, ...], expected: str, help: str) -> tuple[dict, dict]:
+    """A YAML file that must hold a mapping without keys mixopt sets itself, and its keys' line numbers."""
+    raw, lines = read_yaml_lines(path)
     if not isinstance(raw, dict):
         raise MixoptError(f"{path}: expected {expected}", help)
     for key in reserved:
         if key in raw:
-            raise MixoptError(f"{path}: '{key}' is set by mixopt", "remove it from the file")
-    return raw
+            raise MixoptError(f"{path}: line {lines.get((key,), '?')}: '{key}' is set by mixopt",
+                              "remove it from the file")
+    return raw, lines
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -58,51 +74,105 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def read_yaml(path: Path):
     """A YAML file as data; bad syntax, bad encoding and repeated keys are one MixoptError naming the file."""
+    return read_yaml_lines(path)[0]
+
+
+def read_yaml_lines(path: Path) -> tuple[object, dict[tuple, int]]:
+    """A YAML file as data, and the line of each key (by its path of keys and list indices)."""
     try:
         text = path.read_bytes().decode("utf-8-sig")  # a BOM is fine; other non-UTF-8 bytes are not
     except UnicodeDecodeError as e:
         raise MixoptError(f"{path}: not UTF-8 text (byte {e.start})", "save the file as UTF-8") from None
     except OSError as e:
         raise MixoptError(f"{path}: cannot read it ({e.strerror})", "check the path and its permissions") from None
+    loader = _UniqueKeyLoader(text)
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except MixoptError as e:
         raise MixoptError(f"{path}: {e.problem}", e.fix) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise MixoptError(f"{path}: not valid YAML{where}", "fix the YAML syntax") from None
+    finally:
+        loader.dispose()
+    return data, _key_lines(node) if node is not None else {}
 
 
-def _read_suite(value, config: Path) -> dict:
+def _key_lines(node, prefix: tuple = ()) -> dict[tuple, int]:
+    out = {prefix: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            sub = _key_lines(v, prefix + (str(getattr(k, "value", k)),))
+            sub[prefix + (str(getattr(k, "value", k)),)] = k.start_mark.line + 1
+            out.update(sub)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out.update(_key_lines(v, prefix + (i,)))
+    return out
+
+
+def _line(lines: dict, loc) -> str:
+    """'line N: ' for the deepest part of `loc` the file spells out ('' when none is known)."""
+    loc = tuple(p if isinstance(p, int) else str(p) for p in loc)
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            return f"line {lines[loc[:n]]}: "
+    return ""
+
+
+def _read_suite(value, config: Path, lines: dict) -> dict:
     """`evals:` as a file name (read and validated here, so errors name that file) or a mapping."""
     if isinstance(value, dict):
         for reserved in ("base_dir", "path"):
             if reserved in value:
-                raise MixoptError(f"{config}: 'evals.{reserved}' is set by mixopt", "remove it from the config")
+                raise MixoptError(f"{config}: {_line(lines, ('evals', reserved))}'evals.{reserved}' is set by "
+                                  "mixopt", "remove it from the config")
         return {**value, "base_dir": str(config.parent.resolve())}
     if not isinstance(value, str):
-        raise MixoptError(f"{config}: 'evals' must be a suite file name or a mapping",
+        raise MixoptError(f"{config}: {_line(lines, ('evals',))}'evals' must be a suite file name or a mapping",
                           "e.g. `evals: suite.yaml`; see 'Eval suites' in README.md")
     suite = Path(value).expanduser()
     suite = suite if suite.is_absolute() else (config.parent / suite).resolve()
     if not suite.is_file():
-        raise MixoptError(f"{config}: eval suite file not found: {suite}", "fix the path in `evals:`")
-    raw = _read_mapping(suite, ("base_dir", "path"), "a mapping with 'evaluations'", "see 'Eval suites' in README.md")
+        raise MixoptError(f"{config}: {_line(lines, ('evals',))}eval suite file not found: {suite}",
+                          "fix the path in `evals:`")
+    raw, suite_lines = _read_mapping(suite, ("base_dir", "path"), "a mapping with 'evaluations'",
+                                     "see 'Eval suites' in README.md")
     try:
         EvalSuite(**raw)
     except ValidationError as e:
-        raise MixoptError(f"{suite}: {_explain(e, EvalSuite)}") from None
+        raise _problems(suite, _explain(e, EvalSuite, suite_lines)) from None
+    _SUITE_LINES[str(suite)] = suite_lines
     return {**raw, "base_dir": str(suite.parent), "path": str(suite)}
 
 
-def _explain(err: ValidationError, root: type[BaseModel] | None = None) -> str:
-    """The first validation error as 'where: what; fix'."""
-    e = err.errors()[0]
+_SUITE_LINES: dict[str, dict] = {}  # suite file -> its keys' lines, for the cross-checks' messages
+
+
+def _explain(err: ValidationError, root: type[BaseModel], lines: dict) -> list[str]:
+    """Every validation error as 'line N: where: what; fix', in file order, one per place."""
+    out, seen = [], set()
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        if loc in seen:  # a union reports each alternative; one line per place is enough
+            continue
+        seen.add(loc)
+        out.append((_line_no(lines, loc), _line(lines, loc) + _say(e, root)))
+    return [text for _, text in sorted(out, key=lambda x: x[0])]
+
+
+def _line_no(lines: dict, loc) -> int:
+    text = _line(lines, loc)
+    return int(text.split()[1].rstrip(":")) if text else 0
+
+
+def _say(e: dict, root: type[BaseModel]) -> str:
     loc = ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
         parent, key = e["loc"][:-1], e["loc"][-1]
-        model = _model_at(parent, root or Experiment)
+        model = _model_at(parent, root)
         known = sorted(model.model_fields) if model else []
         hidden = {Experiment: {"base_dir", "config_path"}, EvalSuite: {"base_dir", "path"}}.get(model, set())
         known = [k for k in known if k not in hidden]
@@ -136,35 +206,58 @@ def _model_at(loc, root: type[BaseModel]) -> type[BaseModel] | None:
     return model
 
 
-def _check_cross_references(exp: Experiment, path: Path) -> None:
+def _cross_references(exp: Experiment, path: Path, lines: dict) -> list[str]:
+    """What one field cannot check alone: names that must match, sums over domains, files named."""
+    out: list[str] = []
+
+    def problem(loc: tuple, text: str, fix: str) -> None:
+        out.append(f"{_line(lines, loc)}{text}; {fix}")
+
     names = exp.domain_names
-    dupes = {n for n in names if names.count(n) > 1}
+    dupes = [i for i, n in enumerate(names) if n in names[:i]]
     if dupes:
-        raise MixoptError(f"{path}: domain '{sorted(dupes)[0]}' is listed twice", "give each domain one entry")
+        problem(("domains", dupes[0], "name"), f"domain '{names[dupes[0]]}' is listed twice",
+                "give each domain one entry")
     lo = sum(d.min for d in exp.domains)
     hi = sum(d.max for d in exp.domains)
     if lo > 1 + 1e-9:
-        raise MixoptError(f"{path}: domain minimums sum to {_beside_one(lo)} > 1, so no mixture fits",
-                          "lower some 'min'")
+        problem(("domains",), f"domain minimums sum to {_beside_one(lo)} > 1, so no mixture fits", "lower some 'min'")
     if hi < 1 - 1e-9:
-        raise MixoptError(f"{path}: domain maximums sum to {_beside_one(hi)} < 1, so no mixture fits",
-                          "raise some 'max'")
+        problem(("domains",), f"domain maximums sum to {_beside_one(hi)} < 1, so no mixture fits", "raise some 'max'")
     for i, m in enumerate(exp.design.mixtures):
-        check_weights(m, names, f"{path}: design.mixtures[{i}]")
+        try:
+            check_weights(m, names, f"design.mixtures[{i}]")
+        except MixoptError as e:
+            out.append(f"{_line(lines, ('design', 'mixtures', i))}{e}")
     obj = exp.fit.objective.domains
     if obj is not None:
         unknown = sorted(set(obj) - set(names))
         if unknown:
-            raise MixoptError(f"{path}: fit.objective.domains names unknown domain '{unknown[0]}'",
-                              f"use one of: {', '.join(names)}")
-        if any(not math.isfinite(v) or v < 0 for v in obj.values()) or sum(obj.values()) <= 0:
-            raise MixoptError(f"{path}: fit.objective.domains weights must be finite, >= 0, not all 0",
-                              "fix the weights")
+            problem(("fit", "objective", "domains", unknown[0]),
+                    f"fit.objective.domains names unknown domain '{unknown[0]}'", f"use one of: {', '.join(names)}")
+        elif any(not math.isfinite(v) or v < 0 for v in obj.values()) or sum(obj.values()) <= 0:
+            problem(("fit", "objective", "domains"), "fit.objective.domains weights must be finite, >= 0, not all 0",
+                    "fix the weights")
     if exp.evals is not None:
-        _check_suite(exp, path)
+        out += _check_suite(exp, path, lines)
     lo_c, hi_c = exp.design.concentration
     if not (0 < lo_c <= hi_c):
-        raise MixoptError(f"{path}: design.concentration must be 0 < low <= high", "e.g. [0.1, 5.0]")
+        problem(("design", "concentration"), "design.concentration must be 0 < low <= high", "e.g. [0.1, 5.0]")
+    ws = exp.workspace_dir
+    if ws.exists() and not ws.is_dir():
+        problem(("workspace",), f"the workspace {ws} is a file, not a folder",
+                "point `workspace:` at a new or empty folder (or at a workspace mixopt wrote)")
+    tok = exp.sample.tokenizer.path
+    if tok:
+        problem_path = input_path_problem(exp.resolve(tok), "sample.tokenizer.path", ws)
+        if problem_path:
+            problem(("sample", "tokenizer", "path"), *problem_path)
+    for i, d in enumerate(exp.domains):
+        for j, s in enumerate(d.sources):
+            if is_inside(exp.resolve(s.path), ws):
+                problem(("domains", i, "sources", j), f"domain '{d.name}': source {exp.resolve(s.path)} is inside "
+                        f"the workspace {ws}", "keep corpora outside the workspace (mixopt may replace its folders)")
+    return out
 
 
 def _beside_one(x: float) -> str:
@@ -176,27 +269,44 @@ def _beside_one(x: float) -> str:
     return repr(x)
 
 
-def _check_suite(exp: Experiment, path: Path) -> None:
+def _check_suite(exp: Experiment, path: Path, config_lines: dict) -> list[str]:
     suite = exp.evals
-    where = suite.path or f"{path}: evals"
+    lines = _SUITE_LINES.get(suite.path) if suite.path else None
+    if lines is None:  # inline: keys live under `evals` in the config
+        lines = {k[1:]: v for k, v in config_lines.items() if k[:1] == ("evals",)}
+    out: list[str] = []
+
+    def problem(loc: tuple, text: str, fix: str) -> None:
+        prefix = "" if suite.path is None else f"{suite.path}: "
+        out.append(f"{prefix}{_line(lines, loc)}{text}; {fix}")
+
     if exp.fit.objective.domains is not None:
-        raise MixoptError(f"{path}: fit.objective.domains and an eval suite both set objective weights",
-                          "give the weights in the suite (each evaluation's `weight`) and drop fit.objective.domains")
+        out.append(f"{_line(config_lines, ('fit', 'objective', 'domains'))}fit.objective.domains and an eval suite "
+                   "both set objective weights; give the weights in the suite (each evaluation's `weight`) and drop "
+                   "fit.objective.domains")
     names = [e.name for e in suite.evaluations]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = [i for i, n in enumerate(names) if n in names[:i]]
     if dupes:
-        raise MixoptError(f"{where}: evaluation '{dupes[0]}' is listed twice", "give each evaluation its own name")
-    for e in suite.evaluations:
+        problem(("evaluations", dupes[0], "name"), f"evaluation '{names[dupes[0]]}' is listed twice",
+                "give each evaluation its own name")
+    ws = exp.workspace_dir
+    for i, e in enumerate(suite.evaluations):
         if e.kind == "heldout" and e.domain not in exp.domain_names:
-            raise MixoptError(f"{where}: evaluation '{e.name}' names unknown domain '{e.domain}'",
-                              f"use one of: {', '.join(exp.domain_names)}")
-        for s in e.sources or ():
+            problem(("evaluations", i, "domain"), f"evaluation '{e.name}' names unknown domain '{e.domain}'",
+                    f"use one of: {', '.join(exp.domain_names)}")
+        for j, s in enumerate(e.sources or ()):
             if not suite.resolve(s.path).exists():
-                raise MixoptError(f"{where}: evaluation '{e.name}': text source not found: "
-                                  f"{suite.resolve(s.path)}", "fix the path under `sources`")
+                problem(("evaluations", i, "sources", j), f"evaluation '{e.name}': text source not found: "
+                        f"{suite.resolve(s.path)}", "fix the path under `sources`")
+            elif is_inside(suite.resolve(s.path), ws):
+                problem(("evaluations", i, "sources", j), f"evaluation '{e.name}': {suite.resolve(s.path)} is "
+                        f"inside the workspace {ws}", "keep eval files outside the workspace")
         # A choice file's rows are checked by evals.suites.check_suite_files, which every verb runs.
-        if e.kind == "choice" and not suite.resolve(e.path).is_file():
-            raise MixoptError(f"choice task file not found: {suite.resolve(e.path)}", "fix the evaluation's `path`")
+        if e.kind == "choice":
+            bad = input_path_problem(suite.resolve(e.path), f"evaluation '{e.name}': choice task file", ws)
+            if bad:
+                problem(("evaluations", i, "path"), *bad)
     if sum(e.weight for e in suite.evaluations) <= 0:
-        raise MixoptError(f"{where}: every evaluation has weight 0, so there is no objective",
-                          "give at least one evaluation a positive weight")
+        problem(("evaluations",), "every evaluation has weight 0, so there is no objective",
+                "give at least one evaluation a positive weight")
+    return out

@@ -14,6 +14,8 @@ def _word(v: str) -> str:
     """Names become folder names and metric names: keep them to one safe word."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
         raise ValueError("use letters, digits, '_', '.', '-' only")
+    if set(v) == {"."}:  # '.' and '..' name the folder itself or its parent, not a new one
+        raise ValueError(f"'{v}' is not a name; use letters or digits")
     return v
 
 
@@ -219,7 +221,7 @@ class Slurm(_Strict):
 
 class Experiment(_Strict):
     name: str
-    seed: int = Field(0, ge=0, lt=2**63)  # numpy's seeds are non-negative
+    seed: int = Field(0, ge=0, lt=2**63, strict=True)  # numpy's seeds are non-negative
     workspace: str | None = None
     domains: list[Domain] = Field(min_length=2)
     sample: Sample = Sample()
@@ -260,3 +262,22 @@ class Experiment(_Strict):
     @property
     def train_tokens(self) -> int:
         return self.sample.train_tokens or self.proxy.tokens
+
+
+def experiment_json_schema() -> dict:
+    """The config as a JSON Schema (for editors), as users write it: without the keys mixopt sets,
+    with the short forms the loader accepts (a source as a bare path, `evals:` as a suite file name)."""
+    schema = Experiment.model_json_schema(mode="validation")
+    defs = schema.get("$defs", {})
+    for model, hidden in ((schema, ("base_dir", "config_path")), (defs.get("EvalSuite", {}), ("base_dir", "path"))):
+        for key in hidden:
+            model.get("properties", {}).pop(key, None)
+    source = {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/Source"}]}
+    defs["Domain"]["properties"]["sources"] = {"anyOf": [source, {"type": "array", "items": source, "minItems": 1}]}
+    defs["Evaluation"]["properties"]["sources"] = {"anyOf": [source, {"type": "array", "items": source},
+                                                             {"type": "null"}], "default": None}
+    schema["properties"]["evals"] = {"anyOf": [{"type": "string", "description": "an eval suite file"},
+                                               {"$ref": "#/$defs/EvalSuite"}, {"type": "null"}], "default": None}
+    schema["properties"]["name"]["description"] = "default: the config file's name"
+    schema["required"] = [r for r in schema.get("required", []) if r != "name"]
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": "mixopt experiment"}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
+
 import numpy as np
 
 from mixopt.errors import MixoptError
@@ -51,3 +55,50 @@ def check_weights(weights: dict, domains: list[str], where: str, tolerance: floa
             raise MixoptError(f"{where}: weight of '{d}' is {v!r}, not a finite number", "give a number in [0, 1]")
         values.append(float(v))
     return check_weight_rows([values], domains, where, tolerance, rows=[""])[0].tolist()
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies under it, links resolved."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def input_path_problem(path: Path, what: str, workspace: Path | None = None) -> tuple[str, str] | None:
+    """(problem, fix) when a file the user names is not a readable regular file outside the workspace."""
+    if not path.exists():
+        return f"{what} not found: {path}", "fix the path"
+    if not path.is_file():
+        return f"{what} {path} is not a regular file", "name a file"
+    if not os.access(path, os.R_OK):
+        return f"{what} {path} cannot be read (permission denied)", "check its permissions"
+    if workspace is not None and is_inside(path, workspace):
+        return (f"{what} {path} is inside the workspace {workspace}",
+                "keep inputs outside the workspace (mixopt may replace its folders)")
+    return None
+
+
+def check_input_path(path: Path, what: str, workspace: Path | None = None) -> Path:
+    """`path` if it is a readable regular file outside the workspace; else one MixoptError."""
+    bad = input_path_problem(path, what, workspace)
+    if bad:
+        raise MixoptError(*bad)
+    return path
+
+
+def check_finite(value: float, what: str, low: float | None = None) -> float:
+    """A number given by a user: finite, and >= `low` when given."""
+    if not math.isfinite(value):
+        raise MixoptError(f"{what} {value:g} is not a finite number", "give a finite number")
+    if low is not None and value < low:
+        raise MixoptError(f"{what} {value:g} is below {low:g}", "give a larger number")
+    return value
+
+
+def check_seq_len(seq_len: int, train_tokens: dict[str, int | None]) -> None:
+    """A proxy's window (seq_len + 1 tokens) must fit in every domain's train slice: checked before
+    anything is trained, not found as one failed run per mixture."""
+    short = {n: t for n, t in train_tokens.items() if t is not None and t < seq_len + 1}
+    if short:
+        name, tokens = min(short.items(), key=lambda kv: kv[1])
+        raise MixoptError(f"proxy.seq_len {seq_len} is longer than the train slice of domain '{name}' ({tokens} tokens"
+                          f"{f'; {len(short)} domains are too short' if len(short) > 1 else ''})",
+                          f"set proxy.seq_len <= {tokens - 1} or raise sample.train_tokens and resample")

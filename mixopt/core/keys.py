@@ -65,7 +65,9 @@ class FileHashes:
         return digest
 
     def save(self) -> None:
-        if self.cache is None or not self.dirty or not self.cache.parent.is_dir() \
+        from mixopt.core.workspace import owns
+
+        if self.cache is None or not self.dirty or not owns(self.cache.parent) \
                 or not os.access(self.cache.parent, os.W_OK):
             return  # never create a workspace just to hold a cache; a read-only one keeps none
         from mixopt.core.workspace import atomic_write_json

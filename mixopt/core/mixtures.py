@@ -149,7 +149,7 @@ def read_mixtures(path: Path, domains: list[str], tolerance: float = WEIGHT_TOLE
     key = key or next((c for c in table.columns if c not in domains), None)
     if table.height == 0:
         raise MixoptError(f"{path}: no mixtures in the table", "add rows")
-    W = check_weight_rows(weight_matrix(table, domains), domains, str(path), tolerance)
+    W = check_weight_rows(weight_matrix(table, domains, str(path)), domains, str(path), tolerance)
     return key or "row", (table[key].to_list() if key else list(range(table.height))), W
 
 

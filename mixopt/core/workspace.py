@@ -23,6 +23,84 @@ def token_bytes_file(sample_dir: Path) -> Path:
     return sample_dir / "token_bytes.npy"
 
 
+MARKER = ".mixopt"  # left in every folder mixopt creates: only such folders does it replace or delete
+MARKER_TEXT = "This folder was made by mixopt, which may replace what is in it.\n"
+LEGACY_WORKSPACE = ("mixopt.db", "sample/manifest.json")  # workspaces written before markers existed
+
+
+def owns(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
+def _mark(folder: Path) -> None:
+    try:
+        with open(folder / MARKER, "x") as f:
+            f.write(MARKER_TEXT)
+    except FileExistsError:
+        pass
+
+
+def make_dirs(path: Path) -> None:
+    """mkdir -p, leaving the marker in each folder it creates."""
+    missing = []
+    p = path
+    while not p.exists() and not p.is_symlink():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:  # another process made it: it marks it too
+            pass
+        _mark(d)
+    if not path.is_dir():
+        raise MixoptError(f"{path} is a file, not a folder", "move it away or choose another folder")
+
+
+def check_folder(path: Path, what: str, legacy: tuple[str, ...] = ()) -> None:
+    """Refuse (one MixoptError) a folder mixopt may not write into: a file, or a folder holding
+    files that neither carry its marker nor look like an older mixopt's output (`legacy`)."""
+    if path.exists() and not path.is_dir():
+        raise MixoptError(f"{what} {path} is a file, not a folder", "point it at a new or empty folder")
+    if not path.is_dir() or owns(path):
+        return
+    entries = sorted(os.listdir(path))
+    if not entries or any((path / name).exists() for name in legacy):
+        return
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    raise MixoptError(f"{what} {path} holds files mixopt did not write ({shown}), so mixopt will not write there",
+                      "point it at a new or empty folder, or move those files away")
+
+
+def claim_folder(path: Path, what: str, legacy: tuple[str, ...] = ()) -> None:
+    """check_folder, then make the folder (or adopt an empty or legacy one) with the marker."""
+    check_folder(path, what, legacy)
+    if path.is_dir():
+        _mark(path)
+    else:
+        make_dirs(path)
+
+
+def unmake_workspace(root: Path) -> None:
+    """Remove a folder this process made and left holding nothing but the marker."""
+    try:
+        if sorted(os.listdir(root)) == [MARKER]:
+            (root / MARKER).unlink()
+            root.rmdir()
+    except OSError:
+        pass
+
+
+def read_json(path: Path, what: str = "", fix: str = "rerun the command that wrote it"):
+    """A JSON file mixopt wrote, or one MixoptError naming it (truncated, not JSON, unreadable)."""
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError):
+        raise MixoptError(f"{path}: truncated or not JSON{what}", fix) from None
+    except OSError as e:
+        raise MixoptError(f"{path}: cannot read it ({e.strerror})", "check the path and its permissions") from None
+
+
 @dataclass(frozen=True)
 class Workspace:
     root: Path
@@ -59,10 +137,22 @@ class Workspace:
     def slice_path(self, domain: str, split: str) -> Path:
         return slice_file(self.sample_dir, domain, split)
 
+    def check(self) -> None:
+        """Refuse a workspace that is a file or a folder of someone else's files."""
+        check_folder(self.root, "the workspace", LEGACY_WORKSPACE)
+
+    def claim(self) -> None:
+        """Before the first write: the workspace folder, made or adopted, with its marker."""
+        claim_folder(self.root, "the workspace", LEGACY_WORKSPACE)
+
     def read_manifest(self) -> dict:
         if not self.manifest_path.is_file():
             raise MixoptError(f"no sample in workspace {self.root}", "run `mixopt sample CONFIG` first")
-        return json.loads(self.manifest_path.read_text())
+        manifest = read_json(self.manifest_path, " (the sample's manifest)", "run `mixopt sample CONFIG --force`")
+        if not isinstance(manifest, dict) or "domains" not in manifest:
+            raise MixoptError(f"{self.manifest_path}: not a manifest mixopt wrote",
+                              "run `mixopt sample CONFIG --force`")
+        return manifest
 
 
 def relative_checkpoint(path: str | Path, root: Path) -> str:
@@ -115,7 +205,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, rename: readers see old or new, never half.
     The file gets the mode open() would give it (0666 less the umask), not mkstemp's 0600, so
     teammates on a shared filesystem can read manifests and fits."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~process_umask())
@@ -128,6 +218,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_npy(path: Path, array) -> None:
+    """np.save, serialized in memory and written by Python: a full disk is an OSError with its errno
+    (numpy's own writer reports "N requested and M written", with none)."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -20,9 +20,14 @@ from mixopt.core.keys import FileHashes, content_hash, file_sha256
 from mixopt.core.workspace import (
     Workspace,
     atomic_write_json,
+    atomic_write_text,
     fsync_dir,
+    make_dirs,
+    owns,
     slice_file,
     token_bytes_file,
+    unmake_workspace,
+    write_npy,
 )
 from mixopt.data.readers import source_fingerprint
 from mixopt.data.scan import Candidates, draw_candidates, make_executor
@@ -66,6 +71,7 @@ def sample_corpus(exp: Experiment, force: bool = False, workers: int = 1) -> dic
     """Write the workspace's sample/ folder (slices, tokenizer, manifest) and return the manifest.
     `workers` processes read each domain's shards; the result does not depend on their number."""
     ws = Workspace(exp.workspace_dir)
+    ws.check()  # before anything is written, even the hash cache
     hashes = FileHashes(ws.file_hashes_path)
     key = sample_key(exp, hashes)
     if not force and ws.manifest_path.is_file():
@@ -95,10 +101,14 @@ def sample_corpus(exp: Experiment, force: bool = False, workers: int = 1) -> dic
     dtype = token_dtype(vocab)
 
     # Build everything in a temp folder, then swap it in: a crash leaves the old sample or none.
-    ws.root.mkdir(parents=True, exist_ok=True)
+    fresh = not ws.root.exists()
+    ws.claim()
+    if ws.sample_dir.exists() and not (owns(ws.sample_dir) or ws.manifest_path.is_file()):
+        raise MixoptError(f"{ws.sample_dir} holds files mixopt did not write, so `sample` will not replace it",
+                          "move that folder away or point `workspace:` at a new folder")
     tmp = ws.root / f".sample.tmp-{key[:12]}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    make_dirs(tmp)
     try:
         domains = {}
         for d in exp.domains:
@@ -106,8 +116,8 @@ def sample_corpus(exp: Experiment, force: bool = False, workers: int = 1) -> dic
         total = sum(v["tokens"] for v in domains.values())
         for v in domains.values():
             v["prior"] = v["tokens"] / total
-        tok.save(str(tmp / "tokenizer.json"))
-        np.save(token_bytes_file(tmp), token_byte_lengths(tok))
+        atomic_write_text(tmp / "tokenizer.json", tok.to_str(pretty=True))  # what tok.save writes, byte for byte
+        write_npy(token_bytes_file(tmp), token_byte_lengths(tok))
         manifest = {
             "key": key, "version": SAMPLER_VERSION, "seed": exp.seed, "order": exp.domain_names,
             "vocab_size": vocab, "eos_id": eos, "dtype": np.dtype(dtype).name,
@@ -122,6 +132,8 @@ def sample_corpus(exp: Experiment, force: bool = False, workers: int = 1) -> dic
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if fresh:  # a workspace made by this failed run goes too: nothing half-written is left
+            unmake_workspace(ws.root)
         raise
     hashes.save()  # the workspace exists now: later runs of sweep and fit need not hash the corpus again
     manifest["reused"] = False
@@ -177,9 +189,8 @@ def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dty
     ids = [e.ids for e in encoded]
     val = join_documents(ids[:n_val], eos, dtype)
     train = join_documents(ids[n_val:n_val + n_train], eos, dtype)
-    (out / name).mkdir()
-    np.save(slice_file(out, name, "val"), val)
-    np.save(slice_file(out, name, "train"), train)
+    write_npy(slice_file(out, name, "val"), val)
+    write_npy(slice_file(out, name, "train"), train)
 
     # Available tokens: exact when the whole domain was read into the sample, else bytes x tokens/byte.
     tokens = int(cum[-1]) if c.complete else int(round(c.bytes * cum[-1] / sum(c.sizes)))

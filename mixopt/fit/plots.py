@@ -56,9 +56,20 @@ def plot_fit(out: Path, swarm, rec, model) -> list[Path]:
 
 
 def _save(fig, path: Path) -> None:
+    import os
+    import tempfile
+
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    from mixopt.core.workspace import process_umask
+
+    # A temp name of its own: fits running at once on one workspace never write each other's file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
+    os.fchmod(fd, 0o666 & ~process_umask())  # the mode open() would give, not mkstemp's 0600
+    os.close(fd)
+    try:
+        fig.savefig(tmp)
+        Path(tmp).replace(path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)

@@ -3,7 +3,6 @@ released runs), and score candidate mixtures with a saved fit (`mixopt predict`)
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -11,12 +10,14 @@ import numpy as np
 
 from mixopt.config.validate import check_weight_rows
 from mixopt.core.mixtures import Bounds, read_mixtures
-from mixopt.core.tables import read_table, weight_matrix
+from mixopt.core.tables import numeric_text_columns, read_table, weight_matrix
+from mixopt.core.workspace import check_folder, claim_folder, read_json
 from mixopt.errors import MixoptError
 from mixopt.fit.recommend import Recommendation, fit_swarm, save_fit, write_optimal
 from mixopt.fit.regress import MixtureModel, fit_model
 from mixopt.fit.swarm import FitSettings, Swarm
 
+SAVED_FIT = ("fit.json",)  # a --save folder an older mixopt wrote (before folders carried its marker)
 TABLE_TOLERANCE = 0.01  # published swarms round weights (RegMix: to 1e-3, rows sum to 1 +- 0.004)
 
 
@@ -46,6 +47,11 @@ def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None
     import polars as pl
 
     table = read_table(runs)
+    if key is not None and scores is None:
+        if key not in table.columns:
+            raise MixoptError(f"{runs}: no column '{key}'", f"columns: {', '.join(table.columns[:12])}")
+        if table[key].n_unique() != table.height:
+            raise MixoptError(f"{runs}: key '{key}' repeats", "give each run one row")
     if scores is not None:
         if key is None:
             raise MixoptError("--scores needs --key: the column that joins the two tables", "e.g. --key index")
@@ -55,6 +61,12 @@ def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None
                 raise MixoptError(f"{name}: no column '{key}'", f"columns: {', '.join(t.columns[:12])}")
             if t[key].n_unique() != t.height:
                 raise MixoptError(f"{name}: key '{key}' repeats", "give each run one row")
+        if table[key].dtype != right[key].dtype:
+            def kind(t):
+                return "a number" if t[key].dtype.is_numeric() else "text" if t[key].dtype == pl.String \
+                    else str(t[key].dtype)
+            raise MixoptError(f"join key '{key}' is {kind(table)} in {runs} but {kind(right)} in {scores}",
+                              "write the key the same way in both tables")
         lost = table.join(right, on=key, how="anti")
         if lost.height:
             raise MixoptError(f"{lost.height} runs in {runs} have no row in {scores} (first {key}: {lost[key][0]})",
@@ -101,8 +113,9 @@ def _domain_columns(table, key, prefix, exclude) -> list[str]:
         if not cols:
             raise MixoptError(f"no column starts with '{prefix}'", f"columns: {', '.join(table.columns[:12])}")
         return cols
-    return [c for c in table.columns if c != key and c not in exclude and table[c].dtype.is_numeric()
-            and table[c].dtype != pl.Boolean]
+    mixed = set(numeric_text_columns(table, exclude | {key}))  # a word among the weights: named, not dropped
+    return [c for c in table.columns if c != key and c not in exclude and (c in mixed or (
+        table[c].dtype.is_numeric() and table[c].dtype != pl.Boolean))]
 
 
 def _score_columns(table, weight_cols, key) -> str:
@@ -112,7 +125,7 @@ def _score_columns(table, weight_cols, key) -> str:
 
 def check_mixtures(table, cols: list[str], where: str, tolerance: float) -> np.ndarray:
     """A table's weight columns, validated as mixtures and normalized."""
-    return check_weight_rows(weight_matrix(table, cols), cols, where, tolerance)
+    return check_weight_rows(weight_matrix(table, cols, where), cols, where, tolerance)
 
 
 def parse_bounds(specs: list[str], names: list[str]) -> Bounds:
@@ -144,8 +157,11 @@ def _prior(X: np.ndarray) -> np.ndarray:
 
 
 def fit_external(swarm: Swarm, settings: FitSettings, save: Path | None, plots: bool = True) -> Recommendation:
+    if save is not None:
+        check_folder(save, "--save folder", SAVED_FIT)  # before the fit: it takes a while
     rec, model = fit_swarm(swarm, settings)
     if save is not None:
+        claim_folder(save, "--save folder", SAVED_FIT)  # never over the user's own files (its --runs table)
         save_fit(save, swarm, settings, rec, model, plots=plots)
         write_optimal(save / "optimal.yaml", rec, save.name, save)
     return rec
@@ -153,14 +169,19 @@ def fit_external(swarm: Swarm, settings: FitSettings, save: Path | None, plots: 
 
 def load_fit(fit_dir: Path) -> tuple[dict, MixtureModel]:
     """A saved fit, refit from its own table (deterministic): the model that made its recommendation."""
-    import polars as pl
 
     meta_path, runs_path = fit_dir / "fit.json", fit_dir / "runs.parquet"
     if not meta_path.is_file() or not runs_path.is_file():
         raise MixoptError(f"{fit_dir}: not a saved fit (needs fit.json and runs.parquet)",
                           "pass a folder written by `mixopt fit --save DIR` or a workspace's fits/<key>/")
-    meta = json.loads(meta_path.read_text())
-    table = pl.read_parquet(runs_path)
+    fix = "refit and save it again (`mixopt fit ... --save DIR`, or `mixopt fit CONFIG`)"
+    meta = read_json(meta_path, " (a saved fit)", fix)
+    if not isinstance(meta, dict) or not {"domains", "terms", "model", "settings"} <= set(meta):
+        raise MixoptError(f"{meta_path}: not a fit written by this mixopt", fix)
+    table = read_table(runs_path)
+    missing = [c for c in (*meta["domains"], *meta["terms"]) if c not in table.columns]
+    if missing:
+        raise MixoptError(f"{runs_path}: no column '{missing[0]}', which fit.json names", fix)
     X = np.column_stack([table[d].to_numpy() for d in meta["domains"]])
     metrics = {m: table[m].to_numpy() for m in meta["terms"]}
     return meta, fit_model(meta["model"], X, metrics, meta["terms"], meta["settings"]["seed"],

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mixopt.config.schema import Experiment
+from mixopt.config.validate import check_seq_len
 from mixopt.core.keys import content_hash
 from mixopt.core.mixtures import Bounds, Mixture, domain_bounds
 from mixopt.core.workspace import Workspace
@@ -49,6 +50,7 @@ def load_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool =
     available = [manifest["domains"][n]["tokens"] for n in names]
     prior = np.array([manifest["domains"][n]["prior"] for n in names])
     spec = proxy_spec(exp.proxy, manifest["vocab_size"])
+    check_seq_len(spec.seq_len, {n: manifest["domains"][n].get("train_tokens") for n in names})
     bounds = domain_bounds(exp, available)
     context = content_hash({
         "trainer": TRAINER_VERSION, "seed": exp.seed, "spec": spec.to_dict(), "domains": names,

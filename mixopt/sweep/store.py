@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mixopt import __version__
-from mixopt.core.workspace import relative_checkpoint
+from mixopt.core.workspace import Workspace, relative_checkpoint
 from mixopt.errors import MixoptError
 
 # The schema as of store version 0 (PRAGMA user_version 0, mixopt 0.1). Never edit it: change the
@@ -134,13 +134,15 @@ class Store:
         """Open (creating and migrating as needed); `readonly` (default: when the file or its folder
         cannot be written) opens for reading only, which needs a store already at VERSION."""
         self.path, self.root = path, path.parent
+        check_sqlite_file(path)
         self.readonly = read_only(path) if readonly is None else readonly
         if self.readonly:
             if not path.is_file():
-                raise MixoptError(f"no store at {path}", "run `mixopt sweep CONFIG` first")
+                raise MixoptError(f"no store at {path}, and the workspace is read-only here",
+                                  "run `mixopt sweep CONFIG` where the workspace is writable")
             self.db = sqlite3.connect(_read_only_uri(path), uri=True, timeout=60, isolation_level=None)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            Workspace(path.parent).claim()  # never a store in a folder of someone else's files
             self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
@@ -347,6 +349,17 @@ class Store:
         return {"runs": {s: runs.get(s, 0) for s in ("planned", "running", "done", "failed", "suspect")},
                 "held_by_live_drivers": self.held_elsewhere(""), "trainings": trainings,
                 "measurements": measured, "suites": suites}
+
+
+def check_sqlite_file(path: Path) -> None:
+    """A store file that is not SQLite (another program's file, or garbage) is one line, not a traceback."""
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if head != b"SQLite format 3\x00":
+            raise MixoptError(f"{path} is not an SQLite database (mixopt's store)",
+                              "move it away: a new store is made, and `mixopt sweep` adopts finished runs "
+                              "from their checkpoints")
 
 
 def read_only(path: Path) -> bool:
