@@ -115,7 +115,9 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         scores: Optional[Path] = typer.Option(None, help="External swarm: scores per run, joined on --key."),
         key: Optional[str] = typer.Option(None, help="The run id column joining --runs and --scores."),
         target: list[str] = typer.Option([], help="Score column to minimize; COLUMN=WEIGHT to combine several."),
-        domains: Optional[str] = typer.Option(None, help="Weight columns are those starting with this prefix."),
+        domains: Optional[str] = typer.Option(None, help="Weight columns: a,b,c names them; one word is a prefix "
+                                                             "they start with (default: numeric columns; an "
+                                                             "export's domain columns)."),
         model: Model = typer.Option(Model.auto, help="External swarm: the regressor (auto: best CV Spearman)."),
         save: Optional[Path] = typer.Option(None, help="External swarm: write fit.json, runs.parquet, plots here."),
         tolerance: float = typer.Option(0.01, min=0, help="External swarm: how far a row's weights may sum from 1."),
@@ -301,6 +303,31 @@ def check(config: Path = CONFIG,
     typer.echo(json.dumps(report.to_json()) if format is Format.json else format_check(report))
     if not report.ok:
         raise typer.Exit(1)
+
+
+class ExportFormat(str, Enum):
+    csv = "csv"
+    parquet = "parquet"
+    json = "json"
+
+
+@app.command()
+def export(config: Path = CONFIG, format: ExportFormat = typer.Option(ExportFormat.csv, "--format"),
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here (default: stdout; "
+                                                                              "Parquet needs a file).")):
+    """One row per run: key, origin, weights, objective under the current suite, every measurement,
+    train loss, tokens, seconds, status. `mixopt fit --runs FILE --target objective` reads it back."""
+    from mixopt.sweep.export import export_rows, export_table, write_export
+
+    if format is ExportFormat.parquet and output is None:
+        raise MixoptError("Parquet is binary: --format parquet needs --output FILE", "e.g. --output runs.parquet")
+    columns, rows = export_rows(_load(config))
+    data = export_table(columns, rows, format.value)
+    if output is None:
+        sys.stdout.write(data.decode())
+        return
+    write_export(data, output)
+    typer.echo(f"{len(rows)} runs written to {output}", err=True)
 
 
 def _load(config: Path):
