@@ -36,6 +36,8 @@ CONFIG = typer.Argument(..., help="The experiment YAML (e.g. mixtures/demo.yaml)
 # Runtime flags shared by the verbs that train or evaluate: they choose where work runs, never what.
 WORKERS = typer.Option(1, min=1, help="Local worker processes (one per core on CPU).")
 PROGRESS = typer.Option(True, help="Show progress bars on stderr.")
+TRACK = typer.Option([], "--track", help="Also log to wandb or mlflow (the `track` extra; repeat or a,b for both). "
+                                         "See README, Tracking.")
 DEVICE = typer.Option("auto", help="Where proxies train and evaluate: auto (a GPU where the worker sees one), "
                                    "cpu, cuda or cuda:N.")
 
@@ -73,14 +75,17 @@ def sweep(config: Path = CONFIG,
           slurm_cluster: Optional[str] = typer.Option(None, help="slurm: submitit cluster (slurm, local, debug); "
                                                                  "default: slurm where sbatch exists."),
           batch_proxies: str = typer.Option("auto", help="Proxies trained together per worker: auto (as many as "
-                                                         "fit on a GPU, 1 on CPU) or a number.")):
+                                                         "fit on a GPU, 1 on CPU) or a number."),
+          track: list[str] = TRACK):
     """Design the mixtures, train and evaluate one proxy per mixture not yet finished."""
     from mixopt.core.mixtures import Mixture, read_mixtures
     from mixopt.errors import MixoptError
+    from mixopt.fit.tracking import check_trackers, track_runs
     from mixopt.report import format_sweep
     from mixopt.sweep.run import run_sweep
 
     exp = _load(config)
+    trackers = check_trackers(track)
     extra = []
     if mixtures:
         _, ids, W = read_mixtures(mixtures, exp.domain_names)
@@ -91,6 +96,7 @@ def sweep(config: Path = CONFIG,
                        slurm_partition=slurm_partition, slurm_cluster=slurm_cluster,
                        batch_proxies=batch_proxies if batch_proxies == "auto" else int(batch_proxies))
     report = run_sweep(exp, runtime, extra=extra)
+    track_runs(exp, trackers, _stderr)
     typer.echo(format_sweep(report))
     if report.failed:
         raise typer.Exit(1)
@@ -125,7 +131,8 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         kl_weight: float = typer.Option(0.0, min=0, help="External swarm: KL(w || swarm mean) penalty."),
         bootstrap: int = typer.Option(50, min=0, help="External swarm: bootstrap refits for the intervals."),
         cv_folds: int = typer.Option(5, min=2, help="External swarm: cross-validation folds."),
-        seed: int = typer.Option(0, help="External swarm: seed for folds, trees and simulation.")):
+        seed: int = typer.Option(0, help="External swarm: seed for folds, trees and simulation."),
+        track: list[str] = TRACK):
     """Fit the regression, cross-validate it, and write the recommended mixture.
 
     With CONFIG: fit the experiment's sweep. With --runs: fit an external swarm table."""
@@ -139,11 +146,16 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         if external or model is not Model.auto:
             raise MixoptError(f"{external[0] if external else '--model'} applies to --runs fits only",
                               "with a CONFIG, set these in its fit/optimum sections")
-        if not _fit_and_print(_load(config), format, _runtime(workers, progress, device), reeval, plots):
+        from mixopt.fit.tracking import check_trackers
+
+        if not _fit_and_print(_load(config), format, _runtime(workers, progress, device), reeval, plots,
+                              check_trackers(track)):
             raise typer.Exit(1)
         return
     if config is not None:
         raise MixoptError("give either CONFIG or --runs, not both", "drop one")
+    if track:
+        raise MixoptError("--track logs an experiment's runs and fits", "use it with a CONFIG")
     from mixopt.fit.swarm import FitSettings
     from mixopt.fit.tables import fit_external, load_swarm, parse_targets
     from mixopt.report import format_recommendation
@@ -210,16 +222,24 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
     typer.echo(f"the recommendation is {verdict} the prior by {abs(v.prior_measured - v.measured):.4f}")
 
 
-def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = True) -> bool:
+def _stderr(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = True, trackers=()) -> bool:
     """Fit and print; False when suspect runs were left out (said on stderr)."""
     from dataclasses import replace
 
     from mixopt.fit.recommend import recommend_mixture
+    from mixopt.fit.tracking import track_fit, track_runs
     from mixopt.report import format_recommendation, suspect_line
 
     if format is Format.json:  # stdout holds the JSON alone
         runtime = replace(runtime, say=lambda m: typer.echo(m, err=True))
     rec = recommend_mixture(exp, runtime, reeval=reeval, plots=plots)
+    if trackers:
+        track_runs(exp, trackers, _stderr)
+        track_fit(exp, rec, trackers, _stderr)
     if format is Format.json:
         typer.echo(json.dumps({**rec.to_json(), "written": str(exp.optimal_path)}))
     else:
