@@ -15,16 +15,6 @@ def run(*args):
                           timeout=600)
 
 
-@pytest.fixture(scope="module")
-def swept(corpora, tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    cfg = write_config(root / "c.yaml", small_config(corpora, root / "ws", design__runs=6))
-    for verb in ("sample", "sweep"):
-        r = run(verb, cfg, "--workers", "2", "--no-progress") if verb == "sweep" else run(verb, cfg)
-        assert r.returncode == 0, r.stderr
-    return cfg
-
-
 @pytest.mark.slow
 def test_export_formats_agree_and_fit_reads_the_export_back(swept, tmp_path):
     r = run("export", swept, "--format", "parquet")

@@ -66,8 +66,10 @@ def sample_key(exp: Experiment, hashes: FileHashes | None = None) -> str:
     })
 
 
-def sample_corpus(exp: Experiment, force: bool = False) -> dict:
-    """Write the workspace's sample/ folder (slices, tokenizer, manifest) and return the manifest."""
+def sample_corpus(exp: Experiment, force: bool = False, progress=None) -> dict:
+    """Write the workspace's sample/ folder (slices, tokenizer, manifest) and return the manifest;
+    `progress` (a callable taking one line) hears of each domain read and written."""
+    say = progress or (lambda line: None)
     ws = Workspace(exp.workspace_dir)
     hashes = FileHashes(ws.file_hashes_path)
     key = sample_key(exp, hashes)
@@ -79,8 +81,9 @@ def sample_corpus(exp: Experiment, force: bool = False) -> dict:
 
     budget_tokens = exp.train_tokens + exp.sample.val_tokens
     candidates = {}
-    for d in exp.domains:
+    for i, d in enumerate(exp.domains, 1):
         candidates[d.name] = _draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN)
+        say(f"sample: read domain '{d.name}' ({i}/{len(exp.domains)})")
 
     tok_cfg = exp.sample.tokenizer
     if tok_cfg.path:
@@ -89,6 +92,7 @@ def sample_corpus(exp: Experiment, force: bool = False) -> dict:
         val_region = exp.sample.val_tokens * MAX_BYTES_PER_TOKEN
         tok = train_tokenizer(_tokenizer_texts(candidates, val_region, tok_cfg.train_bytes_per_domain),
                               tok_cfg.vocab_size)
+        say(f"sample: trained the tokenizer ({tok_cfg.vocab_size} tokens)")
     eos = eos_id(tok)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     dtype = token_dtype(vocab)
@@ -100,8 +104,9 @@ def sample_corpus(exp: Experiment, force: bool = False) -> dict:
     tmp.mkdir()
     try:
         domains = {}
-        for d in exp.domains:
+        for i, d in enumerate(exp.domains, 1):
             domains[d.name] = _write_slices(exp, d.name, candidates[d.name], tok, eos, dtype, tmp)
+            say(f"sample: wrote slices of '{d.name}' ({i}/{len(exp.domains)})")
         total = sum(v["tokens"] for v in domains.values())
         for v in domains.values():
             v["prior"] = v["tokens"] / total
