@@ -102,7 +102,11 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
     from mixopt.report import format_sample
 
     exp = _load(config)
-    manifest = sample_corpus(exp, force=force, progress=_stderr if _progress_mode(progress) else None)
+    # A line per stage on a terminal or with -v; off a terminal sample stays silent, so a bad corpus
+    # found midway is still the one `error:` line a script sees.
+    mode = _progress_mode(progress)
+    manifest = sample_corpus(exp, force=force, progress=_stderr if mode is True or (
+        mode and VERBOSITY["level"] > 0) else None)
     if format is Format.json:
         typer.echo(json.dumps({**manifest, "workspace": str(exp.workspace_dir)}))
         return

@@ -241,9 +241,10 @@ def test_every_verb_speaks_json_and_reads_one_mixture_format(swept, tmp_path):
 def test_progress_lines_off_a_terminal_and_quiet(corpora, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=1,
                                                          proxy__tokens=4000))
-    r = run("sample", cfg)
+    r = run("-v", "sample", cfg)  # off a terminal, sample's stage lines need -v (on one they show anyway)
     assert r.returncode == 0 and "sample: read domain 'code' (1/3)" in r.stderr  # progress for sample
     assert "sample: wrote slices of 'legal' (3/3)" in r.stderr
+    assert run("sample", cfg, "--force").stderr == ""
     r = run("sweep", cfg)  # stderr is a pipe here: no bars, one line per finished run
     assert r.returncode == 0, r.stderr
     lines = [x for x in r.stderr.splitlines() if x.startswith("sweep: run ")]
