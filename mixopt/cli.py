@@ -13,8 +13,33 @@ import typer
 
 from mixopt.errors import MixoptError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Find the best data mixture for LM pretraining: sample -> sweep -> fit.")
+EXIT_CODES = ("Exit codes: 0 done; 1 done, but some runs failed or were left out (see stderr); 2 bad input (one "
+              "`error:` line naming the problem and the fix; nothing half-written); 130 interrupted (Ctrl-C: "
+              "finished results are kept).")
+
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Find the best data mixture for LM pretraining: sample -> sweep -> fit.", epilog=EXIT_CODES)
+
+# -v / -q, given before the verb: how much a verb says while it works (see _progress_mode).
+VERBOSITY = {"level": 0}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from mixopt import __version__
+
+        typer.echo(f"mixopt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit."),
+             verbose: bool = typer.Option(False, "--verbose", "-v", help="One line per finished run on stderr, "
+                                                                        "also on a terminal (instead of bars)."),
+             quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress at all: neither bars nor lines.")):
+    """Find the best data mixture for LM pretraining: sample -> sweep -> fit."""
+    VERBOSITY["level"] = -1 if quiet else 1 if verbose else 0
 
 
 class Format(str, Enum):
@@ -36,7 +61,10 @@ class Backend(str, Enum):
 CONFIG = typer.Argument(..., help="The experiment YAML (e.g. mixtures/demo.yaml).")
 # Runtime flags shared by the verbs that train or evaluate: they choose where work runs, never what.
 WORKERS = typer.Option(1, min=1, help="Local worker processes (one per core on CPU).")
-PROGRESS = typer.Option(True, help="Show progress bars on stderr.")
+PROGRESS = typer.Option(None, "--progress/--no-progress", show_default=False,
+                        help="Progress on stderr; default: bars on a terminal, else one line per finished run.")
+TRACK = typer.Option([], "--track", help="Also log to wandb or mlflow (the `track` extra; repeat or a,b for both). "
+                                         "See README, Tracking.")
 DEVICE = typer.Option("auto", help="Where proxies train and evaluate: auto (a GPU where the worker sees one), "
                                    "cpu, cuda or cuda:N.")
 
@@ -51,26 +79,50 @@ def _finite_at_least_0(value: float) -> float:
         raise typer.BadParameter(e.problem.strip()) from None
 
 
-def _runtime(workers: int = 1, progress: bool = True, device: str = "auto", say=typer.echo, **more):
+def _progress_mode(progress: bool | None):
+    """Bars only on a terminal; otherwise (or with -v) one line per finished run; nothing with -q or
+    --no-progress; --progress forces bars."""
+    if progress is False or VERBOSITY["level"] < 0:
+        return False
+    if VERBOSITY["level"] > 0:
+        return "lines"
+    if progress:
+        return True
+    return True if sys.stderr.isatty() else "lines"
+
+
+def _runtime(workers: int = 1, progress: bool | None = None, device: str = "auto", say=typer.echo, **more):
     """The one Runtime value of a command, from its flags; a bad flag is one line, exit 2."""
     from mixopt.config.runtime import Runtime
 
     try:
-        return Runtime(workers=workers, progress=progress, device=device, say=say, **more)
+        return Runtime(workers=workers, progress=_progress_mode(progress), device=device, say=say, **more)
     except ValueError as e:
         raise MixoptError(str(e), "see `mixopt COMMAND --help`") from None
+
+
+FORMAT = typer.Option(Format.text, "--format", help="text for people; json (stdout holds the JSON alone, "
+                                                    "notices go to stderr) for scripts.")
 
 
 @app.command()
 def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resample even if up to date."),
            workers: int = typer.Option(1, min=1, help="Processes reading each domain's shards (same result "
-                                                      "for any number).")):
+                                                      "for any number)."),
+           progress: bool = PROGRESS, format: Format = FORMAT):
     """Count each domain's tokens, draw train/validation slices, build the tokenizer."""
     from mixopt.data.sample import sample_corpus
     from mixopt.report import format_sample
 
     exp = _load(config)
-    manifest = sample_corpus(exp, force=force, workers=workers)
+    # A line per stage on a terminal or with -v; off a terminal sample stays silent, so a bad corpus
+    # found midway is still the one `error:` line a script sees.
+    mode = _progress_mode(progress)
+    manifest = sample_corpus(exp, force=force, workers=workers, progress=_stderr if mode is True or (
+        mode and VERBOSITY["level"] > 0) else None)
+    if format is Format.json:
+        typer.echo(json.dumps({**manifest, "workspace": str(exp.workspace_dir)}))
+        return
     typer.echo(format_sample(manifest))
     for name, d in manifest["domains"].items():
         if d.get("skipped_shards"):
@@ -97,16 +149,19 @@ def sweep(config: Path = CONFIG,
           slurm_cluster: Optional[str] = typer.Option(None, help="slurm: submitit cluster (slurm, local, debug); "
                                                                  "default: slurm where sbatch exists."),
           batch_proxies: str = typer.Option("auto", help="Proxies trained together per worker: auto (as many as "
-                                                         "fit on a GPU, 1 on CPU) or a number.")):
+                                                         "fit on a GPU, 1 on CPU) or a number."),
+          track: list[str] = TRACK, format: Format = FORMAT):
     """Design the mixtures, train and evaluate one proxy per mixture not yet finished."""
     from mixopt.core.mixtures import Mixture, read_mixtures
     from mixopt.errors import MixoptError
+    from mixopt.fit.tracking import check_trackers, track_runs
     from mixopt.report import format_sweep
     from mixopt.sweep.run import run_sweep
 
     exp = _load(config)
+    trackers = check_trackers(track)
     extra = []
-    if mixtures:
+    if mixtures:  # any mixtures file: proposed YAML, optimal.yaml, CSV or Parquet
         from mixopt.config.validate import check_input_path
 
         check_input_path(mixtures, "--mixtures file", exp.workspace_dir)
@@ -116,13 +171,22 @@ def sweep(config: Path = CONFIG,
         raise MixoptError(f"--batch-proxies {batch_proxies}: expected auto or a positive integer", "e.g. --batch-proxies 8")
     runtime = _runtime(workers, progress, device, backend=backend.value, ray_address=ray_address,
                        slurm_partition=slurm_partition, slurm_cluster=slurm_cluster,
-                       batch_proxies=batch_proxies if batch_proxies == "auto" else int(batch_proxies))
+                       batch_proxies=batch_proxies if batch_proxies == "auto" else int(batch_proxies),
+                       **_say_for(format))
     if backend is Backend.ray:
         from mixopt.backends.ray import check_reachable
 
         check_reachable(ray_address)
-    report = run_sweep(exp, runtime, extra=extra)
-    typer.echo(format_sweep(report))
+    with _interrupted(exp, "sweep", config):
+        report = run_sweep(exp, runtime, extra=extra)
+    track_runs(exp, trackers, _stderr)
+    if format is Format.json:
+        from dataclasses import asdict
+
+        typer.echo(json.dumps({**asdict(report), "failed": [{"key": k, "error": e} for k, e in report.failed],
+                               "workspace": str(exp.workspace_dir)}))
+    else:
+        typer.echo(format_sweep(report))
     if report.failed:
         raise typer.Exit(1)
 
@@ -154,7 +218,9 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         scores: Optional[Path] = typer.Option(None, help="External swarm: scores per run, joined on --key."),
         key: Optional[str] = typer.Option(None, help="The run id column joining --runs and --scores."),
         target: list[str] = typer.Option([], help="Score column to minimize; COLUMN=WEIGHT to combine several."),
-        domains: Optional[str] = typer.Option(None, help="Weight columns are those starting with this prefix."),
+        domains: Optional[str] = typer.Option(None, help="Weight columns: a,b,c names them; one word is a prefix "
+                                                             "they start with (default: numeric columns; an "
+                                                             "export's domain columns)."),
         model: Model = typer.Option(Model.auto, help="External swarm: the regressor (auto: best CV Spearman)."),
         save: Optional[Path] = typer.Option(None, help="External swarm: write fit.json, runs.parquet, plots here."),
         tolerance: float = typer.Option(0.01, callback=_finite_at_least_0, help="External swarm: how far a row's weights may sum from 1."),
@@ -170,7 +236,8 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         tokens_column: Optional[str] = typer.Option(None, help="External swarm: training-tokens column (with "
                                                     "--scale-column), recommended at --at-tokens."),
         at_scale: Optional[float] = typer.Option(None, help="The target model size (same units as --scale-column)."),
-        at_tokens: Optional[float] = typer.Option(None, help="The target run's tokens (with --tokens-column).")):
+        at_tokens: Optional[float] = typer.Option(None, help="The target run's tokens (with --tokens-column)."),
+        track: list[str] = TRACK):
     """Fit the regression, cross-validate it, and write the recommended mixture.
 
     With CONFIG: fit the experiment's sweep. With --runs: fit an external swarm table."""
@@ -185,11 +252,16 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
             flag = external[0] if external else "--model" if model is not Model.auto else "--trust-region"
             raise MixoptError(f"{flag} applies to --runs fits only",
                               "with a CONFIG, set these in its fit/optimum sections")
-        if not _fit_and_print(_load(config), format, _runtime(workers, progress, device), reeval, plots):
+        from mixopt.fit.tracking import check_trackers
+
+        if not _fit_and_print(_load(config), format, _runtime(workers, progress, device), reeval, plots,
+                              check_trackers(track)):
             raise typer.Exit(1)
         return
     if config is not None:
         raise MixoptError("give either CONFIG or --runs, not both", "drop one")
+    if track:
+        raise MixoptError("--track logs an experiment's runs and fits", "use it with a CONFIG")
     from mixopt.fit.swarm import FitSettings
     from mixopt.fit.tables import fit_external, load_swarm, parse_targets
     from mixopt.report import format_recommendation
@@ -219,7 +291,8 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
 
 @app.command()
 def predict(fit_dir: Path = typer.Argument(..., help="A saved fit: `fit --save DIR` or a workspace's fits/<key>/."),
-            mixtures: Path = typer.Argument(..., help="Candidate mixtures (.csv/.parquet), one weight column per domain."),
+            mixtures: Path = typer.Argument(..., help="Candidate mixtures: CSV/Parquet (one weight column per domain), "
+                                                      "proposed YAML or an optimal.yaml."),
             key: Optional[str] = typer.Option(None, help="Id column to echo (default: the first non-weight column)."),
             tolerance: float = typer.Option(0.01, callback=_finite_at_least_0, help="How far a row's weights may sum from 1."),
             format: TableFormat = typer.Option(TableFormat.csv, "--format")):
@@ -232,20 +305,28 @@ def predict(fit_dir: Path = typer.Argument(..., help="A saved fit: `fit --save D
     if format is TableFormat.json:
         typer.echo(json.dumps([{name: ids[i], "predicted": float(pred[i]), "rank": rank[i]} for i in range(len(ids))]))
         return
-    typer.echo(f"{name},predicted,rank")
+    import csv
+
+    out = csv.writer(sys.stdout, lineterminator="\n")  # quotes ids holding commas, quotes or newlines
+    out.writerow([name, "predicted", "rank"])
     for i in range(len(ids)):
-        typer.echo(f"{ids[i]},{pred[i]:.6g},{rank[i]}")
+        out.writerow([ids[i], f"{pred[i]:.6g}", rank[i]])
 
 
 @app.command()
-def propose(config: Path = CONFIG, n: int = typer.Option(4, "--n", min=1, help="How many mixtures.")):
+def propose(config: Path = CONFIG, n: int = typer.Option(4, "--n", min=1, help="How many mixtures."),
+            format: Format = FORMAT):
     """The next mixtures to train: where the fit is least sure about the optimum."""
     from mixopt.fit.propose import propose_mixtures
 
     exp = _load(config)
-    picks, out = propose_mixtures(exp, n, _runtime(progress=False))
-    typer.echo(f"{len(picks)} mixtures written to {out}; train them with "
-               f"`mixopt sweep {config} --mixtures {out}`, then `mixopt fit {config}`")
+    picks, out = propose_mixtures(exp, n, _runtime(progress=False, **_say_for(format)))
+    then = f"mixopt sweep {config} --mixtures {out}"
+    if format is Format.json:
+        typer.echo(json.dumps({"mixtures": [dict(zip(exp.domain_names, map(float, w))) for w in picks],
+                               "written": str(out), "next": then}))
+        return
+    typer.echo(f"{len(picks)} mixtures written to {out}; train them with `{then}`, then `mixopt fit {config}`")
 
 
 @app.command()
@@ -268,21 +349,68 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
     typer.echo(f"the recommendation is {verdict} the prior by {abs(v.prior_measured - v.measured):.4f}")
 
 
-def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = True) -> bool:
+def _stderr(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _say_for(format: Format) -> dict:
+    """With --format json, stdout holds the JSON alone: notices go to stderr."""
+    return {"say": _stderr} if format is Format.json else {}
+
+
+class _interrupted:
+    """Ctrl-C during a verb that trains or evaluates: say what was kept and what is pending, exit 130."""
+
+    def __init__(self, exp, verb: str, config: Path):
+        self.exp, self.verb, self.config = exp, verb, config
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not KeyboardInterrupt:
+            return False
+        from mixopt.sweep.status import experiment_status
+
+        try:
+            st = experiment_status(self.exp)
+        except Exception as e:  # the summary must not hide the interrupt
+            typer.echo(f"interrupted: finished results are kept ({type(e).__name__} reading the store)", err=True)
+            raise typer.Exit(130) from None
+        d, cur = st["design"], st["current_suite"] or {}
+        typer.echo(f"interrupted: {d['done']} of {d['planned']} runs of this design are finished and kept in "
+                   f"{st['workspace']}; {d['pending'] + d['failed']} pending, {cur.get('runs_lacking', 0)} "
+                   f"finished runs lack some of the current suite; `mixopt {self.verb} {self.config}` continues "
+                   "where this stopped", err=True)
+        raise typer.Exit(130) from None
+
+
+def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = True, trackers=()) -> bool:
     """Fit and print; False when suspect runs were left out (said on stderr)."""
     from dataclasses import replace
 
     from mixopt.fit.recommend import recommend_mixture
+    from mixopt.fit.tracking import track_fit, track_runs
     from mixopt.report import format_recommendation, suspect_line
 
     if format is Format.json:  # stdout holds the JSON alone
         runtime = replace(runtime, say=lambda m: typer.echo(m, err=True))
     rec = recommend_mixture(exp, runtime, reeval=reeval, plots=plots)
+    if trackers:
+        track_runs(exp, trackers, _stderr)
+        track_fit(exp, rec, trackers, _stderr)
+    from mixopt.core.workspace import Workspace
+
+    fit_dir = Workspace(exp.workspace_dir).fits_dir / rec.fit_key[:16]
+    fit_dir = fit_dir if (fit_dir / "fit.json").is_file() else None  # not written in a read-only workspace
     if format is Format.json:
-        typer.echo(json.dumps({**rec.to_json(), "written": str(exp.optimal_path)}))
+        typer.echo(json.dumps({**rec.to_json(), "written": str(exp.optimal_path),
+                               "fit_dir": str(fit_dir) if fit_dir else None}))
     else:
         typer.echo(format_recommendation(rec))
         typer.echo(f"written: {exp.optimal_path}")
+        if fit_dir:
+            typer.echo(f"fit folder: {fit_dir} (fit.json, runs.parquet, plots)")
     if rec.suspect:
         typer.echo(suspect_line(rec.suspect), err=True)
     return not rec.suspect
@@ -292,17 +420,26 @@ def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = Tru
 def eval_(config: Path = CONFIG,
           workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE,
           watch: bool = typer.Option(False, help="Re-evaluate and refit each time the config or suite is saved."),
-          interval: float = typer.Option(1.0, min=0.05, max=86400, help="--watch: seconds between checks.")):
+          interval: float = typer.Option(1.0, min=0.05, max=86400, help="--watch: seconds between checks."),
+          format: Format = FORMAT):
     """Evaluate every stored checkpoint on what the current eval suite lacks (never trains)."""
     from mixopt.report import format_eval, suspect_line
     from mixopt.sweep.reeval import run_eval
 
-    runtime = _runtime(workers, progress, device)
+    if watch and format is Format.json:
+        raise MixoptError("--watch prints as it goes: it has no --format json", "drop one of them")
+    runtime = _runtime(workers, progress, device, **_say_for(format))
 
     def once() -> bool:
         exp = _load(config)
-        report = run_eval(exp, runtime)
-        typer.echo(format_eval(report))
+        with _interrupted(exp, "eval", config):
+            report = run_eval(exp, runtime)
+        if format is Format.json:
+            from dataclasses import asdict
+
+            typer.echo(json.dumps({**asdict(report), "failed": [{"key": k, "error": e} for k, e in report.failed]}))
+        else:
+            typer.echo(format_eval(report))
         if report.suspect:
             typer.echo(suspect_line(report.suspect), err=True)
         if watch:
@@ -377,6 +514,31 @@ def schema(out: Optional[Path] = typer.Option(None, help="Write it to this file 
         raise MixoptError(f"--out {out} is a folder", "name a file, e.g. --out mixopt.schema.json")
     atomic_write_text(out, text)
     typer.echo(f"written: {out}")
+
+
+class ExportFormat(str, Enum):
+    csv = "csv"
+    parquet = "parquet"
+    json = "json"
+
+
+@app.command()
+def export(config: Path = CONFIG, format: ExportFormat = typer.Option(ExportFormat.csv, "--format"),
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here (default: stdout; "
+                                                                              "Parquet needs a file).")):
+    """One row per run: key, origin, weights, objective under the current suite, every measurement,
+    train loss, tokens, seconds, status. `mixopt fit --runs FILE --target objective` reads it back."""
+    from mixopt.sweep.export import export_rows, export_table, write_export
+
+    if format is ExportFormat.parquet and output is None:
+        raise MixoptError("Parquet is binary: --format parquet needs --output FILE", "e.g. --output runs.parquet")
+    columns, rows = export_rows(_load(config))
+    data = export_table(columns, rows, format.value)
+    if output is None:
+        sys.stdout.write(data.decode())
+        return
+    write_export(data, output)
+    typer.echo(f"{len(rows)} runs written to {output}", err=True)
 
 
 def _load(config: Path):

@@ -116,3 +116,19 @@ def make_config(corpora, tmp_path):
         return write_config(tmp_path / name, small_config(corpora, tmp_path / ws, **overrides))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def swept(corpora, tmp_path_factory) -> Path:
+    """A config whose sample and sweep are done (10 runs of tiny proxies), shared by the tests that only
+    read a finished workspace or add runs to it (export, CLI conventions)."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("swept")
+    cfg = write_config(root / "c.yaml", small_config(corpora, root / "ws", design__runs=6))
+    for args in (["sample"], ["sweep", "--workers", "2", "--no-progress"]):
+        r = subprocess.run([sys.executable, "-m", "mixopt.cli", args[0], str(cfg), *args[1:]], capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+    return cfg

@@ -1,8 +1,13 @@
 """Bad input: one line naming the problem and the fix, exit code 2, no traceback, nothing written."""
 
+import csv
+import io
 import json
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import small_config, write_config
@@ -164,3 +169,105 @@ def test_a_gpu_device_this_machine_lacks_is_one_line_before_any_work(corpora, tm
     assert not (tmp_path / "ws").exists()  # nothing written
     r = run("sweep", cfg, "--device", "tpu")
     assert r.returncode == 2 and "device 'tpu' is not auto, cpu, cuda or cuda:N" in r.stderr
+
+
+# One consistent CLI: --version, completion, --format json on every verb, one mixture format, a real
+# CSV writer, progress lines off a terminal, the fit folder in fit's output, Ctrl-C.
+
+def test_version_completion_and_exit_codes_in_help():
+    from mixopt import __version__
+
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"mixopt {__version__}"
+    script = run("--show-completion", "bash")
+    assert script.returncode == 0 and "=complete_bash" in script.stdout and "complete -o default -F" in script.stdout
+    # The completion answers: verbs, and the choices of an option.
+    env = {**os.environ, "_MIXOPT_COMPLETE": "complete_bash", "COMP_WORDS": "mixopt exp", "COMP_CWORD": "1"}
+    exe = str(Path(sys.executable).with_name("mixopt"))
+    if not Path(exe).is_file():
+        pytest.skip("the mixopt console script is not installed in this environment")
+    assert subprocess.run([exe], env=env, capture_output=True, text=True).stdout.split() == ["export"]
+    env.update(COMP_WORDS="mixopt export c.yaml --format ", COMP_CWORD="4")
+    assert subprocess.run([exe], env=env, capture_output=True, text=True).stdout.split() == ["csv", "parquet", "json"]
+    assert "Exit codes: 0 done; 1 done, but some runs failed" in " ".join(run("--help").stdout.split())
+
+
+@pytest.mark.slow
+def test_every_verb_speaks_json_and_reads_one_mixture_format(swept, tmp_path):
+    ws = swept.parent / "ws"
+    for verb, extra in (("sample", []), ("sweep", ["--workers", "2"]), ("eval", []), ("status", []),
+                        ("check", []), ("fit", []), ("propose", ["--n", "2"])):
+        r = run(verb, swept, *extra, "--format", "json")
+        assert r.returncode == 0, (verb, r.stderr)
+        out = json.loads(r.stdout)  # stdout is the JSON alone
+        assert isinstance(out, dict), verb
+    assert json.loads(run("sweep", swept, "--format", "json").stdout)["trained"] == 0
+    fit = json.loads(run("fit", swept, "--format", "json").stdout)
+    assert Path(fit["fit_dir"], "fit.json").is_file() and Path(fit["fit_dir"]).parent == ws / "fits"
+    text = run("fit", swept).stdout
+    assert f"fit folder: {fit['fit_dir']} (fit.json, runs.parquet, plots)" in text
+
+    # One mixture, four files: optimal.yaml-like, proposed YAML, CSV, Parquet. sweep trains it once
+    # (the others are the same run), and predict scores all four alike.
+    import polars as pl
+    import yaml
+
+    w = {"code": 0.25, "prose": 0.5, "legal": 0.25}
+    files = {"opt.optimal.yaml": yaml.safe_dump({"experiment": "x", "weights": w}),
+             "prop.yaml": yaml.safe_dump({"mixtures": [w]})}
+    for name, body in files.items():
+        (tmp_path / name).write_text(body)
+    pl.DataFrame([{"id": "a,b", **w}]).write_csv(tmp_path / "m.csv")
+    pl.DataFrame([{"id": "a,b", **w}]).write_parquet(tmp_path / "m.parquet")
+    trained = []
+    for name in ("opt.optimal.yaml", "prop.yaml", "m.csv", "m.parquet"):
+        r = run("sweep", swept, "--mixtures", tmp_path / name, "--format", "json", "--workers", "2")
+        assert r.returncode == 0, r.stderr
+        trained.append(json.loads(r.stdout)["trained"])
+    assert trained == [1, 0, 0, 0]
+    fit_dir = json.loads(run("fit", swept, "--format", "json").stdout)["fit_dir"]
+    preds = set()
+    for name in ("opt.optimal.yaml", "prop.yaml", "m.csv", "m.parquet"):
+        r = run("predict", fit_dir, tmp_path / name)
+        assert r.returncode == 0, r.stderr
+        rows = list(csv.reader(io.StringIO(r.stdout)))
+        assert rows[0][1:] == ["predicted", "rank"] and len(rows) == 2
+        preds.add(rows[1][1])
+        if name.startswith("m."):
+            assert rows[1][0] == "a,b"  # an id holding a comma is quoted: the CSV reads back
+    assert len(preds) == 1
+
+
+def test_progress_lines_off_a_terminal_and_quiet(corpora, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=1,
+                                                         proxy__tokens=4000))
+    r = run("-v", "sample", cfg)  # off a terminal, sample's stage lines need -v (on one they show anyway)
+    assert r.returncode == 0 and "sample: read domain 'code' (1/3)" in r.stderr  # progress for sample
+    assert "sample: wrote slices of 'legal' (3/3)" in r.stderr
+    assert run("sample", cfg, "--force").stderr == ""
+    r = run("sweep", cfg)  # stderr is a pipe here: no bars, one line per finished run
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("sweep: run ")]
+    assert len(lines) == 5 and lines[-1].endswith("finished (5/5)") and "\r" not in r.stderr
+    r = run("-q", "sample", cfg, "--force")
+    assert r.returncode == 0 and r.stderr == ""
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_what_was_kept_and_what_is_pending(corpora, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2))
+    assert run("sample", cfg).returncode == 0
+    p = subprocess.Popen([sys.executable, "-m", "mixopt.cli", "sweep", str(cfg)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:  # interrupt once the first run is finished (observed, not timed)
+        if line.startswith("sweep: run ") and "finished (1/" in line:
+            break
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err
+    said = [x for x in err.splitlines() if x.startswith("interrupted: ")]
+    assert len(said) == 1 and "Traceback" not in err, err
+    st = json.loads(run("status", cfg, "--format", "json").stdout)["design"]
+    assert f"{st['done']} of 6 runs of this design are finished and kept" in said[0]
+    assert f"{st['pending'] + st['failed']} pending" in said[0] and st["done"] >= 1 and st["pending"] >= 1
+    assert f"`mixopt sweep {cfg}` continues where this stopped" in said[0]

@@ -23,14 +23,16 @@ def make_backend(runtime, fn, on_progress, exp, workspace) -> Backend:
     if name == "ray":
         from mixopt.backends.ray import RayBackend
 
-        return RayBackend(fn, workers, address=runtime.ray_address, gpus=exp.resources.gpus, cpus=exp.resources.cpus)
+        return RayBackend(fn, workers, address=runtime.ray_address, gpus=exp.resources.gpus, cpus=exp.resources.cpus,
+                          say=runtime.say)
     if name == "slurm":
         from mixopt.backends.slurm import SlurmBackend
 
         cfg = exp.slurm
         return SlurmBackend(fn, workers, folder=Path(workspace.root) / "slurm", cluster=runtime.slurm_cluster,
                             partition=runtime.slurm_partition or cfg.partition, time_min=cfg.time_min,
-                            gpus=exp.resources.gpus, cpus=exp.resources.cpus, mem_gb=cfg.mem_gb)
+                            gpus=exp.resources.gpus, cpus=exp.resources.cpus, mem_gb=cfg.mem_gb,
+                            say=runtime.say)
     raise MixoptError(f"unknown backend '{name}'", f"use one of: {', '.join(BACKENDS)}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 from mixopt.backends.base import Backend, Failure, call_task
 from mixopt.errors import MixoptError
@@ -30,13 +31,15 @@ def check_reachable(address: str | None, timeout: float = 5.0) -> None:
 class RayBackend(Backend):
     name = "ray"
 
-    def __init__(self, fn, workers: int, address: str | None = None, gpus: float = 0.0, cpus: float = 1.0):
+    def __init__(self, fn, workers: int, address: str | None = None, gpus: float = 0.0, cpus: float = 1.0,
+                 say=print):
         try:
             import ray
         except ImportError:
             raise MixoptError("the ray backend needs Ray", "pip install 'mixopt[ray]'") from None
-        self.ray, self.fn = ray, fn
+        self.ray, self.fn, self.say = ray, fn, say
         self.refs: dict = {}
+        self.nodes: Counter = Counter()  # tasks finished per Ray node id
         self.started = not ray.is_initialized()
         if self.started:
             try:
@@ -60,7 +63,10 @@ class RayBackend(Backend):
                               "lower resources.cpus")
         fit = int(min(total.get("CPU", 0) // max(cpus, 1e-9), total.get("GPU", 0) // gpus if gpus else 1 << 30))
         self.slots = max(1, min(workers, fit)) if workers > 1 else max(1, fit)
-        self.remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=MAX_RETRIES)(call_task)
+        self.remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=MAX_RETRIES)(_call_on_node)
+        alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+        say(f"ray: {alive} node(s), {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs; "
+            f"{self.slots} proxies (or batches) in flight")
 
     @property
     def free_slots(self) -> int:
@@ -82,7 +88,9 @@ class RayBackend(Backend):
         for ref in ready:
             task = self.refs.pop(ref)
             try:
-                out.append(self.ray.get(ref))
+                finished, node = self.ray.get(ref)
+                self.nodes[node] += 1
+                out.append(finished)
             except Exception as e:  # the worker died more than MAX_RETRIES times, or the task was cancelled
                 first = str(e).splitlines()[0] if str(e) else ""
                 out.append((task, None, Failure.worker_died(f"Ray task failed: {type(e).__name__}: {first}")))
@@ -95,5 +103,15 @@ class RayBackend(Backend):
             except Exception:
                 pass
         self.refs.clear()
+        if self.nodes:
+            self.say(f"ray: {sum(self.nodes.values())} tasks ran on {len(self.nodes)} node(s)")
+            self.nodes.clear()
         if self.started and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def _call_on_node(fn, task):
+    """call_task, and the id of the Ray node it ran on (the driver reports how work spread)."""
+    import ray
+
+    return call_task(fn, task), ray.get_runtime_context().get_node_id()

@@ -22,7 +22,7 @@ class Runtime:
     workers: int = 1  # local: worker processes; ray/slurm: proxies (or batches) in flight
     device: str = "auto"  # auto (a GPU where the worker sees one) | cpu | cuda | cuda:N
     batch_proxies: int | str = "auto"  # proxies trained together per task, or auto
-    progress: bool = False  # progress bars on stderr
+    progress: bool | str = False  # on stderr: True bars, "lines" one line per finished run, False nothing
     say: Callable[[str], None] = field(default=_say, compare=False)  # one-line notices
     ray_address: str | None = None  # join this Ray cluster (auto or HOST:PORT); default: a local Ray
     slurm_partition: str | None = None  # overrides the config's slurm.partition

@@ -67,9 +67,11 @@ def sample_key(exp: Experiment, hashes: FileHashes | None = None) -> str:
     })
 
 
-def sample_corpus(exp: Experiment, force: bool = False, workers: int = 1) -> dict:
+def sample_corpus(exp: Experiment, force: bool = False, workers: int = 1, progress=None) -> dict:
     """Write the workspace's sample/ folder (slices, tokenizer, manifest) and return the manifest.
-    `workers` processes read each domain's shards; the result does not depend on their number."""
+    `workers` processes read each domain's shards; the result does not depend on their number.
+    `progress` (a callable taking one line) hears of each domain read and written."""
+    say = progress or (lambda line: None)
     ws = Workspace(exp.workspace_dir)
     ws.check()  # before anything is written, even the hash cache
     hashes = FileHashes(ws.file_hashes_path)
@@ -84,8 +86,9 @@ def sample_corpus(exp: Experiment, force: bool = False, workers: int = 1) -> dic
     candidates = {}
     executor = make_executor(workers)
     try:
-        for d in exp.domains:
+        for i, d in enumerate(exp.domains, 1):
             candidates[d.name] = draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN, executor, workers)
+            say(f"sample: read domain '{d.name}' ({i}/{len(exp.domains)})")
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
@@ -96,6 +99,7 @@ def sample_corpus(exp: Experiment, force: bool = False, workers: int = 1) -> dic
         val_region = exp.sample.val_tokens * MAX_BYTES_PER_TOKEN
         tok = train_tokenizer(_tokenizer_texts(candidates, val_region, tok_cfg.train_bytes_per_domain),
                               tok_cfg.vocab_size)
+        say(f"sample: trained the tokenizer ({tok_cfg.vocab_size} tokens)")
     eos = eos_id(tok)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     dtype = token_dtype(vocab)
@@ -111,8 +115,9 @@ def sample_corpus(exp: Experiment, force: bool = False, workers: int = 1) -> dic
     make_dirs(tmp)
     try:
         domains = {}
-        for d in exp.domains:
+        for i, d in enumerate(exp.domains, 1):
             domains[d.name] = _write_slices(exp, d.name, candidates[d.name], tok, eos, dtype, tmp)
+            say(f"sample: wrote slices of '{d.name}' ({i}/{len(exp.domains)})")
         total = sum(v["tokens"] for v in domains.values())
         for v in domains.values():
             v["prior"] = v["tokens"] / total

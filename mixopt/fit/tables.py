@@ -47,6 +47,11 @@ def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None
     import polars as pl
 
     table = read_table(runs)
+    if _is_export(table):  # `mixopt export`: its run keys, and only finished runs have scores
+        key = key or "key"
+        table = table.filter(pl.col("status") == "done")
+        if table.height == 0:
+            raise MixoptError(f"{runs}: no finished runs (status done) in this export", "run `mixopt sweep` first")
     if key is not None and scores is None:
         if key not in table.columns:
             raise MixoptError(f"{runs}: no column '{key}'", f"columns: {', '.join(table.columns[:12])}")
@@ -105,14 +110,28 @@ def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None
                  objective, covariates=covs)
 
 
+def _is_export(table) -> bool:
+    from mixopt.sweep.export import BOOKKEEPING
+
+    return all(c in table.columns for c in BOOKKEEPING[:4])
+
+
 def _domain_columns(table, key, prefix, exclude) -> list[str]:
     import polars as pl
 
+    if prefix and "," in prefix:  # --domains a,b,c: exactly these columns
+        cols = [c.strip() for c in prefix.split(",") if c.strip()]
+        missing = [c for c in cols if c not in table.columns]
+        if missing:
+            raise MixoptError(f"--domains: no column '{missing[0]}'", f"columns: {', '.join(table.columns[:12])}")
+        return cols
     if prefix:
         cols = [c for c in table.columns if c.startswith(prefix) and c != key and c not in exclude]
         if not cols:
             raise MixoptError(f"no column starts with '{prefix}'", f"columns: {', '.join(table.columns[:12])}")
         return cols
+    if _is_export(table):  # the weight columns lie between `status` and `objective`
+        return table.columns[table.columns.index("status") + 1:table.columns.index("objective")]
     mixed = set(numeric_text_columns(table, exclude | {key}))  # a word among the weights: named, not dropped
     return [c for c in table.columns if c != key and c not in exclude and (c in mixed or (
         table[c].dtype.is_numeric() and table[c].dtype != pl.Boolean))]

@@ -1,0 +1,110 @@
+"""`mixopt export`: the experiment's runs as one table (CSV, Parquet or JSON), one row per run, for
+notebooks, spreadsheets and other tools; `mixopt fit --runs` reads it back."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+from mixopt.config.schema import Experiment
+from mixopt.core.workspace import atomic_write_bytes
+from mixopt.errors import MixoptError
+from mixopt.sweep.plan import load_plan
+from mixopt.sweep.reeval import _metrics_of
+from mixopt.sweep.store import Store
+
+# Columns every export has besides one weight column per domain and one column per measurement
+# ('<evaluation>/<metric>'); `fit --runs` knows them, so it never takes them for weights.
+BOOKKEEPING = ("key", "origin", "status", "objective", "train_loss", "tokens", "train_seconds", "trainings",
+               "finished", "error")
+FORMATS = ("csv", "parquet", "json")
+
+
+def export_rows(exp: Experiment) -> tuple[list[str], list[dict]]:
+    """(columns, rows): every run of this config's context (the design's, proposed and verification
+    runs alike), any status. `objective` is under the current suite; measurements by evaluations no
+    longer in the suite are kept as '<name>@<key prefix>/<metric>'."""
+    plan = load_plan(exp)
+    if not plan.workspace.db_path.is_file():
+        raise MixoptError(f"no runs yet in {plan.workspace.root}", "run `mixopt sweep CONFIG` first")
+    with Store(plan.workspace.db_path) as store:
+        runs = store.runs(plan.context)
+        measured = store.measurements()
+        names = _evaluation_names(store, plan.suite)
+    domains = exp.domain_names
+    terms = plan.suite.objective_terms()
+    metric_cols: list[str] = []
+    rows = []
+    for r in runs:
+        row = {"key": r.key, "origin": r.origin, "status": r.status, **dict(zip(domains, r.weights))}
+        have = measured.get(r.key, {})
+        current = _metrics_of(plan.suite, have) if r.status == "done" else None
+        row["objective"] = sum(a * current[m] for m, a in terms.items()) if current else None
+        for ev, values in have.items():
+            for metric, v in values.items():
+                col = f"{names.get(ev, ev[:12])}/{metric}"
+                if col not in metric_cols:
+                    metric_cols.append(col)
+                row[col] = v
+        row.update(train_loss=r.train_loss, tokens=r.tokens, train_seconds=r.train_seconds, trainings=r.trainings,
+                   finished=r.finished, error=(r.error or "").splitlines()[-1] if r.error else None)
+        rows.append(row)
+    current_cols = [f"{m.name}/{k}" for m in plan.suite.measures for k in _metric_names(metric_cols, m.name)]
+    metric_cols = current_cols + sorted(c for c in metric_cols if c not in current_cols)
+    columns = ["key", "origin", "status", *domains, "objective", *metric_cols,
+               *[c for c in BOOKKEEPING if c not in ("key", "origin", "status", "objective")]]
+    return columns, [{c: row.get(c) for c in columns} for row in rows]
+
+
+def _metric_names(cols: list[str], name: str) -> list[str]:
+    return [c[len(name) + 1:] for c in cols if c.startswith(name + "/") and "/" not in c[len(name) + 1:]]
+
+
+def _evaluation_names(store: Store, suite) -> dict[str, str]:
+    """evaluation key -> column prefix: its name in the current suite, else '<name>@<key[:8]>'."""
+    names = {m.key: m.name for m in suite.measures}
+    for r in store.db.execute("SELECT body FROM suites ORDER BY created"):
+        for m in json.loads(r["body"])["measures"]:
+            names.setdefault(m["key"], f"{m['name']}@{m['key'][:8]}")
+    return names
+
+
+def export_table(columns: list[str], rows: list[dict], fmt: str) -> bytes:
+    """The rows in one format; JSON is a list of objects (null where a run has no value)."""
+    if fmt not in FORMATS:
+        raise MixoptError(f"unknown export format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+    if fmt == "json":
+        clean = [{c: (None if isinstance(v, float) and not math.isfinite(v) else v) for c, v in r.items()}
+                 for r in rows]
+        return (json.dumps(clean) + "\n").encode()
+    import polars as pl
+
+    schema = {c: _dtype(c, rows) for c in columns}
+    frame = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+    buf = io.BytesIO()
+    if fmt == "csv":
+        frame.write_csv(buf)
+    else:
+        frame.write_parquet(buf)
+    return buf.getvalue()
+
+
+def _dtype(col: str, rows: list[dict]):
+    import polars as pl
+
+    if col in ("key", "origin", "status", "error"):
+        return pl.String
+    if col in ("tokens", "trainings"):
+        return pl.Int64
+    return pl.Float64
+
+
+def write_export(data: bytes, output: Path) -> None:
+    """Written whole or not at all (a temp file renamed), so an interrupted export leaves no half file."""
+    if output.is_dir():
+        raise MixoptError(f"--output {output} is a folder", "name a file, e.g. --output runs.parquet")
+    if not output.parent.is_dir():
+        raise MixoptError(f"--output {output}: folder {output.parent} does not exist", "create it first")
+    atomic_write_bytes(output, data)
