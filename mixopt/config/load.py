@@ -195,7 +195,7 @@ def _check_suite(exp: Experiment, path: Path) -> None:
                 raise MixoptError(f"{where}: evaluation '{e.name}': text source not found: "
                                   f"{suite.resolve(s.path)}", "fix the path under `sources`")
         # A choice file's rows are checked by evals.suites.check_suite_files, which every verb runs.
-        if e.kind == "choice" and not suite.resolve(e.path).is_file():
+        if e.kind == "choice" and e.path and not suite.resolve(e.path).exists():  # a file, or a save_to_disk folder
             raise MixoptError(f"choice task file not found: {suite.resolve(e.path)}", "fix the evaluation's `path`")
     if sum(e.weight for e in suite.evaluations) <= 0:
         raise MixoptError(f"{where}: every evaluation has weight 0, so there is no objective",
