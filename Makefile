@@ -14,9 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-# The cluster backends' engines (Ray ~300 MB, submitit) are extras: the tests need them, the demo does not.
+# The cluster backends' engines (Ray ~300 MB, submitit) and lm-evaluation-harness are extras: the tests
+# need them, the demo does not.
 $(VENV)/.extras: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[test,ray,slurm]"
+	$(PY) -m pip install -q -e ".[test,ray,slurm,lm_eval]"
 	touch $@
 
 env: $(VENV)/.installed

@@ -208,6 +208,17 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
     typer.echo(f"the recommendation is {verdict} the prior by {abs(v.prior_measured - v.measured):.4f}")
 
 
+@app.command("export-model")
+def export_model(config: Path = CONFIG,
+                 run: str = typer.Argument("best", help="A run key's first characters, or best (lowest objective)."),
+                 output: Optional[Path] = typer.Option(None, help="The new folder (default <workspace>/hf/<run>).")):
+    """Write a run's proxy as a Hugging Face model folder (transformers, lm_eval --model hf load it)."""
+    from mixopt.sweep.hf_model import export_run_model
+
+    key, out = export_run_model(_load(config), run, output)
+    typer.echo(f"run {key[:12]} written to {out} (config.json, model.safetensors, tokenizer)")
+
+
 def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = True) -> bool:
     """Fit and print; False when suspect runs were left out (said on stderr)."""
     from dataclasses import replace

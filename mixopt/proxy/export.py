@@ -17,7 +17,6 @@ from mixopt.proxy.model import ProxySpec, build_model
 def export_hf(W: dict, i: int, spec: ProxySpec, tokenizer_path: Path, out: Path) -> Path:
     """Proxy i of stacked weights W to the folder `out` (which must not exist, or be empty), atomically:
     it is written beside it and renamed, so `out` is whole or absent."""
-    import torch
     from transformers import PreTrainedTokenizerFast
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -31,7 +30,6 @@ def export_hf(W: dict, i: int, spec: ProxySpec, tokenizer_path: Path, out: Path)
         raise MixoptError(f"the checkpoint does not fit the proxy spec (missing {missing[:3]}, unexpected "
                           f"{unexpected[:3]})", "export with the config the sweep trained")
     model.tie_weights()
-    model.config.torch_dtype = torch.float32
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
