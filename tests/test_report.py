@@ -115,6 +115,7 @@ def open_in_chromium(page: Path, screenshot: Path, profile: Path) -> tuple[dict,
             sections: [...document.querySelectorAll('h2[id]')].map(h => h.id),
             images: [...document.images].map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]),
             tables: document.querySelectorAll('table').length,
+            warnings: document.querySelectorAll('ul.warnings li').length,
             kinds: [...document.querySelectorAll('table.runs tbody tr')].map(tr => tr.cells[2].textContent),
             rows: document.querySelectorAll('tbody tr').length,
             height: document.body.scrollHeight,
@@ -179,6 +180,8 @@ def test_report_renders_in_chromium(corpora, tmp_path):
                  "(current)", "KL weight toward the prior: 0.05"):
         assert line in body, line
     assert body.count("Spearman") >= 2
+    # Every warning the command counted is on the page.
+    assert state["warnings"] == int(said.split("(")[1].split(" warnings")[0])
     # Every run of the fit is listed with its origin.
     assert sorted(state["kinds"]) == sorted(["pure-domain"] * 3 + ["prior", "design", "design", "proposed", "verify"])
     assert shot.stat().st_size > 50_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

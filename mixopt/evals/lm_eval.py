@@ -7,7 +7,10 @@ would; a custom task comes from a folder of task YAMLs (`path`), a built-in one 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -66,7 +69,7 @@ def lm_eval_scores(W: dict, spec: ProxySpec, m) -> list[dict[str, float]]:
     device = str(next(iter(W.values())).device)
     out = []
     for i in range(next(iter(W.values())).shape[0]):
-        with tempfile.TemporaryDirectory(prefix="mixopt-lm-eval-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="mixopt-lm-eval-") as tmp, _quiet(Path(tmp) / "log"):
             folder = export_hf(W, i, spec, Path(t["tokenizer"]), Path(tmp) / "model")
             res = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(folder), "dtype": "float32"},
                                           tasks=[t["task"]], num_fewshot=t["k"] or None, limit=t["limit"],
@@ -80,3 +83,26 @@ def lm_eval_scores(W: dict, spec: ProxySpec, m) -> list[dict[str, float]]:
                               "set the evaluation's `metric` to one of those")
         out.append({t["metric"]: float(value)})
     return out
+
+
+@contextlib.contextmanager
+def _quiet(log: Path):
+    """The harness's chatter (progress bars per request type, its git probe's "fatal: not a git
+    repository") goes to a file, not the terminal; shown if the harness fails."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved, ok = [os.dup(1), os.dup(2)], False
+    try:
+        with open(log, "wb") as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            yield
+        ok = True
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+        if not ok:
+            sys.stderr.write(log.read_text(errors="replace")[-4000:])

@@ -5,7 +5,8 @@ domain's effect curve with the repetition cap and the KL pull, the eval suites u
 verification runs and every warning.
 
 The fit is recomputed in memory as `mixopt fit` computes it (same seed, same result); nothing is
-evaluated or trained, and only the page is written.
+evaluated or trained (runs lacking the current suite are left out, with a warning), and besides the
+page only each run's objective under the current suite is recorded, as `fit` records it.
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ def write_report(exp: Experiment, output: Path | None = None, runtime: Runtime =
         warnings.append(f"the chosen model ({rec.model}) ranks held-out runs with Spearman {rec.cv.spearman:.2f} "
                         f"< {LOW_SPEARMAN}: the recommendation is weakly supported; train more runs "
                         "(`mixopt propose`, then `mixopt sweep --mixtures`)")
+    best = max(rec.candidates, key=lambda k: rec.candidates[k].spearman)
+    if settings.model != "auto" and rec.candidates[best].spearman > rec.cv.spearman + 0.1:
+        warnings.append(f"fit.model is {settings.model} (Spearman {rec.cv.spearman:.2f}) while {best} ranks held-out "
+                        f"runs better ({rec.candidates[best].spearman:.2f}): consider fit.model: auto")
     if rec.cv.r2 < 0:
         warnings.append(f"cross-validated R² is {rec.cv.r2:.2f} < 0: predicted values are worse than the mean; "
                         "trust the ranking more than the predicted objective")
