@@ -172,3 +172,9 @@ def test_sweep_scores_a_saved_arc_task_few_shot(corpora, tmp_path):
     assert sorted(scores) == sorted(r["bpb"] for r in rows)  # lower is better: the objective is bpb itself
     status = json.loads(cli.invoke(app, ["status", str(config), "--format", "json"]).output)
     assert status["current_suite"]["objective"] == "arc/bpb"
+
+
+def test_hub_dataset_offline_is_one_clear_error(tmp_path):
+    """The tests run offline (HF_DATASETS_OFFLINE=1): a Hub dataset says what failed and how to do without the Hub."""
+    with pytest.raises(MixoptError, match=r"cannot load 'allenai/ai2_arc' .*save it with save_to_disk"):
+        _read(tmp_path, dataset="allenai/ai2_arc", subset="ARC-Easy", preset="arc")
