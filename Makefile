@@ -14,10 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-# The cluster backends' engines (Ray ~300 MB, submitit) and the trackers (wandb, mlflow) are extras:
-# the tests need them, the demo does not.
+# The cluster backends' engines (Ray ~300 MB, submitit), the trackers (wandb, mlflow) and
+# lm-evaluation-harness are extras: the tests need them, the demo does not.
 $(VENV)/.extras: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[test,ray,slurm,track]"
+	$(PY) -m pip install -q -e ".[test,ray,slurm,track,lm_eval]"
 	touch $@
 
 env: $(VENV)/.installed

@@ -349,6 +349,27 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
     typer.echo(f"the recommendation is {verdict} the prior by {abs(v.prior_measured - v.measured):.4f}")
 
 
+@app.command()
+def report(config: Path = CONFIG,
+           output: Optional[Path] = typer.Option(None, help="The HTML file (default <workspace>/report.html).")):
+    """Write one self-contained HTML page: recommendation, CV, runs, effect curves, suites, warnings."""
+    from mixopt.fit.html_report import write_report
+
+    r = write_report(_load(config), output, _runtime(progress=False, say=lambda m: typer.echo(m, err=True)))
+    typer.echo(f"report on {r.runs} runs ({len(r.warnings)} warnings) written to {r.path}")
+
+
+@app.command("export-model")
+def export_model(config: Path = CONFIG,
+                 run: str = typer.Argument("best", help="A run key's first characters, or best (lowest objective)."),
+                 output: Optional[Path] = typer.Option(None, help="The new folder (default <workspace>/hf/<run>).")):
+    """Write a run's proxy as a Hugging Face model folder (transformers, lm_eval --model hf load it)."""
+    from mixopt.sweep.hf_model import export_run_model
+
+    key, out = export_run_model(_load(config), run, output)
+    typer.echo(f"run {key[:12]} written to {out} (config.json, model.safetensors, tokenizer)")
+
+
 def _stderr(message: str) -> None:
     typer.echo(message, err=True)
 

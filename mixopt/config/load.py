@@ -302,8 +302,9 @@ def _check_suite(exp: Experiment, path: Path, config_lines: dict) -> list[str]:
                 problem(("evaluations", i, "sources", j), f"evaluation '{e.name}': {suite.resolve(s.path)} is "
                         f"inside the workspace {ws}", "keep eval files outside the workspace")
         # A choice file's rows are checked by evals.suites.check_suite_files, which every verb runs.
-        if e.kind == "choice":
-            bad = input_path_problem(suite.resolve(e.path), f"evaluation '{e.name}': choice task file", ws)
+        if e.kind == "choice" and e.path:  # a file, or a datasets.save_to_disk folder
+            bad = input_path_problem(suite.resolve(e.path), f"evaluation '{e.name}': choice task file", ws,
+                                     folder_ok=True)
             if bad:
                 problem(("evaluations", i, "path"), *bad)
     if sum(e.weight for e in suite.evaluations) <= 0:

@@ -131,25 +131,41 @@ class Objective(_Strict):
     domains: dict[str, float] | None = None  # validation domain -> weight; default: all, equal
 
 
-EVAL_METRICS = {"heldout": ("bpb", "loss"), "text": ("bpb", "loss"), "choice": ("prob", "acc", "acc_norm")}
+EVAL_METRICS = {"heldout": ("bpb", "loss"), "text": ("bpb", "loss"), "choice": ("prob", "acc", "acc_norm", "bpb")}
 
 
 HIGHER_IS_BETTER = {"prob", "acc", "acc_norm"}
+# lm-evaluation-harness metrics whose direction is known; another needs `higher_is_better`.
+LM_EVAL_DIRECTIONS = {"acc": True, "acc_norm": True, "exact_match": True, "f1": True, "mcc": True, "bleu": True,
+                      "perplexity": False, "word_perplexity": False, "byte_perplexity": False,
+                      "bits_per_byte": False}
+CHOICE_PRESETS = ("arc", "hellaswag", "piqa", "winogrande", "mmlu", "boolq")
 
 
 class Evaluation(_Strict):
     """One entry of an eval suite: what to measure, and its weight in the objective."""
 
     name: str
-    kind: Literal["heldout", "text", "choice"]
+    kind: Literal["heldout", "text", "choice", "lm_eval"]
     weight: float = Field(1.0, ge=0)  # in the objective; normalized over the suite
     family: str | None = None  # with `average: families`, each family counts once
-    metric: str | None = None  # heldout/text: bpb|loss (default fit.objective.metric); choice: prob|acc|acc_norm
+    # heldout/text: bpb|loss (default fit.objective.metric); choice: prob|acc|acc_norm|bpb; lm_eval: the task's
+    metric: str | None = None
     domain: str | None = None  # heldout: which domain's validation slice
     sources: list[Source] | None = None  # text: the files, read like a domain's sources
-    path: str | None = None  # choice: JSONL with question / choices / answer
+    # choice: a JSONL / JSON / Parquet file or a datasets.save_to_disk folder; lm_eval: a folder of task YAMLs
+    path: str | None = None
+    dataset: str | None = None  # choice: a Hugging Face Hub dataset by name (needs the network once)
+    subset: str | None = None  # choice, dataset: its configuration (e.g. ARC-Easy)
+    split: str | None = None  # choice: the split of a Hub dataset or a saved DatasetDict
+    preset: Literal["arc", "hellaswag", "piqa", "winogrande", "mmlu", "boolq"] | None = None  # choice: schema
+    fields: dict[str, str] | None = None  # choice: question/choices/answer/labels -> the data's field (a.b nests)
+    k: int = Field(0, ge=0)  # choice, lm_eval: few-shot exemplars before each item
+    fewshot_split: str | None = None  # choice: draw exemplars from this split (default: the other items)
+    task: str | None = None  # lm_eval: the harness's task name
+    higher_is_better: bool | None = None  # lm_eval: the metric's direction, when the harness's name is not known
     max_tokens: int = Field(50_000, gt=0)  # text: tokens evaluated (the first ones, in file order)
-    max_items: int | None = Field(None, gt=0)  # choice: the first N items; default all
+    max_items: int | None = Field(None, gt=0)  # choice, lm_eval: the first N items; default all
 
     @field_validator("name")
     @classmethod
@@ -165,14 +181,30 @@ class Evaluation(_Strict):
 
     @model_validator(mode="after")
     def _fields_match_kind(self):
-        need = {"heldout": "domain", "text": "sources", "choice": "path"}[self.kind]
-        if getattr(self, need) in (None, []):
+        need = {"heldout": "domain", "text": "sources", "choice": "path", "lm_eval": "task"}[self.kind]
+        if self.kind == "choice" and (self.path is None) == (self.dataset is None):
+            raise ValueError("a 'choice' evaluation needs one of 'path' (a local file or folder) or 'dataset' "
+                             "(a Hub name)")
+        if self.kind != "choice" and getattr(self, need) in (None, []):
             raise ValueError(f"a '{self.kind}' evaluation needs '{need}'")
-        for other in {"domain", "sources", "path"} - {need}:
-            if getattr(self, other) is not None:
+        own = {"heldout": {"domain"}, "text": {"sources", "max_tokens"}, "lm_eval": {"task", "path", "k", "max_items"},
+               "choice": {"path", "dataset", "subset", "split", "preset", "fields", "k", "fewshot_split",
+                          "max_items"}}[self.kind]
+        for other in ("domain", "sources", "path", "dataset", "subset", "split", "preset", "fields", "k",
+                      "fewshot_split", "task", "higher_is_better"):
+            if other not in own | {"higher_is_better"} and other in self.model_fields_set:
                 raise ValueError(f"'{other}' does not apply to a '{self.kind}' evaluation (it uses '{need}')")
-        if self.metric is not None and self.metric not in EVAL_METRICS[self.kind]:
+        if self.kind == "lm_eval":
+            if self.metric is None:
+                raise ValueError("an 'lm_eval' evaluation needs 'metric' (e.g. acc): the harness reports several")
+            if self.higher_is_better is None and self.metric not in LM_EVAL_DIRECTIONS:
+                raise ValueError(f"metric '{self.metric}': say whether it is better higher with 'higher_is_better'")
+        elif self.higher_is_better is not None:
+            raise ValueError("'higher_is_better' applies to 'lm_eval' evaluations only")
+        elif self.metric is not None and self.metric not in EVAL_METRICS[self.kind]:
             raise ValueError(f"metric '{self.metric}' is not one of {', '.join(EVAL_METRICS[self.kind])}")
+        if self.fields and set(self.fields) - {"question", "choices", "answer", "labels"}:
+            raise ValueError("'fields' maps question, choices, answer and labels only")
         return self
 
 

@@ -62,11 +62,13 @@ def is_inside(path: Path, folder: Path) -> bool:
     return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
 
 
-def input_path_problem(path: Path, what: str, workspace: Path | None = None) -> tuple[str, str] | None:
-    """(problem, fix) when a file the user names is not a readable regular file outside the workspace."""
+def input_path_problem(path: Path, what: str, workspace: Path | None = None,
+                       folder_ok: bool = False) -> tuple[str, str] | None:
+    """(problem, fix) when a file the user names is not a readable regular file (or, with `folder_ok`,
+    a folder) outside the workspace."""
     if not path.exists():
         return f"{what} not found: {path}", "fix the path"
-    if not path.is_file():
+    if not path.is_file() and not (folder_ok and path.is_dir()):
         return f"{what} {path} is not a regular file", "name a file"
     if not os.access(path, os.R_OK):
         return f"{what} {path} cannot be read (permission denied)", "check its permissions"

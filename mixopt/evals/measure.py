@@ -35,8 +35,12 @@ def measure_models(W: dict, spec: ProxySpec, measures: tuple[Measure, ...], samp
         elif m.kind == "text":
             stream = np.asarray(json.loads(Path(m.data).read_text())["tokens"])
             scores = stream_loss(W, spec, stream, token_bytes)
-        else:
+        elif m.kind == "choice":
             scores = choice_scores(W, spec, json.loads(Path(m.data).read_text())["items"])
+        else:
+            from mixopt.evals.lm_eval import lm_eval_scores
+
+            scores = lm_eval_scores(W, spec, m)
         for own, s in zip(out, scores):
             own[m.key] = s
         if progress:
@@ -83,9 +87,10 @@ def choice_scores(W: dict, spec: ProxySpec, items: list[dict]) -> list[dict[str,
     n, device, seq_len = _count(W), _device(W), spec.seq_len
     rows = []  # (item, tokens, number of scored tokens at the end)
     for i, it in enumerate(items):
-        for c in it["choices"]:
+        for j, c in enumerate(it["choices"]):
             c = c[-seq_len:]  # a choice longer than the window keeps its end
-            seq = (it["context"] + c)[-(seq_len + 1):]
+            ctx = it["context"][j] if it["context"] and isinstance(it["context"][0], list) else it["context"]
+            seq = (ctx + c)[-(seq_len + 1):]
             rows.append((i, seq, len(c)))
     ll = np.zeros((n, len(rows)))
     with torch.inference_mode():
@@ -114,7 +119,7 @@ def choice_scores(W: dict, spec: ProxySpec, items: list[dict]) -> list[dict[str,
 
 
 def _choice_metrics(items: list[dict], ll: np.ndarray) -> dict[str, float]:
-    acc = acc_norm = prob = 0.0
+    acc = acc_norm = prob = bits = 0.0
     pos = 0
     for it in items:
         k = len(it["choices"])
@@ -125,8 +130,9 @@ def _choice_metrics(items: list[dict], ll: np.ndarray) -> dict[str, float]:
         acc_norm += float(np.argmax(scores / nbytes) == a)
         p = np.exp(scores - scores.max())
         prob += float(p[a] / p.sum())
+        bits += float(-scores[a] / math.log(2) / nbytes[a])
     n = len(items)
-    return {"acc": acc / n, "acc_norm": acc_norm / n, "prob": prob / n}
+    return {"acc": acc / n, "acc_norm": acc_norm / n, "prob": prob / n, "bpb": bits / n}
 
 
 def _count(W: dict) -> int:

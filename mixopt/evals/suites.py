@@ -10,12 +10,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mixopt.config.schema import (
     HIGHER_IS_BETTER,
+    LM_EVAL_DIRECTIONS,
     EvalSuite,
     Evaluation,
     Experiment,
@@ -25,9 +25,9 @@ from mixopt.core.keys import content_hash, file_sha256
 from mixopt.core.workspace import Workspace, atomic_write_json
 from mixopt.data.readers import iter_documents, source_files
 from mixopt.errors import MixoptError
+from mixopt.evals.choice import read_choice_task
 
 EVAL_VERSION = 2  # bump when a change alters what an evaluation computes
-CHOICE_PROMPT = "{question}\n{choice}"  # the proxy scores the choice's tokens after the question
 
 
 @dataclass(frozen=True)
@@ -35,17 +35,20 @@ class Measure:
     """One evaluation of the suite, resolved."""
 
     name: str  # e.g. "heldout/code"; metrics are "<name>/<metric>"
-    kind: str  # heldout | text | choice
+    kind: str  # heldout | text | choice | lm_eval
     key: str  # what is computed (see the module docstring)
     metric: str  # the metric that enters the objective
     weight: float  # as written in the suite
     family: str
     domain: str | None  # heldout: the domain whose validation slice is read
-    data: str | None  # text / choice: the prepared file (token ids) in the workspace
+    data: str | None  # text / choice: the prepared file (token ids) in the workspace; lm_eval: its task
+    higher_is_better: bool | None = None  # lm_eval: the metric's direction (others: known from the metric)
 
     @property
     def direction(self) -> int:
         """+1 if lower is better (loss, BPB), -1 if higher is (accuracy, probability)."""
+        if self.higher_is_better is not None:
+            return -1 if self.higher_is_better else 1
         return -1 if self.metric in HIGHER_IS_BETTER else 1
 
 
@@ -115,13 +118,19 @@ def resolve_suite(exp: Experiment, manifest: dict, ws: Workspace) -> Suite:
             if e.kind == "text":
                 ident |= {"data": [_source_fingerprint(s, cfg.resolve(s.path), e.name) for s in e.sources],
                           "max_tokens": e.max_tokens}
+            elif e.kind == "choice":
+                # What is scored, whatever file or schema it came from: every item's text (few-shot
+                # exemplars included). Reading it here also validates it: one clear error, nothing computed.
+                ident |= {"items": content_hash(read_choice_task(e, cfg.resolve, exp.seed))}
             else:
-                path = cfg.resolve(e.path)
-                read_choice_items(path, e.max_items)  # validate now: one clear error, nothing computed
-                ident |= {"data": file_sha256(path), "max_items": e.max_items, "prompt": CHOICE_PROMPT}
+                from mixopt.evals.lm_eval import lm_eval_identity
+
+                ident |= lm_eval_identity(e, cfg.resolve(e.path) if e.path else None)
             key = content_hash(ident)
             data = str(ws.root / "evalsets" / f"{e.kind}-{key[:24]}.json")
-        measures.append(Measure(e.name, e.kind, key, metric, e.weight, e.family or e.name, e.domain, data))
+        higher = None if e.kind != "lm_eval" else (
+            e.higher_is_better if e.higher_is_better is not None else LM_EVAL_DIRECTIONS[metric])
+        measures.append(Measure(e.name, e.kind, key, metric, e.weight, e.family or e.name, e.domain, data, higher))
     return Suite(tuple(measures), cfg.average)
 
 
@@ -149,58 +158,35 @@ def prepare_suite(exp: Experiment, suite: Suite, ws: Workspace) -> None:
             if len(ids) < 2:
                 raise MixoptError(f"evaluation '{m.name}': its text files hold no text", "point `sources` at text")
             body = {"tokens": ids[:e.max_tokens + 1]}
-        else:
-            items = read_choice_items(suite_config(exp).resolve(e.path), e.max_items)
+        elif m.kind == "choice":
+            items = read_choice_task(e, suite_config(exp).resolve, exp.seed)
+
+            def ids_of(ctx):  # one context, or one per choice (Winogrande)
+                return [tok.encode(c).ids for c in ctx] if isinstance(ctx, list) else tok.encode(ctx).ids
+
             body = {"items": [{
-                "context": tok.encode(it["question"] + "\n").ids,
+                "context": ids_of(it["context"]),
                 "choices": [tok.encode(c).ids for c in it["choices"]],
                 "bytes": [max(1, len(c.encode())) for c in it["choices"]],
                 "answer": it["answer"]} for it in items]}
+        else:
+            from mixopt.evals.lm_eval import lm_eval_task
+
+            body = lm_eval_task(e, suite_config(exp).resolve(e.path) if e.path else None, ws.tokenizer_path)
         atomic_write_json(Path(m.data), body)
 
 
 def check_suite_files(exp: Experiment) -> None:
-    """Read every choice task file of the suite once: a bad row fails every verb, before any work."""
+    """Read every choice task of the suite once: a bad row fails every verb, before any work."""
     if exp.evals is None:
         return
     for e in exp.evals.evaluations:
         if e.kind == "choice":
-            read_choice_items(exp.evals.resolve(e.path), e.max_items)
+            read_choice_task(e, exp.evals.resolve, exp.seed)
+        elif e.kind == "lm_eval":
+            from mixopt.evals.lm_eval import check_lm_eval
 
-
-def read_choice_items(path: Path, limit: int | None = None) -> list[dict]:
-    """A multiple-choice task: JSONL rows with `question`, `choices` (>= 2 strings), `answer` (index)."""
-    if not path.is_file():
-        raise MixoptError(f"choice task file not found: {path}", "fix the evaluation's `path`")
-    items = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise MixoptError(f"{where}: not a JSON object", "write one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise MixoptError(f"{where}: not a JSON object", "write one JSON object per line")
-            q, ch, a = row.get("question"), row.get("choices"), row.get("answer")
-            if not isinstance(q, str) or not q.strip():
-                raise MixoptError(f"{where}: no 'question' text", "give each row a non-empty 'question'")
-            if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) and c.strip() for c in ch):
-                raise MixoptError(f"{where}: 'choices' must be a list of at least 2 non-empty strings",
-                                  "fix the row's choices")
-            if a is None:
-                raise MixoptError(f"{where}: no 'answer'", "give the index of the correct choice (0-based)")
-            if isinstance(a, bool) or not isinstance(a, int) or not 0 <= a < len(ch):
-                raise MixoptError(f"{where}: answer {a!r} is not an index into its {len(ch)} choices",
-                                  f"give an integer from 0 to {len(ch) - 1}")
-            items.append({"question": q, "choices": ch, "answer": a})
-            if limit and len(items) >= limit:
-                break
-    if not items:
-        raise MixoptError(f"{path}: the choice task has no items", "add JSONL rows")
-    return items
+            check_lm_eval(e, exp.evals.resolve(e.path) if e.path else None)
 
 
 def _source_fingerprint(source: Source, path: Path, name: str) -> list:
