@@ -186,11 +186,15 @@ def _fs(url: str, opts: dict):
                           "install the filesystem's package (e.g. s3fs, gcsfs) or fix the URL") from None
 
 
+# Credential failures by exception type (botocore's, google-auth's, huggingface_hub's), not by message.
+_CREDENTIAL_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                      "DefaultCredentialsError", "RefreshError", "GatedRepoError"}
+
+
 def _remote_error(url: str, e: BaseException) -> MixoptError:
     text = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
-    cred = any(w in text.lower() for w in ("credential", "accessdenied", "access denied", "forbidden",
-                                           "permission", "signature", "invalidaccesskey", "403"))
-    if isinstance(e, PermissionError) or cred:
+    names = {c.__name__ for c in type(e).__mro__}
+    if isinstance(e, PermissionError) or names & _CREDENTIAL_ERRORS:
         return MixoptError(f"{url}: access denied ({text})",
                            "give credentials in the environment (e.g. AWS_ACCESS_KEY_ID) or the source's "
                            "storage_options")
