@@ -24,15 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mixopt.data.readers import (
-    SKIP_FIX,
-    Shard,
-    ShardError,
-    describe,
-    iter_chunks,
-    list_shards,
-    row_group_parts,
-)
+from mixopt.data.readers import iter_chunks, row_group_parts
+from mixopt.data.sources import SKIP_FIX, Shard, ShardError, describe, list_shards
 from mixopt.errors import MixoptError
 
 _WS_FIRST = frozenset(b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f")  # str.isspace's ASCII characters
