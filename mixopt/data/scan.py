@@ -191,8 +191,10 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
     if executor is None or workers <= 1 or len(units) <= 1:
         pool, skipped, read = scan_units(units, key, threshold, cap)
     else:
-        futures = [executor.submit(scan_units, g, key, threshold, cap) for g in _split(units, workers)]
-        pool, skipped, read = Pool(threshold), [], []
+        groups = _split(units, workers)
+        # The parent reads the first group itself: one process fewer to start (imports are its cost).
+        futures = [executor.submit(scan_units, g, key, threshold, cap) for g in groups[1:]]
+        pool, skipped, read = scan_units(groups[0], key, threshold, cap)
         for f in futures:
             part, sk, rd = f.result()
             pool.merge(part)
@@ -254,7 +256,8 @@ def make_executor(workers: int) -> ProcessPoolExecutor | None:
         return None
     import multiprocessing
 
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    # workers - 1 processes: the calling process reads too. spawn, not fork: Arrow's threads may hold locks.
+    return ProcessPoolExecutor(max_workers=workers - 1, mp_context=multiprocessing.get_context("spawn"))
 
 
 __all__ = ["Candidates", "Pool", "Shard", "draw_candidates", "make_executor", "scan_units", "seed_key"]
