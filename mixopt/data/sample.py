@@ -63,7 +63,8 @@ def sample_key(exp: Experiment, hashes: FileHashes | None = None) -> str:
         **({"max_document_bytes": exp.sample.max_document_bytes}
            if exp.sample.max_document_bytes != Sample().max_document_bytes else {}),
         **({"scan": exp.sample.scan.model_dump()} if exp.sample.scan else {}),
-        "tokenizer": tok.model_dump(exclude={"path"} | ({"name"} if tok.name is None else set())), "tokenizer_file": tok_file,
+        "tokenizer": tok.model_dump(exclude={"path"} | ({"name"} if tok.name is None else set())),
+        "tokenizer_file": tok_file,
     })
 
 

@@ -24,15 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mixopt.data.readers import (
-    SKIP_FIX,
-    Shard,
-    ShardError,
-    describe,
-    iter_chunks,
-    list_shards,
-    row_group_parts,
-)
+from mixopt.data.readers import iter_chunks, row_group_parts
+from mixopt.data.sources import SKIP_FIX, Shard, ShardError, describe, list_shards
 from mixopt.errors import MixoptError
 
 _WS_FIRST = frozenset(b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f")  # str.isspace's ASCII characters
@@ -198,8 +191,10 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
     if executor is None or workers <= 1 or len(units) <= 1:
         pool, skipped, read = scan_units(units, key, threshold, cap)
     else:
-        futures = [executor.submit(scan_units, g, key, threshold, cap) for g in _split(units, workers)]
-        pool, skipped, read = Pool(threshold), [], []
+        groups = _split(units, workers)
+        # The parent reads the first group itself: one process fewer to start (imports are its cost).
+        futures = [executor.submit(scan_units, g, key, threshold, cap) for g in groups[1:]]
+        pool, skipped, read = scan_units(groups[0], key, threshold, cap)
         for f in futures:
             part, sk, rd = f.result()
             pool.merge(part)
@@ -261,7 +256,8 @@ def make_executor(workers: int) -> ProcessPoolExecutor | None:
         return None
     import multiprocessing
 
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    # workers - 1 processes: the calling process reads too. spawn, not fork: Arrow's threads may hold locks.
+    return ProcessPoolExecutor(max_workers=workers - 1, mp_context=multiprocessing.get_context("spawn"))
 
 
 __all__ = ["Candidates", "Pool", "Shard", "draw_candidates", "make_executor", "scan_units", "seed_key"]
