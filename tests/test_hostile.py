@@ -1060,3 +1060,21 @@ def test_read_only_verbs_work_on_a_read_only_mount(corpora, sampled, saved_fit, 
             read_only=fit)
     assert r.returncode == 0 and r.stdout.splitlines()[0] == "row,predicted,rank", r.stderr
     assert {k: v for k, v in snapshot(tmp_path).items() if k != "cand.csv" and k != "c.yaml"} == before
+
+
+def test_four_fits_at_once_into_one_folder(tmp_path):
+    """Four `fit --save` at once on one folder (plots on): every one finishes, no temp file is left,
+    and the folder holds one whole fit (temp names are unique, writes atomic)."""
+    swarm_table().write_csv(tmp_path / "swarm.csv")
+    args = ["fit", "--runs", tmp_path / "swarm.csv", "--target", "loss", "--key", "run", "--model", "linear",
+            "--bootstrap", "0", "--save", tmp_path / "out"]
+    e = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
+                                                                   os.environ.get("PYTHONPATH")]))}
+    procs = [subprocess.Popen([sys.executable, "-m", "mixopt.cli", *map(str, args)], cwd=tmp_path, env=e,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert all(code == 0 for code, _ in results), results
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert not [n for n in names if "tmp" in n], names
+    assert {".mixopt", "fit.json", "runs.parquet", "optimal.yaml"} <= set(names)
+    assert json.loads((tmp_path / "out" / "fit.json").read_text())["domains"] == DOMAINS

@@ -25,7 +25,7 @@ def token_bytes_file(sample_dir: Path) -> Path:
 
 MARKER = ".mixopt"  # left in every folder mixopt creates: only such folders does it replace or delete
 MARKER_TEXT = "This folder was made by mixopt, which may replace what is in it.\n"
-LEGACY_WORKSPACE = ("mixopt.db", "sample/manifest.json")  # workspaces written before markers existed
+LEGACY_WORKSPACE = ("mixopt.db", "sample/manifest.json", "file-hashes.json")  # workspaces written before markers existed
 
 
 def owns(folder: Path) -> bool:
