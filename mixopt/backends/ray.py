@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from mixopt.backends.base import Backend, Failure, call_task
@@ -43,7 +44,7 @@ class RayBackend(Backend):
                               "lower resources.cpus")
         fit = int(min(total.get("CPU", 0) // max(cpus, 1e-9), total.get("GPU", 0) // gpus if gpus else 1 << 30))
         self.slots = max(1, min(workers, fit)) if workers > 1 else max(1, fit)
-        self.remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=MAX_RETRIES)(call_task)
+        self.remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=MAX_RETRIES)(_ray_call)
 
     @property
     def free_slots(self) -> int:
@@ -80,3 +81,10 @@ class RayBackend(Backend):
         self.refs.clear()
         if self.started and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def _ray_call(fn, task):
+    """call_task in a Ray worker process, marked as one: a task that must give up its process (a
+    dead CUDA context) may exit it, and Ray retries the task in a fresh worker."""
+    os.environ["MIXOPT_REMOTE_WORKER"] = "ray"
+    return call_task(fn, task)
