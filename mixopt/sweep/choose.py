@@ -45,7 +45,8 @@ def choose_batch(runtime: Runtime, spec: ProxySpec, ws: Workspace, runs: int) ->
         if device.startswith("cuda") else CPU_BATCH
     candidate = max(1, min(fits, runs if runs > 0 else fits, -(-runs // runtime.workers) if runs else fits))
     if candidate == 1:
-        return BatchChoice(1, "--batch-proxies auto: 1 (no room for a second proxy per worker)", {})
+        why = "no room for a second proxy on the device" if fits <= 1 else f"{runs} run(s) left for {runtime.workers} worker(s)"
+        return BatchChoice(1, f"--batch-proxies auto: 1 ({why})", {})
     threads = worker_threads(runtime.workers)
     machine = _machine(device, threads)
     key = content_hash({"machine": machine, "spec": spec.to_dict(), "n": candidate})
