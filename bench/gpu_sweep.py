@@ -76,7 +76,7 @@ def _write_config(work: Path, size: str, tokens: int) -> Path:
            "domains": [{"name": "code", "sources": [{"path": str(data / "code"), "extensions": [".py"]}]},
                        {"name": "prose", "sources": [{"path": str(data / "prose.jsonl.gz")}]},
                        {"name": "legal", "sources": [{"path": str(data / "legal")}]}],
-           "sample": {"train_tokens": 200_000, "val_tokens": 20_000, "tokenizer": {"vocab_size": 8192}},
+           "sample": {"train_tokens": 60_000, "val_tokens": 8_000, "tokenizer": {"vocab_size": 8192}},
            "proxy": {"size": size, "tokens": tokens},
            "design": {"runs": 12, "min_weight": 0.01},  # + the prior + 3 single-domain mixtures = 16
            "fit": {"model": "loglinear"}}

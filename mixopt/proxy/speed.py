@@ -1,5 +1,6 @@
 """How fast the one training loop runs here: proxy-steps per second at N proxies, timed on a few
-real steps of the actual spec and device (random tokens: speed does not depend on the text)."""
+real steps of the actual spec and device (random tokens: speed does not depend on the text); on a
+CPU per second of this process's CPU time, which other processes on a shared machine barely move."""
 
 from __future__ import annotations
 
@@ -27,13 +28,17 @@ def training_rates(spec: ProxySpec, ns: tuple[int, ...], device: str, rounds: in
     best = {n: 0.0 for n in ns}
     for n in ns:
         train_proxies(warm, [(1.0,)] * n, streams, 0, device)
+    gpu = device.startswith("cuda")
+    # On a CPU, this process's CPU seconds: what the work costs, not what other processes sharing
+    # the cores took from it (the two paths use the same threads). On a GPU, the wall clock.
+    clock = time.perf_counter if gpu else time.process_time
     for _ in range(rounds):
         for n in ns:
-            if device.startswith("cuda"):
+            if gpu:
                 torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             train_proxies(timed, [(1.0,)] * n, streams, 0, device)
-            if device.startswith("cuda"):
+            if gpu:
                 torch.cuda.synchronize(device)
-            best[n] = max(best[n], n * timed.steps / (time.perf_counter() - t0))
+            best[n] = max(best[n], n * timed.steps / max(clock() - t0, 1e-9))
     return best
