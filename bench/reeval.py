@@ -36,6 +36,9 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=Path("mixtures/demo.yaml"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("bench/results/reeval.json"))
+    ap.add_argument("--sweep-seconds", type=float, default=None,
+                    help="the sweep's wall time, when the store's finished sweeps did not train every run "
+                         "(one was killed and resumed)")
     ap.add_argument("--sweep-cpu-seconds", type=float, default=None,
                     help="the sweep's CPU time (user + system, workers included), for the CPU-seconds ratio")
     args = ap.parse_args()
@@ -47,6 +50,13 @@ def main() -> None:
     if not sweeps:
         raise SystemExit(f"no finished sweep recorded in {ws}: run `make demo` first")
     sweep_seconds = sum(s["finished"] - s["started"] for s in sweeps)
+    recorded_trained = sum(s["trained"] for s in sweeps)
+    if recorded_trained < runs and args.sweep_seconds is None:
+        raise SystemExit(f"the finished sweeps in {ws} trained {recorded_trained} of {runs} runs (one was "
+                         f"interrupted): pass --sweep-seconds")
+    sweep_source = "the store's finished sweeps"
+    if args.sweep_seconds is not None:
+        sweep_seconds, sweep_source = args.sweep_seconds, "--sweep-seconds"
 
     with tempfile.TemporaryDirectory(prefix="mixopt-bench-") as tmp:
         tmp = Path(tmp)
@@ -94,7 +104,7 @@ def main() -> None:
             changed_optimal.unlink(missing_ok=True)
 
     result = {
-        "experiment": exp.name, "runs": runs, "sweep_seconds": round(sweep_seconds, 2),
+        "experiment": exp.name, "runs": runs, "sweep_seconds": round(sweep_seconds, 2), "sweep_seconds_from": sweep_source,
         "reeval_and_refit_seconds": round(reeval_seconds, 2),
         "of_which": {"evaluate_seconds": round(t1 - t0, 2),
                      "evaluate_split": {"load_checkpoints_seconds": round(evaluated.load_seconds, 2),
