@@ -104,6 +104,7 @@ def test_auto_batch_size_is_chosen_by_a_measurement_and_cached(tmp_path, monkeyp
     from mixopt.proxy import speed
     from mixopt.sweep import choose
 
+    monkeypatch.delenv("MIXOPT_AUTO_BATCH", raising=False)  # conftest fixes it for the other tests
     ws = Workspace(tmp_path)
     choice = choose.choose_batch(Runtime(), SPEC, ws, runs=10)  # measured: a few real steps of each path
     assert set(choice.rates) == {1, choose.CPU_BATCH} and all(r > 0 for r in choice.rates.values())
