@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here (a CPU build); the package itself only asks for torch>=2.4.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test bench env clean
+.PHONY: demo test bench gpu-check env clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,12 +32,19 @@ test: $(VENV)/.extras
 	$(PY) -m pytest -q
 
 # Benchmarks are scripts, not timed tests; each prints JSON and writes it under bench/results/.
-# bench/reeval.py measures against the demo's sweep, so `bench` runs the demo first (a no-op once done).
+# bench/reeval.py measures against the demo's sweep, so `bench` runs the demo first (a no-op once done);
+# bench/gpu_check.sh skips with one line where there is no CUDA GPU.
 bench: demo
 	$(PY) bench/reeval.py --config mixtures/demo.yaml --workers 2
 	$(PY) bench/fit_regmix.py
 	$(PY) bench/trainer.py
 	$(PY) bench/sample.py
+	PYTHON=$(PY) bench/gpu_check.sh
+
+# On a machine with a CUDA GPU: the `gpu` tests, the trainer at every size with MFU, a 16-run mini
+# sweep; writes bench/results/gpu.json (<= 8 min on one GPU). Without a GPU it says so and skips.
+gpu-check: $(VENV)/.installed
+	PYTHON=$(PY) bench/gpu_check.sh
 
 clean:
 	rm -rf workspaces demo/data mixtures/*.optimal.yaml

@@ -1,10 +1,15 @@
 """Benchmark: mixopt's one training loop (N >= 1 proxies over stacked weights) vs a plain PyTorch
-loop over transformers' LlamaForCausalLM, the reference (what mixopt's sequential trainer was).
+loop over transformers' LlamaForCausalLM with the same spec (no mixopt code), like with like: both
+under the one precision policy (float32 on a CPU, bf16 autocast on a GPU).
 
-For each size, the same spec trains for a fixed number of steps: the reference (one model), the one
-loop at N = 1, and the one loop at N = 4 (different mixtures). Each is timed REPEATS (5) times, interleaved,
-and the median kept. Prints tokens/s (all proxies' tokens) and the ratios to the reference, and
-writes the JSON to --out.
+For each size, the same spec trains for a fixed number of steps: the plain loop, the one loop at
+N = 1, and the one loop at N = 4 (different mixtures); on a GPU also the one loop at N = 1 in plain
+float32 and in TF32. Each is timed REPEATS (5) times, interleaved, and the median kept. Then
+torch.compile: the plain loop and the one loop at N = 1 with a compiled model / forward, timed the
+same way, with the compile time (first call minus a steady call) and the break-even: the steps a
+run must have before compiling pays. Prints tokens/s (all proxies' tokens), ratios, MFU on a GPU
+(model FLOPs 6 x params + attention, against the bf16 dense peak of the GPU; MIXOPT_PEAK_TFLOPS
+overrides), and writes the JSON to --out.
 """
 
 from __future__ import annotations
@@ -16,19 +21,25 @@ import os
 import platform
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 REPEATS = 5
+# Dense bf16 peak TFLOP/s by GPU name (vendor data sheets, without sparsity).
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0,
+                    "RTX 4090": 165.0, "V100": 125.0}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default=None, help="comma-separated proxy sizes (default: tiny,1m on CPU; more on GPU)")
+    ap.add_argument("--sizes", default=None, help="comma-separated proxy sizes (default: tiny,1m on CPU; all on GPU)")
     ap.add_argument("--proxies", type=int, default=4, help="N of the batched measurement")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--compile-sizes", default=None, help="sizes to time torch.compile on (default: tiny on CPU, "
+                                                          "all on GPU; 'none' to skip)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: 1 on CPU, what each worker of a 2-core `--workers 2` sweep gets)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/trainer.json"))
@@ -37,50 +48,137 @@ def main() -> None:
 
     from mixopt.config.schema import Proxy
     from mixopt.proxy.model import proxy_spec
-    from mixopt.proxy.train import train_proxies
+    from mixopt.proxy.train import precision_name, train_proxies
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.threads or device == "cpu":
         torch.set_num_threads(args.threads or 1)
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
     sizes = (args.sizes or ("tiny,1m,5m,15m,30m" if device == "cuda" else "tiny,1m")).split(",")
+    compile_sizes = args.compile_sizes or (",".join(sizes) if device == "cuda" else "tiny")
+    compile_sizes = [] if compile_sizes == "none" else compile_sizes.split(",")
+    peak = _peak_tflops(name) if device == "cuda" else None
     rng = np.random.default_rng(0)
     out = {"device": device, "device_name": name, "cores": os.cpu_count(), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "steps": args.steps, "repeats": REPEATS, "sizes": {}}
+           "threads": torch.get_num_threads(), "steps": args.steps, "repeats": REPEATS,
+           "precision": precision_name(device), "bf16_peak_tflops": peak, "sizes": {}}
     for size in sizes:
         spec = proxy_spec(Proxy(size=size, tokens=1), vocab_size=8192)
         spec = replace(spec, tokens=spec.seq_len * spec.batch_size * args.steps)
         streams = [rng.integers(0, spec.vocab_size, 400_000).astype(np.int32) for _ in range(4)]
         mixtures = [tuple(w) for w in rng.dirichlet(np.ones(4), args.proxies)]
         step_tokens = spec.steps * spec.batch_size * spec.seq_len
-        autocast = device == "cuda"
-        runs = {
-            "reference": (1, lambda sp=spec: _train_reference(sp, streams, device)),
-            "one_loop_n1": (1, lambda sp=spec: train_proxies(sp, mixtures[:1], streams, 0, device, autocast=autocast)),
-            f"one_loop_n{args.proxies}": (args.proxies, lambda sp=spec: train_proxies(sp, mixtures, streams, 0, device,
-                                                                                     autocast=autocast)),
-        }
-        short = replace(spec, tokens=spec.seq_len * spec.batch_size * 2)
-        for _, fn in runs.values():  # warm up on 2 steps (first-call allocations, kernel selection)
-            fn(short)
-        seconds = {k: [] for k in runs}
-        for _ in range(REPEATS):
-            for k, (_, fn) in runs.items():
-                seconds[k].append(_timed(fn, device))
-        row = {"steps": spec.steps, "tokens_per_step_per_proxy": spec.batch_size * spec.seq_len}
-        for k, (n, _) in runs.items():
-            s = statistics.median(seconds[k])
-            row[k] = {"proxies": n, "seconds_median": round(s, 3), "seconds": [round(x, 3) for x in seconds[k]],
-                      "tokens_per_s": round(n * step_tokens / s)}
-        ref = row["reference"]["tokens_per_s"]
+
+        def one_loop(n, autocast=None, tf32=False):
+            def run(sp):
+                with _tf32(tf32):
+                    return train_proxies(sp, mixtures[:n], streams, 0, device, autocast=autocast)
+            return run
+
+        runs = {"plain_loop": (1, lambda sp: _train_reference(sp, streams, device)),
+                "one_loop_n1": (1, one_loop(1)), f"one_loop_n{args.proxies}": (args.proxies, one_loop(args.proxies))}
+        if device == "cuda":
+            runs |= {"one_loop_n1_fp32": (1, one_loop(1, autocast=False)),
+                     "one_loop_n1_tf32": (1, one_loop(1, autocast=False, tf32=True))}
+        row = {"steps": spec.steps, "tokens_per_step_per_proxy": spec.batch_size * spec.seq_len,
+               "flops_per_token": _flops_per_token(spec)}
+        row |= _time_runs(runs, spec, step_tokens, device, peak, row["flops_per_token"])
+        ref = row["plain_loop"]["tokens_per_s"]
         for k in runs:
-            if k != "reference":
-                row[f"{k}_over_reference"] = round(row[k]["tokens_per_s"] / ref, 3)
+            if k != "plain_loop":
+                row[f"{k}_over_plain_loop"] = round(row[k]["tokens_per_s"] / ref, 3)
+        if size in compile_sizes:
+            row["compile"] = _compile_rows(spec, streams, mixtures, device, step_tokens, row)
         out["sizes"][size] = row
         print(json.dumps({size: row}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
+
+
+def _time_runs(runs: dict, spec, step_tokens: int, device: str, peak, flops_per_token: float) -> dict:
+    """Each run warmed up on 2 steps, then timed REPEATS times interleaved; medians."""
+    short = replace(spec, tokens=spec.seq_len * spec.batch_size * 2)
+    for _, fn in runs.values():  # first-call allocations, kernel selection
+        fn(short)
+    seconds = {k: [] for k in runs}
+    for _ in range(REPEATS):
+        for k, (_, fn) in runs.items():
+            seconds[k].append(_timed(lambda: fn(spec), device))
+    rows = {}
+    for k, (n, _) in runs.items():
+        s = statistics.median(seconds[k])
+        tps = n * step_tokens / s
+        rows[k] = {"proxies": n, "seconds_median": round(s, 3), "seconds": [round(x, 3) for x in seconds[k]],
+                   "tokens_per_s": round(tps), "proxies_per_hour_at_this_spec": round(3600 * n / s, 1)}
+        if peak and "fp32" not in k and "tf32" not in k:  # MFU against the bf16 peak: bf16 rows only
+            rows[k]["mfu"] = round(tps * flops_per_token / (peak * 1e12), 4)
+    return rows
+
+
+def _compile_rows(spec, streams, mixtures, device: str, step_tokens: int, row: dict) -> dict:
+    """torch.compile on the plain loop (the model) and on the one loop (its forward): compile
+    seconds, steady tokens/s, and the break-even in steps."""
+    import torch
+
+    import mixopt.proxy.train as train_module
+    from mixopt.proxy.train import train_proxies
+
+    out = {}
+    eager_forward = train_module.forward_logits
+    compiled_forward = torch.compile(eager_forward)
+    cases = {"plain_loop": (lambda sp: _train_reference(sp, streams, device, compile=True), "plain_loop"),
+             "one_loop_n1": (lambda sp: train_proxies(sp, mixtures[:1], streams, 0, device), "one_loop_n1")}
+    for name, (fn, eager_key) in cases.items():
+        if name == "one_loop_n1":
+            train_module.forward_logits = compiled_forward
+        try:
+            two = replace(spec, tokens=spec.seq_len * spec.batch_size * 2)
+            first = _timed(lambda: fn(two), device)  # compiles
+            steady = [_timed(lambda: fn(spec), device) for _ in range(3)]
+        except Exception as e:  # a compiler that is missing or fails here: say so, keep the eager figures
+            out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+            continue
+        finally:
+            train_module.forward_logits = eager_forward
+        s = statistics.median(steady)
+        per_step = s / spec.steps
+        eager_step = row[eager_key]["seconds_median"] / spec.steps
+        compile_s = max(0.0, first - 2 * per_step)
+        gain = eager_step - per_step
+        out[name] = {"compile_seconds": round(compile_s, 2), "tokens_per_s": round(step_tokens / s),
+                     "over_eager": round(eager_step / per_step, 3),
+                     "break_even_steps": round(compile_s / gain) if gain > 0 else None,
+                     "break_even": "never (compiled is not faster)" if gain <= 0 else
+                     f"runs of more than {round(compile_s / gain)} steps"}
+    return out
+
+
+@contextmanager
+def _tf32(on: bool):
+    import torch
+
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = on
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _flops_per_token(spec) -> float:
+    """Training FLOPs per token: 6 x every matmul parameter (the tied output layer counted as one
+    matmul) + attention's 12 x layers x hidden x seq_len (PaLM's appendix B)."""
+    from mixopt.proxy.model import param_count
+
+    matmul = param_count(spec) - spec.layers * 2 * spec.hidden - spec.hidden  # less the norms' weights
+    return 6.0 * matmul + 12.0 * spec.layers * spec.hidden * spec.seq_len
+
+
+def _peak_tflops(name: str) -> float | None:
+    if os.environ.get("MIXOPT_PEAK_TFLOPS"):
+        return float(os.environ["MIXOPT_PEAK_TFLOPS"])
+    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
 
 
 def _timed(fn, device: str) -> float:
@@ -95,9 +193,10 @@ def _timed(fn, device: str) -> float:
     return time.perf_counter() - t0
 
 
-def _train_reference(spec, streams: list[np.ndarray], device: str) -> list[float]:
-    """The reference: a plain loop over transformers' LlamaForCausalLM, nothing from mixopt but the
-    spec. The same model, init, AdamW (decay on matrices), clipping at 1 and warmup + cosine schedule."""
+def _train_reference(spec, streams: list[np.ndarray], device: str, compile: bool = False) -> list[float]:
+    """The plain loop over transformers' LlamaForCausalLM, nothing from mixopt but the spec: the
+    same model, init, AdamW (decay on matrices), clipping at 1, warmup + cosine schedule, and the
+    same precision (bf16 autocast on a GPU, float32 on a CPU)."""
     import torch
     import torch.nn.functional as F
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -110,6 +209,8 @@ def _train_reference(spec, streams: list[np.ndarray], device: str) -> list[float
                          rope_theta=10000.0, use_cache=False, attn_implementation="sdpa")
     model = LlamaForCausalLM(config).to(device).train()
     params = list(model.parameters())
+    forward = torch.compile(model) if compile else model
+    amp = device == "cuda" and torch.cuda.is_bf16_supported()
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": spec.weight_decay},
                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
                             lr=spec.lr, betas=(0.9, 0.95))
@@ -124,7 +225,8 @@ def _train_reference(spec, streams: list[np.ndarray], device: str) -> list[float
         lr = spec.lr * (step + 1) / warm if step < warm else spec.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
         for group in opt.param_groups:
             group["lr"] = lr
-        logits = model(input_ids=x[:, :-1]).logits
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp):
+            logits = forward(input_ids=x[:, :-1]).logits
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), x[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -17,6 +17,8 @@ def _quiet_env(tmp_path_factory):
     os.environ["HF_HOME"] = str(tmp_path_factory.mktemp("hf_home"))
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # `--batch-proxies auto` chooses by timing both paths: fixed here so no test depends on machine speed.
+    os.environ.setdefault("MIXOPT_AUTO_BATCH", "1")
 
 
 def _code_docs(limit_bytes: int) -> list[str]:

@@ -84,7 +84,12 @@ def test_ray_local_with_fake_gpus(make_config, tmp_path, ray_env):
     mixopt("sample", cfg)
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=ray_env["RAY_TMPDIR"])
     try:
+        # Each task is given a (fake) GPU it cannot see: it fails loudly instead of training on the CPU ...
         report = run_sweep(load_experiment(cfg), Runtime(workers=2, backend="ray"))
+        assert report.trained == 0 and len(report.failed) == 7
+        assert all("was given 1 GPU but its worker sees no CUDA GPU" in line for _, line in report.failed)
+        # ... unless --device cpu asks for the CPU.
+        report = run_sweep(load_experiment(cfg), Runtime(workers=2, backend="ray", device="cpu"))
         assert report.trained == 7 and not report.failed  # prior + 3 vertices + 3 random
         assert ray.cluster_resources()["GPU"] == 2  # the sweep used the running Ray, did not restart it
     finally:
@@ -261,3 +266,88 @@ def test_failures_are_classified_by_type_and_errno():
     assert not got["says-full"].disk_full and got["says-full"].errno is None
     assert got["ckpt"].type == "CheckpointMismatch" and got["ckpt"].line == "CheckpointMismatch: ckpt differs"
     assert "Traceback" in got["ckpt"].traceback
+
+
+def _worker_index(task, progress=None):
+    return os.getpid(), os.environ["MIXOPT_LOCAL_WORKER"]
+
+
+def test_local_workers_are_numbered_for_their_gpus():
+    """Worker i of a local pool takes GPU i mod n (work.worker_device): each gets its own index."""
+    got = [r for _, r, f in run_local(_worker_index, list(range(6)), workers=2)]
+    by_pid = dict(got)
+    assert set(by_pid.values()) <= {"0", "1"} and len(set(by_pid.values())) == len(by_pid)
+
+
+def test_tasks_are_told_their_device(monkeypatch):
+    import torch
+
+    from mixopt.sweep.work import device_of, worker_device
+
+    # A ray/slurm task given no GPU is told the CPU (recent Ray leaves the node's GPUs visible to it).
+    assert device_of(Runtime(backend="ray"), gpus=0.0) == "cpu"
+    assert device_of(Runtime(backend="ray"), gpus=0.5) is None  # its own GPU, whichever Ray gave it
+    assert device_of(Runtime(backend="local"), gpus=None) is None
+    assert device_of(Runtime(backend="ray", device="cuda:1"), gpus=0.0) == "cuda:1"
+    # A task given a GPU it cannot see fails loudly instead of training on the CPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="given 1 GPU but its worker sees no CUDA GPU"):
+        worker_device(None, gpus=1.0)
+    assert worker_device("cpu", gpus=1.0) == "cpu" and worker_device(None) == "cpu"
+    # With GPUs, worker i of a local pool takes GPU i mod n.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("MIXOPT_LOCAL_WORKER", "3")
+    assert worker_device(None) == "cuda:1" and worker_device("cuda") == "cuda:1" and worker_device("cuda:0") == "cuda:0"
+
+
+def _cuda_error(task, progress=None):
+    import torch
+
+    from mixopt.sweep.work import lose_worker
+
+    if task == "bad":
+        try:
+            raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+        except torch.AcceleratorError as e:
+            lose_worker(e)  # a worker process exits here; the driver's own process raises
+            raise
+    return os.getpid()
+
+
+def test_a_cuda_error_ends_the_worker_not_the_sweep():
+    got = {t: (r, f) for t, r, f in run_local(_cuda_error, ["ok1", "bad", "ok2", "ok3"], workers=2)}
+    assert got["bad"][1].type == "WorkerDied"  # the worker with the dead CUDA context is gone ...
+    others = [got[t] for t in ("ok1", "ok2", "ok3")]  # ... and a fresh pool runs the rest (a task caught
+    assert any(f is None for _, f in others)         # in the crash is failed as its worker's, or retried)
+    assert all(f is None or f.type in ("WorkerDied", "Interrupted") for _, f in others)
+    # In the driver's own process (workers=1) the error is reported, and the driver lives on.
+    got = {t: f for t, r, f in run_local(_cuda_error, ["bad", "ok1"], workers=1)}
+    assert got["bad"].type == "AcceleratorError" and got["ok1"] is None
+
+
+def test_out_of_memory_splits_the_batch(monkeypatch):
+    import torch
+
+    from mixopt.proxy.model import ProxySpec
+    from mixopt.sweep import work
+
+    tried = []
+
+    def fake(task, runs, device, progress):
+        tried.append(len(runs))
+        if len(runs) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return tuple(r.key for r in runs)
+
+    monkeypatch.setattr(work, "_train_runs", fake)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    spec = ProxySpec(size="tiny", hidden=8, layers=1, heads=1, seq_len=8, batch_size=1, lr=1e-3, warmup=0.0,
+                     weight_decay=0.0, tokens=8, vocab_size=16)
+    runs = tuple(work.TrainRun(key=f"r{i}", weights=(1.0,), checkpoint=f"/nonexistent/{i}") for i in range(5))
+    task = work.TrainTask(runs=runs, domains=("a",), seed=0, spec=spec, sample_dir="/nonexistent", device="cpu")
+    assert work.train_task(task) == ("r0", "r1", "r2", "r3", "r4")
+    assert tried == [5, 2, 3, 1, 2]  # 5 -> 2 + 3 -> 3 splits into 1 + 2
+    monkeypatch.setattr(work, "_train_runs", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("x")))
+    with pytest.raises(torch.OutOfMemoryError):  # one proxy that does not fit: nothing left to split
+        work.train_task(work.TrainTask(runs=runs[:1], domains=("a",), seed=0, spec=spec, sample_dir="/x", device="cpu"))

@@ -1,5 +1,7 @@
 """Training N proxies together computes what training them one by one computes."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -65,3 +67,63 @@ def test_sweep_with_batched_proxies_records_what_a_sequential_sweep_does(make_co
     assert seq.keys() == batched.keys() and len(seq) == 6 * 3  # the same runs (same slices, mixtures), 3 evals
     for k in seq:
         assert batched[k] == pytest.approx(seq[k], rel=1e-3)
+
+
+def _models(n: int, spec=SPEC):
+    torch.manual_seed(0)
+    models = [build_model(spec) for _ in range(n)]
+    return {k: torch.stack([dict(m.named_parameters())[k].detach() for m in models]) for k in stack_weights(models[0], 1)}
+
+
+def test_stacked_evaluation_equals_one_at_a_time_at_any_pass_budget(monkeypatch):
+    """Re-evaluation measures many checkpoints in one stacked pass: each proxy's numbers are the
+    ones it gets alone, and passes sized by a byte budget (chunked cross-entropy) change nothing."""
+    from mixopt.evals import measure
+
+    W = _models(3)
+    stream = np.random.default_rng(1).integers(0, SPEC.vocab_size, 3000)
+    token_bytes = np.arange(SPEC.vocab_size) % 3 + 1
+    items = [{"context": [1, 2, 3, 4], "choices": [[5, 6], [7], [8, 9, 10]], "bytes": [2, 1, 3], "answer": 1},
+             {"context": [11] * 40, "choices": [[12] * 50, [13]], "bytes": [50, 1], "answer": 0}]
+    stacked = measure.stream_loss(W, SPEC, stream, token_bytes), measure.choice_scores(W, SPEC, items)
+    monkeypatch.setattr(measure, "CPU_PASS_BYTES", 64 << 10)  # 64 KiB: one sequence per pass, logits in chunks
+    assert measure.rows_per_pass(SPEC, 3, measure.CPU_PASS_BYTES) == 1
+    small = measure.stream_loss(W, SPEC, stream, token_bytes), measure.choice_scores(W, SPEC, items)
+    for i in range(3):
+        one = {k: v[i:i + 1] for k, v in W.items()}
+        alone = measure.stream_loss(one, SPEC, stream, token_bytes)[0], measure.choice_scores(one, SPEC, items)[0]
+        for got in (stacked, small):
+            assert got[0][i] == pytest.approx(alone[0], rel=1e-5)
+            assert got[1][i] == pytest.approx(alone[1], rel=1e-5)
+    assert abs(stacked[0][0]["loss"] - stacked[0][1]["loss"]) > 1e-4  # three different models (near ln V: untrained)
+
+
+def test_auto_batch_size_is_chosen_by_a_measurement_and_cached(tmp_path, monkeypatch):
+    from mixopt.config.runtime import Runtime
+    from mixopt.core.workspace import Workspace
+    from mixopt.proxy import speed
+    from mixopt.sweep import choose
+
+    monkeypatch.delenv("MIXOPT_AUTO_BATCH", raising=False)  # conftest fixes it for the other tests
+    ws = Workspace(tmp_path)
+    choice = choose.choose_batch(Runtime(), SPEC, ws, runs=10)  # measured: a few real steps of each path
+    assert set(choice.rates) == {1, choose.CPU_BATCH} and all(r > 0 for r in choice.rates.values())
+    assert choice.proxies == (choose.CPU_BATCH if choice.rates[choose.CPU_BATCH] > choice.rates[1] else 1)
+    assert "measured now" in choice.why and "proxy-steps/s" in choice.why
+    cached = json.loads((tmp_path / "trainer-choice.json").read_text())
+    assert len(cached) == 1
+
+    monkeypatch.setattr(speed, "training_rates", lambda *a, **k: pytest.fail("measured again"))
+    again = choose.choose_batch(Runtime(), SPEC, ws, runs=10)
+    assert again.proxies == choice.proxies and again.rates == pytest.approx(choice.rates, rel=1e-3)
+    assert "cached" in again.why
+    choose.record_choice(ws, 7, again)
+    assert json.loads((tmp_path / "sweeps" / "7.json").read_text())["batch_proxies"] == again.proxies
+
+    # The faster path wins, whichever it is; a spec with other numbers is measured anew.
+    for rates, pick in (({1: 1.0, 4: 2.0}, 4), ({1: 2.0, 4: 1.0}, 1)):
+        monkeypatch.setattr(speed, "training_rates", lambda *a, r=rates, **k: r)
+        spec = ProxySpec(**{**SPEC.to_dict(), "lr": SPEC.lr * (2 + pick)})
+        assert choose.choose_batch(Runtime(), spec, ws, runs=10).proxies == pick
+    assert choose.choose_batch(Runtime(batch_proxies=3), SPEC, ws, runs=10).proxies == 3
+    assert choose.choose_batch(Runtime(), SPEC, ws, runs=1).proxies == 1  # one run: nothing to batch

@@ -186,7 +186,7 @@ def test_version_completion_and_exit_codes_in_help():
     exe = str(Path(sys.executable).with_name("mixopt"))
     if not Path(exe).is_file():
         pytest.skip("the mixopt console script is not installed in this environment")
-    assert subprocess.run([exe], env=env, capture_output=True, text=True).stdout.split() == ["export", "export-model"]
+    assert sorted(subprocess.run([exe], env=env, capture_output=True, text=True).stdout.split()) == ["export", "export-model"]
     env.update(COMP_WORDS="mixopt export c.yaml --format ", COMP_CWORD="4")
     assert subprocess.run([exe], env=env, capture_output=True, text=True).stdout.split() == ["csv", "parquet", "json"]
     assert "Exit codes: 0 done; 1 done, but some runs failed" in " ".join(run("--help").stdout.split())

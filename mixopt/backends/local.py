@@ -39,8 +39,10 @@ class LocalBackend(Backend):
             self._new_pool()
 
     def _new_pool(self) -> None:
-        self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(self.events, os.getpid()))
+        ctx = mp.get_context("spawn")
+        slots = ctx.Value("i", 0)  # each new worker takes the next index: MIXOPT_LOCAL_WORKER = 0 .. workers-1
+        self.pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                        initargs=(self.events, os.getpid(), slots, self.workers))
 
     @property
     def free_slots(self) -> int:
@@ -116,9 +118,13 @@ def run_local(fn: Callable, tasks: list, workers: int = 1, on_progress: Progress
             yield from backend.wait(0.2)
 
 
-def _init_worker(events, driver: int) -> None:
+def _init_worker(events, driver: int, slots, workers: int) -> None:
     global _events
     _events = events
+    with slots.get_lock():
+        # The worker's index, for the task to pick its device by (worker i -> GPU i mod GPUs).
+        os.environ["MIXOPT_LOCAL_WORKER"] = str(slots.value % workers)
+        slots.value += 1
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and terminates us
     if sys.platform.startswith("linux"):
         # If the driver is killed (even kill -9), the kernel kills this worker too.

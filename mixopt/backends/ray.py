@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 
@@ -63,7 +64,7 @@ class RayBackend(Backend):
                               "lower resources.cpus")
         fit = int(min(total.get("CPU", 0) // max(cpus, 1e-9), total.get("GPU", 0) // gpus if gpus else 1 << 30))
         self.slots = max(1, min(workers, fit)) if workers > 1 else max(1, fit)
-        self.remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=MAX_RETRIES)(_call_on_node)
+        self.remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=MAX_RETRIES)(_ray_call)
         alive = sum(1 for n in ray.nodes() if n.get("Alive"))
         say(f"ray: {alive} node(s), {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs; "
             f"{self.slots} proxies (or batches) in flight")
@@ -110,8 +111,11 @@ class RayBackend(Backend):
             self.ray.shutdown()
 
 
-def _call_on_node(fn, task):
-    """call_task, and the id of the Ray node it ran on (the driver reports how work spread)."""
+def _ray_call(fn, task):
+    """call_task in a Ray worker process, marked as one (a task that must give up its process, a dead
+    CUDA context, may exit it and Ray retries it in a fresh worker), and the id of the node it ran on
+    (the driver reports how work spread)."""
     import ray
 
+    os.environ["MIXOPT_REMOTE_WORKER"] = "ray"
     return call_task(fn, task), ray.get_runtime_context().get_node_id()

@@ -6,6 +6,7 @@ never trains and never touches the store: sweep/work.py loads checkpoints and ca
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -15,12 +16,13 @@ import numpy as np
 
 from mixopt.core.workspace import slice_file, token_bytes_file
 from mixopt.evals.suites import Measure
-from mixopt.proxy.model import ProxySpec, forward_hidden, forward_logits, project
+from mixopt.proxy.model import ProxySpec, forward_hidden, project
 
-EVAL_BATCH = 32  # sequences per forward pass on CPU (more does not help there), over all N proxies
-GPU_EVAL_BATCH = 512  # ... and on a GPU
-
-
+# Bytes one evaluation pass may hold (activations of every proxy in it, and one chunk of logits):
+# passes are sized by this, not by a sequence count, so vocab 128k is as safe as vocab 4k. On a GPU,
+# a quarter of its free memory (the weights and the allocator's cache take the rest), at most 8 GiB.
+CPU_PASS_BYTES = 256 << 20
+GPU_PASS_SHARE, GPU_PASS_MAX = 0.25, 8 << 30
 
 
 def measure_models(W: dict, spec: ProxySpec, measures: tuple[Measure, ...], sample_dir: Path,
@@ -33,10 +35,9 @@ def measure_models(W: dict, spec: ProxySpec, measures: tuple[Measure, ...], samp
             stream = np.load(slice_file(sample_dir, m.domain, "val"), mmap_mode="r")
             scores = stream_loss(W, spec, stream, token_bytes)
         elif m.kind == "text":
-            stream = np.asarray(json.loads(Path(m.data).read_text())["tokens"])
-            scores = stream_loss(W, spec, stream, token_bytes)
+            scores = stream_loss(W, spec, evalset(m.data)["tokens"], token_bytes)
         elif m.kind == "choice":
-            scores = choice_scores(W, spec, json.loads(Path(m.data).read_text())["items"])
+            scores = choice_scores(W, spec, evalset(m.data)["items"])
         else:
             from mixopt.evals.lm_eval import lm_eval_scores
 
@@ -48,16 +49,31 @@ def measure_models(W: dict, spec: ProxySpec, measures: tuple[Measure, ...], samp
     return out
 
 
+def evalset(path: str) -> dict:
+    """A tokenized eval set (text: its token array; choice: its items), read once per process."""
+    p = Path(path)
+    st = p.stat()
+    return _read_evalset(str(p), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _read_evalset(path: str, mtime_ns: int, size: int) -> dict:  # mtime and size: a rewritten file is reread
+    body = json.loads(Path(path).read_text())
+    if "tokens" in body:
+        body["tokens"] = np.asarray(body["tokens"], dtype=np.int64)
+    return body
+
+
 def stream_loss(W: dict, spec: ProxySpec, stream: np.ndarray, token_bytes: np.ndarray) -> list[dict[str, float]]:
     """Each proxy's mean loss (nats/token) over every token of the stream but the first, and bits per byte."""
     import torch
-    import torch.nn.functional as F
 
     n, device, seq_len = _count(W), _device(W), spec.seq_len
     starts = list(range(0, len(stream) - 1, seq_len))
-    nats, tokens, nbytes = np.zeros(n), 0, 0
-    with torch.inference_mode():
-        for chunk in _chunks(starts, n, device):
+    nats, tokens, nbytes = torch.zeros(n, dtype=torch.float64, device=device), 0, 0
+    budget = pass_bytes(device)
+    with torch.inference_mode(), _autocast(device):
+        for chunk in _passes(starts, rows_per_pass(spec, n, budget)):
             x = np.zeros((len(chunk), seq_len + 1), dtype=np.int64)
             mask = np.zeros((len(chunk), seq_len), dtype=bool)
             for r, s in enumerate(chunk):
@@ -65,14 +81,32 @@ def stream_loss(W: dict, spec: ProxySpec, stream: np.ndarray, token_bytes: np.nd
                 x[r, :len(w)] = w
                 mask[r, :len(w) - 1] = True
             xt = torch.from_numpy(x).to(device)
-            logits = forward_logits(W, xt[None, :, :-1].expand(n, -1, -1), spec).float()  # [N, B, T, V]
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), xt[None, :, 1:].expand(n, -1, -1).reshape(-1),
-                                 reduction="none").view(n, -1)
-            m = torch.from_numpy(mask.reshape(-1)).to(device)
-            nats += np.asarray(ce[:, m].sum(dim=1).cpu(), dtype=np.float64)
-            tokens += int(m.sum())
+            m = torch.from_numpy(mask).to(device)
+            hidden = forward_hidden(W, xt[None, :, :-1].expand(n, -1, -1), spec)[:, m]  # [N, K, H]: real tokens
+            nats += token_nats(W, hidden, xt[:, 1:][m], budget).sum(dim=1, dtype=torch.float64)
+            tokens += int(mask.sum())
             nbytes += int(token_bytes[x[:, 1:][mask]].sum())
+    nats = nats.cpu().numpy()
     return [{"loss": float(v / tokens), "bpb": float(v / (math.log(2) * max(nbytes, 1)))} for v in nats]
+
+
+def token_nats(W: dict, hidden, targets, budget: int):
+    """Cross-entropy [N, K] of hidden states [N, K, H] against targets [K], computed a chunk of
+    tokens at a time so the logits held at once ([N, chunk, V] in float32) stay within `budget`
+    bytes: at vocab 8k and 512 sequences of 512 tokens, whole logits would be 17 GB per proxy."""
+    import torch
+    import torch.nn.functional as F
+
+    n, k = hidden.shape[:2]
+    vocab = W["model.embed_tokens.weight"].shape[1]
+    step = max(1, budget // (n * vocab * 4 * 3))  # logits, their float copy and log-softmax's
+    out = []
+    for i in range(0, k, step):
+        logits = project(W, hidden[:, i:i + step]).float()  # [N, c, V]
+        # F.cross_entropy, not logsumexp - gather: one fused pass, ~30% less CPU time at vocab 4k.
+        t = targets[i:i + step].repeat(n)
+        out.append(F.cross_entropy(logits.reshape(-1, vocab), t, reduction="none").view(n, -1))
+    return torch.cat(out, dim=1) if out else hidden.new_zeros((n, 0), dtype=torch.float32)
 
 
 def choice_scores(W: dict, spec: ProxySpec, items: list[dict]) -> list[dict[str, float]]:
@@ -93,9 +127,10 @@ def choice_scores(W: dict, spec: ProxySpec, items: list[dict]) -> list[dict[str,
             seq = (ctx + c)[-(seq_len + 1):]
             rows.append((i, seq, len(c)))
     ll = np.zeros((n, len(rows)))
-    with torch.inference_mode():
+    budget = pass_bytes(device)
+    with torch.inference_mode(), _autocast(device):
         b = 0
-        for chunk in _chunks(rows, n, device):
+        for chunk in _passes(rows, rows_per_pass(spec, n, budget)):
             width = max(len(s) for _, s, _ in chunk)
             x = np.zeros((len(chunk), width), dtype=np.int64)
             r_idx, t_idx, owner = [], [], []
@@ -110,11 +145,10 @@ def choice_scores(W: dict, spec: ProxySpec, items: list[dict]) -> list[dict[str,
             # (the output layer is most of a tiny model's cost).
             hidden = forward_hidden(W, xt[None, :, :-1].expand(n, -1, -1), spec)  # [N, B, T, H]
             rows_t, cols_t = torch.tensor(r_idx, device=device), torch.tensor(t_idx, device=device)
-            logp = torch.log_softmax(project(W, hidden[:, rows_t, cols_t]).float(), dim=-1)  # [N, K, V]
-            target = xt[rows_t, cols_t + 1].view(1, -1, 1).expand(n, -1, 1)
-            tok = logp.gather(-1, target)[..., 0].cpu().numpy()
+            tok = -token_nats(W, hidden[:, rows_t, cols_t], xt[rows_t, cols_t + 1], budget).double().cpu().numpy()
+            owner_a = np.asarray(owner)
             for i in range(n):
-                np.add.at(ll[i], np.asarray(owner), tok[i])
+                np.add.at(ll[i], owner_a, tok[i])
     return [_choice_metrics(items, own) for own in ll]
 
 
@@ -143,8 +177,36 @@ def _device(W: dict):
     return next(iter(W.values())).device
 
 
-def _chunks(rows: list, n: int, device):
-    """`rows` in passes of one forward each: the per-pass budget is shared by the N proxies."""
-    per_pass = max(1, (GPU_EVAL_BATCH if device.type == "cuda" else EVAL_BATCH) // n)
+def pass_bytes(device) -> int:
+    """The byte budget of one evaluation pass on this device."""
+    if getattr(device, "type", str(device).split(":")[0]) != "cuda":
+        return CPU_PASS_BYTES
+    import torch
+
+    return int(min(GPU_PASS_MAX, GPU_PASS_SHARE * torch.cuda.mem_get_info(device)[0]))
+
+
+def rows_per_pass(spec: ProxySpec, n: int, budget: int) -> int:
+    """Sequences per forward pass, shared by the N proxies: what the activations of one sequence
+    (hidden states and the MLP's, q/k/v, the attention map, float32) let `budget` hold."""
+    from mixopt.proxy.model import mlp_width
+
+    t = spec.seq_len
+    per_seq = 4 * t * (8 * spec.hidden + 3 * mlp_width(spec.hidden) + spec.heads * t)  # bytes, one proxy
+    return int(max(1, budget // (n * per_seq)))
+
+
+def _autocast(device):
+    """The one precision policy (proxy.train.autocast_dtype): what training ran under, evaluation runs under."""
+    import torch
+
+    from mixopt.proxy.train import autocast_dtype
+
+    kind = getattr(device, "type", str(device).split(":")[0])
+    dtype = autocast_dtype(str(device))
+    return torch.autocast(device_type=kind, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def _passes(rows: list, per_pass: int):
     for i in range(0, len(rows), per_pass):
         yield rows[i:i + per_pass]

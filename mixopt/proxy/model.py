@@ -68,6 +68,12 @@ def build_model(spec: ProxySpec):
     return LlamaForCausalLM(config)
 
 
+def param_count(spec: ProxySpec) -> int:
+    """build_model(spec)'s parameters (the output layer tied to the embedding), without building it."""
+    h, f = spec.hidden, mlp_width(spec.hidden)
+    return spec.vocab_size * h + spec.layers * (4 * h * h + 3 * h * f + 2 * h) + h
+
+
 def mlp_width(hidden: int) -> int:
     return max(8, (hidden * 8 // 3 + 7) // 8 * 8)  # SwiGLU's 8/3 x hidden, rounded to 8
 

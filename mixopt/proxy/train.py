@@ -65,16 +65,18 @@ OnStep = Callable[[int, int, list[float]], None]  # (steps done, total steps, ea
 
 
 def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], seed: int, device: str = "cpu",
-                  on_step: OnStep | None = None, states: list[Path] | None = None, autocast: bool = False):
+                  on_step: OnStep | None = None, states: list[Path] | None = None, autocast: bool | None = None):
     """Train len(mixtures) >= 1 fresh proxies together; returns (stacked weights, each proxy's
     per-step losses, each proxy's epochs per domain).
 
     With `states` (one path per proxy), the training state is saved there every ~1/RESUME_SAVES of
     the steps, and a batch whose proxies all have state at the same step resumes from it: a killed
-    run loses at most that much work, and computes exactly what an uninterrupted run computes."""
+    run loses at most that much work, and computes exactly what an uninterrupted run computes.
+    `autocast` None follows the one precision policy (autocast_dtype); True/False force bf16/fp32."""
     import torch
 
     n = len(mixtures)
+    amp = autocast_dtype(device) if autocast is None else (torch.bfloat16 if autocast else None)
     plans = [mixture_sequences(w, [len(s) for s in streams], spec, np.random.default_rng([seed, 2])) for w in mixtures]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the same initial weights for every mixture: less noise between runs
@@ -92,7 +94,7 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
         xt = torch.from_numpy(x).to(device, non_blocking=True)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, spec)
-        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device_type=device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
             logits = forward_logits(W, xt[:, :, :-1], spec)
         ce = _token_losses()(logits.float().reshape(-1, logits.shape[-1]), xt[:, :, 1:].reshape(-1))
         ce = ce.view(n, -1).mean(dim=1)  # one loss per proxy
@@ -107,6 +109,22 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
         if on_step:
             on_step(step + 1, spec.steps, [own[-1] for own in losses])
     return W, losses, [epochs for _, epochs in plans]
+
+
+def autocast_dtype(device: str):
+    """The one precision policy, for training and evaluation, N = 1 or many: bf16 autocast on a CUDA
+    GPU that has bf16 (weights, AdamW state and the loss stay float32), plain float32 elsewhere.
+    CPU runs are bitwise reproducible; GPU runs agree within tolerance (README, "Determinism")."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def precision_name(device: str) -> str:
+    """What autocast_dtype means on `device`, as recorded with each result."""
+    return "bf16-autocast" if autocast_dtype(device) is not None else "fp32"
 
 
 def _save_state(paths: list[Path], W: dict, opt, spec: ProxySpec, step: int, losses: list[list[float]]) -> None:
@@ -191,18 +209,44 @@ def _clip_per_proxy(params, max_norm: float) -> None:
         p.grad.mul_(coef.view(-1, *([1] * (p.ndim - 1))).to(p.grad.dtype))
 
 
-PER_PROXY_BYTES = 16  # fp32 weight + grad + two AdamW moments, per parameter
-
-
 def proxies_per_batch(spec: ProxySpec, device: str, cap: int = 64, sharers: int = 1) -> int:
-    """How many proxies fit: 1 on CPU (batching is slower there); on a GPU, what 80% of its free
-    memory, shared by `sharers` workers training on it at once, holds at PER_PROXY_BYTES per
-    parameter plus activations."""
+    """How many proxies fit: 1 on CPU; on a GPU, what 80% of its free memory, shared by `sharers`
+    workers training on it at once, holds at the per-proxy and fixed bytes a one-step dry run at
+    N = 1 and N = 2 measured (memory_per_proxy)."""
     if not device.startswith("cuda"):
         return 1
     import torch
 
     free = torch.cuda.mem_get_info(torch.device(device))[0] / max(1, sharers)
-    params = sum(p.numel() for p in build_model(spec).parameters())
-    acts = spec.batch_size * spec.seq_len * (spec.layers * spec.hidden * 34 + spec.vocab_size * 3) * 4  # bytes
-    return int(max(1, min(cap, 0.8 * free // (params * PER_PROXY_BYTES + acts))))
+    fixed, per = memory_per_proxy(spec, device)
+    return int(max(1, min(cap, (0.8 * free - fixed) // per)))
+
+
+@functools.cache
+def memory_per_proxy(spec: ProxySpec, device: str) -> tuple[int, int]:
+    """(fixed bytes, bytes per proxy) of training `spec` on a CUDA device, from the peak memory of
+    one real step at N = 1 and at N = 2 (weights, gradients, AdamW moments, activations, logits
+    and the loss's temporaries all included, as the allocator sees them)."""
+    import torch
+
+    one_step = _dry_spec(spec)
+    streams = [np.arange(one_step.seq_len * one_step.batch_size * 2 + 1, dtype=np.int64) % spec.vocab_size]
+    peaks = []
+    for n in (1, 2):
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        W, _, _ = train_proxies(one_step, [(1.0,)] * n, streams, 0, device)
+        del W
+        peaks.append(torch.cuda.max_memory_allocated(device) - base)
+    torch.cuda.empty_cache()
+    per = max(1, peaks[1] - peaks[0])
+    return max(0, peaks[0] - per), per
+
+
+def _dry_spec(spec: ProxySpec) -> ProxySpec:
+    """The spec for one training step (the same shapes)."""
+    from dataclasses import replace
+
+    return replace(spec, tokens=spec.seq_len * spec.batch_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -14,14 +14,14 @@ from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.progress import Bars
 from mixopt.evals.suites import Suite, prepare_suite
-from mixopt.proxy.checkpoint import CheckpointMismatch
+from mixopt.proxy.model import param_count
 from mixopt.sweep.plan import Plan, load_plan
 from mixopt.sweep.store import Store
 from mixopt.sweep.work import (
     EvalTask,
     check_local_device,
     device_of,
-    eval_checkpoint,
+    eval_checkpoints,
     worker_threads,
 )
 
@@ -33,7 +33,10 @@ class EvalReport:
     up_to_date: int = 0  # finished runs that lacked nothing
     suspect: list[str] = field(default_factory=list)  # this design's runs left out of fits: bad checkpoints
     failed: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # all of it, wall clock
+    load_seconds: float = 0.0  # of which checking and loading checkpoints (summed over workers)
+    measure_seconds: float = 0.0  # ... and the forward passes (summed over workers)
+    workers: int = 0  # 1: in this process (no worker start-up)
 
 
 def run_eval(exp: Experiment, runtime: Runtime = Runtime()) -> EvalReport:
@@ -76,33 +79,91 @@ def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime()) -> E
     say = runtime.say
     say(f"eval suite changed since these results: {len(missing)} finished runs lack {shown}; "
         f"evaluating their checkpoints (no training)")
-    # Evaluation runs here, in local processes: under ray/slurm `workers` is the cluster's width, not ours.
-    workers = runtime.workers if runtime.backend == "local" else min(runtime.workers, os.cpu_count() or 1)
+    tasks = eval_tasks(plan, runs, missing, device_of(runtime))
+    # Evaluation runs here: under ray/slurm `workers` is the cluster's width, not ours. Worker
+    # processes pay off only for work much longer than their start-up (importing torch, seconds),
+    # and only with a device each: one process's stacked pass already uses every core.
+    workers = min(len(tasks), runtime.workers if runtime.backend == "local" else os.cpu_count() or 1)
+    if workers > 1 and not _worth_processes(plan, tasks, runtime):
+        workers = 1
     threads = worker_threads(workers)
-    root = plan.workspace.root  # workers get absolute paths; the store keeps them relative to it
-    tasks = [EvalTask(key=k, checkpoint=str(root / runs[k].checkpoint), sha256=runs[k].sha256, spec=plan.spec,
-                      sample_dir=str(plan.workspace.sample_dir), measures=tuple(lack), threads=threads,
-                      device=device_of(runtime))
-             for k, lack in missing.items()]
-    bars = Bars(len(tasks), enabled=runtime.progress, desc="eval", unit="run", step_unit="eval")
+    tasks = [replace(t, threads=threads) for t in tasks]
+    report.workers = workers
+    bars = Bars(len(missing), enabled=runtime.progress, desc="eval", unit="run", step_unit="eval")
     try:
-        for task, result, failure in run_local(eval_checkpoint, tasks, workers, on_progress=bars.step):
-            if failure is None:
-                store.record_measurements(task.key, result.measurements)
-                report.runs += 1
-                report.evaluations += len(task.measures)
-            elif failure.type == CheckpointMismatch.__name__:
-                store.mark_suspect([task.key], failure.line)
-                report.suspect.append(task.key)
-                say(f"run {task.key[:12]}: {failure.message}; marked suspect: its results are kept but left "
-                    f"out of fits, and the next sweep retrains it")
-            else:
-                report.failed.append((task.key, failure.line))
-            bars.finish(task.key)
+        for task, results, failure in run_local(eval_checkpoints, tasks, workers, on_progress=bars.step):
+            if failure is not None:
+                report.failed += [(k, failure.line) for k in task.keys]
+                for k in task.keys:
+                    bars.finish(k)
+                continue
+            for result in results:
+                if result.mismatch:
+                    store.mark_suspect([result.key], result.mismatch)
+                    report.suspect.append(result.key)
+                    say(f"run {result.key[:12]}: {result.mismatch}; marked suspect: its results are kept but left "
+                        f"out of fits, and the next sweep retrains it")
+                else:
+                    store.record_measurements(result.key, result.measurements)
+                    report.load_seconds += result.load_seconds
+                    report.measure_seconds += result.eval_seconds
+                    report.runs += 1
+                    report.evaluations += len(task.measures)
+                bars.finish(result.key)
     finally:
         bars.close()
     report.seconds = time.time() - t0
     return report
+
+
+MAX_EVAL_BATCH = 64  # checkpoints measured together, at most (and their weights within EVAL_WEIGHT_BYTES)
+EVAL_WEIGHT_BYTES = 2 << 30
+
+
+def eval_tasks(plan: Plan, runs: dict, missing: dict[str, list], device: str | None) -> list[EvalTask]:
+    """The runs lacking the same measures, in batches evaluated together (one stacked forward)."""
+    per_proxy = 4 * param_count(plan.spec)  # float32 weights
+    size = int(max(1, min(MAX_EVAL_BATCH, EVAL_WEIGHT_BYTES // per_proxy)))
+    groups: dict[tuple, list[str]] = {}
+    for key, lack in missing.items():
+        groups.setdefault(tuple(lack), []).append(key)
+    root = plan.workspace.root  # workers get absolute paths; the store keeps them relative to it
+    tasks = []
+    for measures, keys in groups.items():
+        n_batches = -(-len(keys) // size)
+        for part in np.array_split(np.asarray(keys, dtype=object), n_batches):  # even batches
+            part = [str(k) for k in part]
+            tasks.append(EvalTask(keys=tuple(part), checkpoints=tuple(str(root / runs[k].checkpoint) for k in part),
+                                  sha256s=tuple(runs[k].sha256 for k in part), spec=plan.spec,
+                                  sample_dir=str(plan.workspace.sample_dir), measures=measures, device=device))
+    return tasks
+
+
+IN_PROCESS_FLOP = 2e12  # below this, evaluation runs in the driver's process: ~1 min of 2 CPU cores
+
+
+def _worth_processes(plan: Plan, tasks: list[EvalTask], runtime: Runtime) -> bool:
+    """Worker processes only for long work on several GPUs; on one device (or the CPU) a single
+    process's stacked pass is as fast and starts no workers."""
+    flop = sum(len(t.keys) * _eval_tokens(plan, t.measures) for t in tasks) * 2 * param_count(plan.spec)
+    if flop < IN_PROCESS_FLOP:
+        return False
+    import torch
+
+    return runtime.device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1
+
+
+def _eval_tokens(plan: Plan, measures) -> int:
+    """Tokens an evaluation of these measures reads, per proxy (file sizes, nothing loaded)."""
+    from mixopt.core.workspace import slice_file
+
+    total = 0
+    for m in measures:
+        if m.kind == "heldout":
+            total += len(np.load(slice_file(plan.workspace.sample_dir, m.domain, "val"), mmap_mode="r"))
+        else:
+            total += os.path.getsize(m.data) // 3  # JSON token ids, ~3 bytes each
+    return total
 
 
 def record_scores(plan: Plan, store: Store) -> dict[str, float]:

@@ -20,9 +20,8 @@ from mixopt.core.mixtures import Mixture
 from mixopt.core.progress import Bars
 from mixopt.errors import MixoptError
 from mixopt.evals.suites import prepare_suite
-from mixopt.proxy.model import ProxySpec
-from mixopt.proxy.train import proxies_per_batch
 from mixopt.sweep.check import flag_damaged
+from mixopt.sweep.choose import BatchChoice, choose_batch, record_choice
 from mixopt.sweep.plan import Plan, load_plan
 from mixopt.sweep.reeval import evaluate_stored, record_scores
 from mixopt.sweep.store import Store, new_owner
@@ -79,7 +78,11 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
         done = {r.key for r in store.runs(plan.context, "done")}
         report.already_done = sum(k in done for k in plan.keys)
         runs = {k: _run(plan, k, m) for k, m in zip(plan.keys, plan.mixtures) if k not in done}
-        per_batch = _batch_size(runtime, plan.spec)
+        choice = choose_batch(runtime, plan.spec, ws, len(runs)) if runs else BatchChoice(1, "", {})
+        if runs and runtime.batch_proxies == "auto":
+            runtime.say(choice.why)
+            record_choice(ws, sweep_id, choice)
+        per_batch = choice.proxies
         bars = Bars(len(runs), enabled=runtime.progress)
         engine = make_backend(runtime, train_task, bars.step, exp, ws)
         threads = worker_threads(runtime.workers) if runtime.backend == "local" else 0
@@ -101,7 +104,7 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
                         else:
                             todo.append(runs[key])
                     for i in range(0, len(todo), per_batch):
-                        engine.submit(_train_task(exp, plan, tuple(todo[i:i + per_batch]), threads, device_of(runtime)))
+                        engine.submit(_train_task(exp, plan, tuple(todo[i:i + per_batch]), threads, runtime))
                     for job, results, failure in engine.wait(0.5 if engine.in_flight else 0.0):
                         for run, result in zip(job.runs, results or [None] * len(job.runs)):
                             if failure is None:
@@ -139,18 +142,6 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
     return report
 
 
-def _batch_size(runtime: Runtime, spec: ProxySpec) -> int:
-    """Proxies per worker task: `auto` batches only where it pays, on a GPU this process sees."""
-    if runtime.batch_proxies != "auto":
-        return int(runtime.batch_proxies)
-    if runtime.backend != "local":
-        return 1  # the workers' devices are not visible from here: pass --batch-proxies N
-    import torch
-
-    device = runtime.device if runtime.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    return proxies_per_batch(spec, device, sharers=runtime.workers)
-
-
 LEASE_SECONDS = 120.0  # a driver renews its leases every third of this; a dead one's lapse after it
 
 
@@ -181,7 +172,8 @@ def _run(plan: Plan, key: str, m: Mixture) -> TrainRun:
 
 
 def _train_task(exp: Experiment, plan: Plan, runs: tuple[TrainRun, ...], threads: int,
-                device: str | None) -> TrainTask:
+                runtime: Runtime) -> TrainTask:
+    gpus = exp.resources.gpus if runtime.backend != "local" else 0.0  # what the engine gives each task
     return TrainTask(runs=runs, domains=tuple(exp.domain_names), seed=exp.seed, spec=plan.spec,
                      sample_dir=str(plan.workspace.sample_dir), measures=plan.suite.measures, threads=threads,
-                     device=device)
+                     device=device_of(runtime, gpus if runtime.backend != "local" else None), gpus=gpus)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,13 @@ from mixopt.errors import MixoptError
 from mixopt.evals.measure import measure_models
 from mixopt.evals.suites import Measure
 from mixopt.proxy.checkpoint import (
-    CheckpointMismatch,
     load_checkpoints,
     result_path,
     save_checkpoint,
     state_path,
 )
 from mixopt.proxy.model import ProxySpec
-from mixopt.proxy.train import OnStep, train_proxies
+from mixopt.proxy.train import OnStep, precision_name, train_proxies
 
 Progress = Callable[[int, int, float], None]  # (step, total, loss)
 
@@ -49,6 +49,7 @@ class TrainTask:
     measures: tuple[Measure, ...] = ()  # the eval suite's
     threads: int = 0  # torch threads; 0 leaves torch's default
     device: str | None = None  # None: the worker's GPU if it has one, else its CPU
+    gpus: float = 0.0  # GPUs the engine gave this task (ray/slurm resources): it must then see one
 
     @property
     def key(self) -> str:
@@ -69,32 +70,76 @@ class RunResult:
     eval_seconds: float
     measurements: dict[str, dict[str, float]]
     batched: int = 1  # runs trained together
+    device: str = ""  # where it trained, e.g. "cuda:1 (NVIDIA H200)" or "cpu"
+    precision: str = ""  # proxy.train.precision_name: "fp32" or "bf16-autocast"
 
 
 def train_task(task: TrainTask, progress: Progress | None = None) -> tuple[RunResult, ...]:
-    """Train, checkpoint and evaluate the runs of a task; one result per run."""
+    """Train, checkpoint and evaluate the runs of a task; one result per run. A batch that runs
+    out of GPU memory is trained again as two halves (each resumes from the batch's saved state)."""
     import torch
 
     if task.threads:
         torch.set_num_threads(task.threads)
-    device = worker_device(task.device)
-    spec, n = task.spec, len(task.runs)
+    device = worker_device(task.device, task.gpus)
+    try:
+        return _train_runs(task, task.runs, device, progress)
+    except torch.OutOfMemoryError:
+        if len(task.runs) == 1:
+            raise
+    except torch.AcceleratorError as e:
+        lose_worker(e)
+        raise
+    torch.cuda.empty_cache()
+    half = len(task.runs) // 2
+    return tuple(r for part in (task.runs[:half], task.runs[half:])
+                 for r in train_task(replace(task, runs=part), progress))
+
+
+def _train_runs(task: TrainTask, runs: tuple[TrainRun, ...], device: str, progress: Progress | None):
+    spec, n = task.spec, len(runs)
     sample_dir = Path(task.sample_dir)
     streams = [np.load(slice_file(sample_dir, d, "train"), mmap_mode="r") for d in task.domains]
     t0 = time.time()
-    W, losses, epochs = train_proxies(spec, [r.weights for r in task.runs], streams, task.seed, device,
-                                      _on_step(task, progress), [state_path(Path(r.checkpoint)) for r in task.runs],
-                                      autocast=device.startswith("cuda"))
-    shas = [save_checkpoint(W, i, Path(r.checkpoint)) for i, r in enumerate(task.runs)]
+    W, losses, epochs = train_proxies(spec, [r.weights for r in runs], streams, task.seed, device,
+                                      _on_step(task, progress), [state_path(Path(r.checkpoint)) for r in runs])
+    shas = [save_checkpoint(W, i, Path(r.checkpoint)) for i, r in enumerate(runs)]
     t1 = time.time()
     measured = measure_models(W, spec, task.measures, sample_dir)
     t2 = time.time()
-    return tuple(finish_run(task, run, sha, own, dict(zip(task.domains, ep)), (t1 - t0) / n, (t2 - t1) / n, m)
-                 for run, sha, own, ep, m in zip(task.runs, shas, losses, epochs, measured))
+    where = (device_label(device), precision_name(device))
+    return tuple(finish_run(task, run, sha, own, dict(zip(task.domains, ep)), (t1 - t0) / n, (t2 - t1) / n, m,
+                            n, *where)
+                 for run, sha, own, ep, m in zip(runs, shas, losses, epochs, measured))
+
+
+def lose_worker(error: BaseException) -> None:
+    """After a CUDA error the process's CUDA context is dead and every later task in it would fail:
+    a worker process says why and exits (the backend reports it, and starts a fresh one). In the
+    driver's own process the error is raised as usual."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is None and os.environ.get("MIXOPT_REMOTE_WORKER") is None:
+        return
+    print(f"mixopt worker {os.getpid()}: CUDA error, exiting so a fresh worker takes over: "
+          f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}", file=sys.stderr, flush=True)
+    os._exit(70)  # EX_SOFTWARE
+
+
+def device_label(device: str) -> str:
+    """The device a result was computed on, as recorded with it."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    import torch
+
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
 def finish_run(task: TrainTask, run: TrainRun, sha256: str, losses: list[float], epochs: dict[str, float],
-               train_seconds: float, eval_seconds: float, measurements: dict) -> RunResult:
+               train_seconds: float, eval_seconds: float, measurements: dict, batched: int = 1, device: str = "",
+               precision: str = "") -> RunResult:
     """A trained run's result, also left next to its checkpoint (so a driver that dies before
     recording it adopts it instead of retraining); the run's resume state is then dropped."""
     spec = task.spec
@@ -102,7 +147,7 @@ def finish_run(task: TrainTask, run: TrainRun, sha256: str, losses: list[float],
                        train_loss=float(np.mean(losses[-max(1, len(losses) // 10):])),
                        tokens=spec.steps * spec.batch_size * spec.seq_len, epochs=epochs,
                        train_seconds=train_seconds, eval_seconds=eval_seconds, measurements=measurements,
-                       batched=len(task.runs))
+                       batched=batched, device=device, precision=precision)
     ckpt = Path(run.checkpoint)
     atomic_write_json(result_path(ckpt), asdict(result))
     state_path(ckpt).unlink(missing_ok=True)
@@ -143,41 +188,71 @@ def _on_step(task: TrainTask, progress: Progress | None) -> OnStep:
 
 @dataclass(frozen=True)
 class EvalTask:
-    key: str  # run key
-    checkpoint: str
-    sha256: str  # recorded when the checkpoint was written
+    """Stored checkpoints of one spec that lack the same measures: loaded together and measured
+    with one stacked forward pass per batch of sequences."""
+
+    keys: tuple[str, ...]  # run keys
+    checkpoints: tuple[str, ...]
+    sha256s: tuple[str, ...]  # recorded when each checkpoint was written
     spec: ProxySpec
     sample_dir: str
-    measures: tuple[Measure, ...]  # only the ones missing for this run
+    measures: tuple[Measure, ...]  # only the ones these runs lack
     threads: int = 0
     device: str | None = None  # None: the worker's GPU if it has one, else its CPU
+
+    @property
+    def key(self) -> str:
+        """The first run's key, for progress bars."""
+        return self.keys[0]
 
 
 @dataclass(frozen=True)
 class EvalResult:
     key: str
     measurements: dict[str, dict[str, float]]
-    eval_seconds: float
+    eval_seconds: float  # measuring: the batch's, shared out over its runs
+    mismatch: str = ""  # why the checkpoint was not evaluated: missing, or not the one recorded
+    load_seconds: float = 0.0  # checking and loading the checkpoint: the batch's, shared out
 
 
-def eval_checkpoint(task: EvalTask, progress: Progress | None = None) -> EvalResult:
-    """Load a stored checkpoint (verified against its recorded sha256) and measure what it lacks."""
+def eval_checkpoints(task: EvalTask, progress: Progress | None = None) -> tuple[EvalResult, ...]:
+    """Load stored checkpoints (each verified against its recorded sha256) and measure what they
+    lack, all at once; a checkpoint that fails the check gets a result naming why, not a number."""
     import torch
 
     if task.threads:
         torch.set_num_threads(task.threads)
-    path = Path(task.checkpoint)
-    if not path.is_file() or file_sha256(path) != task.sha256:
-        raise CheckpointMismatch(f"checkpoint {path} is missing or not the one recorded (sha256 differs)")
     t0 = time.time()
-    W = load_checkpoints([path], worker_device(task.device))  # a GPU evaluates many sequences per pass
-    (measurements,) = measure_models(W, task.spec, task.measures, Path(task.sample_dir), progress)
-    return EvalResult(task.key, measurements, time.time() - t0)
+    good, out = [], {}
+    for key, ckpt, sha in zip(task.keys, task.checkpoints, task.sha256s):
+        path = Path(ckpt)
+        if not path.is_file() or file_sha256(path) != sha:
+            out[key] = EvalResult(key, {}, 0.0, f"checkpoint {path} is missing or not the one recorded (sha256 differs)")
+        else:
+            good.append((key, path))
+    if good:
+        device = worker_device(task.device)
+        try:
+            W = load_checkpoints([p for _, p in good], device)
+            t1 = time.time()
+            measured = measure_models(W, task.spec, task.measures, Path(task.sample_dir), progress)
+        except torch.AcceleratorError as e:
+            lose_worker(e)
+            raise
+        load, measure = (t1 - t0) / len(good), (time.time() - t1) / len(good)
+        out |= {key: EvalResult(key, m, measure, load_seconds=load) for (key, _), m in zip(good, measured)}
+    return tuple(out[k] for k in task.keys)
 
 
-def device_of(runtime) -> str | None:
-    """What a task asks of its worker: None (auto: the worker's GPU if it sees one) or a device."""
-    return None if runtime.device == "auto" else runtime.device
+def device_of(runtime, gpus: float | None = None) -> str | None:
+    """What a task asks of its worker: None (auto: the worker's GPU if it sees one) or a device. A
+    ray/slurm task given no GPU (`gpus` == 0) is told the CPU: recent Ray no longer hides the node's
+    GPUs from a task that asked for none, and it would use one it was not given."""
+    if runtime.device != "auto":
+        return runtime.device
+    if runtime.backend != "local" and gpus is not None and gpus <= 0:
+        return "cpu"
+    return None
 
 
 def check_local_device(runtime) -> None:
@@ -194,14 +269,24 @@ def check_local_device(runtime) -> None:
                           "use --device auto (a GPU where there is one) or --device cpu")
 
 
-def worker_device(asked: str | None) -> str:
-    """The device a worker uses: what was asked (Runtime.device), or its GPU if it sees one."""
+def worker_device(asked: str | None, gpus: float = 0.0) -> str:
+    """The device a worker uses: what was asked (Runtime.device), or its GPU if it sees one; a local
+    worker started with MIXOPT_LOCAL_WORKER=i takes GPU i mod (GPUs it sees). A task the engine gave
+    GPUs (`gpus` > 0) fails here, loudly, if it sees none, instead of training on the CPU (unless
+    --device cpu asked for the CPU)."""
     import torch
 
-    if asked is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if asked.startswith("cuda") and not torch.cuda.is_available():
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > 0 and seen == 0 and asked != "cpu":
+        raise RuntimeError(f"this task was given {gpus:g} GPU but its worker sees no CUDA GPU "
+                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
+                           f"torch {torch.__version__} built {'with' if torch.version.cuda else 'without'} CUDA)")
+    if asked is not None and asked.startswith("cuda") and seen == 0:
         raise RuntimeError(f"device {asked} was asked for, but this worker sees no CUDA GPU")
+    if asked == "cpu" or (asked is None and seen == 0):
+        return "cpu"
+    if asked in (None, "cuda"):
+        return f"cuda:{int(os.environ.get('MIXOPT_LOCAL_WORKER', 0)) % seen}"
     return asked
 
 
