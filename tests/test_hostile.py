@@ -481,6 +481,25 @@ def suite_max_tokens_zero(t):
     return ["sample", _suite(t, [SUITE_OK, {"name": "t", "kind": "text", "sources": ["t.txt"], "max_tokens": 0}])]
 
 
+@case("a text source is one local file or folder")
+def suite_text_source_from_the_hub(t):
+    """Globs, lists, URLs and Hub datasets are domain sources; an evaluation's text is one local path."""
+    return ["sample", _suite(t, [SUITE_OK, {"name": "t", "kind": "text", "sources": [{"hub": "org/name"}]}])]
+
+
+@case("a text source is one local file or folder")
+def suite_text_source_a_glob(t):
+    t.text("t.txt", "some text\n")
+    return ["sample", _suite(t, [SUITE_OK, {"name": "t", "kind": "text", "sources": ["*.txt"]}])]
+
+
+@case("is inside the workspace")
+def config_glob_source_inside_workspace(t):
+    """A glob whose folder lies inside the workspace is caught like a plain path."""
+    t.sampled()
+    return ["status", t.config({"domains.0.sources": [str(t.dir / "ws" / "sample" / "*.npy")]})]
+
+
 @case("expected a mapping with 'evaluations'")
 def suite_is_a_list(t):
     return ["sample", _suite(t, None, raw="- a\n")]

@@ -254,10 +254,33 @@ def _cross_references(exp: Experiment, path: Path, lines: dict) -> list[str]:
             problem(("sample", "tokenizer", "path"), *problem_path)
     for i, d in enumerate(exp.domains):
         for j, s in enumerate(d.sources):
-            if is_inside(exp.resolve(s.path), ws):
-                problem(("domains", i, "sources", j), f"domain '{d.name}': source {exp.resolve(s.path)} is inside "
-                        f"the workspace {ws}", "keep corpora outside the workspace (mixopt may replace its folders)")
+            for local in _local_roots(s):
+                if is_inside(exp.resolve(local), ws):
+                    problem(("domains", i, "sources", j), f"domain '{d.name}': source {exp.resolve(local)} is "
+                            f"inside the workspace {ws}",
+                            "keep corpora outside the workspace (mixopt may replace its folders)")
     return out
+
+
+def _local_roots(source) -> list[str]:
+    """The local folders or files a source reads (a glob's fixed prefix; a file:// URL's path); none
+    for object stores, web URLs and Hub names that are not local folders."""
+    out = []
+    for p in ([source.hub] if source.hub else source.path if isinstance(source.path, list) else [source.path]):
+        if p.startswith("file://"):
+            p = p[len("file://"):]
+        elif "://" in p:
+            continue
+        cut = min((p.index(c) for c in "*?[" if c in p), default=None)
+        out.append(p if cut is None else (p[:cut].rsplit("/", 1)[0] or "."))
+    return out
+
+
+def _is_plain_local(source) -> bool:
+    """One local file or folder: what an evaluation's text source may be."""
+    p = source.path
+    return source.hub is None and isinstance(p, str) and "://" not in p \
+        and not any(c in p for c in "*?[")
 
 
 def _beside_one(x: float) -> str:
@@ -295,7 +318,11 @@ def _check_suite(exp: Experiment, path: Path, config_lines: dict) -> list[str]:
             problem(("evaluations", i, "domain"), f"evaluation '{e.name}' names unknown domain '{e.domain}'",
                     f"use one of: {', '.join(exp.domain_names)}")
         for j, s in enumerate(e.sources or ()):
-            if not suite.resolve(s.path).exists():
+            if not _is_plain_local(s):
+                problem(("evaluations", i, "sources", j), f"evaluation '{e.name}': a text source is one local "
+                        "file or folder (globs, lists, URLs and Hub datasets are for domains)",
+                        "copy the text to a local file and give its path")
+            elif not suite.resolve(s.path).exists():
                 problem(("evaluations", i, "sources", j), f"evaluation '{e.name}': text source not found: "
                         f"{suite.resolve(s.path)}", "fix the path under `sources`")
             elif is_inside(suite.resolve(s.path), ws):
