@@ -315,12 +315,18 @@ def predict(fit_dir: Path = typer.Argument(..., help="A saved fit: `fit --save D
 
 @app.command()
 def propose(config: Path = CONFIG, n: int = typer.Option(4, "--n", min=1, help="How many mixtures."),
+            candidates: Optional[Path] = typer.Option(None, help="Pick among these mixtures only (proposed YAML, "
+                                                                 "optimal.yaml, CSV or Parquet)."),
             format: Format = FORMAT):
     """The next mixtures to train: where the fit is least sure about the optimum."""
     from mixopt.fit.propose import propose_mixtures
 
     exp = _load(config)
-    picks, out = propose_mixtures(exp, n, _runtime(progress=False, **_say_for(format)))
+    if candidates is not None:
+        from mixopt.config.validate import check_input_path
+
+        check_input_path(candidates, "--candidates file", exp.workspace_dir)
+    picks, out = propose_mixtures(exp, n, _runtime(progress=False, **_say_for(format)), candidates)
     then = f"mixopt sweep {config} --mixtures {out}"
     if format is Format.json:
         typer.echo(json.dumps({"mixtures": [dict(zip(exp.domain_names, map(float, w))) for w in picks],

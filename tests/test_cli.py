@@ -239,6 +239,14 @@ def test_every_verb_speaks_json_and_reads_one_mixture_format(swept, tmp_path):
         if name.startswith("m."):
             assert rows[1][0] == "a,b"  # an id holding a comma is quoted: the CSV reads back
     assert len(preds) == 1
+    # propose reads them too: --candidates picks among a file's mixtures only.
+    cands = [{"code": 0.8, "prose": 0.1, "legal": 0.1}, {"code": 0.1, "prose": 0.1, "legal": 0.8}, w]
+    pl.DataFrame([{"id": f"c{i}", **c} for i, c in enumerate(cands)]).write_csv(tmp_path / "cands.csv")
+    r = run("propose", swept, "--n", "3", "--candidates", tmp_path / "cands.csv", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    picked = json.loads(r.stdout)["mixtures"]
+    assert len(picked) == 2 and w not in picked  # w is trained already (above)
+    assert all(any(all(abs(p[d] - c[d]) < 1e-9 for d in w) for c in cands[:2]) for p in picked)
 
 
 def test_progress_lines_off_a_terminal_and_quiet(corpora, tmp_path):

@@ -84,3 +84,33 @@ def test_proposals_honour_min_weight_and_spread_out():
     pairwise = [np.abs(a - b).sum() for i, a in enumerate(W) for b in W[i + 1:]]
     assert min(pairwise) >= 0.5 * gaps  # not near-copies of one corner
     assert min(np.abs(runs - w).sum(axis=1).min() for w in W) >= 0.02
+
+
+def test_proposals_among_given_candidates_only():
+    from mixopt.fit.propose import pick_mixtures
+    from mixopt.fit.recommend import fit_swarm
+    from mixopt.fit.swarm import FitSettings
+
+    swarm = _corner_swarm()
+    settings = FitSettings(model="law", bootstrap=16, kl_weight=0.0)
+    rec, model = fit_swarm(swarm, settings)
+    given = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7], swarm.X[0]])
+    picks = pick_mixtures(swarm, settings, model, rec.weights, 2, min_weight=0.01, min_distance=0.02, seed=0,
+                          candidates=given)
+    assert len(picks) == 2
+    for w in picks:  # each pick is one of the candidates, never the one already trained
+        assert np.abs(given[:3] - w).sum(axis=1).min() < 1e-12
+    # The law says domain 0 helps and domain 3 hurts: the optimistic pick is the domain-0 candidate.
+    assert np.allclose(picks[0], given[0])
+
+
+def test_a_mixture_rounded_past_its_cap_is_snapped_not_refused():
+    from mixopt.core.mixtures import Bounds
+
+    b = Bounds(np.zeros(3), np.array([0.35, 1.0, 1.0]), ("repetition", "none", "none"))
+    w = np.array([0.350000, 0.324999, 0.325000])
+    w = w / w.sum()  # a 6-decimal file renormalized: the capped weight lands ~3e-7 over its cap
+    assert not b.contains(w)
+    s = b.snap(w)
+    assert b.contains(s) and abs(s.sum() - 1) < 1e-9 and np.abs(s - w).max() < 1e-5
+    assert b.snap(np.array([0.4, 0.3, 0.3])) is None  # really outside: refused

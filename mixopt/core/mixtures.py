@@ -13,6 +13,7 @@ from mixopt.config.validate import WEIGHT_TOLERANCE, check_weight_rows, check_we
 from mixopt.errors import MixoptError
 
 BOUND_SLACK = 1e-9
+ROUNDING_SLACK = 1e-5  # how far a mixture read from a file may stray outside the bounds by rounding (6 decimals)
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,14 @@ class Bounds:
 
     def contains(self, w: np.ndarray) -> bool:
         return bool(np.all(w >= self.lower - BOUND_SLACK) and np.all(w <= self.upper + BOUND_SLACK))
+
+    def snap(self, w: np.ndarray) -> np.ndarray | None:
+        """`w` if inside; its projection if it is outside by rounding only (a file's 6 decimals put a
+        weight at its cap 1e-7 over it); None if it is really outside."""
+        if self.contains(w):
+            return w
+        off = max(float(np.max(self.lower - w)), float(np.max(w - self.upper)), 0.0)
+        return project_to_bounds(w[None, :], self)[0] if off <= ROUNDING_SLACK else None
 
 
 @dataclass(frozen=True)

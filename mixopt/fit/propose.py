@@ -10,7 +10,7 @@ import yaml
 from mixopt import __version__
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
-from mixopt.core.mixtures import drop_small_weights
+from mixopt.core.mixtures import drop_small_weights, read_mixtures
 from mixopt.core.workspace import atomic_write_text
 from mixopt.errors import MixoptError
 from mixopt.fit.optimize import penalized_scores, simulated_pool, solve_optimum
@@ -24,15 +24,29 @@ MIN_REPLICATES = 16  # bootstrap models behind the uncertainty, even when fit.bo
 EXPLORATION = 2.0  # lower confidence bound: mean - EXPLORATION x sd of the replicates' predictions
 
 
-def propose_mixtures(exp: Experiment, n: int, runtime: Runtime = Runtime()) -> tuple[list[np.ndarray], Path]:
+def propose_mixtures(exp: Experiment, n: int, runtime: Runtime = Runtime(),
+                     candidates: Path | None = None) -> tuple[list[np.ndarray], Path]:
     """n mixtures where the fit is least sure about the optimum (see pick_mixtures), written to
-    <config dir>/<name>.proposed.yaml for `mixopt sweep --mixtures`."""
+    <config dir>/<name>.proposed.yaml for `mixopt sweep --mixtures`. With `candidates` (any mixture
+    file: proposed YAML, optimal.yaml, CSV, Parquet) the picks are among those mixtures only."""
     plan, swarm, settings, _ = experiment_swarm(exp, runtime)
+    given = None
+    if candidates is not None:
+        _, ids, W = read_mixtures(candidates, exp.domain_names)
+        snapped = [plan.bounds.snap(w) for w in W]
+        outside = [str(i) for i, w in zip(ids, snapped) if w is None]
+        if len(outside) == len(ids):
+            raise MixoptError(f"--candidates {candidates}: every mixture is outside the domain bounds (or "
+                              "repetition limits)", "give candidates within the bounds")
+        if outside:
+            runtime.say(f"propose: {len(outside)} candidate(s) outside the bounds left out: {', '.join(outside[:5])}")
+        given = np.array([w for w in snapped if w is not None])
     rec, model = fit_swarm(swarm, settings)
     picks = pick_mixtures(swarm, settings, model, rec.weights, n, exp.design.min_weight, exp.design.min_distance,
-                          exp.seed)
+                          exp.seed, candidates=given)
     if not picks:
-        raise MixoptError("every candidate is within design.min_distance of a trained run",
+        raise MixoptError(f"every candidate{' in ' + str(candidates) if candidates else ''} is within "
+                          "design.min_distance of a trained run",
                           "lower design.min_distance to propose closer mixtures")
     out = Path(exp.optimal_path).with_name(f"{exp.name}.proposed.yaml")
     doc = {"mixtures": [{d: round(float(v), 6) for d, v in zip(swarm.domains, w)} for w in picks]}
@@ -43,24 +57,28 @@ def propose_mixtures(exp: Experiment, n: int, runtime: Runtime = Runtime()) -> t
 
 
 def pick_mixtures(swarm: Swarm, settings: FitSettings, model: MixtureModel, optimum: np.ndarray, n: int,
-                  min_weight: float, min_distance: float, seed: int) -> list[np.ndarray]:
+                  min_weight: float, min_distance: float, seed: int,
+                  candidates: np.ndarray | None = None) -> list[np.ndarray]:
     """Up to n mixtures, each the lowest lower-confidence-bound candidate (optimistic about the
     objective, so it goes where the optimum may be but the fit is unsure).
 
     Candidates are the bootstrap replicates' optima and simulated mixtures, with weights under
     `min_weight` set to 0 as the design does. A pick keeps `min_distance` (L1) from every trained run
     and a wider berth from earlier picks: half the typical distance between neighbouring runs, so
-    a batch spreads over the region of doubt instead of piling near-copies into one corner."""
+    a batch spreads over the region of doubt instead of piling near-copies into one corner.
+    Given `candidates` (rows inside the bounds), the picks are among those alone."""
     rng = np.random.default_rng([seed, 13])
-    pool = simulated_pool(swarm.prior, swarm.bounds, n=20_000, seed=seed, sampler=settings.sampler)
+    pool = simulated_pool(swarm.prior, swarm.bounds, n=20_000, seed=seed, sampler=settings.sampler) \
+        if candidates is None else None
     replicates, optima = [], [optimum]
     for _ in range(max(settings.bootstrap, MIN_REPLICATES)):
         m = refit_resampled(swarm, model, rng, seed)
         replicates.append(m)
-        if m.smooth:
+        if m.smooth and candidates is None:
             optima.append(solve_optimum(m, swarm.prior, swarm.bounds, settings.kl_weight, seed, settings.sampler))
-    candidates = drop_small_weights(np.vstack([np.array(optima), pool]), min_weight)
-    candidates = candidates[[np.isfinite(w).all() and swarm.bounds.contains(w) for w in candidates]]
+    if candidates is None:
+        candidates = drop_small_weights(np.vstack([np.array(optima), pool]), min_weight)
+        candidates = candidates[[np.isfinite(w).all() and swarm.bounds.contains(w) for w in candidates]]
     preds = np.array([penalized_scores(m, swarm.prior, settings.kl_weight, candidates) for m in replicates])
     lcb = preds.mean(axis=0) - EXPLORATION * preds.std(axis=0)
     runs = np.asarray(swarm.X)

@@ -57,10 +57,15 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
     if runtime.backend == "local":
         check_local_device(runtime)
     plan = load_plan(exp, extra, design)
+    snapped = []
     for m in extra:
-        if m.origin.startswith("file:") and not plan.bounds.contains(np.asarray(m.weights)):
+        w = plan.bounds.snap(np.asarray(m.weights)) if m.origin.startswith("file:") else np.asarray(m.weights)
+        if w is None:
             raise MixoptError(f"mixture {m.origin} is outside the domain bounds (or repetition limits)",
                               "fix its weights or the bounds")
+        snapped.append(Mixture(m.origin, tuple(float(x) for x in w)))
+    if snapped != list(extra):  # a file's weights rounded just past a bound: train the projected mixture
+        plan = load_plan(exp, snapped, design)
     ws = plan.workspace
     report = SweepReport(planned=len(plan.mixtures))
     prepare_suite(exp, plan.suite, ws)
