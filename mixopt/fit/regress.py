@@ -44,6 +44,7 @@ MIN_RUNS_FOR_GBM = 30  # below this, trees memorize; auto does not consider gbm
 MAX_RUNS_FOR_GP = 300  # exact GP: cubic in runs; above this auto leaves it out (trees have the runs they need)
 GP_MAX_ITER = 60  # marginal-likelihood steps: the fit is a second or less up to ~300 runs
 ENSEMBLE_SIZE = 3  # the ensemble averages the best three other families
+CHUNK = 10_000  # mixtures predicted at once by the families with large temporaries
 RIDGE_GRID = np.logspace(-6, 1, 15)  # quadratic's interaction penalty, relative to the largest singular value^2
 
 
@@ -113,6 +114,11 @@ class MixtureModel:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The objective (lower is better)."""
+        X = np.atleast_2d(X)
+        if len(X) > CHUNK and self.kind in ("quadratic", "gp", "ensemble"):
+            # runs x pairs (quadratic) or mixtures x runs (gp) temporaries: 100k simulated mixtures
+            # at 32 domains would need ~0.4 GB at once
+            return np.concatenate([self.predict(X[i:i + CHUNK]) for i in range(0, len(X), CHUNK)])
         if self.kind == "ensemble":
             return np.mean([m.predict(X) for m in self.members], axis=0)
         return sum(a * self.predict_metric(m, X) for m, a in self.terms.items())
