@@ -101,6 +101,7 @@ class Model(str, Enum):
     loglinear = "loglinear"
     law = "law"
     quadratic = "quadratic"
+    multitask = "multitask"
     gp = "gp"
     gbm = "gbm"
     ensemble = "ensemble"
@@ -122,7 +123,8 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         runs: Optional[Path] = typer.Option(None, help="External swarm: mixture weights per run (.csv/.parquet)."),
         scores: Optional[Path] = typer.Option(None, help="External swarm: scores per run, joined on --key."),
         key: Optional[str] = typer.Option(None, help="The run id column joining --runs and --scores."),
-        target: list[str] = typer.Option([], help="Score column to minimize; COLUMN=WEIGHT to combine several."),
+        target: list[str] = typer.Option([], help="Score column to minimize; COLUMN=WEIGHT to combine several "
+                                "(COLUMN=0: fit by --model multitask, not counted in the objective)."),
         domains: Optional[str] = typer.Option(None, help="Weight columns are those starting with this prefix."),
         model: Model = typer.Option(Model.auto, help="External swarm: the regressor (auto: best CV Spearman)."),
         save: Optional[Path] = typer.Option(None, help="External swarm: write fit.json, runs.parquet, plots here."),

@@ -158,7 +158,7 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None) -> tupl
     warns = check_swarm(swarm)
     check_feasible(swarm.bounds, names)
     y = swarm.y
-    kinds = candidates_for(n, len(names))
+    kinds = candidates_for(n, len(names), len(swarm.metrics))
     if settings.model not in ("auto", "ensemble", *kinds):
         kinds = (*kinds, settings.model)
     cvs = {k: cross_validate(k, swarm.X, swarm.metrics, swarm.terms, settings.cv_folds, settings.seed) for k in kinds}

@@ -21,7 +21,8 @@ TABLE_TOLERANCE = 0.01  # published swarms round weights (RegMix: to 1e-3, rows 
 
 
 def parse_targets(targets: list[str]) -> dict[str, float]:
-    """'COLUMN' or 'COLUMN=WEIGHT' (a negative weight for a higher-is-better score)."""
+    """'COLUMN' or 'COLUMN=WEIGHT' (a negative weight for a higher-is-better score; 0 for a metric
+    that only the shared multitask model learns from)."""
     if not targets:
         raise MixoptError("no --target given", "name the score column to minimize, e.g. --target val_loss")
     out: dict[str, float] = {}
@@ -33,9 +34,11 @@ def parse_targets(targets: list[str]) -> dict[str, float]:
                 name, weight = head, float(tail)
             except ValueError:
                 pass
-        if not math.isfinite(weight) or weight == 0:
-            raise MixoptError(f"--target {t}: weight must be a finite non-zero number", "e.g. --target loss=0.5")
+        if not math.isfinite(weight):
+            raise MixoptError(f"--target {t}: weight must be a finite number", "e.g. --target loss=0.5")
         out[name] = out.get(name, 0.0) + weight
+    if not any(out.values()):
+        raise MixoptError("every --target has weight 0: nothing to minimize", "give at least one a non-zero weight")
     return out
 
 
@@ -88,7 +91,7 @@ def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None
             raise MixoptError(f"{c}: row {bad[0] + 1} is not a positive number", "give every run its size")
         covs[c] = v
     keys = [str(k) for k in table[key]] if key else [str(i) for i in range(table.height)]
-    objective = " + ".join(f"{w:g}*{t}" if w != 1 else t for t, w in targets.items())
+    objective = " + ".join(f"{w:g}*{t}" if w != 1 else t for t, w in targets.items() if w)
     return Swarm(weight_cols, X, metrics, targets, keys, _prior(X), parse_bounds(bounds or [], weight_cols),
                  objective, covariates=covs)
 
