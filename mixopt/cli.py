@@ -221,11 +221,30 @@ def propose(config: Path = CONFIG, n: int = typer.Option(4, "--n", min=1, help="
 
 @app.command()
 def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE,
-           format: Format = typer.Option(Format.text, "--format")):
+           format: Format = typer.Option(Format.text, "--format"),
+           size: Optional[str] = typer.Option(None, help="Train at this larger proxy size (e.g. 5m) instead: the "
+                                              "recommendation, the prior and the --top best runs; rank correlation "
+                                              "across scales."),
+           top: int = typer.Option(3, help="With --size: how many of the swarm's best runs to train again.")):
     """Train proxies on the recommended mixture and on the prior; compare measured with predicted."""
-    from mixopt.fit.verify import verify_recommendation
+    from mixopt.fit.verify import verify_at_size, verify_recommendation
 
     exp = _load(config)
+    if size is not None:
+        c = verify_at_size(exp, size, top, _runtime(workers, progress, device, say=lambda m: typer.echo(m, err=True)))
+        if format is Format.json:
+            typer.echo(json.dumps(c.to_json()))
+            return
+        typer.echo(f"objective: {c.objective} (lower is better); at {c.at_size} (swarm: {c.size}); "
+                   f"{c.trained} proxies trained for this check")
+        typer.echo(f"{'mixture':<20} {'predicted':>9} {'at ' + c.size:>9} {'at ' + c.at_size:>9}")
+        for r in c.mixtures:
+            small = f"{r['measured']:.4f}" if r["measured"] is not None else "-"
+            typer.echo(f"{r['name']:<20} {r['predicted']:>9.4f} {small:>9} {r['measured_at_size']:>9.4f}")
+        typer.echo(f"rank correlation across scales (measured {c.size} vs {c.at_size}): {c.spearman_scales:.3f}; "
+                   f"fit's prediction vs {c.at_size}: {c.spearman_predicted:.3f}")
+        typer.echo(f"the recommendation ranks {c.recommended_rank} of {len(c.mixtures)} at {c.at_size}")
+        return
     v = verify_recommendation(exp, _runtime(workers, progress, device, say=lambda m: typer.echo(m, err=True)))
     if format is Format.json:
         typer.echo(json.dumps(v.to_json()))
