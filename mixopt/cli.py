@@ -172,14 +172,8 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         raise MixoptError("--scale-column needs --at-scale: the model size to recommend for", "e.g. --at-scale 1e9")
     swarm = load_swarm(runs, parse_targets(target), scores, key, domains, tolerance, bound, covariates)
     settings = FitSettings(model.value, cv_folds, seed, kl_weight, bootstrap, trust_region=trust_region.value)
-    if scale_column:
-        from mixopt.fit.scaling import fit_scaled
-
-        if save is not None:
-            raise MixoptError("--save is not supported with --scale-column yet", "drop --save")
-        rec, _ = fit_scaled(swarm, settings, scale_column, at_scale, tokens_column, at_tokens)
-    else:
-        rec = fit_external(swarm, settings, save, plots)
+    rec = fit_external(swarm, settings, save, plots, scaled=dict(scale=scale_column, at_scale=at_scale, tokens=tokens_column,
+                                                                 at_tokens=at_tokens) if scale_column else None)
     if format is Format.json:
         typer.echo(json.dumps({**rec.to_json(), "written": str(save) if save else None}))
     else:

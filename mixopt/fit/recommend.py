@@ -339,7 +339,7 @@ def save_fit(out: Path, swarm: Swarm, settings: FitSettings, rec: Recommendation
     import polars as pl
 
     table = pl.DataFrame({"key": swarm.keys, **{d: swarm.X[:, i] for i, d in enumerate(swarm.domains)},
-                          **{m: v for m, v in swarm.metrics.items()}})
+                          **{m: v for m, v in swarm.metrics.items()}, **swarm.covariates})
     buf = io.BytesIO()  # in memory, then the atomic writer: fits running at once never share a temp file
     table.write_parquet(buf)
     atomic_write_bytes(out / "runs.parquet", buf.getvalue())

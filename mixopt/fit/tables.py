@@ -146,8 +146,15 @@ def _prior(X: np.ndarray) -> np.ndarray:
     return p / p.sum()
 
 
-def fit_external(swarm: Swarm, settings: FitSettings, save: Path | None, plots: bool = True) -> Recommendation:
-    rec, model = fit_swarm(swarm, settings)
+def fit_external(swarm: Swarm, settings: FitSettings, save: Path | None, plots: bool = True,
+                 scaled: dict | None = None) -> Recommendation:
+    """`scaled`: fit_scaled's size (and tokens) arguments; the saved model is the law at the target size."""
+    if scaled:
+        from mixopt.fit.scaling import fit_scaled
+
+        rec, model = fit_scaled(swarm, settings, **scaled)
+    else:
+        rec, model = fit_swarm(swarm, settings)
     if save is not None:
         save_fit(save, swarm, settings, rec, model, plots=plots)
         write_optimal(save / "optimal.yaml", rec, save.name, save)
@@ -163,6 +170,8 @@ def load_fit(fit_dir: Path) -> tuple[dict, MixtureModel]:
         raise MixoptError(f"{fit_dir}: not a saved fit (needs fit.json and runs.parquet)",
                           "pass a folder written by `mixopt fit --save DIR` or a workspace's fits/<key>/")
     meta = json.loads(meta_path.read_text())
+    if meta["model"] == "scaling":  # the joint law, evaluated at the target size: kept as fitted
+        return meta, MixtureModel("scaling", meta["terms"], {m: np.asarray(p, float) for m, p in meta["params"].items()})
     table = pl.read_parquet(runs_path)
     X = np.column_stack([table[d].to_numpy() for d in meta["domains"]])
     metrics = {m: table[m].to_numpy() for m in meta["terms"]}
