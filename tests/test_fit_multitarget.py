@@ -85,6 +85,8 @@ def test_a_model_shared_across_evals_beats_per_metric_fits(tmp_path):
     for k in ("linear", "quadratic", "gp"):
         assert cv["multitask"] > cv[k] + 0.05, cv
     assert auto["model"] == "multitask", cv
+    saved = json.loads((tmp_path / "auto" / "fit.json").read_text())
+    assert saved["metrics"] == [f"e{k}" for k in range(EVALS)]  # `predict` refits the shared model on all eight
     per_metric = _fit(runs, tmp_path / "quadratic", "--model", "quadratic")
     # Ranking unseen mixtures by the truth: the shared fit borrows the six other evals' runs.
     ranks = {}

@@ -345,6 +345,7 @@ def save_fit(out: Path, swarm: Swarm, settings: FitSettings, rec: Recommendation
     atomic_write_bytes(out / "runs.parquet", buf.getvalue())
     atomic_write_json(out / "fit.json", {
         **rec.to_json(), "settings": settings.__dict__, "domains": swarm.domains, "terms": swarm.terms,
+        "metrics": list(swarm.metrics),  # every metric fit (multitask learns from all, not only the terms)
         "bounds": {"lower": swarm.bounds.lower.tolist(), "upper": swarm.bounds.upper.tolist()},
         "run_keys": swarm.keys, "measured": swarm.y.tolist(), "out_of_fold": rec.cv.oof.tolist(),
         "params": {m: p.tolist() for m, p in model.params.items()}, "mixopt": __version__})

@@ -174,7 +174,7 @@ def load_fit(fit_dir: Path) -> tuple[dict, MixtureModel]:
         return meta, MixtureModel("scaling", meta["terms"], {m: np.asarray(p, float) for m, p in meta["params"].items()})
     table = pl.read_parquet(runs_path)
     X = np.column_stack([table[d].to_numpy() for d in meta["domains"]])
-    metrics = {m: table[m].to_numpy() for m in meta["terms"]}
+    metrics = {m: table[m].to_numpy() for m in meta.get("metrics") or meta["terms"]}
     return meta, fit_model(meta["model"], X, metrics, meta["terms"], meta["settings"]["seed"],
                            members=tuple(meta.get("ensemble_members") or ()))
 
