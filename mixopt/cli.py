@@ -196,6 +196,7 @@ class Model(str, Enum):
     loglinear = "loglinear"
     law = "law"
     quadratic = "quadratic"
+    multitask = "multitask"
     gp = "gp"
     gbm = "gbm"
     ensemble = "ensemble"
@@ -217,7 +218,8 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         runs: Optional[Path] = typer.Option(None, help="External swarm: mixture weights per run (.csv/.parquet)."),
         scores: Optional[Path] = typer.Option(None, help="External swarm: scores per run, joined on --key."),
         key: Optional[str] = typer.Option(None, help="The run id column joining --runs and --scores."),
-        target: list[str] = typer.Option([], help="Score column to minimize; COLUMN=WEIGHT to combine several."),
+        target: list[str] = typer.Option([], help="Score column to minimize; COLUMN=WEIGHT to combine several "
+                                "(COLUMN=0: fit by --model multitask, not counted in the objective)."),
         domains: Optional[str] = typer.Option(None, help="Weight columns: a,b,c names them; one word is a prefix "
                                                              "they start with (default: numeric columns; an "
                                                              "export's domain columns)."),
@@ -273,14 +275,8 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         raise MixoptError("--scale-column needs --at-scale: the model size to recommend for", "e.g. --at-scale 1e9")
     swarm = load_swarm(runs, parse_targets(target), scores, key, domains, tolerance, bound, covariates)
     settings = FitSettings(model.value, cv_folds, seed, kl_weight, bootstrap, trust_region=trust_region.value)
-    if scale_column:
-        from mixopt.fit.scaling import fit_scaled
-
-        if save is not None:
-            raise MixoptError("--save is not supported with --scale-column yet", "drop --save")
-        rec, _ = fit_scaled(swarm, settings, scale_column, at_scale, tokens_column, at_tokens)
-    else:
-        rec = fit_external(swarm, settings, save, plots)
+    rec = fit_external(swarm, settings, save, plots, scaled=dict(scale=scale_column, at_scale=at_scale, tokens=tokens_column,
+                                                                 at_tokens=at_tokens) if scale_column else None)
     if format is Format.json:
         typer.echo(json.dumps({**rec.to_json(), "written": str(save) if save else None}))
     else:
@@ -337,11 +333,30 @@ def propose(config: Path = CONFIG, n: int = typer.Option(4, "--n", min=1, help="
 
 @app.command()
 def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE,
-           format: Format = typer.Option(Format.text, "--format")):
+           format: Format = typer.Option(Format.text, "--format"),
+           size: Optional[str] = typer.Option(None, help="Train at this larger proxy size (e.g. 5m) instead: the "
+                                              "recommendation, the prior and the --top best runs; rank correlation "
+                                              "across scales."),
+           top: int = typer.Option(3, help="With --size: how many of the swarm's best runs to train again.")):
     """Train proxies on the recommended mixture and on the prior; compare measured with predicted."""
-    from mixopt.fit.verify import verify_recommendation
+    from mixopt.fit.verify import verify_at_size, verify_recommendation
 
     exp = _load(config)
+    if size is not None:
+        c = verify_at_size(exp, size, top, _runtime(workers, progress, device, say=lambda m: typer.echo(m, err=True)))
+        if format is Format.json:
+            typer.echo(json.dumps(c.to_json()))
+            return
+        typer.echo(f"objective: {c.objective} (lower is better); at {c.at_size} (swarm: {c.size}); "
+                   f"{c.trained} proxies trained for this check")
+        typer.echo(f"{'mixture':<20} {'predicted':>9} {'at ' + c.size:>9} {'at ' + c.at_size:>9}")
+        for r in c.mixtures:
+            small = f"{r['measured']:.4f}" if r["measured"] is not None else "-"
+            typer.echo(f"{r['name']:<20} {r['predicted']:>9.4f} {small:>9} {r['measured_at_size']:>9.4f}")
+        typer.echo(f"rank correlation across scales (measured {c.size} vs {c.at_size}): {c.spearman_scales:.3f}; "
+                   f"fit's prediction vs {c.at_size}: {c.spearman_predicted:.3f}")
+        typer.echo(f"the recommendation ranks {c.recommended_rank} of {len(c.mixtures)} at {c.at_size}")
+        return
     v = verify_recommendation(exp, _runtime(workers, progress, device, say=lambda m: typer.echo(m, err=True)))
     if format is Format.json:
         typer.echo(json.dumps(v.to_json()))

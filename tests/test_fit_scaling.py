@@ -31,14 +31,14 @@ def test_scaling_law_recommends_for_the_target_size_not_the_proxies(tmp_path):
         out.writerow(["run", "d0", "d1", "d2", "params", "loss"])
         out.writerows(rows)
 
-    def fit(at):
+    def fit(at, *extra):
         r = subprocess.run([sys.executable, "-m", "mixopt.cli", "fit", "--runs", str(path), "--key", "run", "--target",
                             "loss", "--scale-column", "params", "--at-scale", str(at), "--trust-region", "none",
-                            "--bootstrap", "5", "--format", "json"], capture_output=True, text=True, timeout=300)
+                            "--bootstrap", "5", "--format", "json", *extra], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
-    big = fit(1e9)
+    big = fit(1e9, "--save", tmp_path / "at1e9")
     assert big["model"] == "scaling" and big["objective"] == "loss at params=1e+09"
     assert big["cv"]["spearman"] > 0.97 and big["reliable"]
     assert big["candidates"]["scaling, params=1.6e+07 held out"]["spearman"] > 0.95  # extrapolates a size up
@@ -52,3 +52,18 @@ def test_scaling_law_recommends_for_the_target_size_not_the_proxies(tmp_path):
     # At the proxies' own size the same law prefers d1: the small runs alone point the wrong way.
     small = fit(1e6)
     assert small["weights"]["d0"] < 0.2 and small["weights"]["d1"] > 0.5
+    # The saved fit is the law at 1e9: `predict` ranks new mixtures by their loss at that size.
+    cands = np.random.default_rng(2).dirichlet(np.ones(3), 50)
+    with open(tmp_path / "cands.csv", "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["id", "d0", "d1", "d2"])
+        out.writerows([[f"c{i}", *map(float, w)] for i, w in enumerate(cands)])
+    r = subprocess.run([sys.executable, "-m", "mixopt.cli", "predict", str(tmp_path / "at1e9"), str(tmp_path / "cands.csv"),
+                        "--format", "json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    pred = np.array([row["predicted"] for row in json.loads(r.stdout)])
+    assert np.abs(pred - truth(cands, 1e9)).max() < 0.03
+    from mixopt.fit.regress import spearman
+
+    assert spearman(pred, truth(cands, 1e9)) > 0.95 and spearman(pred, truth(cands, 1e6)) < 0.5
+    assert json.loads((tmp_path / "at1e9" / "fit.json").read_text())["model"] == "scaling"

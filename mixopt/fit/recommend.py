@@ -158,7 +158,7 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None) -> tupl
     warns = check_swarm(swarm)
     check_feasible(swarm.bounds, names)
     y = swarm.y
-    kinds = candidates_for(n, len(names))
+    kinds = candidates_for(n, len(names), len(swarm.metrics))
     if settings.model not in ("auto", "ensemble", *kinds):
         kinds = (*kinds, settings.model)
     cvs = {k: cross_validate(k, swarm.X, swarm.metrics, swarm.terms, settings.cv_folds, settings.seed) for k in kinds}
@@ -339,12 +339,13 @@ def save_fit(out: Path, swarm: Swarm, settings: FitSettings, rec: Recommendation
     import polars as pl
 
     table = pl.DataFrame({"key": swarm.keys, **{d: swarm.X[:, i] for i, d in enumerate(swarm.domains)},
-                          **{m: v for m, v in swarm.metrics.items()}})
+                          **{m: v for m, v in swarm.metrics.items()}, **swarm.covariates})
     buf = io.BytesIO()  # in memory, then the atomic writer: fits running at once never share a temp file
     table.write_parquet(buf)
     atomic_write_bytes(out / "runs.parquet", buf.getvalue())
     atomic_write_json(out / "fit.json", {
         **rec.to_json(), "settings": settings.__dict__, "domains": swarm.domains, "terms": swarm.terms,
+        "metrics": list(swarm.metrics),  # every metric fit (multitask learns from all, not only the terms)
         "bounds": {"lower": swarm.bounds.lower.tolist(), "upper": swarm.bounds.upper.tolist()},
         "run_keys": swarm.keys, "measured": swarm.y.tolist(), "out_of_fold": rec.cv.oof.tolist(),
         "params": {m: p.tolist() for m, p in model.params.items()}, "mixopt": __version__})

@@ -17,6 +17,10 @@ of the metric predictions. The families:
 - gbm:       gradient-boosted trees (LightGBM, as RegMix uses), RegMix's choice for
   hundreds of runs: no shape assumed, so it captures interactions, but it is piecewise constant,
   so its optimum is found by simulation (optimize.py), not by a solver.
+- multitask: one quadratic model across every metric of the table (the objective's and any
+  fitted at weight 0): a ridge with one shared penalty, then reduced to the rank (chosen by inner
+  cross-validation) that the metrics share. Correlated evals lend each other their runs: a noisy
+  metric is predicted through the structure the others show. Predicts like quadratic.
 - ensemble:  the mean of the best few of the above (by cross-validated Spearman).
 - auto:      k-fold cross-validated ranking picks among all of them (select_model).
 """
@@ -34,7 +38,8 @@ from scipy.stats import spearmanr
 from sklearn.metrics import r2_score
 from sklearn.model_selection import KFold
 
-MODELS = ("linear", "loglinear", "law", "quadratic", "gp", "gbm", "ensemble")
+MODELS = ("linear", "loglinear", "law", "quadratic", "multitask", "gp", "gbm", "ensemble")
+SHARED = ("multitask",)  # families fit jointly across all the metrics (the rest: one model per metric)
 LOGLINEAR_RIDGE = 0.05  # pulls t towards its starting point: stable fits from ~10 runs
 # Fewer, larger steps than RegMix's notebook (1000 x 0.01): the same ranking on its 1M test set
 # (Spearman 0.990 vs 0.990) at a seventh of the time, which CV and the bootstrap multiply.
@@ -44,6 +49,7 @@ MIN_RUNS_FOR_GBM = 30  # below this, trees memorize; auto does not consider gbm
 MAX_RUNS_FOR_GP = 300  # exact GP: cubic in runs; above this auto leaves it out (trees have the runs they need)
 GP_MAX_ITER = 60  # marginal-likelihood steps: the fit is a second or less up to ~300 runs
 ENSEMBLE_SIZE = 3  # the ensemble averages the best three other families
+CHUNK = 10_000  # mixtures predicted at once by the families with large temporaries
 RIDGE_GRID = np.logspace(-6, 1, 15)  # quadratic's interaction penalty, relative to the largest singular value^2
 
 
@@ -105,7 +111,7 @@ class MixtureModel:
             return scaling_law(p, X)
         if self.kind == "linear":
             return X @ p
-        if self.kind == "quadratic":
+        if self.kind in ("quadratic", "multitask"):
             i, j = np.triu_indices(X.shape[1], 1)
             return X @ p[:X.shape[1]] + (X[:, i] * X[:, j]) @ p[X.shape[1]:]
         floor = np.exp(p[0]) if self.kind == "loglinear" else p[0]
@@ -113,6 +119,11 @@ class MixtureModel:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The objective (lower is better)."""
+        X = np.atleast_2d(X)
+        if len(X) > CHUNK and self.kind in ("quadratic", "multitask", "gp", "ensemble"):
+            # runs x pairs (quadratic) or mixtures x runs (gp) temporaries: 100k simulated mixtures
+            # at 32 domains would need ~0.4 GB at once
+            return np.concatenate([self.predict(X[i:i + CHUNK]) for i in range(0, len(X), CHUNK)])
         if self.kind == "ensemble":
             return np.mean([m.predict(X) for m in self.members], axis=0)
         return sum(a * self.predict_metric(m, X) for m, a in self.terms.items())
@@ -130,7 +141,7 @@ class MixtureModel:
                 g += a * scaling_law_gradient(p, w)
             elif self.kind == "linear":
                 g += a * p
-            elif self.kind == "quadratic":
+            elif self.kind in ("quadratic", "multitask"):
                 d = len(w)
                 B = np.zeros((d, d))
                 B[np.triu_indices(d, 1)] = p[d:]
@@ -145,7 +156,7 @@ class MixtureModel:
 
     def convex(self) -> bool:
         """Every term convex (exp terms with positive weight, or linear): SLSQP's optimum is global."""
-        if self.kind in ("quadratic", "gp", "ensemble", "gbm"):
+        if self.kind in ("quadratic", "multitask", "gp", "ensemble", "gbm"):
             return False
         if self.kind == "scaling":
             return all(a > 0 for a in self.terms.values())  # linear + exp terms
@@ -183,7 +194,11 @@ def fit_model(kind: str, X: np.ndarray, metrics: dict[str, np.ndarray], terms: d
               seed: int = 0, start: MixtureModel | None = None, members: tuple[str, ...] = ()) -> MixtureModel:
     """Fit each metric of the objective; `start` (a fit of the same kind on similar data, e.g. the
     full swarm for a bootstrap replicate) warm-starts the least-squares families and fixes a GP's
-    hyperparameters; an ensemble fits each of `members` (or `start`'s)."""
+    hyperparameters; an ensemble fits each of `members` (or `start`'s). A metric at weight 0 is
+    fit only by the shared families (SHARED), which learn from every metric in `metrics`."""
+    if kind in SHARED:
+        return MixtureModel(kind, dict(terms), _fit_multitask(X, metrics))
+    terms = {m: a for m, a in terms.items() if a}
     if kind == "ensemble":
         starts = start.members if start is not None and start.kind == "ensemble" else (None,) * len(members)
         kinds = [s.kind for s in starts] if start is not None and start.kind == "ensemble" else list(members)
@@ -213,27 +228,72 @@ def _fit_linear(X: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _fit_quadratic(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     """[a, b]: y ~ X a + P b with P the pairwise products; only b is penalized (a carries the level),
     its penalty picked by generalized cross-validation over RIDGE_GRID."""
-    n, d = X.shape
-    i, j = np.triu_indices(d, 1)
-    P = X[:, i] * X[:, j]
+    return _quadratic_ridge(X, y[:, None])[:, 0]
+
+
+def _pairs(X: np.ndarray) -> np.ndarray:
+    i, j = np.triu_indices(X.shape[1], 1)
+    return X[:, i] * X[:, j]
+
+
+def _quadratic_ridge(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Coefficients [a; b] (features x columns of Y) of Y ~ X a + P b, one interaction penalty for
+    every column, chosen by generalized cross-validation summed over the columns."""
+    n = X.shape[0]
+    P = _pairs(X)
     U0, s0, _ = np.linalg.svd(X, full_matrices=False)
     U0 = U0[:, s0 > 1e-10 * s0.max()]
     proj = lambda M: M - U0 @ (U0.T @ M)  # noqa: E731  (remove what the linear part explains)
-    Q, r = proj(P), proj(y)
+    Q, R = proj(P), proj(Y)
     U, s, Vt = np.linalg.svd(Q, full_matrices=False)
-    uty = U.T @ r
+    UtR = U.T @ R
     best = None
     for lam in RIDGE_GRID * max(s.max() ** 2, 1e-12):
         f = s ** 2 / (s ** 2 + lam)
-        resid = r - U @ (f * uty)
+        resid = R - U @ (f[:, None] * UtR)
         dof = U0.shape[1] + f.sum()
-        gcv = (resid @ resid) / max(n - dof, 1e-3) ** 2
+        gcv = float((resid ** 2).sum()) / max(n - dof, 1e-3) ** 2
         if best is None or gcv < best[0]:
             best = (gcv, lam)
     lam = best[1]
-    b = Vt.T @ (s / (s ** 2 + lam) * uty)
-    a = np.linalg.lstsq(X, y - P @ b, rcond=None)[0]
-    return np.r_[a, b]
+    B = Vt.T @ ((s / (s ** 2 + lam))[:, None] * UtR)
+    A = np.linalg.lstsq(X, Y - P @ B, rcond=None)[0]
+    return np.vstack([A, B])
+
+
+def _reduced(C: np.ndarray, F: np.ndarray, rank: int) -> np.ndarray:
+    """C with its fitted values F @ C projected onto their top `rank` directions across the columns
+    (reduced-rank regression: the columns share `rank` underlying responses)."""
+    V = np.linalg.svd(F @ C, full_matrices=False)[2][:rank].T
+    return C @ V @ V.T
+
+
+MULTITASK_FOLDS = 5  # inner folds choosing the shared rank
+
+
+def _fit_multitask(X: np.ndarray, metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every metric's quadratic coefficients from one fit: standardized metrics, a shared-penalty
+    ridge, reduced to the rank that predicts held-out runs best (inner k-fold, summed squared error
+    over the standardized metrics; the lower rank on a tie)."""
+    names = list(metrics)
+    Y = np.column_stack([metrics[m] for m in names])
+    mu, sd = Y.mean(axis=0), Y.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    Z = (Y - mu) / sd
+    m, n = Z.shape[1], Z.shape[0]
+    rank = m
+    if m > 1 and n >= 2 * MULTITASK_FOLDS:
+        err = np.zeros(m)
+        for test in fold_indices(n, MULTITASK_FOLDS, 0):
+            train = np.setdiff1d(np.arange(n), test)
+            C = _quadratic_ridge(X[train], Z[train])
+            F_train, F_test = (np.hstack([X[ix], _pairs(X[ix])]) for ix in (train, test))
+            for r in range(1, m + 1):
+                err[r - 1] += float(((F_test @ _reduced(C, F_train, r) - Z[test]) ** 2).sum())
+        rank = int(np.flatnonzero(err <= err.min() * (1 + 1e-9))[0]) + 1
+    C = _reduced(_quadratic_ridge(X, Z), np.hstack([X, _pairs(X)]), rank) * sd
+    C[:X.shape[1]] += mu  # rows of X sum to 1: the level goes into the linear part
+    return {k: C[:, i] for i, k in enumerate(names)}
 
 
 def _fit_gp(X: np.ndarray, y: np.ndarray, seed: int, start: GaussianProcess | None = None) -> GaussianProcess:
@@ -318,11 +378,12 @@ def _fit_gbm(X: np.ndarray, y: np.ndarray, seed: int):
     return lightgbm.LGBMRegressor(random_state=seed, **GBM_PARAMS).fit(X, y).booster_
 
 
-def candidates_for(n_runs: int, domains: int = 0) -> tuple[str, ...]:
+def candidates_for(n_runs: int, domains: int = 0, metrics: int = 1) -> tuple[str, ...]:
     """The models `auto` may pick from with this many runs (the ensemble is built from the others).
     The unregularized law needs twice as many runs as its d + 1 coefficients: with fewer, its
-    least squares runs away (CV R^2 of -1e46 at 49 runs x 32 domains) after seconds of work."""
-    out = [m for m in MODELS if m != "ensemble"]
+    least squares runs away (CV R^2 of -1e46 at 49 runs x 32 domains) after seconds of work.
+    The shared (multitask) fit is offered when there are several metrics to share."""
+    out = [m for m in MODELS if m != "ensemble" and (m not in SHARED or metrics > 1)]
     if n_runs < 2 * (domains + 1):
         out.remove("law")
     if n_runs < MIN_RUNS_FOR_GBM:
@@ -340,6 +401,7 @@ def runs_wanted(kind: str, domains: int, members: tuple[str, ...] = ()) -> int:
     if kind == "ensemble":
         return max((runs_wanted(k, d) for k in members), default=3 * d)
     return {"linear": 2 * d, "loglinear": 2 * (d + 1), "law": 3 * (d + 1), "quadratic": 3 * d + d * (d - 1) // 2,
+            "multitask": 3 * d + d * (d - 1) // 2,
             "gp": 4 * d, "gbm": max(MIN_RUNS_FOR_GBM, 10 * d)}.get(kind, 3 * d)
 
 

@@ -22,7 +22,8 @@ TABLE_TOLERANCE = 0.01  # published swarms round weights (RegMix: to 1e-3, rows 
 
 
 def parse_targets(targets: list[str]) -> dict[str, float]:
-    """'COLUMN' or 'COLUMN=WEIGHT' (a negative weight for a higher-is-better score)."""
+    """'COLUMN' or 'COLUMN=WEIGHT' (a negative weight for a higher-is-better score; 0 for a metric
+    that only the shared multitask model learns from)."""
     if not targets:
         raise MixoptError("no --target given", "name the score column to minimize, e.g. --target val_loss")
     out: dict[str, float] = {}
@@ -34,9 +35,11 @@ def parse_targets(targets: list[str]) -> dict[str, float]:
                 name, weight = head, float(tail)
             except ValueError:
                 pass
-        if not math.isfinite(weight) or weight == 0:
-            raise MixoptError(f"--target {t}: weight must be a finite non-zero number", "e.g. --target loss=0.5")
+        if not math.isfinite(weight):
+            raise MixoptError(f"--target {t}: weight must be a finite number", "e.g. --target loss=0.5")
         out[name] = out.get(name, 0.0) + weight
+    if not any(out.values()):
+        raise MixoptError("every --target has weight 0: nothing to minimize", "give at least one a non-zero weight")
     return out
 
 
@@ -105,7 +108,7 @@ def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None
             raise MixoptError(f"{c}: row {bad[0] + 1} is not a positive number", "give every run its size")
         covs[c] = v
     keys = [str(k) for k in table[key]] if key else [str(i) for i in range(table.height)]
-    objective = " + ".join(f"{w:g}*{t}" if w != 1 else t for t, w in targets.items())
+    objective = " + ".join(f"{w:g}*{t}" if w != 1 else t for t, w in targets.items() if w)
     return Swarm(weight_cols, X, metrics, targets, keys, _prior(X), parse_bounds(bounds or [], weight_cols),
                  objective, covariates=covs)
 
@@ -175,10 +178,17 @@ def _prior(X: np.ndarray) -> np.ndarray:
     return p / p.sum()
 
 
-def fit_external(swarm: Swarm, settings: FitSettings, save: Path | None, plots: bool = True) -> Recommendation:
+def fit_external(swarm: Swarm, settings: FitSettings, save: Path | None, plots: bool = True,
+                 scaled: dict | None = None) -> Recommendation:
+    """`scaled`: fit_scaled's size (and tokens) arguments; the saved model is the law at the target size."""
     if save is not None:
         check_folder(save, "--save folder", SAVED_FIT)  # before the fit: it takes a while
-    rec, model = fit_swarm(swarm, settings)
+    if scaled:
+        from mixopt.fit.scaling import fit_scaled
+
+        rec, model = fit_scaled(swarm, settings, **scaled)
+    else:
+        rec, model = fit_swarm(swarm, settings)
     if save is not None:
         claim_folder(save, "--save folder", SAVED_FIT)  # never over the user's own files (its --runs table)
         save_fit(save, swarm, settings, rec, model, plots=plots)
@@ -197,12 +207,14 @@ def load_fit(fit_dir: Path) -> tuple[dict, MixtureModel]:
     meta = read_json(meta_path, " (a saved fit)", fix)
     if not isinstance(meta, dict) or not {"domains", "terms", "model", "settings"} <= set(meta):
         raise MixoptError(f"{meta_path}: not a fit written by this mixopt", fix)
+    if meta["model"] == "scaling":  # the joint law, evaluated at the target size: kept as fitted
+        return meta, MixtureModel("scaling", meta["terms"], {m: np.asarray(p, float) for m, p in meta["params"].items()})
     table = read_table(runs_path)
-    missing = [c for c in (*meta["domains"], *meta["terms"]) if c not in table.columns]
+    missing = [c for c in (*meta["domains"], *(meta.get("metrics") or meta["terms"])) if c not in table.columns]
     if missing:
         raise MixoptError(f"{runs_path}: no column '{missing[0]}', which fit.json names", fix)
     X = np.column_stack([table[d].to_numpy() for d in meta["domains"]])
-    metrics = {m: table[m].to_numpy() for m in meta["terms"]}
+    metrics = {m: table[m].to_numpy() for m in meta.get("metrics") or meta["terms"]}
     return meta, fit_model(meta["model"], X, metrics, meta["terms"], meta["settings"]["seed"],
                            members=tuple(meta.get("ensemble_members") or ()))
 

@@ -57,3 +57,73 @@ def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime()) -> Veri
         objective=swarm.objective, predicted=float(model.predict(w)[0]), measured=float(measured),
         prior_predicted=float(model.predict(plan.prior)[0]), prior_measured=float(prior_measured),
         rank=int((y < measured).sum()) + 1, runs=len(y), best_run=float(y.min()), trained=report.trained)
+
+
+@dataclass(frozen=True)
+class ScaleCheck:
+    """The recommendation, the prior and the best swarm runs trained again at a larger proxy size."""
+
+    objective: str
+    size: str  # the swarm's proxy size
+    at_size: str  # the size trained for this check
+    mixtures: list[dict]  # name, weights, predicted (the fit, at the swarm's size), small and large measured
+    spearman_scales: float  # rank correlation, small vs large measured, over mixtures measured at both
+    spearman_predicted: float  # the fit's predictions vs large measured, over every mixture here
+    recommended_rank: int  # 1 = the recommendation is the best of these mixtures at the larger size
+    trained: int
+
+    def to_json(self) -> dict:
+        out = self.__dict__.copy()
+        for k in ("spearman_scales", "spearman_predicted"):
+            out[k] = out[k] if out[k] == out[k] else None  # NaN (too few mixtures) is null in JSON
+        return out
+
+
+def verify_at_size(exp: Experiment, size: str, top: int = 3, runtime: Runtime = Runtime()) -> ScaleCheck:
+    """Train (or reuse) proxies of `size` on the recommendation, the prior and the `top` best swarm
+    runs; compare their order there with the swarm's size (measured) and with the fit (predicted)."""
+    import numpy as np
+
+    from mixopt.fit.regress import spearman
+    from mixopt.proxy.model import SIZES
+    from mixopt.sweep.plan import load_plan
+
+    if size not in SIZES:
+        raise MixoptError(f"--size {size}: not a proxy size", f"sizes: {', '.join(SIZES)}")
+    if size == exp.proxy.size:
+        raise MixoptError(f"--size {size} is the swarm's own proxy size", "pick a larger one, or leave out --size")
+    if top < 0:
+        raise MixoptError(f"--top {top}: must be 0 or more", "e.g. --top 3")
+    if not exp.optimal_path.is_file():
+        raise MixoptError(f"no recommendation at {exp.optimal_path}", "run `mixopt fit CONFIG` first")
+    plan, swarm, settings, _ = experiment_swarm(exp, runtime)
+    if list((read_yaml(exp.optimal_path) or {}).get("weights") or {}) != swarm.domains:
+        raise MixoptError(f"{exp.optimal_path} is for other domains than the config", "run `mixopt fit CONFIG` again")
+    w = read_mixtures(exp.optimal_path, swarm.domains)[2][0]
+    _, model = fit_swarm(swarm, replace(settings, bootstrap=0))
+    y = swarm.y
+    best = np.argsort(y, kind="stable")[:top]
+    named = [("recommended", w), ("prior", plan.prior)] + [(f"run {swarm.keys[i][:12]}", swarm.X[i]) for i in best]
+    big = exp.model_copy(update={"proxy": exp.proxy.model_copy(update={"size": size})})
+    extra = [Mixture(f"verify:{size}:{n}", tuple(map(float, x))) for n, x in named]
+    report = run_sweep(big, runtime, extra=extra, design=False)
+    if report.failed:
+        raise MixoptError(f"a verification run at {size} failed: {report.failed[0][1]}", "see the error above and rerun")
+    big_plan = load_plan(big, extra, design=False)
+    with Store(plan.workspace.db_path) as store:
+        large = record_scores(big_plan, store)
+        small = record_scores(plan, store)
+    rows = []
+    for (name, x), m in zip(named, extra):
+        rows.append({"name": name, "weights": dict(zip(swarm.domains, map(float, x))),
+                     "predicted": float(model.predict(np.asarray(x))[0]),
+                     "measured": small.get(run_key(plan.context, m.weights)),
+                     "measured_at_size": float(large[run_key(big_plan.context, m.weights)])})
+    both = [r for r in rows if r["measured"] is not None]
+    at = np.array([r["measured_at_size"] for r in rows])
+    return ScaleCheck(
+        objective=swarm.objective, size=exp.proxy.size, at_size=size, mixtures=rows,
+        spearman_scales=spearman(np.array([r["measured"] for r in both]), np.array([r["measured_at_size"] for r in both]))
+        if len(both) >= 3 else float("nan"),
+        spearman_predicted=spearman(np.array([r["predicted"] for r in rows]), at) if len(rows) >= 3 else float("nan"),
+        recommended_rank=int((at < at[0]).sum()) + 1, trained=report.trained)
