@@ -51,15 +51,28 @@ def _runtime(workers: int = 1, progress: bool = True, device: str = "auto", say=
 
 
 @app.command()
-def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resample even if up to date.")):
+def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resample even if up to date."),
+           retokenize: bool = typer.Option(False, help="Make a new tokenizer (the workspace's is kept otherwise); "
+                                                       "every run trained so far becomes invalid.")):
     """Count each domain's tokens, draw train/validation slices, build the tokenizer."""
     from mixopt.data.sample import sample_corpus
     from mixopt.report import format_sample
 
     exp = _load(config)
-    manifest = sample_corpus(exp, force=force)
+    manifest = sample_corpus(exp, force=force, retokenize=retokenize)
     typer.echo(format_sample(manifest))
     typer.echo(("sample up to date in " if manifest["reused"] else "sample written to ") + str(exp.workspace_dir))
+    ch = manifest.get("changes")
+    if ch and not manifest["reused"]:
+        renamed = "".join(f"; {n} renamed from {o} (slices kept)" for n, o in ch["renamed"].items())
+        typer.echo(f"domains sampled: {', '.join(ch['sampled']) or 'none'}; kept: {', '.join(ch['kept']) or 'none'}"
+                   f"{renamed}{'; dropped: ' + ', '.join(ch['removed']) if ch['removed'] else ''}; "
+                   f"tokenizer {ch['tokenizer']}")
+        if ch["retokenized"]:
+            from mixopt.sweep.status import trained_runs
+
+            typer.echo(f"new tokenizer: the {trained_runs(exp)} runs trained so far are superseded (kept in the "
+                       "store, not used); the next sweep trains the design again")
 
 
 @app.command()
@@ -73,7 +86,9 @@ def sweep(config: Path = CONFIG,
           slurm_cluster: Optional[str] = typer.Option(None, help="slurm: submitit cluster (slurm, local, debug); "
                                                                  "default: slurm where sbatch exists."),
           batch_proxies: str = typer.Option("auto", help="Proxies trained together per worker: auto (as many as "
-                                                         "fit on a GPU, 1 on CPU) or a number.")):
+                                                         "fit on a GPU, 1 on CPU) or a number."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Say what the sweep would train and reuse, and why; "
+                                                                "train nothing.")):
     """Design the mixtures, train and evaluate one proxy per mixture not yet finished."""
     from mixopt.core.mixtures import Mixture, read_mixtures
     from mixopt.errors import MixoptError
@@ -81,6 +96,15 @@ def sweep(config: Path = CONFIG,
     from mixopt.sweep.run import run_sweep
 
     exp = _load(config)
+    if dry_run:
+        from mixopt.sweep.status import cost_lines, experiment_status
+
+        st = experiment_status(exp)
+        if st["sample"] != "up to date":
+            typer.echo(f"sample: {st['sample']}")
+        for line in cost_lines(st):
+            typer.echo(line)
+        return
     extra = []
     if mixtures:
         _, ids, W = read_mixtures(mixtures, exp.domain_names)
@@ -279,6 +303,10 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
                f"{d['suspect']} suspect, {d['pending']} pending")
     typer.echo(f"runs in store (all designs): {r['done']} done, {r['failed']} failed, {r['suspect']} suspect, "
                f"{r['planned']} planned; proxies trained: {st['trainings']}")
+    from mixopt.sweep.status import cost_lines
+
+    for line in cost_lines(st):
+        typer.echo(line)
     cur = st["current_suite"]
     if cur:
         typer.echo(f"current eval suite {cur['key'][:12]}: {cur['objective']}; "

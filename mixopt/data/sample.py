@@ -27,7 +27,8 @@ from mixopt.core.workspace import (
     slice_file,
     token_bytes_file,
 )
-from mixopt.data.readers import iter_documents, source_fingerprint
+from mixopt.data.readers import iter_documents
+from mixopt.data.resample import domain_source_key, plan_resample, tokenizer_key
 from mixopt.data.tokenizer import (
     eos_id,
     join_documents,
@@ -53,37 +54,47 @@ class _Candidates:
 
 
 def sample_key(exp: Experiment, hashes: FileHashes | None = None) -> str:
-    """Everything that changes the slices: sources (by content), budgets, tokenizer, seed."""
+    """Everything that changes the sample: each domain's own key (data.resample), names and order,
+    the tokenizer settings."""
+    return _sample_key(exp, _source_keys(exp, hashes))
+
+
+def _source_keys(exp: Experiment, hashes: FileHashes | None = None) -> dict[str, str]:
     hashes = hashes or FileHashes(Workspace(exp.workspace_dir).file_hashes_path)
-    sources = {d.name: [source_fingerprint(s, exp.resolve(s.path), hashes) for s in d.sources] for d in exp.domains}
+    keys = {d.name: domain_source_key(exp, d, hashes, SAMPLER_VERSION) for d in exp.domains}
     hashes.save()
-    tok = exp.sample.tokenizer
-    tok_file = file_sha256(exp.resolve(tok.path)) if tok.path and exp.resolve(tok.path).is_file() else None
-    return content_hash({
-        "version": SAMPLER_VERSION, "seed": exp.seed, "sources": sources, "order": exp.domain_names,
-        "train_tokens": exp.train_tokens, "val_tokens": exp.sample.val_tokens,
-        "tokenizer": tok.model_dump(exclude={"path"}), "tokenizer_file": tok_file,
-    })
+    return keys
 
 
-def sample_corpus(exp: Experiment, force: bool = False) -> dict:
-    """Write the workspace's sample/ folder (slices, tokenizer, manifest) and return the manifest."""
+def _sample_key(exp: Experiment, keys: dict[str, str]) -> str:
+    return content_hash({"version": SAMPLER_VERSION, "domains": [[n, keys[n]] for n in exp.domain_names],
+                         "tokenizer": tokenizer_key(exp)})
+
+
+def sample_corpus(exp: Experiment, force: bool = False, retokenize: bool = False) -> dict:
+    """Write the workspace's sample/ folder (slices, tokenizer, manifest) and return the manifest,
+    with what changed under "changes": only domains whose sources changed are drawn again, and the
+    workspace's tokenizer is kept unless `retokenize` (data.resample)."""
     ws = Workspace(exp.workspace_dir)
     hashes = FileHashes(ws.file_hashes_path)
-    key = sample_key(exp, hashes)
-    if not force and ws.manifest_path.is_file():
-        manifest = ws.read_manifest()
-        if manifest.get("key") == key:
-            manifest["reused"] = True
-            return manifest
+    source_keys = _source_keys(exp, hashes)
+    key = _sample_key(exp, source_keys)
+    previous = ws.read_manifest() if ws.manifest_path.is_file() else None
+    if not force and not retokenize and previous is not None and previous.get("key") == key:
+        previous["reused"] = True
+        return previous
+    todo = plan_resample(exp, previous, ws, source_keys, force, retokenize)
 
     budget_tokens = exp.train_tokens + exp.sample.val_tokens
     candidates = {}
     for d in exp.domains:
-        candidates[d.name] = _draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN)
+        if d.name in todo.draw:
+            candidates[d.name] = _draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN)
 
     tok_cfg = exp.sample.tokenizer
-    if tok_cfg.path:
+    if todo.keep_tokenizer:  # the workspace's: domains added or changed are tokenized as before
+        tok = load_tokenizer(ws.tokenizer_path)
+    elif tok_cfg.path:
         tok = load_tokenizer(exp.resolve(tok_cfg.path))
     else:
         val_region = exp.sample.val_tokens * MAX_BYTES_PER_TOKEN
@@ -101,16 +112,27 @@ def sample_corpus(exp: Experiment, force: bool = False) -> dict:
     try:
         domains = {}
         for d in exp.domains:
-            domains[d.name] = _write_slices(exp, d.name, candidates[d.name], tok, eos, dtype, tmp)
+            if d.name in todo.keep:  # same sources, same tokenizer: the slices are the ones drawn before
+                was = todo.keep[d.name]
+                shutil.copytree(ws.sample_dir / was, tmp / d.name)
+                domains[d.name] = {**previous["domains"][was], "drawn_as": previous["domains"][was].get("drawn_as", was)}
+            else:
+                domains[d.name] = _write_slices(exp, d.name, candidates[d.name], tok, eos, dtype, tmp)
+                domains[d.name]["drawn_as"] = d.name
+            domains[d.name]["source_key"] = source_keys[d.name]
         total = sum(v["tokens"] for v in domains.values())
         for v in domains.values():
             v["prior"] = v["tokens"] / total
-        tok.save(str(tmp / "tokenizer.json"))
+        if todo.keep_tokenizer:  # the file as it was: its sha256 is in every run's key
+            shutil.copyfile(ws.tokenizer_path, tmp / "tokenizer.json")
+        else:
+            tok.save(str(tmp / "tokenizer.json"))
         np.save(token_bytes_file(tmp), token_byte_lengths(tok))
         manifest = {
             "key": key, "version": SAMPLER_VERSION, "seed": exp.seed, "order": exp.domain_names,
             "vocab_size": vocab, "eos_id": eos, "dtype": np.dtype(dtype).name,
-            "tokenizer_sha256": file_sha256(tmp / "tokenizer.json"), "domains": domains,
+            "tokenizer_sha256": file_sha256(tmp / "tokenizer.json"), "tokenizer_key": tokenizer_key(exp),
+            "domains": domains,
         }
         atomic_write_json(tmp / "manifest.json", manifest)
         old = ws.root / f".sample.old-{key[:12]}"
@@ -124,6 +146,8 @@ def sample_corpus(exp: Experiment, force: bool = False) -> dict:
         raise
     hashes.save()  # the workspace exists now: later runs of sweep and fit need not hash the corpus again
     manifest["reused"] = False
+    manifest["changes"] = todo.summary(retokenized=previous is not None and not todo.keep_tokenizer and
+                                       previous.get("tokenizer_sha256") != manifest["tokenizer_sha256"])
     return manifest
 
 
