@@ -36,6 +36,7 @@ bench: demo
 	$(PY) bench/reeval.py --config mixtures/demo.yaml --workers 2
 	$(PY) bench/fit_regmix.py
 	$(PY) bench/trainer.py
+	$(PY) bench/data_change.py --config mixtures/demo.yaml --workers 2
 
 clean:
 	rm -rf workspaces demo/data mixtures/*.optimal.yaml
