@@ -8,8 +8,8 @@ changed); a domain is unchanged when its slice is the one the base design saw (a
 change). Base runs that trained on a slice no longer in the sample are superseded.
 
 reuse: the unchanged domains enter as one virtual domain at fixed proportions (the last
-recommendation, else their token prior), and a swarm of RUNS_PER_CHANGED_DOMAIN x (changed + 1)
-mixtures explores virtual vs changed; the fit maps its optimum back onto every domain.
+recommendation, else their token prior), and a swarm of design.after_change_runs x (changed + 1)
+random mixtures (plus each vertex and the prior) explores virtual vs changed; the fit maps its optimum back onto every domain.
 extend: the base runs stay as points (changed domains at 0) and as many new runs explore the
 enlarged simplex.
 """
@@ -27,7 +27,6 @@ from mixopt.core.workspace import atomic_write_json
 from mixopt.errors import MixoptError
 
 BASE_ORIGINS = ("prior", "vertex:", "random:", "user:")
-RUNS_PER_CHANGED_DOMAIN = 4  # random runs per coordinate of the space a change explores (O(changed))
 ON_PLANE = 1e-6  # L1: a run whose unchanged domains are this close to the virtual proportions is on the plane
 
 

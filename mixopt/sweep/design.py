@@ -16,7 +16,7 @@ from mixopt.core.mixtures import (
     drop_small_weights,
 )
 from mixopt.errors import MixoptError
-from mixopt.sweep.change import RUNS_PER_CHANGED_DOMAIN, Change, ReusedSpace
+from mixopt.sweep.change import Change, ReusedSpace
 
 ATTEMPTS_PER_RUN = 2000  # rejection sampling gives up after this many draws per wanted mixture
 
@@ -44,14 +44,14 @@ def design_mixtures(exp: Experiment, prior: np.ndarray, bounds: Bounds, change: 
 def _after_change(exp: Experiment, prior: np.ndarray, bounds: Bounds, change: Change) -> list[Mixture]:
     """The base runs still valid, then: reuse, a swarm over (virtual, changed...) mapped onto every
     domain; extend, the changed domains' vertices and random runs over the whole simplex. Either
-    adds RUNS_PER_CHANGED_DOMAIN x (changed + 1) random runs (none when a domain was only removed)."""
+    adds design.after_change_runs x (changed + 1) random runs (none when a domain was only removed)."""
     names = exp.domain_names
     out = [Mixture(o, w) for o, w in change.base]
     taken = [np.array(w) for _, w in change.base]
     k = len(change.changed)
     if k == 0:
         return out
-    n = RUNS_PER_CHANGED_DOMAIN * (k + 1)
+    n = exp.design.after_change_runs * (k + 1)
     rng = np.random.default_rng([exp.seed, 3])
     if change.mode == "reuse" and change.virtual is not None:
         space = ReusedSpace.of(change, len(names))
