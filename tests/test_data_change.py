@@ -230,3 +230,29 @@ def test_new_tokenizer_needs_retokenize_and_says_it_invalidates(corpora, copy):
     cost = _status(path)["cost"]
     assert cost["valid"] == 0 and cost["superseded_why"] == {"trained with another tokenizer": BASE_RUNS}
     assert cost["to_train"] == BASE_RUNS and yaml.safe_load(path.read_text())["sample"]["tokenizer"]["vocab_size"] == 640
+
+
+@pytest.mark.slow
+def test_runs_keyed_by_an_older_mixopt_are_adopted_with_their_results(corpora, copy):
+    """A store of the old key scheme (every domain's name and slice in the context, no slices column):
+    the first plan re-keys its runs, keeping checkpoints and measurements; nothing is to train."""
+    from mixopt.core.keys import content_hash
+    from mixopt.sweep.plan import legacy_context
+
+    path = write_config(copy / "exp.yaml", _cfg(corpora, copy / "ws"))
+    exp = load_experiment(path)
+    plan = load_plan(exp, design=False)
+    old_ctx = legacy_context(plan, exp)
+    measured = {}
+    with sqlite3.connect(copy / "ws" / "mixopt.db") as db:  # foreign keys off: rewrite as 0.1 wrote it
+        for key, weights in db.execute("SELECT key, weights FROM runs").fetchall():
+            legacy = content_hash({"context": old_ctx, "weights": json.loads(weights)})
+            db.execute("UPDATE runs SET key=?, context=?, slices=NULL, tokenizer=NULL WHERE key=?", (legacy, old_ctx, key))
+            for table in ("measurements", "scores"):
+                db.execute(f"UPDATE {table} SET run_key=? WHERE run_key=?", (legacy, key))
+            measured[key] = db.execute("SELECT COUNT(*) FROM measurements WHERE run_key=?", (legacy,)).fetchone()[0]
+    cost = _status(path)["cost"]
+    assert cost["valid"] == BASE_RUNS and cost["to_train"] == 0 and cost["superseded"] == 0
+    with sqlite3.connect(copy / "ws" / "mixopt.db") as db:
+        for key, n in measured.items():
+            assert n > 0 and db.execute("SELECT COUNT(*) FROM measurements WHERE run_key=?", (key,)).fetchone()[0] == n
