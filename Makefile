@@ -39,6 +39,7 @@ bench: demo
 	$(PY) bench/fit_regmix.py
 	$(PY) bench/trainer.py
 	$(PY) bench/sample.py
+	$(PY) bench/data_change.py --config mixtures/demo.yaml --workers 2
 	PYTHON=$(PY) bench/gpu_check.sh
 
 # On a machine with a CUDA GPU: the `gpu` tests, the trainer at every size with MFU, a 16-run mini

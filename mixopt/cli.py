@@ -109,6 +109,8 @@ FORMAT = typer.Option(Format.text, "--format", help="text for people; json (stdo
 def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resample even if up to date."),
            workers: int = typer.Option(1, min=1, help="Processes reading each domain's shards (same result "
                                                       "for any number)."),
+           retokenize: bool = typer.Option(False, help="Make a new tokenizer (the workspace's is kept otherwise); "
+                                                       "every run trained so far becomes invalid."),
            progress: bool = PROGRESS, format: Format = FORMAT):
     """Count each domain's tokens, draw train/validation slices, build the tokenizer."""
     from mixopt.data.sample import sample_corpus
@@ -118,7 +120,7 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
     # A line per stage on a terminal or with -v; off a terminal sample stays silent, so a bad corpus
     # found midway is still the one `error:` line a script sees.
     mode = _progress_mode(progress)
-    manifest = sample_corpus(exp, force=force, workers=workers, progress=_stderr if mode is True or (
+    manifest = sample_corpus(exp, force=force, retokenize=retokenize, workers=workers, progress=_stderr if mode is True or (
         mode and VERBOSITY["level"] > 0) else None)
     if format is Format.json:
         typer.echo(json.dumps({**manifest, "workspace": str(exp.workspace_dir)}))
@@ -136,6 +138,17 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
             typer.echo(f"{name}: {d['truncated_documents']} document(s) cut to sample.max_document_bytes="
                        f"{exp.sample.max_document_bytes}")
     typer.echo(("sample up to date in " if manifest["reused"] else "sample written to ") + str(exp.workspace_dir))
+    ch = manifest.get("changes")
+    if ch and not manifest["reused"]:
+        renamed = "".join(f"; {n} renamed from {o} (slices kept)" for n, o in ch["renamed"].items())
+        typer.echo(f"domains sampled: {', '.join(ch['sampled']) or 'none'}; kept: {', '.join(ch['kept']) or 'none'}"
+                   f"{renamed}{'; dropped: ' + ', '.join(ch['removed']) if ch['removed'] else ''}; "
+                   f"tokenizer {ch['tokenizer']}")
+        if ch["retokenized"]:
+            from mixopt.sweep.status import trained_runs
+
+            typer.echo(f"new tokenizer: the {trained_runs(exp)} runs trained so far are superseded (kept in the "
+                       "store, not used); the next sweep trains the design again")
 
 
 @app.command()
@@ -150,6 +163,8 @@ def sweep(config: Path = CONFIG,
                                                                  "default: slurm where sbatch exists."),
           batch_proxies: str = typer.Option("auto", help="Proxies trained together per worker: auto (as many as "
                                                          "fit on a GPU, 1 on CPU) or a number."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Say what the sweep would train and reuse, and why; "
+                                                                "train nothing."),
           track: list[str] = TRACK, format: Format = FORMAT):
     """Design the mixtures, train and evaluate one proxy per mixture not yet finished."""
     from mixopt.core.mixtures import Mixture, read_mixtures
@@ -159,6 +174,18 @@ def sweep(config: Path = CONFIG,
     from mixopt.sweep.run import run_sweep
 
     exp = _load(config)
+    if dry_run:
+        from mixopt.sweep.status import cost_lines, experiment_status
+
+        st = experiment_status(exp)
+        if format is Format.json:
+            typer.echo(json.dumps(st))
+            return
+        if st["sample"] != "up to date":
+            typer.echo(f"sample: {st['sample']}")
+        for line in cost_lines(st):
+            typer.echo(line)
+        return
     trackers = check_trackers(track)
     extra = []
     if mixtures:  # any mixtures file: proposed YAML, optimal.yaml, CSV or Parquet
@@ -518,6 +545,10 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
                f"{d['suspect']} suspect, {d['pending']} pending")
     typer.echo(f"runs in store (all designs): {r['done']} done, {r['failed']} failed, {r['suspect']} suspect, "
                f"{r['planned']} planned; proxies trained: {st['trainings']}")
+    from mixopt.sweep.status import cost_lines
+
+    for line in cost_lines(st):
+        typer.echo(line)
     cur = st["current_suite"]
     if cur:
         typer.echo(f"current eval suite {cur['key'][:12]}: {cur['objective']}; "

@@ -124,6 +124,11 @@ class Design(_Strict):
     include_vertices: bool = True  # each single-domain mixture, where bounds allow
     include_prior: bool = True  # the natural (token) mixture, where bounds allow
     mixtures: list[dict[str, float]] = []  # extra mixtures to train, domain -> weight
+    # After domains are added or their data changes: reuse (the unchanged domains as one virtual
+    # domain at their last recommended ratio; O(changed) new runs) or extend (old runs as points, new
+    # runs over the enlarged simplex). See "When the data changes" in README.md.
+    after_change: Literal["reuse", "extend"] = "reuse"
+    after_change_runs: int = Field(4, ge=1)  # random runs per changed domain (+ 1 for the rest)
 
 
 class Objective(_Strict):

@@ -77,3 +77,11 @@ class FileHashes:
             self.dirty = False
         except OSError:
             pass
+
+
+def run_key(context: str, slices, weights) -> str:
+    """A run's key: what it trained on under `context` (proxy spec, tokenizer, seed, trainer
+    version). Only domains with weight > 0 count, each as (its train slice's sha256, its weight), in
+    the canonical (config) order: a domain at weight 0, added, removed or renamed, leaves the key as
+    it is, because the training is the same (proxy.train.mixture_sequences draws nothing for it)."""
+    return content_hash({"context": context, "trained": [[s, w] for s, w in zip(slices, weights) if w > 0]})

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mixopt.config.schema import Experiment, Sample
+from mixopt.config.schema import Experiment
 from mixopt.core.keys import FileHashes, content_hash, file_sha256
 from mixopt.core.workspace import (
     Workspace,
+    atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     fsync_dir,
@@ -29,13 +30,13 @@ from mixopt.core.workspace import (
     unmake_workspace,
     write_npy,
 )
-from mixopt.data.readers import source_fingerprint
+from mixopt.data.resample import domain_source_key, plan_resample, tokenizer_key
 from mixopt.data.scan import Candidates, draw_candidates, make_executor
 from mixopt.data.tokenizer import (
     eos_id,
     given_tokenizer,
-    given_tokenizer_id,
     join_documents,
+    load_tokenizer,
     token_byte_lengths,
     token_dtype,
     train_tokenizer,
@@ -50,52 +51,59 @@ _Candidates = Candidates
 
 
 def sample_key(exp: Experiment, hashes: FileHashes | None = None) -> str:
-    """Everything that changes the slices: sources (by content), budgets, tokenizer, seed."""
+    """Everything that changes the sample: each domain's own key (data.resample), names and order,
+    the tokenizer settings."""
+    return _sample_key(exp, _source_keys(exp, hashes))
+
+
+def _source_keys(exp: Experiment, hashes: FileHashes | None = None) -> dict[str, str]:
     hashes = hashes or FileHashes(Workspace(exp.workspace_dir).file_hashes_path)
-    sources = {d.name: [source_fingerprint(s, exp.base_dir, hashes) for s in d.sources] for d in exp.domains}
+    keys = {d.name: domain_source_key(exp, d, hashes, SAMPLER_VERSION) for d in exp.domains}
     hashes.save()
-    tok = exp.sample.tokenizer
-    tok_file = given_tokenizer_id(tok, exp.base_dir)
-    return content_hash({
-        "version": SAMPLER_VERSION, "seed": exp.seed, "sources": sources, "order": exp.domain_names,
-        "train_tokens": exp.train_tokens, "val_tokens": exp.sample.val_tokens,
-        # Added in a later version: in the key only when set, so existing samples keep their key.
-        **({"max_document_bytes": exp.sample.max_document_bytes}
-           if exp.sample.max_document_bytes != Sample().max_document_bytes else {}),
-        **({"scan": exp.sample.scan.model_dump()} if exp.sample.scan else {}),
-        "tokenizer": tok.model_dump(exclude={"path"} | ({"name"} if tok.name is None else set())),
-        "tokenizer_file": tok_file,
-    })
+    return keys
 
 
-def sample_corpus(exp: Experiment, force: bool = False, workers: int = 1, progress=None) -> dict:
-    """Write the workspace's sample/ folder (slices, tokenizer, manifest) and return the manifest.
-    `workers` processes read each domain's shards; the result does not depend on their number.
-    `progress` (a callable taking one line) hears of each domain read and written."""
+def _sample_key(exp: Experiment, keys: dict[str, str]) -> str:
+    return content_hash({"version": SAMPLER_VERSION, "domains": [[n, keys[n]] for n in exp.domain_names],
+                         "tokenizer": tokenizer_key(exp)})
+
+
+def sample_corpus(exp: Experiment, force: bool = False, retokenize: bool = False, workers: int = 1,
+                  progress=None) -> dict:
+    """Write the workspace's sample/ folder (slices, tokenizer, manifest) and return the manifest,
+    with what changed under "changes": only domains whose sources changed are drawn again, and the
+    workspace's tokenizer is kept unless `retokenize` (data.resample). `workers` processes read each
+    domain's shards (the result does not depend on their number); `progress` (a callable taking one
+    line) hears of each domain read and written."""
     say = progress or (lambda line: None)
     ws = Workspace(exp.workspace_dir)
     ws.check()  # before anything is written, even the hash cache
     hashes = FileHashes(ws.file_hashes_path)
-    key = sample_key(exp, hashes)
-    if not force and ws.manifest_path.is_file():
-        manifest = ws.read_manifest()
-        if manifest.get("key") == key:
-            manifest["reused"] = True
-            return manifest
+    source_keys = _source_keys(exp, hashes)
+    key = _sample_key(exp, source_keys)
+    previous = ws.read_manifest() if ws.manifest_path.is_file() else None
+    if not force and not retokenize and previous is not None and previous.get("key") == key:
+        previous["reused"] = True
+        return previous
+    todo = plan_resample(exp, previous, ws, source_keys, force, retokenize)
 
     budget_tokens = exp.train_tokens + exp.sample.val_tokens
     candidates = {}
-    executor = make_executor(workers)
+    executor = make_executor(workers) if todo.draw else None
     try:
         for i, d in enumerate(exp.domains, 1):
-            candidates[d.name] = draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN, executor, workers)
-            say(f"sample: read domain '{d.name}' ({i}/{len(exp.domains)})")
+            if d.name in todo.draw:
+                candidates[d.name] = draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN, executor, workers)
+                say(f"sample: read domain '{d.name}' ({i}/{len(exp.domains)})")
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
 
     tok_cfg = exp.sample.tokenizer
-    tok = given_tokenizer(tok_cfg, exp.base_dir)
+    if todo.keep_tokenizer:  # the workspace's: domains added or changed are tokenized as before
+        tok = load_tokenizer(ws.tokenizer_path)
+    else:
+        tok = given_tokenizer(tok_cfg, exp.base_dir)
     if tok is None:
         val_region = exp.sample.val_tokens * MAX_BYTES_PER_TOKEN
         tok = train_tokenizer(_tokenizer_texts(candidates, val_region, tok_cfg.train_bytes_per_domain),
@@ -117,17 +125,28 @@ def sample_corpus(exp: Experiment, force: bool = False, workers: int = 1, progre
     try:
         domains = {}
         for i, d in enumerate(exp.domains, 1):
-            domains[d.name] = _write_slices(exp, d.name, candidates[d.name], tok, eos, dtype, tmp)
-            say(f"sample: wrote slices of '{d.name}' ({i}/{len(exp.domains)})")
+            if d.name in todo.keep:  # same sources, same tokenizer: the slices are the ones drawn before
+                was = todo.keep[d.name]
+                shutil.copytree(ws.sample_dir / was, tmp / d.name)
+                domains[d.name] = {**previous["domains"][was], "drawn_as": previous["domains"][was].get("drawn_as", was)}
+            else:
+                domains[d.name] = _write_slices(exp, d.name, candidates[d.name], tok, eos, dtype, tmp)
+                domains[d.name]["drawn_as"] = d.name
+                say(f"sample: wrote slices of '{d.name}' ({i}/{len(exp.domains)})")
+            domains[d.name]["source_key"] = source_keys[d.name]
         total = sum(v["tokens"] for v in domains.values())
         for v in domains.values():
             v["prior"] = v["tokens"] / total
-        atomic_write_text(tmp / "tokenizer.json", tok.to_str(pretty=True))  # what tok.save writes, byte for byte
+        if todo.keep_tokenizer:  # the file as it was: its sha256 is in every run's key
+            atomic_write_bytes(tmp / "tokenizer.json", ws.tokenizer_path.read_bytes())
+        else:
+            atomic_write_text(tmp / "tokenizer.json", tok.to_str(pretty=True))  # what tok.save writes, byte for byte
         write_npy(token_bytes_file(tmp), token_byte_lengths(tok))
         manifest = {
             "key": key, "version": SAMPLER_VERSION, "seed": exp.seed, "order": exp.domain_names,
             "vocab_size": vocab, "eos_id": eos, "dtype": np.dtype(dtype).name,
-            "tokenizer_sha256": file_sha256(tmp / "tokenizer.json"), "domains": domains,
+            "tokenizer_sha256": file_sha256(tmp / "tokenizer.json"), "tokenizer_key": tokenizer_key(exp),
+            "domains": domains,
         }
         atomic_write_json(tmp / "manifest.json", manifest)
         old = ws.root / f".sample.old-{key[:12]}"
@@ -143,6 +162,8 @@ def sample_corpus(exp: Experiment, force: bool = False, workers: int = 1, progre
         raise
     hashes.save()  # the workspace exists now: later runs of sweep and fit need not hash the corpus again
     manifest["reused"] = False
+    manifest["changes"] = todo.summary(retokenized=previous is not None and not todo.keep_tokenizer and
+                                       previous.get("tokenizer_sha256") != manifest["tokenizer_sha256"])
     return manifest
 
 

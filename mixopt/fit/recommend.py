@@ -285,16 +285,25 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
     """Fit on every finished run; first evaluate stored checkpoints on what the suite added,
     unless `reeval` is off (then runs lacking the current suite are left out, with a warning)."""
     plan, swarm, settings, fit_key = experiment_swarm(exp, runtime, reeval)
+    reused = None
+    if plan.change is not None and plan.change.virtual is not None:  # design.after_change: reuse
+        from mixopt.fit.reuse import expand_recommendation, reused_swarm
+
+        swarm, space, fit_key = reused_swarm(plan, full := swarm, fit_key)
+        runtime.say(f"mixture reuse: fitting {len(swarm.keys)} runs over {', '.join(swarm.domains)}; the unchanged "
+                    f"domains keep the proportions of {plan.change.virtual_from}")
     rec, model = fit_swarm(swarm, settings, fit_key)
+    if plan.change is not None and plan.change.virtual is not None:
+        reused, rec = rec, expand_recommendation(rec, space, full)
     with Store(plan.workspace.db_path) as store:
-        rec = replace(rec, suspect=tuple(r.key for r in store.runs(plan.context, "suspect")))
+        rec = replace(rec, suspect=tuple(r.key for r in plan.runs(store, "suspect")))
         readonly = store.readonly
     out = plan.workspace.fits_dir / rec.fit_key[:16]
     if readonly:  # a read-only mount: the recommendation still goes next to the config
         runtime.say(f"note: the workspace {plan.workspace.root} is read-only: {out.relative_to(plan.workspace.root)}/ "
                     "(fit.json, runs.parquet, plots) is not written")
     else:
-        save_fit(out, swarm, settings, rec, model, plots=plots)
+        save_fit(out, swarm, settings, reused or rec, model, plots=plots)  # reuse: the fit as done, reduced
     write_optimal(exp.optimal_path, rec, exp.name, None if readonly else out)
     return rec
 

@@ -11,7 +11,6 @@ from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import Mixture, read_mixtures
 from mixopt.errors import MixoptError
 from mixopt.fit.recommend import experiment_swarm, fit_swarm
-from mixopt.sweep.plan import run_key
 from mixopt.sweep.reeval import record_scores
 from mixopt.sweep.run import run_sweep
 from mixopt.sweep.store import Store
@@ -51,8 +50,8 @@ def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime()) -> Veri
         raise MixoptError(f"a verification run failed: {report.failed[0][1]}", "see the error above and rerun")
     with Store(plan.workspace.db_path) as store:
         scores = record_scores(plan, store)
-    measured = scores[run_key(plan.context, extra[0].weights)]
-    prior_measured = scores[run_key(plan.context, extra[1].weights)]
+    measured = scores[plan.key(extra[0].weights)]
+    prior_measured = scores[plan.key(extra[1].weights)]
     return Verification(
         objective=swarm.objective, predicted=float(model.predict(w)[0]), measured=float(measured),
         prior_predicted=float(model.predict(plan.prior)[0]), prior_measured=float(prior_measured),

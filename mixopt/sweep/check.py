@@ -96,7 +96,7 @@ def flag_damaged(plan: Plan, store: Store, say: Say) -> list[str]:
     """Mark suspect this design's finished runs whose checkpoint is missing or not its recorded
     size: a stat each, no hashing, so a sweep can afford it and retrains them."""
     bad = []
-    for run in store.runs(plan.context, "done"):
+    for run in plan.runs(store, "done"):
         problem = checkpoint_problem(plan.workspace.root / (run.checkpoint or ""), run, full=False)
         if problem:
             store.mark_suspect([run.key], problem)

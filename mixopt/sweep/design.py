@@ -1,5 +1,6 @@
 """The sweep's candidate mixtures: RegMix-style Dirichlet draws around the token prior, plus the
-natural prior, each single-domain mixture and the user's own, all within the bounds."""
+natural prior, each single-domain mixture and the user's own, all within the bounds. After the
+data changed (sweep/change.py), the still-valid base runs plus what `design.after_change` adds."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from mixopt.core.mixtures import (
     drop_small_weights,
 )
 from mixopt.errors import MixoptError
+from mixopt.sweep.change import Change, ReusedSpace
 
 ATTEMPTS_PER_RUN = 2000  # rejection sampling gives up after this many draws per wanted mixture
 STALL_DRAWS = 20_000  # ... or after this many draws in a row found nothing new: the room is full (seconds)
@@ -27,8 +29,11 @@ def random_runs(exp: Experiment) -> int:
     return runs if runs is not None else max(MIN_RUNS, RUNS_PER_DOMAIN * len(exp.domain_names))
 
 
-def design_mixtures(exp: Experiment, prior: np.ndarray, bounds: Bounds) -> list[Mixture]:
-    """The sweep's mixtures, deterministic for a given config and seed."""
+def design_mixtures(exp: Experiment, prior: np.ndarray, bounds: Bounds, change: Change | None = None
+                    ) -> list[Mixture]:
+    """The sweep's mixtures, deterministic for a given config, seed and (after a change) store."""
+    if change is not None:
+        return _after_change(exp, prior, bounds, change)
     names, cfg = exp.domain_names, exp.design
     fixed: list[Mixture] = []
     if cfg.include_prior and bounds.contains(prior):
@@ -40,15 +45,52 @@ def design_mixtures(exp: Experiment, prior: np.ndarray, bounds: Bounds) -> list[
                 fixed.append(Mixture(f"vertex:{name}", tuple(e)))
     for i, m in enumerate(cfg.mixtures):
         fixed.append(Mixture(f"user:{i}", tuple(check_weights(m, names, f"design.mixtures[{i}]"))))
-    return fixed + _draw_random(exp, prior, bounds, [np.array(m.weights) for m in fixed])
+    rng = np.random.default_rng([exp.seed, 1])
+    return fixed + _draw_random(exp, prior, bounds, [np.array(m.weights) for m in fixed], random_runs(exp), rng,
+                                 "random")
 
 
-def _draw_random(exp: Experiment, prior: np.ndarray, bounds: Bounds, taken: list[np.ndarray]) -> list[Mixture]:
+def _after_change(exp: Experiment, prior: np.ndarray, bounds: Bounds, change: Change) -> list[Mixture]:
+    """The base runs still valid, then: reuse, a swarm over (virtual, changed...) mapped onto every
+    domain; extend, the changed domains' vertices and random runs over the whole simplex. Either
+    adds design.after_change_runs x (changed + 1) random runs (none when a domain was only removed)."""
+    names = exp.domain_names
+    out = [Mixture(o, w) for o, w in change.base]
+    taken = [np.array(w) for _, w in change.base]
+    k = len(change.changed)
+    if k == 0:
+        return out
+    n = exp.design.after_change_runs * (k + 1)
+    rng = np.random.default_rng([exp.seed, 3])
+    if change.mode == "reuse" and change.virtual is not None:
+        space = ReusedSpace.of(change, len(names))
+        rb, rp = space.bounds(bounds, names), space.prior(prior)
+        fixed = [("reuse:virtual", np.eye(k + 1)[0])]
+        fixed += [(f"reuse:vertex:{names[i]}", np.eye(k + 1)[j + 1]) for j, i in enumerate(change.changed)]
+        fixed.append(("reuse:prior", rp))
+        mine = []
+        for origin, r in fixed:
+            w = space.expand(r)[0]
+            if rb.contains(r) and bounds.contains(w) and not any(np.abs(t - w).sum() < 1e-9 for t in taken + mine):
+                out.append(Mixture(origin, tuple(float(x) for x in w)))
+                mine.append(w)
+        reduced_taken = [space.reduce(w)[0][0] for w in mine]
+        for m in _draw_random(exp, rp, rb, reduced_taken, n, rng, "reuse:random"):
+            out.append(Mixture(m.origin, tuple(float(x) for x in space.expand(np.array(m.weights))[0])))
+        return out
+    for i in change.changed:
+        e = np.eye(len(names))[i]
+        if bounds.contains(e) and not any(np.abs(t - e).sum() < 1e-9 for t in taken):
+            out.append(Mixture(f"extend:vertex:{names[i]}", tuple(e)))
+            taken.append(e)
+    return out + _draw_random(exp, prior, bounds, taken, n, rng, "extend:random")
+
+
+def _draw_random(exp: Experiment, prior: np.ndarray, bounds: Bounds, taken: list[np.ndarray], runs: int,
+                 rng: np.random.Generator, origin: str) -> list[Mixture]:
     cfg = exp.design
-    runs = random_runs(exp)
     if runs == 0:
         return []
-    rng = np.random.default_rng([exp.seed, 1])
     sampler = Sampler.of(cfg)
     centre = sampler.centre(prior)
     if not np.isfinite(centre).all() or centre.max() > 0.999:
@@ -79,15 +121,16 @@ def _draw_random(exp: Experiment, prior: np.ndarray, bounds: Bounds, taken: list
             continue
         taken.append(w)
         since_last = 0
-        out.append(Mixture(f"random:{len(out)}", tuple(float(x) for x in w)))
+        out.append(Mixture(f"{origin}:{len(out)}", tuple(float(x) for x in w)))
         if len(out) == runs:
             return out
     if non_finite > draws // 2:
         raise MixoptError(f"design.concentration {list(cfg.concentration)}: most Dirichlet draws underflowed "
                           f"({non_finite} of {draws}), so only {len(out)} of design.runs={runs} mixtures were "
                           "drawn", "raise the low end of design.concentration (e.g. [0.1, 5.0])")
+    asked = "design.runs" if origin == "random" else "design.after_change_runs x (changed domains + 1)"
     raise MixoptError(
-        f"design.runs is {runs} but at most about {len(out)} distinct mixtures fit (L1 distance >= "
+        f"{asked} is {runs} but at most about {len(out)} distinct mixtures fit (L1 distance >= "
         f"design.min_distance {cfg.min_distance:g}, within the bounds and max_prior_multiple): {draws} draws found "
-        f"only {len(out)}", f"set design.runs <= {len(out)}, or lower design.min_distance, raise "
+        f"only {len(out)}", f"set {asked} lower, or lower design.min_distance, raise "
         "max_prior_multiple, or loosen the bounds")

@@ -1,16 +1,22 @@
 """What a sweep of this config trains: the sample it reads, the proxy spec, the bounds, the
-design's mixtures and their run keys."""
+design's mixtures and their run keys; and which stored runs are still valid for it.
+
+A run is valid when what it trained on is still in the sample: its key (core.keys.run_key) is
+recomputed from the current slices and its stored weights mapped onto the current domains. So a
+run from before a domain was added is the same run as one with that domain at weight 0, and a run
+that trained on a domain whose data changed (or that was removed) is superseded: kept, not used."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from mixopt.config.schema import Experiment
 from mixopt.config.validate import check_seq_len
 from mixopt.core.keys import content_hash
+from mixopt.core.keys import run_key as _run_key
 from mixopt.core.mixtures import Bounds, Mixture, domain_bounds
 from mixopt.core.workspace import Workspace
 from mixopt.data.sample import sample_key
@@ -18,7 +24,9 @@ from mixopt.errors import MixoptError
 from mixopt.evals.suites import Suite, resolve_suite
 from mixopt.proxy.model import ProxySpec, proxy_spec
 from mixopt.proxy.train import TRAINER_VERSION
+from mixopt.sweep.change import Change, detect_change, is_base
 from mixopt.sweep.design import design_mixtures
+from mixopt.sweep.store import Run, Store
 
 Say = Callable[[str], None]
 
@@ -33,10 +41,64 @@ class Plan:
     bounds: Bounds
     prior: np.ndarray
     available: list[int]
-    context: str  # hash of everything but the weights
+    context: str  # hash of what a run trains with besides its data: trainer, seed, proxy spec, tokenizer
     suite: Suite
     mixtures: list[Mixture]
     keys: list[str]
+    domains: tuple[str, ...] = ()  # canonical order
+    slices: tuple[str, ...] = ()  # each domain's train slice sha256
+    tokenizer: str = ""  # sha256 of the workspace's tokenizer
+    change: Change | None = None  # how the data changed since the base design, if it did
+
+    def key(self, weights) -> str:
+        return _run_key(self.context, self.slices, weights)
+
+    def weights_of(self, run: Run) -> tuple[float, ...] | None:
+        """The run's weights over the current domains, or None when it is not valid for this plan."""
+        if run.context != self.context or run.slices is None:
+            return None
+        where = {s: i for i, s in enumerate(self.slices)}
+        w = [0.0] * len(self.slices)
+        for s, x in zip(run.slices, run.weights):
+            if x > 0:
+                if s not in where:
+                    return None
+                w[where[s]] = x
+        return tuple(w) if self.key(w) == run.key else None  # same slices in another order: another training
+
+    def runs(self, store: Store, status: str | None = None) -> list[Run]:
+        """The store's runs valid for this plan, weights in the current domain order."""
+        out = []
+        for r in store.runs(self.context, status):
+            w = self.weights_of(r)
+            if w is not None:
+                out.append(replace(r, weights=w, domains=self.domains))
+        return out
+
+    def superseded(self, store: Store) -> list[tuple[Run, str]]:
+        """Trained runs (done or suspect) this plan cannot use, each with why."""
+        names = set(self.domains)
+        current = set(self.slices)
+        out = []
+        for r in store.runs():
+            if r.status not in ("done", "suspect") or self.weights_of(r) is not None:
+                continue
+            if r.slices is None:
+                why = "trained by an older mixopt on other data or settings"
+            elif r.tokenizer != self.tokenizer:
+                why = "trained with another tokenizer"
+            elif r.context != self.context:
+                why = "trained with another proxy, seed or trainer version"
+            else:
+                gone = [d for d, s, x in zip(r.domains, r.slices, r.weights) if x > 0 and s not in current]
+                if not gone:
+                    why = "trained with the domains in another order"
+                elif gone[0] in names:
+                    why = f"domain '{gone[0]}' changed since"
+                else:
+                    why = f"domain '{gone[0]}' was removed"
+            out.append((r, why))
+        return out
 
 
 def load_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool = True) -> Plan:
@@ -52,20 +114,50 @@ def load_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool =
     spec = proxy_spec(exp.proxy, manifest["vocab_size"])
     check_seq_len(spec.seq_len, {n: manifest["domains"][n].get("train_tokens") for n in names})
     bounds = domain_bounds(exp, available)
-    context = content_hash({
-        "trainer": TRAINER_VERSION, "seed": exp.seed, "spec": spec.to_dict(), "domains": names,
-        "slices": {n: manifest["domains"][n]["train_sha256"] for n in names},
-        "tokenizer": manifest["tokenizer_sha256"],
-    })
+    tokenizer = manifest["tokenizer_sha256"]
+    context = content_hash({"trainer": TRAINER_VERSION, "seed": exp.seed, "spec": spec.to_dict(),
+                            "tokenizer": tokenizer})
+    slices = tuple(manifest["domains"][n]["train_sha256"] for n in names)
+    plan = Plan(ws, manifest, spec, bounds, prior, available, context, resolve_suite(exp, manifest, ws), [], [],
+                tuple(names), slices, tokenizer)
+    change = None
+    if design and ws.db_path.is_file():
+        with Store(ws.db_path) as store:
+            adopt_legacy(plan, exp, store)
+            base = [r for r in store.runs(context, "done") if is_base(r.origin)]
+            valid = {r.key: r.weights for r in plan.runs(store, "done")}
+        aliases = {n: manifest["domains"][n].get("drawn_as", n) for n in names}
+        change = detect_change(exp.design.after_change, names, slices, base, valid, prior,
+                               ws.root / CHANGE_RECORD, exp.optimal_path, aliases)
     mixtures, keys = [], []
-    for m in (design_mixtures(exp, prior, bounds) if design else []) + list(extra):
-        key = run_key(context, m.weights)
+    for m in (design_mixtures(exp, prior, bounds, change) if design else []) + list(extra):
+        key = plan.key(m.weights)
         if key not in keys:
             mixtures.append(m)
             keys.append(key)
-    suite = resolve_suite(exp, manifest, ws)
-    return Plan(ws, manifest, spec, bounds, prior, available, context, suite, mixtures, keys)
+    return replace(plan, mixtures=mixtures, keys=keys, change=change)
 
 
-def run_key(context: str, weights) -> str:
-    return content_hash({"context": context, "weights": list(weights)})
+CHANGE_RECORD = "after-change.json"  # in the workspace: the virtual proportions mixture reuse trains with
+
+
+def legacy_context(plan: Plan, exp: Experiment) -> str:
+    """The context of a run key as mixopt computed it before store version 3 (every domain's name
+    and slice in it), for the current config and sample."""
+    return content_hash({
+        "trainer": TRAINER_VERSION, "seed": exp.seed, "spec": plan.spec.to_dict(), "domains": list(plan.domains),
+        "slices": dict(zip(plan.domains, plan.slices)), "tokenizer": plan.tokenizer,
+    })
+
+
+def adopt_legacy(plan: Plan, exp: Experiment, store: Store) -> int:
+    """Runs recorded before run keys followed the data (store version < 3) whose context is this
+    config's and sample's under the old scheme: give them their current key, keeping checkpoints and
+    measurements. Runs of another old context stay as they are (shown as superseded)."""
+    if store.readonly:
+        return 0
+    old = legacy_context(plan, exp)
+    moves = [{"old": r.key, "new": plan.key(r.weights), "context": plan.context, "slices": list(plan.slices),
+              "tokenizer": plan.tokenizer}
+             for r in store.runs(old) if r.slices is None and list(r.domains) == list(plan.domains)]
+    return store.rekey(moves) if moves else 0

@@ -56,7 +56,7 @@ def missing_measures(plan: Plan, store: Store) -> dict[str, list]:
     """run key -> the current suite's measures that finished run lacks."""
     have = store.measurements()
     out = {}
-    for r in store.runs(plan.context, "done"):
+    for r in plan.runs(store, "done"):
         lack = [m for m in plan.suite.measures if m.key not in have.get(r.key, {})]
         if lack:
             out[r.key] = lack
@@ -68,9 +68,9 @@ def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime()) -> E
     t0 = time.time()
     report = EvalReport()
     missing = missing_measures(plan, store)
-    runs = {r.key: r for r in store.runs(plan.context, "done")}
+    runs = {r.key: r for r in plan.runs(store, "done")}
     report.up_to_date = len(runs) - len(missing)
-    report.suspect = [r.key for r in store.runs(plan.context, "suspect")]
+    report.suspect = [r.key for r in plan.runs(store, "suspect")]
     if not missing:
         return report
     check_local_device(runtime)  # evaluation always runs here
@@ -171,7 +171,7 @@ def record_scores(plan: Plan, store: Store) -> dict[str, float]:
     have = store.measurements()
     terms = plan.suite.objective_terms()
     scores = {}
-    for r in store.runs(plan.context, "done"):
+    for r in plan.runs(store, "done"):
         metrics = _metrics_of(plan.suite, have.get(r.key, {}))
         if metrics is not None:
             scores[r.key] = sum(a * metrics[m] for m, a in terms.items())
@@ -190,7 +190,7 @@ def training_table(plan: Plan, store: Store):
     """Weights (runs x domains), every metric, and run keys: finished runs with the whole suite."""
     have = store.measurements()
     rows, keys = [], []
-    for r in store.runs(plan.context, "done"):
+    for r in plan.runs(store, "done"):
         metrics = _metrics_of(plan.suite, have.get(r.key, {}))
         if metrics is not None:
             rows.append((r.weights, metrics))

@@ -20,9 +20,10 @@ from mixopt.core.mixtures import Mixture
 from mixopt.core.progress import Bars
 from mixopt.errors import MixoptError
 from mixopt.evals.suites import prepare_suite
+from mixopt.sweep.change import record_virtual
 from mixopt.sweep.check import flag_damaged
 from mixopt.sweep.choose import BatchChoice, choose_batch, record_choice
-from mixopt.sweep.plan import Plan, load_plan
+from mixopt.sweep.plan import CHANGE_RECORD, Plan, load_plan
 from mixopt.sweep.reeval import evaluate_stored, record_scores
 from mixopt.sweep.store import Store, new_owner
 from mixopt.sweep.work import (
@@ -74,13 +75,15 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
         sweep_id = store.start_sweep("sweep")
         store.add_suite(plan.suite.to_dict())
         store.add_planned([{"key": k, "context": plan.context, "origin": m.origin, "weights": list(m.weights),
-                            "domains": exp.domain_names} for k, m in zip(plan.keys, plan.mixtures)])
+                            "domains": exp.domain_names, "slices": list(plan.slices), "tokenizer": plan.tokenizer}
+                           for k, m in zip(plan.keys, plan.mixtures)])
+        record_virtual(plan.change, plan.slices, ws.root / CHANGE_RECORD)
         # A finished run whose checkpoint is gone or truncated (a stat, no hashing), or found corrupt
         # when evaluated on what the suite added, is marked suspect and retrained below.
         flag_damaged(plan, store, runtime.say)
         ev = evaluate_stored(plan, store, runtime)
         report.reevaluated = ev.runs
-        done = {r.key for r in store.runs(plan.context, "done")}
+        done = {r.key for r in plan.runs(store, "done")}
         report.already_done = sum(k in done for k in plan.keys)
         runs = {k: _run(plan, k, m) for k, m in zip(plan.keys, plan.mixtures) if k not in done}
         choice = choose_batch(runtime, plan.spec, ws, len(runs)) if runs else BatchChoice(1, "", {})
@@ -128,7 +131,7 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
                             bars.finish(run.key)
                     if engine.in_flight or claimed:
                         continue
-                    done = {r.key for r in store.runs(plan.context, "done")}
+                    done = {r.key for r in plan.runs(store, "done")}
                     left = [k for k in runs if k not in tried and k not in done]
                     if not left:
                         break
@@ -137,7 +140,7 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
             engine.close()
             bars.close()
             store.release(owner)
-        done = {r.key for r in store.runs(plan.context, "done")}
+        done = {r.key for r in plan.runs(store, "done")}
         report.elsewhere = sum(k in done for k in runs) - report.trained - report.adopted
         if report.adopted:  # adopted sidecars may predate the current suite
             evaluate_stored(plan, store, runtime)

@@ -1,11 +1,14 @@
-"""`mixopt status`: what a workspace holds, for people and scripts."""
+"""`mixopt status`: what a workspace holds, for people and scripts; and what a data change costs
+(`status` and `sweep --dry-run`): runs still valid, superseded, to train, and why."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 from mixopt.config.schema import Experiment
 from mixopt.core.workspace import Workspace
 from mixopt.errors import MixoptError
-from mixopt.sweep.plan import load_plan
+from mixopt.sweep.plan import Plan, load_plan
 from mixopt.sweep.reeval import missing_measures
 from mixopt.sweep.store import Store
 
@@ -22,6 +25,9 @@ def experiment_status(exp: Experiment) -> dict:
         plan = load_plan(exp)
     except MixoptError as e:
         out["sample"] = f"stale: {e.problem}"
+        from mixopt.data.resample import preview
+
+        out["resample"] = preview(exp, ws.read_manifest())
         return out
     out["sample"] = "up to date"
     out["suite"] = plan.suite.key
@@ -29,8 +35,9 @@ def experiment_status(exp: Experiment) -> dict:
     if ws.db_path.is_file():
         with Store(ws.db_path) as store:
             out.update(store.summary())
-            state = {r.key: r.status for r in store.runs(plan.context)}
+            state = {r.key: r.status for r in plan.runs(store)}
             lacking = missing_measures(plan, store)
+            out["cost"] = change_cost(plan, store, state, lacking)
     else:
         state = {}
     out["current_suite"] = {"key": plan.suite.key, "objective": plan.suite.describe_objective(),
@@ -41,3 +48,65 @@ def experiment_status(exp: Experiment) -> dict:
                      "failed": statuses.count("failed"), "suspect": statuses.count("suspect"),
                      "pending": statuses.count("planned")}
     return out
+
+
+def change_cost(plan: Plan, store: Store, state: dict[str, str], lacking: dict) -> dict:
+    """What the next sweep costs: finished runs still valid (kept with their checkpoints and
+    measurements), superseded ones (kept in the store, not used) and why, runs to train and why."""
+    superseded = plan.superseded(store)
+    why_train: Counter = Counter()
+    for key, m in zip(plan.keys, plan.mixtures):
+        if state.get(key) == "done":
+            continue
+        kind = m.origin.split(":")[0]
+        why_train[{"reuse": "mixture reuse: virtual vs changed domains",
+                   "extend": "new runs over the enlarged simplex",
+                   "verify": "verification", "file": "mixtures file"}.get(kind, "design runs not trained yet")] += 1
+    change = plan.change.to_json(list(plan.domains)) if plan.change else None
+    return {"valid": sum(s == "done" for s in state.values()),
+            "superseded": len(superseded), "superseded_why": dict(Counter(w for _, w in superseded)),
+            "to_train": sum(why_train.values()), "to_train_why": dict(why_train),
+            "to_evaluate": len(lacking), "change": change}
+
+
+def cost_lines(st: dict) -> list[str]:
+    """The cost of the next sweep, for people."""
+    out = []
+    if st.get("resample"):
+        r = st["resample"]
+        if "error" in r:
+            return [f"the sample cannot be updated as configured: {r['error']}"]
+        renamed = ", ".join(f"{n} (was {o})" for n, o in r["renamed"].items())
+        out.append(f"`mixopt sample` will draw {', '.join(r['sampled']) or 'no domain'} again; keep "
+                   f"{', '.join(r['kept']) or 'none'}" + (f"; rename {renamed}" if renamed else "") +
+                   (f"; drop {', '.join(r['removed'])}" if r["removed"] else "") + f"; tokenizer {r['tokenizer']}")
+        return out
+    c = st.get("cost")
+    if not c:
+        return out
+    ch = c["change"]
+    if ch:
+        how = f"{ch['mode']}"
+        if ch["virtual"]:
+            how += " (virtual domain " + ", ".join(f"{d} {v:.3f}" for d, v in ch["virtual"].items()) + \
+                   f", from {ch['virtual_from']})"
+        out.append(f"data changed since the base design: {', '.join(ch['changed']) or 'no domain'} new or changed; "
+                   f"after_change: {how}")
+    out.append(f"still valid: {c['valid']} finished runs (checkpoints and measurements reused)")
+    why = "; ".join(f"{n} {w}" for w, n in c["superseded_why"].items())
+    out.append(f"superseded: {c['superseded']} runs (kept in the store, not used){': ' + why if why else ''}")
+    why = "; ".join(f"{n} {w}" for w, n in c["to_train_why"].items())
+    out.append(f"to train: {c['to_train']} runs{': ' + why if why else ''}")
+    if c["to_evaluate"]:
+        out.append(f"to evaluate: {c['to_evaluate']} finished runs lack part of the eval suite "
+                   "(their checkpoints are evaluated, no training)")
+    return out
+
+
+def trained_runs(exp: Experiment) -> int:
+    """Runs with a finished training in the workspace's store (0 without one)."""
+    ws = Workspace(exp.workspace_dir)
+    if not ws.db_path.is_file():
+        return 0
+    with Store(ws.db_path) as store:
+        return sum(1 for r in store.runs() if r.status in ("done", "suspect"))

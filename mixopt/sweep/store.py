@@ -1,6 +1,10 @@
 """The experiment's embedded store: SQLite in WAL mode, written by the driver alone.
 
-runs:         one row per run key (mixture x proxy x slices x tokenizer x seed x trainer version).
+runs:         one row per run key: what the run trained on (each domain with weight > 0: its train
+              slice and weight) under a context (proxy spec, tokenizer, seed, trainer version).
+              Runs are never tied to the config's list of domains: a run stays valid while every
+              slice it trained on is still in the sample (plan.Plan.runs), and is superseded,
+              kept, once one changed.
 measurements: one row per (run key, evaluation key, metric): what a checkpoint scored on one task.
 scores:       one row per (run key, suite key): the run's objective under that suite.
 suites:       every suite ever used, by key, with its body.
@@ -88,8 +92,17 @@ def _relative_checkpoints(db: sqlite3.Connection, root: Path) -> None:
                    (rel, f.stat().st_size if f.is_file() else None, key))
 
 
+def _trained_slices(db: sqlite3.Connection, root: Path) -> None:
+    """Each run's train slice per domain (sha256, parallel to `weights`) and its tokenizer's sha256:
+    what decides whether the run is still valid after the data changes. Older rows keep NULL until
+    a plan recognizes their context and adopts them (plan.adopt_legacy)."""
+    db.execute("ALTER TABLE runs ADD COLUMN slices TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN tokenizer TEXT")
+
+
 # Store version i+1 is what MIGRATIONS[i] makes of version i; a new store takes every step too.
-MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_add_run_columns, _relative_checkpoints]
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_add_run_columns, _relative_checkpoints,
+                                                                 _trained_slices]
 VERSION = len(MIGRATIONS)
 
 # The one lease condition: a run another live driver holds (running, not ours, not expired, and its
@@ -121,12 +134,15 @@ class Run:
     trainings: int
     lease_owner: str | None
     lease_expires: float | None
+    slices: tuple[str, ...] | None  # train slice sha256 per domain, parallel to weights; None: before store v3
+    tokenizer: str | None  # sha256 of the tokenizer it trained with; None: before store v3
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Run:
         d = {f.name: row[f.name] for f in fields(cls)}
         return cls(**{**d, "weights": tuple(json.loads(d["weights"])), "domains": tuple(json.loads(d["domains"])),
-                      "epochs": json.loads(d["epochs"]) if d["epochs"] else None})
+                      "epochs": json.loads(d["epochs"]) if d["epochs"] else None,
+                      "slices": tuple(json.loads(d["slices"])) if d["slices"] else None})
 
 
 class Store:
@@ -194,10 +210,31 @@ class Store:
         now = time.time()
         with self._tx():
             self.db.executemany(
-                "INSERT OR IGNORE INTO runs (key, context, origin, weights, domains, status, created) "
-                "VALUES (?, ?, ?, ?, ?, 'planned', ?)",
-                [(r["key"], r["context"], r["origin"], json.dumps(r["weights"]), json.dumps(r["domains"]), now)
+                "INSERT OR IGNORE INTO runs (key, context, origin, weights, domains, slices, tokenizer, status, "
+                "created) VALUES (?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
+                [(r["key"], r["context"], r["origin"], json.dumps(r["weights"]), json.dumps(r["domains"]),
+                  json.dumps(r["slices"]) if r.get("slices") is not None else None, r.get("tokenizer"), now)
                  for r in rows])
+
+    def rekey(self, moves: list[dict]) -> int:
+        """Give runs recorded under an older key scheme their current key, context and slices, with
+        their measurements and scores, in one transaction; a move whose new key is already taken is
+        skipped (that run stays as it was). Returns how many moved."""
+        moved = 0
+        with self._tx():
+            for m in moves:
+                if self.db.execute("SELECT 1 FROM runs WHERE key=?", (m["new"],)).fetchone():
+                    continue
+                cols = [r["name"] for r in self.db.execute("PRAGMA table_info(runs)")
+                        if r["name"] not in ("key", "context", "slices", "tokenizer")]
+                self.db.execute(f"INSERT INTO runs (key, context, slices, tokenizer, {', '.join(cols)}) "
+                                f"SELECT ?, ?, ?, ?, {', '.join(cols)} FROM runs WHERE key=?",
+                                (m["new"], m["context"], json.dumps(m["slices"]), m["tokenizer"], m["old"]))
+                for table in ("measurements", "scores"):
+                    self.db.execute(f"UPDATE {table} SET run_key=? WHERE run_key=?", (m["new"], m["old"]))
+                self.db.execute("DELETE FROM runs WHERE key=?", (m["old"],))
+                moved += 1
+        return moved
 
     def add_suite(self, suite: dict) -> None:
         with self._tx():

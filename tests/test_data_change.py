@@ -1,0 +1,258 @@
+"""When the data changes: add, update, remove or rename a domain, or retokenize, on a finished sweep."""
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import small_config, write_config
+
+from mixopt.config.load import load_experiment
+from mixopt.config.runtime import Runtime
+from mixopt.core.keys import run_key
+from mixopt.proxy.model import proxy_spec
+from mixopt.proxy.train import mixture_sequences
+from mixopt.sweep import run as sweep_module
+from mixopt.sweep.plan import load_plan
+from mixopt.sweep.store import Store
+
+
+def mixopt(*args, check=True):
+    """The CLI in a subprocess: what a user sees, one-line errors and exit codes included."""
+    r = subprocess.run([sys.executable, "-m", "mixopt.cli", *map(str, args)], capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise AssertionError(f"mixopt {args} exited {r.returncode}: {r.stderr[-2000:]}")
+    return r
+
+
+def cli(*args) -> str:
+    """The CLI in this process (no interpreter and torch start per call): its stdout."""
+    from typer.testing import CliRunner
+
+    from mixopt.cli import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, (args, r.output, r.exception)
+    return r.stdout
+
+
+def test_zero_weight_domain_changes_neither_key_nor_training():
+    """The claim run keys rest on: a domain at weight 0, inserted anywhere, trains the same sequences."""
+    spec = proxy_spec(load_experiment_proxy(), 512)
+    lengths = [5000, 7000, 6000]
+    w = [0.5, 0.2, 0.3]
+    a, ea = mixture_sequences(w, lengths, spec, np.random.default_rng([0, 2]))
+    b, eb = mixture_sequences([0.5, 0.0, 0.2, 0.3], [5000, 9999, 7000, 6000], spec, np.random.default_rng([0, 2]))
+    b[:, 0] = np.array([0, -1, 1, 2])[b[:, 0]]  # back to the three-domain indices
+    assert np.array_equal(a, b) and eb == [ea[0], 0.0, *ea[1:]]
+    s3, s4 = ["A", "B", "C"], ["A", "N", "B", "C"]
+    assert run_key("ctx", s3, w) == run_key("ctx", s4, [0.5, 0.0, 0.2, 0.3])
+    assert run_key("ctx", s3, w) != run_key("ctx", ["A", "B2", "C"], w)  # an updated slice is another run
+    assert run_key("ctx", s3, [0.5, 0.5, 0.0]) == run_key("ctx", ["A", "B", "C-updated"], [0.5, 0.5, 0.0])
+
+
+def load_experiment_proxy():
+    from mixopt.config.schema import Proxy
+
+    return Proxy(size="tiny", tokens=24000, seq_len=64, batch_size=8)
+
+
+def _more_docs(root: Path) -> Path:
+    """A fourth real-text domain: CPython's unittest, tkinter and sqlite3 sources, one file each."""
+    out = root / "more"
+    out.mkdir()
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    n = 0
+    for pkg in ("unittest", "tkinter", "sqlite3", "urllib", "multiprocessing"):
+        for f in sorted((stdlib / pkg).glob("*.py")):
+            text = f.read_text(errors="replace")
+            if len(text) > 500:
+                (out / f"{pkg}-{f.stem}.txt").write_text(text)
+                n += len(text)
+    assert n > 250_000
+    return out
+
+
+def _cfg(corpora: Path, ws: Path, **over) -> dict:
+    cfg = small_config(corpora, ws, design={"runs": 2, "min_weight": 0.01, "after_change_runs": 1},
+                       fit={"model": "loglinear", "cv_folds": 3, "bootstrap": 0,
+                            "objective": {"domains": {"prose": 1.0}}})
+    cfg.update(over)
+    return cfg
+
+
+BASE_RUNS = 6
+
+
+@pytest.fixture(scope="module")
+def base(corpora, tmp_path_factory):
+    """A finished experiment: 3 domains, 6 runs (prior, 3 vertices, 2 random), fitted."""
+    from mixopt.data.sample import sample_corpus
+    from mixopt.fit.recommend import recommend_mixture
+
+    root = tmp_path_factory.mktemp("base")
+    exp = load_experiment(write_config(root / "exp.yaml", _cfg(corpora, root / "ws")))
+    sample_corpus(exp)
+    assert sweep_module.run_sweep(exp, Runtime(progress=False)).trained == BASE_RUNS
+    recommend_mixture(exp, Runtime(progress=False), plots=False)
+    return root
+
+
+@pytest.fixture
+def copy(base, tmp_path):
+    """The finished experiment, copied (checkpoint paths are relative: a copy keeps its runs)."""
+    shutil.copytree(base / "ws", tmp_path / "ws")
+    shutil.copy(base / "small.optimal.yaml", tmp_path / "small.optimal.yaml")
+    return tmp_path
+
+
+def _rows(ws: Path) -> dict:
+    with sqlite3.connect(ws / "mixopt.db") as db:
+        return {k: (sha, n) for k, sha, n in db.execute("SELECT key, sha256, trainings FROM runs WHERE status='done'")}
+
+
+def _status(cfg) -> dict:
+    return json.loads(cli("status", cfg, "--format", "json"))
+
+
+@pytest.mark.slow
+def test_added_domain_trains_only_new_runs_and_reuses_every_old_one(corpora, copy, monkeypatch):
+    old = _rows(copy / "ws")
+    assert len(old) == BASE_RUNS
+    cfg = _cfg(corpora, copy / "ws")
+    cfg["domains"].append({"name": "more", "sources": [{"path": str(_more_docs(copy))}]})
+    path = write_config(copy / "exp.yaml", cfg)
+    before = json.loads((copy / "ws" / "sample" / "manifest.json").read_text())
+    out = cli("sample", path)
+    assert "domains sampled: more; kept: code, legal, prose" in out and "tokenizer kept" in out
+    after = json.loads((copy / "ws" / "sample" / "manifest.json").read_text())
+    assert after["tokenizer_sha256"] == before["tokenizer_sha256"]
+    assert all(after["domains"][d]["train_sha256"] == before["domains"][d]["train_sha256"]
+               for d in ("code", "prose", "legal"))
+
+    st = _status(path)
+    cost = st["cost"]
+    assert cost["valid"] == BASE_RUNS and cost["superseded"] == 0 and cost["change"]["changed"] == ["more"]
+    assert cost["change"]["virtual_from"].startswith("the last recommendation")
+    assert 0 < cost["to_train"] <= 3 + 1 * 2  # the reuse swarm: O(changed domains), not a new design
+    dry = cli("sweep", path, "--dry-run")
+    assert f"still valid: {BASE_RUNS} finished runs" in dry and f"to train: {cost['to_train']} runs" in dry
+
+    trained = []
+    real = sweep_module.train_task
+    monkeypatch.setattr(sweep_module, "train_task",
+                        lambda task, progress=None: trained.extend(r.key for r in task.runs) or real(task, progress))
+    report = sweep_module.run_sweep(load_experiment(path), Runtime(progress=False))
+    assert report.already_done == BASE_RUNS and report.trained == cost["to_train"] == len(trained)
+    assert not set(trained) & set(old)  # 0 retrained
+    rows = _rows(copy / "ws")
+    assert all(rows[k] == old[k] for k in old)  # same checkpoint, trained once
+    plan = load_plan(load_experiment(path))
+    held_new = next(m.key for m in plan.suite.measures if m.domain == "more")
+    with Store(plan.workspace.db_path) as store:
+        have = store.measurements()
+    assert all(held_new in have[k] for k in old)  # the new domain, evaluated on old checkpoints
+    fit = json.loads(cli("fit", path, "--format", "json", "--no-plots", "--no-progress"))
+    assert list(fit["weights"]) == ["code", "prose", "legal", "more"] and abs(sum(fit["weights"].values()) - 1) < 1e-6
+    assert _status(path)["cost"]["to_train"] == 0  # the design stays put after the fit rewrote the recommendation
+
+
+@pytest.mark.slow
+def test_renamed_domain_changes_nothing_and_removed_one_keeps_zero_weight_runs(corpora, copy):
+    old = _rows(copy / "ws")
+    with Store(copy / "ws" / "mixopt.db") as store:
+        legal = {r.key: r.weights[2] > 0 for r in store.runs() if r.status == "done"}
+
+    # Rename only: the same slices under a new name change nothing.
+    cfg = _cfg(corpora, copy / "ws")
+    cfg["domains"][1]["name"] = "text"
+    cfg["fit"]["objective"]["domains"] = {"text": 1.0}
+    path = write_config(copy / "exp.yaml", cfg)
+    out = cli("sample", path)
+    assert "domains sampled: none" in out and "text renamed from prose (slices kept)" in out
+    cost = _status(path)["cost"]
+    assert cost["valid"] == BASE_RUNS and cost["superseded"] == 0 and cost["to_train"] == 0 and cost["change"] is None
+
+    # Remove 'legal': runs with weight 0 on it stay valid, the others are superseded.
+    cfg["domains"] = cfg["domains"][:2]
+    path = write_config(copy / "exp.yaml", cfg)
+    assert "domains sampled: none" in cli("sample", path)
+    plan = load_plan(load_experiment(path))
+    with Store(plan.workspace.db_path) as store:
+        valid = {r.key for r in plan.runs(store, "done")}
+        superseded = plan.superseded(store)
+    assert valid == {k for k, on in legal.items() if not on} and len(valid) >= 2
+    assert {r.key for r, _ in superseded} == {k for k, on in legal.items() if on}
+    assert all(why == "domain 'legal' was removed" for _, why in superseded)
+    assert _rows(copy / "ws") == old  # superseded runs are kept in the store
+
+
+@pytest.mark.slow
+def test_updated_domain_invalidates_exactly_the_runs_that_trained_on_it(corpora, copy):
+    old = _rows(copy / "ws")
+    with Store(copy / "ws" / "mixopt.db") as store:
+        legal = {r.key: r.weights[2] > 0 for r in store.runs() if r.status == "done"}
+    # Update 'legal' (a source re-filtered: some files dropped): exactly the runs that trained on it.
+    filtered = copy / "legal-filtered"
+    shutil.copytree(corpora / "legal", filtered)
+    for f in sorted(filtered.iterdir())[::3]:
+        f.unlink()
+    cfg = _cfg(corpora, copy / "ws")
+    cfg["domains"][2]["sources"] = [{"path": str(filtered)}]
+    path = write_config(copy / "exp.yaml", cfg)
+    out = cli("sample", path)
+    assert "domains sampled: legal; kept: code, prose" in out
+    st = _status(path)["cost"]
+    assert st["superseded"] == sum(legal.values()) and st["superseded_why"] == {"domain 'legal' changed since":
+                                                                                 sum(legal.values())}
+    assert st["valid"] == BASE_RUNS - sum(legal.values()) and st["change"]["changed"] == ["legal"]
+    assert _rows(copy / "ws") == old  # superseded runs are kept in the store
+
+
+@pytest.mark.slow
+def test_new_tokenizer_needs_retokenize_and_says_it_invalidates(corpora, copy):
+    cfg = _cfg(corpora, copy / "ws")
+    cfg["sample"]["tokenizer"] = {"vocab_size": 640}
+    path = write_config(copy / "exp.yaml", cfg)
+    before = (copy / "ws" / "sample" / "manifest.json").read_text()
+    r = mixopt("sample", path, check=False)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--retokenize" in r.stderr
+    assert "makes every run trained so far invalid" in r.stderr
+    assert (copy / "ws" / "sample" / "manifest.json").read_text() == before  # nothing written
+    out = cli("sample", path, "--retokenize")
+    assert f"new tokenizer: the {BASE_RUNS} runs trained so far are superseded" in out
+    cost = _status(path)["cost"]
+    assert cost["valid"] == 0 and cost["superseded_why"] == {"trained with another tokenizer": BASE_RUNS}
+    assert cost["to_train"] == BASE_RUNS and yaml.safe_load(path.read_text())["sample"]["tokenizer"]["vocab_size"] == 640
+
+
+@pytest.mark.slow
+def test_runs_keyed_by_an_older_mixopt_are_adopted_with_their_results(corpora, copy):
+    """A store of the old key scheme (every domain's name and slice in the context, no slices column):
+    the first plan re-keys its runs, keeping checkpoints and measurements; nothing is to train."""
+    from mixopt.core.keys import content_hash
+    from mixopt.sweep.plan import legacy_context
+
+    path = write_config(copy / "exp.yaml", _cfg(corpora, copy / "ws"))
+    exp = load_experiment(path)
+    plan = load_plan(exp, design=False)
+    old_ctx = legacy_context(plan, exp)
+    measured = {}
+    with sqlite3.connect(copy / "ws" / "mixopt.db") as db:  # foreign keys off: rewrite as 0.1 wrote it
+        for key, weights in db.execute("SELECT key, weights FROM runs").fetchall():
+            legacy = content_hash({"context": old_ctx, "weights": json.loads(weights)})
+            db.execute("UPDATE runs SET key=?, context=?, slices=NULL, tokenizer=NULL WHERE key=?", (legacy, old_ctx, key))
+            for table in ("measurements", "scores"):
+                db.execute(f"UPDATE {table} SET run_key=? WHERE run_key=?", (legacy, key))
+            measured[key] = db.execute("SELECT COUNT(*) FROM measurements WHERE run_key=?", (legacy,)).fetchone()[0]
+    cost = _status(path)["cost"]
+    assert cost["valid"] == BASE_RUNS and cost["to_train"] == 0 and cost["superseded"] == 0
+    with sqlite3.connect(copy / "ws" / "mixopt.db") as db:
+        for key, n in measured.items():
+            assert n > 0 and db.execute("SELECT COUNT(*) FROM measurements WHERE run_key=?", (key,)).fetchone()[0] == n
