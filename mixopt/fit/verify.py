@@ -116,8 +116,8 @@ def verify_at_size(exp: Experiment, size: str, top: int = 3, runtime: Runtime = 
     for (name, x), m in zip(named, extra):
         rows.append({"name": name, "weights": dict(zip(swarm.domains, map(float, x))),
                      "predicted": float(model.predict(np.asarray(x))[0]),
-                     "measured": small.get(run_key(plan.context, m.weights)),
-                     "measured_at_size": float(large[run_key(big_plan.context, m.weights)])})
+                     "measured": small.get(plan.key(m.weights)),
+                     "measured_at_size": float(large[big_plan.key(m.weights)])})
     both = [r for r in rows if r["measured"] is not None]
     at = np.array([r["measured_at_size"] for r in rows])
     return ScaleCheck(
