@@ -181,3 +181,44 @@ def test_result_file_from_an_old_root_is_recorded_relative(tmp_path):
     s.record_result(result)
     run = s.runs()[0]
     assert (run.checkpoint, run.checkpoint_bytes) == (f"checkpoints/{k}.safetensors", 21)
+
+
+def test_a_store_locked_by_another_process_waits_saying_so_then_gives_up(tmp_path, monkeypatch, capsys):
+    db = tmp_path / "mixopt.db"
+    Store(db).close()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    monkeypatch.setenv("MIXOPT_DB_TIMEOUT", "1")
+    with Store(db) as s, pytest.raises(sqlite3.OperationalError):
+        s.start_sweep("sweep")
+    err = capsys.readouterr().err
+    assert err.count("waiting: another process holds the workspace's database lock") == 1
+    holder.execute("ROLLBACK")
+    holder.close()
+
+
+def test_a_store_lock_released_while_waiting_lets_the_work_go_on(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    db = tmp_path / "mixopt.db"
+    Store(db).close()
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    monkeypatch.setenv("MIXOPT_DB_TIMEOUT", "600")
+    box: dict = {}
+
+    def work():
+        with Store(db) as s:
+            box["store"] = s
+            box["sweep"] = s.start_sweep("sweep")
+
+    t = threading.Thread(target=work)
+    t.start()
+    while not getattr(box.get("store"), "db", None) or not box["store"].db._said:  # it has said it waits
+        assert t.is_alive()
+        time.sleep(0.01)
+    holder.execute("COMMIT")
+    t.join()
+    assert box["sweep"] >= 1
+    holder.close()

@@ -156,10 +156,11 @@ class Store:
             if not path.is_file():
                 raise MixoptError(f"no store at {path}, and the workspace is read-only here",
                                   "run `mixopt sweep CONFIG` where the workspace is writable")
-            self.db = sqlite3.connect(_read_only_uri(path), uri=True, timeout=60, isolation_level=None)
+            self.db = sqlite3.connect(_read_only_uri(path), uri=True, timeout=LOCK_POLL, isolation_level=None,
+                                      factory=_PatientConnection)
         else:
             Workspace(path.parent).claim()  # never a store in a folder of someone else's files
-            self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+            self.db = sqlite3.connect(path, timeout=LOCK_POLL, isolation_level=None, factory=_PatientConnection)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
         self.db.row_factory = sqlite3.Row
@@ -435,6 +436,54 @@ def owner_alive(owner: str | None) -> bool:
     except (PermissionError, ValueError):
         return True
     return True
+
+
+LOCK_POLL = 0.5  # seconds SQLite itself waits on a lock before _PatientConnection says so and waits on
+
+
+def _lock_patience() -> float:
+    """Seconds to wait for another process's lock on the store: MIXOPT_DB_TIMEOUT, default 60."""
+    try:
+        return max(0.0, float(os.environ.get("MIXOPT_DB_TIMEOUT", "60")))
+    except ValueError:
+        return 60.0
+
+
+class _PatientConnection(sqlite3.Connection):
+    """A connection that, when another process holds the store's lock, says so once on stderr and
+    keeps trying for MIXOPT_DB_TIMEOUT seconds (default 60) before the error reaches the user as
+    one line. Python's sqlite3 has no busy-handler hook, so the wait is a retry of the statement."""
+
+    _said = False
+
+    def _patiently(self, call, *args):
+        deadline = None
+        while True:
+            try:
+                return call(*args)
+            except sqlite3.OperationalError as e:
+                if getattr(e, "sqlite_errorcode", None) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) and \
+                        "locked" not in str(e):
+                    raise
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + _lock_patience()
+                if now >= deadline:
+                    raise
+                if not self._said:
+                    self._said = True
+                    import sys
+
+                    print(f"waiting: another process holds the workspace's database lock; waiting up to "
+                          f"{_lock_patience():g} s (MIXOPT_DB_TIMEOUT)", file=sys.stderr, flush=True)
+
+    def execute(self, *args):
+        return self._patiently(super().execute, *args)
+
+    def executemany(self, *args):
+        return self._patiently(super().executemany, *args)
+
+    def executescript(self, *args):
+        return self._patiently(super().executescript, *args)
 
 
 class _Transaction:
