@@ -181,7 +181,7 @@ def test_version_completion_and_exit_codes_in_help():
     assert r.returncode == 0 and r.stdout.strip() == f"mixopt {__version__}"
     # --show-completion detects the shell it was called from (typer asks the process tree), so call it
     # from bash whatever runs the tests.
-    script = subprocess.run(["bash", "-c", f"'{sys.executable}' -m mixopt.cli --show-completion"],
+    script = subprocess.run(["bash", "-c", f"'{sys.executable}' -m mixopt.cli --show-completion; exit $?"],
                             capture_output=True, text=True)
     assert script.returncode == 0 and "=complete_bash" in script.stdout and "complete -o default -F" in script.stdout
     # The completion answers: verbs, and the choices of an option.

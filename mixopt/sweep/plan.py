@@ -28,6 +28,10 @@ from mixopt.sweep.change import Change, detect_change, is_base
 from mixopt.sweep.design import design_mixtures
 from mixopt.sweep.store import Run, Store
 
+
+class StaleSample(MixoptError):
+    """The workspace's sample was drawn for other sources or settings: `mixopt sample` again."""
+
 Say = Callable[[str], None]
 
 
@@ -106,7 +110,7 @@ def load_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool =
     ws = Workspace(exp.workspace_dir)
     manifest = ws.read_manifest()
     if manifest.get("key") != sample_key(exp):
-        raise MixoptError(f"the sample in {ws.root} is stale (config or corpus changed since)",
+        raise StaleSample(f"the sample in {ws.root} is stale (config or corpus changed since)",
                           "run `mixopt sample CONFIG` again")
     names = exp.domain_names
     available = [manifest["domains"][n]["tokens"] for n in names]

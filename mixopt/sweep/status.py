@@ -7,8 +7,7 @@ from collections import Counter
 
 from mixopt.config.schema import Experiment
 from mixopt.core.workspace import Workspace
-from mixopt.errors import MixoptError
-from mixopt.sweep.plan import Plan, load_plan
+from mixopt.sweep.plan import Plan, StaleSample, load_plan
 from mixopt.sweep.reeval import missing_measures
 from mixopt.sweep.store import Store
 
@@ -23,7 +22,7 @@ def experiment_status(exp: Experiment) -> dict:
         return out
     try:
         plan = load_plan(exp)
-    except MixoptError as e:
+    except StaleSample as e:  # any other problem (a damaged store, a bad config) is an error, not a state
         out["sample"] = f"stale: {e.problem}"
         from mixopt.data.resample import preview
 
