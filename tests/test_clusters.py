@@ -4,6 +4,7 @@
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -61,14 +62,24 @@ def test_sweep_through_a_real_slurm(slurm, corpora, tmp_path):
     # failed, and the sweep ends (exit 1) instead of waiting for it forever: without accounting only the
     # queue shows it is gone.
     (tmp_path / "more.yaml").write_text("mixtures: [{code: 0.2, prose: 0.5, legal: 0.3}]\n")
-    work = tmp_path / "work.log"  # the job appends "<run key> <step>" per trained step (MIXOPT_WORK_LOG)
+    # The job appends "<run key> <step>" per trained step to MIXOPT_WORK_LOG. A FIFO there holds the job
+    # still at its second step, whatever the machine's speed: the test reads the first step's line
+    # (the job is training), closes its end, and the job's next open of the log waits for a reader.
+    work = tmp_path / "work.fifo"
+    os.mkfifo(work)
     sweep = subprocess.Popen([sys.executable, "-m", "mixopt.cli", "sweep", cfg, "--backend", "slurm",
                               "--mixtures", tmp_path / "more.yaml", "--no-progress"],
                              env={**env, "MIXOPT_WORK_LOG": str(work)}, text=True, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)
+    reader = os.open(work, os.O_RDONLY | os.O_NONBLOCK)
+    first = b""
     deadline = time.time() + 300
-    while not (work.is_file() and work.stat().st_size) and sweep.poll() is None and time.time() < deadline:
-        time.sleep(0.5)  # polling an observation (the job has trained a step), not timing it
+    while b"\n" not in first and sweep.poll() is None and time.time() < deadline:
+        ready, _, _ = select.select([reader], [], [], 0.5)  # waiting on an observation, not timing one
+        if ready:
+            first += os.read(reader, 4096)
+    os.close(reader)
+    assert b"\n" in first, f"the job trained no step: {sweep.communicate() if sweep.poll() is not None else ''}"
     job = _running(slurm.env)
     assert job, f"no running job: {sweep.communicate()}"
     assert sweep.poll() is None, f"the sweep ended before its job started: {sweep.communicate()}"

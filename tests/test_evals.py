@@ -139,7 +139,7 @@ def test_suite_change_reevaluates_without_retraining(corpora, tmp_path, monkeypa
     def run(*args):
         r = cli.invoke(app, [*map(str, args)])
         assert r.exit_code == 0, (r.output, r.exception)
-        return r.output
+        return r.stdout  # stderr (notices) apart: --format json output parses
 
     run("sample", config)
     run("sweep", config, "--workers", "2", "--no-progress")

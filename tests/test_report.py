@@ -24,7 +24,7 @@ SECTIONS = ["warnings", "recommendation", "cv", "fit", "effects", "suites", "ver
 def _run(*args):
     r = CliRunner().invoke(app, [*map(str, args)])
     assert r.exit_code == 0, (r.output, r.exception)
-    return r.output
+    return r.stdout  # stderr (notices) apart: --format json output parses
 
 
 class DevTools:

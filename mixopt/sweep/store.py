@@ -150,7 +150,6 @@ class Store:
         """Open (creating and migrating as needed); `readonly` (default: when the file or its folder
         cannot be written) opens for reading only, which needs a store already at VERSION."""
         self.path, self.root = path, path.parent
-        check_sqlite_file(path)
         self.readonly = read_only(path) if readonly is None else readonly
         if self.readonly:
             if not path.is_file():
@@ -161,13 +160,24 @@ class Store:
         else:
             Workspace(path.parent).claim()  # never a store in a folder of someone else's files
             self.db = sqlite3.connect(path, timeout=LOCK_POLL, isolation_level=None, factory=_PatientConnection)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-        self.db.row_factory = sqlite3.Row
-        self.db.create_function("owner_alive", 1, owner_alive)
-        self.db.execute("PRAGMA foreign_keys=ON")
         try:
+            if not self.readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+            self.db.row_factory = sqlite3.Row
+            self.db.create_function("owner_alive", 1, owner_alive)
+            self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            # Asked of SQLite itself, never by opening the file on a second descriptor: closing that
+            # would drop this process's POSIX locks on the store (SQLite's documented corruption trap,
+            # hit when a heartbeat thread opened a store while the sweep's connection held a lock).
+            if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB or "not a database" in str(e):
+                raise MixoptError(f"{path} is not an SQLite database (mixopt's store)",
+                                  "move it away: a new store is made, and `mixopt sweep` adopts finished runs "
+                                  "from their checkpoints") from None
+            raise
         except BaseException:
             self.db.close()
             raise
@@ -387,17 +397,6 @@ class Store:
         return {"runs": {s: runs.get(s, 0) for s in ("planned", "running", "done", "failed", "suspect")},
                 "held_by_live_drivers": self.held_elsewhere(""), "trainings": trainings,
                 "measurements": measured, "suites": suites}
-
-
-def check_sqlite_file(path: Path) -> None:
-    """A store file that is not SQLite (another program's file, or garbage) is one line, not a traceback."""
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb") as f:
-            head = f.read(16)
-        if head != b"SQLite format 3\x00":
-            raise MixoptError(f"{path} is not an SQLite database (mixopt's store)",
-                              "move it away: a new store is made, and `mixopt sweep` adopts finished runs "
-                              "from their checkpoints")
 
 
 def read_only(path: Path) -> bool:
