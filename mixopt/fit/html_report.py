@@ -23,9 +23,10 @@ import numpy as np
 from mixopt import __version__
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
-from mixopt.core.mixtures import Bounds, project_to_bounds
+from mixopt.core.mixtures import Bounds
 from mixopt.core.workspace import atomic_write_text
 from mixopt.fit.optimize import penalized_scores
+from mixopt.fit.plots import weight_sweep
 from mixopt.fit.recommend import experiment_swarm, fit_swarm
 from mixopt.sweep.store import Store
 
@@ -178,10 +179,7 @@ def _effects_figure(exp, swarm, settings, rec, model) -> str:
     w0 = rec.weights
     for i, name in enumerate(swarm.domains):
         ax = axes[i // cols][i % cols]
-        grid = np.linspace(lower[i], upper[i], 61)
-        rest = np.delete(w0, i)
-        rest = rest / rest.sum() if rest.sum() > 0 else np.full(d - 1, 1 / (d - 1))
-        W = project_to_bounds(np.array([np.insert(rest * (1 - g), i, g) for g in grid]), config_bounds)
+        W = weight_sweep(w0, i, lower[i], upper[i], 61, config_bounds)
         pred = model.predict(W)
         ax.plot(W[:, i], pred, lw=1.6, color="#1f77b4", label="predicted")
         lo, hi = float(pred.min()), float(pred.max())

@@ -36,11 +36,7 @@ def plot_fit(out: Path, swarm, rec, model) -> list[Path]:
     w0 = rec.weights
     for i, name in enumerate(swarm.domains):
         ax = axes[i // cols][i % cols]
-        grid = np.linspace(swarm.bounds.lower[i], swarm.bounds.upper[i], 41)
-        rest = np.delete(w0, i)
-        rest = rest / rest.sum() if rest.sum() > 0 else np.full(d - 1, 1 / (d - 1))
-        W = np.array([np.insert(rest * (1 - g), i, g) for g in grid])
-        W = project_to_bounds(W, swarm.bounds)
+        W = weight_sweep(w0, i, swarm.bounds.lower[i], swarm.bounds.upper[i], 41, swarm.bounds)
         ax.plot(W[:, i], model.predict(W), lw=1.5)
         ax.axvline(w0[i], color="gray", lw=1, ls="--")
         ax.set_title(name, fontsize=9)
@@ -73,3 +69,12 @@ def _save(fig, path: Path) -> None:
     finally:
         plt.close(fig)
         Path(tmp).unlink(missing_ok=True)
+
+
+def weight_sweep(w0: np.ndarray, i: int, low: float, high: float, n: int, bounds) -> np.ndarray:
+    """n mixtures with domain i's weight from low to high, the other domains keeping their
+    proportions in w0, each projected back into `bounds`: the rows of a per-domain effect curve."""
+    d = len(w0)
+    rest = np.delete(w0, i)
+    rest = rest / rest.sum() if rest.sum() > 0 else np.full(d - 1, 1 / (d - 1))
+    return project_to_bounds(np.array([np.insert(rest * (1 - g), i, g) for g in np.linspace(low, high, n)]), bounds)
