@@ -134,3 +134,15 @@ def swept(corpora, tmp_path_factory) -> Path:
                            text=True, timeout=600)
         assert r.returncode == 0, r.stderr
     return cfg
+
+
+def invoke_ok(*args) -> str:
+    """One verb through the CLI in this process; asserts exit 0 and returns stdout alone (notices go to
+    stderr, so `--format json` output parses)."""
+    from typer.testing import CliRunner
+
+    from mixopt.cli import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, (r.output, r.exception)
+    return r.stdout

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import invoke_ok
 from typer.testing import CliRunner
 
 from mixopt.cli import app
@@ -15,11 +16,7 @@ from mixopt.errors import MixoptError
 def test_verify_at_a_larger_size(make_config):
     cfg = make_config()
     cli = CliRunner()
-
-    def run(*args):
-        r = cli.invoke(app, [str(a) for a in args])
-        assert r.exit_code == 0, (r.output, r.exception)
-        return r.stdout  # stderr (notices) apart: --format json output parses
+    run = invoke_ok
 
     run("sample", cfg)
     run("sweep", cfg, "--workers", "2", "--no-progress")

@@ -5,20 +5,13 @@ import json
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
-
-from mixopt.cli import app
+from conftest import invoke_ok
 
 
 @pytest.mark.slow
 def test_propose_train_refit_verify(make_config, tmp_path):
     cfg = make_config()
-    cli = CliRunner()
-
-    def run(*args):
-        r = cli.invoke(app, [str(a) for a in args])
-        assert r.exit_code == 0, (r.output, r.exception)
-        return r.stdout  # stderr (notices) apart: --format json output parses
+    run = invoke_ok
 
     run("sample", cfg)
     run("sweep", cfg, "--workers", "2", "--no-progress")

@@ -26,7 +26,7 @@ from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import Bounds
 from mixopt.core.workspace import atomic_write_text
 from mixopt.fit.optimize import penalized_scores
-from mixopt.fit.plots import weight_sweep
+from mixopt.fit.plots import domain_panels, weight_sweep
 from mixopt.fit.recommend import experiment_swarm, fit_swarm
 from mixopt.sweep.store import Store
 
@@ -167,18 +167,15 @@ def _effects_figure(exp, swarm, settings, rec, model) -> str:
     """Each domain's weight swept over its config range, the others keeping the recommendation's
     proportions: the predicted objective, the same plus the KL penalty the optimum minimizes (the
     pull toward the prior), the repetition cap (shaded beyond it), the prior and the recommendation."""
-    import matplotlib.pyplot as plt
 
     d = len(swarm.domains)
     lower = np.array([x.min for x in exp.domains], dtype=float)
     upper = np.array([x.max for x in exp.domains], dtype=float)
     config_bounds = Bounds(lower, upper, ("none",) * d)
-    cols = min(3, d)
-    rows = -(-d // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), dpi=100, squeeze=False)
+    fig, panels = domain_panels(d, 3, (4.2, 3.0), 100)
     w0 = rec.weights
     for i, name in enumerate(swarm.domains):
-        ax = axes[i // cols][i % cols]
+        ax = panels[i]
         W = weight_sweep(w0, i, lower[i], upper[i], 61, config_bounds)
         pred = model.predict(W)
         ax.plot(W[:, i], pred, lw=1.6, color="#1f77b4", label="predicted")
@@ -199,8 +196,6 @@ def _effects_figure(exp, swarm, settings, rec, model) -> str:
         ax.tick_params(labelsize=7)
         if i == 0:
             ax.legend(fontsize=7)
-    for j in range(d, rows * cols):
-        axes[j // cols][j % cols].axis("off")
     fig.supxlabel("domain weight (others keep the recommendation's proportions)", fontsize=9)
     fig.supylabel("objective (lower is better)", fontsize=9)
     fig.tight_layout()

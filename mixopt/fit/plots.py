@@ -30,19 +30,15 @@ def plot_fit(out: Path, swarm, rec, model) -> list[Path]:
     # Each domain's weight swept from its lower to its upper bound, the other domains keeping their
     # proportions from the recommendation (then projected back into the bounds).
     d = len(swarm.domains)
-    cols = min(4, d)
-    rows = -(-d // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows), dpi=110, squeeze=False)
+    fig, panels = domain_panels(d, 4, (3, 2.4), 110)
     w0 = rec.weights
     for i, name in enumerate(swarm.domains):
-        ax = axes[i // cols][i % cols]
+        ax = panels[i]
         W = weight_sweep(w0, i, swarm.bounds.lower[i], swarm.bounds.upper[i], 41, swarm.bounds)
         ax.plot(W[:, i], model.predict(W), lw=1.5)
         ax.axvline(w0[i], color="gray", lw=1, ls="--")
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
-    for j in range(d, rows * cols):
-        axes[j // cols][j % cols].axis("off")
     fig.supxlabel("domain weight (others keep the recommendation's proportions)", fontsize=9)
     fig.supylabel("predicted objective", fontsize=9)
     fig.tight_layout()
@@ -78,3 +74,16 @@ def weight_sweep(w0: np.ndarray, i: int, low: float, high: float, n: int, bounds
     rest = np.delete(w0, i)
     rest = rest / rest.sum() if rest.sum() > 0 else np.full(d - 1, 1 / (d - 1))
     return project_to_bounds(np.array([np.insert(rest * (1 - g), i, g) for g in np.linspace(low, high, n)]), bounds)
+
+
+def domain_panels(d: int, most_cols: int, panel: tuple[float, float], dpi: int):
+    """A figure with one panel (of `panel` inches) per domain, at most `most_cols` to a row: (figure,
+    the d axes)."""
+    import matplotlib.pyplot as plt
+
+    cols = min(most_cols, d)
+    rows = -(-d // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(panel[0] * cols, panel[1] * rows), dpi=dpi, squeeze=False)
+    for j in range(d, rows * cols):  # the last row's unused panels stay blank
+        axes[j // cols][j % cols].axis("off")
+    return fig, [axes[i // cols][i % cols] for i in range(d)]
