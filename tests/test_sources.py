@@ -168,7 +168,7 @@ def test_any_number_of_workers_gives_byte_identical_samples(corpora, tmp_path):
     prose = [json.loads(line)["text"] for line in __import__("gzip").open(corpora / "prose.jsonl.gz", "rt")]
     pq.write_table(pa.table({"text": prose}), tmp_path / "prose.parquet", row_group_size=16)  # one file, split
     manifests = []
-    for workers in (1, 3):
+    for workers in (1, 2, 3):
         cfg = small_config(corpora, tmp_path / f"ws{workers}",
                            sample={"train_tokens": 8000, "val_tokens": 2000, "max_document_bytes": 20_000,
                                    "tokenizer": {"vocab_size": 512}})
@@ -178,7 +178,7 @@ def test_any_number_of_workers_gives_byte_identical_samples(corpora, tmp_path):
         manifests.append({k: v for k, v in m.items() if k != "reused"})
     assert not manifests[0]["domains"]["code"]["tokens_exact"]  # the pools were trimmed
     assert manifests[0]["domains"]["code"]["duplicates_dropped"] > 0
-    assert manifests[0] == manifests[1]  # slices' and tokenizer's sha256, counts, estimates
+    assert manifests[0] == manifests[1] == manifests[2]  # slices' and tokenizer's sha256, counts, estimates
 
 
 def test_scan_fraction_reads_a_seeded_subset_and_estimates_the_rest(corpora, tmp_path):

@@ -141,10 +141,12 @@ def seed_key(seed: int, domain: str) -> bytes:
     return hashlib.sha256(f"{seed}:{domain}".encode()).digest()[:32]
 
 
-def scan_units(units: list, key: bytes, threshold: int, cap: int) -> tuple[Pool, list[str], list]:
+def scan_units(units: list, key: bytes, threshold: int, cap: int, top: int | None = None) -> tuple[Pool, list[str], list]:
     """Read (source, shard) units into one pool; bad shards raise, or are listed when the source skips.
-    Also returns each shard read as (size, text bytes, documents), for estimates from a shard sample."""
+    Also returns each shard read as (size, text bytes, documents), for estimates from a shard sample.
+    `top`: a priority known to be past the domain's prefix (another pool's), so larger ones are skipped."""
     pool, skipped, read = Pool(threshold), [], []
+    pool.top = top
     for source, shard in units:
         part = Pool(threshold)
         part.top = pool.top
@@ -161,17 +163,54 @@ def scan_units(units: list, key: bytes, threshold: int, cap: int) -> tuple[Pool,
     return pool, skipped, read
 
 
+def _size(unit) -> int:
+    return unit[1].size or 1  # bytes on disk / in the store (1 where unknown: Hub shards)
+
+
 def _split(units: list, workers: int) -> list[list]:
-    """Balance shards across workers by size (largest first onto the least loaded); order-free."""
-    def size(u):
-        return u[1].size or 1  # bytes on disk / in the store (1 where unknown: Hub shards)
+    """Balance shards across `workers` groups by size (largest first onto the least loaded); order-free.
+    The groups come largest first."""
     groups: list[list] = [[] for _ in range(workers)]
     load = [0] * workers
-    for u in sorted(units, key=lambda u: (-size(u), u[1].uri, u[1].index)):
+    for u in sorted(units, key=lambda u: (-_size(u), u[1].uri, u[1].index)):
         j = load.index(min(load))
         groups[j].append(u)
-        load[j] += size(u) or 1
-    return [g for g in groups if g]
+        load[j] += _size(u)
+    return [g for _, g in sorted(zip(load, groups), key=lambda lg: -lg[0]) if g]
+
+
+TASKS_PER_WORKER = 4  # groups per worker: a late-starting or slow worker takes fewer, the others more
+
+
+def _scan_parallel(executor: ProcessPoolExecutor, workers: int, units: list, key: bytes, threshold: int,
+                   cap: int) -> tuple[Pool, list[str], list]:
+    """The units in groups handed out as workers free up: `workers - 1` processes and this one (which
+    reads while the others start up: their imports are most of a small domain's time). Each group's
+    pool is sent back and merged; the merge is order-free, so the result is the serial one. At most
+    TASKS_PER_WORKER x workers pools of the pool's size cross between processes."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    todo = _split(units, min(len(units), workers * TASKS_PER_WORKER))
+    pool, skipped, read, pending = Pool(threshold), [], [], set()
+
+    def absorb(part, sk, rd) -> None:
+        pool.merge(part)
+        skipped.extend(sk)
+        read.extend(rd)
+
+    while todo or pending:
+        while todo and len(pending) < workers - 1:
+            pending.add(executor.submit(scan_units, todo.pop(0), key, threshold, cap, pool.top))
+        for f in [f for f in pending if f.done()]:
+            pending.discard(f)
+            absorb(*f.result())
+        if todo:  # this process takes the next group itself
+            absorb(*scan_units(todo.pop(0), key, threshold, cap, pool.top))
+        elif pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                absorb(*f.result())
+    return pool, skipped, read
 
 
 def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor | None = None,
@@ -185,21 +224,13 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
     every = units
     if exp.sample.scan is not None:
         units = subsample(units, exp.sample.scan, key)
-    if executor is not None and workers > 1 and len(units) < workers and exp.sample.scan is None:
-        # Fewer files than workers: split Parquet files by row groups (the merge makes it the same sample).
-        units = [(s, part) for s, shard in units for part in row_group_parts(shard, workers)]
+    if executor is not None and workers > 1 and len(units) < workers * 2 and exp.sample.scan is None:
+        # Few files for the workers: split Parquet files by row groups (the merge makes it the same sample).
+        units = [(s, part) for s, shard in units for part in row_group_parts(shard, workers * TASKS_PER_WORKER)]
     if executor is None or workers <= 1 or len(units) <= 1:
         pool, skipped, read = scan_units(units, key, threshold, cap)
     else:
-        groups = _split(units, workers)
-        # The parent reads the first group itself: one process fewer to start (imports are its cost).
-        futures = [executor.submit(scan_units, g, key, threshold, cap) for g in groups[1:]]
-        pool, skipped, read = scan_units(groups[0], key, threshold, cap)
-        for f in futures:
-            part, sk, rd = f.result()
-            pool.merge(part)
-            skipped += sk
-            read += rd
+        pool, skipped, read = _scan_parallel(executor, workers, units, key, threshold, cap)
     pool.threshold = byte_budget + pool.largest  # the final prefix: room for one more of the domain's documents
     pool.trim()
     if pool.read == 0:
@@ -237,6 +268,7 @@ def estimate(read: list, every: list, c: Candidates) -> dict:
     """The domain's text bytes and documents from the shards read: a ratio estimator on shard sizes
     (bytes on disk or in the store; 1 per shard where unknown), with its standard error."""
     sizes = [u[1].size or 1 for u in every]
+    read = sorted(read)  # the sums below must not depend on which worker finished first
     x = np.array([r[0] or 1 for r in read], dtype=float)
     y = np.array([r[1] for r in read], dtype=float)
     docs = np.array([r[2] for r in read], dtype=float)
