@@ -188,13 +188,15 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
     if executor is not None and workers > 1 and len(units) < workers and exp.sample.scan is None:
         # Fewer files than workers: split Parquet files by row groups (the merge makes it the same sample).
         units = [(s, part) for s, shard in units for part in row_group_parts(shard, workers)]
-    if executor is None or workers <= 1 or len(units) <= 1:
+    # A cluster's executor (remote: Ray) runs every group, even one: its tasks read the shards, not the driver.
+    remote = getattr(executor, "remote", False)
+    if executor is None or (not remote and (workers <= 1 or len(units) <= 1)):
         pool, skipped, read = scan_units(units, key, threshold, cap)
     else:
         groups = _split(units, workers)
-        # The parent reads the first group itself: one process fewer to start (imports are its cost).
-        futures = [executor.submit(scan_units, g, key, threshold, cap) for g in groups[1:]]
-        pool, skipped, read = scan_units(groups[0], key, threshold, cap)
+        # A local pool leaves the first group to this process: one process fewer to start (imports are its cost).
+        futures = [executor.submit(scan_units, g, key, threshold, cap) for g in groups[0 if remote else 1:]]
+        pool, skipped, read = (Pool(threshold), [], []) if remote else scan_units(groups[0], key, threshold, cap)
         for f in futures:
             part, sk, rd = f.result()
             pool.merge(part)
