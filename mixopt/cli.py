@@ -161,8 +161,10 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
     ch = manifest.get("changes")
     if ch and not manifest["reused"]:
         renamed = "".join(f"; {n} renamed from {o} (slices kept)" for n, o in ch["renamed"].items())
-        typer.echo(f"domains sampled: {', '.join(ch['sampled']) or 'none'}; kept: {', '.join(ch['kept']) or 'none'}"
-                   f"{renamed}{'; dropped: ' + ', '.join(ch['removed']) if ch['removed'] else ''}; "
+        from mixopt.core.mixtures import name_list
+
+        typer.echo(f"domains sampled: {name_list(ch['sampled'])}; kept: {name_list(ch['kept'])}"
+                   f"{renamed}{'; dropped: ' + name_list(ch['removed']) if ch['removed'] else ''}; "
                    f"tokenizer {ch['tokenizer']}")
         if ch["retokenized"]:
             from mixopt.sweep.status import trained_runs
@@ -203,7 +205,10 @@ def sweep(config: Path = CONFIG,
             return
         if st["sample"] != "up to date":
             typer.echo(f"sample: {st['sample']}")
-        for line in cost_lines(st):
+        lines = cost_lines(st)
+        if not lines and st["design"]["planned"]:  # no store yet: every run of the design is to train
+            lines = [f"to train: {st['design']['pending']} runs (the whole design; none trained yet)"]
+        for line in lines:
             typer.echo(line)
         return
     trackers = check_trackers(track)
