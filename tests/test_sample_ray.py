@@ -79,6 +79,8 @@ def test_ray_tasks_read_s3_and_local_shards_into_the_same_manifest(ray_head, cor
             r = _sample(write_config(tmp_path / f"{name}.yaml", cfg), *flags, env=env)
             assert r.returncode == 0, r.stderr[-3000:]
             out[name] = ({k: v for k, v in json.loads(r.stdout).items() if k not in ("workspace", "reused")}, r.stderr)
+        again = _sample(tmp_path / "ray.yaml", *flags, env=env)  # up to date: Ray is not even joined
+        assert json.loads(again.stdout)["reused"] is True and "ray:" not in again.stderr, again.stderr[-2000:]
     finally:
         server.stop()
     (one, _), (ray, said) = out["one"], out["ray"]
