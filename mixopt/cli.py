@@ -58,6 +58,11 @@ class Backend(str, Enum):
     slurm = "slurm"
 
 
+class SampleBackend(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 CONFIG = typer.Argument(..., help="The experiment YAML (e.g. mixtures/demo.yaml).")
 # Runtime flags shared by the verbs that train or evaluate: they choose where work runs, never what.
 WORKERS = typer.Option(1, min=1, help="Local worker processes (one per core on CPU).")
@@ -107,8 +112,14 @@ FORMAT = typer.Option(Format.text, "--format", help="text for people; json (stdo
 
 @app.command()
 def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resample even if up to date."),
-           workers: int = typer.Option(1, min=1, help="Processes reading each domain's shards (same result "
-                                                      "for any number)."),
+           workers: int = typer.Option(1, min=1, help="local: processes reading each domain's shards; ray: at "
+                                                      "most this many tasks per domain (default: one per CPU of "
+                                                      "the cluster). The same result for any number."),
+           backend: SampleBackend = typer.Option(SampleBackend.local, help="Where shards are read: local processes, "
+                                                 "or Ray tasks (each reads its shards itself: local paths must be "
+                                                 "readable on every node; the driver merges and writes)."),
+           ray_address: Optional[str] = typer.Option(None, help="ray: join this cluster (auto or HOST:PORT); "
+                                                                "default: start a local Ray."),
            retokenize: bool = typer.Option(False, help="Make a new tokenizer (the workspace's is kept otherwise); "
                                                        "every run trained so far becomes invalid."),
            progress: bool = PROGRESS, format: Format = FORMAT):
@@ -117,11 +128,20 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
     from mixopt.report import format_sample
 
     exp = _load(config)
+    executor = None
+    if backend is SampleBackend.ray:
+        from functools import partial
+
+        from mixopt.backends.ray import check_reachable
+        from mixopt.backends.ray_executor import RayExecutor
+
+        check_reachable(ray_address)  # before anything is written
+        executor = partial(RayExecutor, address=ray_address, say=_stderr)
     # A line per stage on a terminal or with -v; off a terminal sample stays silent, so a bad corpus
     # found midway is still the one `error:` line a script sees.
     mode = _progress_mode(progress)
     manifest = sample_corpus(exp, force=force, retokenize=retokenize, workers=workers, progress=_stderr if mode is True or (
-        mode and VERBOSITY["level"] > 0) else None)
+        mode and VERBOSITY["level"] > 0) else None, executor=executor)
     if format is Format.json:
         typer.echo(json.dumps({**manifest, "workspace": str(exp.workspace_dir)}))
         return
@@ -141,8 +161,10 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
     ch = manifest.get("changes")
     if ch and not manifest["reused"]:
         renamed = "".join(f"; {n} renamed from {o} (slices kept)" for n, o in ch["renamed"].items())
-        typer.echo(f"domains sampled: {', '.join(ch['sampled']) or 'none'}; kept: {', '.join(ch['kept']) or 'none'}"
-                   f"{renamed}{'; dropped: ' + ', '.join(ch['removed']) if ch['removed'] else ''}; "
+        from mixopt.core.mixtures import name_list
+
+        typer.echo(f"domains sampled: {name_list(ch['sampled'])}; kept: {name_list(ch['kept'])}"
+                   f"{renamed}{'; dropped: ' + name_list(ch['removed']) if ch['removed'] else ''}; "
                    f"tokenizer {ch['tokenizer']}")
         if ch["retokenized"]:
             from mixopt.sweep.status import trained_runs
@@ -183,7 +205,10 @@ def sweep(config: Path = CONFIG,
             return
         if st["sample"] != "up to date":
             typer.echo(f"sample: {st['sample']}")
-        for line in cost_lines(st):
+        lines = cost_lines(st)
+        if not lines and st["design"]["planned"]:  # no store yet: every run of the design is to train
+            lines = [f"to train: {st['design']['pending']} runs (the whole design; none trained yet)"]
+        for line in lines:
             typer.echo(line)
         return
     trackers = check_trackers(track)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import Counter
@@ -29,30 +30,44 @@ def check_reachable(address: str | None, timeout: float = 5.0) -> None:
                           f"start its head with `ray start --head --port {port}`, or fix --ray-address") from None
 
 
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise MixoptError("the ray backend needs Ray", "pip install 'mixopt[ray]'") from None
+    return ray
+
+
+def join_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Join the cluster at `address`, or start a local Ray of `num_cpus` (None: all of this machine's);
+    a Ray already running in this process is used as it is. True when this call started Ray (the
+    caller shuts it down)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    try:
+        quiet = {"log_to_driver": False, "logging_level": logging.WARNING}  # not Ray's "Connecting to ..." lines
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            ray.init(num_cpus=num_cpus, num_gpus=None, include_dashboard=False, **quiet)
+    except Exception as e:  # ConnectionError and friends, with Ray's own wording
+        raise MixoptError(f"cannot start or join Ray at {address or 'a local instance'}: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                          "check --ray-address (auto, or HOST:PORT of a head started with `ray start --head`)") from None
+    return True
+
+
 class RayBackend(Backend):
     name = "ray"
 
     def __init__(self, fn, workers: int, address: str | None = None, gpus: float = 0.0, cpus: float = 1.0,
                  say=print):
-        try:
-            import ray
-        except ImportError:
-            raise MixoptError("the ray backend needs Ray", "pip install 'mixopt[ray]'") from None
+        ray = import_ray()
         self.ray, self.fn, self.say = ray, fn, say
         self.refs: dict = {}
         self.nodes: Counter = Counter()  # tasks finished per Ray node id
-        self.started = not ray.is_initialized()
-        if self.started:
-            try:
-                if address:
-                    ray.init(address=address, log_to_driver=False)
-                else:
-                    ray.init(num_cpus=max(workers, 1) * max(cpus, 1), num_gpus=None, include_dashboard=False,
-                             log_to_driver=False)
-            except Exception as e:  # ConnectionError and friends, with Ray's own wording
-                raise MixoptError(f"cannot start or join Ray at {address or 'a local instance'}: "
-                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                                  "check --ray-address (auto, or HOST:PORT of a head started with `ray start --head`)") from None
+        self.started = join_ray(address, max(workers, 1) * max(cpus, 1))
         total = ray.cluster_resources()
         if gpus > 0 and total.get("GPU", 0) < gpus:
             self.close()

@@ -16,6 +16,17 @@ BOUND_SLACK = 1e-9
 ROUNDING_SLACK = 1e-5  # how far a mixture read from a file may stray outside the bounds by rounding (6 decimals)
 
 
+NAMES_SHOWN = 8  # a line of text names at most this many domains (64 names would make it 2,000 characters)
+
+
+def name_list(names, limit: int = NAMES_SHOWN, empty: str = "none") -> str:
+    """Names for one line of text: all of them up to `limit`; else the first three, the last, and the count."""
+    names = list(names)
+    if len(names) <= limit:
+        return ", ".join(names) or empty
+    return ", ".join(names[:3]) + f", ..., {names[-1]} ({len(names)} in all)"
+
+
 @dataclass(frozen=True)
 class Bounds:
     """Per-domain weight bounds, in canonical order, with the reason for each upper bound."""

@@ -69,12 +69,14 @@ def _sample_key(exp: Experiment, keys: dict[str, str]) -> str:
 
 
 def sample_corpus(exp: Experiment, force: bool = False, retokenize: bool = False, workers: int = 1,
-                  progress=None) -> dict:
+                  progress=None, executor=None) -> dict:
     """Write the workspace's sample/ folder (slices, tokenizer, manifest) and return the manifest,
     with what changed under "changes": only domains whose sources changed are drawn again, and the
     workspace's tokenizer is kept unless `retokenize` (data.resample). `workers` processes read each
     domain's shards (the result does not depend on their number); `progress` (a callable taking one
-    line) hears of each domain read and written."""
+    line) hears of each domain read and written. `executor` (a callable taking `workers`, e.g.
+    backends.ray_executor.RayExecutor) opens where the shards are read instead of local processes;
+    it is called only when a domain is read, and its `tasks` says how many groups to read."""
     say = progress or (lambda line: None)
     ws = Workspace(exp.workspace_dir)
     ws.check()  # before anything is written, even the hash cache
@@ -89,7 +91,8 @@ def sample_corpus(exp: Experiment, force: bool = False, retokenize: bool = False
 
     budget_tokens = exp.train_tokens + exp.sample.val_tokens
     candidates = {}
-    executor = make_executor(workers) if todo.draw else None
+    executor = (executor or make_executor)(workers) if todo.draw else None
+    workers = getattr(executor, "tasks", workers)  # a Ray cluster: its CPUs (at most --workers)
     try:
         for i, d in enumerate(exp.domains, 1):
             if d.name in todo.draw:

@@ -227,8 +227,18 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
     if executor is not None and workers > 1 and len(units) < workers * 2 and exp.sample.scan is None:
         # Few files for the workers: split Parquet files by row groups (the merge makes it the same sample).
         units = [(s, part) for s, shard in units for part in row_group_parts(shard, workers * TASKS_PER_WORKER)]
-    if executor is None or workers <= 1 or len(units) <= 1:
+    # A cluster's executor (remote: Ray) runs every group, even one: its tasks read the shards, not the driver.
+    remote = getattr(executor, "remote", False)
+    if executor is None or (not remote and (workers <= 1 or len(units) <= 1)):
         pool, skipped, read = scan_units(units, key, threshold, cap)
+    elif remote:  # every group at once: the cluster queues them on its free CPUs; the driver only merges
+        pool, skipped, read = Pool(threshold), [], []
+        groups = _split(units, min(len(units), workers * TASKS_PER_WORKER))
+        for f in [executor.submit(scan_units, g, key, threshold, cap) for g in groups]:
+            part, sk, rd = f.result()
+            pool.merge(part)
+            skipped += sk
+            read += rd
     else:
         pool, skipped, read = _scan_parallel(executor, workers, units, key, threshold, cap)
     pool.threshold = byte_budget + pool.largest  # the final prefix: room for one more of the domain's documents

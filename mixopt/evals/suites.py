@@ -22,6 +22,7 @@ from mixopt.config.schema import (
     Source,
 )
 from mixopt.core.keys import content_hash, file_sha256
+from mixopt.core.mixtures import NAMES_SHOWN, name_list
 from mixopt.core.workspace import Workspace, atomic_write_json
 from mixopt.data.readers import iter_documents, source_files
 from mixopt.errors import MixoptError
@@ -85,13 +86,33 @@ class Suite:
             (name, a), = terms.items()
             return name if a > 0 else f"-{name}"
         if len({abs(a) for a in terms.values()}) == 1 and all(a > 0 for a in terms.values()):
-            return f"mean of {len(terms)}: " + ", ".join(terms)
+            return f"mean of {len(terms)}: " + _terms_text(list(terms))
+        if len(terms) > NAMES_SHOWN:  # each term's weight would make a line of thousands of characters
+            return f"weighted sum of {len(terms)} (see `mixopt status --format json`): " + _terms_text(list(terms))
         text = " ".join(f"{'-' if a < 0 else '+'} {abs(a):.3g}*{n}" for n, a in terms.items())
         return text.removeprefix("+ ")
 
     def to_dict(self) -> dict:
         return {"key": self.key, "average": self.average, "objective": self.describe_objective(),
                 "measures": [asdict(m) for m in self.measures]}
+
+
+def _terms_text(names: list[str]) -> str:
+    """Metric names for one line: all of them when few; else their common pattern and which ones
+    (heldout/*/bpb for d00, d01, ..., d63 (64 in all))."""
+    if len(names) <= NAMES_SHOWN:
+        return ", ".join(names)
+    parts = [n.split("/") for n in names]
+    head = tail = 0
+    while all(len(p) > head + tail + 1 for p in parts) and len({p[head] for p in parts}) == 1:
+        head += 1
+    while all(len(p) > head + tail + 1 for p in parts) and len({p[-1 - tail] for p in parts}) == 1:
+        tail += 1
+    if head + tail == 0:
+        return name_list(names)
+    middles = ["/".join(p[head:len(p) - tail]) for p in parts]
+    pattern = "/".join(parts[0][:head] + ["*"] + (parts[0][len(parts[0]) - tail:] if tail else []))
+    return f"{pattern} for {name_list(middles)}"
 
 
 def suite_config(exp: Experiment) -> EvalSuite:

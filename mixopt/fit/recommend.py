@@ -18,7 +18,7 @@ from mixopt import __version__
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.keys import content_hash
-from mixopt.core.mixtures import Sampler
+from mixopt.core.mixtures import Sampler, name_list
 from mixopt.core.workspace import (
     atomic_write_bytes,
     atomic_write_json,
@@ -290,7 +290,7 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
         from mixopt.fit.reuse import expand_recommendation, reused_swarm
 
         swarm, space, fit_key = reused_swarm(plan, full := swarm, fit_key)
-        runtime.say(f"mixture reuse: fitting {len(swarm.keys)} runs over {', '.join(swarm.domains)}; the unchanged "
+        runtime.say(f"mixture reuse: fitting {len(swarm.keys)} runs over {name_list(swarm.domains)}; the unchanged "
                     f"domains keep the proportions of {plan.change.virtual_from}")
     rec, model = fit_swarm(swarm, settings, fit_key)
     if plan.change is not None and plan.change.virtual is not None:
@@ -382,8 +382,19 @@ def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | No
     }
     if rec.weights_ci is not None:
         doc["interval"] = {"level": rec.ci, "bootstrap": rec.bootstrap,
-                           "weights": {d: [round(float(a), 6), round(float(b), 6)]
+                           "weights": {d: _Pair([round(float(a), 6), round(float(b), 6)])
                                        for d, (a, b) in zip(rec.domains, rec.weights_ci)},
-                           "predicted_objective": [round(x, 6) for x in rec.predicted_ci]}
+                           "predicted_objective": _Pair([round(x, 6) for x in rec.predicted_ci])}
     header = f"# Recommended mixture for '{name}', written by mixopt {__version__} `mixopt fit`.\n"
-    atomic_write_text(path, header + yaml.safe_dump(doc, sort_keys=False))
+    atomic_write_text(path, header + yaml.dump(doc, Dumper=_OptimalDumper, sort_keys=False))
+
+
+class _Pair(list):
+    """An interval, written on one line ([low, high]): one line per domain, not three."""
+
+
+class _OptimalDumper(yaml.SafeDumper):
+    pass
+
+
+_OptimalDumper.add_representer(_Pair, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))

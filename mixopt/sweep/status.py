@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from mixopt.config.schema import Experiment
+from mixopt.core.mixtures import name_list
 from mixopt.core.workspace import Workspace
 from mixopt.sweep.plan import Plan, StaleSample, load_plan
 from mixopt.sweep.reeval import missing_measures
@@ -76,9 +77,9 @@ def cost_lines(st: dict) -> list[str]:
         if "error" in r:
             return [f"the sample cannot be updated as configured: {r['error']}"]
         renamed = ", ".join(f"{n} (was {o})" for n, o in r["renamed"].items())
-        out.append(f"`mixopt sample` will draw {', '.join(r['sampled']) or 'no domain'} again; keep "
-                   f"{', '.join(r['kept']) or 'none'}" + (f"; rename {renamed}" if renamed else "") +
-                   (f"; drop {', '.join(r['removed'])}" if r["removed"] else "") + f"; tokenizer {r['tokenizer']}")
+        out.append(f"`mixopt sample` will draw {name_list(r['sampled'], empty='no domain')} again; keep "
+                   f"{name_list(r['kept'])}" + (f"; rename {renamed}" if renamed else "") +
+                   (f"; drop {name_list(r['removed'])}" if r["removed"] else "") + f"; tokenizer {r['tokenizer']}")
         return out
     c = st.get("cost")
     if not c:
@@ -89,7 +90,7 @@ def cost_lines(st: dict) -> list[str]:
         if ch["virtual"]:
             how += " (virtual domain " + ", ".join(f"{d} {v:.3f}" for d, v in ch["virtual"].items()) + \
                    f", from {ch['virtual_from']})"
-        out.append(f"data changed since the base design: {', '.join(ch['changed']) or 'no domain'} new or changed; "
+        out.append(f"data changed since the base design: {name_list(ch['changed'], empty='no domain')} new or changed; "
                    f"after_change: {how}")
     out.append(f"still valid: {c['valid']} finished runs (checkpoints and measurements reused)")
     why = "; ".join(f"{n} {w}" for w, n in c["superseded_why"].items())
