@@ -71,19 +71,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def s3(monkeypatch):
-    """A real S3-protocol server (moto) on 127.0.0.1, started and stopped here."""
+def start_moto():
+    """A moto S3 server on a free 127.0.0.1 port, and its URL. moto keeps its buckets in this process,
+    across servers: they are reset, so each test starts with an empty store."""
+    import urllib.request
+
     from moto.server import ThreadedMotoServer
 
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    url = f"http://127.0.0.1:{port}"
+    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=60).close()
+    return server, url
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A real S3-protocol server (moto) on 127.0.0.1, started and stopped here."""
+    server, url = start_moto()
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         server.stop()
 
