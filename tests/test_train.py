@@ -123,10 +123,14 @@ def test_compiled_training_matches_eager_within_float_noise():
     """torch.compile of the forward (what `--compile on` trains with) computes what eager does,
     rounded differently: per-step losses within 1e-5 relative (seen: 2e-7) and weights within 1e-4
     after 32 steps of two proxies; not bitwise, which is why a result records it."""
+    import shutil
+
     import torch
 
     from mixopt.proxy import speed
 
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        pytest.skip("no C++ compiler for torch.compile's CPU backend (.ci/run installs Debian's g++)")
     eager = train_proxies(SPEC, [(0.7, 0.3), (0.2, 0.8)], _streams(), seed=0)
     compiled = train_proxies(SPEC, [(0.7, 0.3), (0.2, 0.8)], _streams(), seed=0, compile=True)
     np.testing.assert_allclose(compiled[1], eager[1], rtol=1e-5)
