@@ -167,6 +167,9 @@ def test_auto_compile_pays_only_past_the_break_even(tmp_path, monkeypatch):
     assert choose.choose_compile(Runtime(), spec_of(150), ws, 2, runs=4, rates=rates).compile  # 300 steps
     assert choose.choose_compile(Runtime(), spec_of(150), ws, 2, runs=4, rates=rates).timings["steps"] == 300
     assert not choose.choose_compile(Runtime(workers=2), spec_of(150), ws, 2, runs=4, rates=rates).compile
+    # 3 runs 2 at a time: the last batch (1 proxy) compiles again, so 300 x 0.05 = 15 s < 2 x 10 s.
+    odd = choose.choose_compile(Runtime(), spec_of(150), ws, 2, runs=3, rates=rates)
+    assert not odd.compile and odd.timings["compiles"] == 2 and odd.timings["break_even_steps"] == 400
     assert calls[:2] == [1, 2] and len(calls) <= 3  # N = 2 measured once (and once more for 2 workers' threads)
     assert "cached" in choose.choose_compile(Runtime(), spec_of(150), ws, 2, runs=4, rates=rates).why
     # Compiled not faster: never pays; a compiler that fails: eager, saying why, once.

@@ -144,15 +144,18 @@ def choose_compile(runtime: Runtime, spec: ProxySpec, ws: Workspace, proxies: in
         return CompileChoice(False, f"--compile auto: off (torch.compile failed here: {row['error']}; {source})", {})
     compile_s, eager, compiled = row["compile_seconds"], row["eager_step"], row["compiled_step"]
     gain = eager - compiled
-    even = round(compile_s / gain) if gain > 0 else None
-    on = gain > 0 and steps * gain > compile_s
+    # A last batch with fewer proxies has other shapes: torch.compile compiles again for it.
+    compiles = 1 if runs % proxies == 0 or runs < proxies else 2
+    even = round(compiles * compile_s / gain) if gain > 0 else None
+    on = gain > 0 and steps * gain > compiles * compile_s
     unit = "CPU-s" if device == "cpu" else "s"
     why = (f"--compile auto: {'on' if on else 'off'} ({steps} steps per worker x ({eager:.4f} - {compiled:.4f}) "
-           f"{unit} per step = {steps * gain:.1f} {unit} saved vs {compile_s:.1f} {unit} to compile; break-even "
+           f"{unit} per step = {steps * gain:.1f} {unit} saved vs {compile_s:.1f} {unit} to compile"
+           f"{' x2 (a last, smaller batch compiles again)' if compiles > 1 else ''}; break-even "
            f"{f'{even} steps' if even is not None else 'never (compiled is not faster)'}; {spec.size} x{proxies} "
            f"on {machine['device']}, {source})")
     return CompileChoice(on, why, {"compile_seconds": compile_s, "eager_step": eager, "compiled_step": compiled,
-                                   "steps": steps, "break_even_steps": even})
+                                   "steps": steps, "compiles": compiles, "break_even_steps": even})
 
 
 def record_choice(ws: Workspace, sweep_id: int, choice: BatchChoice, compiled: CompileChoice | None = None) -> None:
