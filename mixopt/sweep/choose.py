@@ -119,10 +119,11 @@ def choose_compile(runtime: Runtime, spec: ProxySpec, ws: Workspace, proxies: in
     else:
         eager = proxies / _with_threads(threads, lambda: speed.training_rates(
             spec, (proxies,), _one_device(device), rounds=1, steps=2))[proxies]
+    unit = "CPU-s" if device == "cpu" else "s"
     if steps * eager <= MIN_COMPILE_SECONDS:
-        return CompileChoice(False, f"--compile auto: off, not measured ({steps} steps per worker x {eager:.3f} s "
-                                    f"eager = {steps * eager:.1f} s, under the {MIN_COMPILE_SECONDS:g} s any compile "
-                                    "takes)", {"eager_step": round(eager, 5), "steps": steps})
+        return CompileChoice(False, f"--compile auto: off, not measured ({steps} steps per worker x {eager:.3f} {unit} "
+                                    f"eager = {steps * eager:.1f} {unit}, under the {MIN_COMPILE_SECONDS:g} {unit} any "
+                                    "compile takes)", {"eager_step": round(eager, 5), "steps": steps})
     machine = _machine(device, threads)
     # Not the tokens: one measurement serves sweeps of any length with these shapes.
     key = content_hash({"machine": machine, "spec": replace(spec, tokens=0).to_dict(), "n": proxies})
@@ -148,7 +149,6 @@ def choose_compile(runtime: Runtime, spec: ProxySpec, ws: Workspace, proxies: in
     compiles = 1 if runs % proxies == 0 or runs < proxies else 2
     even = round(compiles * compile_s / gain) if gain > 0 else None
     on = gain > 0 and steps * gain > compiles * compile_s
-    unit = "CPU-s" if device == "cpu" else "s"
     why = (f"--compile auto: {'on' if on else 'off'} ({steps} steps per worker x ({eager:.4f} - {compiled:.4f}) "
            f"{unit} per step = {steps * gain:.1f} {unit} saved vs {compile_s:.1f} {unit} to compile"
            f"{' x2 (a last, smaller batch compiles again)' if compiles > 1 else ''}; break-even "
