@@ -43,8 +43,9 @@ bench: demo
 	PYTHON=$(PY) bench/gpu_check.sh
 
 # On a machine with a CUDA GPU: the `gpu` tests, the trainer at every size with MFU, a 16-run mini
-# sweep; writes bench/results/gpu.json (<= 8 min on one GPU). Without a GPU it says so and skips.
-gpu-check: $(VENV)/.installed
+# sweep, Ray's device visibility (the ray extra); writes bench/results/gpu.json (<= 8 min on one GPU).
+# Without a GPU it says so and skips.
+gpu-check: $(VENV)/.extras
 	PYTHON=$(PY) bench/gpu_check.sh
 
 clean:

@@ -4,6 +4,8 @@
 #      memory per proxy vs the estimate, resume equality, bf16 vs fp32 parity),
 #   2. bench/trainer.py for every size, with MFU,
 #   3. a 16-run mini sweep with --batch-proxies auto (the choice and both rates are recorded),
+#   4. Ray's device visibility (bench/ray_devices.py): what tasks asking 0, 0.5 and 1 GPU see, and the
+#      device mixopt's task then trains on,
 # then writes bench/results/gpu.json. Without a CUDA GPU it says so in one line, writes a gpu.json
 # that says "skipped", and exits 0: CI runs this path.
 set -euo pipefail
@@ -33,20 +35,24 @@ set +e
 timeout 180 "$PY" -m pytest -q -p no:xdist -m gpu tests/test_gpu.py --junitxml "$WORK/gpu-tests.xml" 2>&1 | tail -15
 TESTS_RC=${PIPESTATUS[0]}
 # 2. The trainer, every size, with MFU.
-timeout 240 "$PY" bench/trainer.py --sizes tiny,1m,5m,15m,30m --steps 10 --out "$WORK/trainer.json" > "$WORK/trainer.log" 2>&1
+timeout 240 "$PY" bench/trainer.py --sizes tiny,1m,5m,15m,30m --steps 10 --no-auto --out "$WORK/trainer.json" > "$WORK/trainer.log" 2>&1
 TRAINER_RC=$?
 tail -3 "$WORK/trainer.log"
 # 3. A 16-run mini sweep with --batch-proxies auto, on corpora of this interpreter's own files.
 timeout 150 "$PY" bench/gpu_sweep.py --work "$WORK/sweep" --out "$WORK/sweep.json" 2>&1 | tail -5
 SWEEP_RC=${PIPESTATUS[0]}
+# 4. Ray: CUDA_VISIBLE_DEVICES / torch.cuda.device_count() per task, and mixopt's device there.
+timeout 90 "$PY" bench/ray_devices.py --out "$WORK/ray_devices.json" > "$WORK/ray.log" 2>&1
+RAY_RC=$?
+tail -2 "$WORK/ray.log"
 set -e
 
-"$PY" - "$WORK" "$OUT/gpu.json" "$TESTS_RC" "$TRAINER_RC" "$SWEEP_RC" "$T0" <<'PYEOF'
+"$PY" - "$WORK" "$OUT/gpu.json" "$TESTS_RC" "$TRAINER_RC" "$SWEEP_RC" "$RAY_RC" "$T0" <<'PYEOF'
 import json, sys, time, xml.etree.ElementTree as ET
 from pathlib import Path
 import torch
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
-rc = dict(zip(("tests", "trainer", "sweep"), map(int, sys.argv[3:6])))
+rc = dict(zip(("tests", "trainer", "sweep", "ray_devices"), map(int, sys.argv[3:7])))
 def load(name):
     p = work / name
     return json.loads(p.read_text()) if p.is_file() else None
@@ -58,7 +64,8 @@ if (work / "gpu-tests.xml").is_file():
 records = [json.loads(l) for l in (work / "tests.jsonl").read_text().splitlines()] if (work / "tests.jsonl").is_file() else []
 result = {"skipped": False, "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
           "exit_codes": rc, "gpu_tests": tests, "gpu_test_records": records, "trainer": load("trainer.json"),
-          "mini_sweep": load("sweep.json"), "seconds": round(time.time() - float(sys.argv[6]), 1)}
+          "mini_sweep": load("sweep.json"), "ray_devices": load("ray_devices.json"),
+          "seconds": round(time.time() - float(sys.argv[7]), 1)}
 out.write_text(json.dumps(result, indent=2) + "\n")
 print(f"gpu-check: wrote {out} ({result['seconds']} s; exit codes {rc})")
 sys.exit(1 if any(rc.values()) else 0)

@@ -10,6 +10,13 @@ same way, with the compile time (first call minus a steady call) and the break-e
 run must have before compiling pays. Prints tokens/s (all proxies' tokens), ratios, MFU on a GPU
 (model FLOPs 6 x params + attention, against the bf16 dense peak of the GPU; MIXOPT_PEAK_TFLOPS
 overrides), and writes the JSON to --out.
+
+And what mixopt's own `auto` choices do here: for each size, what `--batch-proxies auto` picks
+(for a 28-run sweep, with each worker's threads as timed here) and the bench's rate of that pick
+over the better of one at a time and batched (`auto.ratio_*`, 1.0 when auto picks the faster);
+and for the demo's spec (mixtures/demo.yaml), what `--compile auto` decides for `make demo`'s
+sweep, with its measured break-even in steps. On a CPU every time is also given in CPU seconds
+(this process and the compilers it waited for), which other load on a shared machine barely moves.
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ def main() -> None:
                                                           "all on GPU; 'none' to skip)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: 1 on CPU, what each worker of a 2-core `--workers 2` sweep gets)")
+    ap.add_argument("--demo-config", type=Path, default=Path("mixtures/demo.yaml"),
+                    help="the sweep whose `--compile auto` decision is reported (its proxy and vocabulary)")
+    ap.add_argument("--no-auto", action="store_true", help="skip the auto rows (the GPU check's mini sweep "
+                                                           "records auto's choice on a GPU instead)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/trainer.json"))
     args = ap.parse_args()
     import torch
@@ -87,10 +98,15 @@ def main() -> None:
         for k in runs:
             if k != "plain_loop":
                 row[f"{k}_over_plain_loop"] = round(row[k]["tokens_per_s"] / ref, 3)
+        if not args.no_auto:
+            row["auto"] = _auto_batch(spec, device, row, f"one_loop_n{args.proxies}")
         if size in compile_sizes:
             row["compile"] = _compile_rows(spec, streams, mixtures, device, step_tokens, row)
         out["sizes"][size] = row
         print(json.dumps({size: row}), flush=True)
+    if args.demo_config.is_file() and not args.no_auto:
+        out["demo_compile"] = _auto_compile_demo(args.demo_config, device)
+        print(json.dumps({"demo_compile": out["demo_compile"]}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
@@ -102,15 +118,20 @@ def _time_runs(runs: dict, spec, step_tokens: int, device: str, peak, flops_per_
     for _, fn in runs.values():  # first-call allocations, kernel selection
         fn(short)
     seconds = {k: [] for k in runs}
+    cpu = {k: [] for k in runs}
     for _ in range(REPEATS):
         for k, (_, fn) in runs.items():
-            seconds[k].append(_timed(lambda: fn(spec), device))
+            wall, used = _timed(lambda: fn(spec), device)
+            seconds[k].append(wall)
+            cpu[k].append(used)
     rows = {}
     for k, (n, _) in runs.items():
         s = statistics.median(seconds[k])
         tps = n * step_tokens / s
         rows[k] = {"proxies": n, "seconds_median": round(s, 3), "seconds": [round(x, 3) for x in seconds[k]],
-                   "tokens_per_s": round(tps), "proxies_per_hour_at_this_spec": round(3600 * n / s, 1)}
+                   "cpu_seconds_median": round(statistics.median(cpu[k]), 3),
+                   "tokens_per_s": round(tps), "tokens_per_cpu_s": round(n * step_tokens / max(statistics.median(cpu[k]), 1e-9)),
+                   "proxies_per_hour_at_this_spec": round(3600 * n / s, 1)}
         if peak and "fp32" not in k and "tf32" not in k:  # MFU against the bf16 peak: bf16 rows only
             rows[k]["mfu"] = round(tps * flops_per_token / (peak * 1e12), 4)
     return rows
@@ -119,34 +140,33 @@ def _time_runs(runs: dict, spec, step_tokens: int, device: str, peak, flops_per_
 def _compile_rows(spec, streams, mixtures, device: str, step_tokens: int, row: dict) -> dict:
     """torch.compile on the plain loop (the model) and on the one loop (its forward): compile
     seconds, steady tokens/s, and the break-even in steps."""
-    import torch
 
-    import mixopt.proxy.train as train_module
     from mixopt.proxy.train import train_proxies
 
     out = {}
-    eager_forward = train_module.forward_logits
-    compiled_forward = torch.compile(eager_forward)
     cases = {"plain_loop": (lambda sp: _train_reference(sp, streams, device, compile=True), "plain_loop"),
-             "one_loop_n1": (lambda sp: train_proxies(sp, mixtures[:1], streams, 0, device), "one_loop_n1")}
+             "one_loop_n1": (lambda sp: train_proxies(sp, mixtures[:1], streams, 0, device, compile=True),
+                             "one_loop_n1")}  # what `sweep --compile on` trains with
     for name, (fn, eager_key) in cases.items():
-        if name == "one_loop_n1":
-            train_module.forward_logits = compiled_forward
         try:
             two = replace(spec, tokens=spec.seq_len * spec.batch_size * 2)
-            first = _timed(lambda: fn(two), device)  # compiles
-            steady = [_timed(lambda: fn(spec), device) for _ in range(3)]
+            first, first_cpu = _timed(lambda: fn(two), device)  # compiles
+            steady, steady_cpu = zip(*[_timed(lambda: fn(spec), device) for _ in range(3)])
         except Exception as e:  # a compiler that is missing or fails here: say so, keep the eager figures
             out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
             continue
-        finally:
-            train_module.forward_logits = eager_forward
         s = statistics.median(steady)
         per_step = s / spec.steps
         eager_step = row[eager_key]["seconds_median"] / spec.steps
         compile_s = max(0.0, first - 2 * per_step)
         gain = eager_step - per_step
+        cpu_step = statistics.median(steady_cpu) / spec.steps
+        compile_cpu = max(0.0, first_cpu - 2 * cpu_step)
+        cpu_gain = row[eager_key]["cpu_seconds_median"] / spec.steps - cpu_step
         out[name] = {"compile_seconds": round(compile_s, 2), "tokens_per_s": round(step_tokens / s),
+                     "compile_cpu_seconds": round(compile_cpu, 2),
+                     "over_eager_cpu": round(row[eager_key]["cpu_seconds_median"] / spec.steps / cpu_step, 3),
+                     "break_even_steps_cpu": round(compile_cpu / cpu_gain) if cpu_gain > 0 else None,
                      "over_eager": round(eager_step / per_step, 3),
                      "break_even_steps": round(compile_s / gain) if gain > 0 else None,
                      "break_even": "never (compiled is not faster)" if gain <= 0 else
@@ -181,16 +201,91 @@ def _peak_tflops(name: str) -> float | None:
     return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
 
 
-def _timed(fn, device: str) -> float:
+def _timed(fn, device: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process and the child processes it waited for) of fn()."""
     import torch
 
     if device == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     fn()
     if device == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _cpu_seconds() - c0
+
+
+def _cpu_seconds() -> float:
+    """This process's CPU seconds (all threads, nanosecond clock) + its waited-for children's (the C++
+    compiler inductor runs; os.times' 10 ms ticks are fine for those)."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
+
+
+DEMO_RUNS = 28  # the demo's sweep: 24 designed + the prior + the 3 vertices its bounds allow
+
+
+def _auto_workers(device: str) -> int:
+    """A sweep whose workers each get the threads timed here (`--workers 2` on 2 cores, 1 thread each)."""
+    import torch
+
+    return 1 if device == "cuda" else max(1, (os.cpu_count() or 1) // torch.get_num_threads())
+
+
+def _auto_batch(spec, device: str, row: dict, batched_key: str) -> dict:
+    """What `--batch-proxies auto` picks for a DEMO_RUNS-run sweep of `spec` here (its own
+    measurement, in a scratch workspace), and the bench's rate of that pick over the better of
+    the two paths the bench timed."""
+    import tempfile
+
+    from mixopt.config.runtime import Runtime
+    from mixopt.core.workspace import Workspace
+    from mixopt.sweep.choose import choose_batch
+
+    workers = _auto_workers(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        choice = choose_batch(Runtime(workers=workers, device=device), spec, Workspace(Path(tmp)), DEMO_RUNS)
+        took = (time.perf_counter() - t0, _cpu_seconds() - c0)
+    one, many = row["one_loop_n1"], row[batched_key]
+    if choice.proxies not in (1, many["proxies"]):
+        return {"workers": workers, "picks": choice.proxies, "why": choice.why,
+                "note": f"the bench timed N = 1 and {many['proxies']} only: no ratio"}
+    pick = many if choice.proxies > 1 else one
+    out = {"workers": workers, "picks": choice.proxies, "why": choice.why,
+           "auto_rates_proxy_steps_per_s": {str(n): round(r, 3) for n, r in choice.rates.items()},
+           "measuring_seconds": round(took[0], 2), "measuring_cpu_seconds": round(took[1], 2),
+           "ratio_wall": round(pick["tokens_per_s"] / max(one["tokens_per_s"], many["tokens_per_s"]), 3)}
+    if device == "cpu":
+        out["ratio_cpu"] = round(pick["tokens_per_cpu_s"] / max(one["tokens_per_cpu_s"], many["tokens_per_cpu_s"]), 3)
+    return out
+
+
+def _auto_compile_demo(config: Path, device: str) -> dict:
+    """`--compile auto`'s decision for the demo's sweep (its spec, DEMO_RUNS runs, the batch auto
+    picks), measured in a scratch workspace: compile seconds, step times, break-even steps."""
+    import tempfile
+
+    import yaml
+
+    from mixopt.config.runtime import Runtime
+    from mixopt.config.schema import Proxy
+    from mixopt.core.workspace import Workspace
+    from mixopt.proxy.model import proxy_spec
+    from mixopt.sweep.choose import choose_batch, choose_compile
+
+    cfg = yaml.safe_load(config.read_text())
+    spec = proxy_spec(Proxy(**cfg.get("proxy", {})), vocab_size=cfg["sample"]["tokenizer"]["vocab_size"])
+    runtime = Runtime(workers=_auto_workers(device), device=device)
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Workspace(Path(tmp))
+        batch = choose_batch(runtime, spec, ws, DEMO_RUNS)
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        choice = choose_compile(runtime, spec, ws, batch.proxies, DEMO_RUNS, batch.rates)
+        took = (time.perf_counter() - t0, _cpu_seconds() - c0)
+    return {"config": str(config), "size": spec.size, "steps_per_proxy": spec.steps, "runs": DEMO_RUNS,
+            "workers": runtime.workers, "batch_proxies": batch.proxies, "compile": choice.compile,
+            "why": choice.why, "timings": choice.timings,
+            "measuring_seconds": round(took[0], 2), "measuring_cpu_seconds": round(took[1], 2)}
 
 
 def _train_reference(spec, streams: list[np.ndarray], device: str, compile: bool = False) -> list[float]:

@@ -63,6 +63,12 @@ class SampleBackend(str, Enum):
     ray = "ray"
 
 
+class Compile(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 CONFIG = typer.Argument(..., help="The experiment YAML (e.g. mixtures/demo.yaml).")
 # Runtime flags shared by the verbs that train or evaluate: they choose where work runs, never what.
 WORKERS = typer.Option(1, min=1, help="Local worker processes (one per core on CPU).")
@@ -185,6 +191,9 @@ def sweep(config: Path = CONFIG,
                                                                  "default: slurm where sbatch exists."),
           batch_proxies: str = typer.Option("auto", help="Proxies trained together per worker: auto (as many as "
                                                          "fit on a GPU, 1 on CPU) or a number."),
+          compile: Compile = typer.Option(Compile.auto, help="torch.compile the training forward: auto (when the "
+                                                             "steps each worker trains win back the compile time, "
+                                                             "measured once per machine and spec), on or off."),
           dry_run: bool = typer.Option(False, "--dry-run", help="Say what the sweep would train and reuse, and why; "
                                                                 "train nothing."),
           track: list[str] = TRACK, format: Format = FORMAT):
@@ -224,7 +233,7 @@ def sweep(config: Path = CONFIG,
     runtime = _runtime(workers, progress, device, backend=backend.value, ray_address=ray_address,
                        slurm_partition=slurm_partition, slurm_cluster=slurm_cluster,
                        batch_proxies=batch_proxies if batch_proxies == "auto" else int(batch_proxies),
-                       **_say_for(format))
+                       compile=compile.value, **_say_for(format))
     if backend is Backend.ray:
         from mixopt.backends.ray import check_reachable
 

@@ -19,6 +19,7 @@ def _quiet_env(tmp_path_factory):
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     # `--batch-proxies auto` chooses by timing both paths: fixed here so no test depends on machine speed.
     os.environ.setdefault("MIXOPT_AUTO_BATCH", "1")
+    os.environ.setdefault("MIXOPT_AUTO_COMPILE", "off")  # likewise `--compile auto`
 
 
 def _code_docs(limit_bytes: int) -> list[str]:

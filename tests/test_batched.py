@@ -127,3 +127,67 @@ def test_auto_batch_size_is_chosen_by_a_measurement_and_cached(tmp_path, monkeyp
         assert choose.choose_batch(Runtime(), spec, ws, runs=10).proxies == pick
     assert choose.choose_batch(Runtime(batch_proxies=3), SPEC, ws, runs=10).proxies == 3
     assert choose.choose_batch(Runtime(), SPEC, ws, runs=1).proxies == 1  # one run: nothing to batch
+
+
+def test_auto_compile_pays_only_past_the_break_even(tmp_path, monkeypatch):
+    """`--compile auto` on fake timings: compile when the steps each worker trains x the seconds a
+    compiled step saves exceed the compile seconds; no measurement when even the whole eager
+    training is under the least a compile takes; measured once per machine and shapes."""
+    from dataclasses import replace
+
+    from mixopt.config.runtime import Runtime
+    from mixopt.core.workspace import Workspace
+    from mixopt.proxy import speed
+    from mixopt.sweep import choose
+
+    monkeypatch.delenv("MIXOPT_AUTO_COMPILE", raising=False)  # conftest fixes it for the other tests
+    ws = Workspace(tmp_path)
+    calls = []
+
+    def timings(spec, n, device):
+        calls.append(n)
+        return {"compile_seconds": 10.0, "eager_step": 0.1, "compiled_step": 0.05}  # break-even: 200 steps
+
+    monkeypatch.setattr(speed, "compile_timings", timings)
+    monkeypatch.setattr(speed, "training_rates", lambda *a, **k: pytest.fail("the batch choice's rates are reused"))
+    rates = {1: 10.0, 2: 20.0}  # proxy-steps/s: 0.1 s per step at N = 1 and at N = 2
+
+    def spec_of(steps):
+        return replace(SPEC, tokens=SPEC.seq_len * SPEC.batch_size * steps)
+
+    # A worker trains 5 steps x 0.1 s = 0.5 s eager: under MIN_COMPILE_SECONDS, so no compile is measured.
+    short = choose.choose_compile(Runtime(), spec_of(5), ws, 1, runs=1, rates=rates)
+    assert not short.compile and "not measured" in short.why and calls == []
+    # 300 steps: 300 x 0.05 = 15 s saved > 10 s to compile.
+    long = choose.choose_compile(Runtime(), spec_of(300), ws, 1, runs=1, rates=rates)
+    assert long.compile and long.timings["break_even_steps"] == 200 and "measured now" in long.why and calls == [1]
+    # 90 steps per batch, 4 runs 2 at a time, one worker: 2 batches = 180 steps, under break-even: eager.
+    # With 2 workers each trains one batch. The measurement is cached (no tokens in its key).
+    assert not choose.choose_compile(Runtime(), spec_of(90), ws, 2, runs=4, rates=rates).compile
+    assert choose.choose_compile(Runtime(), spec_of(150), ws, 2, runs=4, rates=rates).compile  # 300 steps
+    assert choose.choose_compile(Runtime(), spec_of(150), ws, 2, runs=4, rates=rates).timings["steps"] == 300
+    assert not choose.choose_compile(Runtime(workers=2), spec_of(150), ws, 2, runs=4, rates=rates).compile
+    # 3 runs 2 at a time: the last batch (1 proxy) compiles again, so 300 x 0.05 = 15 s < 2 x 10 s.
+    odd = choose.choose_compile(Runtime(), spec_of(150), ws, 2, runs=3, rates=rates)
+    assert not odd.compile and odd.timings["compiles"] == 2 and odd.timings["break_even_steps"] == 400
+    assert calls[:2] == [1, 2] and len(calls) <= 3  # N = 2 measured once (and once more for 2 workers' threads)
+    assert "cached" in choose.choose_compile(Runtime(), spec_of(150), ws, 2, runs=4, rates=rates).why
+    # Compiled not faster: never pays; a compiler that fails: eager, saying why, once.
+    monkeypatch.setattr(speed, "compile_timings", lambda *a: {"compile_seconds": 1.0, "eager_step": 0.1,
+                                                              "compiled_step": 0.11})
+    slower = choose.choose_compile(Runtime(), replace(spec_of(10**5), lr=1.0), ws, 1, runs=1, rates=rates)
+    assert not slower.compile and "never" in slower.why
+
+    def broken(*a):
+        raise RuntimeError("InductorError: no C++ compiler")
+
+    monkeypatch.setattr(speed, "compile_timings", broken)
+    failed = choose.choose_compile(Runtime(), replace(spec_of(10**5), lr=2.0), ws, 1, runs=1, rates=rates)
+    assert not failed.compile and "no C++ compiler" in failed.why
+    # Explicit choices and other backends are not measured.
+    assert choose.choose_compile(Runtime(compile="on"), spec_of(5), ws, 1, runs=1).compile
+    assert not choose.choose_compile(Runtime(compile="off"), spec_of(10**5), ws, 1, runs=1).compile
+    assert not choose.choose_compile(Runtime(backend="ray"), spec_of(10**5), ws, 1, runs=1).compile
+    choose.record_choice(ws, 3, choose.BatchChoice(2, "--batch-proxies 2", {}), long)
+    row = json.loads((tmp_path / "sweeps" / "3.json").read_text())
+    assert row["compile"] is True and row["compile_timings"]["compile_seconds"] == 10.0

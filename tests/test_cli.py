@@ -129,6 +129,7 @@ def test_repetition_limit_infeasible_is_caught_before_training(corpora, tmp_path
 FLAG_CASES = {
     "unknown backend": (["sweep", "{cfg}", "--backend", "mpi"], "Invalid value for '--backend'"),
     "zero workers": (["sweep", "{cfg}", "--workers", "0"], "Invalid value for '--workers'"),
+    "unknown compile mode": (["sweep", "{cfg}", "--compile", "maybe"], "Invalid value for '--compile'"),
     "missing mixtures file": (["sweep", "{cfg}", "--mixtures", "{tmp}/none.yaml"], "mixtures file not found"),
     "mixtures file with unknown domain": (["sweep", "{cfg}", "--mixtures", "{tmp}/bad-mix.yaml"],
                                           "mixtures[0]: unknown domain 'poetry'"),

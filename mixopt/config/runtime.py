@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 BACKENDS = ("local", "ray", "slurm")
+COMPILE = ("auto", "on", "off")
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -22,6 +23,7 @@ class Runtime:
     workers: int = 1  # local: worker processes; ray/slurm: proxies (or batches) in flight
     device: str = "auto"  # auto (a GPU where the worker sees one) | cpu | cuda | cuda:N
     batch_proxies: int | str = "auto"  # proxies trained together per task, or auto
+    compile: str = "auto"  # torch.compile the training forward: auto (where it pays, measured) | on | off
     progress: bool | str = False  # on stderr: True bars, "lines" one line per finished run, False nothing
     say: Callable[[str], None] = field(default=_say, compare=False)  # one-line notices
     ray_address: str | None = None  # join this Ray cluster (auto or HOST:PORT); default: a local Ray
@@ -37,3 +39,5 @@ class Runtime:
             raise ValueError(f"device {self.device!r} is not auto, cpu, cuda or cuda:N")
         if self.batch_proxies != "auto" and not (isinstance(self.batch_proxies, int) and self.batch_proxies >= 1):
             raise ValueError(f"batch_proxies {self.batch_proxies!r} is not auto or a positive integer")
+        if self.compile not in COMPILE:
+            raise ValueError(f"compile {self.compile!r} is not one of {', '.join(COMPILE)}")

@@ -4,6 +4,7 @@ CPU per second of this process's CPU time, which other processes on a shared mac
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 
@@ -42,3 +43,51 @@ def training_rates(spec: ProxySpec, ns: tuple[int, ...], device: str, rounds: in
                 torch.cuda.synchronize(device)
             best[n] = max(best[n], n * timed.steps / max(clock() - t0, 1e-9))
     return best
+
+
+COMPILE_TIMED_STEPS = 6  # a compiled step saves a few %: more steps than TIMED_STEPS to see it above noise
+
+
+def compile_timings(spec: ProxySpec, n: int, device: str, rounds: int = 2,
+                    steps: int = COMPILE_TIMED_STEPS) -> dict[str, float]:
+    """What torch.compile of the one loop's forward costs and saves at N proxies: compile_seconds
+    (its first step less a steady compiled step), eager_step and compiled_step (seconds per step,
+    each the best of `rounds` timings of `steps` steps, interleaved). On a CPU in CPU seconds of this
+    process and the compiler processes it waited for (inductor told to compile in this process, so
+    none escapes the count); on a GPU the wall clock. Raises what the compiler raises."""
+    import torch
+    import torch._inductor.config as inductor
+
+    from mixopt.proxy.train import compiled_forward
+
+    rng = np.random.default_rng(0)
+    streams = [rng.integers(0, spec.vocab_size, spec.seq_len * spec.batch_size * (steps + 2) + 1).astype(np.int64)]
+    timed, one = replace(spec, tokens=spec.seq_len * spec.batch_size * steps), replace(spec, tokens=spec.seq_len * spec.batch_size)
+    gpu = device.startswith("cuda")
+
+    def seconds(sp: ProxySpec, compile: bool) -> float:
+        if gpu:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter() if gpu else _cpu_seconds()
+        train_proxies(sp, [(1.0,)] * n, streams, 0, device, compile=compile)
+        if gpu:
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() if gpu else _cpu_seconds()) - t0
+
+    train_proxies(one, [(1.0,)] * n, streams, 0, device)  # eager's first-call costs are not the compiler's
+    torch._dynamo.reset()  # compile from scratch, as a fresh worker does
+    compiled_forward.cache_clear()
+    with inductor.patch(compile_threads=1):
+        first = seconds(one, True)
+    best = {False: float("inf"), True: float("inf")}
+    for _ in range(rounds):
+        for compile in (False, True):
+            best[compile] = min(best[compile], seconds(timed, compile) / steps)
+    return {"compile_seconds": max(0.0, first - best[True]), "eager_step": best[False], "compiled_step": best[True]}
+
+
+def _cpu_seconds() -> float:
+    """This process's CPU seconds (all threads, nanosecond clock) + its waited-for children's (the C++
+    compiler inductor runs; os.times' 10 ms ticks are fine for those)."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system

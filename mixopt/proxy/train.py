@@ -65,14 +65,17 @@ OnStep = Callable[[int, int, list[float]], None]  # (steps done, total steps, ea
 
 
 def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], seed: int, device: str = "cpu",
-                  on_step: OnStep | None = None, states: list[Path] | None = None, autocast: bool | None = None):
+                  on_step: OnStep | None = None, states: list[Path] | None = None, autocast: bool | None = None,
+                  compile: bool = False):
     """Train len(mixtures) >= 1 fresh proxies together; returns (stacked weights, each proxy's
     per-step losses, each proxy's epochs per domain).
 
     With `states` (one path per proxy), the training state is saved there every ~1/RESUME_SAVES of
     the steps, and a batch whose proxies all have state at the same step resumes from it: a killed
     run loses at most that much work, and computes exactly what an uninterrupted run computes.
-    `autocast` None follows the one precision policy (autocast_dtype); True/False force bf16/fp32."""
+    `autocast` None follows the one precision policy (autocast_dtype); True/False force bf16/fp32.
+    `compile` runs the forward through torch.compile (compiled_forward): the same computation,
+    rounded differently (within float noise, not bitwise: see README, "Determinism")."""
     import torch
 
     n = len(mixtures)
@@ -86,6 +89,7 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.95))
     start, losses = _load_state(states, W, opt, spec) if states else (0, [[] for _ in range(n)])
+    forward = compiled_forward() if compile else forward_logits
     every = max(1, -(-spec.steps // RESUME_SAVES))
     width = spec.seq_len + 1
     for step in range(start, spec.steps):
@@ -95,7 +99,7 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
         for group in opt.param_groups:
             group["lr"] = lr_at(step, spec)
         with torch.autocast(device_type=device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
-            logits = forward_logits(W, xt[:, :, :-1], spec)
+            logits = forward(W, xt[:, :, :-1], spec)
         ce = _token_losses()(logits.float().reshape(-1, logits.shape[-1]), xt[:, :, 1:].reshape(-1))
         ce = ce.view(n, -1).mean(dim=1)  # one loss per proxy
         opt.zero_grad(set_to_none=True)
@@ -109,6 +113,22 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
         if on_step:
             on_step(step + 1, spec.steps, [own[-1] for own in losses])
     return W, losses, [epochs for _, epochs in plans]
+
+
+@functools.cache
+def compiled_forward():
+    """forward_logits through torch.compile (inductor), one per process: a worker compiles on its first
+    step and reuses the compiled code for every later batch of the same shapes.
+
+    The compiled forward computes the same function, rounded differently (fused kernels sum in
+    another order): losses agree with eager within float noise, not bitwise. Whether a run was
+    compiled is recorded with its result (RunResult.compiled), as its device and precision are, and
+    is NOT in the run key: the key names what is computed (data, mixture, spec, seed, trainer), and
+    `--compile auto` decides by timing, so a key holding it would make the same config's runs
+    depend on machine speed and retrain finished runs on a faster or slower machine."""
+    import torch
+
+    return torch.compile(forward_logits)
 
 
 def autocast_dtype(device: str):

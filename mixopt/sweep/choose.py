@@ -1,6 +1,8 @@
 """`--batch-proxies auto`: how many proxies a worker trains at once, chosen by timing a few steps
-of both paths (one at a time, and batched) on this machine's device with the sweep's spec. The
-measurement is kept in the workspace per machine and spec, so later sweeps reuse it."""
+of both paths (one at a time, and batched) on this machine's device with the sweep's spec; and
+`--compile auto`: whether the one loop's forward goes through torch.compile, chosen by whether the
+steps each worker trains win back the compile time. Measurements are kept in the workspace per
+machine and spec, so later sweeps reuse them."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mixopt.config.runtime import Runtime
@@ -19,6 +21,11 @@ from mixopt.proxy.train import proxies_per_batch
 from mixopt.sweep.work import worker_threads
 
 CPU_BATCH = 4  # the batched candidate on a CPU (more proxies per step only adds memory there)
+# Seconds (CPU seconds on a CPU) below which no torch.compile of the one loop finishes: compiling
+# the smallest proxy's (tiny: 2 layers) forward and backward in a fresh process took 1.7 CPU-s here
+# with inductor's on-disk cache warm (19 cold); larger models take longer. A worker whose whole
+# eager training is shorter than this cannot win the compile back, whatever compiling saves.
+MIN_COMPILE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,13 +66,7 @@ def choose_batch(runtime: Runtime, spec: ProxySpec, ws: Workspace, runs: int) ->
     if row is None:
         from mixopt.proxy.speed import training_rates
 
-        old = torch.get_num_threads()
-        if threads:
-            torch.set_num_threads(threads)  # what each worker will have
-        try:
-            rates = training_rates(spec, (1, candidate), device if device != "cuda" else "cuda:0")
-        finally:
-            torch.set_num_threads(old)
+        rates = _with_threads(threads, lambda: training_rates(spec, (1, candidate), _one_device(device)))
         row = {"machine": machine, "spec": spec.size, "n": candidate, "measured": time.time(),
                "rates": {str(n): round(r, 3) for n, r in rates.items()}}
         known[key] = row
@@ -81,11 +82,106 @@ def choose_batch(runtime: Runtime, spec: ProxySpec, ws: Workspace, runs: int) ->
     return BatchChoice(pick, why, rates)
 
 
-def record_choice(ws: Workspace, sweep_id: int, choice: BatchChoice) -> None:
-    """The choice and both rates, with the sweep that used them (workspace/sweeps/<id>.json)."""
-    atomic_write_json(ws.root / "sweeps" / f"{sweep_id}.json",
-                      {"sweep": sweep_id, "batch_proxies": choice.proxies, "why": choice.why,
-                       "rates": {str(n): r for n, r in choice.rates.items()}})
+@dataclass(frozen=True)
+class CompileChoice:
+    compile: bool
+    why: str  # one line, printed and recorded
+    # compile_seconds, eager_step, compiled_step (seconds), steps (each worker's), break_even_steps;
+    # only what was measured (empty when nothing was)
+    timings: dict[str, float]
+
+
+def choose_compile(runtime: Runtime, spec: ProxySpec, ws: Workspace, proxies: int, runs: int,
+                   rates: dict[int, float] | None = None) -> CompileChoice:
+    """Whether a sweep's workers compile the forward, training `runs` proxies `proxies` at a time.
+    auto compiles when steps x (eager - compiled step seconds) > compile seconds, steps being what
+    one worker trains in the sweep (a worker compiles once and reuses it for its later batches).
+    It does not measure a compile that cannot pay: when a worker's whole eager training (from
+    `rates`, the batch choice's proxy-steps/s, or 2 timed steps) is under MIN_COMPILE_SECONDS."""
+    if runtime.compile != "auto":
+        return CompileChoice(runtime.compile == "on", f"--compile {runtime.compile}", {})
+    if os.environ.get("MIXOPT_AUTO_COMPILE"):  # the test suite: what a sweep does must not depend on machine speed
+        on = os.environ["MIXOPT_AUTO_COMPILE"] == "on"
+        return CompileChoice(on, f"--compile auto: {'on' if on else 'off'} (MIXOPT_AUTO_COMPILE, not measured)", {})
+    if runtime.backend != "local" or runs <= 0:
+        return CompileChoice(False, "--compile auto: off (the workers' machines are not visible from here: "
+                                    "pass --compile on)" if runs > 0 else "--compile auto: off (nothing to train)", {})
+    import torch
+
+    from mixopt.proxy import speed
+
+    device = runtime.device if runtime.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    threads = worker_threads(runtime.workers)
+    batches = -(-runs // proxies)
+    steps = spec.steps * -(-batches // runtime.workers)  # one worker's batches x the steps of each
+    if rates and rates.get(proxies):
+        eager = proxies / rates[proxies]
+    else:
+        eager = proxies / _with_threads(threads, lambda: speed.training_rates(
+            spec, (proxies,), _one_device(device), rounds=1, steps=2))[proxies]
+    unit = "CPU-s" if device == "cpu" else "s"
+    if steps * eager <= MIN_COMPILE_SECONDS:
+        return CompileChoice(False, f"--compile auto: off, not measured ({steps} steps per worker x {eager:.3f} {unit} "
+                                    f"eager = {steps * eager:.1f} {unit}, under the {MIN_COMPILE_SECONDS:g} {unit} any "
+                                    "compile takes)", {"eager_step": round(eager, 5), "steps": steps})
+    machine = _machine(device, threads)
+    # Not the tokens: one measurement serves sweeps of any length with these shapes.
+    key = content_hash({"machine": machine, "spec": replace(spec, tokens=0).to_dict(), "n": proxies})
+    cache = ws.root / "compile-choice.json"
+    known = _read(cache)
+    row = known.get(key)
+    if row is None:
+        try:
+            row = _with_threads(threads, lambda: speed.compile_timings(spec, proxies, _one_device(device)))
+            row = {k: round(v, 5) for k, v in row.items()}
+        except Exception as e:  # no C++ compiler, an op inductor cannot lower: eager, and say why (once)
+            row = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
+        known[key] = row | {"machine": machine, "spec": spec.size, "n": proxies, "measured": time.time()}
+        atomic_write_json(cache, known)
+        source = "measured now"
+    else:
+        source = f"measured {time.strftime('%Y-%m-%d %H:%M', time.localtime(row['measured']))}, cached"
+    if "error" in row:
+        return CompileChoice(False, f"--compile auto: off (torch.compile failed here: {row['error']}; {source})", {})
+    compile_s, eager, compiled = row["compile_seconds"], row["eager_step"], row["compiled_step"]
+    gain = eager - compiled
+    # A last batch with fewer proxies has other shapes: torch.compile compiles again for it.
+    compiles = 1 if runs % proxies == 0 or runs < proxies else 2
+    even = round(compiles * compile_s / gain) if gain > 0 else None
+    on = gain > 0 and steps * gain > compiles * compile_s
+    why = (f"--compile auto: {'on' if on else 'off'} ({steps} steps per worker x ({eager:.4f} - {compiled:.4f}) "
+           f"{unit} per step = {steps * gain:.1f} {unit} saved vs {compile_s:.1f} {unit} to compile"
+           f"{' x2 (a last, smaller batch compiles again)' if compiles > 1 else ''}; break-even "
+           f"{f'{even} steps' if even is not None else 'never (compiled is not faster)'}; {spec.size} x{proxies} "
+           f"on {machine['device']}, {source})")
+    return CompileChoice(on, why, {"compile_seconds": compile_s, "eager_step": eager, "compiled_step": compiled,
+                                   "steps": steps, "compiles": compiles, "break_even_steps": even})
+
+
+def record_choice(ws: Workspace, sweep_id: int, choice: BatchChoice, compiled: CompileChoice | None = None) -> None:
+    """The choices and what they were made on, with the sweep that used them (workspace/sweeps/<id>.json)."""
+    row = {"sweep": sweep_id, "batch_proxies": choice.proxies, "why": choice.why,
+           "rates": {str(n): r for n, r in choice.rates.items()}}
+    if compiled is not None:
+        row |= {"compile": compiled.compile, "compile_why": compiled.why, "compile_timings": compiled.timings}
+    atomic_write_json(ws.root / "sweeps" / f"{sweep_id}.json", row)
+
+
+def _with_threads(threads: int, fn):
+    """fn() with torch on `threads` threads (what each worker will have; 0: unchanged)."""
+    import torch
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(old)
+
+
+def _one_device(device: str) -> str:
+    return device if device != "cuda" else "cuda:0"
 
 
 def _machine(device: str, threads: int) -> dict:

@@ -22,7 +22,13 @@ from mixopt.errors import MixoptError
 from mixopt.evals.suites import prepare_suite
 from mixopt.sweep.change import record_virtual
 from mixopt.sweep.check import flag_damaged
-from mixopt.sweep.choose import BatchChoice, choose_batch, record_choice
+from mixopt.sweep.choose import (
+    BatchChoice,
+    CompileChoice,
+    choose_batch,
+    choose_compile,
+    record_choice,
+)
 from mixopt.sweep.plan import CHANGE_RECORD, Plan, load_plan
 from mixopt.sweep.reeval import evaluate_stored, record_scores
 from mixopt.sweep.store import Store, new_owner
@@ -87,9 +93,13 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
         report.already_done = sum(k in done for k in plan.keys)
         runs = {k: _run(plan, k, m) for k, m in zip(plan.keys, plan.mixtures) if k not in done}
         choice = choose_batch(runtime, plan.spec, ws, len(runs)) if runs else BatchChoice(1, "", {})
-        if runs and runtime.batch_proxies == "auto":
-            runtime.say(choice.why)
-            record_choice(ws, sweep_id, choice)
+        compiled = choose_compile(runtime, plan.spec, ws, choice.proxies, len(runs), choice.rates) \
+            if runs else CompileChoice(False, "", {})
+        for auto, line in ((runtime.batch_proxies == "auto", choice.why), (runtime.compile == "auto", compiled.why)):
+            if runs and auto:
+                runtime.say(line)
+        if runs:
+            record_choice(ws, sweep_id, choice, compiled)
         per_batch = choice.proxies
         bars = Bars(len(runs), enabled=runtime.progress)
         engine = make_backend(runtime, train_task, bars.step, exp, ws)
@@ -112,7 +122,8 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
                         else:
                             todo.append(runs[key])
                     for i in range(0, len(todo), per_batch):
-                        engine.submit(_train_task(exp, plan, tuple(todo[i:i + per_batch]), threads, runtime))
+                        engine.submit(_train_task(exp, plan, tuple(todo[i:i + per_batch]), threads, runtime,
+                                                  compiled.compile))
                     for job, results, failure in engine.wait(0.5 if engine.in_flight else 0.0):
                         for run, result in zip(job.runs, results or [None] * len(job.runs)):
                             if failure is None:
@@ -180,8 +191,9 @@ def _run(plan: Plan, key: str, m: Mixture) -> TrainRun:
 
 
 def _train_task(exp: Experiment, plan: Plan, runs: tuple[TrainRun, ...], threads: int,
-                runtime: Runtime) -> TrainTask:
+                runtime: Runtime, compile: bool = False) -> TrainTask:
     gpus = exp.resources.gpus if runtime.backend != "local" else 0.0  # what the engine gives each task
     return TrainTask(runs=runs, domains=tuple(exp.domain_names), seed=exp.seed, spec=plan.spec,
                      sample_dir=str(plan.workspace.sample_dir), measures=plan.suite.measures, threads=threads,
-                     device=device_of(runtime, gpus if runtime.backend != "local" else None), gpus=gpus)
+                     device=device_of(runtime, gpus if runtime.backend != "local" else None), gpus=gpus,
+                     compile=compile)

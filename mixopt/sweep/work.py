@@ -50,6 +50,7 @@ class TrainTask:
     threads: int = 0  # torch threads; 0 leaves torch's default
     device: str | None = None  # None: the worker's GPU if it has one, else its CPU
     gpus: float = 0.0  # GPUs the engine gave this task (ray/slurm resources): it must then see one
+    compile: bool = False  # the forward through torch.compile (sweep.choose.choose_compile)
 
     @property
     def key(self) -> str:
@@ -72,6 +73,9 @@ class RunResult:
     batched: int = 1  # runs trained together
     device: str = ""  # where it trained, e.g. "cuda:1 (NVIDIA H200)" or "cpu"
     precision: str = ""  # proxy.train.precision_name: "fp32" or "bf16-autocast"
+    # Trained with the forward compiled (the last training of the run: a resumed run may have
+    # started eager). Like device and precision, not in the run key: see proxy.train.compiled_forward.
+    compiled: bool = False
 
 
 def train_task(task: TrainTask, progress: Progress | None = None) -> tuple[RunResult, ...]:
@@ -102,14 +106,15 @@ def _train_runs(task: TrainTask, runs: tuple[TrainRun, ...], device: str, progre
     streams = [np.load(slice_file(sample_dir, d, "train"), mmap_mode="r") for d in task.domains]
     t0 = time.time()
     W, losses, epochs = train_proxies(spec, [r.weights for r in runs], streams, task.seed, device,
-                                      _on_step(task, progress), [state_path(Path(r.checkpoint)) for r in runs])
+                                      _on_step(task, progress), [state_path(Path(r.checkpoint)) for r in runs],
+                                      compile=task.compile)
     shas = [save_checkpoint(W, i, Path(r.checkpoint)) for i, r in enumerate(runs)]
     t1 = time.time()
     measured = measure_models(W, spec, task.measures, sample_dir)
     t2 = time.time()
     where = (device_label(device), precision_name(device))
     return tuple(finish_run(task, run, sha, own, dict(zip(task.domains, ep)), (t1 - t0) / n, (t2 - t1) / n, m,
-                            n, *where)
+                            n, *where, compiled=task.compile)
                  for run, sha, own, ep, m in zip(runs, shas, losses, epochs, measured))
 
 
@@ -139,7 +144,7 @@ def device_label(device: str) -> str:
 
 def finish_run(task: TrainTask, run: TrainRun, sha256: str, losses: list[float], epochs: dict[str, float],
                train_seconds: float, eval_seconds: float, measurements: dict, batched: int = 1, device: str = "",
-               precision: str = "") -> RunResult:
+               precision: str = "", compiled: bool = False) -> RunResult:
     """A trained run's result, also left next to its checkpoint (so a driver that dies before
     recording it adopts it instead of retraining); the run's resume state is then dropped."""
     spec = task.spec
@@ -147,7 +152,7 @@ def finish_run(task: TrainTask, run: TrainRun, sha256: str, losses: list[float],
                        train_loss=float(np.mean(losses[-max(1, len(losses) // 10):])),
                        tokens=spec.steps * spec.batch_size * spec.seq_len, epochs=epochs,
                        train_seconds=train_seconds, eval_seconds=eval_seconds, measurements=measurements,
-                       batched=batched, device=device, precision=precision)
+                       batched=batched, device=device, precision=precision, compiled=compiled)
     ckpt = Path(run.checkpoint)
     atomic_write_json(result_path(ckpt), asdict(result))
     state_path(ckpt).unlink(missing_ok=True)
