@@ -94,6 +94,57 @@ def _stage(cfg: Path, runtime: Runtime, out: Path | None = None) -> dict:
     return res
 
 
+def summarize(raw: dict, stages: dict, measured: dict, prior: float | None, verification_proxies: int,
+              verify_s: dict) -> dict:
+    """The benchmark's JSON from each stage's figures and the verified objectives (also usable on a
+    finished run's "stages" to recompute the summary)."""
+    a = stages["full"]
+    names = a["domains"]
+    arms = {k: stages[k] for k in ("full", "reuse", "extend")}
+    weights = {k: np.asarray(v["weights"]) for k, v in arms.items()}
+    lo_hi = a["predicted_interval"]  # (a)'s bootstrap interval of the objective at its optimum
+
+    def within(x: float) -> bool | None:
+        return None if lo_hi is None else bool(lo_hi[0] - 1e-9 <= x <= lo_hi[1] + 1e-9)
+
+    ci = None if a["interval"] is None else np.asarray(a["interval"])
+    old = [i for i, d in enumerate(names) if d != "docs"]
+
+    def ratio(w: np.ndarray) -> np.ndarray:  # the four old domains' proportions among themselves
+        return w[old] / w[old].sum()
+
+    summary = {}
+    for k, arm in arms.items():
+        summary[k] = {
+            "proxies_trained": arm["trained"], "runs_fitted": arm["fit_runs"], "wall_s": arm["seconds"],
+            "cpu_s": arm["cpu_s"], "weights": dict(zip(names, map(float, weights[k]))),
+            "l1_vs_full": float(np.abs(weights[k] - weights["full"]).sum()),
+            # where the distance comes from: the docs share, and the old domains' ratio among themselves
+            "docs_share_diff_vs_full": float(weights[k][names.index("docs")] - weights["full"][names.index("docs")]),
+            "old_ratio_l1_vs_full": float(np.abs(ratio(weights[k]) - ratio(weights["full"])).sum()),
+            "predicted_objective": arm["predicted"], "verified_objective": measured[k],
+            "verified_within_full_interval": within(measured[k]),
+            "weights_within_full_intervals": None if ci is None else
+            {d: bool(ci[i, 0] - 1e-6 <= weights[k][i] <= ci[i, 1] + 1e-6) for i, d in enumerate(names)}}
+    for k in ("reuse", "extend"):  # (a) starts from nothing: it trains every run it plans (also when resumed)
+        summary[k]["proxies_ratio_vs_full"] = round(arms[k]["trained"] / a["planned"], 3)
+        summary[k]["cpu_ratio_vs_full"] = round(arms[k]["cpu_s"] / a["cpu_s"], 3) if a["cpu_s"] else None
+    return {
+        "domains": names, "objective": a["objective"], "proxy_tokens": raw["proxy"]["tokens"],
+        "design_runs": raw["design"]["runs"], "after_change_runs": raw["design"].get("after_change_runs", 4),
+        "full_objective_interval": {"level": a["ci_level"], "bootstrap": a["bootstrap"], "interval": lo_hi,
+                                    "predicted_at_optimum": a["predicted"]},
+        "verified_prior": prior, "verification_proxies": verification_proxies, "verification": verify_s,
+        "arms": summary,
+        "note": "wall seconds overlap: (a) runs in a second process beside base, (b) and (c); CPU seconds are each "
+                "stage's own (its process and its finished worker pools)",
+        "target": {"proxies_ratio_max": 0.4,
+                   "met_proxies": arms["reuse"]["trained"] <= 0.4 * a["planned"],
+                   "met_objective_within_interval": within(measured["reuse"])},
+        "stages": stages,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=Path("mixtures/demo.yaml"))
@@ -162,9 +213,7 @@ def main() -> None:
         raise SystemExit("the full recomputation failed")
     a = json.loads((root / "full.json").read_text())
 
-    names = a["domains"]
-    arms = {"full": a, "reuse": b, "extend": c}
-    weights = {k: np.asarray(v["weights"]) for k, v in arms.items()}
+    weights = {k: np.asarray(v["weights"]) for k, v in (("full", a), ("reuse", b), ("extend", c))}
     # Verify every recommendation (the prior was trained by (a)'s design) in (a)'s workspace.
     exp = load_experiment(full5)
     extra = [Mixture(f"verify:{k}", tuple(w)) for k, w in weights.items()]
@@ -178,39 +227,7 @@ def main() -> None:
     verify_s = {"wall_s": round(time.time() - t0, 1), "cpu_s": round(_cpu() - c0, 1)}
     log(f"verification: {ver.trained} proxies, {verify_s['wall_s']:.0f}s; measured {measured}")
 
-    lo_hi = a["predicted_interval"]  # (a)'s bootstrap interval of the objective at its optimum
-
-    def within(x: float) -> bool | None:
-        return None if lo_hi is None else bool(lo_hi[0] - 1e-9 <= x <= lo_hi[1] + 1e-9)
-
-    ci = None if a["interval"] is None else np.asarray(a["interval"])
-    summary = {}
-    for k, arm in arms.items():
-        summary[k] = {
-            "proxies_trained": arm["trained"], "runs_fitted": arm["fit_runs"], "wall_s": arm["seconds"],
-            "cpu_s": arm["cpu_s"], "weights": dict(zip(names, map(float, weights[k]))),
-            "l1_vs_full": float(np.abs(weights[k] - weights["full"]).sum()),
-            "predicted_objective": arm["predicted"], "verified_objective": measured[k],
-            "verified_within_full_interval": within(measured[k]),
-            "weights_within_full_intervals": None if ci is None else
-            {d: bool(ci[i, 0] - 1e-6 <= weights[k][i] <= ci[i, 1] + 1e-6) for i, d in enumerate(names)}}
-    for k in ("reuse", "extend"):  # (a) starts from nothing: it trains every run it plans (also when resumed)
-        summary[k]["proxies_ratio_vs_full"] = round(arms[k]["trained"] / a["planned"], 3)
-        summary[k]["cpu_ratio_vs_full"] = round(arms[k]["cpu_s"] / a["cpu_s"], 3) if a["cpu_s"] else None
-    out = {
-        "domains": names, "objective": a["objective"], "proxy_tokens": raw["proxy"]["tokens"],
-        "design_runs": raw["design"]["runs"], "after_change_runs": raw["design"].get("after_change_runs", 4),
-        "full_objective_interval": {"level": a["ci_level"], "bootstrap": a["bootstrap"], "interval": lo_hi,
-                                    "predicted_at_optimum": a["predicted"]},
-        "verified_prior": prior, "verification_proxies": ver.trained, "verification": verify_s,
-        "arms": summary,
-        "note": "wall seconds overlap: (a) runs in a second process beside base, (b) and (c); CPU seconds are each "
-                "stage's own (its process and its finished worker pools)",
-        "target": {"proxies_ratio_max": 0.4,
-                   "met_proxies": arms["reuse"]["trained"] <= 0.4 * a["planned"],
-                   "met_objective_within_interval": within(measured["reuse"])},
-        "stages": {"base": base, "full": a, "reuse": b, "extend": c},
-    }
+    out = summarize(raw, {"base": base, "full": a, "reuse": b, "extend": c}, measured, prior, ver.trained, verify_s)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: out[k] for k in ("full_objective_interval", "verified_prior", "arms", "target")}))
