@@ -134,7 +134,9 @@ def summarize(raw: dict, stages: dict, measured: dict, prior: float | None, veri
         "design_runs": raw["design"]["runs"], "after_change_runs": raw["design"].get("after_change_runs", 4),
         "full_objective_interval": {"level": a["ci_level"], "bootstrap": a["bootstrap"], "interval": lo_hi,
                                     "predicted_at_optimum": a["predicted"]},
-        "verified_prior": prior, "verification_proxies": verification_proxies, "verification": verify_s,
+        # how sharp the criterion is: the natural prior measured against the same interval
+        "verified_prior": prior, "verified_prior_within_full_interval": None if prior is None else within(prior),
+        "verification_proxies": verification_proxies, "verification": verify_s,
         "arms": summary,
         "note": "wall seconds overlap: (a) runs in a second process beside base, (b) and (c); CPU seconds are each "
                 "stage's own (its process and its finished worker pools)",
@@ -230,7 +232,8 @@ def main() -> None:
     out = summarize(raw, {"base": base, "full": a, "reuse": b, "extend": c}, measured, prior, ver.trained, verify_s)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("full_objective_interval", "verified_prior", "arms", "target")}))
+    print(json.dumps({k: out[k] for k in ("full_objective_interval", "verified_prior",
+                                          "verified_prior_within_full_interval", "arms", "target")}))
 
 
 if __name__ == "__main__":
