@@ -423,6 +423,8 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
         typer.echo(json.dumps(v.to_json()))
         return
     typer.echo(f"objective: {v.objective} (lower is better); {v.trained} proxies trained for this check")
+    if v.space != "full":
+        typer.echo(f"fit: {v.space} (predictions are the reduced model's; the prior's at its point on that plane)")
     typer.echo(f"recommended mixture: measured {v.measured:.4f}, predicted {v.predicted:.4f} "
                f"(error {v.measured - v.predicted:+.4f}); rank {v.rank} of {v.runs + 1} among the swarm's runs")
     typer.echo(f"natural prior:       measured {v.prior_measured:.4f}, predicted {v.prior_predicted:.4f}")

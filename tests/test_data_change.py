@@ -63,13 +63,14 @@ def load_experiment_proxy():
     return Proxy(size="tiny", tokens=24000, seq_len=64, batch_size=8)
 
 
-def _more_docs(root: Path) -> Path:
-    """A fourth real-text domain: CPython's unittest, tkinter and sqlite3 sources, one file each."""
-    out = root / "more"
+def _more_docs(root: Path, name: str = "more",
+               packages=("unittest", "tkinter", "sqlite3", "urllib", "multiprocessing")) -> Path:
+    """Another real-text domain: CPython's sources of `packages`, one file each."""
+    out = root / name
     out.mkdir()
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     n = 0
-    for pkg in ("unittest", "tkinter", "sqlite3", "urllib", "multiprocessing"):
+    for pkg in packages:
         for f in sorted((stdlib / pkg).glob("*.py")):
             text = f.read_text(errors="replace")
             if len(text) > 500:
@@ -161,6 +162,30 @@ def test_added_domain_trains_only_new_runs_and_reuses_every_old_one(corpora, cop
     fit = json.loads(cli("fit", path, "--format", "json", "--no-plots", "--no-progress"))
     assert list(fit["weights"]) == ["code", "prose", "legal", "more"] and abs(sum(fit["weights"].values()) - 1) < 1e-6
     assert _status(path)["cost"]["to_train"] == 0  # the design stays put after the fit rewrote the recommendation
+
+    # propose and verify predict with the fit's own (reduced) model: proposals on its plane, the
+    # verification ranked among the runs it was fitted on (the reuse swarm, not the old runs).
+    virtual = cost["change"]["virtual"]
+    picks = yaml.safe_load((copy / "small.proposed.yaml").read_text()) if cli("propose", path, "--n", "2") else None
+    assert len(picks["mixtures"]) == 2
+    for m in picks["mixtures"]:
+        u = np.array([m[d] for d in virtual])
+        assert abs(m["more"] + u.sum() - 1) < 1e-4 and np.abs(u / u.sum() - np.array(list(virtual.values()))).sum() < 1e-3
+    v = json.loads(cli("verify", path, "--format", "json", "--no-progress"))
+    assert v["space"] == "mixture reuse: virtual(code+prose+legal), more"
+    assert cost["to_train"] <= v["runs"] < BASE_RUNS + cost["to_train"]  # not the full fit over every run
+
+    # A second change chains: 'more' is known from the first round, the virtual domain is every
+    # other domain at the combined recommendation the fit wrote.
+    combined = yaml.safe_load((copy / "small.optimal.yaml").read_text())["weights"]
+    cfg["domains"].append({"name": "more2", "sources": [{"path": str(_more_docs(
+        copy, "more2", ("email", "xml", "asyncio", "concurrent", "importlib")))}]})
+    path = write_config(copy / "exp.yaml", cfg)
+    assert "domains sampled: more2; kept: code, legal, more, prose" in cli("sample", path)
+    second = _status(path)["cost"]
+    assert second["change"]["changed"] == ["more2"] and second["change"]["earlier_rounds"] == 1
+    assert second["change"]["virtual"] == pytest.approx(combined, abs=1e-5)
+    assert 0 < second["to_train"] <= 3 + 1 * 2
 
 
 @pytest.mark.slow
@@ -256,3 +281,40 @@ def test_runs_keyed_by_an_older_mixopt_are_adopted_with_their_results(corpora, c
     with sqlite3.connect(copy / "ws" / "mixopt.db") as db:
         for key, n in measured.items():
             assert n > 0 and db.execute("SELECT COUNT(*) FROM measurements WHERE run_key=?", (key,)).fetchone()[0] == n
+
+
+def test_reuse_rounds_chain(tmp_path):
+    """A second change after a reuse round: the first round's domain is known, the new virtual domain
+    is every other domain at the last (combined) recommendation; a round whose data is gone stops."""
+    from types import SimpleNamespace
+
+    from mixopt.sweep.change import detect_change, record_virtual
+
+    base = [SimpleNamespace(key=f"k{i}", origin=o, slices=("A", "B", "C"), weights=w)
+            for i, (o, w) in enumerate([("prior", (0.4, 0.3, 0.3)), ("random:0", (0.2, 0.5, 0.3))])]
+    valid = {r.key: r.weights + (0.0,) * 2 for r in base}
+    record, optimal = tmp_path / "after-change.json", tmp_path / "x.optimal.yaml"
+    optimal.write_text(yaml.safe_dump({"weights": {"a": 0.5, "b": 0.25, "c": 0.25}}))
+    prior = np.full(5, 0.2)
+
+    def change(names, slices):
+        return detect_change("reuse", names, slices, base, valid, prior, record, optimal, {})
+
+    one = change(["a", "b", "c", "d"], ("A", "B", "C", "D"))
+    assert one.changed == (3,) and one.virtual == (0.5, 0.25, 0.25) and not one.rounds
+    record_virtual(one, ("A", "B", "C", "D"), record)
+    optimal.write_text(yaml.safe_dump({"weights": {"a": 0.2, "b": 0.2, "c": 0.2, "d": 0.4}}))  # round 1's fit
+    assert change(["a", "b", "c", "d"], ("A", "B", "C", "D")).virtual == (0.5, 0.25, 0.25)  # the design stays put
+    two = change(["a", "b", "c", "d", "e"], ("A", "B", "C", "D", "E"))
+    assert two.changed == (4,) and two.unchanged == (0, 1, 2, 3) and two.virtual == (0.2, 0.2, 0.2, 0.4)
+    assert len(two.rounds) == 1 and two.virtual_from.startswith("the last recommendation")
+    record_virtual(two, ("A", "B", "C", "D", "E"), record)
+    assert len(json.loads(record.read_text())["rounds"]) == 2
+    again = change(["a", "b", "c", "d", "e"], ("A", "B", "C", "D", "E"))
+    assert again.changed == (4,) and again.virtual == (0.2, 0.2, 0.2, 0.4) and len(again.rounds) == 1
+    # 'd' updated: round 1 (and so round 2) no longer stand: both d and e are changed against the base
+    gone = change(["a", "b", "c", "d", "e"], ("A", "B", "C", "D2", "E"))
+    assert gone.changed == (3, 4) and gone.unchanged == (0, 1, 2) and not gone.rounds
+    # a record of one round, as written before rounds chained
+    record.write_text(json.dumps({"changed": ["D"], "from": "x", "virtual": {"A": 0.5, "B": 0.25, "C": 0.25}}))
+    assert change(["a", "b", "c", "d"], ("A", "B", "C", "D")).virtual == (0.5, 0.25, 0.25)

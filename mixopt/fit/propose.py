@@ -16,6 +16,7 @@ from mixopt.errors import MixoptError
 from mixopt.fit.optimize import penalized_scores, simulated_pool, solve_optimum
 from mixopt.fit.recommend import experiment_swarm, fit_swarm, refit_resampled
 from mixopt.fit.regress import MixtureModel
+from mixopt.fit.reuse import model_space
 from mixopt.fit.swarm import FitSettings, Swarm
 
 MIN_REPLICATES = 16  # bootstrap models behind the uncertainty, even when fit.bootstrap is lower
@@ -28,8 +29,12 @@ def propose_mixtures(exp: Experiment, n: int, runtime: Runtime = Runtime(),
                      candidates: Path | None = None) -> tuple[list[np.ndarray], Path]:
     """n mixtures where the fit is least sure about the optimum (see pick_mixtures), written to
     <config dir>/<name>.proposed.yaml for `mixopt sweep --mixtures`. With `candidates` (any mixture
-    file: proposed YAML, optimal.yaml, CSV, Parquet) the picks are among those mixtures only."""
-    plan, swarm, settings, _ = experiment_swarm(exp, runtime)
+    file: proposed YAML, optimal.yaml, CSV, Parquet) the picks are among those mixtures only.
+
+    After a data change under `design.after_change: reuse` the fit is the reduced one, so the picks
+    lie on its plane (the unchanged domains at the virtual proportions): candidates off it are left out."""
+    plan, full, settings, _ = experiment_swarm(exp, runtime)
+    swarm, space, _ = model_space(plan, full)
     given = None
     if candidates is not None:
         _, ids, W = read_mixtures(candidates, exp.domain_names)
@@ -41,6 +46,15 @@ def propose_mixtures(exp: Experiment, n: int, runtime: Runtime = Runtime(),
         if outside:
             runtime.say(f"propose: {len(outside)} candidate(s) outside the bounds left out: {', '.join(outside[:5])}")
         given = np.array([w for w in snapped if w is not None])
+        if space is not None:
+            reduced, on = space.reduce(given)
+            if not on.any():
+                raise MixoptError(f"--candidates {candidates}: no mixture keeps the unchanged domains at the virtual "
+                                  "proportions of mixture reuse, so the reduced fit cannot rank them",
+                                  "give candidates on that plane, or use design.after_change: extend")
+            if not on.all():
+                runtime.say(f"propose: {int((~on).sum())} candidate(s) off the plane of mixture reuse left out")
+            given = reduced[on]
     rec, model = fit_swarm(swarm, settings)
     picks = pick_mixtures(swarm, settings, model, rec.weights, n, exp.design.min_weight, exp.design.min_distance,
                           exp.seed, candidates=given)
@@ -48,8 +62,10 @@ def propose_mixtures(exp: Experiment, n: int, runtime: Runtime = Runtime(),
         raise MixoptError(f"every candidate{' in ' + str(candidates) if candidates else ''} is within "
                           "design.min_distance of a trained run",
                           "lower design.min_distance to propose closer mixtures")
+    if space is not None:  # back onto every domain
+        picks = list(space.expand(np.array(picks)))
     out = Path(exp.optimal_path).with_name(f"{exp.name}.proposed.yaml")
-    doc = {"mixtures": [{d: round(float(v), 6) for d, v in zip(swarm.domains, w)} for w in picks]}
+    doc = {"mixtures": [{d: round(float(v), 6) for d, v in zip(full.domains, w)} for w in picks]}
     header = (f"# {len(picks)} mixtures proposed by mixopt {__version__} `mixopt propose` for '{exp.name}' "
               f"({model.kind} fit on {len(swarm.keys)} runs).\n# Train them: mixopt sweep CONFIG --mixtures {out.name}\n")
     atomic_write_text(out, header + yaml.safe_dump(doc, sort_keys=False))

@@ -43,3 +43,12 @@ def expand_recommendation(rec, space: ReusedSpace, full: Swarm):
         ci[list(space.changed)] = rec.weights_ci[1:]
     return replace(rec, domains=full.domains, weights=w, prior=full.prior, available=full.available,
                    binding=binding_constraints(w, full.bounds), weights_ci=ci)
+
+
+def model_space(plan: Plan, swarm: Swarm, fit_key: str = ""):
+    """(swarm, space, key) as the fit regresses: after a change under `reuse`, the runs on the reused
+    plane in reduced coordinates and the ReusedSpace that maps them (see reused_swarm); otherwise the
+    swarm itself and None. verify and propose use it so that they predict with the fit's own model."""
+    if plan.change is None or plan.change.virtual is None:
+        return swarm, None, fit_key
+    return reused_swarm(plan, swarm, fit_key)

@@ -11,6 +11,7 @@ from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import Mixture, read_mixtures
 from mixopt.errors import MixoptError
 from mixopt.fit.recommend import experiment_swarm, fit_swarm
+from mixopt.fit.reuse import model_space
 from mixopt.sweep.reeval import record_scores
 from mixopt.sweep.run import run_sweep
 from mixopt.sweep.store import Store
@@ -27,13 +28,19 @@ class Verification:
     runs: int
     best_run: float
     trained: int  # proxies trained for this check (0 when they already existed)
+    space: str = "full"  # the fit's coordinates: "full", or the reduced ones of mixture reuse (see below)
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
 
 
 def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime()) -> Verification:
-    """Train (or reuse) proxies on the written recommendation and on the prior; compare with the fit."""
+    """Train (or reuse) proxies on the written recommendation and on the prior; compare with the fit.
+
+    After a data change under `design.after_change: reuse` the fit is the reduced one (the unchanged
+    domains as one virtual domain): predictions are that model's, the rank is among the runs it was
+    fitted on, and the prior's prediction is at the prior's point of the reduced space (the unchanged
+    domains' prior mass at the virtual proportions), while its proxy trains on the exact prior."""
     if not exp.optimal_path.is_file():
         raise MixoptError(f"no recommendation at {exp.optimal_path}", "run `mixopt fit CONFIG` first")
     doc = read_yaml(exp.optimal_path)
@@ -42,8 +49,10 @@ def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime()) -> Veri
         raise MixoptError(f"{exp.optimal_path} is for other domains than the config", "run `mixopt fit CONFIG` again")
     w = read_mixtures(exp.optimal_path, swarm.domains)[2][0]
     # The swarm as the fit saw it, before the verification runs join the store.
-    _, model = fit_swarm(swarm, replace(settings, bootstrap=0))
-    y = swarm.y
+    fitted, space, _ = model_space(plan, swarm)
+    _, model = fit_swarm(fitted, replace(settings, bootstrap=0))
+    y = fitted.y
+    at = (lambda x: x) if space is None else (lambda x: space.reduce(x)[0])
     extra = [Mixture("verify:recommended", tuple(w)), Mixture("verify:prior", tuple(plan.prior))]
     report = run_sweep(exp, runtime, extra=extra, design=False)
     if report.failed:
@@ -53,9 +62,10 @@ def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime()) -> Veri
     measured = scores[plan.key(extra[0].weights)]
     prior_measured = scores[plan.key(extra[1].weights)]
     return Verification(
-        objective=swarm.objective, predicted=float(model.predict(w)[0]), measured=float(measured),
-        prior_predicted=float(model.predict(plan.prior)[0]), prior_measured=float(prior_measured),
-        rank=int((y < measured).sum()) + 1, runs=len(y), best_run=float(y.min()), trained=report.trained)
+        objective=swarm.objective, predicted=float(model.predict(at(w))[0]), measured=float(measured),
+        prior_predicted=float(model.predict(at(plan.prior))[0]), prior_measured=float(prior_measured),
+        rank=int((y < measured).sum()) + 1, runs=len(y), best_run=float(y.min()), trained=report.trained,
+        space="full" if space is None else "mixture reuse: " + ", ".join(fitted.domains))
 
 
 @dataclass(frozen=True)

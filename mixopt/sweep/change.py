@@ -12,6 +12,12 @@ recommendation, else their token prior), and a swarm of design.after_change_runs
 random mixtures (plus each vertex and the prior) explores virtual vs changed; the fit maps its optimum back onto every domain.
 extend: the base runs stay as points (changed domains at 0) and as many new runs explore the
 enlarged simplex.
+
+Changes chain (Olmix's sequential reuse): each reuse round is recorded in the workspace (its changed
+slices and virtual proportions). A later change counts the earlier rounds' domains as known, so only
+what changed since is new, and its virtual domain is every other domain at the last recommendation
+(the previous round's combined result, once `fit` wrote it). A round stops counting when its data is
+gone from the sample (a domain of it removed or updated); the rounds after it stop too.
 """
 
 from __future__ import annotations
@@ -41,12 +47,14 @@ class Change:
     superseded: int  # base runs trained on a slice no longer in the sample
     virtual: tuple[float, ...] | None  # reuse: proportions of the unchanged domains (sum 1)
     virtual_from: str  # where the proportions came from
+    rounds: tuple[dict, ...] = ()  # earlier reuse rounds still standing, as recorded (before this one)
 
     def to_json(self, names: list[str]) -> dict:
         return {"mode": self.mode, "changed": [names[i] for i in self.changed],
                 "base_runs_valid": len(self.base), "base_runs_superseded": self.superseded,
                 "virtual": None if self.virtual is None else
-                {names[i]: v for i, v in zip(self.unchanged, self.virtual)}, "virtual_from": self.virtual_from}
+                {names[i]: v for i, v in zip(self.unchanged, self.virtual)}, "virtual_from": self.virtual_from,
+                "earlier_rounds": len(self.rounds)}
 
 
 def is_base(origin: str) -> bool:
@@ -64,31 +72,62 @@ def detect_change(mode: str, names: list[str], slices: tuple[str, ...], base_run
     if not base_runs:
         return None
     seen = {s for r in base_runs if r.slices for s in r.slices}
-    changed = tuple(i for i, s in enumerate(slices) if s not in seen)
+    rounds, known, current = _standing_rounds(_read_rounds(record), seen, set(slices))
+    changed = tuple(i for i, s in enumerate(slices) if s not in known)
     superseded = sum(r.key not in valid for r in base_runs)
+    base = tuple((r.origin, valid[r.key]) for r in base_runs if r.key in valid)
+    if not changed and current is not None:  # the last recorded round is still the change under way
+        changed = tuple(i for i, s in enumerate(slices) if s in current["changed"])
+        unchanged = tuple(i for i in range(len(names)) if i not in changed)
+        if mode == "reuse":
+            virtual = tuple(float(current["virtual"][slices[i]]) for i in unchanged)
+            return Change(mode, changed, unchanged, base, superseded, virtual, current.get("from", "recorded"),
+                          tuple(rounds[:-1]))
+        return Change(mode, changed, unchanged, base, superseded, None, "", tuple(rounds[:-1]))
     if not changed and not superseded:
         return None
     unchanged = tuple(i for i in range(len(names)) if i not in changed)
-    base = tuple((r.origin, valid[r.key]) for r in base_runs if r.key in valid)
     virtual, source = None, ""
     if mode == "reuse" and changed and unchanged:
-        virtual, source = _virtual(names, slices, changed, unchanged, prior, record, optimal, aliases)
-    return Change(mode, changed, unchanged, base, superseded, virtual, source)
+        virtual, source = _virtual(names, unchanged, prior, optimal, aliases)
+    return Change(mode, changed, unchanged, base, superseded, virtual, source, tuple(rounds))
 
 
-def _virtual(names, slices, changed, unchanged, prior, record: Path, optimal: Path, aliases):
-    """The unchanged domains' proportions: as recorded by the sweep that first used them (so later
-    fits, which rewrite the recommendation, do not move the design), else from the recommendation
-    written before the change, else their token prior."""
-    key = sorted(slices[i] for i in changed)
+def _read_rounds(record: Path) -> list[dict]:
+    """The recorded reuse rounds, oldest first (a record of one round, as mixopt wrote before
+    rounds chained, is a dict)."""
     try:
         doc = yaml.safe_load(record.read_text()) if record.is_file() else None
     except (OSError, yaml.YAMLError):
-        doc = None
-    if isinstance(doc, dict) and doc.get("changed") == key:
-        got = doc.get("virtual") or {}
-        if all(slices[i] in got for i in unchanged):
-            return tuple(float(got[slices[i]]) for i in unchanged), doc.get("from", "recorded")
+        return []
+    rounds = doc.get("rounds", [doc]) if isinstance(doc, dict) else []
+    return [r for r in rounds if isinstance(r, dict) and isinstance(r.get("changed"), list)
+            and isinstance(r.get("virtual"), dict)]
+
+
+def _standing_rounds(rounds: list[dict], seen: set[str], sample: set[str]):
+    """(rounds still standing, slices they make known, the last one if the sample is exactly its
+    plane: its changed slices plus its virtual domain's). A round stands when its changed slices are
+    all in the sample and new to what came before, and its virtual domain's slices were all known
+    and are all still in the sample; the first that does not stand ends the chain."""
+    known, standing = set(seen), []
+    for r in rounds:
+        changed, virtual = set(r["changed"]), set(r["virtual"])
+        if not changed or not changed <= sample or changed & known or not virtual <= known & sample:
+            break
+        known |= changed
+        standing.append(r)
+    last = standing[-1] if standing else None
+    if last is not None and set(last["changed"]) | set(last["virtual"]) != sample:
+        last = None
+    return standing, known, last
+
+
+def _virtual(names, unchanged, prior, optimal: Path, aliases):
+    """The unchanged domains' proportions for a new round: the last recommendation (after a reuse
+    round, its combined result over every domain), else their token prior. Once a sweep used them
+    they are recorded (record_virtual), so later fits, which rewrite the recommendation, do not
+    move the design."""
     try:
         rec = yaml.safe_load(optimal.read_text()) if optimal.is_file() else None
     except (OSError, yaml.YAMLError):
@@ -100,15 +139,17 @@ def _virtual(names, slices, changed, unchanged, prior, record: Path, optimal: Pa
             w = np.asarray(w, dtype=float)
             return tuple(float(x) for x in w / w.sum()), f"the last recommendation ({optimal.name})"
     p = np.asarray([prior[i] for i in unchanged])
-    return tuple(float(x) for x in p / p.sum()), "the token prior (no recommendation found)"
+    return tuple(float(x) for x in p / p.sum()), "the token prior (no recommendation over these domains found)"
 
 
 def record_virtual(change: Change | None, slices: tuple[str, ...], path: Path) -> None:
-    """Fix the virtual proportions a sweep is about to use, so the design stays put."""
+    """Fix the virtual proportions a sweep is about to use, so the design stays put: the standing
+    earlier rounds, then this one (rounds that no longer stand are dropped)."""
     if change is None or change.virtual is None:
         return
-    atomic_write_json(path, {"changed": sorted(slices[i] for i in change.changed), "from": change.virtual_from,
-                             "virtual": {slices[i]: v for i, v in zip(change.unchanged, change.virtual)}})
+    this = {"changed": sorted(slices[i] for i in change.changed), "from": change.virtual_from,
+            "virtual": {slices[i]: v for i, v in zip(change.unchanged, change.virtual)}}
+    atomic_write_json(path, {"rounds": [*change.rounds, this]})
 
 
 @dataclass(frozen=True)
