@@ -166,9 +166,14 @@ def main() -> None:
         raise SystemExit(f"{docs} not found: run `make demo` first (it downloads python3.11-doc)")
     runtime = Runtime(workers=args.workers, progress=False, say=log)
     root = args.root.resolve()
-    if args.stage == "all" and args.fresh:
-        shutil.rmtree(root, ignore_errors=True)
+    mark = root / ".mixopt-bench-data-change"  # what this script made, and so may delete again
+    if args.stage == "all" and args.fresh and root.exists():
+        if not mark.is_file() and any(root.iterdir()):
+            raise SystemExit(f"{root} holds files this benchmark did not write: not emptying it "
+                             "(point --root at a new folder)")
+        shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
+    mark.touch()
     base_dir = args.config.resolve().parent
     raw = _absolute(yaml.safe_load(args.config.read_text()), base_dir)
     if args.proxy_tokens:
