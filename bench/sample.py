@@ -130,6 +130,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("bench/results/sample.json"))
     args = ap.parse_args()
+    args.work = args.work.resolve()  # the configs written there name their corpora by this path
     args.work.mkdir(parents=True, exist_ok=True)
     small = args.work / "small.parquet"
     if not small.exists():
