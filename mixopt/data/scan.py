@@ -199,7 +199,9 @@ def _scan_parallel(executor: ProcessPoolExecutor, workers: int, units: list, key
         read.extend(rd)
 
     while todo or pending:
-        while todo and len(pending) < workers - 1:
+        # Two groups queued per process: one finishing a group starts its next at once, not when this
+        # process comes back from reading its own.
+        while todo and len(pending) < 2 * (workers - 1):
             pending.add(executor.submit(scan_units, todo.pop(0), key, threshold, cap, pool.top))
         for f in [f for f in pending if f.done()]:
             pending.discard(f)
