@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sysconfig
@@ -106,6 +107,15 @@ def small_config(corpora: Path, workspace: Path, **overrides) -> dict:
         else:
             cfg[section] = value
     return cfg
+
+
+def write_csv(path: Path, header: list, rows) -> Path:
+    """A CSV table (a swarm's runs or scores, as a user would hand one to `fit --runs`)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
 
 
 def write_config(path: Path, cfg: dict) -> Path:

@@ -2,27 +2,19 @@
 one line and exit 2; where it can, a loud warning, a `warnings` list in JSON, and no tight interval
 around garbage; and never weight on a domain that no run varied."""
 
-import csv
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-
-
-def _write(path, header, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
+from conftest import write_csv
 
 
 def _fit(tmp_path, X, y, *extra, names=None):
     names = names or [f"d{i}" for i in range(X.shape[1])]
-    runs = _write(tmp_path / "runs.csv", ["run", *names, "loss"],
-                  [[f"r{i}", *(repr(float(a)) for a in x), v if isinstance(v, str) else repr(float(v))] for i, (x, v) in enumerate(zip(X, y))])
+    runs = write_csv(tmp_path / "runs.csv", ["run", *names, "loss"],
+                     [[f"r{i}", *(repr(float(a)) for a in x), v if isinstance(v, str) else repr(float(v))] for i, (x, v) in enumerate(zip(X, y))])
     args = ["fit", "--runs", runs, "--key", "run", "--target", "loss", "--bootstrap", "8", "--no-plots", *extra]
     return subprocess.run([sys.executable, "-m", "mixopt.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=300)

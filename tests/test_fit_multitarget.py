@@ -1,10 +1,10 @@
 """Multi-target: one model shared across many eval metrics (`multitask`) beside the per-metric
 families, on a synthetic table of correlated evals with fewer runs than quadratic features."""
 
-import csv
 import json
 
 import numpy as np
+from conftest import write_csv
 from typer.testing import CliRunner
 
 from mixopt.cli import app
@@ -17,13 +17,6 @@ def _truth(W):
     """What every eval measures, at its own scale: two pairs of domains that only help together."""
     return -0.05 * W[:, 0] + 0.02 * W[:, 3] - 2.2 * W[:, 0] * W[:, 1] - 1.6 * W[:, 2] * W[:, 4] + 0.4 * W[:, 1] * W[:, 5]
 
-
-def _write(path, header, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 def _evals(seed, noise):
@@ -61,8 +54,8 @@ def test_sharing_helps_on_average_over_swarms():
 
 def _table(tmp_path, seed):
     X, E = _evals(seed, noise=0.3)
-    return _write(tmp_path / "runs.csv", ["run", *[f"d{i}" for i in range(D)], *[f"e{k}" for k in range(EVALS)]],
-                  [[f"r{i}", *map(float, x), *map(float, e)] for i, (x, e) in enumerate(zip(X, E))])
+    return write_csv(tmp_path / "runs.csv", ["run", *[f"d{i}" for i in range(D)], *[f"e{k}" for k in range(EVALS)]],
+                     [[f"r{i}", *map(float, x), *map(float, e)] for i, (x, e) in enumerate(zip(X, E))])
 
 
 def _fit(runs, out, *extra):
@@ -77,8 +70,8 @@ def _fit(runs, out, *extra):
 def test_a_model_shared_across_evals_beats_per_metric_fits(tmp_path):
     runs = _table(tmp_path, seed=5)
     cands = np.random.default_rng(99).dirichlet(np.full(D, 0.8), 300)
-    _write(tmp_path / "cands.csv", ["id", *[f"d{i}" for i in range(D)]],
-           [[f"c{i}", *map(float, x)] for i, x in enumerate(cands)])
+    write_csv(tmp_path / "cands.csv", ["id", *[f"d{i}" for i in range(D)]],
+              [[f"c{i}", *map(float, x)] for i, x in enumerate(cands)])
     auto = _fit(runs, tmp_path / "auto")
     cv = {k: v["spearman"] for k, v in auto["candidates"].items()}
     assert auto["objective"] == "e0 + 0.5*e1"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_csv
 from typer.testing import CliRunner
 
 from mixopt.cli import app
@@ -85,13 +86,6 @@ def test_auto_picks_by_cross_validated_spearman():
     assert rec.cv.spearman > rec.candidates["linear"].spearman + 0.03  # the truth is curved: linear must lose
 
 
-def _write_csv(path, header, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
-
 
 @pytest.mark.parametrize("case,message", [
     ("infeasible bounds", "no mixture satisfies the bounds"),
@@ -109,11 +103,11 @@ def test_external_fit_bad_input(case, message, tmp_path):
         rows[2][1:] = [0.3, 0.2, 0.2]
     if case == "negative weight":
         rows[4][1:] = [1.2, -0.2, 0.0]
-    runs = _write_csv(tmp_path / "runs.csv", ["id", "a", "b", "c"], rows)
+    runs = write_csv(tmp_path / "runs.csv", ["id", "a", "b", "c"], rows)
     score_rows = [[i, v] for i, v in enumerate(metrics["a"])]
     if case == "unmatched scores":
         score_rows = score_rows[1:]
-    scores = _write_csv(tmp_path / "scores.csv", ["id", "loss"], score_rows)
+    scores = write_csv(tmp_path / "scores.csv", ["id", "loss"], score_rows)
     args = ["fit", "--runs", runs, "--scores", scores, "--key", "id", "--target", "loss", "--save", tmp_path / "out"]
     if case == "infeasible bounds":
         args += ["--bound", "a=0.5:1", "--bound", "b=0.6:1"]
@@ -164,9 +158,9 @@ def test_external_fit_save_then_predict_csv(tmp_path):
     """A swarm mixopt did not train: fit it from tables, save, and score new mixtures with the fit."""
     X, metrics, truth = _law_swarm(n=60, d=3, seed=5)
     names = ["code", "web", "books"]
-    _write_csv(tmp_path / "runs.csv", ["run", *names], [[f"r{i}", *x] for i, x in enumerate(X)])
-    _write_csv(tmp_path / "scores.csv", ["run", "loss_a", "loss_b"],
-               [[f"r{i}", a, b] for i, (a, b) in enumerate(zip(metrics["a"], metrics["b"]))])
+    write_csv(tmp_path / "runs.csv", ["run", *names], [[f"r{i}", *x] for i, x in enumerate(X)])
+    write_csv(tmp_path / "scores.csv", ["run", "loss_a", "loss_b"],
+              [[f"r{i}", a, b] for i, (a, b) in enumerate(zip(metrics["a"], metrics["b"]))])
     fit = subprocess.run([sys.executable, "-m", "mixopt.cli", "fit", "--runs", tmp_path / "runs.csv", "--scores",
                           tmp_path / "scores.csv", "--key", "run", "--target", "loss_a=0.5", "--target", "loss_b=0.5",
                           "--bootstrap", "5", "--save", tmp_path / "fit", "--format", "json"],
@@ -177,7 +171,7 @@ def test_external_fit_save_then_predict_csv(tmp_path):
     assert {p.name for p in (tmp_path / "fit").iterdir()} >= {"fit.json", "runs.parquet", "optimal.yaml",
                                                              "predicted_vs_measured.png", "weight_effects.png"}
     cands = np.random.default_rng(9).dirichlet(np.ones(3), 12)
-    _write_csv(tmp_path / "cands.csv", ["id", *names], [[f"c{i}", *w] for i, w in enumerate(cands)])
+    write_csv(tmp_path / "cands.csv", ["id", *names], [[f"c{i}", *w] for i, w in enumerate(cands)])
     pred = subprocess.run([sys.executable, "-m", "mixopt.cli", "predict", tmp_path / "fit", tmp_path / "cands.csv"],
                           capture_output=True, text=True, timeout=300)
     assert pred.returncode == 0, pred.stderr

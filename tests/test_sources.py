@@ -168,13 +168,18 @@ def test_hub_domain_in_an_experiment(corpora, tmp_path):
     assert yaml.safe_load((tmp_path / "hub.yaml").read_text())["domains"][1]["sources"][0]["hub"] == "hub/prose"
 
 
+def split_parquet(table, folder, shards: int, name: str = "part-{i}.parquet") -> None:
+    """`table` as `shards` Parquet files of consecutive rows in `folder`."""
+    folder.mkdir(exist_ok=True)
+    step = (table.num_rows + shards - 1) // shards
+    for i in range(shards):
+        pq.write_table(table.slice(i * step, step), folder / name.format(i=i))
+
+
 def test_any_number_of_workers_gives_byte_identical_samples(corpora, tmp_path):
     """The bottom-k pools of separate processes merge into the serial result: slices, counts and tokenizer."""
     table = pq.read_table(corpora / "code.parquet")
-    (tmp_path / "code").mkdir()
-    step = (table.num_rows + 4) // 5
-    for i in range(5):
-        pq.write_table(table.slice(i * step, step), tmp_path / "code" / f"part-{i}.parquet")
+    split_parquet(table, tmp_path / "code", 5)
     pq.write_table(table.slice(0, 7), tmp_path / "code" / "dups.parquet")  # exact duplicates across shards
     prose = [json.loads(line)["text"] for line in __import__("gzip").open(corpora / "prose.jsonl.gz", "rt")]
     pq.write_table(pa.table({"text": prose}), tmp_path / "prose.parquet", row_group_size=16)  # one file, split
@@ -193,11 +198,7 @@ def test_any_number_of_workers_gives_byte_identical_samples(corpora, tmp_path):
 
 
 def test_scan_fraction_reads_a_seeded_subset_and_estimates_the_rest(corpora, tmp_path):
-    table = pq.read_table(corpora / "code.parquet")
-    (tmp_path / "code").mkdir()
-    step = (table.num_rows + 11) // 12
-    for i in range(12):
-        pq.write_table(table.slice(i * step, step), tmp_path / "code" / f"part-{i:02d}.parquet")
+    split_parquet(pq.read_table(corpora / "code.parquet"), tmp_path / "code", 12, "part-{i:02d}.parquet")
     out = {}
     for name, scan in (("all", None), ("part", {"fraction": 0.5})):
         cfg = small_config(corpora, tmp_path / f"ws-{name}",

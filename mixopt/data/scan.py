@@ -185,9 +185,11 @@ TASKS_PER_WORKER = 4  # groups per worker: a late-starting or slow worker takes 
 def _scan_parallel(executor: ProcessPoolExecutor, workers: int, units: list, key: bytes, threshold: int,
                    cap: int) -> tuple[Pool, list[str], list]:
     """The units in groups handed out as workers free up: `workers - 1` processes and this one (which
-    reads while the others start up: their imports are most of a small domain's time). Each group's
-    pool is sent back and merged; the merge is order-free, so the result is the serial one. At most
-    TASKS_PER_WORKER x workers pools of the pool's size cross between processes."""
+    reads while the others start up: their imports are most of a small domain's time), or, for a
+    cluster's executor (`remote`: Ray), every group at once to its tasks (the cluster queues them on
+    its free CPUs; the driver only merges). Each group's pool is sent back and merged; the merge is
+    order-free, so the result is the serial one. At most TASKS_PER_WORKER x workers pools of the
+    pool's size cross between processes."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
     todo = _split(units, min(len(units), workers * TASKS_PER_WORKER))
@@ -198,6 +200,10 @@ def _scan_parallel(executor: ProcessPoolExecutor, workers: int, units: list, key
         skipped.extend(sk)
         read.extend(rd)
 
+    if getattr(executor, "remote", False):
+        for f in [executor.submit(scan_units, g, key, threshold, cap) for g in todo]:
+            absorb(*f.result())
+        return pool, skipped, read
     while todo or pending:
         # Two groups queued per process: one finishing a group starts its next at once, not when this
         # process comes back from reading its own.
@@ -233,14 +239,6 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
     remote = getattr(executor, "remote", False)
     if executor is None or (not remote and (workers <= 1 or len(units) <= 1)):
         pool, skipped, read = scan_units(units, key, threshold, cap)
-    elif remote:  # every group at once: the cluster queues them on its free CPUs; the driver only merges
-        pool, skipped, read = Pool(threshold), [], []
-        groups = _split(units, min(len(units), workers * TASKS_PER_WORKER))
-        for f in [executor.submit(scan_units, g, key, threshold, cap) for g in groups]:
-            part, sk, rd = f.result()
-            pool.merge(part)
-            skipped += sk
-            read += rd
     else:
         pool, skipped, read = _scan_parallel(executor, workers, units, key, threshold, cap)
     pool.threshold = byte_budget + pool.largest  # the final prefix: room for one more of the domain's documents
