@@ -49,9 +49,11 @@ def format_recommendation(rec) -> str:
     cv_rows = [[k + (" *" if k == rec.model else "") + (f" ({'+'.join(v.members)})" if v.members else ""),
                 f"{v.spearman:.3f}", f"{v.r2:.3f}"] for k, v in rec.candidates.items()]
     pred = f"predicted objective: {rec.predicted:.4f}"
+    d = rec.decision
     if rec.predicted_ci is not None:
-        pred += f" ({rec.ci:.0%} interval {rec.predicted_ci[0]:.4f} .. {rec.predicted_ci[1]:.4f}, " \
-                f"{rec.bootstrap} bootstrap refits)"
+        pred += f" ({rec.ci:.0%} interval for the seed-mean {rec.predicted_ci[0]:.4f} .. {rec.predicted_ci[1]:.4f}"
+        pred += f"; for one new proxy {d.proxy[0]:.4f} .. {d.proxy[1]:.4f}" if d is not None else ""
+        pred += f"; {rec.bootstrap} bootstrap refits)"
     lines = [
         f"fit: {rec.model} on {rec.runs} runs; objective = {rec.objective} (lower is better)",
         "",
@@ -59,8 +61,15 @@ def format_recommendation(rec) -> str:
         "",
         table(head, rows),
         "",
-        f"{pred} at the recommendation; {rec.predicted_prior:.4f} at the prior; best measured run: {rec.best_run:.4f}",
+        f"{pred} at the recommendation; {rec.predicted_prior:.4f} at the prior; best measured run: {rec.best_run:.4f}"
+        + (f" (mean of {rec.best_run_proxies} seeds)" if rec.best_run_proxies > 1 else
+           " (one proxy: the best of many single runs is partly luck)" if d is not None and d.noise is not None else ""),
     ]
+    if d is not None:
+        lines += [noise_line(d, rec), f"verdict: {d.line}"]
+        lines += [f"  against {g.against}: gain {g.gain:.4f} ({rec.ci:.0%} interval {g.low:.4f} .. {g.high:.4f}; "
+                  f"P(better) {g.p_better:.2f}): {g.verdict}" for g in d.gains[1:]]
+        lines += [f"next step: {d.next_step}"] if d.next_step else []
     if rec.unconstrained is not None:
         moved = sorted(range(len(rec.domains)), key=lambda i: -abs(rec.unconstrained[i] - rec.weights[i]))[:3]
         lines.append(f"trust region ({rec.trust_region}): the unconstrained optimum lies outside the runs' evidence; "
@@ -70,6 +79,20 @@ def format_recommendation(rec) -> str:
     if rec.warnings:
         lines[1:1] = [""] + [f"WARNING: {w}" for w in rec.warnings]
     return "\n".join(lines)
+
+
+def noise_line(d, rec) -> str:
+    """The noise floor, in one line: what one proxy's seed moves, and the CV ceiling it implies."""
+    n = d.noise
+    if n is None:
+        return ("noise floor: not measured (no mixture trained with several seeds; design.replicates measures it): "
+                f"the held-out error {d.model_error:.4f} holds seed noise and model error together")
+    within = f"; {n.sd_within:.4f} between mixtures at one seed" if n.sd_within is not None else ""
+    ceiling = f"; CV R^2 can reach at most {d.ceiling_r2:.2f}" if d.ceiling_r2 is not None else ""
+    dep = "; it depends on the mixture (Bartlett p {:.3f})".format(n.bartlett_p) if n.mixture_dependent else ""
+    return (f"noise floor: one proxy's objective moves by sd {n.sd_total:.4f} with its seed ({n.mixtures} mixture{'s' if n.mixtures > 1 else ''} x "
+            f"{n.proxies // max(n.mixtures, 1)} seeds, {n.dof} dof){within}{ceiling}{dep}; the fit's own error "
+            f"beyond it: sd {d.model_error:.4f}")
 
 
 def format_sweep(report) -> str:
