@@ -437,6 +437,8 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
     if format is Format.json:
         typer.echo(json.dumps(v.to_json()))
         return
+    for w in v.warnings:
+        typer.echo(f"warning (from the fit): {w}")
     typer.echo(f"objective: {v.objective} (lower is better); {v.seeds} seed(s) per mixture; {v.trained} proxies "
                "trained for this check")
     if v.space != "full":
@@ -621,6 +623,12 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
                f"{d['suspect']} suspect, {d['pending']} pending")
     typer.echo(f"runs in store (all designs): {r['done']} done, {r['failed']} failed, {r['suspect']} suspect, "
                f"{r['planned']} planned; proxies trained: {st['trainings']}")
+    reps = st.get("replicates") or []
+    if reps:
+        seeds = sorted({g["seeds"] for g in reps})
+        typer.echo(f"seed replicates: {len(reps)} mixtures x {'/'.join(map(str, seeds))} seeds "
+                   f"({sum(g['done'] for g in reps)} of {sum(g['seeds'] for g in reps)} proxies done); "
+                   "`mixopt fit` measures the noise floor from them")
     from mixopt.sweep.status import cost_lines
 
     for line in cost_lines(st):

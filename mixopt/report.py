@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mixopt.fit.verdict import noise_line
+
 
 def table(headers: list[str], rows: list[list], align: str | None = None) -> str:
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
@@ -79,20 +81,6 @@ def format_recommendation(rec) -> str:
     if rec.warnings:
         lines[1:1] = [""] + [f"WARNING: {w}" for w in rec.warnings]
     return "\n".join(lines)
-
-
-def noise_line(d, rec) -> str:
-    """The noise floor, in one line: what one proxy's seed moves, and the CV ceiling it implies."""
-    n = d.noise
-    if n is None:
-        return ("noise floor: not measured (no mixture trained with several seeds; design.replicates measures it): "
-                f"the held-out error {d.model_error:.4f} holds seed noise and model error together")
-    within = f"; {n.sd_within:.4f} between mixtures at one seed" if n.sd_within is not None else ""
-    ceiling = f"; CV R^2 can reach at most {d.ceiling_r2:.2f}" if d.ceiling_r2 is not None else ""
-    dep = "; it depends on the mixture (Bartlett p {:.3f})".format(n.bartlett_p) if n.mixture_dependent else ""
-    return (f"noise floor: one proxy's objective moves by sd {n.sd_total:.4f} with its seed ({n.mixtures} mixture{'s' if n.mixtures > 1 else ''} x "
-            f"{n.proxies // max(n.mixtures, 1)} seeds, {n.dof} dof){within}{ceiling}{dep}; the fit's own error "
-            f"beyond it: sd {d.model_error:.4f}")
 
 
 def format_sweep(report) -> str:

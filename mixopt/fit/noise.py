@@ -115,7 +115,7 @@ def collapse_replicates(swarm: Swarm, replicate: np.ndarray | None = None) -> Co
                        sd_within, sd_seed, float(total),
                        float(offset_se), tuple(per), bart)
     out = replace(swarm, X=swarm.X[first], metrics=metrics, keys=[swarm.keys[i] for i in first],
-                  covariates={k: v[first] for k, v in swarm.covariates.items()})
+                  covariates={k: v[first] for k, v in swarm.covariates.items()}, replicate=None)
     return Collapsed(out, noise, counts, _means(y, group, len(counts)))
 
 

@@ -110,14 +110,15 @@ def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None
         covs[c] = v
     keys = [str(k) for k in table[key]] if key else [str(i) for i in range(table.height)]
     objective = " + ".join(f"{w:g}*{t}" if w != 1 else t for t, w in targets.items() if w)
+    # an export's seed replicates (mixopt export): the noise model separates the seed shift with them
+    seeds = table["replicate"].fill_null(0).cast(pl.Int64).to_numpy() if _is_export(table) and "replicate" in table.columns \
+        else None
     return Swarm(weight_cols, X, metrics, targets, keys, _prior(X), parse_bounds(bounds or [], weight_cols),
-                 objective, covariates=covs)
+                 objective, covariates=covs, replicate=seeds)
 
 
 def _is_export(table) -> bool:
-    from mixopt.sweep.export import BOOKKEEPING
-
-    return all(c in table.columns for c in BOOKKEEPING[:4])
+    return all(c in table.columns for c in ("key", "origin", "status", "objective"))
 
 
 def _domain_columns(table, key, prefix, exclude) -> list[str]:
@@ -134,8 +135,9 @@ def _domain_columns(table, key, prefix, exclude) -> list[str]:
         if not cols:
             raise MixoptError(f"no column starts with '{prefix}'", f"columns: {', '.join(table.columns[:12])}")
         return cols
-    if _is_export(table):  # the weight columns lie between `status` and `objective`
-        return table.columns[table.columns.index("status") + 1:table.columns.index("objective")]
+    if _is_export(table):  # the weight columns lie between `status` (or `replicate`) and `objective`
+        start = table.columns.index("replicate" if "replicate" in table.columns else "status") + 1
+        return table.columns[start:table.columns.index("objective")]
     mixed = set(numeric_text_columns(table, exclude | {key}))  # a word among the weights: named, not dropped
     return [c for c in table.columns if c != key and c not in exclude and (c in mixed or (
         table[c].dtype.is_numeric() and table[c].dtype != pl.Boolean))]

@@ -147,3 +147,17 @@ def decide(gains: list[Gain], reliable: bool, h_model: float, noise: NoiseModel 
             step = (f"the seed noise ({noise.paired_sd:.4f} between mixtures) is as large as what the fit can "
                     "resolve: train more tokens per proxy (proxy.tokens) or more replicates (design.replicates.seeds)")
     return verdict, line, step
+
+
+def noise_line(d: Decision, rec=None) -> str:
+    """The noise floor, in one line: what one proxy's seed moves, and the CV ceiling it implies."""
+    n = d.noise
+    if n is None:
+        return ("noise floor: not measured (no mixture trained with several seeds; design.replicates measures it): "
+                f"the held-out error {d.model_error:.4f} holds seed noise and model error together")
+    within = f"; {n.sd_within:.4f} between mixtures at one seed" if n.sd_within is not None else ""
+    ceiling = f"; CV R^2 can reach at most {d.ceiling_r2:.2f}" if d.ceiling_r2 is not None else ""
+    dep = "; it depends on the mixture (Bartlett p {:.3f})".format(n.bartlett_p) if n.mixture_dependent else ""
+    return (f"noise floor: one proxy's objective moves by sd {n.sd_total:.4f} with its seed ({n.mixtures} mixture{'s' if n.mixtures > 1 else ''} x "
+            f"{n.proxies // max(n.mixtures, 1)} seeds, {n.dof} dof){within}{ceiling}{dep}; the fit's own error "
+            f"beyond it: sd {d.model_error:.4f}")

@@ -13,6 +13,7 @@ from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import Mixture, read_mixtures
 from mixopt.errors import MixoptError
+from mixopt.fit.noise import collapse_replicates
 from mixopt.fit.recommend import experiment_swarm, fit_swarm
 from mixopt.fit.reuse import model_space
 from mixopt.sweep.reeval import record_scores
@@ -63,6 +64,7 @@ class Verification:
     gain: float = 0.0
     gain_interval: tuple[float, float] | None = None  # t interval at `level` (two seeds or more)
     p_better: float | None = None
+    warnings: tuple[str, ...] = ()  # the verified fit's
 
     @property
     def inside(self) -> bool | None:
@@ -155,7 +157,8 @@ def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime(), seeds: 
         trained=report.trained, space="full" if space is None else "mixture reuse: " + ", ".join(fitted.domains),
         seeds=seeds, mixtures=tuple(rows), interval=tuple(interval) if interval else None,
         proxy_interval=tuple(doc["new_proxy_objective"]) if doc.get("new_proxy_objective") else None, level=level,
-        fit_verdict=decision.get("verdict"), gain=float(diffs.mean()), gain_interval=gain_ci, p_better=p_better)
+        fit_verdict=decision.get("verdict"), gain=float(diffs.mean()), gain_interval=gain_ci, p_better=p_better,
+        warnings=tuple(doc.get("warnings") or ()))
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,17 @@ class ScaleCheck:
         for k in ("spearman_scales", "spearman_predicted"):
             out[k] = out[k] if out[k] == out[k] else None  # NaN (too few mixtures) is null in JSON
         return out
+
+
+def _saved_model(exp: Experiment, swarm, settings):
+    """The model of the fit optimal.yaml names (fits/<key>/); a refit where it was not saved (a
+    read-only workspace)."""
+    from mixopt.fit.tables import load_fit
+
+    doc = read_yaml(exp.optimal_path) or {}
+    if doc.get("fit") and Path(doc["fit"]).is_file():
+        return load_fit(Path(doc["fit"]).parent)[1]
+    return fit_swarm(swarm, replace(settings, bootstrap=0))[1]
 
 
 def verify_at_size(exp: Experiment, size: str, top: int = 3, runtime: Runtime = Runtime()) -> ScaleCheck:
@@ -199,10 +213,15 @@ def verify_at_size(exp: Experiment, size: str, top: int = 3, runtime: Runtime = 
     if list((read_yaml(exp.optimal_path) or {}).get("weights") or {}) != swarm.domains:
         raise MixoptError(f"{exp.optimal_path} is for other domains than the config", "run `mixopt fit CONFIG` again")
     w = read_mixtures(exp.optimal_path, swarm.domains)[2][0]
-    _, model = fit_swarm(swarm, replace(settings, bootstrap=0))
+    model = _saved_model(exp, swarm, settings)
+    swarm = collapse_replicates(swarm, swarm.replicate).swarm  # one row per mixture (replicates averaged)
     y = swarm.y
-    best = np.argsort(y, kind="stable")[:top]
-    named = [("recommended", w), ("prior", plan.prior)] + [(f"run {swarm.keys[i][:12]}", swarm.X[i]) for i in best]
+    named = [("recommended", np.asarray(w, float)), ("prior", np.asarray(plan.prior, float))]
+    for i in np.argsort(y, kind="stable"):  # the best runs, each mixture once: never the recommendation again
+        if len(named) == top + 2:
+            break
+        if min(np.abs(x - swarm.X[i]).sum() for _, x in named) > 1e-6:
+            named.append((f"run {swarm.keys[i][:12]}", swarm.X[i]))
     big = exp.model_copy(update={"proxy": exp.proxy.model_copy(update={"size": size})})
     extra = [Mixture(f"verify:{size}:{n}", tuple(map(float, x))) for n, x in named]
     report = run_sweep(big, runtime, extra=extra, design=False)
