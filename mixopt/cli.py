@@ -472,7 +472,7 @@ def _against(path: Optional[Path], domains: list[str]) -> list:
     from mixopt.core.mixtures import read_mixtures
 
     _, ids, W = read_mixtures(path, domains)
-    return [(f"against:{path.stem}:{ids[0]}", W[0])]
+    return [(path.name if len(ids) == 1 else f"{path.name}:{ids[0]}", W[0])]
 
 
 @app.command()
