@@ -85,7 +85,8 @@ class Collapsed:
 def collapse_replicates(swarm: Swarm, replicate: np.ndarray | None = None) -> Collapsed:
     """Measure the seed noise from runs that share a mixture, and return the swarm with one row per
     mixture. `replicate`: each run's seed index (0 = the sweep's own); None: no labels."""
-    X = np.round(swarm.X, SAME)
+    # runs at another size or token count (covariates) are other experiments, not replicates
+    X = np.round(np.column_stack([swarm.X, *swarm.covariates.values()]), SAME)
     _, group, counts = np.unique(X, axis=0, return_inverse=True, return_counts=True)
     group = group.ravel()
     if counts.max() < 2:

@@ -172,13 +172,14 @@ def fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None = None,
 
 def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None,
                against=()) -> tuple[Recommendation, MixtureModel]:
-    collapsed = collapse_replicates(swarm, swarm.replicate)
-    swarm = collapsed.swarm
     n, names = len(swarm.keys), swarm.domains
     if n < len(names) + 2:
         raise MixoptError(f"only {n} runs; fitting {len(names)} domains and cross-validating needs at least "
                           f"{len(names) + 2}", "train or add more runs")
-    warns = check_swarm(swarm)
+    warns = check_swarm(swarm)  # on every run: "only k distinct mixtures among n runs" names both
+    collapsed = collapse_replicates(swarm, swarm.replicate)
+    swarm = collapsed.swarm
+    n = len(swarm.keys)
     check_feasible(swarm.bounds, names)
     y = swarm.y
     kinds = candidates_for(n, len(names), len(swarm.metrics))
@@ -444,13 +445,13 @@ def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | No
     if d is not None:
         doc["new_proxy_objective"] = _Pair([round(x, 6) for x in d.proxy])
         doc["verdict"] = {"against_prior": d.verdict, "summary": d.line, "next_step": d.next_step,
-                          "gains": {g.against: {"gain": round(g.gain, 6), "interval": _Pair([round(g.low, 6),
-                                                round(g.high, 6)]), "p_better": round(g.p_better, 4)}
+                          "gains": {g.against: _Flow({"gain": round(g.gain, 6), "interval": [round(g.low, 6),
+                                                round(g.high, 6)], "p_better": round(g.p_better, 4)})
                                     for g in d.gains}}
         n = d.noise
-        doc["noise"] = None if n is None else {
+        doc["noise"] = None if n is None else _Flow({
             "sd_one_proxy": round(n.sd_total, 6), "sd_within_seed": None if n.sd_within is None else round(n.sd_within, 6),
-            "replicated_mixtures": n.mixtures, "proxies": n.proxies}
+            "replicated_mixtures": n.mixtures, "proxies": n.proxies})
     header = f"# Recommended mixture for '{name}', written by mixopt {__version__} `mixopt fit`.\n"
     atomic_write_text(path, header + yaml.dump(doc, Dumper=_OptimalDumper, sort_keys=False))
 
@@ -459,8 +460,13 @@ class _Pair(list):
     """An interval, written on one line ([low, high]): one line per domain, not three."""
 
 
+class _Flow(dict):
+    """A small mapping written on one line."""
+
+
 class _OptimalDumper(yaml.SafeDumper):
     pass
 
 
 _OptimalDumper.add_representer(_Pair, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+_OptimalDumper.add_representer(_Flow, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v, flow_style=True))

@@ -194,7 +194,8 @@ def fit_external(swarm: Swarm, settings: FitSettings, save: Path | None, plots: 
         rec, model = fit_swarm(swarm, settings, against=against)
     if save is not None:
         claim_folder(save, "--save folder", SAVED_FIT)  # never over the user's own files (its --runs table)
-        save_fit(save, collapse_replicates(swarm, swarm.replicate).swarm, settings, rec, model, plots=plots)
+        fitted = swarm if scaled else collapse_replicates(swarm, swarm.replicate).swarm  # the table as fitted
+        save_fit(save, fitted, settings, rec, model, plots=plots)
         write_optimal(save / "optimal.yaml", rec, save.name, save)
     return rec
 
