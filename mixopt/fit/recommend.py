@@ -7,6 +7,7 @@ The same core fits our own sweep (`recommend_mixture`) and an external swarm tab
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
@@ -213,7 +214,7 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None,
         weights_ci, predicted_ci, boot = _bootstrap(swarm, settings, model, w, trust, pool, points)
     pred_points = model.predict(points)
     decision = judge(swarm, settings, cv, collapsed.noise, w, pred_points, boot, predicted_ci, not unreliable,
-                     [name for name, _ in against])
+                     [name for name, _ in against], points, collapsed.counts)
     best = int(np.argmin(y))
     binding = binding_constraints(w, trust, swarm.bounds)
     binding = ["held" if j in flat else b for j, b in enumerate(binding)]
@@ -233,8 +234,22 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None,
     return rec, model
 
 
+def measured_at(swarm: Swarm, x: np.ndarray, noise: NoiseModel | None, counts: np.ndarray | None = None):
+    """(seed-mean, its standard error) where a fitted row is the mixture `x` itself, else None. The
+    error is the noise between mixtures at one seed over the row's runs: the seed shift was taken
+    out of every row alike, so it does not separate the row from a prediction. Unmeasured noise:
+    the row counts as measured without error beyond what the fit's held-out error covers."""
+    d = np.abs(swarm.X - np.asarray(x)).sum(1)
+    i = int(d.argmin())
+    if d[i] > 1e-6:
+        return None
+    k = 1 if counts is None else int(counts[i])
+    return float(swarm.y[i]), (noise.paired_sd / math.sqrt(k) if noise is not None else 0.0)
+
+
 def judge(swarm: Swarm, settings: FitSettings, cv: CrossValidation, noise: NoiseModel | None, w: np.ndarray,
-          preds: np.ndarray, boot: np.ndarray | None, boot_ci, reliable: bool, against_names: list[str]) -> Decision:
+          preds: np.ndarray, boot: np.ndarray | None, boot_ci, reliable: bool, against_names: list[str],
+          points: np.ndarray | None = None, counts: np.ndarray | None = None) -> Decision:
     """The intervals at the recommendation `w` (preds[0]) and its gains over the prior (preds[1]) and
     each `against` mixture (preds[2:]); `boot`: the bootstrap refits' predictions there."""
     level = settings.ci
@@ -243,7 +258,8 @@ def judge(swarm: Swarm, settings: FitSettings, cv: CrossValidation, noise: Noise
     mean = mean_interval(float(preds[0]), boot_ci, h, noise.offset_se if noise else 0.0, level)
     proxy = proxy_interval(float(preds[0]), mean, noise.sd_at(w) if noise else None, level)
     gains = [gain_against(name, float(preds[0]), float(preds[i + 1]), None if boot is None else boot[:, 0],
-                          None if boot is None else boot[:, i + 1], h, level)
+                          None if boot is None else boot[:, i + 1], h, level,
+                          None if points is None else measured_at(swarm, points[i + 1], noise, counts))
              for i, name in enumerate(["prior", *against_names])]
     verdict, line, step = decide(gains, reliable, h, noise, level, len(swarm.domains))
     return Decision(level, mean, proxy, sd, h, noise, noise.ceiling_r2(swarm.y) if noise else None, tuple(gains),
