@@ -48,6 +48,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAIN_BYTES = 400_000  # text per domain: the sample needs ~100 kB; more only slows the scan
+MARKER = ".made-by-bench-calibration"  # --fresh empties --root only when this file says the benchmark made it
 MIN_BYTES = 300_000  # a domain with less is a warning: its validation slice would be small
 
 
@@ -407,8 +408,16 @@ def main() -> None:
         print(json.dumps(old["summary"], indent=1))
         return
     t0 = time.time()
+    marker = args.root / MARKER
     if args.fresh and args.root.exists():
+        if not marker.is_file():  # never delete a folder this benchmark did not make
+            sys.exit(f"error: --fresh: {args.root} was not made by bench/calibration.py (no {MARKER}); "
+                     "give an empty or new --root")
         shutil.rmtree(args.root)
+    if args.root.exists() and any(args.root.iterdir()) and not marker.is_file():
+        sys.exit(f"error: {args.root} holds other files; give an empty or new --root")
+    args.root.mkdir(parents=True, exist_ok=True)
+    marker.write_text("made by bench/calibration.py\n")
     corpora = build_corpora(args.cache)
     log(f"corpora: {json.dumps({k: {d: v['bytes'] for d, v in s.items()} for k, s in corpora.items()})}")
     fits = [tuple(f.split(":")) for f in args.fits.split(",")]
