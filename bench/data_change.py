@@ -1,8 +1,11 @@
 """Benchmark: add a fifth real-text domain to the finished demo, then (a) recompute everything from
 scratch vs (b) the reuse path (`design.after_change: reuse`) vs (c) the extend path
 (`design.after_change: extend`). For each: proxies trained, wall and CPU seconds, L1 distance of its
-recommendation from (a)'s, and its verified objective: a proxy trained on the recommendation and
-measured by the suite (in (a)'s workspace: one tokenizer, one suite).
+recommendation from (a)'s, and its verified objective: proxies trained on the recommendation with
+--seeds seeds (3; paired with the prior's, seed by seed) and measured by the suite (in (a)'s
+workspace: one tokenizer, one suite); the fit's verdict against the prior beside the seeds' paired
+gain (issue 21's target: each arm either verifies better than the prior over the seeds, or its fit
+said it cannot tell).
 
 The issue's target: (b) trains <= 40% of (a)'s proxies, and (b)'s verified objective lies within
 (a)'s bootstrap interval of the objective at its optimum (fit.json's interval.predicted: the
@@ -88,10 +91,33 @@ def _stage(cfg: Path, runtime: Runtime, out: Path | None = None) -> dict:
            "interval": None if rec.weights_ci is None else rec.weights_ci.tolist(), "objective": rec.objective,
            "predicted": rec.predicted, "predicted_interval": None if rec.predicted_ci is None else list(rec.predicted_ci),
            "ci_level": rec.ci, "bootstrap": rec.bootstrap,
-           "fit_runs": rec.runs, "cv_spearman": rec.cv.spearman}
+           "fit_runs": rec.runs, "cv_spearman": rec.cv.spearman,
+           "decision": None if rec.decision is None else rec.decision.to_json()}
     if out:
         out.write_text(json.dumps(res))
     return res
+
+
+def paired_gains(seeds: dict, stages: dict, level: float = 0.9) -> dict:
+    """Per arm: the measured gain over the prior seed by seed (paired), its mean and t interval, and
+    whether the arm's fit verdict holds: the issue's target is that each either verifies better than
+    the prior over the seeds or said it could not tell."""
+    from scipy.stats import t as student
+
+    out = {}
+    for k, st in stages.items():
+        d = np.array(seeds["prior"]) - np.array(seeds[k])
+        n = len(d)
+        half = float(student.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+        lo, hi = float(d.mean() - half), float(d.mean() + half)
+        said = (st.get("decision") or {}).get("verdict")
+        measured = "better" if lo > 0 else "worse" if hi < 0 else "cannot tell"
+        out[k] = {"gain_by_seed": d.tolist(), "gain": float(d.mean()), "interval": [lo, hi], "measured_verdict": measured,
+                  "fit_verdict": said, "fit_gain": (st.get("decision") or {}).get("gains", [{}])[0].get("gain"),
+                  "fit_gain_interval": (st.get("decision") or {}).get("gains", [{}])[0].get("interval"),
+                  # met: the fit said "cannot tell", or it said "better" and the seeds' mean gain is positive
+                  "target_met": said == "cannot tell" or (said == "better" and d.mean() > 0)}
+    return out
 
 
 def summarize(raw: dict, stages: dict, measured: dict, prior: float | None, verification_proxies: int,
@@ -142,7 +168,8 @@ def summarize(raw: dict, stages: dict, measured: dict, prior: float | None, veri
                 "stage's own (its process and its finished worker pools)",
         "target": {"proxies_ratio_max": 0.4,
                    "met_proxies": arms["reuse"]["trained"] <= 0.4 * a["planned"],
-                   "met_objective_within_interval": within(measured["reuse"])},
+                   "met_objective_within_interval": within(measured["reuse"]),
+                   "verdicts_hold": {k: v["target_met"] for k, v in verify_s.get("paired", {}).items()}},
         "stages": stages,
     }
 
@@ -151,6 +178,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=Path("mixtures/demo.yaml"))
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per verified mixture (paired across mixtures)")
     ap.add_argument("--root", type=Path, default=Path("workspaces/bench-data-change"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/data_change.json"))
     ap.add_argument("--stage", choices=["all", "full"], default="all",
@@ -221,24 +249,29 @@ def main() -> None:
     a = json.loads((root / "full.json").read_text())
 
     weights = {k: np.asarray(v["weights"]) for k, v in (("full", a), ("reuse", b), ("extend", c))}
-    # Verify every recommendation (the prior was trained by (a)'s design) in (a)'s workspace.
+    # Verify every recommendation and the prior with --seeds seeds each (seed k the same for every
+    # mixture: paired), in (a)'s workspace.
     exp = load_experiment(full5)
-    extra = [Mixture(f"verify:{k}", tuple(w)) for k, w in weights.items()]
+    plan = load_plan(exp, design=False)
+    named = {**weights, "prior": np.asarray(plan.prior)}
+    extra = [Mixture(f"verify:{k}", tuple(map(float, w)), r) for k, w in named.items() for r in range(args.seeds)]
     t0, c0 = time.time(), _cpu()
     ver = run_sweep(exp, runtime, extra=extra, design=False)
-    plan = load_plan(exp, design=False)
     with Store(plan.workspace.db_path) as store:
         scores = record_scores(plan, store)
-    measured = {m.origin.split(":")[1]: float(scores[plan.key(m.weights)]) for m in extra}
-    prior = float(scores[plan.key(plan.prior)]) if plan.key(plan.prior) in scores else None
-    verify_s = {"wall_s": round(time.time() - t0, 1), "cpu_s": round(_cpu() - c0, 1)}
-    log(f"verification: {ver.trained} proxies, {verify_s['wall_s']:.0f}s; measured {measured}")
+    seeds = {k: [float(scores[plan.key(tuple(map(float, w)), r)]) for r in range(args.seeds)] for k, w in named.items()}
+    measured = {k: float(np.mean(v)) for k, v in seeds.items() if k != "prior"}
+    prior = float(np.mean(seeds["prior"]))
+    verify_s = {"wall_s": round(time.time() - t0, 1), "cpu_s": round(_cpu() - c0, 1), "seeds": args.seeds,
+                "measured_by_seed": seeds, "paired": paired_gains(seeds, {"full": a, "reuse": b, "extend": c})}
+    log(f"verification: {ver.trained} proxies, {verify_s['wall_s']:.0f}s; measured {measured}; prior {prior:.4f}")
 
     out = summarize(raw, {"base": base, "full": a, "reuse": b, "extend": c}, measured, prior, ver.trained, verify_s)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: out[k] for k in ("full_objective_interval", "verified_prior",
-                                          "verified_prior_within_full_interval", "arms", "target")}))
+                                          "verified_prior_within_full_interval", "arms", "target")}
+                     | {"paired": verify_s["paired"]}))
 
 
 if __name__ == "__main__":
