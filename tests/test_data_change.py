@@ -81,7 +81,7 @@ def _more_docs(root: Path, name: str = "more",
 
 
 def _cfg(corpora: Path, ws: Path, **over) -> dict:
-    cfg = small_config(corpora, ws, design={"runs": 2, "min_weight": 0.01, "after_change_runs": 1},
+    cfg = small_config(corpora, ws, design={"runs": 2, "min_weight": 0.01, "after_change_runs": 1, "replicates": None},
                        fit={"model": "loglinear", "cv_folds": 3, "bootstrap": 0,
                             "objective": {"domains": {"prose": 1.0}}})
     cfg.update(over)

@@ -27,7 +27,7 @@ def test_32_domains_sample_sweep_fit(tmp_path):
         "domains": [{"name": f"d{d:02d}", "sources": [f"data/d{d:02d}-*.parquet"]} for d in range(DOMAINS)],
         "sample": {"train_tokens": 3000, "val_tokens": 600, "tokenizer": {"vocab_size": 512}},
         "proxy": {"size": "tiny", "tokens": 4096, "seq_len": 64, "batch_size": 8},
-        "design": {"runs": 34, "include_vertices": False, "min_weight": 0.001},
+        "design": {"runs": 34, "include_vertices": False, "min_weight": 0.001, "replicates": None},
         "fit": {"model": "linear", "cv_folds": 3, "bootstrap": 0},
     }
     path = write_config(tmp_path / "many.yaml", cfg)
