@@ -15,6 +15,13 @@ def table(headers: list[str], rows: list[list], align: str | None = None) -> str
     return "\n".join(lines)
 
 
+def score_text(x: float) -> str:
+    """A CV score for people: 3 decimals, and a runaway fit's R^2 (-1e46) as "< -1000", not 47 digits."""
+    if x != x:
+        return "nan"
+    return "< -1000" if x < -1000 else f"{x:.3f}"
+
+
 def human(n: float) -> str:
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:
@@ -36,6 +43,8 @@ def format_sample(manifest: dict) -> str:
 
 
 def format_recommendation(rec) -> str:
+    from mixopt.fit.regress import INNER_FOLDS
+
     ci = rec.weights_ci
     head = ["domain"] + (["available tok"] if rec.available else []) + ["prior", "recommended"]
     head += [f"{rec.ci:.0%} interval"] if ci is not None else []
@@ -47,7 +56,7 @@ def format_recommendation(rec) -> str:
         row += [f"{ci[i][0]:.4f} .. {ci[i][1]:.4f}"] if ci is not None else []
         rows.append(row + [rec.binding[i] or "-"])
     cv_rows = [[k + (" *" if k == rec.model else "") + (f" ({'+'.join(v.members)})" if v.members else ""),
-                f"{v.spearman:.3f}", f"{v.r2:.3f}"] for k, v in rec.candidates.items()]
+                score_text(v.spearman), score_text(v.r2)] for k, v in rec.candidates.items()]
     pred = f"predicted objective: {rec.predicted:.4f}"
     if rec.predicted_ci is not None:
         pred += f" ({rec.ci:.0%} interval {rec.predicted_ci[0]:.4f} .. {rec.predicted_ci[1]:.4f}, " \
@@ -56,6 +65,9 @@ def format_recommendation(rec) -> str:
         f"fit: {rec.model} on {rec.runs} runs; objective = {rec.objective} (lower is better)",
         "",
         table([f"model ({rec.cv.folds}-fold CV)", "Spearman", "R^2"], cv_rows),
+        *([f"auto judged by nested CV (its choice repeated inside each fold, {INNER_FOLDS} inner folds): Spearman "
+           f"{score_text(rec.selection_cv.spearman)}, R^2 {score_text(rec.selection_cv.r2)}"]
+          if getattr(rec, "selection_cv", None) is not None else []),
         "",
         table(head, rows),
         "",

@@ -10,7 +10,9 @@ from conftest import write_csv
 
 from mixopt.core.mixtures import Bounds
 from mixopt.fit.optimize import solve_optimum
-from mixopt.fit.regress import LOGWEIGHT_EPS, cross_validate, fit_model
+from mixopt.fit.recommend import fit_swarm
+from mixopt.fit.regress import LOGWEIGHT_EPS, cross_validate, fit_model, select_model
+from mixopt.fit.swarm import FitSettings, Swarm
 
 D = 5
 
@@ -54,3 +56,39 @@ def test_logweight_recovers_a_known_log_weight_law_and_its_optimum():
     truth = b / b.sum() * (1 + D * LOGWEIGHT_EPS) - LOGWEIGHT_EPS
     w = solve_optimum(model, np.full(D, 1 / D), Bounds(np.zeros(D), np.ones(D), ("none",) * D), 0.0)
     assert np.abs(w - truth).max() < 0.01
+
+
+def _swarm(X, y, bounds=None):
+    d = X.shape[1]
+    return Swarm([f"d{i}" for i in range(d)], X, {"loss": y}, {"loss": 1.0}, [f"r{i}" for i in range(len(X))],
+                 np.full(d, 1 / d), bounds or Bounds(np.zeros(d), np.ones(d), ("none",) * d), "loss")
+
+
+def test_auto_is_judged_by_nested_cv_where_its_own_cv_flatters_it():
+    """20 runs, a weak trend under noise: the CV that picks among nine families reports the winner's
+    luck; rerunning the pick inside each fold does not, and the warning follows the honest figure."""
+    rng = np.random.default_rng(7)
+    X = rng.dirichlet(np.ones(4), 20)
+    y = 3.0 + 0.08 * X[:, 0] + rng.normal(0, 0.05, 20)
+    rec, _ = fit_swarm(_swarm(X, y), FitSettings(bootstrap=0))
+    nested = rec.selection_cv
+    assert rec.model == "linear" and rec.cv.spearman == pytest.approx(0.544, abs=0.002)  # plain: no warning
+    assert nested.spearman == pytest.approx(0.451, abs=0.002) and nested.spearman < rec.cv.spearman
+    assert nested.r2 < rec.cv.r2 and nested.folds == 5
+    assert any("nested CV Spearman 0.451" in w for w in rec.warnings)
+    # oof in the runs' order: each run predicted by the family its fold's inner selection chose
+    assert all(any(np.isclose(nested.oof[i], c.oof[i]) for c in rec.candidates.values()) for i in range(20))
+    out = rec.to_json()["cv_nested"]
+    assert out == {"spearman": pytest.approx(nested.spearman), "r2": pytest.approx(nested.r2), "folds": 5}
+    fixed, _ = fit_swarm(_swarm(X, y), FitSettings(model="linear", bootstrap=0))
+    assert fixed.selection_cv is None and fixed.to_json()["cv_nested"] is None
+
+
+def test_selection_never_prefers_a_family_worse_than_the_mean():
+    """Rank and error together: the best ranker at CV R^2 <= 0 loses to a fitting one."""
+    from mixopt.fit.regress import CrossValidation
+
+    def cv(rho, r2):
+        return CrossValidation(rho, r2, 5, np.zeros(3), np.full(5, rho))
+    assert select_model({"law": cv(0.9, -61896.0), "linear": cv(0.6, 0.3)}) == "linear"
+    assert select_model({"law": cv(0.2, -1.6e10), "linear": cv(-0.1, -0.2)}) == "linear"  # none fits: least error

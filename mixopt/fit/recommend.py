@@ -42,11 +42,13 @@ from mixopt.fit.regress import (
     candidates_for,
     cross_validate,
     cross_validate_ensemble,
+    cross_validate_selection,
     fit_model,
     runs_wanted,
     select_model,
 )
 from mixopt.fit.swarm import FitSettings, Swarm, check_swarm, flat_domains
+from mixopt.report import score_text
 from mixopt.sweep.plan import load_plan
 from mixopt.sweep.reeval import (
     evaluate_stored,
@@ -86,6 +88,14 @@ class Recommendation:
     trust_bounds: np.ndarray | None = None  # domains x 2: where the recommendation was allowed to go
     unconstrained: np.ndarray | None = None  # the optimum without the trust region, when it lies outside
     predicted_unconstrained: float | None = None
+    # auto's nested CV: the selection repeated inside each fold, its oof in the runs' order; the
+    # honest figure for a picked model (cv is the pick's own CV, which chose it). None: the user fixed it.
+    selection_cv: CrossValidation | None = None
+
+    @property
+    def honest_cv(self) -> CrossValidation:
+        """The cross-validation to judge the fit by: the nested one when auto picked the model."""
+        return self.selection_cv if self.selection_cv is not None else self.cv
 
     @property
     def pulled_in(self) -> float:
@@ -105,6 +115,9 @@ class Recommendation:
             "predicted_at_prior": self.predicted_prior,
             "best_run": self.best_run,
             "cv": {"spearman": _num(self.cv.spearman), "r2": _num(self.cv.r2), "folds": self.cv.folds},
+            "cv_nested": None if self.selection_cv is None else {
+                "spearman": _num(self.selection_cv.spearman), "r2": _num(self.selection_cv.r2),
+                "folds": self.selection_cv.folds},
             "model": self.model,
             "candidates": {k: {"spearman": _num(v.spearman), "r2": _num(v.r2), **({"members": list(v.members)} if v.members else {})}
                            for k, v in self.candidates.items()},
@@ -170,6 +183,11 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None) -> tupl
                           "pick one model, or add runs")
     kind = select_model(cvs) if settings.model == "auto" else settings.model
     cv = cvs[kind]
+    # The pick's own CV chose it, so it flatters it (0.667 vs 0.396 held out on small tables): auto is
+    # judged, warned on and given intervals by the nested CV. A fixed model's plain CV is already honest.
+    selection_cv = None if settings.model != "auto" else cross_validate_selection(
+        cvs, swarm.X, swarm.metrics, swarm.terms, settings.cv_folds, settings.seed)
+    honest = selection_cv or cv
     model = fit_model(kind, swarm.X, swarm.metrics, swarm.terms, settings.seed, members=cv.members)
     flat = flat_domains(swarm.X)
     trust, trust_warns = evidence_bounds(swarm.X, swarm.bounds, settings.trust_region, names, flat)
@@ -181,8 +199,8 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None) -> tupl
                                             settings.sampler)
     if free is not None and np.abs(free - w).sum() < PULLED_IN:
         free = None
-    warns += fit_warnings(cv, kind, n, len(names) - len(flat))
-    unreliable = not (cv.r2 > 0)
+    warns += fit_warnings(honest, kind, n, len(names) - len(flat), nested=selection_cv is not None)
+    unreliable = not (honest.r2 > 0)
     weights_ci = predicted_ci = None
     if settings.bootstrap and not unreliable:
         weights_ci, predicted_ci = _bootstrap(swarm, settings, model, w, trust, pool)
@@ -198,20 +216,21 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None) -> tupl
         weights_ci=weights_ci, predicted_ci=predicted_ci, bootstrap=settings.bootstrap if weights_ci is not None else 0,
         ci=settings.ci, warnings=tuple(warns), reliable=not unreliable, trust_region=settings.trust_region,
         trust_bounds=np.column_stack([trust.lower, trust.upper]), unconstrained=free,
-        predicted_unconstrained=None if free is None else float(model.predict(free)[0]))
+        predicted_unconstrained=None if free is None else float(model.predict(free)[0]), selection_cv=selection_cv)
     return rec, model
 
 
-def fit_warnings(cv: CrossValidation, kind: str, n: int, varying: int) -> list[str]:
+def fit_warnings(cv: CrossValidation, kind: str, n: int, varying: int, nested: bool = False) -> list[str]:
     """What a reader must know before trusting the numbers: a fit worse than the mean, a poor
-    ranking, a swarm too small for the model."""
+    ranking, a swarm too small for the model. `nested`: cv is auto's nested CV (its pick judged)."""
     out = []
+    who, how = (f"auto (picking {kind})", "nested CV") if nested else (kind, "CV")
     if not (cv.r2 > 0):
-        out.append(f"{kind} predicts held-out runs no better than their mean (CV R^2 {cv.r2:.3g}): the runs do not "
-                   "show how the mixture moves this objective; the recommendation is unsupported and no interval "
-                   "is given. Add runs, or pick an objective the mixture changes")
+        out.append(f"{who} predicts held-out runs no better than their mean ({how} R^2 {score_text(cv.r2)}): the runs "
+                   "do not show how the mixture moves this objective; the recommendation is unsupported and no "
+                   "interval is given. Add runs, or pick an objective the mixture changes")
     elif not (cv.spearman >= LOW_SPEARMAN):
-        out.append(f"{kind} ranks held-out runs poorly (CV Spearman {cv.spearman:.3f}): treat the recommendation "
+        out.append(f"{who} ranks held-out runs poorly ({how} Spearman {cv.spearman:.3f}): treat the recommendation "
                    "as a guess")
     wanted = runs_wanted(kind, varying, cv.members)
     if n < wanted:
