@@ -58,10 +58,11 @@ def test_logweight_recovers_a_known_log_weight_law_and_its_optimum():
     assert np.abs(w - truth).max() < 0.01
 
 
-def _swarm(X, y, bounds=None):
+def _swarm(X, y, covariates=None):
     d = X.shape[1]
     return Swarm([f"d{i}" for i in range(d)], X, {"loss": y}, {"loss": 1.0}, [f"r{i}" for i in range(len(X))],
-                 np.full(d, 1 / d), bounds or Bounds(np.zeros(d), np.ones(d), ("none",) * d), "loss")
+                 np.full(d, 1 / d), Bounds(np.zeros(d), np.ones(d), ("none",) * d), "loss",
+                 covariates=covariates or {})
 
 
 def test_auto_is_judged_by_nested_cv_where_its_own_cv_flatters_it():
@@ -92,3 +93,49 @@ def test_selection_never_prefers_a_family_worse_than_the_mean():
         return CrossValidation(rho, r2, 5, np.zeros(3), np.full(5, rho))
     assert select_model({"law": cv(0.9, -61896.0), "linear": cv(0.6, 0.3)}) == "linear"
     assert select_model({"law": cv(0.2, -1.6e10), "linear": cv(-0.1, -0.2)}) == "linear"  # none fits: least error
+
+
+def test_a_recommendation_predicted_worse_than_a_run_is_flagged():
+    """A strong KL penalty pulls the optimum to the prior, worse (by the model) than run r27."""
+    X, y, _ = _logweight_table()
+    good, _ = fit_swarm(_swarm(X, y), FitSettings(bootstrap=0))
+    assert good.model == "logweight" and good.warnings == ()
+    pulled, _ = fit_swarm(_swarm(X, y), FitSettings(bootstrap=0, kl_weight=0.5))
+    assert pulled.predicted == pytest.approx(2.309, abs=0.001) and y.min() == pytest.approx(2.293, abs=0.001)
+    assert any(w.startswith("the model predicts run r27 (2.3) better than its own recommendation (2.309)")
+               for w in pulled.warnings)
+    assert any(w.startswith("the best measured run (r27, 2.293) beats the recommendation's predicted objective")
+               for w in pulled.warnings)
+
+
+def test_a_corner_no_run_is_near_is_flagged():
+    """Runs clustered at the centre, a linear law: without a trust region the optimum is pure d0."""
+    rng = np.random.default_rng(1)
+    X = rng.dirichlet(np.full(4, 30.0), 30)
+    y = X @ np.array([1.0, 2.0, 3.0, 4.0]) + rng.normal(0, 0.002, 30)
+    far, _ = fit_swarm(_swarm(X, y), FitSettings(bootstrap=0, trust_region="none"))
+    assert far.weights[0] == pytest.approx(1.0)
+    assert any(w.startswith("the recommendation sits at a corner no run is near: L1 1.274 to the nearest run, "
+                            "farther than any run is from its own nearest (0.115)") for w in far.warnings)
+    near, _ = fit_swarm(_swarm(X, y), FitSettings(bootstrap=0))  # the trust region keeps it among the runs
+    assert not any("corner" in w for w in near.warnings)
+
+
+def test_a_scaling_law_worse_than_the_smaller_size_is_flagged():
+    """A bump in d0 the law's shape cannot follow: the 4e6 runs rank the 1.6e7 ones better than it."""
+    from mixopt.fit.scaling import fit_scaled
+
+    def table(bump):
+        rng = np.random.default_rng(2)
+        mixes = rng.dirichlet(np.ones(3), 30)
+        sizes = np.repeat([1e6, 4e6, 1.6e7], 30)
+        W = np.tile(mixes, (3, 1))
+        y = 3.0 - 0.1 * np.log(sizes / 1e6) + bump(W) + rng.normal(0, 0.002, 90)
+        return fit_scaled(_swarm(W, y, {"params": sizes}), FitSettings(bootstrap=0), scale="params", at_scale=1e8)[0]
+
+    bumpy = table(lambda W: 0.2 * np.sin(9 * W[:, 0]))
+    assert bumpy.candidates["scaling, params=1.6e+07 held out"].spearman == pytest.approx(0.459, abs=0.002)
+    assert any(w.startswith("the scaling law fit without params=1.6e+07 ranks those runs worse (Spearman 0.459 "
+                            "over 30 mixtures) than the params=4e+06 runs' own measurements") for w in bumpy.warnings)
+    smooth = table(lambda W: 0.3 * W[:, 0])  # a shape the law holds: it ranks as well as the measurements
+    assert not any("scaling law fit without" in w for w in smooth.warnings)

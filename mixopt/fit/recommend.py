@@ -150,6 +150,14 @@ def _num(x: float) -> float | None:
 
 LOW_SPEARMAN = 0.5  # below this CV Spearman the fit ranks unseen runs poorly: say so
 PULLED_IN = 0.05  # L1 distance from the unconstrained optimum worth reporting (below: simulation noise)
+# How much worse than a run the recommendation may be predicted before fit says so, in units of the
+# fit's CV error (RMSE of held-out predictions): against the model's prediction at a run, half of it
+# (a tree model's optimum is the mean of its 100 best simulated mixtures: RegMix's 512 runs put it
+# 0.005 above the best run's prediction, at CV RMSE 0.06); against a measured score, all of it (the
+# best of n noisy runs is lucky by about its noise).
+WORSE_THAN_RUN = 0.5
+WORSE_THAN_MEASURED = 1.0
+AT_BOUND = 1e-6  # a weight this close to its bound (or to 0) sits on it
 
 
 def fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None = None) -> tuple[Recommendation, MixtureModel]:
@@ -200,6 +208,7 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None) -> tupl
     if free is not None and np.abs(free - w).sum() < PULLED_IN:
         free = None
     warns += fit_warnings(honest, kind, n, len(names) - len(flat), nested=selection_cv is not None)
+    warns += recommendation_warnings(model, w, swarm, honest, trust, settings.kl_weight)
     unreliable = not (honest.r2 > 0)
     weights_ci = predicted_ci = None
     if settings.bootstrap and not unreliable:
@@ -236,6 +245,55 @@ def fit_warnings(cv: CrossValidation, kind: str, n: int, varying: int, nested: b
     if n < wanted:
         out.append(f"the swarm is small for {kind}: {n} runs for {varying} varying domains, about {wanted} wanted; "
                    "add runs (design.runs) or expect a noisier recommendation")
+    return out
+
+
+def recommendation_warnings(model: MixtureModel, w: np.ndarray, swarm: Swarm, cv: CrossValidation, allowed,
+                            kl_weight: float = 0.0) -> list[str]:
+    """Where the recommendation itself is doubtful, by the fit's own numbers: a run within the allowed
+    bounds that the model predicts better, a measured run better than the recommendation's
+    prediction by more than the CV error, and a corner of the simplex that no run is near."""
+    out = []
+    p = float(model.predict(w)[0])
+    y = swarm.y
+    rmse = float(np.sqrt(np.mean((cv.oof - y) ** 2))) if np.isfinite(cv.oof).all() else float("inf")
+    why = " (the KL penalty trades predicted objective for closeness to the prior)" if kl_weight > 0 else ""
+    inside = np.flatnonzero(((swarm.X >= allowed.lower - 1e-9) & (swarm.X <= allowed.upper + 1e-9)).all(axis=1))
+    if inside.size:
+        pred = model.predict(swarm.X[inside])
+        i = int(np.argmin(pred))
+        if p > pred[i] + WORSE_THAN_RUN * rmse:
+            out.append(f"the model predicts run {swarm.keys[inside[i]]} ({pred[i]:.4g}) better than its own "
+                       f"recommendation ({p:.4g}) by more than half its CV error ({rmse:.3g}){why}: that run's "
+                       "mixture is at least as good a choice")
+    best = int(np.argmin(y))
+    if p > y[best] + WORSE_THAN_MEASURED * rmse:
+        out.append(f"the best measured run ({swarm.keys[best]}, {y[best]:.4g}) beats the recommendation's predicted "
+                   f"objective ({p:.4g}) by more than the fit's CV error ({rmse:.3g}){why}: train the recommendation "
+                   "before preferring it to that run")
+    held = flat_domains(swarm.X)  # no run varied them: where they sit is no corner
+    edge = [swarm.domains[j] for j in range(len(w)) if j not in held and (
+            w[j] <= max(swarm.bounds.lower[j], 0.0) + AT_BOUND or w[j] >= swarm.bounds.upper[j] - AT_BOUND)]
+    if edge:
+        sparsest = float(_nearest_other_l1(swarm.X).max())  # the largest distance from a run to its nearest other
+        near = float(np.abs(swarm.X - w).sum(axis=1).min())
+        if near > sparsest:
+            out.append(f"the recommendation sits at a corner no run is near: L1 {near:.3f} to the nearest run, "
+                       f"farther than any run is from its own nearest ({sparsest:.3f}), with "
+                       f"{', '.join(edge[:4])}{' ...' if len(edge) > 4 else ''} at a bound; the model extrapolates "
+                       "there: train it (or runs near it) before trusting it")
+    return out
+
+
+def _nearest_other_l1(X: np.ndarray) -> np.ndarray:
+    """Each run's L1 distance to its nearest other run, in row blocks (runs x runs x domains at once
+    would be 0.5 GB at 2,000 runs x 17 domains)."""
+    step = max(1, 2_000_000 // max(X.size, 1))
+    out = np.empty(len(X))
+    for i in range(0, len(X), step):
+        D = np.abs(X[i:i + step, None, :] - X[None, :, :]).sum(axis=2)
+        D[np.arange(len(D)), np.arange(i, i + len(D))] = np.inf
+        out[i:i + step] = D.min(axis=1)
     return out
 
 
