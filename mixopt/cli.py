@@ -368,7 +368,7 @@ def predict(fit_dir: Path = typer.Argument(..., help="A saved fit: `fit --save D
     out = csv.writer(sys.stdout, lineterminator="\n")  # quotes ids holding commas, quotes or newlines
     out.writerow([name, "predicted", "rank"])
     for i in range(len(ids)):
-        out.writerow([ids[i], f"{pred[i]:.6g}", rank[i]])
+        out.writerow([ids[i], repr(float(pred[i])), rank[i]])  # full precision: rounding made ties
 
 
 @app.command()

@@ -139,3 +139,30 @@ def test_a_scaling_law_worse_than_the_smaller_size_is_flagged():
                             "over 30 mixtures) than the params=4e+06 runs' own measurements") for w in bumpy.warnings)
     smooth = table(lambda W: 0.3 * W[:, 0])  # a shape the law holds: it ranks as well as the measurements
     assert not any("scaling law fit without" in w for w in smooth.warnings)
+
+
+def test_scores_print_sanely_and_predict_writes_full_precision(tmp_path):
+    """A runaway law's CV R^2 is "< -1000", not 47 digits; `predict` CSV keeps every digit (5 made ties)."""
+    import csv
+    import json
+
+    from typer.testing import CliRunner
+
+    from mixopt.cli import app
+    from mixopt.report import score_text
+
+    assert score_text(-1.6e46) == "< -1000" and score_text(-61896.0) == "< -1000" and score_text(0.4567) == "0.457"
+    X, y, _ = _logweight_table()
+    runs = write_csv(tmp_path / "runs.csv", ["id", *[f"d{i}" for i in range(D)], "loss"],
+                     [[i, *x, v] for i, (x, v) in enumerate(zip(X, y))])
+    r = CliRunner().invoke(app, ["fit", "--runs", str(runs), "--key", "id", "--target", "loss", "--model", "logweight",
+                                 "--bootstrap", "0", "--no-plots", "--save", str(tmp_path / "fit")])
+    assert r.exit_code == 0, r.output
+    cands = np.random.default_rng(3).dirichlet(np.ones(D), 30)
+    cands[1] = cands[0] + np.r_[1e-7, -1e-7, 0, 0, 0]  # 1e-7 apart: distinct predictions, equal to 6 digits
+    write_csv(tmp_path / "cands.csv", ["id", *[f"d{i}" for i in range(D)]], [[f"c{i}", *w] for i, w in enumerate(cands)])
+    as_csv = CliRunner().invoke(app, ["predict", str(tmp_path / "fit"), str(tmp_path / "cands.csv")])
+    as_json = CliRunner().invoke(app, ["predict", str(tmp_path / "fit"), str(tmp_path / "cands.csv"), "--format", "json"])
+    rows = list(csv.DictReader(as_csv.output.splitlines()))
+    assert [float(r["predicted"]) for r in rows] == [r["predicted"] for r in json.loads(as_json.output)]
+    assert rows[0]["predicted"] != rows[1]["predicted"]

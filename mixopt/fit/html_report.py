@@ -28,6 +28,7 @@ from mixopt.core.workspace import atomic_write_text
 from mixopt.fit.optimize import penalized_scores
 from mixopt.fit.plots import domain_panels, weight_sweep
 from mixopt.fit.recommend import experiment_swarm, fit_swarm
+from mixopt.report import score_text
 from mixopt.sweep.store import Store
 
 # How a run came to be, from its origin in the store: the legend of the predicted-vs-measured plot.
@@ -87,7 +88,7 @@ def write_report(exp: Experiment, output: Path | None = None, runtime: Runtime =
         warnings.append(f"fit.model is {settings.model} (Spearman {rec.cv.spearman:.2f}) while {best} ranks held-out "
                         f"runs better ({rec.candidates[best].spearman:.2f}): consider fit.model: auto")
     if rec.cv.r2 < 0:
-        warnings.append(f"cross-validated R² is {rec.cv.r2:.2f} < 0: predicted values are worse than the mean; "
+        warnings.append(f"cross-validated R² is {score_text(rec.cv.r2)} < 0: predicted values are worse than the mean; "
                         "trust the ranking more than the predicted objective")
     if rec.predicted > rec.best_run:
         warnings.append(f"the predicted objective at the recommendation ({rec.predicted:.4f}) is worse than the "
@@ -157,7 +158,7 @@ def _scatter_figure(swarm, rec, origins) -> str:
     ax.plot([lo, hi], [lo, hi], lw=1, color="gray")
     ax.set_xlabel("measured objective (lower is better)")
     ax.set_ylabel(f"predicted, out of fold ({rec.cv.folds}-fold)")
-    ax.set_title(f"{rec.model}: Spearman {rec.cv.spearman:.3f}, R² {rec.cv.r2:.3f}", fontsize=10)
+    ax.set_title(f"{rec.model}: Spearman {score_text(rec.cv.spearman)}, R² {score_text(rec.cv.r2)}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _png(fig)
@@ -240,7 +241,7 @@ def _page(exp, plan, swarm, settings, rec, model, origins, suites, verify, warni
         pred += f" ({rec.ci:.0%} interval {rec.predicted_ci[0]:.4f} .. {rec.predicted_ci[1]:.4f}, " \
                 f"{rec.bootstrap} bootstrap refits)"
     binding = [f"{d}: {b}" for d, b in zip(rec.domains, rec.binding) if b]
-    cv_rows = [[_Raw(f"<b>{e(k)}</b> (chosen)") if k == rec.model else k, f"{v.spearman:.3f}", f"{v.r2:.3f}"]
+    cv_rows = [[_Raw(f"<b>{e(k)}</b> (chosen)") if k == rec.model else k, score_text(v.spearman), score_text(v.r2)]
                for k, v in rec.candidates.items()]
     kinds = [origin_kind(o) for o in origins]
     run_rows = [[k[:12], o, kind, f"{y:.4f}", f"{p:.4f}", f"{p - y:+.4f}"]
