@@ -15,13 +15,6 @@ def table(headers: list[str], rows: list[list], align: str | None = None) -> str
     return "\n".join(lines)
 
 
-def score_text(x: float) -> str:
-    """A CV score for people: 3 decimals, and a runaway fit's R^2 (-1e46) as "< -1000", not 47 digits."""
-    if x != x:
-        return "nan"
-    return "< -1000" if x < -1000 else f"{x:.3f}"
-
-
 def human(n: float) -> str:
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:
@@ -43,7 +36,7 @@ def format_sample(manifest: dict) -> str:
 
 
 def format_recommendation(rec) -> str:
-    from mixopt.fit.regress import INNER_FOLDS
+    from mixopt.fit.regress import INNER_FOLDS, score_text
 
     ci = rec.weights_ci
     head = ["domain"] + (["available tok"] if rec.available else []) + ["prior", "recommended"]

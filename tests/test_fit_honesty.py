@@ -149,7 +149,7 @@ def test_scores_print_sanely_and_predict_writes_full_precision(tmp_path):
     from typer.testing import CliRunner
 
     from mixopt.cli import app
-    from mixopt.report import score_text
+    from mixopt.fit.regress import score_text
 
     assert score_text(-1.6e46) == "< -1000" and score_text(-61896.0) == "< -1000" and score_text(0.4567) == "0.457"
     X, y, _ = _logweight_table()

@@ -28,7 +28,7 @@ from mixopt.core.workspace import atomic_write_text
 from mixopt.fit.optimize import penalized_scores
 from mixopt.fit.plots import domain_panels, weight_sweep
 from mixopt.fit.recommend import experiment_swarm, fit_swarm
-from mixopt.report import score_text
+from mixopt.fit.regress import score_text
 from mixopt.sweep.store import Store
 
 # How a run came to be, from its origin in the store: the legend of the predicted-vs-measured plot.

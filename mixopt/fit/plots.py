@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from mixopt.core.mixtures import project_to_bounds
-from mixopt.report import score_text
+from mixopt.fit.regress import score_text
 
 
 def plot_fit(out: Path, swarm, rec, model) -> list[Path]:

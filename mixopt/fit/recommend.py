@@ -45,10 +45,10 @@ from mixopt.fit.regress import (
     cross_validate_selection,
     fit_model,
     runs_wanted,
+    score_text,
     select_model,
 )
 from mixopt.fit.swarm import FitSettings, Swarm, check_swarm, flat_domains
-from mixopt.report import score_text
 from mixopt.sweep.plan import load_plan
 from mixopt.sweep.reeval import (
     evaluate_stored,

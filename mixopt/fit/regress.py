@@ -485,6 +485,13 @@ def cross_validate_ensemble(cvs: dict[str, CrossValidation], y: np.ndarray, fold
     return _scored(oof, y, fold_indices(len(y), folds, seed), tuple(ranked))
 
 
+def score_text(x: float) -> str:
+    """A CV score for people: 3 decimals, and a runaway fit's R^2 (-1e46) as "< -1000", not 47 digits."""
+    if x != x:
+        return "nan"
+    return "< -1000" if x < -1000 else f"{x:.3f}"
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
