@@ -36,7 +36,7 @@ def format_sample(manifest: dict) -> str:
 
 
 def format_recommendation(rec) -> str:
-    from mixopt.fit.regress import INNER_FOLDS, score_text
+    from mixopt.fit.regress import inner_folds, score_text
 
     ci = rec.weights_ci
     head = ["domain"] + (["available tok"] if rec.available else []) + ["prior", "recommended"]
@@ -58,7 +58,7 @@ def format_recommendation(rec) -> str:
         f"fit: {rec.model} on {rec.runs} runs; objective = {rec.objective} (lower is better)",
         "",
         table([f"model ({rec.cv.folds}-fold CV)", "Spearman", "R^2"], cv_rows),
-        *([f"auto judged by nested CV (its choice repeated inside each fold, {INNER_FOLDS} inner folds): Spearman "
+        *([f"auto judged by nested CV (its choice repeated inside each fold, {inner_folds(rec.runs)} inner folds): Spearman "
            f"{score_text(rec.selection_cv.spearman)}, R^2 {score_text(rec.selection_cv.r2)}"]
           if getattr(rec, "selection_cv", None) is not None else []),
         "",
