@@ -79,16 +79,17 @@ def write_report(exp: Experiment, output: Path | None = None, runtime: Runtime =
                  for r in failed]
     warnings += [f"run {r.key[:12]} ({r.origin}) is suspect (checkpoint missing or not the one recorded): left "
                  "out; `mixopt sweep CONFIG` retrains it" for r in suspect]
-    if rec.cv.spearman < LOW_SPEARMAN:
-        warnings.append(f"the chosen model ({rec.model}) ranks held-out runs with Spearman {rec.cv.spearman:.2f} "
-                        f"< {LOW_SPEARMAN}: the recommendation is weakly supported; train more runs "
+    honest, how = rec.honest_cv, "auto's nested CV" if rec.selection_cv is not None else "CV"  # auto: its pick judged
+    if honest.spearman < LOW_SPEARMAN:
+        warnings.append(f"the chosen model ({rec.model}) ranks held-out runs with Spearman {honest.spearman:.2f} "
+                        f"({how}) < {LOW_SPEARMAN}: the recommendation is weakly supported; train more runs "
                         "(`mixopt propose`, then `mixopt sweep --mixtures`)")
     best = max(rec.candidates, key=lambda k: rec.candidates[k].spearman)
     if settings.model != "auto" and rec.candidates[best].spearman > rec.cv.spearman + 0.1:
         warnings.append(f"fit.model is {settings.model} (Spearman {rec.cv.spearman:.2f}) while {best} ranks held-out "
                         f"runs better ({rec.candidates[best].spearman:.2f}): consider fit.model: auto")
-    if rec.cv.r2 < 0:
-        warnings.append(f"cross-validated R² is {score_text(rec.cv.r2)} < 0: predicted values are worse than the mean; "
+    if honest.r2 < 0:
+        warnings.append(f"cross-validated R² ({how}) is {score_text(honest.r2)} < 0: predicted values are worse than the mean; "
                         "trust the ranking more than the predicted objective")
     if rec.predicted > rec.best_run:
         warnings.append(f"the predicted objective at the recommendation ({rec.predicted:.4f}) is worse than the "
