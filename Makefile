@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here (a CPU build); the package itself only asks for torch>=2.4.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test bench gpu-check env clean
+.PHONY: demo test bench calibration gpu-check env clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ bench: demo
 	$(PY) bench/sample.py
 	$(PY) bench/data_change.py --config mixtures/demo.yaml --workers 2
 	PYTHON=$(PY) bench/gpu_check.sh
+
+# Issue 21: do the fit's 90% intervals cover what 3 seeds measure, and is "better" ever wrong? 9 sweeps
+# (3 sets of real-text domains from this machine x 24k/48k tokens per proxy x 3 design seeds) and 27
+# fit + `verify --seeds 3` checks; writes bench/results/calibration.json. 26.5 min on 2 CPU cores, so
+# not part of `bench`. Resumable: a rerun reuses finished sweeps and checks (add ARGS=--fresh to redo).
+calibration: env
+	$(PY) bench/calibration.py --workers 2 $(ARGS)
 
 # On a machine with a CUDA GPU: the `gpu` tests, the trainer at every size with MFU, a 16-run mini
 # sweep, Ray's device visibility (the ray extra); writes bench/results/gpu.json (<= 8 min on one GPU).

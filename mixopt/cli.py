@@ -301,6 +301,8 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
                                                     "--scale-column), recommended at --at-tokens."),
         at_scale: Optional[float] = typer.Option(None, help="The target model size (same units as --scale-column)."),
         at_tokens: Optional[float] = typer.Option(None, help="The target run's tokens (with --tokens-column)."),
+        against: Optional[Path] = typer.Option(None, help="Also judge the recommendation against this mixture (a "
+                                               "human's choice; any mixture file: YAML, CSV, Parquet; its first row)."),
         track: list[str] = TRACK):
     """Fit the regression, cross-validate it, and write the recommended mixture.
 
@@ -318,8 +320,9 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
                               "with a CONFIG, set these in its fit/optimum sections")
         from mixopt.fit.tracking import check_trackers
 
-        if not _fit_and_print(_load(config), format, _runtime(workers, progress, device), reeval, plots,
-                              check_trackers(track)):
+        exp = _load(config)
+        if not _fit_and_print(exp, format, _runtime(workers, progress, device), reeval, plots,
+                              check_trackers(track), _against(against, exp.domain_names)):
             raise typer.Exit(1)
         return
     if config is not None:
@@ -338,7 +341,8 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
     swarm = load_swarm(runs, parse_targets(target), scores, key, domains, tolerance, bound, covariates)
     settings = FitSettings(model.value, cv_folds, seed, kl_weight, bootstrap, trust_region=trust_region.value)
     rec = fit_external(swarm, settings, save, plots, scaled=dict(scale=scale_column, at_scale=at_scale, tokens=tokens_column,
-                                                                 at_tokens=at_tokens) if scale_column else None)
+                                                                 at_tokens=at_tokens) if scale_column else None,
+                       against=_against(against, swarm.domains))
     if format is Format.json:
         typer.echo(json.dumps({**rec.to_json(), "written": str(save) if save else None}))
     else:
@@ -357,18 +361,21 @@ def predict(fit_dir: Path = typer.Argument(..., help="A saved fit: `fit --save D
     """Predict the objective of each candidate mixture with a saved fit (lower is better)."""
     from mixopt.fit.tables import predict_mixtures
 
-    name, ids, pred = predict_mixtures(fit_dir, mixtures, key, tolerance)
+    name, ids, pred, ci = predict_mixtures(fit_dir, mixtures, key, tolerance)
     order = sorted(range(len(ids)), key=lambda i: pred[i])
     rank = {i: r + 1 for r, i in enumerate(order)}
+    cols = ["mean_low", "mean_high", "proxy_low", "proxy_high"]  # seed-mean; one new proxy
     if format is TableFormat.json:
-        typer.echo(json.dumps([{name: ids[i], "predicted": float(pred[i]), "rank": rank[i]} for i in range(len(ids))]))
+        typer.echo(json.dumps([{name: ids[i], "predicted": float(pred[i]), "rank": rank[i],
+                                **({c: float(v) for c, v in zip(cols, ci[i])} if ci is not None else {})}
+                               for i in range(len(ids))]))
         return
     import csv
 
     out = csv.writer(sys.stdout, lineterminator="\n")  # quotes ids holding commas, quotes or newlines
-    out.writerow([name, "predicted", "rank"])
+    out.writerow([name, "predicted", "rank"] + (cols if ci is not None else []))
     for i in range(len(ids)):
-        out.writerow([ids[i], repr(float(pred[i])), rank[i]])  # full precision: rounding made ties
+        out.writerow([ids[i], f"{pred[i]:.9g}", rank[i]] + ([f"{v:.9g}" for v in ci[i]] if ci is not None else []))
 
 
 @app.command()
@@ -399,11 +406,17 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
            size: Optional[str] = typer.Option(None, help="Train at this larger proxy size (e.g. 5m) instead: the "
                                               "recommendation, the prior and the --top best runs; rank correlation "
                                               "across scales."),
-           top: int = typer.Option(3, help="With --size: how many of the swarm's best runs to train again.")):
+           top: int = typer.Option(3, help="With --size: how many of the swarm's best runs to train again."),
+           seeds: int = typer.Option(1, min=1, help="Proxies per mixture, each with its own seed (paired across "
+                                     "mixtures): mean +- sd, the paired gain over the prior with its interval."),
+           against: Optional[Path] = typer.Option(None, help="Also train and compare this mixture (any mixture file: "
+                                                  "YAML, CSV, Parquet, an optimal.yaml; its first row).")):
     """Train proxies on the recommended mixture and on the prior; compare measured with predicted."""
     from mixopt.fit.verify import verify_at_size, verify_recommendation
 
     exp = _load(config)
+    if size is not None and (seeds != 1 or against is not None):
+        raise MixoptError("--seeds and --against apply without --size", "run them as separate checks")
     if size is not None:
         c = verify_at_size(exp, size, top, _runtime(workers, progress, device, say=lambda m: typer.echo(m, err=True)))
         if format is Format.json:
@@ -419,19 +432,48 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
                    f"fit's prediction vs {c.at_size}: {c.spearman_predicted:.3f}")
         typer.echo(f"the recommendation ranks {c.recommended_rank} of {len(c.mixtures)} at {c.at_size}")
         return
-    v = verify_recommendation(exp, _runtime(workers, progress, device, say=lambda m: typer.echo(m, err=True)))
+    others = _against(against, exp.domain_names)
+    v = verify_recommendation(exp, _runtime(workers, progress, device, say=lambda m: typer.echo(m, err=True)), seeds,
+                              others)
     if format is Format.json:
         typer.echo(json.dumps(v.to_json()))
         return
-    typer.echo(f"objective: {v.objective} (lower is better); {v.trained} proxies trained for this check")
+    for w in v.warnings:
+        typer.echo(f"warning (from the fit): {w}")
+    typer.echo(f"objective: {v.objective} (lower is better); {v.seeds} seed(s) per mixture; {v.trained} proxies "
+               "trained for this check")
     if v.space != "full":
         typer.echo(f"fit: {v.space} (predictions are the reduced model's; the prior's at its point on that plane)")
-    typer.echo(f"recommended mixture: measured {v.measured:.4f}, predicted {v.predicted:.4f} "
-               f"(error {v.measured - v.predicted:+.4f}); rank {v.rank} of {v.runs + 1} among the swarm's runs")
-    typer.echo(f"natural prior:       measured {v.prior_measured:.4f}, predicted {v.prior_predicted:.4f}")
-    typer.echo(f"best swarm run:      measured {v.best_run:.4f}")
-    verdict = "better than" if v.measured < v.prior_measured else "NOT better than"
-    typer.echo(f"the recommendation is {verdict} the prior by {abs(v.prior_measured - v.measured):.4f}")
+    for m in v.mixtures:
+        spread = f" +- {m.sd:.4f} (sd over {len(m.values)} seeds)" if m.sd is not None else ""
+        label = "natural prior" if m.name == "prior" else f"{m.name} mixture" if m.name == "recommended" else m.name
+        typer.echo(f"{label + ':':<22} measured {m.mean:.4f}{spread}, predicted {m.predicted:.4f} "
+                   f"(error {m.mean - m.predicted:+.4f})")
+    which = "seed-mean" if v.seeds > 1 else "one new proxy"
+    ci = v.interval if v.seeds > 1 else v.proxy_interval
+    if ci is not None:
+        typer.echo(f"the fit's {v.level:.0%} interval for the {which}: {ci[0]:.4f} .. {ci[1]:.4f}: measured "
+                   + ("inside" if v.inside else "OUTSIDE"))
+    typer.echo(f"rank {v.rank} of {v.runs + 1} among the fit's runs; best of them {v.best_run:.4f}")
+    if v.gain_interval is not None:
+        typer.echo(f"paired gain over the prior (same seeds): {v.gain:+.4f} ({v.level:.0%} interval "
+                   f"{v.gain_interval[0]:+.4f} .. {v.gain_interval[1]:+.4f}; P(better) {v.p_better:.2f}): {v.verdict}")
+    else:
+        typer.echo(f"gain over the prior: {v.gain:+.4f} at one seed; one seed cannot separate that from seed noise "
+                   "(`--seeds 3` gives an interval)")
+    if v.fit_verdict is not None:
+        typer.echo(f"the fit said: {v.fit_verdict}" + ("" if v.agrees else
+                   " -- NOT borne out: the measured recommendation is worse than the prior"))
+
+
+def _against(path: Optional[Path], domains: list[str]) -> list:
+    """--against FILE as (name, weights): its first mixture."""
+    if path is None:
+        return []
+    from mixopt.core.mixtures import read_mixtures
+
+    _, ids, W = read_mixtures(path, domains)
+    return [(path.name if len(ids) == 1 else f"{path.name}:{ids[0]}", W[0])]
 
 
 @app.command()
@@ -491,7 +533,7 @@ class _interrupted:
         raise typer.Exit(130) from None
 
 
-def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = True, trackers=()) -> bool:
+def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = True, trackers=(), against=()) -> bool:
     """Fit and print; False when suspect runs were left out (said on stderr)."""
     from dataclasses import replace
 
@@ -501,7 +543,7 @@ def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = Tru
 
     if format is Format.json:  # stdout holds the JSON alone
         runtime = replace(runtime, say=lambda m: typer.echo(m, err=True))
-    rec = recommend_mixture(exp, runtime, reeval=reeval, plots=plots)
+    rec = recommend_mixture(exp, runtime, reeval=reeval, plots=plots, against=against)
     if trackers:
         track_runs(exp, trackers, _stderr)
         track_fit(exp, rec, trackers, _stderr)
@@ -582,6 +624,12 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
                f"{d['suspect']} suspect, {d['pending']} pending")
     typer.echo(f"runs in store (all designs): {r['done']} done, {r['failed']} failed, {r['suspect']} suspect, "
                f"{r['planned']} planned; proxies trained: {st['trainings']}")
+    reps = st.get("replicates") or []
+    if reps:
+        seeds = sorted({g["seeds"] for g in reps})
+        typer.echo(f"seed replicates: {len(reps)} mixtures x {'/'.join(map(str, seeds))} seeds "
+                   f"({sum(g['done'] for g in reps)} of {sum(g['seeds'] for g in reps)} proxies done); "
+                   "`mixopt fit` measures the noise floor from them")
     from mixopt.sweep.status import cost_lines
 
     for line in cost_lines(st):

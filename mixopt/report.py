@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mixopt.fit.verdict import noise_line
+
 
 def table(headers: list[str], rows: list[list], align: str | None = None) -> str:
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
@@ -51,9 +53,11 @@ def format_recommendation(rec) -> str:
     cv_rows = [[k + (" *" if k == rec.model else "") + (f" ({'+'.join(v.members)})" if v.members else ""),
                 score_text(v.spearman), score_text(v.r2)] for k, v in rec.candidates.items()]
     pred = f"predicted objective: {rec.predicted:.4f}"
+    d = rec.decision
     if rec.predicted_ci is not None:
-        pred += f" ({rec.ci:.0%} interval {rec.predicted_ci[0]:.4f} .. {rec.predicted_ci[1]:.4f}, " \
-                f"{rec.bootstrap} bootstrap refits)"
+        pred += f" ({rec.ci:.0%} interval for the seed-mean {rec.predicted_ci[0]:.4f} .. {rec.predicted_ci[1]:.4f}"
+        pred += f"; for one new proxy {d.proxy[0]:.4f} .. {d.proxy[1]:.4f}" if d is not None else ""
+        pred += f"; {rec.bootstrap} bootstrap refits)"
     lines = [
         f"fit: {rec.model} on {rec.runs} runs; objective = {rec.objective} (lower is better)",
         "",
@@ -64,8 +68,15 @@ def format_recommendation(rec) -> str:
         "",
         table(head, rows),
         "",
-        f"{pred} at the recommendation; {rec.predicted_prior:.4f} at the prior; best measured run: {rec.best_run:.4f}",
+        f"{pred} at the recommendation; {rec.predicted_prior:.4f} at the prior; best measured run: {rec.best_run:.4f}"
+        + (f" (mean of {rec.best_run_proxies} seeds)" if rec.best_run_proxies > 1 else
+           " (one proxy: the best of many single runs is partly luck)" if d is not None and d.noise is not None else ""),
     ]
+    if d is not None:
+        lines += [noise_line(d, rec), f"verdict: {d.line}"]
+        lines += [f"  against {g.against}: gain {g.gain:.4f} ({rec.ci:.0%} interval {g.low:.4f} .. {g.high:.4f}; "
+                  f"P(better) {g.p_better:.2f}): {g.verdict}" for g in d.gains[1:]]
+        lines += [f"next step: {d.next_step}"] if d.next_step else []
     if rec.unconstrained is not None:
         moved = sorted(range(len(rec.domains)), key=lambda i: -abs(rec.unconstrained[i] - rec.weights[i]))[:3]
         lines.append(f"trust region ({rec.trust_region}): the unconstrained optimum lies outside the runs' evidence; "

@@ -95,7 +95,8 @@ def small_config(corpora: Path, workspace: Path, **overrides) -> dict:
         ],
         "sample": {"train_tokens": 20000, "val_tokens": 3000, "tokenizer": {"vocab_size": 512}},
         "proxy": {"size": "tiny", "tokens": 24000, "seq_len": 64, "batch_size": 8},
-        "design": {"runs": 8, "min_weight": 0.01},
+        # No seed replicates by default here: tests count the design's runs; tests/test_noise.py trains them.
+        "design": {"runs": 8, "min_weight": 0.01, "replicates": None},
         # RegMix-style target: one domain's held-out BPB (the mean of three is too flat to rank
         # reliably with 12 runs of 46 steps).
         "fit": {"model": "loglinear", "cv_folds": 4, "objective": {"domains": {"prose": 1.0}}},

@@ -20,7 +20,16 @@ def test_bounds_seeds_and_distinctness(make_config):
                optimum={"target_tokens": 1e7, "max_epochs": 2})
     b = domain_bounds(exp, AVAILABLE)
     assert b.upper.tolist() == [1.0, 0.6, 0.2] and b.upper_reason == ("none", "repetition", "repetition")
-    mixes = design_mixtures(exp, PRIOR, b)
+    designed = design_mixtures(exp, PRIOR, b)
+    mixes = [m for m in designed if m.replicate == 0]
+    reps = [m for m in designed if m.replicate]
+    # default seed replicates: the prior and the design mixture farthest from it, seeds 1 and 2: 4 extra
+    # proxies, within 15% of the 32
+    assert [(m.origin, m.replicate) for m in reps] == [("replicate:prior:1", 1), ("replicate:prior:2", 2),
+                                                       (f"replicate:{reps[2].origin.split(':', 1)[1].rsplit(':', 1)[0]}:1", 1),
+                                                       (reps[3].origin, 2)]
+    assert reps[0].weights == mixes[0].weights and len(reps) <= 0.15 * len(mixes)
+    assert not reps[2].origin.startswith("replicate:vertex")  # single-domain mixtures are not replicated
     W = np.array([m.weights for m in mixes])
     assert np.allclose(W.sum(1), 1) and (W >= 0).all()
     assert (W <= b.upper + 1e-9).all()  # the repetition limit holds for every mixture
@@ -31,7 +40,7 @@ def test_bounds_seeds_and_distinctness(make_config):
     d = np.abs(W[:, None] - W[None]).sum(-1) + np.eye(len(W)) * 9
     assert d.min() >= 0.05  # near-duplicates rejected
     again = design_mixtures(exp, PRIOR, b)
-    assert [m.weights for m in again] == [m.weights for m in mixes]  # seeded: identical
+    assert [m.weights for m in again] == [m.weights for m in designed]  # seeded: identical
     other = design_mixtures(_exp(make_config, seed=7, design={"runs": 30}), PRIOR, b)
     assert [m.weights for m in other][4:] != [m.weights for m in mixes][4:]
 

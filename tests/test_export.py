@@ -30,7 +30,7 @@ def test_export_formats_agree_and_fit_reads_the_export_back(swept, tmp_path):
     assert r.returncode == 0 and r.stdout == "" and f"runs written to {tmp_path / 'runs.parquet'}" in r.stderr
     from_parquet = pl.read_parquet(tmp_path / "runs.parquet")
 
-    assert from_csv.columns[:7] == ["key", "origin", "status", "code", "prose", "legal", "objective"]
+    assert from_csv.columns[:8] == ["key", "origin", "status", "replicate", "code", "prose", "legal", "objective"]
     for col in ("heldout/prose/bpb", "heldout/code/loss", "train_loss", "tokens", "train_seconds"):
         assert col in from_csv.columns
     assert from_csv.height == from_parquet.height == len(rows) >= 6 + 3 + 1  # design + vertices + prior

@@ -112,6 +112,17 @@ class Proxy(_Strict):
     weight_decay: float = Field(0.1, ge=0)
 
 
+class Replicates(_Strict):
+    """The same mixture trained again with other init / data-order seeds (the sample stays the
+    same): what measures the seed noise that every fit, interval and verdict is judged against."""
+
+    seeds: int = Field(3, ge=2, le=64)  # proxies per replicated mixture, the design's own run included
+    # Replicated mixtures: the prior first, then design mixtures spread apart; null: as many as keep
+    # the extra proxies within `budget` of the design's (at least the prior's).
+    mixtures: int | None = Field(None, ge=1)
+    budget: float = Field(0.15, gt=0, le=1)
+
+
 class Design(_Strict):
     # Random mixtures, besides vertices, the prior and `mixtures`; default (null): 4 per domain, at
     # least 32 (Olmix: the swarm should grow linearly with the number of domains).
@@ -129,6 +140,7 @@ class Design(_Strict):
     # runs over the enlarged simplex). See "When the data changes" in README.md.
     after_change: Literal["reuse", "extend"] = "reuse"
     after_change_runs: int = Field(4, ge=1)  # random runs per changed domain (+ 1 for the rest)
+    replicates: Replicates | None = Replicates()  # seed replicates; null: none (the noise is not measured)
 
 
 class Objective(_Strict):

@@ -79,9 +79,23 @@ class FileHashes:
             pass
 
 
-def run_key(context: str, slices, weights) -> str:
+def run_key(context: str, slices, weights, replicate: int = 0) -> str:
     """A run's key: what it trained on under `context` (proxy spec, tokenizer, seed, trainer
     version). Only domains with weight > 0 count, each as (its train slice's sha256, its weight), in
     the canonical (config) order: a domain at weight 0, added, removed or renamed, leaves the key as
-    it is, because the training is the same (proxy.train.mixture_sequences draws nothing for it)."""
-    return content_hash({"context": context, "trained": [[s, w] for s, w in zip(slices, weights) if w > 0]})
+    it is, because the training is the same (proxy.train.mixture_sequences draws nothing for it).
+    `replicate` > 0 is another init / data-order seed of the same mixture (replicate_seed); replicate
+    0 is the experiment's own seed and keeps the key it always had."""
+    body = {"context": context, "trained": [[s, w] for s, w in zip(slices, weights) if w > 0]}
+    return content_hash({**body, "replicate": int(replicate)} if replicate else body)
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The proxy's init and data-order seed for replicate `replicate` of a mixture: the experiment's
+    seed for replicate 0, else one derived from both (the sample, drawn with the experiment's seed,
+    is the same for every replicate: only the proxy's own randomness changes)."""
+    if not replicate:
+        return int(seed)
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), 0x5EED, int(replicate)]).generate_state(1, np.uint64)[0] >> 2)

@@ -51,6 +51,7 @@ class Bounds:
 class Mixture:
     origin: str  # "prior", "vertex:<domain>", "user:<i>" or "random:<i>"
     weights: tuple[float, ...]  # canonical domain order, sums to 1
+    replicate: int = 0  # the proxy's seed: 0 the experiment's, k > 0 another one (core.keys.replicate_seed)
 
 
 def domain_bounds(exp: Experiment, available_tokens: list[float]) -> Bounds:

@@ -25,10 +25,12 @@ from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import Bounds
 from mixopt.core.workspace import atomic_write_text
+from mixopt.fit.noise import collapse_replicates
 from mixopt.fit.optimize import penalized_scores
 from mixopt.fit.plots import domain_panels, weight_sweep
 from mixopt.fit.recommend import experiment_swarm, fit_swarm
 from mixopt.fit.regress import score_text
+from mixopt.fit.verdict import noise_line
 from mixopt.sweep.store import Store
 
 # How a run came to be, from its origin in the store: the legend of the predicted-vs-measured plot.
@@ -68,6 +70,7 @@ def write_report(exp: Experiment, output: Path | None = None, runtime: Runtime =
 
     plan, swarm, settings, fit_key = experiment_swarm(exp, replace(runtime, say=say), reeval=False)
     rec, model = fit_swarm(swarm, settings, fit_key)
+    swarm = collapse_replicates(swarm, swarm.replicate).swarm  # one row per mixture, as fitted
     with Store(plan.workspace.db_path, readonly=True) as store:
         runs = {r.key: r for r in store.runs(plan.context)}
         failed = [r for r in runs.values() if r.status == "failed"]
@@ -239,8 +242,9 @@ def _page(exp, plan, swarm, settings, rec, model, origins, suites, verify, warni
                 + ([f"{rec.ci:.0%} interval"] if ci is not None else []) + ["binding constraint"])
     pred = f"{rec.predicted:.4f}"
     if rec.predicted_ci is not None:
-        pred += f" ({rec.ci:.0%} interval {rec.predicted_ci[0]:.4f} .. {rec.predicted_ci[1]:.4f}, " \
-                f"{rec.bootstrap} bootstrap refits)"
+        pred += f" ({rec.ci:.0%} interval for the seed-mean {rec.predicted_ci[0]:.4f} .. {rec.predicted_ci[1]:.4f}"
+        pred += f"; for one new proxy {rec.decision.proxy[0]:.4f} .. {rec.decision.proxy[1]:.4f}" if rec.decision else ""
+        pred += f"; {rec.bootstrap} bootstrap refits)"
     binding = [f"{d}: {b}" for d, b in zip(rec.domains, rec.binding) if b]
     cv_rows = [[_Raw(f"<b>{e(k)}</b> (chosen)") if k == rec.model else k, score_text(v.spearman), score_text(v.r2)]
                for k, v in rec.candidates.items()]
@@ -264,7 +268,15 @@ def _page(exp, plan, swarm, settings, rec, model, origins, suites, verify, warni
         "<h2 id='recommendation'>Recommendation</h2>",
         _table(rec_head, rec_rows, "rec"),
         f"<p>Predicted objective at the recommendation: <b>{pred}</b>; at the prior {rec.predicted_prior:.4f}; "
-        f"best measured run {rec.best_run:.4f}.</p>",
+        f"best measured run {rec.best_run:.4f}"
+        + (f" (mean of {rec.best_run_proxies} seeds)" if rec.best_run_proxies > 1 else "") + ".</p>",
+        *([f"<p class='verdict'><b>Verdict:</b> {e(rec.decision.line)}</p>",
+           f"<p>{e(noise_line(rec.decision, rec))}</p>"]
+          + ([f"<p>Next step: {e(rec.decision.next_step)}</p>"] if rec.decision.next_step else [])
+          + ([_table(["mixture", "weights", "seeds", "sd"],
+                     [[f"replicated {i + 1}", ", ".join(f"{x:.3f}" for x in w), k, f"{sd:.4f}"]
+                      for i, (w, sd, k) in enumerate(rec.noise.per_mixture)])] if rec.noise else [])
+          if rec.decision else []),
         f"<p>Binding constraints: {e('; '.join(binding)) if binding else 'none'}. {e(cap_note)} "
         f"KL weight toward the prior: {settings.kl_weight:g}.</p>",
         f"<img alt='prior and recommended weights' src='{_weights_figure(rec)}'>",

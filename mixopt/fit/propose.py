@@ -17,6 +17,7 @@ from mixopt.fit.optimize import penalized_scores, simulated_pool, solve_optimum
 from mixopt.fit.recommend import experiment_swarm, fit_swarm, refit_resampled
 from mixopt.fit.regress import MixtureModel
 from mixopt.fit.reuse import model_space
+from mixopt.fit.noise import collapse_replicates
 from mixopt.fit.swarm import FitSettings, Swarm
 
 MIN_REPLICATES = 16  # bootstrap models behind the uncertainty, even when fit.bootstrap is lower
@@ -55,7 +56,12 @@ def propose_mixtures(exp: Experiment, n: int, runtime: Runtime = Runtime(),
             if not on.all():
                 runtime.say(f"propose: {int((~on).sum())} candidate(s) off the plane of mixture reuse left out")
             given = reduced[on]
+    swarm = collapse_replicates(swarm, swarm.replicate).swarm  # one row per mixture, as the fit sees it
     rec, model = fit_swarm(swarm, settings)
+    for w in rec.warnings:  # proposals from a weak fit are a guess: say so where they are made
+        runtime.say(f"warning: {w}")
+    if rec.decision is not None and rec.decision.verdict != "better":
+        runtime.say(f"note: {rec.decision.line}")
     picks = pick_mixtures(swarm, settings, model, rec.weights, n, exp.design.min_weight, exp.design.min_distance,
                           exp.seed, candidates=given)
     if not picks:

@@ -7,6 +7,7 @@ The same core fits our own sweep (`recommend_mixture`) and an external swarm tab
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
@@ -48,7 +49,16 @@ from mixopt.fit.regress import (
     score_text,
     select_model,
 )
+from mixopt.fit.noise import NoiseModel, collapse_replicates
 from mixopt.fit.swarm import FitSettings, Swarm, check_swarm, flat_domains
+from mixopt.fit.verdict import (
+    Decision,
+    decide,
+    gain_against,
+    mean_interval,
+    model_error,
+    proxy_interval,
+)
 from mixopt.sweep.plan import load_plan
 from mixopt.sweep.reeval import (
     evaluate_stored,
@@ -88,6 +98,13 @@ class Recommendation:
     trust_bounds: np.ndarray | None = None  # domains x 2: where the recommendation was allowed to go
     unconstrained: np.ndarray | None = None  # the optimum without the trust region, when it lies outside
     predicted_unconstrained: float | None = None
+    decision: Decision | None = None  # the intervals for the mean and for one new proxy, and the verdict
+    best_run_proxies: int = 1  # proxies (seeds) behind best_run: a single one is a noise-selected minimum
+    bootstrap_ci: tuple[float, float] | None = None  # the bootstrap's own interval at the recommendation
+
+    @property
+    def noise(self) -> NoiseModel | None:
+        return self.decision.noise if self.decision else None
     # auto's nested CV: the selection repeated inside each fold, its oof in the runs' order; the
     # honest figure for a picked model (cv is the pick's own CV, which chose it). None: the user fixed it.
     selection_cv: CrossValidation | None = None
@@ -114,6 +131,8 @@ class Recommendation:
             "predicted": self.predicted,
             "predicted_at_prior": self.predicted_prior,
             "best_run": self.best_run,
+            "best_run_proxies": self.best_run_proxies,
+            "decision": {**self.decision.to_json(), "reliable": self.reliable} if self.decision else None,
             "cv": {"spearman": _num(self.cv.spearman), "r2": _num(self.cv.r2), "folds": self.cv.folds},
             "cv_nested": None if self.selection_cv is None else {
                 "spearman": _num(self.selection_cv.spearman), "r2": _num(self.selection_cv.r2),
@@ -160,23 +179,29 @@ WORSE_THAN_MEASURED = 1.0
 AT_BOUND = 1e-6  # a weight this close to its bound (or to 0) sits on it
 
 
-def fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None = None) -> tuple[Recommendation, MixtureModel]:
-    """Check the swarm, cross-validate the candidates, fit the chosen model on every run, solve
-    within the runs' evidence, bootstrap."""
+def fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None = None,
+              against: list[tuple[str, np.ndarray]] | tuple = ()) -> tuple[Recommendation, MixtureModel]:
+    """Measure the seed noise and average replicates, check the swarm, cross-validate the
+    candidates, fit the chosen model on every mixture, solve within the runs' evidence, bootstrap,
+    and judge the recommendation against the prior (and each of `against`: (name, weights))."""
     from threadpoolctl import threadpool_limits
 
     # The matrices here are at most runs x runs (a few hundred): one BLAS thread is fastest, and
     # several spin against each other on a busy machine (a GP fit of 60 runs: 0.12 s vs 2.7 s).
     with threadpool_limits(1, user_api="blas"):
-        return _fit_swarm(swarm, settings, fit_key)
+        return _fit_swarm(swarm, settings, fit_key, against)
 
 
-def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None) -> tuple[Recommendation, MixtureModel]:
+def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None,
+               against=()) -> tuple[Recommendation, MixtureModel]:
     n, names = len(swarm.keys), swarm.domains
     if n < len(names) + 2:
         raise MixoptError(f"only {n} runs; fitting {len(names)} domains and cross-validating needs at least "
                           f"{len(names) + 2}", "train or add more runs")
-    warns = check_swarm(swarm)
+    warns = check_swarm(swarm)  # on every run: "only k distinct mixtures among n runs" names both
+    collapsed = collapse_replicates(swarm, swarm.replicate)
+    swarm = collapsed.swarm
+    n = len(swarm.keys)
     check_feasible(swarm.bounds, names)
     y = swarm.y
     kinds = candidates_for(n, len(names), len(swarm.metrics))
@@ -210,23 +235,62 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None) -> tupl
     warns += fit_warnings(honest, kind, n, len(names) - len(flat), nested=selection_cv is not None)
     warns += recommendation_warnings(model, w, swarm, honest, trust, settings.kl_weight)
     unreliable = not (honest.r2 > 0)
-    weights_ci = predicted_ci = None
+    weights_ci = predicted_ci = boot = None
+    points = np.vstack([w, swarm.prior] + [np.asarray(x, float) for _, x in against])
     if settings.bootstrap and not unreliable:
-        weights_ci, predicted_ci = _bootstrap(swarm, settings, model, w, trust, pool)
+        weights_ci, predicted_ci, boot = _bootstrap(swarm, settings, model, w, trust, pool, points)
+    pred_points = model.predict(points)
+    decision = judge(swarm, settings, cv, collapsed.noise, w, pred_points, boot, predicted_ci, not unreliable,
+                     [name for name, _ in against], points, collapsed.counts)
+    best = int(np.argmin(y))
     binding = binding_constraints(w, trust, swarm.bounds)
     binding = ["held" if j in flat else b for j, b in enumerate(binding)]
     rec = Recommendation(
         domains=names, weights=w, prior=swarm.prior, available=swarm.available,
         binding=binding, predicted=float(model.predict(w)[0]),
-        predicted_prior=float(model.predict(swarm.prior)[0]), best_run=float(y.min()), cv=cv,
+        predicted_prior=float(pred_points[1]), best_run=float(collapsed.measured[best]), cv=cv,
         candidates=cvs, model=kind, runs=n, objective=swarm.objective,
         fit_key=fit_key or content_hash({"keys": swarm.keys, "X": swarm.X.tolist(), "y": y.tolist(),
                                          "settings": settings.__dict__}),
-        weights_ci=weights_ci, predicted_ci=predicted_ci, bootstrap=settings.bootstrap if weights_ci is not None else 0,
+        weights_ci=weights_ci, predicted_ci=decision.mean if weights_ci is not None else None,
+        bootstrap_ci=predicted_ci, decision=decision, best_run_proxies=int(collapsed.counts[best]),
+        bootstrap=settings.bootstrap if weights_ci is not None else 0,
         ci=settings.ci, warnings=tuple(warns), reliable=not unreliable, trust_region=settings.trust_region,
         trust_bounds=np.column_stack([trust.lower, trust.upper]), unconstrained=free,
         predicted_unconstrained=None if free is None else float(model.predict(free)[0]), selection_cv=selection_cv)
     return rec, model
+
+
+def measured_at(swarm: Swarm, x: np.ndarray, noise: NoiseModel | None, counts: np.ndarray | None = None):
+    """(seed-mean, its standard error) where a fitted row is the mixture `x` itself, else None. The
+    error is the noise between mixtures at one seed over the row's runs: the seed shift was taken
+    out of every row alike, so it does not separate the row from a prediction. Unmeasured noise:
+    the row counts as measured without error beyond what the fit's held-out error covers."""
+    d = np.abs(swarm.X - np.asarray(x)).sum(1)
+    i = int(d.argmin())
+    if d[i] > 1e-6:
+        return None
+    k = 1 if counts is None else int(counts[i])
+    return float(swarm.y[i]), (noise.paired_sd / math.sqrt(k) if noise is not None else 0.0)
+
+
+def judge(swarm: Swarm, settings: FitSettings, cv: CrossValidation, noise: NoiseModel | None, w: np.ndarray,
+          preds: np.ndarray, boot: np.ndarray | None, boot_ci, reliable: bool, against_names: list[str],
+          points: np.ndarray | None = None, counts: np.ndarray | None = None) -> Decision:
+    """The intervals at the recommendation `w` (preds[0]) and its gains over the prior (preds[1]) and
+    each `against` mixture (preds[2:]); `boot`: the bootstrap refits' predictions there."""
+    level = settings.ci
+    resid = swarm.y - cv.oof
+    h, sd = model_error(resid, level, noise)
+    mean = mean_interval(float(preds[0]), boot_ci, h, noise.offset_se if noise else 0.0, level)
+    proxy = proxy_interval(float(preds[0]), mean, noise.sd_at(w) if noise else None, level)
+    gains = [gain_against(name, float(preds[0]), float(preds[i + 1]), None if boot is None else boot[:, 0],
+                          None if boot is None else boot[:, i + 1], h, level,
+                          None if points is None else measured_at(swarm, points[i + 1], noise, counts))
+             for i, name in enumerate(["prior", *against_names])]
+    verdict, line, step = decide(gains, reliable, h, noise, level, len(swarm.domains))
+    return Decision(level, mean, proxy, sd, h, noise, noise.ceiling_r2(swarm.y) if noise else None, tuple(gains),
+                    verdict, line, step)
 
 
 def fit_warnings(cv: CrossValidation, kind: str, n: int, varying: int, nested: bool = False) -> list[str]:
@@ -305,9 +369,11 @@ def refit_resampled(swarm: Swarm, model: MixtureModel, rng: np.random.Generator,
                      start=model)
 
 
-def _bootstrap(swarm: Swarm, settings: FitSettings, model: MixtureModel, w: np.ndarray, bounds, scored_pool=None):
+def _bootstrap(swarm: Swarm, settings: FitSettings, model: MixtureModel, w: np.ndarray, bounds, scored_pool=None,
+               points: np.ndarray | None = None):
     """Refit on runs drawn with replacement and re-solve: percentile intervals for each weight, and
-    for the objective predicted at the recommendation `w`. Replicates run on threads (LightGBM
+    for the objective predicted at the recommendation `w`, and each replicate's predictions at
+    `points` (replicates x points; default: `w` alone). Replicates run on threads (LightGBM
     and BLAS release the GIL); each one's resample is drawn up front, so results do not depend on
     the order they finish in.
 
@@ -333,13 +399,15 @@ def _bootstrap(swarm: Swarm, settings: FitSettings, model: MixtureModel, w: np.n
             wi = solve_optimum(m, swarm.prior, bounds, settings.kl_weight, settings.seed, settings.sampler)
         else:
             wi = solve_by_simulation(m, swarm.prior, bounds, settings.kl_weight, pool=pool)
-        return wi, float(m.predict(w)[0])
+        return wi, m.predict(at)
 
+    at = np.atleast_2d(w if points is None else points)
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as ex:
         out = list(ex.map(replicate, draws))
-    ws, preds = [o[0] for o in out], [o[1] for o in out]
+    ws, preds = [o[0] for o in out], np.array([o[1] for o in out])
     q = [50 * (1 - settings.ci), 100 - 50 * (1 - settings.ci)]
-    return widened(np.percentile(np.array(ws), q, axis=0).T, w), widened(np.percentile(preds, q), float(model.predict(w)[0]))
+    return (widened(np.percentile(np.array(ws), q, axis=0).T, w),
+            widened(np.percentile(preds[:, 0], q), float(model.predict(w)[0])), preds)
 
 
 def widened(interval: np.ndarray, point) -> np.ndarray | tuple:
@@ -358,7 +426,7 @@ def _score_pool(swarm: Swarm, settings: FitSettings, model: MixtureModel, bounds
 
 
 def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool = True,
-                      plots: bool = True) -> Recommendation:
+                      plots: bool = True, against: list[tuple[str, np.ndarray]] | tuple = ()) -> Recommendation:
     """Fit on every finished run; first evaluate stored checkpoints on what the suite added,
     unless `reeval` is off (then runs lacking the current suite are left out, with a warning)."""
     plan, swarm, settings, fit_key = experiment_swarm(exp, runtime, reeval)
@@ -369,7 +437,7 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
         swarm, space, fit_key = reused_swarm(plan, full := swarm, fit_key)
         runtime.say(f"mixture reuse: fitting {len(swarm.keys)} runs over {name_list(swarm.domains)}; the unchanged "
                     f"domains keep the proportions of {plan.change.virtual_from}")
-    rec, model = fit_swarm(swarm, settings, fit_key)
+    rec, model = fit_swarm(swarm, settings, fit_key, against)
     if plan.change is not None and plan.change.virtual is not None:
         reused, rec = rec, expand_recommendation(rec, space, full)
     with Store(plan.workspace.db_path) as store:
@@ -380,7 +448,8 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
         runtime.say(f"note: the workspace {plan.workspace.root} is read-only: {out.relative_to(plan.workspace.root)}/ "
                     "(fit.json, runs.parquet, plots) is not written")
     else:
-        save_fit(out, swarm, settings, reused or rec, model, plots=plots)  # reuse: the fit as done, reduced
+        # the table as fitted: replicates averaged (reuse: the fit as done, reduced)
+        save_fit(out, collapse_replicates(swarm, swarm.replicate).swarm, settings, reused or rec, model, plots=plots)
     write_optimal(exp.optimal_path, rec, exp.name, None if readonly else out)
     return rec
 
@@ -403,12 +472,14 @@ def experiment_swarm(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool
             store.add_suite(plan.suite.to_dict())
             record_scores(plan, store)
         X, metrics, keys = training_table(plan, store)
+        seed_of = {r.key: r.replicate for r in plan.runs(store, "done")}
     if len(keys) < len(exp.domain_names) + 2:
         raise MixoptError(f"only {len(keys)} finished runs with current evals; fitting {len(exp.domain_names)} "
                           f"domains and cross-validating needs at least {len(exp.domain_names) + 2}",
                           "run `mixopt sweep CONFIG`")
     swarm = Swarm(exp.domain_names, X, metrics, plan.suite.objective_terms(), keys, plan.prior, plan.bounds,
-                  plan.suite.describe_objective(), plan.available)
+                  plan.suite.describe_objective(), plan.available,
+                  replicate=np.array([seed_of.get(k, 0) for k in keys], dtype=int))
     settings = FitSettings(exp.fit.model, exp.fit.cv_folds, exp.seed, exp.optimum.kl_weight, exp.fit.bootstrap,
                            exp.fit.ci, *astuple(Sampler.of(exp.design)), trust_region=exp.optimum.trust_region)
     fit_key = content_hash({"context": plan.context, "suite": plan.suite.key, "runs": sorted(keys),
@@ -461,7 +532,19 @@ def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | No
         doc["interval"] = {"level": rec.ci, "bootstrap": rec.bootstrap,
                            "weights": {d: _Pair([round(float(a), 6), round(float(b), 6)])
                                        for d, (a, b) in zip(rec.domains, rec.weights_ci)},
+                           # the seed-mean (what many seeds would average); one new proxy: new_proxy_objective
                            "predicted_objective": _Pair([round(x, 6) for x in rec.predicted_ci])}
+    d = rec.decision
+    if d is not None:
+        doc["new_proxy_objective"] = _Pair([round(x, 6) for x in d.proxy])
+        doc["verdict"] = {"against_prior": d.verdict, "summary": d.line, "next_step": d.next_step,
+                          "gains": {g.against: _Flow({"gain": round(g.gain, 6), "interval": [round(g.low, 6),
+                                                round(g.high, 6)], "p_better": round(g.p_better, 4)})
+                                    for g in d.gains}}
+        n = d.noise
+        doc["noise"] = None if n is None else _Flow({
+            "sd_one_proxy": round(n.sd_total, 6), "sd_within_seed": None if n.sd_within is None else round(n.sd_within, 6),
+            "replicated_mixtures": n.mixtures, "proxies": n.proxies})
     header = f"# Recommended mixture for '{name}', written by mixopt {__version__} `mixopt fit`.\n"
     atomic_write_text(path, header + yaml.dump(doc, Dumper=_OptimalDumper, sort_keys=False))
 
@@ -470,8 +553,13 @@ class _Pair(list):
     """An interval, written on one line ([low, high]): one line per domain, not three."""
 
 
+class _Flow(dict):
+    """A small mapping written on one line."""
+
+
 class _OptimalDumper(yaml.SafeDumper):
     pass
 
 
 _OptimalDumper.add_representer(_Pair, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+_OptimalDumper.add_representer(_Flow, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v, flow_style=True))

@@ -23,6 +23,7 @@ class Swarm:
     objective: str
     available: list[int] | None = None  # tokens per domain, when known
     covariates: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. model size per run (scaling.py)
+    replicate: np.ndarray | None = None  # each run's seed index (0: the sweep's own); None: not labelled
 
     @property
     def y(self) -> np.ndarray:

@@ -13,6 +13,7 @@ from mixopt.core.mixtures import Bounds, read_mixtures
 from mixopt.core.tables import numeric_text_columns, read_table, weight_matrix
 from mixopt.core.workspace import check_folder, claim_folder, read_json
 from mixopt.errors import MixoptError
+from mixopt.fit.noise import collapse_replicates
 from mixopt.fit.recommend import Recommendation, fit_swarm, save_fit, write_optimal
 from mixopt.fit.regress import MixtureModel, fit_model
 from mixopt.fit.swarm import FitSettings, Swarm
@@ -110,8 +111,11 @@ def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None
         covs[c] = v
     keys = [str(k) for k in table[key]] if key else [str(i) for i in range(table.height)]
     objective = " + ".join(f"{w:g}*{t}" if w != 1 else t for t, w in targets.items() if w)
+    # an export's seed replicates (mixopt export): the noise model separates the seed shift with them
+    seeds = table["replicate"].fill_null(0).cast(pl.Int64).to_numpy() if _is_export(table) and "replicate" in table.columns \
+        else None
     return Swarm(weight_cols, X, metrics, targets, keys, _prior(X), parse_bounds(bounds or [], weight_cols),
-                 objective, covariates=covs)
+                 objective, covariates=covs, replicate=seeds)
 
 
 def _check_target_columns(targets, runs_table, scores_table, weight_cols, runs: Path, scores: Path) -> None:
@@ -129,9 +133,7 @@ def _check_target_columns(targets, runs_table, scores_table, weight_cols, runs: 
 
 
 def _is_export(table) -> bool:
-    from mixopt.sweep.export import BOOKKEEPING
-
-    return all(c in table.columns for c in BOOKKEEPING[:4])
+    return all(c in table.columns for c in ("key", "origin", "status", "objective"))
 
 
 def _domain_columns(table, key, prefix, exclude) -> list[str]:
@@ -148,8 +150,9 @@ def _domain_columns(table, key, prefix, exclude) -> list[str]:
         if not cols:
             raise MixoptError(f"no column starts with '{prefix}'", f"columns: {', '.join(table.columns[:12])}")
         return cols
-    if _is_export(table):  # the weight columns lie between `status` and `objective`
-        return table.columns[table.columns.index("status") + 1:table.columns.index("objective")]
+    if _is_export(table):  # the weight columns lie between `status` (or `replicate`) and `objective`
+        start = table.columns.index("replicate" if "replicate" in table.columns else "status") + 1
+        return table.columns[start:table.columns.index("objective")]
     mixed = set(numeric_text_columns(table, exclude | {key}))  # a word among the weights: named, not dropped
     return [c for c in table.columns if c != key and c not in exclude and (c in mixed or (
         table[c].dtype.is_numeric() and table[c].dtype != pl.Boolean))]
@@ -194,7 +197,7 @@ def _prior(X: np.ndarray) -> np.ndarray:
 
 
 def fit_external(swarm: Swarm, settings: FitSettings, save: Path | None, plots: bool = True,
-                 scaled: dict | None = None) -> Recommendation:
+                 scaled: dict | None = None, against=()) -> Recommendation:
     """`scaled`: fit_scaled's size (and tokens) arguments; the saved model is the law at the target size."""
     if save is not None:
         check_folder(save, "--save folder", SAVED_FIT)  # before the fit: it takes a while
@@ -203,10 +206,11 @@ def fit_external(swarm: Swarm, settings: FitSettings, save: Path | None, plots: 
 
         rec, model = fit_scaled(swarm, settings, **scaled)
     else:
-        rec, model = fit_swarm(swarm, settings)
+        rec, model = fit_swarm(swarm, settings, against=against)
     if save is not None:
         claim_folder(save, "--save folder", SAVED_FIT)  # never over the user's own files (its --runs table)
-        save_fit(save, swarm, settings, rec, model, plots=plots)
+        fitted = swarm if scaled else collapse_replicates(swarm, swarm.replicate).swarm  # the table as fitted
+        save_fit(save, fitted, settings, rec, model, plots=plots)
         write_optimal(save / "optimal.yaml", rec, save.name, save)
     return rec
 
@@ -235,8 +239,32 @@ def load_fit(fit_dir: Path) -> tuple[dict, MixtureModel]:
 
 
 def predict_mixtures(fit_dir: Path, mixtures: Path, key: str | None = None,
-                     tolerance: float = TABLE_TOLERANCE) -> tuple[str, list, np.ndarray]:
-    """(id name, ids, predicted objective) for each mixture of a mixtures file (YAML, CSV or Parquet)."""
+                     tolerance: float = TABLE_TOLERANCE) -> tuple[str, list, np.ndarray, np.ndarray | None]:
+    """(id name, ids, predicted objective, intervals) for each mixture of a mixtures file (YAML, CSV
+    or Parquet); intervals: mixtures x 4 (seed-mean low, high; one new proxy low, high), None when
+    the fit had none (an unreliable fit, or one saved by an older mixopt)."""
     meta, model = load_fit(fit_dir)
     name, ids, X = read_mixtures(mixtures, meta["domains"], tolerance, key)
-    return name, ids, model.predict(X)
+    pred = model.predict(X)
+    return name, ids, pred, prediction_intervals(meta.get("decision"), X, pred)
+
+
+def prediction_intervals(decision: dict | None, X: np.ndarray, pred: np.ndarray) -> np.ndarray | None:
+    """The fit's calibrated intervals at any mixture: its conformal model error (held-out residuals
+    less the seed noise) and the seed shift's uncertainty for the mean; plus one proxy's seed noise
+    (the nearest replicated mixture's where the noise depends on the mixture) for a new proxy."""
+    from scipy.stats import norm
+
+    if not decision or decision.get("model_halfwidth") is None or not decision.get("reliable", True):
+        return None
+    z = norm.ppf(0.5 + decision["level"] / 2)
+    noise = decision.get("noise") or {}
+    h = math.hypot(decision["model_halfwidth"], z * (noise.get("offset_se") or 0.0))
+    sd = np.full(len(X), noise.get("sd_one_proxy") or 0.0)
+    if noise.get("mixture_dependent"):
+        W = np.array([m["weights"] for m in noise["per_mixture"]])
+        near = np.abs(X[:, None, :] - W[None]).sum(-1).argmin(1)
+        seed = noise.get("sd_seed") or 0.0
+        sd = np.maximum(sd, np.array([math.hypot(noise["per_mixture"][i]["sd"], seed) for i in near]))
+    hp = np.hypot(h, z * sd)
+    return np.column_stack([pred - h, pred + h, pred - hp, pred + hp])

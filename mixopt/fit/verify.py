@@ -4,12 +4,16 @@ they measure with what the fit predicted."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
 
 from mixopt.config.load import read_yaml
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import Mixture, read_mixtures
 from mixopt.errors import MixoptError
+from mixopt.fit.noise import collapse_replicates
 from mixopt.fit.recommend import experiment_swarm, fit_swarm
 from mixopt.fit.reuse import model_space
 from mixopt.sweep.reeval import record_scores
@@ -18,54 +22,143 @@ from mixopt.sweep.store import Store
 
 
 @dataclass(frozen=True)
+class Measured:
+    """One mixture trained with K seeds for the check."""
+
+    name: str
+    predicted: float  # the verified fit's prediction
+    values: tuple[float, ...]  # measured objective, seed by seed (replicate 0, 1, ...)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def sd(self) -> float | None:
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else None
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "predicted": self.predicted, "measured": list(self.values), "mean": self.mean,
+                "sd": self.sd}
+
+
+@dataclass(frozen=True)
 class Verification:
     objective: str
-    predicted: float  # the fit's prediction at the recommendation
-    measured: float  # a proxy trained on it
+    predicted: float  # the verified fit's prediction at the recommendation
+    measured: float  # mean over the seeds of the proxies trained on it
     prior_predicted: float
     prior_measured: float
-    rank: int  # 1 = better than every run of the swarm
+    rank: int  # 1 = better than every run the fit saw (replicated runs: their mean)
     runs: int
     best_run: float
     trained: int  # proxies trained for this check (0 when they already existed)
     space: str = "full"  # the fit's coordinates: "full", or the reduced ones of mixture reuse (see below)
+    seeds: int = 1
+    mixtures: tuple[Measured, ...] = ()  # the recommendation, the prior, then --against
+    interval: tuple[float, float] | None = None  # the fit's interval for the seed-mean at the recommendation
+    proxy_interval: tuple[float, float] | None = None  # ... for one new proxy
+    level: float = 0.9
+    fit_verdict: str | None = None  # what `fit` said against the prior
+    # the measured paired difference prior - recommendation over the seeds (positive: better)
+    gain: float = 0.0
+    gain_interval: tuple[float, float] | None = None  # t interval at `level` (two seeds or more)
+    p_better: float | None = None
+    warnings: tuple[str, ...] = ()  # the verified fit's
+
+    @property
+    def inside(self) -> bool | None:
+        """Whether what was measured falls in the fit's interval: the seed-mean's (several seeds), one
+        proxy's (a single seed)."""
+        ci = self.interval if self.seeds > 1 else self.proxy_interval
+        return None if ci is None else bool(ci[0] <= self.measured <= ci[1])
+
+    @property
+    def verdict(self) -> str:
+        """better / worse / cannot tell, from the measured paired differences alone."""
+        if self.gain_interval is None:
+            return "cannot tell"
+        lo, hi = self.gain_interval
+        return "better" if lo > 0 else "worse" if hi < 0 else "cannot tell"
+
+    @property
+    def agrees(self) -> bool | None:
+        """Whether the fit's verdict holds up: never 'better' when the measured mean is worse."""
+        if self.fit_verdict is None:
+            return None
+        if self.fit_verdict == "better":
+            return self.gain > 0
+        return True
 
     def to_json(self) -> dict:
-        return self.__dict__.copy()
+        out = {k: v for k, v in self.__dict__.items() if k != "mixtures"}
+        out["mixtures"] = [m.to_json() for m in self.mixtures]
+        return {**out, "inside_interval": self.inside, "verdict": self.verdict, "agrees_with_fit": self.agrees}
 
 
-def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime()) -> Verification:
-    """Train (or reuse) proxies on the written recommendation and on the prior; compare with the fit.
+def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime(), seeds: int = 1,
+                          against: list[tuple[str, np.ndarray]] | tuple = ()) -> Verification:
+    """Train (or reuse) proxies on the written recommendation, the prior and each `against`
+    mixture, with `seeds` seeds each (replicate 0 is the sweep's own seed; replicate k the same
+    seed for every mixture, so differences are paired); compare with the fit that made the
+    recommendation: the one saved in fits/ and named by optimal.yaml, never a refit that would
+    include these runs.
 
     After a data change under `design.after_change: reuse` the fit is the reduced one (the unchanged
-    domains as one virtual domain): predictions are that model's, the rank is among the runs it was
-    fitted on, and the prior's prediction is at the prior's point of the reduced space (the unchanged
-    domains' prior mass at the virtual proportions), while its proxy trains on the exact prior."""
+    domains as one virtual domain): predictions are that model's, and the prior's is at the prior's
+    point of the reduced space (the unchanged domains' prior mass at the virtual proportions), while
+    its proxy trains on the exact prior."""
+    from scipy.stats import t as student
+
+    from mixopt.fit.tables import load_fit
+
+    if seeds < 1:
+        raise MixoptError(f"--seeds {seeds}: must be 1 or more", "e.g. --seeds 3")
     if not exp.optimal_path.is_file():
         raise MixoptError(f"no recommendation at {exp.optimal_path}", "run `mixopt fit CONFIG` first")
     doc = read_yaml(exp.optimal_path)
-    plan, swarm, settings, _ = experiment_swarm(exp, runtime)
+    plan, swarm, _, _ = experiment_swarm(exp, runtime)
     if not isinstance(doc, dict) or list(doc.get("weights") or {}) != swarm.domains:
         raise MixoptError(f"{exp.optimal_path} is for other domains than the config", "run `mixopt fit CONFIG` again")
+    fit_json = doc.get("fit")
+    if not fit_json or not Path(fit_json).is_file():
+        raise MixoptError(f"{exp.optimal_path} names no saved fit (fits/<key>/fit.json) to verify",
+                          "run `mixopt fit CONFIG` on a writable workspace first")
+    meta, model = load_fit(Path(fit_json).parent)
     w = read_mixtures(exp.optimal_path, swarm.domains)[2][0]
-    # The swarm as the fit saw it, before the verification runs join the store.
     fitted, space, _ = model_space(plan, swarm)
-    _, model = fit_swarm(fitted, replace(settings, bootstrap=0))
-    y = fitted.y
-    at = (lambda x: x) if space is None else (lambda x: space.reduce(x)[0])
-    extra = [Mixture("verify:recommended", tuple(w)), Mixture("verify:prior", tuple(plan.prior))]
+    at = (lambda x: np.atleast_2d(x)) if space is None else (lambda x: space.reduce(x)[0])
+    named = [("recommended", np.asarray(w, float)), ("prior", np.asarray(plan.prior, float)), *against]
+    extra = [Mixture(f"verify:{name}", tuple(map(float, x)), r) for name, x in named for r in range(seeds)]
     report = run_sweep(exp, runtime, extra=extra, design=False)
     if report.failed:
         raise MixoptError(f"a verification run failed: {report.failed[0][1]}", "see the error above and rerun")
     with Store(plan.workspace.db_path) as store:
         scores = record_scores(plan, store)
-    measured = scores[plan.key(extra[0].weights)]
-    prior_measured = scores[plan.key(extra[1].weights)]
+    rows = []
+    for name, x in named:
+        values = tuple(float(scores[plan.key(tuple(map(float, x)), r)]) for r in range(seeds))
+        rows.append(Measured(name, float(model.predict(at(x))[0]), values))
+    rec, prior = rows[0], rows[1]
+    y = np.asarray(meta.get("measured") or swarm.y, float)
+    diffs = np.array(prior.values) - np.array(rec.values)  # paired by seed
+    level = float(meta.get("settings", {}).get("ci", 0.9))
+    gain_ci = p_better = None
+    if seeds > 1:
+        se = float(np.std(diffs, ddof=1) / np.sqrt(seeds))
+        q = float(student.ppf(0.5 + level / 2, seeds - 1))
+        gain_ci = (float(diffs.mean() - q * se), float(diffs.mean() + q * se))
+        p_better = float(student.cdf(diffs.mean() / se, seeds - 1)) if se > 0 else float(diffs.mean() > 0)
+    decision = meta.get("decision") or {}
+    interval = (doc.get("interval") or {}).get("predicted_objective")
     return Verification(
-        objective=swarm.objective, predicted=float(model.predict(at(w))[0]), measured=float(measured),
-        prior_predicted=float(model.predict(at(plan.prior))[0]), prior_measured=float(prior_measured),
-        rank=int((y < measured).sum()) + 1, runs=len(y), best_run=float(y.min()), trained=report.trained,
-        space="full" if space is None else "mixture reuse: " + ", ".join(fitted.domains))
+        objective=swarm.objective, predicted=rec.predicted, measured=rec.mean, prior_predicted=prior.predicted,
+        prior_measured=prior.mean, rank=int((y < rec.mean).sum()) + 1, runs=len(y), best_run=float(y.min()),
+        trained=report.trained, space="full" if space is None else "mixture reuse: " + ", ".join(fitted.domains),
+        seeds=seeds, mixtures=tuple(rows), interval=tuple(interval) if interval else None,
+        proxy_interval=tuple(doc["new_proxy_objective"]) if doc.get("new_proxy_objective") else None, level=level,
+        fit_verdict=decision.get("verdict"), gain=float(diffs.mean()), gain_interval=gain_ci, p_better=p_better,
+        warnings=tuple(doc.get("warnings") or ()))
 
 
 @dataclass(frozen=True)
@@ -86,6 +179,17 @@ class ScaleCheck:
         for k in ("spearman_scales", "spearman_predicted"):
             out[k] = out[k] if out[k] == out[k] else None  # NaN (too few mixtures) is null in JSON
         return out
+
+
+def _saved_model(exp: Experiment, swarm, settings):
+    """The model of the fit optimal.yaml names (fits/<key>/); a refit where it was not saved (a
+    read-only workspace)."""
+    from mixopt.fit.tables import load_fit
+
+    doc = read_yaml(exp.optimal_path) or {}
+    if doc.get("fit") and Path(doc["fit"]).is_file():
+        return load_fit(Path(doc["fit"]).parent)[1]
+    return fit_swarm(swarm, replace(settings, bootstrap=0))[1]
 
 
 def verify_at_size(exp: Experiment, size: str, top: int = 3, runtime: Runtime = Runtime()) -> ScaleCheck:
@@ -109,10 +213,15 @@ def verify_at_size(exp: Experiment, size: str, top: int = 3, runtime: Runtime = 
     if list((read_yaml(exp.optimal_path) or {}).get("weights") or {}) != swarm.domains:
         raise MixoptError(f"{exp.optimal_path} is for other domains than the config", "run `mixopt fit CONFIG` again")
     w = read_mixtures(exp.optimal_path, swarm.domains)[2][0]
-    _, model = fit_swarm(swarm, replace(settings, bootstrap=0))
+    model = _saved_model(exp, swarm, settings)
+    swarm = collapse_replicates(swarm, swarm.replicate).swarm  # one row per mixture (replicates averaged)
     y = swarm.y
-    best = np.argsort(y, kind="stable")[:top]
-    named = [("recommended", w), ("prior", plan.prior)] + [(f"run {swarm.keys[i][:12]}", swarm.X[i]) for i in best]
+    named = [("recommended", np.asarray(w, float)), ("prior", np.asarray(plan.prior, float))]
+    for i in np.argsort(y, kind="stable"):  # the best runs, each mixture once: never the recommendation again
+        if len(named) == top + 2:
+            break
+        if min(np.abs(x - swarm.X[i]).sum() for _, x in named) > 1e-6:
+            named.append((f"run {swarm.keys[i][:12]}", swarm.X[i]))
     big = exp.model_copy(update={"proxy": exp.proxy.model_copy(update={"size": size})})
     extra = [Mixture(f"verify:{size}:{n}", tuple(map(float, x))) for n, x in named]
     report = run_sweep(big, runtime, extra=extra, design=False)

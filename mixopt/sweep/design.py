@@ -46,8 +46,27 @@ def design_mixtures(exp: Experiment, prior: np.ndarray, bounds: Bounds, change: 
     for i, m in enumerate(cfg.mixtures):
         fixed.append(Mixture(f"user:{i}", tuple(check_weights(m, names, f"design.mixtures[{i}]"))))
     rng = np.random.default_rng([exp.seed, 1])
-    return fixed + _draw_random(exp, prior, bounds, [np.array(m.weights) for m in fixed], random_runs(exp), rng,
-                                 "random")
+    out = fixed + _draw_random(exp, prior, bounds, [np.array(m.weights) for m in fixed], random_runs(exp), rng,
+                                "random")
+    return out + replicate_mixtures(out, cfg.replicates)
+
+
+def replicate_mixtures(design: list[Mixture], cfg) -> list[Mixture]:
+    """Seeds 1 .. seeds-1 of the replicated mixtures (seed 0 is the design's own run): the prior
+    first, then, one at a time, the design mixture farthest (L1) from those already chosen, so the
+    noise is seen across the simplex, not at one point. Single-domain mixtures are left out: they
+    are where noise is largest (Marin: 25x at code-only) and never where a recommendation lies."""
+    if cfg is None or not design:
+        return []
+    pool = [m for m in design if not m.origin.startswith("vertex:")] or list(design)
+    extra_each = cfg.seeds - 1
+    k = cfg.mixtures if cfg.mixtures is not None else max(1, int(cfg.budget * len(design) / extra_each + 1e-9))
+    chosen = [next((m for m in pool if m.origin == "prior"), pool[0])]
+    while len(chosen) < min(k, len(pool)):
+        W = np.array([m.weights for m in chosen])
+        far = max((m for m in pool if m not in chosen), key=lambda m: np.abs(W - np.array(m.weights)).sum(1).min())
+        chosen.append(far)
+    return [Mixture(f"replicate:{m.origin}:{r}", m.weights, r) for m in chosen for r in range(1, cfg.seeds)]
 
 
 def _after_change(exp: Experiment, prior: np.ndarray, bounds: Bounds, change: Change) -> list[Mixture]:

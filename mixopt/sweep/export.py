@@ -17,7 +17,7 @@ from mixopt.sweep.store import Store
 
 # Columns every export has besides one weight column per domain and one column per measurement
 # ('<evaluation>/<metric>'); `fit --runs` knows them, so it never takes them for weights.
-BOOKKEEPING = ("key", "origin", "status", "objective", "train_loss", "tokens", "train_seconds", "trainings",
+BOOKKEEPING = ("key", "origin", "status", "replicate", "objective", "train_loss", "tokens", "train_seconds", "trainings",
                "finished", "error")
 FORMATS = ("csv", "parquet", "json")
 
@@ -38,7 +38,8 @@ def export_rows(exp: Experiment) -> tuple[list[str], list[dict]]:
     metric_cols: list[str] = []
     rows = []
     for r in runs:
-        row = {"key": r.key, "origin": r.origin, "status": r.status, **dict(zip(domains, r.weights))}
+        row = {"key": r.key, "origin": r.origin, "status": r.status, "replicate": r.replicate,
+               **dict(zip(domains, r.weights))}
         have = measured.get(r.key, {})
         current = _metrics_of(plan.suite, have) if r.status == "done" else None
         row["objective"] = sum(a * current[m] for m, a in terms.items()) if current else None
@@ -53,8 +54,8 @@ def export_rows(exp: Experiment) -> tuple[list[str], list[dict]]:
         rows.append(row)
     current_cols = [f"{m.name}/{k}" for m in plan.suite.measures for k in _metric_names(metric_cols, m.name)]
     metric_cols = current_cols + sorted(c for c in metric_cols if c not in current_cols)
-    columns = ["key", "origin", "status", *domains, "objective", *metric_cols,
-               *[c for c in BOOKKEEPING if c not in ("key", "origin", "status", "objective")]]
+    columns = ["key", "origin", "status", "replicate", *domains, "objective", *metric_cols,
+               *[c for c in BOOKKEEPING if c not in ("key", "origin", "status", "replicate", "objective")]]
     return columns, [{c: row.get(c) for c in columns} for row in rows]
 
 
@@ -96,7 +97,7 @@ def _dtype(col: str, rows: list[dict]):
 
     if col in ("key", "origin", "status", "error"):
         return pl.String
-    if col in ("tokens", "trainings"):
+    if col in ("tokens", "trainings", "replicate"):
         return pl.Int64
     return pl.Float64
 

@@ -54,8 +54,8 @@ class Plan:
     tokenizer: str = ""  # sha256 of the workspace's tokenizer
     change: Change | None = None  # how the data changed since the base design, if it did
 
-    def key(self, weights) -> str:
-        return _run_key(self.context, self.slices, weights)
+    def key(self, weights, replicate: int = 0) -> str:
+        return _run_key(self.context, self.slices, weights, replicate)
 
     def weights_of(self, run: Run) -> tuple[float, ...] | None:
         """The run's weights over the current domains, or None when it is not valid for this plan."""
@@ -68,7 +68,7 @@ class Plan:
                 if s not in where:
                     return None
                 w[where[s]] = x
-        return tuple(w) if self.key(w) == run.key else None  # same slices in another order: another training
+        return tuple(w) if self.key(w, run.replicate) == run.key else None  # same slices in another order: another training
 
     def runs(self, store: Store, status: str | None = None) -> list[Run]:
         """The store's runs valid for this plan, weights in the current domain order."""
@@ -135,7 +135,7 @@ def load_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool =
                                ws.root / CHANGE_RECORD, exp.optimal_path, aliases)
     mixtures, keys = [], []
     for m in (design_mixtures(exp, prior, bounds, change) if design else []) + list(extra):
-        key = plan.key(m.weights)
+        key = plan.key(m.weights, m.replicate)
         if key not in keys:
             mixtures.append(m)
             keys.append(key)

@@ -16,6 +16,7 @@ import numpy as np
 from mixopt.backends import make_backend
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
+from mixopt.core.keys import replicate_seed
 from mixopt.core.mixtures import Mixture
 from mixopt.core.progress import Bars
 from mixopt.errors import MixoptError
@@ -70,7 +71,7 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
         if w is None:
             raise MixoptError(f"mixture {m.origin} is outside the domain bounds (or repetition limits)",
                               "fix its weights or the bounds")
-        snapped.append(Mixture(m.origin, tuple(float(x) for x in w)))
+        snapped.append(Mixture(m.origin, tuple(float(x) for x in w), m.replicate))
     if snapped != list(extra):  # a file's weights rounded just past a bound: train the projected mixture
         plan = load_plan(exp, snapped, design)
     ws = plan.workspace
@@ -81,7 +82,8 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
         sweep_id = store.start_sweep("sweep")
         store.add_suite(plan.suite.to_dict())
         store.add_planned([{"key": k, "context": plan.context, "origin": m.origin, "weights": list(m.weights),
-                            "domains": exp.domain_names, "slices": list(plan.slices), "tokenizer": plan.tokenizer}
+                            "domains": exp.domain_names, "slices": list(plan.slices), "tokenizer": plan.tokenizer,
+                            "replicate": m.replicate}
                            for k, m in zip(plan.keys, plan.mixtures)])
         record_virtual(plan.change, plan.slices, ws.root / CHANGE_RECORD)
         # A finished run whose checkpoint is gone or truncated (a stat, no hashing), or found corrupt
@@ -91,7 +93,7 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
         report.reevaluated = ev.runs
         done = {r.key for r in plan.runs(store, "done")}
         report.already_done = sum(k in done for k in plan.keys)
-        runs = {k: _run(plan, k, m) for k, m in zip(plan.keys, plan.mixtures) if k not in done}
+        runs = {k: _run(plan, k, m, exp.seed) for k, m in zip(plan.keys, plan.mixtures) if k not in done}
         choice = choose_batch(runtime, plan.spec, ws, len(runs)) if runs else BatchChoice(1, "", {})
         compiled = choose_compile(runtime, plan.spec, ws, choice.proxies, len(runs), choice.rates) \
             if runs else CompileChoice(False, "", {})
@@ -121,9 +123,13 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
                             bars.finish(key)
                         else:
                             todo.append(runs[key])
-                    for i in range(0, len(todo), per_batch):
-                        engine.submit(_train_task(exp, plan, tuple(todo[i:i + per_batch]), threads, runtime,
-                                                  compiled.compile))
+                    # a batch shares its seed (one initialization for every proxy in it): replicates
+                    # of other seeds go in batches of their own
+                    for seed in sorted({r.seed for r in todo}):
+                        same = [r for r in todo if r.seed == seed]
+                        for i in range(0, len(same), per_batch):
+                            engine.submit(_train_task(exp, plan, tuple(same[i:i + per_batch]), threads, runtime,
+                                                      compiled.compile))
                     for job, results, failure in engine.wait(0.5 if engine.in_flight else 0.0):
                         for run, result in zip(job.runs, results or [None] * len(job.runs)):
                             if failure is None:
@@ -186,14 +192,15 @@ class _Heartbeat:
         self.thread.join(timeout=5)
 
 
-def _run(plan: Plan, key: str, m: Mixture) -> TrainRun:
-    return TrainRun(key=key, weights=m.weights, checkpoint=str(plan.workspace.checkpoints_dir / f"{key[:24]}.safetensors"))
+def _run(plan: Plan, key: str, m: Mixture, seed: int) -> TrainRun:
+    return TrainRun(key=key, weights=m.weights, checkpoint=str(plan.workspace.checkpoints_dir / f"{key[:24]}.safetensors"),
+                    seed=replicate_seed(seed, m.replicate))
 
 
 def _train_task(exp: Experiment, plan: Plan, runs: tuple[TrainRun, ...], threads: int,
                 runtime: Runtime, compile: bool = False) -> TrainTask:
     gpus = exp.resources.gpus if runtime.backend != "local" else 0.0  # what the engine gives each task
-    return TrainTask(runs=runs, domains=tuple(exp.domain_names), seed=exp.seed, spec=plan.spec,
+    return TrainTask(runs=runs, domains=tuple(exp.domain_names), seed=runs[0].seed, spec=plan.spec,
                      sample_dir=str(plan.workspace.sample_dir), measures=plan.suite.measures, threads=threads,
                      device=device_of(runtime, gpus if runtime.backend != "local" else None), gpus=gpus,
                      compile=compile)

@@ -35,7 +35,9 @@ def experiment_status(exp: Experiment) -> dict:
     if ws.db_path.is_file():
         with Store(ws.db_path) as store:
             out.update(store.summary())
-            state = {r.key: r.status for r in plan.runs(store)}
+            valid = plan.runs(store)
+            state = {r.key: r.status for r in valid}
+            out["replicates"] = replicate_groups(valid)
             lacking = missing_measures(plan, store)
             out["cost"] = change_cost(plan, store, state, lacking)
     else:
@@ -48,6 +50,18 @@ def experiment_status(exp: Experiment) -> dict:
                      "failed": statuses.count("failed"), "suspect": statuses.count("suspect"),
                      "pending": statuses.count("planned")}
     return out
+
+
+def replicate_groups(runs) -> list[dict]:
+    """Mixtures trained with several seeds (replicates): weights, seeds planned and done."""
+    groups: dict[tuple, dict] = {}
+    for r in runs:
+        g = groups.setdefault(tuple(round(x, 9) for x in r.weights), {"weights": list(r.weights), "seeds": 0, "done": 0,
+                                                                      "replicates": []})
+        g["seeds"] += 1
+        g["done"] += r.status == "done"
+        g["replicates"].append(r.replicate)
+    return [{**g, "replicates": sorted(g["replicates"])} for g in groups.values() if g["seeds"] > 1]
 
 
 def change_cost(plan: Plan, store: Store, state: dict[str, str], lacking: dict) -> dict:

@@ -100,9 +100,15 @@ def _trained_slices(db: sqlite3.Connection, root: Path) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN tokenizer TEXT")
 
 
+def _replicates(db: sqlite3.Connection, root: Path) -> None:
+    """Each run's replicate: 0 trained with the experiment's seed (every run before version 4), k > 0
+    with another init / data-order seed of the same mixture (core.keys.replicate_seed)."""
+    db.execute("ALTER TABLE runs ADD COLUMN replicate INTEGER NOT NULL DEFAULT 0")
+
+
 # Store version i+1 is what MIGRATIONS[i] makes of version i; a new store takes every step too.
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_add_run_columns, _relative_checkpoints,
-                                                                 _trained_slices]
+                                                                 _trained_slices, _replicates]
 VERSION = len(MIGRATIONS)
 
 # The one lease condition: a run another live driver holds (running, not ours, not expired, and its
@@ -136,6 +142,7 @@ class Run:
     lease_expires: float | None
     slices: tuple[str, ...] | None  # train slice sha256 per domain, parallel to weights; None: before store v3
     tokenizer: str | None  # sha256 of the tokenizer it trained with; None: before store v3
+    replicate: int  # 0: the experiment's seed; k > 0: another seed of the same mixture (store v4)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Run:
@@ -221,10 +228,11 @@ class Store:
         now = time.time()
         with self._tx():
             self.db.executemany(
-                "INSERT OR IGNORE INTO runs (key, context, origin, weights, domains, slices, tokenizer, status, "
-                "created) VALUES (?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
+                "INSERT OR IGNORE INTO runs (key, context, origin, weights, domains, slices, tokenizer, replicate, "
+                "status, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
                 [(r["key"], r["context"], r["origin"], json.dumps(r["weights"]), json.dumps(r["domains"]),
-                  json.dumps(r["slices"]) if r.get("slices") is not None else None, r.get("tokenizer"), now)
+                  json.dumps(r["slices"]) if r.get("slices") is not None else None, r.get("tokenizer"),
+                  int(r.get("replicate", 0)), now)
                  for r in rows])
 
     def rekey(self, moves: list[dict]) -> int:

@@ -35,6 +35,7 @@ class TrainRun:
     key: str
     weights: tuple[float, ...]  # canonical domain order
     checkpoint: str  # where the safetensors file goes
+    seed: int = 0  # init and data-order seed (core.keys.replicate_seed): every run of a task shares it
 
 
 @dataclass(frozen=True)
