@@ -41,13 +41,11 @@ from mixopt.fit.regress import (
     CrossValidation,
     MixtureModel,
     candidates_for,
-    cross_validate,
-    cross_validate_ensemble,
     cross_validate_selection,
     fit_model,
     runs_wanted,
     score_text,
-    select_model,
+    select_by_cv,
 )
 from mixopt.fit.noise import NoiseModel, collapse_replicates
 from mixopt.fit.swarm import FitSettings, Swarm, check_swarm, flat_domains
@@ -207,14 +205,11 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None,
     kinds = candidates_for(n, len(names), len(swarm.metrics))
     if settings.model not in ("auto", "ensemble", *kinds):
         kinds = (*kinds, settings.model)
-    cvs = {k: cross_validate(k, swarm.X, swarm.metrics, swarm.terms, settings.cv_folds, settings.seed) for k in kinds}
-    ensemble = cross_validate_ensemble(cvs, y, settings.cv_folds, settings.seed)
-    if ensemble is not None:
-        cvs["ensemble"] = ensemble
-    elif settings.model == "ensemble":
+    pick, cvs = select_by_cv(kinds, swarm.X, swarm.metrics, swarm.terms, settings.cv_folds, settings.seed)
+    if settings.model == "ensemble" and "ensemble" not in cvs:
         raise MixoptError("no ensemble: fewer than two models predict held-out runs better than their mean",
                           "pick one model, or add runs")
-    kind = select_model(cvs) if settings.model == "auto" else settings.model
+    kind = pick if settings.model == "auto" else settings.model
     cv = cvs[kind]
     # The pick's own CV chose it, so it flatters it (0.667 vs 0.396 held out on small tables): auto is
     # judged, warned on and given intervals by the nested CV. A fixed model's plain CV is already honest.
