@@ -37,6 +37,7 @@ test: $(VENV)/.extras
 bench: demo
 	$(PY) bench/reeval.py --config mixtures/demo.yaml --workers 2
 	$(PY) bench/fit_regmix.py
+	$(PY) bench/fit_honesty.py
 	$(PY) bench/trainer.py
 	$(PY) bench/sample.py
 	$(PY) bench/data_change.py --config mixtures/demo.yaml --workers 2

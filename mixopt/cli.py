@@ -257,6 +257,7 @@ class Model(str, Enum):
     loglinear = "loglinear"
     law = "law"
     quadratic = "quadratic"
+    logweight = "logweight"
     multitask = "multitask"
     gp = "gp"
     gbm = "gbm"
@@ -284,7 +285,7 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         domains: Optional[str] = typer.Option(None, help="Weight columns: a,b,c names them; one word is a prefix "
                                                              "they start with (default: numeric columns; an "
                                                              "export's domain columns)."),
-        model: Model = typer.Option(Model.auto, help="External swarm: the regressor (auto: best CV Spearman)."),
+        model: Model = typer.Option(Model.auto, help="External swarm: the regressor (auto: best CV ranking and error)."),
         save: Optional[Path] = typer.Option(None, help="External swarm: write fit.json, runs.parquet, plots here."),
         tolerance: float = typer.Option(0.01, callback=_finite_at_least_0, help="External swarm: how far a row's weights may sum from 1."),
         bound: list[str] = typer.Option([], help="External swarm: DOMAIN=LOW:HIGH weight bounds."),

@@ -38,6 +38,8 @@ def format_sample(manifest: dict) -> str:
 
 
 def format_recommendation(rec) -> str:
+    from mixopt.fit.regress import inner_folds, score_text
+
     ci = rec.weights_ci
     head = ["domain"] + (["available tok"] if rec.available else []) + ["prior", "recommended"]
     head += [f"{rec.ci:.0%} interval"] if ci is not None else []
@@ -49,7 +51,7 @@ def format_recommendation(rec) -> str:
         row += [f"{ci[i][0]:.4f} .. {ci[i][1]:.4f}"] if ci is not None else []
         rows.append(row + [rec.binding[i] or "-"])
     cv_rows = [[k + (" *" if k == rec.model else "") + (f" ({'+'.join(v.members)})" if v.members else ""),
-                f"{v.spearman:.3f}", f"{v.r2:.3f}"] for k, v in rec.candidates.items()]
+                score_text(v.spearman), score_text(v.r2)] for k, v in rec.candidates.items()]
     pred = f"predicted objective: {rec.predicted:.4f}"
     d = rec.decision
     if rec.predicted_ci is not None:
@@ -60,6 +62,9 @@ def format_recommendation(rec) -> str:
         f"fit: {rec.model} on {rec.runs} runs; objective = {rec.objective} (lower is better)",
         "",
         table([f"model ({rec.cv.folds}-fold CV)", "Spearman", "R^2"], cv_rows),
+        *([f"auto judged by nested CV (its choice repeated inside each fold, {inner_folds(rec.runs)} inner folds): Spearman "
+           f"{score_text(rec.selection_cv.spearman)}, R^2 {score_text(rec.selection_cv.r2)}"]
+          if getattr(rec, "selection_cv", None) is not None else []),
         "",
         table(head, rows),
         "",

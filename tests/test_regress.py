@@ -81,7 +81,8 @@ def test_auto_picks_by_cross_validated_spearman():
                   np.full(5, 0.2), _bounds(5), "mean")
     rec, _ = fit_swarm(swarm, FitSettings(model="auto", bootstrap=0))
     # two metrics (a, b): the shared multitask fit is a candidate too
-    assert set(rec.candidates) == {"linear", "loglinear", "law", "quadratic", "multitask", "gp", "gbm", "ensemble"}
+    assert set(rec.candidates) == {"linear", "loglinear", "law", "quadratic", "logweight", "multitask", "gp", "gbm",
+                                   "ensemble"}
     assert rec.model in tied_with_best(rec.candidates)  # within one fold-paired standard error of the best
     assert rec.cv.spearman > rec.candidates["linear"].spearman + 0.03  # the truth is curved: linear must lose
 

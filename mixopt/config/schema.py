@@ -241,7 +241,7 @@ class EvalSuite(_Strict):
 
 class Fit(_Strict):
     # auto: every family cross-validated, the best ranker within one standard error (the safe choice)
-    model: Literal["linear", "loglinear", "law", "quadratic", "multitask", "gp", "gbm", "ensemble", "auto"] = "auto"
+    model: Literal["linear", "loglinear", "law", "quadratic", "logweight", "multitask", "gp", "gbm", "ensemble", "auto"] = "auto"
     cv_folds: int = Field(5, ge=2)
     bootstrap: int = Field(50, ge=0)  # replicates for the intervals; 0 turns them off
     ci: float = Field(0.9, gt=0, lt=1)  # interval level

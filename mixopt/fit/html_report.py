@@ -29,6 +29,7 @@ from mixopt.fit.noise import collapse_replicates
 from mixopt.fit.optimize import penalized_scores
 from mixopt.fit.plots import domain_panels, weight_sweep
 from mixopt.fit.recommend import experiment_swarm, fit_swarm
+from mixopt.fit.regress import score_text
 from mixopt.fit.verdict import noise_line
 from mixopt.sweep.store import Store
 
@@ -81,16 +82,17 @@ def write_report(exp: Experiment, output: Path | None = None, runtime: Runtime =
                  for r in failed]
     warnings += [f"run {r.key[:12]} ({r.origin}) is suspect (checkpoint missing or not the one recorded): left "
                  "out; `mixopt sweep CONFIG` retrains it" for r in suspect]
-    if rec.cv.spearman < LOW_SPEARMAN:
-        warnings.append(f"the chosen model ({rec.model}) ranks held-out runs with Spearman {rec.cv.spearman:.2f} "
-                        f"< {LOW_SPEARMAN}: the recommendation is weakly supported; train more runs "
+    honest, how = rec.honest_cv, "auto's nested CV" if rec.selection_cv is not None else "CV"  # auto: its pick judged
+    if honest.spearman < LOW_SPEARMAN:
+        warnings.append(f"the chosen model ({rec.model}) ranks held-out runs with Spearman {honest.spearman:.2f} "
+                        f"({how}) < {LOW_SPEARMAN}: the recommendation is weakly supported; train more runs "
                         "(`mixopt propose`, then `mixopt sweep --mixtures`)")
     best = max(rec.candidates, key=lambda k: rec.candidates[k].spearman)
     if settings.model != "auto" and rec.candidates[best].spearman > rec.cv.spearman + 0.1:
         warnings.append(f"fit.model is {settings.model} (Spearman {rec.cv.spearman:.2f}) while {best} ranks held-out "
                         f"runs better ({rec.candidates[best].spearman:.2f}): consider fit.model: auto")
-    if rec.cv.r2 < 0:
-        warnings.append(f"cross-validated R² is {rec.cv.r2:.2f} < 0: predicted values are worse than the mean; "
+    if honest.r2 < 0:
+        warnings.append(f"cross-validated R² ({how}) is {score_text(honest.r2)} < 0: predicted values are worse than the mean; "
                         "trust the ranking more than the predicted objective")
     if rec.predicted > rec.best_run:
         warnings.append(f"the predicted objective at the recommendation ({rec.predicted:.4f}) is worse than the "
@@ -160,7 +162,7 @@ def _scatter_figure(swarm, rec, origins) -> str:
     ax.plot([lo, hi], [lo, hi], lw=1, color="gray")
     ax.set_xlabel("measured objective (lower is better)")
     ax.set_ylabel(f"predicted, out of fold ({rec.cv.folds}-fold)")
-    ax.set_title(f"{rec.model}: Spearman {rec.cv.spearman:.3f}, R² {rec.cv.r2:.3f}", fontsize=10)
+    ax.set_title(f"{rec.model}: Spearman {score_text(rec.cv.spearman)}, R² {score_text(rec.cv.r2)}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _png(fig)
@@ -244,7 +246,7 @@ def _page(exp, plan, swarm, settings, rec, model, origins, suites, verify, warni
         pred += f"; for one new proxy {rec.decision.proxy[0]:.4f} .. {rec.decision.proxy[1]:.4f}" if rec.decision else ""
         pred += f"; {rec.bootstrap} bootstrap refits)"
     binding = [f"{d}: {b}" for d, b in zip(rec.domains, rec.binding) if b]
-    cv_rows = [[_Raw(f"<b>{e(k)}</b> (chosen)") if k == rec.model else k, f"{v.spearman:.3f}", f"{v.r2:.3f}"]
+    cv_rows = [[_Raw(f"<b>{e(k)}</b> (chosen)") if k == rec.model else k, score_text(v.spearman), score_text(v.r2)]
                for k, v in rec.candidates.items()]
     kinds = [origin_kind(o) for o in origins]
     run_rows = [[k[:12], o, kind, f"{y:.4f}", f"{p:.4f}", f"{p - y:+.4f}"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from mixopt.core.mixtures import project_to_bounds
+from mixopt.fit.regress import score_text
 
 
 def plot_fit(out: Path, swarm, rec, model) -> list[Path]:
@@ -22,7 +23,7 @@ def plot_fit(out: Path, swarm, rec, model) -> list[Path]:
     ax.plot([lo, hi], [lo, hi], lw=1, color="gray")
     ax.set_xlabel("measured objective")
     ax.set_ylabel(f"predicted out-of-fold ({rec.cv.folds}-fold)")
-    ax.set_title(f"{rec.model}: Spearman {rec.cv.spearman:.3f}, R² {rec.cv.r2:.3f}", fontsize=10)
+    ax.set_title(f"{rec.model}: Spearman {score_text(rec.cv.spearman)}, R² {score_text(rec.cv.r2)}", fontsize=10)
     fig.tight_layout()
     first = out / "predicted_vs_measured.png"
     _save(fig, first)

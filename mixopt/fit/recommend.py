@@ -41,11 +41,11 @@ from mixopt.fit.regress import (
     CrossValidation,
     MixtureModel,
     candidates_for,
-    cross_validate,
-    cross_validate_ensemble,
+    cross_validate_selection,
     fit_model,
     runs_wanted,
-    select_model,
+    score_text,
+    select_by_cv,
 )
 from mixopt.fit.noise import NoiseModel, collapse_replicates
 from mixopt.fit.swarm import FitSettings, Swarm, check_swarm, flat_domains
@@ -103,6 +103,14 @@ class Recommendation:
     @property
     def noise(self) -> NoiseModel | None:
         return self.decision.noise if self.decision else None
+    # auto's nested CV: the selection repeated inside each fold, its oof in the runs' order; the
+    # honest figure for a picked model (cv is the pick's own CV, which chose it). None: the user fixed it.
+    selection_cv: CrossValidation | None = None
+
+    @property
+    def honest_cv(self) -> CrossValidation:
+        """The cross-validation to judge the fit by: the nested one when auto picked the model."""
+        return self.selection_cv if self.selection_cv is not None else self.cv
 
     @property
     def pulled_in(self) -> float:
@@ -124,6 +132,9 @@ class Recommendation:
             "best_run_proxies": self.best_run_proxies,
             "decision": {**self.decision.to_json(), "reliable": self.reliable} if self.decision else None,
             "cv": {"spearman": _num(self.cv.spearman), "r2": _num(self.cv.r2), "folds": self.cv.folds},
+            "cv_nested": None if self.selection_cv is None else {
+                "spearman": _num(self.selection_cv.spearman), "r2": _num(self.selection_cv.r2),
+                "folds": self.selection_cv.folds},
             "model": self.model,
             "candidates": {k: {"spearman": _num(v.spearman), "r2": _num(v.r2), **({"members": list(v.members)} if v.members else {})}
                            for k, v in self.candidates.items()},
@@ -156,6 +167,14 @@ def _num(x: float) -> float | None:
 
 LOW_SPEARMAN = 0.5  # below this CV Spearman the fit ranks unseen runs poorly: say so
 PULLED_IN = 0.05  # L1 distance from the unconstrained optimum worth reporting (below: simulation noise)
+# How much worse than a run the recommendation may be predicted before fit says so, in units of the
+# fit's CV error (RMSE of held-out predictions): against the model's prediction at a run, half of it
+# (a tree model's optimum is the mean of its 100 best simulated mixtures: RegMix's 512 runs put it
+# 0.005 above the best run's prediction, at CV RMSE 0.06); against a measured score, all of it (the
+# best of n noisy runs is lucky by about its noise).
+WORSE_THAN_RUN = 0.5
+WORSE_THAN_MEASURED = 1.0
+AT_BOUND = 1e-6  # a weight this close to its bound (or to 0) sits on it
 
 
 def fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None = None,
@@ -186,15 +205,17 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None,
     kinds = candidates_for(n, len(names), len(swarm.metrics))
     if settings.model not in ("auto", "ensemble", *kinds):
         kinds = (*kinds, settings.model)
-    cvs = {k: cross_validate(k, swarm.X, swarm.metrics, swarm.terms, settings.cv_folds, settings.seed) for k in kinds}
-    ensemble = cross_validate_ensemble(cvs, y, settings.cv_folds, settings.seed)
-    if ensemble is not None:
-        cvs["ensemble"] = ensemble
-    elif settings.model == "ensemble":
+    pick, cvs = select_by_cv(kinds, swarm.X, swarm.metrics, swarm.terms, settings.cv_folds, settings.seed)
+    if settings.model == "ensemble" and "ensemble" not in cvs:
         raise MixoptError("no ensemble: fewer than two models predict held-out runs better than their mean",
                           "pick one model, or add runs")
-    kind = select_model(cvs) if settings.model == "auto" else settings.model
+    kind = pick if settings.model == "auto" else settings.model
     cv = cvs[kind]
+    # The pick's own CV chose it, so it flatters it (0.667 vs 0.396 held out on small tables): auto is
+    # judged, warned on and given intervals by the nested CV. A fixed model's plain CV is already honest.
+    selection_cv = None if settings.model != "auto" else cross_validate_selection(
+        cvs, swarm.X, swarm.metrics, swarm.terms, settings.cv_folds, settings.seed)
+    honest = selection_cv or cv
     model = fit_model(kind, swarm.X, swarm.metrics, swarm.terms, settings.seed, members=cv.members)
     flat = flat_domains(swarm.X)
     trust, trust_warns = evidence_bounds(swarm.X, swarm.bounds, settings.trust_region, names, flat)
@@ -206,8 +227,9 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None,
                                             settings.sampler)
     if free is not None and np.abs(free - w).sum() < PULLED_IN:
         free = None
-    warns += fit_warnings(cv, kind, n, len(names) - len(flat))
-    unreliable = not (cv.r2 > 0)
+    warns += fit_warnings(honest, kind, n, len(names) - len(flat), nested=selection_cv is not None)
+    warns += recommendation_warnings(model, w, swarm, honest, trust, settings.kl_weight)
+    unreliable = not (honest.r2 > 0)
     weights_ci = predicted_ci = boot = None
     points = np.vstack([w, swarm.prior] + [np.asarray(x, float) for _, x in against])
     if settings.bootstrap and not unreliable:
@@ -230,7 +252,7 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None,
         bootstrap=settings.bootstrap if weights_ci is not None else 0,
         ci=settings.ci, warnings=tuple(warns), reliable=not unreliable, trust_region=settings.trust_region,
         trust_bounds=np.column_stack([trust.lower, trust.upper]), unconstrained=free,
-        predicted_unconstrained=None if free is None else float(model.predict(free)[0]))
+        predicted_unconstrained=None if free is None else float(model.predict(free)[0]), selection_cv=selection_cv)
     return rec, model
 
 
@@ -266,21 +288,71 @@ def judge(swarm: Swarm, settings: FitSettings, cv: CrossValidation, noise: Noise
                     verdict, line, step)
 
 
-def fit_warnings(cv: CrossValidation, kind: str, n: int, varying: int) -> list[str]:
+def fit_warnings(cv: CrossValidation, kind: str, n: int, varying: int, nested: bool = False) -> list[str]:
     """What a reader must know before trusting the numbers: a fit worse than the mean, a poor
-    ranking, a swarm too small for the model."""
+    ranking, a swarm too small for the model. `nested`: cv is auto's nested CV (its pick judged)."""
     out = []
+    who, how = (f"auto (picking {kind})", "nested CV") if nested else (kind, "CV")
     if not (cv.r2 > 0):
-        out.append(f"{kind} predicts held-out runs no better than their mean (CV R^2 {cv.r2:.3g}): the runs do not "
-                   "show how the mixture moves this objective; the recommendation is unsupported and no interval "
-                   "is given. Add runs, or pick an objective the mixture changes")
+        out.append(f"{who} predicts held-out runs no better than their mean ({how} R^2 {score_text(cv.r2)}): the runs "
+                   "do not show how the mixture moves this objective; the recommendation is unsupported and no "
+                   "interval is given. Add runs, or pick an objective the mixture changes")
     elif not (cv.spearman >= LOW_SPEARMAN):
-        out.append(f"{kind} ranks held-out runs poorly (CV Spearman {cv.spearman:.3f}): treat the recommendation "
+        out.append(f"{who} ranks held-out runs poorly ({how} Spearman {cv.spearman:.3f}): treat the recommendation "
                    "as a guess")
     wanted = runs_wanted(kind, varying, cv.members)
     if n < wanted:
         out.append(f"the swarm is small for {kind}: {n} runs for {varying} varying domains, about {wanted} wanted; "
                    "add runs (design.runs) or expect a noisier recommendation")
+    return out
+
+
+def recommendation_warnings(model: MixtureModel, w: np.ndarray, swarm: Swarm, cv: CrossValidation, allowed,
+                            kl_weight: float = 0.0) -> list[str]:
+    """Where the recommendation itself is doubtful, by the fit's own numbers: a run within the allowed
+    bounds that the model predicts better, a measured run better than the recommendation's
+    prediction by more than the CV error, and a corner of the simplex that no run is near."""
+    out = []
+    p = float(model.predict(w)[0])
+    y = swarm.y
+    rmse = float(np.sqrt(np.mean((cv.oof - y) ** 2))) if np.isfinite(cv.oof).all() else float("inf")
+    why = " (the KL penalty trades predicted objective for closeness to the prior)" if kl_weight > 0 else ""
+    inside = np.flatnonzero(((swarm.X >= allowed.lower - 1e-9) & (swarm.X <= allowed.upper + 1e-9)).all(axis=1))
+    if inside.size:
+        pred = model.predict(swarm.X[inside])
+        i = int(np.argmin(pred))
+        if p > pred[i] + WORSE_THAN_RUN * rmse:
+            out.append(f"the model predicts run {swarm.keys[inside[i]]} ({pred[i]:.4g}) better than its own "
+                       f"recommendation ({p:.4g}) by more than half its CV error ({rmse:.3g}){why}: that run's "
+                       "mixture is at least as good a choice")
+    best = int(np.argmin(y))
+    if p > y[best] + WORSE_THAN_MEASURED * rmse:
+        out.append(f"the best measured run ({swarm.keys[best]}, {y[best]:.4g}) beats the recommendation's predicted "
+                   f"objective ({p:.4g}) by more than the fit's CV error ({rmse:.3g}){why}: train the recommendation "
+                   "before preferring it to that run")
+    held = flat_domains(swarm.X)  # no run varied them: where they sit is no corner
+    edge = [swarm.domains[j] for j in range(len(w)) if j not in held and (
+            w[j] <= max(swarm.bounds.lower[j], 0.0) + AT_BOUND or w[j] >= swarm.bounds.upper[j] - AT_BOUND)]
+    if edge:
+        sparsest = float(_nearest_other_l1(swarm.X).max())  # the largest distance from a run to its nearest other
+        near = float(np.abs(swarm.X - w).sum(axis=1).min())
+        if near > sparsest:
+            out.append(f"the recommendation sits at a corner no run is near: L1 {near:.3f} to the nearest run, "
+                       f"farther than any run is from its own nearest ({sparsest:.3f}), with "
+                       f"{', '.join(edge[:4])}{' ...' if len(edge) > 4 else ''} at a bound; the model extrapolates "
+                       "there: train it (or runs near it) before trusting it")
+    return out
+
+
+def _nearest_other_l1(X: np.ndarray) -> np.ndarray:
+    """Each run's L1 distance to its nearest other run, in row blocks (runs x runs x domains at once
+    would be 0.5 GB at 2,000 runs x 17 domains)."""
+    step = max(1, 2_000_000 // max(X.size, 1))
+    out = np.empty(len(X))
+    for i in range(0, len(X), step):
+        D = np.abs(X[i:i + step, None, :] - X[None, :, :]).sum(axis=2)
+        D[np.arange(len(D)), np.arange(i, i + len(D))] = np.inf
+        out[i:i + step] = D.min(axis=1)
     return out
 
 

@@ -66,6 +66,30 @@ def _at(theta: np.ndarray, d: int, n_star: float, t_star: float | None) -> np.nd
     return np.r_[e, a, theta[2 * d:3 * d], np.exp(theta[-2]), np.exp(theta[-1]), n_star, t_star]
 
 
+def size_warnings(X: np.ndarray, y: np.ndarray, N: np.ndarray, held: np.ndarray, scale: str) -> list[str]:
+    """The law fit without the largest size (`held`: its predictions of those runs) should rank them at
+    least as well as the next size's own measurements of the same mixtures do; if not, the law adds
+    error across sizes, not signal. Judged on the mixtures trained at both sizes (at least 3)."""
+    big = np.flatnonzero(N == N.max())
+    below = N[N < N.max()].max()
+    small = np.flatnonzero(N == below)
+    pairs = []
+    for k, i in enumerate(big):  # the same mixture at the size below: weights within rounding
+        d = np.abs(X[small] - X[i]).sum(axis=1)
+        if d.min() <= 1e-6:
+            pairs.append((k, small[int(np.argmin(d))]))
+    if len(pairs) < 3:
+        return []
+    k, j = map(np.array, zip(*pairs))
+    law, naive = spearman(held[k], y[big[k]]), spearman(y[j], y[big[k]])
+    if not np.isfinite(naive) or (np.isfinite(law) and law >= naive):
+        return []
+    return [f"the scaling law fit without {scale}={N.max():g} ranks those runs worse (Spearman {law:.3f} over "
+            f"{len(pairs)} mixtures) than the {scale}={below:g} runs' own measurements of the same mixtures do "
+            f"({naive:.3f}): across sizes the law adds error, not signal; compare with a fit of the largest size's "
+            "runs alone"]
+
+
 def fit_scaled(swarm: Swarm, settings: FitSettings, scale: str, at_scale: float, tokens: str | None = None,
                at_tokens: float | None = None):
     """(Recommendation, model at the target size) for a table with a size column (and a tokens column)."""
@@ -125,6 +149,7 @@ def fit_scaled(swarm: Swarm, settings: FitSettings, scale: str, at_scale: float,
         warns.append(f"the target {scale}={at_scale:g} is {at_scale / N.max():.0f}x the largest run's: a long "
                      "extrapolation of the law")
     warns += fit_warnings(cv, "scaling", n_runs, d - len(flat))
+    warns += size_warnings(X, y, N, held, scale)
     weights_ci = predicted_ci = None
     if settings.bootstrap and cv.r2 > 0:
         rng = np.random.default_rng([settings.seed, 11])

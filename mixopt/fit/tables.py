@@ -81,6 +81,7 @@ def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None
             raise MixoptError(f"{lost.height} runs in {runs} have no row in {scores} (first {key}: {lost[key][0]})",
                               "pass tables with the same runs, or drop those runs")
         weight_cols = _domain_columns(table, key, domains, exclude=set(covariates))
+        _check_target_columns(targets, table, right, weight_cols, runs, scores)
         table = table.join(right.select([key, *[c for c in right.columns if c != key and c not in table.columns]]),
                            on=key, how="inner")
     else:
@@ -115,6 +116,20 @@ def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None
         else None
     return Swarm(weight_cols, X, metrics, targets, keys, _prior(X), parse_bounds(bounds or [], weight_cols),
                  objective, covariates=covs, replicate=seeds)
+
+
+def _check_target_columns(targets, runs_table, scores_table, weight_cols, runs: Path, scores: Path) -> None:
+    """A target must name one score column: the join keeps the runs' column where both tables have
+    one (RegMix-style files name a domain's weight and its loss alike), so the fit would regress a
+    weight on the weights (R^2 1.000) and say nothing."""
+    for t in targets:
+        if t in scores_table.columns and t in runs_table.columns:
+            raise MixoptError(f"--target {t} names a column of both {runs} and {scores}: ambiguous (the scores' "
+                              "column would be dropped and a weight fitted)",
+                              f"rename the score column in {scores.name} (e.g. {t}_loss) and target that")
+        if t in weight_cols:
+            raise MixoptError(f"--target {t} is a weight column of {runs}, not a score",
+                              f"name a column of {scores.name}")
 
 
 def _is_export(table) -> bool:
