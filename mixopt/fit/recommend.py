@@ -235,7 +235,8 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None,
     if settings.bootstrap and not unreliable:
         weights_ci, predicted_ci, boot = _bootstrap(swarm, settings, model, w, trust, pool, points)
     pred_points = model.predict(points)
-    decision = judge(swarm, settings, cv, collapsed.noise, w, pred_points, boot, predicted_ci, not unreliable,
+    # intervals calibrated on the honest held-out residuals: auto's nested CV, a fixed model's own
+    decision = judge(swarm, settings, honest, collapsed.noise, w, pred_points, boot, predicted_ci, not unreliable,
                      [name for name, _ in against], points, collapsed.counts)
     best = int(np.argmin(y))
     binding = binding_constraints(w, trust, swarm.bounds)
@@ -515,6 +516,8 @@ def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | No
         "predicted_objective": round(rec.predicted, 6),
         "objective": rec.objective,
         "cv": {"spearman": round(rec.cv.spearman, 4), "r2": round(rec.cv.r2, 4), "folds": rec.cv.folds},
+        "cv_nested": None if rec.selection_cv is None else {"spearman": round(rec.selection_cv.spearman, 4),
+                                                             "r2": round(rec.selection_cv.r2, 4)},
         "model": rec.model,
         "runs": rec.runs,
         "constraints": {d: b for d, b in zip(rec.domains, rec.binding) if b},
