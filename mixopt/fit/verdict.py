@@ -49,7 +49,7 @@ class Decision:
     mean: tuple[float, float]  # interval for the seed-mean at the recommendation
     proxy: tuple[float, float]  # ... for what one new proxy there measures
     model_error: float  # sd of the fit's held-out error, seed noise taken out
-    model_halfwidth: float  # its conformal half-width at `level`: what predict widens any mixture by
+    model_halfwidth: float  # the conformal half-width over every run: what predict widens any mixture by
     noise: NoiseModel | None
     ceiling_r2: float | None  # the most CV R^2 can reach, given the seed noise
     gains: tuple[Gain, ...]  # the prior first, then --against
@@ -149,8 +149,9 @@ def decide(gains: list[Gain], reliable: bool, h_model: float, noise: NoiseModel 
                 f"{g.low:.4f} .. {g.high:.4f}); keep the prior")
     else:
         verdict = "cannot tell"
-        line = (f"no mixture is measurably better than the prior at this budget: expected gain {g.gain:.4f}, "
-                f"{level:.0%} interval {g.low:.4f} .. {g.high:.4f} crosses zero (P(better) {g.p_better:.2f})")
+        line = (f"no mixture is measurably better than the prior at this budget: expected gain {g.gain:.4f} over the "
+                f"prior {'as measured' if g.measured else 'as predicted'}, {level:.0%} interval {g.low:.4f} .. "
+                f"{g.high:.4f} crosses zero (P(better) {g.p_better:.2f})")
     step = None
     if verdict != "better":
         k = max(4, n_domains)
