@@ -20,7 +20,18 @@ def test_propose_train_refit_verify(make_config, tmp_path):
     lo, hi = np.array(list(first["interval"]["weights"].values())).T
     assert np.all(lo >= 0) and np.all(hi <= 1) and np.any(hi - lo > 1e-3)  # the replicates really differ
 
-    out = run("propose", cfg, "--n", "2")
+    from typer.testing import CliRunner
+
+    from mixopt.cli import app
+
+    r = CliRunner().invoke(app, ["propose", str(cfg), "--n", "2"])
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    # proposals from a fit that cannot tell the recommendation from the prior say so where they are made
+    if first["decision"]["verdict"] != "better":
+        assert "note: no mixture is measurably better than the prior at this budget" in r.stderr
+    for w in first["warnings"]:
+        assert f"warning: {w}" in r.stderr
     proposed = tmp_path / "small.proposed.yaml"
     assert str(proposed) in out
     mixtures = yaml.safe_load(proposed.read_text())["mixtures"]
