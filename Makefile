@@ -45,7 +45,7 @@ bench: demo
 
 # Issue 21: do the fit's 90% intervals cover what 3 seeds measure, and is "better" ever wrong? 9 sweeps
 # (3 sets of real-text domains from this machine x 24k/48k tokens per proxy x 3 design seeds) and 27
-# fit + `verify --seeds 3` checks; writes bench/results/calibration.json. 26.5 min on 2 CPU cores, so
+# fit + `verify --seeds 3` checks; writes bench/results/calibration.json. 16.5 min on 2 CPU cores (26.5 on a busier machine), so
 # not part of `bench`. Resumable: a rerun reuses finished sweeps and checks (add ARGS=--fresh to redo).
 calibration: env
 	$(PY) bench/calibration.py --workers 2 $(ARGS)

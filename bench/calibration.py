@@ -20,7 +20,7 @@ their median widths (also over the sd of the sweep's runs and over one proxy's s
 violations (target 0), how often verify confirms a "better", the fit's gain interval against the
 measured paired gain (with and without the 3 seeds' own noise), the fit's error at the
 recommendation and at the prior, the replicates' share of the sweep's proxies, wall time. The
-default plan (27 checks, 9 sweeps, 360 proxies) took 26.5 min on 2 shared CPU cores.
+default plan (27 checks, 9 sweeps, 360 proxies) took 16.5 min on 2 CPU cores (26.5 with other work running).
 
 Every step goes through the CLI in a subprocess (what a user runs). Sweeps are resumable (the store)
 and each finished check is kept under --root/checks/, so a rerun picks up where one stopped; --fresh
