@@ -116,7 +116,7 @@ def synthetic_cases() -> list[dict]:
                                   Bounds(np.zeros(D), np.ones(D), ("none",) * D), "loss")
                     fams = candidates_for(n, D, 1)
                     out.append({"group": "synthetic", "law": name, "noise": noise, "seed": seed,
-                                **run_case(swarm, Xt, yt, fams)})
+                                **run_case(swarm, Xt, yt, fams, f)})
     return out
 
 
