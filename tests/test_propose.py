@@ -29,9 +29,9 @@ def test_propose_train_refit_verify(make_config, tmp_path):
     out = r.stdout
     # proposals from a fit that cannot tell the recommendation from the prior say so where they are made
     if first["decision"]["verdict"] != "better":
-        assert "note: no mixture is measurably better than the prior at this budget" in r.stderr
+        assert "note: no mixture is measurably better than the prior at this budget" in r.output
     for w in first["warnings"]:
-        assert f"warning: {w}" in r.stderr
+        assert f"warning: {w}" in r.output
     proposed = tmp_path / "small.proposed.yaml"
     assert str(proposed) in out
     mixtures = yaml.safe_load(proposed.read_text())["mixtures"]
