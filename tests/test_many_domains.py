@@ -44,8 +44,9 @@ def test_fit_of_a_64_domain_swarm_is_readable(tmp_path):
     assert list(doc["interval"]["weights"]) == NAMES
     assert all(lo <= doc["weights"][d] + 1e-6 and doc["weights"][d] <= hi + 1e-6
                for d, (lo, hi) in doc["interval"]["weights"].items())
-    # One line per domain in the weights and one in the intervals (not three), none of them long.
-    assert len(text.splitlines()) <= 2 * 64 + len(doc["constraints"]) + 30 and _widest(text) <= 100, text
+    # One line per domain in the weights and one in the intervals (not three), none of them long; the
+    # rest (cv, verdict, noise, warnings) does not grow with the domains.
+    assert len(text.splitlines()) <= 2 * 64 + len(doc["constraints"]) + 40 and _widest(text) <= 100, text
 
 
 def test_64_domain_experiment_sample_status_and_dry_run_are_readable(tmp_path):

@@ -348,7 +348,8 @@ def recommendation_warnings(model: MixtureModel, w: np.ndarray, swarm: Swarm, cv
         if near > sparsest:
             out.append(f"the recommendation sits at a corner no run is near: L1 {near:.3f} to the nearest run, "
                        f"farther than any run is from its own nearest ({sparsest:.3f}), with "
-                       f"{', '.join(edge[:4])}{' ...' if len(edge) > 4 else ''} at a bound; the model extrapolates "
+                       f"{', '.join(edge[:2])}{f' and {len(edge) - 2} more' if len(edge) > 2 else ''} at a bound; the model "
+                       "extrapolates "
                        "there: train it (or runs near it) before trusting it")
     return out
 
@@ -524,8 +525,8 @@ def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | No
         "predicted_objective": round(rec.predicted, 6),
         "objective": rec.objective,
         "cv": {"spearman": round(rec.cv.spearman, 4), "r2": round(rec.cv.r2, 4), "folds": rec.cv.folds},
-        "cv_nested": None if rec.selection_cv is None else {"spearman": round(rec.selection_cv.spearman, 4),
-                                                             "r2": round(rec.selection_cv.r2, 4)},
+        "cv_nested": None if rec.selection_cv is None else _Flow({"spearman": round(rec.selection_cv.spearman, 4),
+                                                                   "r2": round(rec.selection_cv.r2, 4)}),
         "model": rec.model,
         "runs": rec.runs,
         "constraints": {d: b for d, b in zip(rec.domains, rec.binding) if b},
