@@ -102,14 +102,12 @@ def paired_gains(seeds: dict, stages: dict, level: float = 0.9) -> dict:
     """Per arm: the measured gain over the prior seed by seed (paired), its mean and t interval, and
     whether the arm's fit verdict holds: the issue's target is that each either verifies better than
     the prior over the seeds or said it could not tell."""
-    from scipy.stats import t as student
+    from mixopt.fit.verdict import paired_gain
 
     out = {}
     for k, st in stages.items():
         d = np.array(seeds["prior"]) - np.array(seeds[k])
-        n = len(d)
-        half = float(student.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-        lo, hi = float(d.mean() - half), float(d.mean() + half)
+        lo, hi = paired_gain(d, level)[0] or (float("nan"), float("nan"))
         said = (st.get("decision") or {}).get("verdict")
         measured = "better" if lo > 0 else "worse" if hi < 0 else "cannot tell"
         out[k] = {"gain_by_seed": d.tolist(), "gain": float(d.mean()), "interval": [lo, hi], "measured_verdict": measured,

@@ -64,6 +64,13 @@ class NoiseModel:
         v = float(np.var(y))
         return float(1 - self.paired_sd ** 2 / v) if v > 0 else float("nan")
 
+    @classmethod
+    def from_json(cls, d: dict) -> NoiseModel:
+        """What to_json wrote (a saved fit's), for predict."""
+        return cls(d["replicated_mixtures"], d["proxies"], d["seeds"], d["dof"], d["sd_within_seed"], d["sd_seed"],
+                   d["sd_one_proxy"], d["offset_se"],
+                   tuple((tuple(m["weights"]), m["sd"], m["runs"]) for m in d["per_mixture"]), d["bartlett_p"])
+
     def to_json(self) -> dict:
         return {"replicated_mixtures": self.mixtures, "proxies": self.proxies, "seeds": self.seeds, "dof": self.dof,
                 "sd_within_seed": self.sd_within, "sd_seed": self.sd_seed, "sd_one_proxy": self.sd_total,

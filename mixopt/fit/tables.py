@@ -250,21 +250,18 @@ def predict_mixtures(fit_dir: Path, mixtures: Path, key: str | None = None,
 
 
 def prediction_intervals(decision: dict | None, X: np.ndarray, pred: np.ndarray) -> np.ndarray | None:
-    """The fit's calibrated intervals at any mixture: its conformal model error (held-out residuals
-    less the seed noise) and the seed shift's uncertainty for the mean; plus one proxy's seed noise
-    (the nearest replicated mixture's where the noise depends on the mixture) for a new proxy."""
-    from scipy.stats import norm
+    """The fit's calibrated intervals at any mixture (rows: seed-mean low, high; one new proxy low,
+    high): its conformal model error over every run and the seed shift's uncertainty for the mean,
+    plus one proxy's seed noise at that mixture (NoiseModel.sd_at) for a new proxy."""
+    from mixopt.fit.noise import NoiseModel
+    from mixopt.fit.verdict import mean_interval, proxy_interval
 
     if not decision or decision.get("model_halfwidth") is None or not decision.get("reliable", True):
         return None
-    z = norm.ppf(0.5 + decision["level"] / 2)
-    noise = decision.get("noise") or {}
-    h = math.hypot(decision["model_halfwidth"], z * (noise.get("offset_se") or 0.0))
-    sd = np.full(len(X), noise.get("sd_one_proxy") or 0.0)
-    if noise.get("mixture_dependent"):
-        W = np.array([m["weights"] for m in noise["per_mixture"]])
-        near = np.abs(X[:, None, :] - W[None]).sum(-1).argmin(1)
-        seed = noise.get("sd_seed") or 0.0
-        sd = np.maximum(sd, np.array([math.hypot(noise["per_mixture"][i]["sd"], seed) for i in near]))
-    hp = np.hypot(h, z * sd)
-    return np.column_stack([pred - h, pred + h, pred - hp, pred + hp])
+    level = decision["level"]
+    noise = NoiseModel.from_json(decision["noise"]) if decision.get("noise") else None
+    out = []
+    for x, p in zip(X, pred):
+        mean = mean_interval(float(p), None, decision["model_halfwidth"], noise.offset_se if noise else 0.0, level)
+        out.append([*mean, *proxy_interval(float(p), mean, noise.sd_at(x) if noise else None, level)])
+    return np.array(out).reshape(len(X), 4)

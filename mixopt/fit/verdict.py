@@ -132,6 +132,19 @@ def gain_against(name: str, pred_w: float, pred_other: float, boot_w: np.ndarray
     return Gain(name, g, float(lo), float(hi), float(norm.cdf(g / sd)), measured is not None)
 
 
+def paired_gain(diffs: np.ndarray, level: float) -> tuple[tuple[float, float] | None, float | None]:
+    """(t interval, P(better)) of the mean of paired differences (other - recommendation, seed by
+    seed); (None, None) from one seed."""
+    from scipy.stats import t as student
+
+    k = len(diffs)
+    if k < 2:
+        return None, None
+    mean, se = float(np.mean(diffs)), float(np.std(diffs, ddof=1) / math.sqrt(k))
+    q = float(student.ppf(0.5 + level / 2, k - 1))
+    return (mean - q * se, mean + q * se), float(student.cdf(mean / se, k - 1)) if se > 0 else float(mean > 0)
+
+
 def decide(gains: list[Gain], reliable: bool, h_model: float, noise: NoiseModel | None, level: float,
            n_domains: int, reason: str | None = None) -> tuple[str, str, str | None]:
     """(verdict, the plain line, the cheapest next step) against the prior (gains[0])."""

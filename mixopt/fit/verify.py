@@ -15,6 +15,7 @@ from mixopt.core.mixtures import Mixture, read_mixtures
 from mixopt.errors import MixoptError
 from mixopt.fit.noise import collapse_replicates
 from mixopt.fit.recommend import experiment_swarm, fit_swarm
+from mixopt.fit.verdict import paired_gain
 from mixopt.fit.reuse import model_space
 from mixopt.sweep.reeval import record_scores
 from mixopt.sweep.run import run_sweep
@@ -108,8 +109,6 @@ def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime(), seeds: 
     domains as one virtual domain): predictions are that model's, and the prior's is at the prior's
     point of the reduced space (the unchanged domains' prior mass at the virtual proportions), while
     its proxy trains on the exact prior."""
-    from scipy.stats import t as student
-
     from mixopt.fit.tables import load_fit
 
     if seeds < 1:
@@ -143,12 +142,7 @@ def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime(), seeds: 
     y = np.asarray(meta.get("measured") or swarm.y, float)
     diffs = np.array(prior.values) - np.array(rec.values)  # paired by seed
     level = float(meta.get("settings", {}).get("ci", 0.9))
-    gain_ci = p_better = None
-    if seeds > 1:
-        se = float(np.std(diffs, ddof=1) / np.sqrt(seeds))
-        q = float(student.ppf(0.5 + level / 2, seeds - 1))
-        gain_ci = (float(diffs.mean() - q * se), float(diffs.mean() + q * se))
-        p_better = float(student.cdf(diffs.mean() / se, seeds - 1)) if se > 0 else float(diffs.mean() > 0)
+    gain_ci, p_better = paired_gain(diffs, level)
     decision = meta.get("decision") or {}
     interval = (doc.get("interval") or {}).get("predicted_objective")
     return Verification(
