@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--sizes", default=None, help="comma-separated proxy sizes (default: tiny,1m on CPU; all on GPU)")
     ap.add_argument("--proxies", type=int, default=4, help="N of the batched measurement")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=REPEATS, help=f"timings per run, medians kept (default {REPEATS})")
     ap.add_argument("--compile-sizes", default=None, help="sizes to time torch.compile on (default: tiny on CPU, "
                                                           "all on GPU; 'none' to skip)")
     ap.add_argument("--threads", type=int, default=None,
@@ -55,6 +56,7 @@ def main() -> None:
                                                            "records auto's choice on a GPU instead)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/trainer.json"))
     args = ap.parse_args()
+    repeats = max(1, args.repeats)
     import torch
 
     from mixopt.config.schema import Proxy
@@ -71,7 +73,7 @@ def main() -> None:
     peak = _peak_tflops(name) if device == "cuda" else None
     rng = np.random.default_rng(0)
     out = {"device": device, "device_name": name, "cores": os.cpu_count(), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "steps": args.steps, "repeats": REPEATS,
+           "threads": torch.get_num_threads(), "steps": args.steps, "repeats": repeats,
            "precision": precision_name(device), "bf16_peak_tflops": peak, "sizes": {}}
     for size in sizes:
         spec = proxy_spec(Proxy(size=size, tokens=1), vocab_size=8192)
@@ -93,7 +95,11 @@ def main() -> None:
                      "one_loop_n1_tf32": (1, one_loop(1, autocast=False, tf32=True))}
         row = {"steps": spec.steps, "tokens_per_step_per_proxy": spec.batch_size * spec.seq_len,
                "flops_per_token": _flops_per_token(spec)}
-        row |= _time_runs(runs, spec, step_tokens, device, peak, row["flops_per_token"])
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        row |= _time_runs(runs, spec, step_tokens, device, peak, row["flops_per_token"], repeats)
+        if device == "cuda":  # the largest of the runs above: N proxies batched, for this size
+            row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         ref = row["plain_loop"]["tokens_per_s"]
         for k in runs:
             if k != "plain_loop":
@@ -103,23 +109,31 @@ def main() -> None:
         if size in compile_sizes:
             row["compile"] = _compile_rows(spec, streams, mixtures, device, step_tokens, row)
         out["sizes"][size] = row
+        _write(args.out, out)  # after every size: a run cut short keeps what it measured
         print(json.dumps({size: row}), flush=True)
     if args.demo_config.is_file() and not args.no_auto:
         out["demo_compile"] = _auto_compile_demo(args.demo_config, device)
         print(json.dumps({"demo_compile": out["demo_compile"]}), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    _write(args.out, out)
     print(json.dumps(out, indent=2))
 
 
-def _time_runs(runs: dict, spec, step_tokens: int, device: str, peak, flops_per_token: float) -> dict:
-    """Each run warmed up on 2 steps, then timed REPEATS times interleaved; medians."""
+def _write(path: Path, out: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _time_runs(runs: dict, spec, step_tokens: int, device: str, peak, flops_per_token: float,
+               repeats: int = REPEATS) -> dict:
+    """Each run warmed up on 2 steps, then timed `repeats` times interleaved; medians."""
     short = replace(spec, tokens=spec.seq_len * spec.batch_size * 2)
     for _, fn in runs.values():  # first-call allocations, kernel selection
         fn(short)
     seconds = {k: [] for k in runs}
     cpu = {k: [] for k in runs}
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         for k, (_, fn) in runs.items():
             wall, used = _timed(lambda: fn(spec), device)
             seconds[k].append(wall)

@@ -1,0 +1,72 @@
+"""`make gpu-check` (bench/gpu_check.sh -> bench/gpu_check.py) rehearsed on the CPU: the same steps
+as on a GPU, small, each writing its figures as it goes, under one deadline, ending in a one-screen
+summary. A GPU is lent to few sessions for 15 minutes: this is how we know the check runs there."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu_check.sh"
+
+
+def _check(out: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), "--out", str(out), *args], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "PYTHON": sys.executable})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU `make gpu-check` runs the real thing")
+def test_rehearsal_runs_every_step_and_writes_every_figure(tmp_path):
+    r = _check(tmp_path, "--rehearse")
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert result["rehearsal"] is True and list(result["steps"]) == ["env", "tests", "trainer", "sweep", "ray"]
+    assert {name: s["status"] for name, s in result["steps"].items()} == dict.fromkeys(result["steps"], "ok")
+    assert result["env_figures"]["missing"] == [] and result["env_figures"]["cuda_available"] is False
+    assert result["tests"]["tests"] >= 7 and result["tests"]["failures"] == result["tests"]["errors"] == 0
+    tiny = result["trainer_figures"]["sizes"]["tiny"]
+    assert tiny["one_loop_n1"]["tokens_per_s"] > 0 and tiny["one_loop_n2"]["tokens_per_s"] > 0
+    sweep = result["sweep_figures"]
+    assert sweep["runs"] == sweep["trained"] == 8 and sweep["failed"] == 0
+    # The suite gained one evaluation after the sweep: every run evaluated on it, none retrained.
+    assert sweep["reeval"]["evaluated"] == 8 and sweep["reeval"]["evaluations"] == 8 and not sweep["reeval"]["failed"]
+    summary = (tmp_path / "summary.txt").read_text().splitlines()
+    assert len(summary) <= 40 and summary == r.stdout.splitlines()[-len(summary):]
+    assert any(line.startswith("  trainer tiny: one at a time ") for line in summary)
+    assert any(line.startswith("  sweep: 8/8 trained, 0 failed") for line in summary)
+    for step in result["steps"]:  # every step's log kept next to the JSON
+        assert (tmp_path / f"{step}.log").is_file()
+
+
+def test_a_spent_deadline_skips_steps_and_still_writes_the_json(tmp_path):
+    """No step starts with under 15 s left; gpu.json and summary.txt say which were skipped and why."""
+    r = _check(tmp_path, "--rehearse", "--deadline", "5")
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert all(s["status"] == "skipped" and s["why"].startswith("deadline:") for s in result["steps"].values())
+    assert "env      skipped" in (tmp_path / "summary.txt").read_text()
+
+
+def test_a_step_past_its_time_is_killed_and_the_rest_still_run(tmp_path, monkeypatch):
+    """A hung step (here: the env probe replaced by one that never ends) is killed with its process
+    group at its cap; its log tail is kept, and the following steps still run."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    marker = tmp_path / "started"
+    row = gpu_check._step("hang", [sys.executable, "-c", f"import pathlib, time; pathlib.Path({str(marker)!r}).touch(); "
+                                                        "print('about to hang', flush=True); time.sleep(3600)"],
+                          cap=5, env=dict(os.environ), out=tmp_path)
+    assert row["status"] == "timeout" and row["exit_code"] is None
+    if marker.exists():  # the child got as far as printing (on any but a stalled machine)
+        assert row["log_tail"] == ["about to hang"]
+    text = gpu_check.summary({"deadline_s": 480, "seconds": 5, "steps": {"hang": row}})
+    assert "hang     timeout" in text
