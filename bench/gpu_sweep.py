@@ -43,10 +43,6 @@ def main() -> None:
     # The rehearsal leaves compile off: measuring it costs ~30 CPU-s on 2 cores, more than its sweep.
     runtime = Runtime(device=args.device, batch_proxies="auto", compile="off" if args.small else "auto", say=lambda m: (lines.append(m), print(m, flush=True)))
     cuda = _cuda_device(args.device)
-    if cuda:
-        import torch
-
-        torch.cuda.reset_peak_memory_stats()
     report = run_sweep(exp, runtime)
     seconds = time.perf_counter() - t0
     ws = exp.workspace_dir
@@ -82,18 +78,30 @@ def _cuda_device(device: str) -> bool:
 
 
 def _memory_vs_estimate(exp, proxies: int) -> dict:
-    """The sweep's peak GPU memory (this process trained in-process, workers 1) against what
-    mixopt's estimate (memory_per_proxy: fixed + N x per proxy) said `proxies` batched would take."""
+    """Peak GPU memory of `proxies` proxies of the sweep's spec trained together for 2 steps here
+    (the sweep itself trains in a worker process), against mixopt's estimate for that batch
+    (memory_per_proxy: fixed + N x per proxy, from its own dry runs at N = 1 and 2)."""
+    from dataclasses import replace
+
+    import numpy as np
     import torch
 
     from mixopt.proxy.model import proxy_spec
-    from mixopt.proxy.train import memory_per_proxy
+    from mixopt.proxy.train import memory_per_proxy, train_proxies
 
-    peak = torch.cuda.max_memory_allocated()
     spec = proxy_spec(exp.config.proxy, vocab_size=exp.config.sample.tokenizer.vocab_size)
     fixed, per = memory_per_proxy(spec, "cuda:0")
+    two = replace(spec, tokens=spec.seq_len * spec.batch_size * 2)
+    streams = [np.arange(200_000, dtype=np.int64) % spec.vocab_size]
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    W, _, _ = train_proxies(two, [(1.0,)] * proxies, streams, 0, "cuda:0")
+    del W
+    peak = torch.cuda.max_memory_allocated() - base
+    torch.cuda.empty_cache()
     estimate = fixed + proxies * per
-    return {"peak_gib": round(peak / 2**30, 2), "estimate_gib": round(estimate / 2**30, 2),
+    return {"peak_gib": round(peak / 2**30, 3), "estimate_gib": round(estimate / 2**30, 3),
             "ratio": round(peak / max(estimate, 1), 2), "proxies": proxies}
 
 

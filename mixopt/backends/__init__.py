@@ -19,7 +19,7 @@ def make_backend(runtime, fn, on_progress, exp, workspace) -> Backend:
     experiment's resources per task."""
     name, workers = runtime.backend, runtime.workers
     if name == "local":
-        return LocalBackend(fn, workers, on_progress)
+        return LocalBackend(fn, workers, on_progress, processes=workers > 1 or _on_cuda(runtime.device))
     if name == "ray":
         from mixopt.backends.ray import RayBackend
 
@@ -34,6 +34,17 @@ def make_backend(runtime, fn, on_progress, exp, workspace) -> Backend:
                             gpus=exp.resources.gpus, cpus=exp.resources.cpus, mem_gb=cfg.mem_gb,
                             say=runtime.say)
     raise MixoptError(f"unknown backend '{name}'", f"use one of: {', '.join(BACKENDS)}")
+
+
+def _on_cuda(device: str) -> bool:
+    """Whether local tasks will train on a CUDA GPU (device `auto` takes one when there is one)."""
+    if device.startswith("cuda"):
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 __all__ = ["BACKENDS", "Backend", "Failure", "LocalBackend", "make_backend", "run_local"]

@@ -25,12 +25,16 @@ class LocalBackend(Backend):
 
     name = "local"
 
-    def __init__(self, fn: Callable, workers: int = 1, on_progress: ProgressFn | None = None):
+    def __init__(self, fn: Callable, workers: int = 1, on_progress: ProgressFn | None = None,
+                 processes: bool | None = None):
+        """`processes`: run tasks in worker processes (default: when workers > 1). A CUDA sweep asks
+        for them even at workers=1: a CUDA error can kill a process's context, and a worker process
+        is replaced where the driver's own would fail every later task."""
         self.fn, self.workers, self.on_progress = fn, workers, on_progress
-        self.pending: list = []  # workers=1: tasks waiting to run in this process
+        self.pending: list = []  # in-process: tasks waiting to run in this process
         self.futures: dict = {}
         self.pool = None
-        if workers > 1:
+        if workers > 1 if processes is None else processes:
             ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
             self.events = ctx.Queue()
             self.stop = threading.Event()

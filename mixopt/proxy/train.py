@@ -137,9 +137,20 @@ def autocast_dtype(device: str):
     CPU runs are bitwise reproducible; GPU runs agree within tolerance (README, "Determinism")."""
     import torch
 
-    if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if str(device).startswith("cuda") and torch.cuda.is_available() and _native_bf16():
         return torch.bfloat16
     return None
+
+
+def _native_bf16() -> bool:
+    """bf16 in hardware (compute capability >= 8.0): a V100 or T4 reports bf16 "supported" by
+    emulation, several times slower than its float32, so those train in float32."""
+    import torch
+
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3: no emulation to tell apart; the capability says it
+        return torch.cuda.get_device_capability()[0] >= 8
 
 
 def precision_name(device: str) -> str:
@@ -257,7 +268,15 @@ def memory_per_proxy(spec: ProxySpec, device: str) -> tuple[int, int]:
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        W, _, _ = train_proxies(one_step, [(1.0,)] * n, streams, 0, device)
+        try:
+            W, _, _ = train_proxies(one_step, [(1.0,)] * n, streams, 0, device)
+        except torch.OutOfMemoryError:
+            if n == 1:
+                raise  # not even one proxy fits: the sweep's own training says so, per run
+            # Two do not fit where one does: count all of one proxy's peak as "per proxy", so the
+            # batch comes out at 1 (or what the free memory holds at that rate), never a crash.
+            torch.cuda.empty_cache()
+            return 0, max(1, peaks[0])
         del W
         peaks.append(torch.cuda.max_memory_allocated(device) - base)
     torch.cuda.empty_cache()

@@ -168,7 +168,9 @@ def record_choice(ws: Workspace, sweep_id: int, choice: BatchChoice, compiled: C
 
 
 def _with_threads(threads: int, fn):
-    """fn() with torch on `threads` threads (what each worker will have; 0: unchanged)."""
+    """fn() with torch on `threads` threads (what each worker will have; 0: unchanged). A measurement
+    on a GPU hands its cached memory back afterwards: the driver's allocator would otherwise keep
+    it reserved, and a worker process training on the same GPU would run out of memory."""
     import torch
 
     old = torch.get_num_threads()
@@ -178,6 +180,8 @@ def _with_threads(threads: int, fn):
         return fn()
     finally:
         torch.set_num_threads(old)
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
 
 
 def _one_device(device: str) -> str:

@@ -92,8 +92,9 @@ def train_task(task: TrainTask, progress: Progress | None = None) -> tuple[RunRe
     except torch.OutOfMemoryError:
         if len(task.runs) == 1:
             raise
-    except torch.AcceleratorError as e:
-        lose_worker(e)
+    except Exception as e:
+        if context_lost(device):
+            lose_worker(e)
         raise
     torch.cuda.empty_cache()
     half = len(task.runs) // 2
@@ -117,6 +118,22 @@ def _train_runs(task: TrainTask, runs: tuple[TrainRun, ...], device: str, progre
     return tuple(finish_run(task, run, sha, own, dict(zip(task.domains, ep)), (t1 - t0) / n, (t2 - t1) / n, m,
                             n, *where, compiled=task.compile)
                  for run, sha, own, ep, m in zip(runs, shas, losses, epochs, measured))
+
+
+def context_lost(device: str) -> bool:
+    """After an error on a CUDA device: is its context dead (every later kernel would fail)? Asked of
+    the device itself (a synchronize), not read from the error: a sticky error is a
+    torch.AcceleratorError from torch 2.8 on, a plain RuntimeError before it and from cuBLAS or
+    Triton, and the same types also carry errors that leave the context usable."""
+    if not str(device).startswith("cuda"):
+        return False
+    import torch
+
+    try:
+        torch.cuda.synchronize(device)
+    except Exception:  # noqa: BLE001 - any failure to sync means the context cannot run the next task
+        return True
+    return False
 
 
 def lose_worker(error: BaseException) -> None:
@@ -242,8 +259,9 @@ def eval_checkpoints(task: EvalTask, progress: Progress | None = None) -> tuple[
             W = load_checkpoints([p for _, p in good], device)
             t1 = time.time()
             measured = measure_models(W, task.spec, task.measures, Path(task.sample_dir), progress)
-        except torch.AcceleratorError as e:
-            lose_worker(e)
+        except Exception as e:
+            if not isinstance(e, torch.OutOfMemoryError) and context_lost(device):
+                lose_worker(e)
             raise
         load, measure = (t1 - t0) / len(good), (time.time() - t1) / len(good)
         out |= {key: EvalResult(key, m, measure, load_seconds=load) for (key, _), m in zip(good, measured)}
