@@ -142,3 +142,39 @@ def test_bf16_only_where_the_hardware_has_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     assert train.autocast_dtype("cuda:0") == torch.bfloat16
     assert train.autocast_dtype("cpu") is None
+
+
+def test_compile_auto_counts_neither_model_construction_nor_one_compile_thread_on_a_gpu(monkeypatch):
+    """--compile auto's measurement on a clock that advances by what each run costs: building the
+    model (0.5 s), each step (eager 0.10 s, compiled 0.08 s), compiling once (20 s). It must find
+    exactly 20 s, 0.10 s and 0.08 s: construction in neither step time nor the compile."""
+    from mixopt.proxy import speed
+
+    clock = [0.0]
+    compiled_once = []
+    threads = []
+
+    def fake_train(spec, mixtures, streams, seed, device, compile=False):
+        import torch._inductor.config as inductor
+
+        clock[0] += 0.5 + spec.steps * (0.08 if compile else 0.10)
+        if compile and not compiled_once:
+            compiled_once.append(True)
+            threads.append(inductor.compile_threads)
+            clock[0] += 20.0
+
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor, "compile_threads", 4)  # a worker's default on a 4-core machine
+    monkeypatch.setattr(speed, "train_proxies", fake_train)
+    monkeypatch.setattr(speed, "_cpu_seconds", lambda: clock[0])
+    t = speed.compile_timings(SPEC, 2, "cpu")
+    assert t == pytest.approx({"compile_seconds": 20.0, "eager_step": 0.10, "compiled_step": 0.08})
+    assert threads == [1]  # on a CPU the count is CPU seconds: compiled in this process
+    # On a GPU the wall clock counts, and the compile uses the threads a worker would.
+    compiled_once.clear()
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    t = speed.compile_timings(SPEC, 2, "cuda:0")
+    assert t == pytest.approx({"compile_seconds": 20.0, "eager_step": 0.10, "compiled_step": 0.08})
+    assert threads == [1, 4]
