@@ -178,3 +178,67 @@ def test_compile_auto_counts_neither_model_construction_nor_one_compile_thread_o
     t = speed.compile_timings(SPEC, 2, "cuda:0")
     assert t == pytest.approx({"compile_seconds": 20.0, "eager_step": 0.10, "compiled_step": 0.08})
     assert threads == [1, 4]
+
+
+def test_evaluation_out_of_memory_splits_the_batch(monkeypatch, tmp_path):
+    from mixopt.core.keys import file_sha256
+
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"{i}.safetensors")
+        paths[-1].write_bytes(bytes([i]) * 10)
+    tried = []
+
+    def measure(W, spec, measures, sample_dir, progress=None):
+        tried.append(len(W))
+        if len(W) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+        return [{"heldout/x": {"bpb": 1.0}}] * len(W)
+
+    monkeypatch.setattr(work, "load_checkpoints", lambda ps, device: list(ps))
+    monkeypatch.setattr(work, "measure_models", measure)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    task = work.EvalTask(keys=tuple(f"r{i}" for i in range(5)), checkpoints=tuple(map(str, paths)),
+                         sha256s=tuple(file_sha256(p) for p in paths), spec=SPEC, sample_dir=str(tmp_path),
+                         measures=(), device="cpu")
+    got = work.eval_checkpoints(task)
+    assert [r.key for r in got] == ["r0", "r1", "r2", "r3", "r4"] and all(r.measurements for r in got)
+    assert tried == [5, 2, 3, 1, 2]
+
+
+def test_a_sweep_reports_the_runs_it_could_not_re_evaluate(swept, tmp_path, monkeypatch):
+    """The suite gained an evaluation; re-evaluating a finished run fails: the sweep says which, with
+    why, and exits 1 (it used to drop those failures and exit 0)."""
+    import shutil
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from mixopt.cli import app
+    from mixopt.sweep import reeval
+
+    cfg = yaml.safe_load(swept.read_text())
+    shutil.copytree(cfg["workspace"], tmp_path / "ws")
+    (tmp_path / "extra.txt").write_text("A paragraph of plain text to measure the proxies on. " * 200)
+    cfg["workspace"] = str(tmp_path / "ws")
+    cfg["fit"].pop("objective")  # the same objective, given by the suite's weights
+    cfg["evals"] = {"evaluations": [{"name": f"heldout/{d['name']}", "kind": "heldout", "domain": d["name"],
+                                     "weight": float(d["name"] == "prose")} for d in cfg["domains"]]
+                    + [{"name": "text/extra", "kind": "text", "sources": [{"path": str(tmp_path / "extra.txt")}],
+                        "weight": 0}]}
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    def broken(task, progress=None):
+        raise RuntimeError("could not read the evaluation's tokens")
+
+    monkeypatch.setattr(reeval, "eval_checkpoints", broken)
+    r = CliRunner().invoke(app, ["sweep", str(config), "--no-progress"])
+    assert r.exit_code == 1, r.output
+    failed = [line for line in r.stdout.splitlines() if line.startswith("  failed ")]
+    import re
+
+    planned = int(re.search(r"(\d+) runs planned", r.stdout).group(1))  # the swept fixture's 10: every one finished
+    assert len(failed) == planned == 10
+    assert all("evaluation (no retraining): RuntimeError: could not read" in f for f in failed)
+    assert f"0 trained, {planned} failed" in r.stdout

@@ -83,7 +83,7 @@ def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime()) -> E
     # Evaluation runs here: under ray/slurm `workers` is the cluster's width, not ours. Worker
     # processes pay off only for work much longer than their start-up (importing torch, seconds),
     # and only with a device each: one process's stacked pass already uses every core.
-    workers = min(len(tasks), runtime.workers if runtime.backend == "local" else os.cpu_count() or 1)
+    workers = min(len(tasks), runtime.workers if runtime.backend == "local" else _local_devices())
     if workers > 1 and not _worth_processes(plan, tasks, runtime):
         workers = 1
     threads = worker_threads(workers)
@@ -140,6 +140,14 @@ def eval_tasks(plan: Plan, runs: dict, missing: dict[str, list], device: str | N
 
 
 IN_PROCESS_FLOP = 2e12  # below this, evaluation runs in the driver's process: ~1 min of 2 CPU cores
+
+
+def _local_devices() -> int:
+    """Under ray/slurm evaluation still runs on this (head) machine: one process per GPU it has,
+    at most (each sizes its passes on its own GPU's memory); one on a CPU-only head."""
+    import torch
+
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
 def _worth_processes(plan: Plan, tasks: list[EvalTask], runtime: Runtime) -> bool:

@@ -91,6 +91,9 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
         flag_damaged(plan, store, runtime.say)
         ev = evaluate_stored(plan, store, runtime)
         report.reevaluated = ev.runs
+        # A run that could not be evaluated keeps its result but lacks what the suite added: a
+        # failure of this sweep (exit 1), retried by the next sweep or `mixopt eval`.
+        report.failed += [(k, f"evaluation (no retraining): {e}") for k, e in ev.failed]
         done = {r.key for r in plan.runs(store, "done")}
         report.already_done = sum(k in done for k in plan.keys)
         runs = {k: _run(plan, k, m, exp.seed) for k, m in zip(plan.keys, plan.mixtures) if k not in done}
@@ -160,7 +163,8 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
         done = {r.key for r in plan.runs(store, "done")}
         report.elsewhere = sum(k in done for k in runs) - report.trained - report.adopted
         if report.adopted:  # adopted sidecars may predate the current suite
-            evaluate_stored(plan, store, runtime)
+            late = evaluate_stored(plan, store, runtime)
+            report.failed += [(k, f"evaluation (no retraining): {e}") for k, e in late.failed]
         record_scores(plan, store)
         store.finish_sweep(sweep_id, report.trained, ev.evaluations)
     report.seconds = time.time() - t0

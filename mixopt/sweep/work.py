@@ -259,6 +259,16 @@ def eval_checkpoints(task: EvalTask, progress: Progress | None = None) -> tuple[
             W = load_checkpoints([p for _, p in good], device)
             t1 = time.time()
             measured = measure_models(W, task.spec, task.measures, Path(task.sample_dir), progress)
+        except torch.OutOfMemoryError:
+            if len(task.keys) == 1:
+                raise
+            # As training does: the batch again as two halves (loaded and measured separately).
+            W = None
+            torch.cuda.empty_cache()
+            half = len(task.keys) // 2
+            return tuple(r for part in (slice(0, half), slice(half, None))
+                         for r in eval_checkpoints(replace(task, keys=task.keys[part], checkpoints=task.checkpoints[part],
+                                                           sha256s=task.sha256s[part]), progress))
         except Exception as e:
             if not isinstance(e, torch.OutOfMemoryError) and context_lost(device):
                 lose_worker(e)
