@@ -80,6 +80,10 @@ DEVICE = typer.Option("auto", help="Where proxies train and evaluate: auto (a GP
                                    "cpu, cuda or cuda:N.")
 
 
+FORCE = typer.Option(False, "--force", help="Replace an existing file mixopt did not write (never the config, "
+                                          "its inputs or the workspace's records).")
+
+
 def _finite_at_least_0(value: float) -> float:
     """A number flag: finite and >= 0, by the same rule as the config's numbers (one line if not)."""
     from mixopt.config.validate import check_finite
@@ -478,11 +482,15 @@ def _against(path: Optional[Path], domains: list[str]) -> list:
 
 @app.command()
 def report(config: Path = CONFIG,
-           output: Optional[Path] = typer.Option(None, help="The HTML file (default <workspace>/report.html).")):
+           output: Optional[Path] = typer.Option(None, help="The HTML file (default <workspace>/report.html)."),
+           force: bool = FORCE):
     """Write one self-contained HTML page: recommendation, CV, runs, effect curves, suites, warnings."""
     from mixopt.fit.html_report import write_report
 
-    r = write_report(_load(config), output, _runtime(progress=False, say=lambda m: typer.echo(m, err=True)))
+    exp = _load(config)
+    own = exp.workspace_dir / "report.html"
+    out = _output(exp, output or own, "--output", force, owned_inside=(own,))
+    r = write_report(exp, out, _runtime(progress=False, say=lambda m: typer.echo(m, err=True)))
     typer.echo(f"report on {r.runs} runs ({len(r.warnings)} warnings) written to {r.path}")
 
 
@@ -493,8 +501,20 @@ def export_model(config: Path = CONFIG,
     """Write a run's proxy as a Hugging Face model folder (transformers, lm_eval --model hf load it)."""
     from mixopt.sweep.hf_model import export_run_model
 
-    key, out = export_run_model(_load(config), run, output)
+    exp = _load(config)
+    if output is not None:
+        output = _output(exp, output, "--output", False, owned_inside=(exp.workspace_dir / "hf",), folder=True)
+    key, out = export_run_model(exp, run, output)
     typer.echo(f"run {key[:12]} written to {out} (config.json, model.safetensors, tokenizer)")
+
+
+def _output(exp, path: Path, flag: str, force: bool, owned_inside=(), folder: bool = False) -> Path:
+    """An output path checked against the experiment (its workspace and inputs), before any work."""
+    from mixopt.core.outputs import check_output
+    from mixopt.data.sources import local_inputs
+
+    return check_output(path, flag, force=force, workspace=exp.workspace_dir, owned_inside=owned_inside,
+                        protected=tuple(local_inputs(exp)), folder=folder)
 
 
 def _stderr(message: str) -> None:
@@ -659,18 +679,25 @@ def check(config: Path = CONFIG,
 
 
 @app.command()
-def schema(out: Optional[Path] = typer.Option(None, help="Write it to this file (default: stdout).")):
+def schema(out: Optional[Path] = typer.Option(None, help="Write it to this file (default: stdout)."),
+           force: bool = FORCE):
     """The config's JSON Schema, for editors (e.g. `# yaml-language-server: $schema=mixopt.schema.json`)."""
-    from mixopt.config.schema import experiment_json_schema
-    from mixopt.core.workspace import atomic_write_text
+    from mixopt.config.schema import SCHEMA_TITLE, experiment_json_schema
+    from mixopt.core.outputs import check_output, write_output
 
     text = json.dumps(experiment_json_schema(), indent=2) + "\n"
     if out is None:
         typer.echo(text, nl=False)
         return
-    if out.is_dir():
-        raise MixoptError(f"--out {out} is a folder", "name a file, e.g. --out mixopt.schema.json")
-    atomic_write_text(out, text)
+
+    def looks_mine(path: Path) -> bool:  # no workspace to record it in: a schema mixopt wrote says so
+        try:
+            return path.stat().st_size < 1 << 24 and json.loads(path.read_bytes()).get("title") == SCHEMA_TITLE
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    real = check_output(out, "--out", force=force, looks_mine=looks_mine)
+    write_output(real, text.encode(), "--out")
     typer.echo(f"written: {out}")
 
 
@@ -683,19 +710,23 @@ class ExportFormat(str, Enum):
 @app.command()
 def export(config: Path = CONFIG, format: ExportFormat = typer.Option(ExportFormat.csv, "--format"),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here (default: stdout; "
-                                                                              "Parquet needs a file).")):
+                                                                              "Parquet needs a file)."),
+           force: bool = FORCE):
     """One row per run: key, origin, weights, objective under the current suite, every measurement,
     train loss, tokens, seconds, status. `mixopt fit --runs FILE --target objective` reads it back."""
-    from mixopt.sweep.export import export_rows, export_table, write_export
+    from mixopt.core.outputs import write_output
+    from mixopt.sweep.export import export_rows, export_table
 
     if format is ExportFormat.parquet and output is None:
         raise MixoptError("Parquet is binary: --format parquet needs --output FILE", "e.g. --output runs.parquet")
-    columns, rows = export_rows(_load(config))
+    exp = _load(config)
+    real = _output(exp, output, "--output", force) if output is not None else None
+    columns, rows = export_rows(exp)
     data = export_table(columns, rows, format.value)
-    if output is None:
+    if real is None:
         sys.stdout.write(data.decode())
         return
-    write_export(data, output)
+    write_output(real, data, "--output", exp.workspace_dir)
     typer.echo(f"{len(rows)} runs written to {output}", err=True)
 
 

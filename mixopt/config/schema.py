@@ -313,6 +313,9 @@ class Experiment(_Strict):
         return self.sample.train_tokens or self.proxy.tokens
 
 
+SCHEMA_TITLE = "mixopt experiment"  # `schema --out` knows its own earlier file by it
+
+
 def experiment_json_schema() -> dict:
     """The config as a JSON Schema (for editors), as users write it: without the keys mixopt sets,
     with the short forms the loader accepts (a source as a bare path, `evals:` as a suite file name)."""
@@ -329,4 +332,4 @@ def experiment_json_schema() -> dict:
                                                {"$ref": "#/$defs/EvalSuite"}, {"type": "null"}], "default": None}
     schema["properties"]["name"]["description"] = "default: the config file's name"
     schema["required"] = [r for r in schema.get("required", []) if r != "name"]
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": "mixopt experiment"}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": SCHEMA_TITLE}

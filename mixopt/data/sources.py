@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixopt.config.schema import Source
+from mixopt.config.schema import Experiment, Source
 from mixopt.errors import MixoptError
 
 TEXT_EXTENSIONS = (".txt", ".md", ".rst", ".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".java", ".js",
@@ -85,6 +85,47 @@ def resolve_path(p: str, base_dir: str | Path) -> str:
         return p
     q = Path(p).expanduser()
     return str(q if q.is_absolute() else (Path(base_dir) / q).absolute())
+
+
+def local_root(p: str, base_dir: str | Path) -> Path | None:
+    """The local file or folder a source path reads from (a glob: its folder before the first wildcard);
+    None for a URL."""
+    where = resolve_path(p, base_dir)
+    if _is_url(where):
+        return None
+    if _has_magic(where):
+        fixed = []
+        for part in Path(where).parts:
+            if _has_magic(part):
+                break
+            fixed.append(part)
+        return Path(*fixed)
+    return Path(where)
+
+
+def local_inputs(exp: Experiment) -> list[tuple[Path, str]]:
+    """(path, what it is) of every local file or folder the config reads: the config, its suite file,
+    the domains' and evaluations' sources, a given tokenizer. Outputs never land on or in them."""
+    out = [(Path(exp.config_path), "the config")] if exp.config_path else []
+    for d in exp.domains:
+        for s in d.sources:
+            roots = [local_root(p, exp.base_dir) for p in source_paths(s)]
+            if s.hub and Path(_hub_target(s, exp.base_dir)).is_dir():
+                roots.append(Path(_hub_target(s, exp.base_dir)))
+            out += [(r, f"a source of domain '{d.name}' ({r})") for r in roots if r is not None]
+    if exp.sample.tokenizer.path:
+        out.append((exp.resolve(exp.sample.tokenizer.path), "the config's tokenizer"))
+    if exp.evals is not None:
+        suite = exp.evals
+        if suite.path:
+            out.append((Path(suite.path), "the eval suite file"))
+        for e in suite.evaluations:
+            if e.path and e.kind in ("choice", "lm_eval"):
+                out.append((suite.resolve(e.path), f"the data of evaluation '{e.name}' ({suite.resolve(e.path)})"))
+            for s in e.sources or []:
+                roots = [local_root(p, suite.base_dir) for p in source_paths(s)]
+                out += [(r, f"a source of evaluation '{e.name}' ({r})") for r in roots if r is not None]
+    return out
 
 
 def list_shards(source: Source, base_dir: str | Path = ".") -> list[Shard]:

@@ -1,0 +1,275 @@
+"""The hostile catalogue, part two: where mixopt writes (output paths of every verb that writes one),
+secrets in source URLs, a workspace inside a source folder, and the messages of odd situations.
+
+The catalogue cases follow tests/test_hostile.py: exit 2, one `error: ` line, no traceback, nothing on
+stdout, the case folder byte-identical. The tests after it need trained runs (the shared `swept`
+workspace) or check what a verb does when it succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_hostile import SUITE_OK, Case, _suite, cli, saved_fit, sampled, snapshot  # noqa: F401 (fixtures)
+
+CASES: dict[str, tuple] = {}
+
+
+def case(expect: str):
+    def register(fn):
+        CASES[fn.__name__] = (fn, expect)
+        return fn
+    return register
+
+
+# --- output paths: never the workspace's records, the config or its inputs, a device, a user's file ---
+
+@case("--output ws/mixopt.db is inside the workspace")
+def output_export_over_the_store(t):
+    ws = t.sampled()
+    (ws / "mixopt.db").write_bytes(b"the store\n")
+    return ["export", t.config(), "--output", "ws/mixopt.db"]
+
+
+@case("--output ws/mixopt.db is inside the workspace")
+def output_report_over_the_store(t):
+    ws = t.sampled()
+    (ws / "mixopt.db").write_bytes(b"the store\n")
+    return ["report", t.config(), "--output", "ws/mixopt.db", "--force"]
+
+
+@case("--output ws/sample/manifest.json is inside the workspace")
+def output_report_over_the_manifest(t):
+    t.sampled()
+    return ["report", t.config(), "--output", "ws/sample/manifest.json"]
+
+
+@case("--output c.yaml is the config; choose another path")
+def output_report_over_the_config(t):
+    t.sampled()
+    return ["report", t.config(), "--output", "c.yaml", "--force"]
+
+
+@case("--output c.yaml is the config")
+def output_export_over_the_config(t):
+    t.sampled()
+    return ["export", t.config(), "-o", "c.yaml", "--force"]
+
+
+@case("--output suite.yaml is the eval suite file")
+def output_export_over_the_suite(t):
+    t.sampled()
+    return ["export", _suite(t, [SUITE_OK]), "-o", "suite.yaml", "--force"]
+
+
+@case("is inside a source of domain 'legal'")
+def output_export_into_a_source_folder(t):
+    t.sampled()
+    return ["export", t.config(), "-o", t.corpora / "legal" / "runs.csv"]
+
+
+@case("--out c.yaml exists and mixopt did not write it; pass --force to replace it")
+def output_schema_over_the_config(t):
+    t.config()
+    return ["schema", "--out", "c.yaml"]
+
+
+@case("--output notes.csv exists and mixopt did not write it; pass --force to replace it")
+def output_export_over_a_users_file(t):
+    t.sampled()
+    t.text("notes.csv", "my notes\n")
+    return ["export", t.config(), "-o", "notes.csv"]
+
+
+@case("--output notes.html exists and mixopt did not write it")
+def output_report_over_a_users_file(t):
+    t.sampled()
+    t.text("notes.html", "<p>mine</p>\n")
+    return ["report", t.config(), "--output", "notes.html"]
+
+
+@case("--output /dev/null is not a regular file")
+def output_export_device(t):
+    t.sampled()
+    return ["export", t.config(), "-o", "/dev/null", "--force"]
+
+
+@case("--out /dev/null is not a regular file")
+def output_schema_device(t):
+    return ["schema", "--out", "/dev/null", "--force"]
+
+
+@case("--output fifo is not a regular file")
+def output_export_fifo(t):
+    t.sampled()
+    os.mkfifo(t.dir / "fifo")
+    return ["export", t.config(), "-o", "fifo", "--force"]
+
+
+@case("--output /proc/version is in /proc")
+def output_export_proc(t):
+    t.sampled()
+    return ["export", t.config(), "--output", "/proc/version", "--force"]
+
+
+@case("--output out is a folder; name a file in it")
+def output_export_folder(t):
+    t.sampled()
+    (t.dir / "out").mkdir()
+    return ["export", t.config(), "-o", "out"]
+
+
+@case("--output missing/runs.csv: folder missing does not exist")
+def output_export_missing_folder(t):
+    t.sampled()
+    return ["export", t.config(), "-o", "missing/runs.csv"]
+
+
+@case("--output link is a symbolic link to a folder")
+def output_export_model_link_to_folder(t):
+    t.sampled()
+    (t.dir / "empty").mkdir()
+    (t.dir / "link").symlink_to(t.dir / "empty")
+    return ["export-model", t.config(), "best", "--output", "link"]
+
+
+@case("--output link is a symbolic link to nothing")
+def output_export_model_dangling_link(t):
+    t.sampled()
+    (t.dir / "link").symlink_to(t.dir / "nowhere")
+    return ["export-model", t.config(), "best", "--output", "link"]
+
+
+@case("--output notes.txt is not a folder")
+def output_export_model_over_a_file(t):
+    t.sampled()
+    t.text("notes.txt", "mine\n")
+    return ["export-model", t.config(), "best", "--output", "notes.txt"]
+
+
+@case("--output ws/model is inside the workspace")
+def output_export_model_into_the_workspace(t):
+    t.sampled()
+    return ["export-model", t.config(), "best", "--output", "ws/model"]
+
+
+@case("--output link is a symbolic link to nothing")
+def output_export_dangling_link(t):
+    t.sampled()
+    (t.dir / "link").symlink_to(t.dir / "nowhere.csv")
+    return ["export", t.config(), "-o", "link"]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_outputs(name, corpora, sampled, saved_fit, tmp_path):  # noqa: F811 (fixtures)
+    fn, expect = CASES[name]
+    t = Case(tmp_path / "case", corpora, sampled, saved_fit)
+    t.dir.mkdir()
+    args = fn(t)
+    before = snapshot(tmp_path)
+    r = cli(args, t.dir, t.env, t.preexec, read_only=t.read_only)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2, f"exit {r.returncode}\n{r.stderr[-3000:]}"
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert len(lines) == 1, r.stderr[-3000:]
+    assert lines[0].startswith("error: "), lines[0]
+    assert expect in lines[0], lines[0]
+    assert r.stdout == ""
+    assert snapshot(tmp_path) == before, "the case folder changed"
+
+
+def test_schema_replaces_its_own_file_and_a_users_only_with_force(tmp_path):
+    """`schema --out` knows its own earlier file (the schema's title); a user's file needs --force."""
+    assert cli(["schema", "--out", "s.json"], tmp_path).returncode == 0
+    r = cli(["schema", "--out", "s.json"], tmp_path)
+    assert r.returncode == 0 and r.stdout == "written: s.json\n", r.stderr
+    (tmp_path / "mine.json").write_text('{"title": "my own"}\n')
+    r = cli(["schema", "--out", "mine.json"], tmp_path)
+    assert r.returncode == 2 and "pass --force to replace it" in r.stderr
+    assert json.loads((tmp_path / "mine.json").read_text()) == {"title": "my own"}
+    r = cli(["schema", "--out", "mine.json", "--force"], tmp_path)
+    assert r.returncode == 0 and json.loads((tmp_path / "mine.json").read_text())["title"] == "mixopt experiment"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.json", "s.json"]  # no temp file left
+
+
+def _copy_swept(swept: Path, tmp_path: Path) -> Path:
+    """The shared trained workspace, copied with a config pointing at the copy."""
+    shutil.copytree(swept.parent / "ws", tmp_path / "ws", symlinks=True)
+    cfg = yaml.safe_load(swept.read_text())
+    cfg["workspace"] = str(tmp_path / "ws")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return tmp_path / "c.yaml"
+
+
+def _small_files(limit: int):
+    def preexec():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
+@pytest.mark.slow
+def test_outputs_of_a_trained_workspace(swept, tmp_path):
+    """export replaces its own earlier file (recorded in the workspace with its sha256), not one the user
+    edited since (without --force); report writes its own file; a full disk is one line, nothing left."""
+    cfg = _copy_swept(swept, tmp_path)
+    for _ in range(2):
+        r = cli(["export", cfg, "-o", "runs.csv"], tmp_path)
+        assert r.returncode == 0 and "runs written to runs.csv" in r.stderr, r.stderr
+    record = json.loads((tmp_path / "ws" / "outputs.json").read_text())
+    assert list(record) == [str(tmp_path / "runs.csv")]
+    (tmp_path / "runs.csv").write_text((tmp_path / "runs.csv").read_text() + "my note\n")
+    r = cli(["export", cfg, "-o", "runs.csv"], tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: --output runs.csv exists and mixopt did not write it")
+    assert (tmp_path / "runs.csv").read_text().endswith("my note\n")
+    r = cli(["export", cfg, "-o", "runs.csv", "--force"], tmp_path)
+    assert r.returncode == 0 and "my note" not in (tmp_path / "runs.csv").read_text()
+
+    # A link to a file of the user's is written through (the link stays), under the same rules.
+    (tmp_path / "link.csv").symlink_to(tmp_path / "runs.csv")
+    assert cli(["export", cfg, "-o", "link.csv", "--format", "json"], tmp_path).returncode == 0
+    assert (tmp_path / "link.csv").is_symlink() and json.loads((tmp_path / "runs.csv").read_text())
+
+    r = cli(["report", cfg], tmp_path)
+    assert r.returncode == 0 and f"written to {tmp_path / 'ws' / 'report.html'}" in r.stdout, r.stderr
+    assert cli(["report", cfg], tmp_path).returncode == 0  # its own file in the workspace: replaced
+
+    # A full disk (a file size limit above the store's 32 kB shared-memory file, below the model's size).
+    before = snapshot(tmp_path)
+    r = cli(["export-model", cfg, "best", "--output", "hf"], tmp_path, preexec=_small_files(40_000))
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "cannot write the model folder" in lines[0], r.stderr[-2000:]
+    assert "File too large" in lines[0] and "Traceback" not in r.stderr
+    assert snapshot(tmp_path) == before  # no partial folder, no temp folder
+
+
+def test_a_full_disk_while_writing_an_output_leaves_nothing(tmp_path):
+    """write_output (every output file goes through it) under a 2 kB file size limit: one MixoptError
+    naming the path and the cause, and no file or temp file left."""
+    code = ("import sys; from pathlib import Path; from mixopt.core.outputs import write_output\n"
+            "from mixopt.errors import MixoptError\n"
+            "try:\n    write_output(Path(sys.argv[1]), b'x' * 10_000, '--output')\n"
+            "except MixoptError as e:\n    print(e.one_line())\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out.csv")], capture_output=True, text=True,
+                       env=env, preexec_fn=_small_files(2048))
+    assert r.stdout.startswith(f"cannot write --output {tmp_path / 'out.csv'}: File too large (disk full or file "
+                               "size limit); free space"), r.stdout + r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_guard_refuses_a_nul_byte(tmp_path):
+    """A NUL byte cannot come from the shell; the guard refuses it from any caller."""
+    from mixopt.core.outputs import check_output
+    from mixopt.errors import MixoptError
+
+    with pytest.raises(MixoptError, match="holds a NUL byte"):
+        check_output(tmp_path / "a\0b.csv", "--output")
+    assert check_output(tmp_path / "new.csv", "--output") == tmp_path / "new.csv"
