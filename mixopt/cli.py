@@ -775,7 +775,9 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)  # usage errors come back here: one line, like ours
     except MixoptError as e:
-        typer.echo(f"error: {e.one_line()}", err=True)
+        from mixopt.core.credentials import redact
+
+        typer.echo(f"error: {redact(e.one_line())}", err=True)  # a source URL's password never shows
         sys.exit(2)
     except cx.NoArgsIsHelpError as e:  # `mixopt` alone: the help, as click prints it
         typer.echo(e.ctx.get_help(), err=True)

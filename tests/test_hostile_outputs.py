@@ -168,24 +168,6 @@ def output_export_dangling_link(t):
     return ["export", t.config(), "-o", "link"]
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_hostile_outputs(name, corpora, sampled, saved_fit, tmp_path):  # noqa: F811 (fixtures)
-    fn, expect = CASES[name]
-    t = Case(tmp_path / "case", corpora, sampled, saved_fit)
-    t.dir.mkdir()
-    args = fn(t)
-    before = snapshot(tmp_path)
-    r = cli(args, t.dir, t.env, t.preexec, read_only=t.read_only)
-    lines = r.stderr.splitlines()
-    assert r.returncode == 2, f"exit {r.returncode}\n{r.stderr[-3000:]}"
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert len(lines) == 1, r.stderr[-3000:]
-    assert lines[0].startswith("error: "), lines[0]
-    assert expect in lines[0], lines[0]
-    assert r.stdout == ""
-    assert snapshot(tmp_path) == before, "the case folder changed"
-
-
 def test_schema_replaces_its_own_file_and_a_users_only_with_force(tmp_path):
     """`schema --out` knows its own earlier file (the schema's title); a user's file needs --force."""
     assert cli(["schema", "--out", "s.json"], tmp_path).returncode == 0
@@ -273,3 +255,73 @@ def test_output_guard_refuses_a_nul_byte(tmp_path):
     with pytest.raises(MixoptError, match="holds a NUL byte"):
         check_output(tmp_path / "a\0b.csv", "--output")
     assert check_output(tmp_path / "new.csv", "--output") == tmp_path / "new.csv"
+
+
+# --- secrets in source URLs: redacted in every message, the manifest and status ---------------------
+
+@case("http://user:***@127.0.0.1:9/corpus.jsonl")
+def secret_in_an_unreachable_source(t):
+    return ["sample", t.config({"domains.0.sources": [{"path": "http://user:hunter2@127.0.0.1:9/corpus.jsonl"}]})]
+
+
+@case("s3://AKIAEXAMPLE:***@")
+def secret_in_an_s3_source_not_found(t):
+    t.env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}
+    return ["sample", t.config({"domains.0.sources": [{"path": "s3://AKIAEXAMPLE:se/cret@bucket/corpus.jsonl"}]})]
+
+
+def test_secrets_never_reach_the_manifest_or_status(corpora, tmp_path):
+    """A source served over HTTP with user:password in its URL, one of its shards corrupt and skipped:
+    the password is in no output line, not in the manifest, not in status."""
+    import gzip
+    import http.server
+    import threading
+    from functools import partial
+
+    from conftest import small_config
+
+    served = tmp_path / "served"
+    served.mkdir()
+    with gzip.open(served / "good.jsonl.gz", "wt") as f:
+        for i in range(600):
+            f.write(json.dumps({"text": f"document {i} " + "words of prose " * 30}) + "\n")
+    (served / "bad.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip" * 10)
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://reader:hunter2@127.0.0.1:{server.server_address[1]}"
+        cfg = small_config(corpora, tmp_path / "ws")
+        cfg["domains"][1]["sources"] = [{"path": [f"{base}/good.jsonl.gz", f"{base}/bad.jsonl.gz"], "on_error": "skip"}]
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        said = [cli(["sample", tmp_path / "c.yaml"], tmp_path), cli(["status", tmp_path / "c.yaml"], tmp_path),
+                cli(["status", tmp_path / "c.yaml", "--format", "json"], tmp_path)]
+    finally:
+        server.shutdown()
+    assert said[0].returncode == 0, said[0].stderr
+    assert "skipped 1 unreadable shard(s)" in said[0].stdout and "reader:***@" in said[0].stdout, said[0].stdout
+    manifest = (tmp_path / "ws" / "sample" / "manifest.json").read_text()
+    assert "reader:***@" in manifest
+    for text in [manifest] + [r.stdout + r.stderr for r in said]:
+        assert "hunter2" not in text
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_outputs(name, corpora, sampled, saved_fit, tmp_path):  # noqa: F811 (fixtures)
+    fn, expect = CASES[name]
+    t = Case(tmp_path / "case", corpora, sampled, saved_fit)
+    t.dir.mkdir()
+    args = fn(t)
+    before = snapshot(tmp_path)
+    r = cli(args, t.dir, t.env, t.preexec, read_only=t.read_only)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2, f"exit {r.returncode}\n{r.stderr[-3000:]}"
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert len(lines) == 1, r.stderr[-3000:]
+    assert lines[0].startswith("error: "), lines[0]
+    assert expect in lines[0], lines[0]
+    assert r.stdout == ""
+    assert snapshot(tmp_path) == before, "the case folder changed"

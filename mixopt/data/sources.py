@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixopt.config.schema import Experiment, Source
+from mixopt.core.credentials import redact
 from mixopt.errors import MixoptError
 
 TEXT_EXTENSIONS = (".txt", ".md", ".rst", ".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".java", ".js",
@@ -74,7 +75,7 @@ def source_paths(source: Source) -> list[str]:
 
 
 def describe(source: Source) -> str:
-    return source.hub if source.hub else ", ".join(source_paths(source))
+    return redact(source.hub if source.hub else ", ".join(source_paths(source)))
 
 
 def resolve_path(p: str, base_dir: str | Path) -> str:
@@ -138,8 +139,8 @@ def list_shards(source: Source, base_dir: str | Path = ".") -> list[Shard]:
         found = _remote_shards(source, where) if _is_url(where) else _local_shards(source, where)
         if found is None or not found and _has_magic(where):
             if _has_magic(where):
-                raise MixoptError(f"no file matches {where}", "fix the glob in the domain's source path")
-            raise MixoptError(f"corpus not found: {where}", "check the domain's source path in the config")
+                raise MixoptError(f"no file matches {redact(where)}", "fix the glob in the domain's source path")
+            raise MixoptError(f"corpus not found: {redact(where)}", "check the domain's source path in the config")
         shards += found
     seen, out = set(), []
     for s in shards:  # a file named twice (overlapping globs) is read once
@@ -215,7 +216,7 @@ def fs_for(url: str, opts: dict):
     try:
         return fsspec.core.url_to_fs(url, **opts)
     except (ImportError, ValueError) as e:
-        raise MixoptError(f"{url}: {str(e).splitlines()[0]}",
+        raise MixoptError(redact(f"{url}: {str(e).splitlines()[0]}"),
                           "install the filesystem's package (e.g. s3fs, gcsfs) or fix the URL") from None
 
 
@@ -225,7 +226,8 @@ _CREDENTIAL_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "Credenti
 
 
 def _remote_error(url: str, e: BaseException) -> MixoptError:
-    text = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+    url = redact(url)
+    text = redact(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": "))
     names = {c.__name__ for c in type(e).__mro__}
     if isinstance(e, PermissionError) or names & _CREDENTIAL_ERRORS:
         return MixoptError(f"{url}: access denied ({text})",
@@ -262,7 +264,7 @@ def _remote_shards(source: Source, url: str) -> list[Shard] | None:
         if info.get("type") not in ("file", None):
             if source.on_error == "skip":
                 continue
-            raise MixoptError(f"{name}: not a regular file", SKIP_FIX)
+            raise MixoptError(f"{redact(name)}: not a regular file", SKIP_FIX)
         uri = name if "://" in name else f"{proto}://{name}"
         fmt = source.format if source.format not in ("auto", "hf") else detect_format(name)
         out.append(Shard(uri, fmt, local=False, size=info.get("size"), opts=dict(source.storage_options)))
