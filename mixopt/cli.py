@@ -735,7 +735,10 @@ def _load(config: Path):
     from mixopt.config.load import load_experiment
     from mixopt.evals.suites import check_suite_files
 
+    from mixopt.data.sources import check_workspace_place
+
     exp = load_experiment(config)
+    check_workspace_place(exp)
     check_suite_files(exp)
     return exp
 

@@ -309,6 +309,32 @@ def test_secrets_never_reach_the_manifest_or_status(corpora, tmp_path):
         assert "hunter2" not in text
 
 
+# --- a workspace inside a source folder: refused, for every verb ------------------------------------
+
+def _corpus_copy(t: Case) -> Path:
+    """The 'legal' folder of the test corpora, copied into the case (a workspace is put inside it)."""
+    shutil.copytree(t.corpora / "legal", t.dir / "legal")
+    return t.dir / "legal"
+
+
+@case("/case/legal/ws is inside the source folder")
+def workspace_inside_a_source_folder_sample(t):
+    _corpus_copy(t)
+    return ["sample", t.config({"workspace": "legal/ws", "domains.2.sources": [{"path": str(t.dir / "legal")}]})]
+
+
+@case("of domain 'legal', so its own files would be read as documents; put the workspace outside")
+def workspace_inside_a_source_folder_status(t):
+    _corpus_copy(t)
+    return ["status", t.config({"workspace": "legal/ws", "domains.2.sources": [{"path": str(t.dir / "legal")}]})]
+
+
+@case("is inside the source folder")
+def workspace_inside_a_recursive_glob(t):
+    _corpus_copy(t)
+    return ["sample", t.config({"workspace": "legal/sub/ws", "domains.2.sources": [{"path": "legal/**/*.txt"}]})]
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_outputs(name, corpora, sampled, saved_fit, tmp_path):  # noqa: F811 (fixtures)
     fn, expect = CASES[name]
@@ -325,3 +351,15 @@ def test_hostile_outputs(name, corpora, sampled, saved_fit, tmp_path):  # noqa: 
     assert expect in lines[0], lines[0]
     assert r.stdout == ""
     assert snapshot(tmp_path) == before, "the case folder changed"
+
+
+def test_a_workspace_beside_a_glob_that_cannot_reach_it_is_fine(corpora, tmp_path):
+    """Only globs that can reach into the workspace are refused: corpus/*.txt with corpus/ws is read."""
+    from conftest import small_config
+
+    shutil.copytree(corpora / "legal", tmp_path / "legal")
+    cfg = small_config(corpora, tmp_path / "legal" / "ws")
+    cfg["domains"][2]["sources"] = [{"path": str(tmp_path / "legal" / "*.txt")}]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    r = cli(["status", tmp_path / "c.yaml"], tmp_path)
+    assert r.returncode == 0 and "sample: " in r.stdout, r.stderr

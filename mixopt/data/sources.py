@@ -129,6 +129,33 @@ def local_inputs(exp: Experiment) -> list[tuple[Path, str]]:
     return out
 
 
+def check_workspace_place(exp: Experiment) -> None:
+    """Refuse a workspace inside a folder a source reads (a domain's or a text evaluation's): its own
+    files (file-hashes.json, slices) would be read as documents and the sample would never settle."""
+    from fnmatch import fnmatch
+
+    ws = Path(os.path.realpath(exp.workspace_dir))
+    places = [(s, exp.base_dir, f"domain '{d.name}'") for d in exp.domains for s in d.sources]
+    if exp.evals is not None:
+        places += [(s, exp.evals.base_dir, f"evaluation '{e.name}'") for e in exp.evals.evaluations
+                   for s in e.sources or []]
+    for source, base, whose in places:
+        for p in source_paths(source):
+            root = local_root(p, base)
+            if root is None or not root.is_dir():
+                continue
+            root = Path(os.path.realpath(root))
+            if not (ws == root or ws.is_relative_to(root)):
+                continue
+            where = resolve_path(p, base)
+            if _has_magic(where) and "**" not in where and not any(
+                    fnmatch(str(a), where) for a in (ws, *ws.parents) if a.is_relative_to(root)):
+                continue  # a glob that cannot reach into the workspace
+            raise MixoptError(f"the workspace {exp.workspace_dir} is inside the source folder {root} of {whose}, so "
+                              "its own files would be read as documents",
+                              "put the workspace outside the source folder (`workspace:` in the config)")
+
+
 def list_shards(source: Source, base_dir: str | Path = ".") -> list[Shard]:
     """The shards a source reads, in a stable order; every path must match something."""
     if source.hub:
