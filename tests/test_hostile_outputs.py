@@ -335,6 +335,29 @@ def workspace_inside_a_recursive_glob(t):
     return ["sample", t.config({"workspace": "legal/sub/ws", "domains.2.sources": [{"path": "legal/**/*.txt"}]})]
 
 
+# --- what used to be a traceback --------------------------------------------------------------------
+
+@case("'domains.0.name': a name of 300 characters is too long for a file name; use at most 100")
+def name_of_300_characters(t):
+    return ["sample", t.config({"domains.0.name": "a" * 300, "fit.objective.domains": {"prose": 1.0}})]
+
+
+@case("workspace holds a NUL byte; remove it from the path")
+def nul_byte_in_the_workspace(t):
+    return ["sample", t.config({"workspace": "ws\0x"})]
+
+
+@case("domains.1.sources.0 holds a NUL byte")
+def nul_byte_in_a_source_path(t):
+    return ["status", t.config({"domains.1.sources": [{"path": "prose\0.jsonl"}]})]
+
+
+@case("workspace is '~/ws', but no home folder is known for '~' (HOME is unset); set HOME")
+def home_empty_with_a_workspace_under_home(t):
+    t.env = {"HOME": ""}
+    return ["sample", t.config({"workspace": "~/ws"})]
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_outputs(name, corpora, sampled, saved_fit, tmp_path):  # noqa: F811 (fixtures)
     fn, expect = CASES[name]
@@ -363,3 +386,27 @@ def test_a_workspace_beside_a_glob_that_cannot_reach_it_is_fine(corpora, tmp_pat
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     r = cli(["status", tmp_path / "c.yaml"], tmp_path)
     assert r.returncode == 0 and "sample: " in r.stdout, r.stderr
+
+
+def test_a_workspace_under_home_with_no_home_is_one_error(corpora, tmp_path, monkeypatch):
+    """HOME unset and no password entry for the user: '~' cannot be expanded (pathlib raises); the
+    loader says so instead."""
+    import pwd
+
+    from conftest import small_config
+
+    from mixopt.config.load import load_experiment
+    from mixopt.errors import MixoptError
+
+    cfg = small_config(corpora, tmp_path / "ws")
+    cfg["workspace"] = "~/ws"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    monkeypatch.delenv("HOME", raising=False)
+
+    def no_entry(uid):
+        raise KeyError(uid)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    with pytest.raises(RuntimeError):
+        Path("~/ws").expanduser()  # what a verb hit before
+    with pytest.raises(MixoptError, match="no home folder is known for '~'"):
+        load_experiment(tmp_path / "c.yaml")

@@ -10,8 +10,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+NAME_MAX = 100  # characters: a name is a file or folder name (at most 255 bytes) inside longer temp names
+
+
 def _word(v: str) -> str:
     """Names become folder names and metric names: keep them to one safe word."""
+    if len(v) > NAME_MAX:
+        raise ValueError(f"a name of {len(v)} characters is too long for a file name; use at most {NAME_MAX}")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
         raise ValueError("use letters, digits, '_', '.', '-' only")
     if set(v) == {"."}:  # '.' and '..' name the folder itself or its parent, not a new one
