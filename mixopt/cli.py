@@ -242,7 +242,7 @@ def sweep(config: Path = CONFIG,
         from mixopt.backends.ray import check_reachable
 
         check_reachable(ray_address)
-    with _interrupted(exp, "sweep", config):
+    with _interrupted(exp, "sweep", config, extra, f" --mixtures {mixtures}" if mixtures else ""):
         report = run_sweep(exp, runtime, extra=extra)
     track_runs(exp, trackers, _stderr)
     if format is Format.json:
@@ -529,8 +529,8 @@ def _say_for(format: Format) -> dict:
 class _interrupted:
     """Ctrl-C during a verb that trains or evaluates: say what was kept and what is pending, exit 130."""
 
-    def __init__(self, exp, verb: str, config: Path):
-        self.exp, self.verb, self.config = exp, verb, config
+    def __init__(self, exp, verb: str, config: Path, extra=(), flags: str = ""):
+        self.exp, self.verb, self.config, self.extra, self.flags = exp, verb, config, extra, flags
 
     def __enter__(self):
         return self
@@ -541,15 +541,16 @@ class _interrupted:
         from mixopt.sweep.status import experiment_status
 
         try:
-            st = experiment_status(self.exp)
+            st = experiment_status(self.exp, self.extra)  # the runs asked: the design's and the mixtures file's
         except Exception as e:  # the summary must not hide the interrupt
             typer.echo(f"interrupted: finished results are kept ({type(e).__name__} reading the store)", err=True)
             raise typer.Exit(130) from None
         d, cur = st["design"], st["current_suite"] or {}
-        typer.echo(f"interrupted: {d['done']} of {d['planned']} runs of this design are finished and kept in "
-                   f"{st['workspace']}; {d['pending'] + d['failed']} pending, {cur.get('runs_lacking', 0)} "
-                   f"finished runs lack some of the current suite; `mixopt {self.verb} {self.config}` continues "
-                   "where this stopped", err=True)
+        asked = "runs asked (the design's and the mixtures file's)" if self.extra else "runs of this design"
+        typer.echo(f"interrupted: {d['done']} of {d['planned']} {asked} are finished and kept in "
+                   f"{st['workspace']}; {d['pending'] + d['failed'] + d['suspect']} pending, "
+                   f"{cur.get('runs_lacking', 0)} finished runs lack some of the current suite; "
+                   f"`mixopt {self.verb} {self.config}{self.flags}` continues where this stopped", err=True)
         raise typer.Exit(130) from None
 
 

@@ -410,3 +410,28 @@ def test_a_workspace_under_home_with_no_home_is_one_error(corpora, tmp_path, mon
         Path("~/ws").expanduser()  # what a verb hit before
     with pytest.raises(MixoptError, match="no home folder is known for '~'"):
         load_experiment(tmp_path / "c.yaml")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_sweep_mixtures_counts_the_runs_asked(swept, tmp_path):
+    """The design is trained; `sweep --mixtures` asks 3 more and is interrupted after the first: the
+    line counts 13 runs asked, the 2 untrained among the pending, and says how to continue."""
+    import signal
+
+    cfg = _copy_swept(swept, tmp_path)
+    (tmp_path / "m.csv").write_text("id,code,prose,legal\nm0,0.2,0.3,0.5\nm1,0.3,0.5,0.2\nm2,0.5,0.2,0.3\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    p = subprocess.Popen([sys.executable, "-m", "mixopt.cli", "sweep", str(cfg), "--mixtures", "m.csv"], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in p.stderr:  # interrupt once the first asked run is finished (observed, not timed)
+        if line.startswith("sweep: run ") and "finished (1/3)" in line:
+            break
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err
+    said = [x for x in err.splitlines() if x.startswith("interrupted: ")]
+    assert len(said) == 1 and "Traceback" not in err, err
+    done = sum(x.startswith("sweep: run ") for x in err.splitlines()) + 1  # the line read above
+    assert f"{10 + done} of 13 runs asked (the design's and the mixtures file's) are finished" in said[0], said[0]
+    assert f"; {3 - done} pending" in said[0] and done < 3, said[0]
+    assert f"`mixopt sweep {cfg} --mixtures m.csv` continues where this stopped" in said[0]
