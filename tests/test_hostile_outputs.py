@@ -358,6 +358,26 @@ def home_empty_with_a_workspace_under_home(t):
     return ["sample", t.config({"workspace": "~/ws"})]
 
 
+# --- a user's value echoed in a message is cut to ~200 characters -----------------------------------
+
+@case("row 2: weight of 'prose' is 'xxxxxxxx")
+def a_1mb_cell_in_a_swarm_table(t):
+    swarm = t.swarm()
+    lines = swarm.read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[2] = "x" * 1_000_000
+    lines[2] = ",".join(cells)
+    swarm.write_text("\n".join(lines) + "\n")
+    return ["fit", "--runs", swarm, "--target", "loss", "--key", "run"]
+
+
+@case("answer 'yyyyyyyy")
+def a_1mb_choice_answer(t):
+    t.sampled()
+    t.text("task.jsonl", json.dumps({"question": "Which?", "choices": ["a", "b"], "answer": "y" * 1_000_000}) + "\n")
+    return ["status", _suite(t, [{"name": "q", "kind": "choice", "path": "task.jsonl"}])]
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_outputs(name, corpora, sampled, saved_fit, tmp_path):  # noqa: F811 (fixtures)
     fn, expect = CASES[name]
@@ -372,6 +392,7 @@ def test_hostile_outputs(name, corpora, sampled, saved_fit, tmp_path):  # noqa: 
     assert len(lines) == 1, r.stderr[-3000:]
     assert lines[0].startswith("error: "), lines[0]
     assert expect in lines[0], lines[0]
+    assert len(lines[0]) < 1000, lines[0][:2000]  # a user's value is cut (errors.shown)
     assert r.stdout == ""
     assert snapshot(tmp_path) == before, "the case folder changed"
 
