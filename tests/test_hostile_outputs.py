@@ -456,3 +456,18 @@ def test_ctrl_c_during_sweep_mixtures_counts_the_runs_asked(swept, tmp_path):
     assert f"{10 + done} of 13 runs asked (the design's and the mixtures file's) are finished" in said[0], said[0]
     assert f"; {3 - done} pending" in said[0] and done < 3, said[0]
     assert f"`mixopt sweep {cfg} --mixtures m.csv` continues where this stopped" in said[0]
+
+
+def test_sample_force_over_a_linked_sample_folder(corpora, sampled, saved_fit, tmp_path):  # noqa: F811
+    """ws/sample a link to a folder elsewhere: `sample --force` writes a new sample/ in the workspace,
+    removes only the link (no stray .sample.old-* left) and leaves that folder's files as they were."""
+    t = Case(tmp_path, corpora, sampled, saved_fit)
+    ws = t.sampled()
+    shutil.move(ws / "sample", tmp_path / "elsewhere")
+    (ws / "sample").symlink_to(tmp_path / "elsewhere")
+    before = snapshot(tmp_path / "elsewhere")
+    r = cli(["sample", t.config(), "--force"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in ws.iterdir() if p.name.startswith(".sample")) == []
+    assert (ws / "sample").is_dir() and not (ws / "sample").is_symlink() and (ws / "sample" / "manifest.json").is_file()
+    assert snapshot(tmp_path / "elsewhere") == before
