@@ -471,3 +471,24 @@ def test_sample_force_over_a_linked_sample_folder(corpora, sampled, saved_fit, t
     assert sorted(p.name for p in ws.iterdir() if p.name.startswith(".sample")) == []
     assert (ws / "sample").is_dir() and not (ws / "sample").is_symlink() and (ws / "sample" / "manifest.json").is_file()
     assert snapshot(tmp_path / "elsewhere") == before
+
+
+@pytest.mark.slow
+def test_an_adopted_run_trained_once_counts_one_training(swept, tmp_path):
+    """A run sent back to pending (`check --repair`: checkpoint missing), its checkpoint then restored: the
+    next sweep adopts it from the result beside it, trains nothing, and it still counts 1 training."""
+    import sqlite3
+
+    cfg = _copy_swept(swept, tmp_path)
+    with sqlite3.connect(tmp_path / "ws" / "mixopt.db") as db:
+        key, ckpt = db.execute("SELECT key, checkpoint FROM runs WHERE status='done' ORDER BY key LIMIT 1").fetchone()
+    shutil.move(tmp_path / "ws" / ckpt, tmp_path / "away")
+    r = cli(["check", cfg, "--repair"], tmp_path)
+    assert "checkpoint missing" in r.stdout and "repaired" in r.stdout, r.stdout + r.stderr
+    shutil.move(tmp_path / "away", tmp_path / "ws" / ckpt)
+    r = cli(["sweep", cfg, "--no-progress"], tmp_path)
+    assert r.returncode == 0 and "1 adopted, 0 trained" in r.stdout, r.stdout + r.stderr
+    with sqlite3.connect(tmp_path / "ws" / "mixopt.db") as db:
+        assert db.execute("SELECT status, trainings FROM runs WHERE key=?", (key,)).fetchone() == ("done", 1)
+    status = json.loads(cli(["status", cfg, "--format", "json"], tmp_path).stdout)
+    assert status["trainings"] == 10  # ten runs, each trained once

@@ -109,7 +109,7 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
                         tried.add(key)
                         side = read_result(Path(runs[key].checkpoint))
                         if side:  # trained before a crash, never recorded
-                            store.record_result(asdict(side))
+                            store.record_result(asdict(side), adopted=True)
                             report.adopted += 1
                             bars.finish(key)
                         else:
