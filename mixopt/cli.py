@@ -80,6 +80,10 @@ DEVICE = typer.Option("auto", help="Where proxies train and evaluate: auto (a GP
                                    "cpu, cuda or cuda:N.")
 
 
+FORCE = typer.Option(False, "--force", help="Replace an existing file mixopt did not write (never the config, "
+                                          "its inputs or the workspace's records).")
+
+
 def _finite_at_least_0(value: float) -> float:
     """A number flag: finite and >= 0, by the same rule as the config's numbers (one line if not)."""
     from mixopt.config.validate import check_finite
@@ -238,7 +242,7 @@ def sweep(config: Path = CONFIG,
         from mixopt.backends.ray import check_reachable
 
         check_reachable(ray_address)
-    with _interrupted(exp, "sweep", config):
+    with _interrupted(exp, "sweep", config, extra, f" --mixtures {mixtures}" if mixtures else ""):
         report = run_sweep(exp, runtime, extra=extra)
     track_runs(exp, trackers, _stderr)
     if format is Format.json:
@@ -478,11 +482,15 @@ def _against(path: Optional[Path], domains: list[str]) -> list:
 
 @app.command()
 def report(config: Path = CONFIG,
-           output: Optional[Path] = typer.Option(None, help="The HTML file (default <workspace>/report.html).")):
+           output: Optional[Path] = typer.Option(None, help="The HTML file (default <workspace>/report.html)."),
+           force: bool = FORCE):
     """Write one self-contained HTML page: recommendation, CV, runs, effect curves, suites, warnings."""
     from mixopt.fit.html_report import write_report
 
-    r = write_report(_load(config), output, _runtime(progress=False, say=lambda m: typer.echo(m, err=True)))
+    exp = _load(config)
+    own = exp.workspace_dir / "report.html"
+    out = _output(exp, output or own, "--output", force, owned_inside=(own,))
+    r = write_report(exp, out, _runtime(progress=False, say=lambda m: typer.echo(m, err=True)))
     typer.echo(f"report on {r.runs} runs ({len(r.warnings)} warnings) written to {r.path}")
 
 
@@ -493,8 +501,20 @@ def export_model(config: Path = CONFIG,
     """Write a run's proxy as a Hugging Face model folder (transformers, lm_eval --model hf load it)."""
     from mixopt.sweep.hf_model import export_run_model
 
-    key, out = export_run_model(_load(config), run, output)
+    exp = _load(config)
+    if output is not None:
+        output = _output(exp, output, "--output", False, owned_inside=(exp.workspace_dir / "hf",), folder=True)
+    key, out = export_run_model(exp, run, output)
     typer.echo(f"run {key[:12]} written to {out} (config.json, model.safetensors, tokenizer)")
+
+
+def _output(exp, path: Path, flag: str, force: bool, owned_inside=(), folder: bool = False) -> Path:
+    """An output path checked against the experiment (its workspace and inputs), before any work."""
+    from mixopt.core.outputs import check_output
+    from mixopt.data.sources import local_inputs
+
+    return check_output(path, flag, force=force, workspace=exp.workspace_dir, owned_inside=owned_inside,
+                        protected=tuple(local_inputs(exp)), folder=folder)
 
 
 def _stderr(message: str) -> None:
@@ -509,8 +529,8 @@ def _say_for(format: Format) -> dict:
 class _interrupted:
     """Ctrl-C during a verb that trains or evaluates: say what was kept and what is pending, exit 130."""
 
-    def __init__(self, exp, verb: str, config: Path):
-        self.exp, self.verb, self.config = exp, verb, config
+    def __init__(self, exp, verb: str, config: Path, extra=(), flags: str = ""):
+        self.exp, self.verb, self.config, self.extra, self.flags = exp, verb, config, extra, flags
 
     def __enter__(self):
         return self
@@ -521,15 +541,16 @@ class _interrupted:
         from mixopt.sweep.status import experiment_status
 
         try:
-            st = experiment_status(self.exp)
+            st = experiment_status(self.exp, self.extra)  # the runs asked: the design's and the mixtures file's
         except Exception as e:  # the summary must not hide the interrupt
             typer.echo(f"interrupted: finished results are kept ({type(e).__name__} reading the store)", err=True)
             raise typer.Exit(130) from None
         d, cur = st["design"], st["current_suite"] or {}
-        typer.echo(f"interrupted: {d['done']} of {d['planned']} runs of this design are finished and kept in "
-                   f"{st['workspace']}; {d['pending'] + d['failed']} pending, {cur.get('runs_lacking', 0)} "
-                   f"finished runs lack some of the current suite; `mixopt {self.verb} {self.config}` continues "
-                   "where this stopped", err=True)
+        asked = "runs asked (the design's and the mixtures file's)" if self.extra else "runs of this design"
+        typer.echo(f"interrupted: {d['done']} of {d['planned']} {asked} are finished and kept in "
+                   f"{st['workspace']}; {d['pending'] + d['failed'] + d['suspect']} pending, "
+                   f"{cur.get('runs_lacking', 0)} finished runs lack some of the current suite; "
+                   f"`mixopt {self.verb} {self.config}{self.flags}` continues where this stopped", err=True)
         raise typer.Exit(130) from None
 
 
@@ -659,18 +680,25 @@ def check(config: Path = CONFIG,
 
 
 @app.command()
-def schema(out: Optional[Path] = typer.Option(None, help="Write it to this file (default: stdout).")):
+def schema(out: Optional[Path] = typer.Option(None, help="Write it to this file (default: stdout)."),
+           force: bool = FORCE):
     """The config's JSON Schema, for editors (e.g. `# yaml-language-server: $schema=mixopt.schema.json`)."""
-    from mixopt.config.schema import experiment_json_schema
-    from mixopt.core.workspace import atomic_write_text
+    from mixopt.config.schema import SCHEMA_TITLE, experiment_json_schema
+    from mixopt.core.outputs import check_output, write_output
 
     text = json.dumps(experiment_json_schema(), indent=2) + "\n"
     if out is None:
         typer.echo(text, nl=False)
         return
-    if out.is_dir():
-        raise MixoptError(f"--out {out} is a folder", "name a file, e.g. --out mixopt.schema.json")
-    atomic_write_text(out, text)
+
+    def looks_mine(path: Path) -> bool:  # no workspace to record it in: a schema mixopt wrote says so
+        try:
+            return path.stat().st_size < 1 << 24 and json.loads(path.read_bytes()).get("title") == SCHEMA_TITLE
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    real = check_output(out, "--out", force=force, looks_mine=looks_mine)
+    write_output(real, text.encode(), "--out")
     typer.echo(f"written: {out}")
 
 
@@ -683,19 +711,23 @@ class ExportFormat(str, Enum):
 @app.command()
 def export(config: Path = CONFIG, format: ExportFormat = typer.Option(ExportFormat.csv, "--format"),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here (default: stdout; "
-                                                                              "Parquet needs a file).")):
+                                                                              "Parquet needs a file)."),
+           force: bool = FORCE):
     """One row per run: key, origin, weights, objective under the current suite, every measurement,
     train loss, tokens, seconds, status. `mixopt fit --runs FILE --target objective` reads it back."""
-    from mixopt.sweep.export import export_rows, export_table, write_export
+    from mixopt.core.outputs import write_output
+    from mixopt.sweep.export import export_rows, export_table
 
     if format is ExportFormat.parquet and output is None:
         raise MixoptError("Parquet is binary: --format parquet needs --output FILE", "e.g. --output runs.parquet")
-    columns, rows = export_rows(_load(config))
+    exp = _load(config)
+    real = _output(exp, output, "--output", force) if output is not None else None
+    columns, rows = export_rows(exp)
     data = export_table(columns, rows, format.value)
-    if output is None:
+    if real is None:
         sys.stdout.write(data.decode())
         return
-    write_export(data, output)
+    write_output(real, data, "--output", exp.workspace_dir)
     typer.echo(f"{len(rows)} runs written to {output}", err=True)
 
 
@@ -704,7 +736,10 @@ def _load(config: Path):
     from mixopt.config.load import load_experiment
     from mixopt.evals.suites import check_suite_files
 
+    from mixopt.data.sources import check_workspace_place
+
     exp = load_experiment(config)
+    check_workspace_place(exp)
     check_suite_files(exp)
     return exp
 
@@ -744,7 +779,9 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)  # usage errors come back here: one line, like ours
     except MixoptError as e:
-        typer.echo(f"error: {e.one_line()}", err=True)
+        from mixopt.core.credentials import redact
+
+        typer.echo(f"error: {redact(e.one_line())}", err=True)  # a source URL's password never shows
         sys.exit(2)
     except cx.NoArgsIsHelpError as e:  # `mixopt` alone: the help, as click prints it
         typer.echo(e.ctx.get_help(), err=True)

@@ -11,3 +11,12 @@ class MixoptError(Exception):
 
     def one_line(self) -> str:
         return " ".join(str(self).split())
+
+
+SHOWN_MAX = 200  # characters of a user's value echoed in a message (a 1 MB cell stays one readable line)
+
+
+def shown(value) -> str:
+    """A value from the user's input as a message echoes it: its repr, cut to SHOWN_MAX characters."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_MAX else f"{text[:SHOWN_MAX]}... ({len(text):,} characters)"

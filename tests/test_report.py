@@ -156,6 +156,7 @@ def test_report_renders_in_chromium(corpora, tmp_path):
     cfg["fit"]["objective"]["domains"] = {"prose": 1.0, "code": 0.5}
     write_config(config, cfg)
     out = tmp_path / "out" / "report.html"
+    out.parent.mkdir()  # an output's folder must exist (README, Command line conventions)
     said = _run("report", config, "--output", out)
     assert f"written to {out}" in said
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from pathlib import Path
 
 import yaml
@@ -213,6 +214,14 @@ def _cross_references(exp: Experiment, path: Path, lines: dict) -> list[str]:
     def problem(loc: tuple, text: str, fix: str) -> None:
         out.append(f"{_line(lines, loc)}{text}; {fix}")
 
+    for loc, value in _path_fields(exp):  # every later check resolves these paths
+        if "\0" in value:
+            problem(loc, f"{'.'.join(map(str, loc))} holds a NUL byte", "remove it from the path")
+        elif value.startswith("~") and not _home_known(value):
+            problem(loc, f"{'.'.join(map(str, loc))} is {value[:40]!r}, but no home folder is known for '~' (HOME "
+                    "is unset)", "set HOME, or give the path without '~'")
+    if out:
+        return out
     names = exp.domain_names
     dupes = [i for i, n in enumerate(names) if n in names[:i]]
     if dupes:
@@ -260,6 +269,35 @@ def _cross_references(exp: Experiment, path: Path, lines: dict) -> list[str]:
                             f"inside the workspace {ws}",
                             "keep corpora outside the workspace (mixopt may replace its folders)")
     return out
+
+
+def _path_fields(exp: Experiment) -> list[tuple[tuple, str]]:
+    """(location, text) of every path the config gives: the workspace, sources, tokenizer, task files."""
+    out = [(("workspace",), exp.workspace)] if exp.workspace else []
+    for i, d in enumerate(exp.domains):
+        for j, s in enumerate(d.sources):
+            out += [(("domains", i, "sources", j), p) for p in _source_texts(s)]
+    tok = exp.sample.tokenizer
+    out += [(("sample", "tokenizer", k), v) for k, v in (("path", tok.path), ("name", tok.name)) if v]
+    for i, e in enumerate(exp.evals.evaluations if exp.evals else []):
+        out += [(("evals", "evaluations", i, "path"), e.path)] if e.path else []
+        out += [(("evals", "evaluations", i, "sources", j), p) for j, s in enumerate(e.sources or [])
+                for p in _source_texts(s)]
+    return out
+
+
+def _source_texts(source) -> list[str]:
+    return [source.hub] if source.hub else [source.path] if isinstance(source.path, str) else list(source.path)
+
+
+def _home_known(path: str) -> bool:
+    if path.split("/", 1)[0] == "~" and os.environ.get("HOME") == "":
+        return False  # '~' would become '' and ~/ws the root's /ws
+    try:
+        Path(path.split("/", 1)[0]).expanduser()
+        return True
+    except RuntimeError:  # "Could not determine home directory"
+        return False
 
 
 def _local_roots(source) -> list[str]:

@@ -10,8 +10,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+NAME_MAX = 100  # characters: a name is a file or folder name (at most 255 bytes) inside longer temp names
+
+
 def _word(v: str) -> str:
     """Names become folder names and metric names: keep them to one safe word."""
+    if len(v) > NAME_MAX:
+        raise ValueError(f"a name of {len(v)} characters is too long for a file name; use at most {NAME_MAX}")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
         raise ValueError("use letters, digits, '_', '.', '-' only")
     if set(v) == {"."}:  # '.' and '..' name the folder itself or its parent, not a new one
@@ -313,6 +318,9 @@ class Experiment(_Strict):
         return self.sample.train_tokens or self.proxy.tokens
 
 
+SCHEMA_TITLE = "mixopt experiment"  # `schema --out` knows its own earlier file by it
+
+
 def experiment_json_schema() -> dict:
     """The config as a JSON Schema (for editors), as users write it: without the keys mixopt sets,
     with the short forms the loader accepts (a source as a bare path, `evals:` as a suite file name)."""
@@ -329,4 +337,4 @@ def experiment_json_schema() -> dict:
                                                {"$ref": "#/$defs/EvalSuite"}, {"type": "null"}], "default": None}
     schema["properties"]["name"]["description"] = "default: the config file's name"
     schema["required"] = [r for r in schema.get("required", []) if r != "name"]
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": "mixopt experiment"}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": SCHEMA_TITLE}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixopt.errors import MixoptError
+from mixopt.errors import MixoptError, shown
 
 WEIGHT_TOLERANCE = 1e-3  # weights given by a user must sum to 1 within this; then they are normalized
 
@@ -52,7 +52,7 @@ def check_weights(weights: dict, domains: list[str], where: str, tolerance: floa
     for d in domains:
         v = weights.get(d, 0.0)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise MixoptError(f"{where}: weight of '{d}' is {v!r}, not a finite number", "give a number in [0, 1]")
+            raise MixoptError(f"{where}: weight of '{d}' is {shown(v)}, not a finite number", "give a number in [0, 1]")
         values.append(float(v))
     return check_weight_rows([values], domains, where, tolerance, rows=[""])[0].tolist()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixopt.errors import MixoptError
+from mixopt.errors import MixoptError, shown
 
 PARQUET_MAGIC = b"PAR1"
 
@@ -99,7 +99,7 @@ def weight_matrix(table, cols: list[str], where: str = ""):
         if bad.len():
             r = int(bad[0])
             prefix = f"{where}: " if where else ""
-            raise MixoptError(f"{prefix}row {r + 1}: weight of '{c}' is {col[r]!r}, not a number",
+            raise MixoptError(f"{prefix}row {r + 1}: weight of {shown(c)} is {shown(col[r])}, not a number",
                               "give a number in [0, 1] in every weight cell")
         out.append(as_float.fill_null(float("nan")).to_numpy())
     return np.column_stack(out)

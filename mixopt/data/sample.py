@@ -157,7 +157,10 @@ def sample_corpus(exp: Experiment, force: bool = False, retokenize: bool = False
             ws.sample_dir.rename(old)
         tmp.rename(ws.sample_dir)
         fsync_dir(ws.root)
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():  # sample/ was a link to a folder elsewhere: the link goes, that folder stays as it was
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if fresh:  # a workspace made by this failed run goes too: nothing half-written is left

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mixopt.core.credentials import redact
 from mixopt.data.readers import iter_chunks, row_group_parts
 from mixopt.data.sources import SKIP_FIX, Shard, ShardError, describe, list_shards
 from mixopt.errors import MixoptError
@@ -155,9 +156,9 @@ def scan_units(units: list, key: bytes, threshold: int, cap: int, top: int | Non
                 part.feed(col, key, cap)
         except ShardError as e:
             if source.on_error == "skip":
-                skipped.append(str(e))
+                skipped.append(redact(str(e)))  # kept in the manifest
                 continue
-            raise MixoptError(str(e), SKIP_FIX) from None
+            raise MixoptError(redact(str(e)), SKIP_FIX) from None
         read.append((shard.size, part.read_bytes, part.read))
         pool.merge(part)
     return pool, skipped, read

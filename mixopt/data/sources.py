@@ -13,7 +13,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixopt.config.schema import Source
+from mixopt.config.schema import Experiment, Source
+from mixopt.core.credentials import redact
 from mixopt.errors import MixoptError
 
 TEXT_EXTENSIONS = (".txt", ".md", ".rst", ".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".java", ".js",
@@ -74,7 +75,7 @@ def source_paths(source: Source) -> list[str]:
 
 
 def describe(source: Source) -> str:
-    return source.hub if source.hub else ", ".join(source_paths(source))
+    return redact(source.hub if source.hub else ", ".join(source_paths(source)))
 
 
 def resolve_path(p: str, base_dir: str | Path) -> str:
@@ -87,6 +88,74 @@ def resolve_path(p: str, base_dir: str | Path) -> str:
     return str(q if q.is_absolute() else (Path(base_dir) / q).absolute())
 
 
+def local_root(p: str, base_dir: str | Path) -> Path | None:
+    """The local file or folder a source path reads from (a glob: its folder before the first wildcard);
+    None for a URL."""
+    where = resolve_path(p, base_dir)
+    if _is_url(where):
+        return None
+    if _has_magic(where):
+        fixed = []
+        for part in Path(where).parts:
+            if _has_magic(part):
+                break
+            fixed.append(part)
+        return Path(*fixed)
+    return Path(where)
+
+
+def local_inputs(exp: Experiment) -> list[tuple[Path, str]]:
+    """(path, what it is) of every local file or folder the config reads: the config, its suite file,
+    the domains' and evaluations' sources, a given tokenizer. Outputs never land on or in them."""
+    out = [(Path(exp.config_path), "the config")] if exp.config_path else []
+    for d in exp.domains:
+        for s in d.sources:
+            roots = [local_root(p, exp.base_dir) for p in source_paths(s)]
+            if s.hub and Path(_hub_target(s, exp.base_dir)).is_dir():
+                roots.append(Path(_hub_target(s, exp.base_dir)))
+            out += [(r, f"a source of domain '{d.name}' ({r})") for r in roots if r is not None]
+    if exp.sample.tokenizer.path:
+        out.append((exp.resolve(exp.sample.tokenizer.path), "the config's tokenizer"))
+    if exp.evals is not None:
+        suite = exp.evals
+        if suite.path:
+            out.append((Path(suite.path), "the eval suite file"))
+        for e in suite.evaluations:
+            if e.path and e.kind in ("choice", "lm_eval"):
+                out.append((suite.resolve(e.path), f"the data of evaluation '{e.name}' ({suite.resolve(e.path)})"))
+            for s in e.sources or []:
+                roots = [local_root(p, suite.base_dir) for p in source_paths(s)]
+                out += [(r, f"a source of evaluation '{e.name}' ({r})") for r in roots if r is not None]
+    return out
+
+
+def check_workspace_place(exp: Experiment) -> None:
+    """Refuse a workspace inside a folder a source reads (a domain's or a text evaluation's): its own
+    files (file-hashes.json, slices) would be read as documents and the sample would never settle."""
+    from fnmatch import fnmatch
+
+    ws = Path(os.path.realpath(exp.workspace_dir))
+    places = [(s, exp.base_dir, f"domain '{d.name}'") for d in exp.domains for s in d.sources]
+    if exp.evals is not None:
+        places += [(s, exp.evals.base_dir, f"evaluation '{e.name}'") for e in exp.evals.evaluations
+                   for s in e.sources or []]
+    for source, base, whose in places:
+        for p in source_paths(source):
+            root = local_root(p, base)
+            if root is None or not root.is_dir():
+                continue
+            root = Path(os.path.realpath(root))
+            if not (ws == root or ws.is_relative_to(root)):
+                continue
+            where = resolve_path(p, base)
+            if _has_magic(where) and "**" not in where and not any(
+                    fnmatch(str(a), where) for a in (ws, *ws.parents) if a.is_relative_to(root)):
+                continue  # a glob that cannot reach into the workspace
+            raise MixoptError(f"the workspace {exp.workspace_dir} is inside the source folder {root} of {whose}, so "
+                              "its own files would be read as documents",
+                              "put the workspace outside the source folder (`workspace:` in the config)")
+
+
 def list_shards(source: Source, base_dir: str | Path = ".") -> list[Shard]:
     """The shards a source reads, in a stable order; every path must match something."""
     if source.hub:
@@ -97,8 +166,8 @@ def list_shards(source: Source, base_dir: str | Path = ".") -> list[Shard]:
         found = _remote_shards(source, where) if _is_url(where) else _local_shards(source, where)
         if found is None or not found and _has_magic(where):
             if _has_magic(where):
-                raise MixoptError(f"no file matches {where}", "fix the glob in the domain's source path")
-            raise MixoptError(f"corpus not found: {where}", "check the domain's source path in the config")
+                raise MixoptError(f"no file matches {redact(where)}", "fix the glob in the domain's source path")
+            raise MixoptError(f"corpus not found: {redact(where)}", "check the domain's source path in the config")
         shards += found
     seen, out = set(), []
     for s in shards:  # a file named twice (overlapping globs) is read once
@@ -174,7 +243,7 @@ def fs_for(url: str, opts: dict):
     try:
         return fsspec.core.url_to_fs(url, **opts)
     except (ImportError, ValueError) as e:
-        raise MixoptError(f"{url}: {str(e).splitlines()[0]}",
+        raise MixoptError(redact(f"{url}: {str(e).splitlines()[0]}"),
                           "install the filesystem's package (e.g. s3fs, gcsfs) or fix the URL") from None
 
 
@@ -184,7 +253,8 @@ _CREDENTIAL_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "Credenti
 
 
 def _remote_error(url: str, e: BaseException) -> MixoptError:
-    text = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+    url = redact(url)
+    text = redact(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": "))
     names = {c.__name__ for c in type(e).__mro__}
     if isinstance(e, PermissionError) or names & _CREDENTIAL_ERRORS:
         return MixoptError(f"{url}: access denied ({text})",
@@ -221,7 +291,7 @@ def _remote_shards(source: Source, url: str) -> list[Shard] | None:
         if info.get("type") not in ("file", None):
             if source.on_error == "skip":
                 continue
-            raise MixoptError(f"{name}: not a regular file", SKIP_FIX)
+            raise MixoptError(f"{redact(name)}: not a regular file", SKIP_FIX)
         uri = name if "://" in name else f"{proto}://{name}"
         fmt = source.format if source.format not in ("auto", "hf") else detect_format(name)
         out.append(Shard(uri, fmt, local=False, size=info.get("size"), opts=dict(source.storage_options)))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mixopt.config.schema import Evaluation
-from mixopt.errors import MixoptError
+from mixopt.errors import MixoptError, shown
 
 PLAIN = {"question": "question", "choices": "choices", "answer": "answer"}  # mixopt's own JSONL schema
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -151,7 +151,7 @@ def _item(e: Evaluation, row, where: str) -> dict:
     if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) and c.strip() for c in ch):
         raise MixoptError(f"{where}: 'choices' must be a list of at least 2 non-empty strings", "fix the row's choices")
     if isinstance(a, bool) or not isinstance(a, int) or not 0 <= a < len(ch):
-        raise MixoptError(f"{where}: answer {a!r} is not an index into its {len(ch)} choices",
+        raise MixoptError(f"{where}: answer {shown(a)} is not an index into its {len(ch)} choices",
                           f"give an integer from 0 to {len(ch) - 1}")
     return item
 
@@ -182,7 +182,7 @@ def _answer_index(a, labels, choices, where: str):
             return int(s)
         if len(s) == 1 and s.upper() in LETTERS[:len(choices) if isinstance(choices, list) else 0]:
             return LETTERS.index(s.upper())
-        raise MixoptError(f"{where}: answer {a!r} names none of the choices",
+        raise MixoptError(f"{where}: answer {shown(a)} names none of the choices",
                           "give an index, a letter, or map `labels` to the choices' labels")
     return a
 

@@ -24,7 +24,7 @@ from mixopt import __version__
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import Bounds
-from mixopt.core.workspace import atomic_write_text
+from mixopt.core.outputs import write_output
 from mixopt.fit.noise import collapse_replicates
 from mixopt.fit.optimize import penalized_scores
 from mixopt.fit.plots import domain_panels, weight_sweep
@@ -107,7 +107,7 @@ def write_report(exp: Experiment, output: Path | None = None, runtime: Runtime =
                                 f"the prior's {prior:.4f}")
     page = _page(exp, plan, swarm, settings, rec, model, origins, suites, verify, warnings)
     out = output or plan.workspace.root / "report.html"
-    atomic_write_text(out, page)
+    write_output(out, page.encode(), "--output", plan.workspace.root)
     return ReportResult(out, len(swarm.keys), warnings)
 
 

@@ -12,7 +12,7 @@ from mixopt.config.validate import check_weight_rows
 from mixopt.core.mixtures import Bounds, read_mixtures
 from mixopt.core.tables import numeric_text_columns, read_table, weight_matrix
 from mixopt.core.workspace import check_folder, claim_folder, read_json
-from mixopt.errors import MixoptError
+from mixopt.errors import MixoptError, shown
 from mixopt.fit.noise import collapse_replicates
 from mixopt.fit.recommend import Recommendation, fit_swarm, save_fit, write_optimal
 from mixopt.fit.regress import MixtureModel, fit_model
@@ -58,7 +58,7 @@ def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None
             raise MixoptError(f"{runs}: no finished runs (status done) in this export", "run `mixopt sweep` first")
     if key is not None and scores is None:
         if key not in table.columns:
-            raise MixoptError(f"{runs}: no column '{key}'", f"columns: {', '.join(table.columns[:12])}")
+            raise MixoptError(f"{runs}: no column '{key}'", f"columns: {', '.join(shown(c) for c in table.columns[:12])}")
         if table[key].n_unique() != table.height:
             raise MixoptError(f"{runs}: key '{key}' repeats", "give each run one row")
     if scores is not None:
@@ -67,7 +67,7 @@ def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None
         right = read_table(scores)
         for t, name in ((table, runs), (right, scores)):
             if key not in t.columns:
-                raise MixoptError(f"{name}: no column '{key}'", f"columns: {', '.join(t.columns[:12])}")
+                raise MixoptError(f"{name}: no column '{key}'", f"columns: {', '.join(shown(c) for c in t.columns[:12])}")
             if t[key].n_unique() != t.height:
                 raise MixoptError(f"{name}: key '{key}' repeats", "give each run one row")
         if table[key].dtype != right[key].dtype:
@@ -103,7 +103,7 @@ def load_swarm(runs: Path, targets: dict[str, float], scores: Path | None = None
     covs = {}
     for c in covariates:
         if c not in table.columns:
-            raise MixoptError(f"column '{c}' not found", f"columns: {', '.join(table.columns[:12])}")
+            raise MixoptError(f"column '{c}' not found", f"columns: {', '.join(shown(c) for c in table.columns[:12])}")
         v = table[c].cast(pl.Float64, strict=False).to_numpy()
         bad = np.flatnonzero(~(np.isfinite(v) & (v > 0)))
         if bad.size:
@@ -143,12 +143,12 @@ def _domain_columns(table, key, prefix, exclude) -> list[str]:
         cols = [c.strip() for c in prefix.split(",") if c.strip()]
         missing = [c for c in cols if c not in table.columns]
         if missing:
-            raise MixoptError(f"--domains: no column '{missing[0]}'", f"columns: {', '.join(table.columns[:12])}")
+            raise MixoptError(f"--domains: no column '{missing[0]}'", f"columns: {', '.join(shown(c) for c in table.columns[:12])}")
         return cols
     if prefix:
         cols = [c for c in table.columns if c.startswith(prefix) and c != key and c not in exclude]
         if not cols:
-            raise MixoptError(f"no column starts with '{prefix}'", f"columns: {', '.join(table.columns[:12])}")
+            raise MixoptError(f"no column starts with '{prefix}'", f"columns: {', '.join(shown(c) for c in table.columns[:12])}")
         return cols
     if _is_export(table):  # the weight columns lie between `status` (or `replicate`) and `objective`
         start = table.columns.index("replicate" if "replicate" in table.columns else "status") + 1

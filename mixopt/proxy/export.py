@@ -17,7 +17,11 @@ from mixopt.proxy.model import ProxySpec, build_model
 def export_hf(W: dict, i: int, spec: ProxySpec, tokenizer_path: Path, out: Path) -> Path:
     """Proxy i of stacked weights W to the folder `out` (which must not exist, or be empty), atomically:
     it is written beside it and renamed, so `out` is whole or absent."""
+    from safetensors import SafetensorError
     from transformers import PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars: stderr holds mixopt's own lines
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MixoptError(f"{out} already exists and is not an empty folder", "name a new folder with --output")
@@ -41,6 +45,11 @@ def export_hf(W: dict, i: int, spec: ProxySpec, tokenizer_path: Path, out: Path)
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)
         fsync_dir(out.parent)
+    except (OSError, SafetensorError) as e:  # a full disk or a file size limit: safetensors' own error type
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise MixoptError(f"cannot write the model folder {out}: {' '.join(str(e).split()) or type(e).__name__}",
+                          "free space (or raise the quota, or choose a writable place) and rerun; nothing was "
+                          "left behind") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -6,10 +6,8 @@ from __future__ import annotations
 import io
 import json
 import math
-from pathlib import Path
 
 from mixopt.config.schema import Experiment
-from mixopt.core.workspace import atomic_write_bytes
 from mixopt.errors import MixoptError
 from mixopt.sweep.plan import load_plan
 from mixopt.sweep.reeval import _metrics_of
@@ -100,12 +98,3 @@ def _dtype(col: str, rows: list[dict]):
     if col in ("tokens", "trainings", "replicate"):
         return pl.Int64
     return pl.Float64
-
-
-def write_export(data: bytes, output: Path) -> None:
-    """Written whole or not at all (a temp file renamed), so an interrupted export leaves no half file."""
-    if output.is_dir():
-        raise MixoptError(f"--output {output} is a folder", "name a file, e.g. --output runs.parquet")
-    if not output.parent.is_dir():
-        raise MixoptError(f"--output {output}: folder {output.parent} does not exist", "create it first")
-    atomic_write_bytes(output, data)

@@ -105,6 +105,20 @@ class Plan:
         return out
 
 
+def sweep_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool = True) -> Plan:
+    """What a sweep trains: load_plan, with a mixtures file's weights rounded just past a bound
+    projected onto the bounds (the mixture trained is the projected one)."""
+    plan = load_plan(exp, extra, design)
+    snapped = []
+    for m in extra:
+        w = plan.bounds.snap(np.asarray(m.weights)) if m.origin.startswith("file:") else np.asarray(m.weights)
+        if w is None:
+            raise MixoptError(f"mixture {m.origin} is outside the domain bounds (or repetition limits)",
+                              "fix its weights or the bounds")
+        snapped.append(Mixture(m.origin, tuple(float(x) for x in w), m.replicate))
+    return plan if snapped == list(extra) else load_plan(exp, snapped, design)
+
+
 def load_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool = True) -> Plan:
     """The design's mixtures (unless design=False) plus `extra` ones (proposed, verification)."""
     ws = Workspace(exp.workspace_dir)

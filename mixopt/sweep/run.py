@@ -30,7 +30,7 @@ from mixopt.sweep.choose import (
     choose_compile,
     record_choice,
 )
-from mixopt.sweep.plan import CHANGE_RECORD, Plan, load_plan
+from mixopt.sweep.plan import CHANGE_RECORD, Plan, load_plan, sweep_plan
 from mixopt.sweep.reeval import evaluate_stored, record_scores
 from mixopt.sweep.store import Store, new_owner
 from mixopt.sweep.work import (
@@ -64,16 +64,7 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
     t0 = time.time()
     if runtime.backend == "local":
         check_local_device(runtime)
-    plan = load_plan(exp, extra, design)
-    snapped = []
-    for m in extra:
-        w = plan.bounds.snap(np.asarray(m.weights)) if m.origin.startswith("file:") else np.asarray(m.weights)
-        if w is None:
-            raise MixoptError(f"mixture {m.origin} is outside the domain bounds (or repetition limits)",
-                              "fix its weights or the bounds")
-        snapped.append(Mixture(m.origin, tuple(float(x) for x in w), m.replicate))
-    if snapped != list(extra):  # a file's weights rounded just past a bound: train the projected mixture
-        plan = load_plan(exp, snapped, design)
+    plan = sweep_plan(exp, extra, design)
     ws = plan.workspace
     report = SweepReport(planned=len(plan.mixtures))
     prepare_suite(exp, plan.suite, ws)
@@ -121,7 +112,7 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
                         tried.add(key)
                         side = read_result(Path(runs[key].checkpoint))
                         if side:  # trained before a crash, never recorded
-                            store.record_result(asdict(side))
+                            store.record_result(asdict(side), adopted=True)
                             report.adopted += 1
                             bars.finish(key)
                         else:

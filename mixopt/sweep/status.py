@@ -6,14 +6,15 @@ from __future__ import annotations
 from collections import Counter
 
 from mixopt.config.schema import Experiment
-from mixopt.core.mixtures import name_list
+from mixopt.core.mixtures import Mixture, name_list
 from mixopt.core.workspace import Workspace
-from mixopt.sweep.plan import Plan, StaleSample, load_plan
+from mixopt.sweep.plan import Plan, StaleSample, load_plan, sweep_plan
 from mixopt.sweep.reeval import missing_measures
 from mixopt.sweep.store import Store
 
 
-def experiment_status(exp: Experiment) -> dict:
+def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = ()) -> dict:
+    """What the workspace holds; "design" counts the design's runs and `extra` (a sweep's --mixtures)."""
     ws = Workspace(exp.workspace_dir)
     out = {"workspace": str(ws.root), "sample": "missing", "suite": None,
            "design": {"planned": 0, "done": 0, "failed": 0, "suspect": 0, "pending": 0},
@@ -22,7 +23,7 @@ def experiment_status(exp: Experiment) -> dict:
     if not ws.manifest_path.is_file():
         return out
     try:
-        plan = load_plan(exp)
+        plan = sweep_plan(exp, extra)
     except StaleSample as e:  # any other problem (a damaged store, a bad config) is an error, not a state
         out["sample"] = f"stale: {e.problem}"
         from mixopt.data.resample import preview

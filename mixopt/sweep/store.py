@@ -293,9 +293,11 @@ class Store:
             self.db.execute("UPDATE runs SET status='planned', lease_owner=NULL, lease_expires=NULL "
                             "WHERE lease_owner=? AND status='running'", (owner,))
 
-    def record_result(self, result: dict) -> bool:
+    def record_result(self, result: dict, adopted: bool = False) -> bool:
         """A finished run and its evals, in one transaction; False if it was already recorded. A new
-        training replaces everything measured on the run's previous checkpoint."""
+        training replaces everything measured on the run's previous checkpoint. `adopted`: the result
+        a worker left beside its checkpoint; it is a new training only if the store has not recorded
+        that checkpoint (sha256) already (a run sent back to pending, then found whole, was trained once)."""
         rel = relative_checkpoint(result["checkpoint"], self.root)  # a result file may name an old root
         size = (self.root / rel).stat().st_size if (self.root / rel).is_file() else None
         with self._tx():
@@ -305,9 +307,10 @@ class Store:
             self.db.execute(
                 "UPDATE runs SET status='done', checkpoint=?, checkpoint_bytes=?, sha256=?, train_loss=?, tokens=?, "
                 "train_seconds=?, epochs=?, error=NULL, finished=?, lease_owner=NULL, lease_expires=NULL, "
-                "trainings = trainings + 1 WHERE key=?",
+                "trainings = trainings + ? WHERE key=?",
                 (rel, size, result["sha256"], result["train_loss"], result["tokens"],
-                 result["train_seconds"], json.dumps(result["epochs"]), time.time(), result["key"]))
+                 result["train_seconds"], json.dumps(result["epochs"]), time.time(),
+                 0 if adopted and row is not None and row["sha256"] == result["sha256"] else 1, result["key"]))
             self.db.execute("DELETE FROM measurements WHERE run_key=?", (result["key"],))
             self.db.execute("DELETE FROM scores WHERE run_key=?", (result["key"],))
             self._insert_measurements(result["key"], result["measurements"])
