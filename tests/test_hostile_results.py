@@ -1,0 +1,147 @@
+"""Hostile results, code and sizes (issue 22, part B): diverged proxies and non-finite results through
+real tiny sweeps, lm_eval task folders that run code, YAML bombs, endless or huge corpus files and a
+million domains. Each through the real CLI where a user would meet it: one `error:` line and exit 2
+for bad input, or the documented behaviour."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_hostile import Case, cli, sampled  # noqa: F401  (sampled: the session's sampled workspace)
+from test_train import SPEC, Crash, _crash_at, _streams
+
+from mixopt.proxy.train import divergence, train_proxies
+
+
+def _status(cfg: Path, cwd: Path) -> dict:
+    r = cli(["status", cfg, "--format", "json"], cwd)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _steps_by_run(log: Path) -> dict[str, int]:
+    """Steps trained per run key, from MIXOPT_WORK_LOG ("<run key> <step index>" per trained step)."""
+    out: dict[str, int] = {}
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        key = line.split()[0]
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+# --- 1. non-finite results --------------------------------------------------------------------------------
+
+def test_a_diverged_proxy_in_a_batch_stops_learning_and_the_others_are_untouched(tmp_path):
+    """N = 2 trained together, one of them resumed from a state whose weights hold a NaN: it diverges at
+    once; the other computes exactly what it computes in a healthy batch. All diverged: the loop stops."""
+    import torch
+
+    spec = replace(SPEC, tokens=SPEC.seq_len * SPEC.batch_size * 12)  # 12 steps, a state saved every 2
+    mixtures = [(0.7, 0.3), (0.2, 0.8)]
+    W, losses, _ = train_proxies(spec, mixtures, _streams(), seed=3)
+    assert not divergence(losses[0], spec.steps) and not divergence(losses[1], spec.steps)
+    states = [tmp_path / "a.resume.pt", tmp_path / "b.resume.pt"]
+    with pytest.raises(Crash):
+        train_proxies(spec, mixtures, _streams(), seed=3, on_step=_crash_at(7), states=states)
+    bad = torch.load(states[1], weights_only=True)
+    name = sorted(bad["weights"])[0]
+    bad["weights"][name].view(-1)[0] = float("nan")
+    torch.save(bad, states[1])
+    W2, losses2, _ = train_proxies(spec, mixtures, _streams(), seed=3, states=states)
+    assert losses2[0] == losses[0]  # bitwise: a NaN in one proxy's weights reaches no other proxy
+    for k in W:
+        assert torch.equal(W2[k][0], W[k][0]), k
+    assert divergence(losses2[1], spec.steps) == f"diverged: loss is nan at step 7 of {spec.steps}"
+
+    for p in states:  # both diverge at the first resumed step (7): nothing more is trained
+        torch.save(bad, p)
+    seen = []
+    _, losses3, _ = train_proxies(spec, mixtures, _streams(), seed=3, states=states,
+                                  on_step=lambda step, *_: seen.append(step))
+    assert seen == [7] and [len(x) for x in losses3] == [7, 7]
+
+
+def test_a_diverging_sweep_fails_each_run_with_its_reason_and_holds_them_back(corpora, sampled, tmp_path):
+    """proxy.lr 1000: every proxy's loss turns NaN within a few steps. The sweep stops each one there,
+    records it as failed with why (exit 1, no traceback), `status` shows why in text and JSON, the next
+    sweep trains none of them again (the same key computes the same) and `--retry-failed` does."""
+    t = Case(tmp_path, corpora, sampled, None)
+    t.sampled()
+    cfg = t.config({"proxy.lr": 1000.0, "design.runs": 1})
+    log = tmp_path / "work.log"
+    env = {"MIXOPT_WORK_LOG": str(log)}
+    r = cli(["sweep", cfg, "--no-progress"], tmp_path, env=env, timeout=300)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    failed = re.findall(r"failed (\w{12}): diverged: loss is (?:nan|inf|-inf) at step (\d+) of 46", r.stdout)
+    st = _status(cfg, tmp_path)
+    planned = st["design"]["planned"]
+    assert planned >= 5 and len(failed) == planned, r.stdout
+    assert f"{planned} runs planned: 0 already done, 0 adopted, 0 trained, {planned} failed" in r.stdout
+    steps = _steps_by_run(log)
+    assert sorted((k[:12], str(n)) for k, n in steps.items()) == sorted(failed)  # each stopped where it diverged
+    assert max(steps.values()) < 10  # ... at its first non-finite loss, not trained on for 46 steps
+    assert st["design"] == {"planned": planned, "done": 0, "failed": planned, "suspect": 0, "pending": 0}
+    assert len(st["failed_runs"]) == planned
+    assert all(f["kind"] == "nonfinite" and not f["retried_by_next_sweep"] and f["error"].startswith("diverged: ")
+               for f in st["failed_runs"])
+    assert st["cost"]["to_train"] == 0 and st["cost"]["held_back"] == planned
+    text = cli(["status", cfg], tmp_path).stdout
+    assert text.count("diverged: loss is") == planned and "--retry-failed` retrains it" in text
+
+    r = cli(["sweep", cfg, "--no-progress"], tmp_path, env=env, timeout=300)  # held back: nothing trains
+    assert r.returncode == 1 and "0 trained, 0 failed" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert f"not retrained: {planned} runs that failed with a non-finite result" in r.stdout
+    assert _steps_by_run(log) == steps
+
+    r = cli(["sweep", cfg, "--no-progress", "--retry-failed"], tmp_path, env=env, timeout=300)
+    assert r.returncode == 1 and f"0 trained, {planned} failed" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert _steps_by_run(log) == {k: 2 * n for k, n in steps.items()}  # trained again, and diverged again
+
+    r = cli(["fit", cfg], tmp_path)
+    assert r.returncode == 2 and f"({planned} failed runs left out: `mixopt status CONFIG` says why)" in r.stderr
+
+
+def test_a_nan_result_file_is_adopted_as_failed_and_the_other_runs_finish(corpora, sampled, tmp_path):
+    """A result file holding a NaN measurement (what a diverged proxy left before this fix, or a crashed
+    driver after a NaN) used to crash every rerun at its adoption, so no other run ever trained. Now it
+    becomes a failed run with its reason, the other runs are adopted or trained, and `fit` leaves it out
+    and says so."""
+    t = Case(tmp_path, corpora, sampled, None)
+    ws = t.sampled()
+    cfg = t.config({"proxy.tokens": 6144, "design.runs": 3, "fit.bootstrap": 0})  # 12 steps per proxy
+    r = cli(["sweep", cfg, "--no-progress"], tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sides = sorted((ws / "checkpoints").glob("*.json"))
+    assert len(sides) == 7
+    for p in ws.glob("mixopt.db*"):  # the driver died before recording anything
+        p.unlink()
+    nan_side, retrain = sides[0], sides[1]
+    row = json.loads(nan_side.read_text())
+    ev = sorted(row["measurements"])[0]
+    metric = sorted(row["measurements"][ev])[0]
+    row["measurements"][ev][metric] = float("nan")
+    nan_side.write_text(json.dumps(row))  # Python's json writes NaN, as the worker's did
+    retrain.unlink()
+    retrain.with_suffix(".safetensors").unlink()
+
+    r = cli(["sweep", cfg, "--no-progress"], tmp_path, timeout=600)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "7 runs planned: 0 already done, 5 adopted, 1 trained, 1 failed" in r.stdout, r.stdout
+    line = next(x for x in r.stdout.splitlines() if x.startswith("  failed "))
+    assert re.fullmatch(rf"  failed {row['key'][:12]}: non-finite measurement: \S+/{metric} = nan", line), line
+    st = _status(cfg, tmp_path)
+    assert st["design"] == {"planned": 7, "done": 6, "failed": 1, "suspect": 0, "pending": 0}
+    assert st["failed_runs"][0]["error"] == line.split(": ", 1)[1]
+
+    r = cli(["fit", cfg, "--format", "json"], tmp_path, timeout=300)
+    assert r.returncode == 1, r.stderr[-3000:]
+    fit = json.loads(r.stdout)
+    assert fit["runs"] == 6 and [f["key"] for f in fit["failed_runs"]] == [row["key"]]
+    assert "note: 1 failed runs left out of the fit" in r.stderr
+    assert np.isclose(sum(fit["weights"].values()), 1.0)
