@@ -145,3 +145,59 @@ def test_a_nan_result_file_is_adopted_as_failed_and_the_other_runs_finish(corpor
     assert fit["runs"] == 6 and [f["key"] for f in fit["failed_runs"]] == [row["key"]]
     assert "note: 1 failed runs left out of the fit" in r.stderr
     assert np.isclose(sum(fit["weights"].values()), 1.0)
+
+
+# --- 2. an lm_eval task folder is code ---------------------------------------------------------------------
+
+LM_EVAL_TASK = """task: mini_qa
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Q: {{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+"""
+
+
+@pytest.mark.parametrize("code", ["tag", "py"])
+def test_an_lm_eval_task_folder_that_runs_code_needs_trust_task_code(corpora, tmp_path, code):
+    """A task folder with `process_docs: !function utils.x` (or any .py file) runs Python inside mixopt:
+    refused with one line saying so, until the evaluation says `trust_task_code: true`."""
+    pytest.importorskip("lm_eval", reason="the lm_eval extra (make test installs it)")
+    t = Case(tmp_path, corpora, None, None)
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "qa.jsonl").write_text(json.dumps({"question": "2+2?", "choices": ["4", "5"], "answer": 0}) + "\n")
+    yaml_text = LM_EVAL_TASK.format(data=folder / "qa.jsonl")
+    if code == "tag":
+        yaml_text += "process_docs: !function utils.process_docs\n"
+    else:
+        (folder / "helpers.py").write_text("raise SystemExit('task code ran')\n")
+    (folder / "mini_qa.yaml").write_text(yaml_text)
+    suite = {"evaluations": [{"name": "qa", "kind": "lm_eval", "task": "mini_qa", "path": str(folder),
+                              "metric": "acc"}]}
+    cfg = t.config({"evals": suite, "fit": {}})
+    r = cli(["status", cfg], tmp_path)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    shown = "`!function` in mini_qa.yaml" if code == "tag" else "helpers.py"
+    assert lines[0] == (f"error: evaluation 'qa': the task folder {folder} holds code ({shown}) that "
+                        "lm-evaluation-harness imports and runs inside mixopt; read it, then set "
+                        "`trust_task_code: true` on this evaluation to run it")
+    suite["evaluations"][0]["trust_task_code"] = True
+    r = cli(["status", t.config({"evals": suite, "fit": {}})], tmp_path)
+    assert r.returncode == 0 and "sample: missing" in r.stdout, r.stderr[-2000:]
+    # the flag belongs to lm_eval evaluations only
+    r = cli(["status", t.config({"evals": {"evaluations": [{"name": "h", "kind": "heldout", "domain": "code",
+                                                            "trust_task_code": True}]}})], tmp_path)
+    assert r.returncode == 2 and "'trust_task_code' does not apply to a 'heldout' evaluation" in r.stderr
+
+
+def test_the_schema_says_a_task_folder_is_code(tmp_path):
+    r = cli(["schema"], tmp_path)
+    field = json.loads(r.stdout)["$defs"]["Evaluation"]["properties"]["trust_task_code"]
+    assert field["default"] is False and "a task folder (`path`) is code" in field["description"]
+    assert "Built-in tasks by name" in field["description"]
