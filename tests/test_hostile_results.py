@@ -201,3 +201,66 @@ def test_the_schema_says_a_task_folder_is_code(tmp_path):
     field = json.loads(r.stdout)["$defs"]["Evaluation"]["properties"]["trust_task_code"]
     assert field["default"] is False and "a task folder (`path`) is code" in field["description"]
     assert "Built-in tasks by name" in field["description"]
+
+
+# --- 3. YAML bombs and deep nesting -------------------------------------------------------------------------
+
+def _bomb(levels: int = 12) -> str:
+    """ "Billion laughs": each level a list of nine aliases of the level below (9**levels strings)."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def _as_limited(gib: int = 2):
+    """preexec_fn: the child may map at most `gib` GiB (a walk of the expanded aliases would need far more)."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (gib << 30, gib << 30))
+    return limit
+
+
+@pytest.mark.parametrize("where", ["config", "suite", "mixtures"])
+@pytest.mark.parametrize("bad", ["bomb", "deep", "self"])
+def test_yaml_bombs_and_deep_nesting_are_one_line(corpora, tmp_path, where, bad):
+    """A config, a suite file or a mixtures file holding an alias bomb (9**12 strings once expanded), 100k
+    nested `[` or an alias inside itself: exit 2, one `error:` line, nothing written. Under a 2 GiB address
+    space and a timeout an unguarded walk of the aliases could not meet (it took > 3 GB and minutes)."""
+    from test_hostile import snapshot
+
+    t = Case(tmp_path / "case", corpora, None, None)
+    t.dir.mkdir()
+    text = {"bomb": _bomb(), "deep": "x: " + "[" * 100_000 + "\n", "self": "x: &a [1, *a]\n"}[bad]
+    expect = {"bomb": "its aliases expand to more than 100,000 YAML nodes (an alias bomb?)",
+              "deep": "nested too deeply to read", "self": "an alias refers to the node that contains it"}[bad]
+    if where == "config":
+        bad_file = t.text("c.yaml", text)
+        args = ["status", bad_file]
+    elif where == "suite":
+        bad_file = t.text("suite.yaml", text)
+        args = ["status", t.config({"evals": "suite.yaml"})]
+    else:
+        bad_file = t.text("more.yaml", text)
+        args = ["sweep", t.config(), "--mixtures", bad_file]
+    before = snapshot(tmp_path)
+    r = cli(args, t.dir, preexec=_as_limited(), timeout=120)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert lines[0].startswith(f"error: {bad_file}: ") and expect in lines[0], lines[0]
+    assert r.stdout == "" and snapshot(tmp_path) == before
+
+
+def test_the_alias_bomb_check_is_quick_and_a_few_aliases_still_work(tmp_path):
+    import time
+
+    from mixopt.config.load import read_yaml
+    from mixopt.errors import MixoptError
+
+    (tmp_path / "bomb.yaml").write_text(_bomb(30))  # 9**30 strings: no walk of it could ever finish
+    t0 = time.process_time()
+    with pytest.raises(MixoptError, match="alias bomb"):
+        read_yaml(tmp_path / "bomb.yaml")
+    assert time.process_time() - t0 < 1.0  # measured: ~5 ms
+    (tmp_path / "ok.yaml").write_text("base: &b {lr: 0.001, steps: 10}\nruns: [*b, *b]\n")
+    assert read_yaml(tmp_path / "ok.yaml")["runs"] == [{"lr": 0.001, "steps": 10}] * 2

@@ -88,9 +88,14 @@ def read_yaml_lines(path: Path) -> tuple[object, dict[tuple, int]]:
     loader = _UniqueKeyLoader(text)
     try:
         node = loader.get_single_node()
+        if node is not None:
+            _check_expanded_size(node)  # before anything walks the aliases: construction and _key_lines do
         data = loader.construct_document(node) if node is not None else None
     except MixoptError as e:
         raise MixoptError(f"{path}: {e.problem}", e.fix) from None
+    except RecursionError:  # the composer recurses per level: 100k nested `[` end here, in milliseconds
+        raise MixoptError(f"{path}: nested too deeply to read (hundreds of levels of lists or mappings)",
+                          "a mixopt file is a few levels deep: fix the file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -98,6 +103,38 @@ def read_yaml_lines(path: Path) -> tuple[object, dict[tuple, int]]:
     finally:
         loader.dispose()
     return data, _key_lines(node) if node is not None else {}
+
+
+YAML_NODES = 100_000  # YAML nodes a file may hold with its aliases expanded; a big config holds thousands
+
+
+def _check_expanded_size(root) -> None:
+    """Refuse a YAML whose aliases expand past YAML_NODES nodes ("billion laughs": nine aliases of nine
+    lists of ... take gigabytes and minutes to walk) or refer to the node that holds them. Counted
+    over the distinct nodes, each once (memoized), so the check itself takes milliseconds."""
+    size: dict[int, int] = {}
+    busy: set[int] = set()
+
+    def count(node) -> int:
+        if id(node) in size:
+            return size[id(node)]
+        if id(node) in busy:
+            raise MixoptError(f"line {node.start_mark.line + 1}: an alias refers to the node that contains it",
+                              "write the value out instead of the alias")
+        busy.add(id(node))
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        total = 1
+        for child in children:
+            total += count(child)
+            if total > YAML_NODES:
+                raise MixoptError(f"its aliases expand to more than {YAML_NODES:,} YAML nodes (an alias bomb?)",
+                                  "write the values out; a mixopt file needs few aliases, if any")
+        busy.discard(id(node))
+        size[id(node)] = total
+        return total
+
+    count(root)
 
 
 def _key_lines(node, prefix: tuple = ()) -> dict[tuple, int]:
