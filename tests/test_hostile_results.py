@@ -264,3 +264,108 @@ def test_the_alias_bomb_check_is_quick_and_a_few_aliases_still_work(tmp_path):
     assert time.process_time() - t0 < 1.0  # measured: ~5 ms
     (tmp_path / "ok.yaml").write_text("base: &b {lr: 0.001, steps: 10}\nruns: [*b, *b]\n")
     assert read_yaml(tmp_path / "ok.yaml")["runs"] == [{"lr": 0.001, "steps": 10}] * 2
+
+
+# --- 4. reading limits, enforced while reading -----------------------------------------------------------------
+
+def test_a_text_evaluation_on_dev_zero_is_refused_by_status(corpora, sampled, tmp_path):
+    """`status` fingerprints the suite's text sources: /dev/zero used to be hashed forever."""
+    from test_hostile import snapshot
+
+    t = Case(tmp_path / "case", corpora, sampled, None)
+    t.dir.mkdir()
+    t.sampled()
+    cfg = t.config({"evals": {"evaluations": [{"name": "z", "kind": "text", "sources": ["/dev/zero"]}]}},
+                   drop=["fit.objective"])
+    before = snapshot(tmp_path)
+    r = cli(["status", cfg], t.dir, timeout=120)
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        "error: evaluation 'z': text source /dev/zero is not a regular file (a device, FIFO or socket); point "
+        "`sources` at files, or a folder of files"], r.stderr[-2000:]
+    assert snapshot(tmp_path) == before
+
+
+def _big_line_gzip(path: Path, mib: int, field: str = "meta") -> Path:
+    """One JSON line of `mib` MiB: the giant value in `field`, then a short "text" (unless it is "text"),
+    then a normal line."""
+    import gzip
+
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(f'{{"{field}": "'.encode())
+        for _ in range(mib):
+            f.write(b"a" * (1 << 20))
+        f.write(b'"' + (b', "text": "short"' if field != "text" else b"") + b'}\n{"text": "next line"}\n')
+    return path
+
+
+def _big_row_parquet(path: Path, mib: int) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a" * (mib << 20)]}), path, compression="zstd")
+    return path
+
+
+READ_PEAK = """
+import resource, sys
+import pyarrow.json, pyarrow.parquet
+from mixopt.config.schema import Source
+from mixopt.data.readers import ShardError, iter_chunks
+from mixopt.data.sources import list_shards
+src = Source(path=sys.argv[1])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    docs = [d for shard in list_shards(src) for col in iter_chunks(src, shard, 1024) for d in col.to_pylist()]
+    print(f"read {[len(d) for d in docs]}")
+except ShardError as e:
+    print(e)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("kind", ["gzip text", "gzip other", "parquet"])
+def test_a_huge_document_is_stopped_while_reading_not_after(tmp_path, kind):
+    """A 1.4 MB gzip holding one 300 MB line, a 3 kB Parquet holding one 200 MB string, read at
+    max_document_bytes 1024: the reader's peak memory grows by a few MB, not by the document (the line
+    used to be built whole: 2 GB RSS, 80 s, then "corrupt or truncated?"). A line whose text comes first
+    is cut to its head (8 x the cap) and the next line is read; one whose text is behind the giant
+    value, and the Parquet row, are refused naming the limit to raise."""
+    import subprocess
+    import sys
+
+    path = _big_row_parquet(tmp_path / "big.parquet", 200) if kind == "parquet" else \
+        _big_line_gzip(tmp_path / "big.jsonl.gz", 300, kind.split()[1])
+    assert path.stat().st_size < 2 << 20
+    r = subprocess.run([sys.executable, "-c", READ_PEAK, str(path)], capture_output=True, text=True, timeout=300,
+                       env={"PYTHONPATH": str(Path(__file__).parents[1]), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    said, grew = r.stdout.splitlines()
+    assert int(grew) < 64 << 20  # the document is 200-300 MB
+    if kind == "gzip text":
+        head = 8192 - len('{"text": "')  # the line's first 8 x 1024 bytes, less the key
+        assert said == f"read {[head, len('next line')]}", said
+        return
+    where = f"{path}:1: line 1 runs past 8,388,6" if kind == "gzip other" else \
+        f"{path}: row group 0 holds 209,715,"
+    assert said.startswith(where), said
+    assert said.endswith("over 8,192 bytes (8 x sample.max_document_bytes = 1,024); it was not read whole: "
+                         "raise sample.max_document_bytes to read it (it is then cut to that size)"), said
+
+
+@pytest.mark.parametrize("kind", ["gzip", "parquet"])
+def test_sample_refuses_a_huge_document_with_the_limit_to_raise(corpora, tmp_path, kind):
+    from test_hostile import snapshot
+
+    t = Case(tmp_path / "case", corpora, None, None)
+    t.dir.mkdir()
+    # a line is checked as each 8 MB block is read: this one outgrows the first block
+    big = _big_line_gzip(tmp_path / "big.jsonl.gz", 20) if kind == "gzip" else \
+        _big_row_parquet(tmp_path / "big.parquet", 2)
+    cfg = t.config({"domains.1.sources": [{"path": str(big)}], "sample.max_document_bytes": 4096})
+    before = snapshot(tmp_path)
+    r = cli(["sample", cfg], t.dir, timeout=300)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert lines[0].startswith(f"error: {big}") and "over 32,768 bytes (8 x sample.max_document_bytes = 4,096)" \
+        in lines[0] and "raise sample.max_document_bytes to read it" in lines[0], lines[0]
+    assert snapshot(tmp_path) == before
