@@ -232,7 +232,7 @@ def test_yaml_bombs_and_deep_nesting_are_one_line(corpora, tmp_path, where, bad)
     t = Case(tmp_path / "case", corpora, None, None)
     t.dir.mkdir()
     text = {"bomb": _bomb(), "deep": "x: " + "[" * 100_000 + "\n", "self": "x: &a [1, *a]\n"}[bad]
-    expect = {"bomb": "its aliases expand to more than 100,000 YAML nodes (an alias bomb?)",
+    expect = {"bomb": "its aliases expand to more than 200,000 YAML nodes (an alias bomb?)",
               "deep": "nested too deeply to read", "self": "an alias refers to the node that contains it"}[bad]
     if where == "config":
         bad_file = t.text("c.yaml", text)
@@ -368,4 +368,24 @@ def test_sample_refuses_a_huge_document_with_the_limit_to_raise(corpora, tmp_pat
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert lines[0].startswith(f"error: {big}") and "over 32,768 bytes (8 x sample.max_document_bytes = 4,096)" \
         in lines[0] and "raise sample.max_document_bytes to read it" in lines[0], lines[0]
+    assert snapshot(tmp_path) == before
+
+
+# --- 5. a million domains ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [1_000_000, 10_001])
+def test_too_many_domains_is_one_line_before_any_per_domain_work(tmp_path, n):
+    """`status` on 1,000,000 domains was killed after 150 s. Now a file over 8 MB is refused before it is
+    parsed, and a smaller one with more than 10,000 domains once it is read, before any validation."""
+    from test_hostile import snapshot
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("workspace: ws\ndomains:\n" + "".join(f"- {{name: d{i}, sources: [d{i}.txt]}}\n" for i in range(n)))
+    before = snapshot(tmp_path)
+    r = cli(["status", cfg], tmp_path, timeout=300)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    expect = f"error: {cfg}: larger than 8 MB; a mixopt file is far smaller (at most 10,000 domains)" if n > 10_001 \
+        else f"error: {cfg}: line 2: 10,001 domains; mixopt handles at most 10,000; group sources into fewer domains"
+    assert lines[0].startswith(expect), lines[0]
     assert snapshot(tmp_path) == before

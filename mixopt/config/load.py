@@ -23,6 +23,10 @@ def load_experiment(path: str | Path) -> Experiment:
     raw, lines = _read_mapping(path, ("base_dir", "config_path"), "a mapping at the top",
                                "see the config reference in README.md")
     raw.setdefault("name", path.name.split(".")[0])
+    if isinstance(raw.get("domains"), list) and len(raw["domains"]) > MAX_DOMAINS:
+        raise MixoptError(f"{path}: line {lines.get(('domains',), '?')}: {len(raw['domains']):,} domains; mixopt "
+                          f"handles at most {MAX_DOMAINS:,}", "group sources into fewer domains (by source, "
+                          "topic or cluster)")
     if "evals" in raw:
         raw["evals"] = _read_suite(raw["evals"], path, lines)
     try:
@@ -59,7 +63,19 @@ def _read_mapping(path: Path, reserved: tuple[str, ...], expected: str, help: st
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load, except that a key given twice in one mapping is an error (YAML itself keeps the last)."""
+    """safe_load, except that a key given twice in one mapping is an error (YAML itself keeps the last),
+    and a file of more than YAML_NODES values is refused while it is composed (a million domains took
+    minutes to parse before anything could say no)."""
+
+    composed = 0
+
+    def compose_node(self, parent, index):
+        self.composed += 1
+        if self.composed > YAML_NODES:
+            raise MixoptError(f"it holds more than {YAML_NODES:,} YAML values; a mixopt file is far smaller (at "
+                              f"most {MAX_DOMAINS:,} domains)", "split the experiment, or group sources into "
+                              "fewer domains")
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -80,7 +96,12 @@ def read_yaml(path: Path):
 def read_yaml_lines(path: Path) -> tuple[object, dict[tuple, int]]:
     """A YAML file as data, and the line of each key (by its path of keys and list indices)."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")  # a BOM is fine; other non-UTF-8 bytes are not
+        with open(path, "rb") as f:
+            data = f.read(YAML_BYTES + 1)
+        if len(data) > YAML_BYTES:  # refused before parsing: pure-Python YAML composes ~50k values a second
+            raise MixoptError(f"{path}: larger than {YAML_BYTES >> 20} MB; a mixopt file is far smaller (at most "
+                              f"{MAX_DOMAINS:,} domains)", "split the experiment, or group sources into fewer domains")
+        text = data.decode("utf-8-sig")  # a BOM is fine; other non-UTF-8 bytes are not
     except UnicodeDecodeError as e:
         raise MixoptError(f"{path}: not UTF-8 text (byte {e.start})", "save the file as UTF-8") from None
     except OSError as e:
@@ -105,7 +126,9 @@ def read_yaml_lines(path: Path) -> tuple[object, dict[tuple, int]]:
     return data, _key_lines(node) if node is not None else {}
 
 
-YAML_NODES = 100_000  # YAML nodes a file may hold with its aliases expanded; a big config holds thousands
+YAML_NODES = 200_000  # YAML nodes a file may hold (aliases expanded); MAX_DOMAINS domains need ~60,000
+MAX_DOMAINS = 10_000  # domains an experiment may have: checked before any per-domain work
+YAML_BYTES = 8 << 20  # a YAML file mixopt reads: MAX_DOMAINS domains take ~1 MB
 
 
 def _check_expanded_size(root) -> None:
