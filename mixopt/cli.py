@@ -200,6 +200,9 @@ def sweep(config: Path = CONFIG,
                                                              "measured once per machine and spec), on or off."),
           dry_run: bool = typer.Option(False, "--dry-run", help="Say what the sweep would train and reuse, and why; "
                                                                 "train nothing."),
+          retry_failed: bool = typer.Option(False, "--retry-failed", help="Also retrain runs that failed with a "
+                                            "non-finite result (a diverged proxy, a NaN measurement); other failed "
+                                            "runs are retried by every sweep."),
           track: list[str] = TRACK, format: Format = FORMAT):
     """Design the mixtures, train and evaluate one proxy per mixture not yet finished."""
     from mixopt.core.mixtures import Mixture, read_mixtures
@@ -243,16 +246,17 @@ def sweep(config: Path = CONFIG,
 
         check_reachable(ray_address)
     with _interrupted(exp, "sweep", config, extra, f" --mixtures {mixtures}" if mixtures else ""):
-        report = run_sweep(exp, runtime, extra=extra)
+        report = run_sweep(exp, runtime, extra=extra, retry_failed=retry_failed)
     track_runs(exp, trackers, _stderr)
     if format is Format.json:
         from dataclasses import asdict
 
         typer.echo(json.dumps({**asdict(report), "failed": [{"key": k, "error": e} for k, e in report.failed],
+                               "held_back": [{"key": k, "error": e} for k, e in report.held_back],
                                "workspace": str(exp.workspace_dir)}))
     else:
         typer.echo(format_sweep(report))
-    if report.failed:
+    if report.failed or report.held_back:
         raise typer.Exit(1)
 
 
@@ -555,7 +559,7 @@ class _interrupted:
 
 
 def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = True, trackers=(), against=()) -> bool:
-    """Fit and print; False when suspect runs were left out (said on stderr)."""
+    """Fit and print; False when suspect or failed runs were left out (said on stderr)."""
     from dataclasses import replace
 
     from mixopt.fit.recommend import recommend_mixture
@@ -580,9 +584,12 @@ def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = Tru
         typer.echo(f"written: {exp.optimal_path}")
         if fit_dir:
             typer.echo(f"fit folder: {fit_dir} (fit.json, runs.parquet, plots)")
+    if rec.failed:
+        typer.echo(f"note: {len(rec.failed)} failed runs left out of the fit (e.g. {rec.failed[0][0][:12]}: "
+                   f"{rec.failed[0][1]}); `mixopt status CONFIG` lists them", err=True)
     if rec.suspect:
         typer.echo(suspect_line(rec.suspect), err=True)
-    return not rec.suspect
+    return not rec.suspect and not rec.failed
 
 
 @app.command("eval")
@@ -645,6 +652,13 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
                f"{d['suspect']} suspect, {d['pending']} pending")
     typer.echo(f"runs in store (all designs): {r['done']} done, {r['failed']} failed, {r['suspect']} suspect, "
                f"{r['planned']} planned; proxies trained: {st['trainings']}")
+    failed = st.get("failed_runs") or []
+    for f in failed[:10]:
+        again = "the next sweep retries it" if f["retried_by_next_sweep"] else \
+            "left out of fits; `mixopt sweep CONFIG --retry-failed` retrains it"
+        typer.echo(f"  failed {f['key'][:12]} ({f['origin']}): {f['error']} ({again})")
+    if len(failed) > 10:
+        typer.echo(f"  ... and {len(failed) - 10} more failed runs (`mixopt status CONFIG --format json` lists all)")
     reps = st.get("replicates") or []
     if reps:
         seeds = sorted({g["seeds"] for g in reps})

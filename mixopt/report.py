@@ -95,6 +95,10 @@ def format_sweep(report) -> str:
              f"{report.trained} trained, {len(report.failed)} failed ({report.seconds:.1f}s)"]
     for key, err in report.failed:
         parts.append(f"  failed {key[:12]}: {err}")
+    if report.held_back:
+        parts.append(f"  not retrained: {len(report.held_back)} runs that failed with a non-finite result (e.g. "
+                     f"{report.held_back[0][0][:12]}: {report.held_back[0][1]}); the same run computes the same: "
+                     "`mixopt sweep CONFIG --retry-failed` retrains them")
     return "\n".join(parts)
 
 

@@ -188,6 +188,11 @@ class Evaluation(_Strict):
     higher_is_better: bool | None = None  # lm_eval: the metric's direction, when the harness's name is not known
     max_tokens: int = Field(50_000, gt=0)  # text: tokens evaluated (the first ones, in file order)
     max_items: int | None = Field(None, gt=0)  # choice, lm_eval: the first N items; default all
+    trust_task_code: bool = Field(False, description=(
+        "lm_eval: a task folder (`path`) is code: lm-evaluation-harness imports and runs its .py files "
+        "(`!function utils.x` in a task YAML) inside mixopt. A folder holding any .py file or `!function` tag "
+        "is refused unless this is true. Built-in tasks by name (no `path`) run the harness's own Python "
+        "(many of their YAMLs use `!function`), installed with it, and need no flag."))
 
     @field_validator("name")
     @classmethod
@@ -209,11 +214,11 @@ class Evaluation(_Strict):
                              "(a Hub name)")
         if self.kind != "choice" and getattr(self, need) in (None, []):
             raise ValueError(f"a '{self.kind}' evaluation needs '{need}'")
-        own = {"heldout": {"domain"}, "text": {"sources", "max_tokens"}, "lm_eval": {"task", "path", "k", "max_items"},
+        own = {"heldout": {"domain"}, "text": {"sources", "max_tokens"}, "lm_eval": {"task", "path", "k", "max_items", "trust_task_code"},
                "choice": {"path", "dataset", "subset", "split", "preset", "fields", "k", "fewshot_split",
                           "max_items"}}[self.kind]
         for other in ("domain", "sources", "path", "dataset", "subset", "split", "preset", "fields", "k",
-                      "fewshot_split", "task", "higher_is_better"):
+                      "fewshot_split", "task", "higher_is_better", "trust_task_code"):
             if other not in own | {"higher_is_better"} and other in self.model_fields_set:
                 raise ValueError(f"'{other}' does not apply to a '{self.kind}' evaluation (it uses '{need}')")
         if self.kind == "lm_eval":

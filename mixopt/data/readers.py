@@ -13,7 +13,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from mixopt.config.schema import Source
+from mixopt.config.schema import Sample, Source
 from mixopt.data.sources import (
     SKIP_FIX,
     TEXT_EXTENSIONS,
@@ -34,6 +34,21 @@ __all__ = ["SKIP_FIX", "TEXT_EXTENSIONS", "Shard", "ShardError", "detect_format"
 
 BATCH_ROWS = 1024  # Parquet/Arrow rows read at a time
 JSONL_BLOCK = 8 << 20  # JSONL bytes parsed at a time
+# A document is read whole up to READ_FACTOR x max_document_bytes (room for JSON escapes and other
+# fields), then cut to max_document_bytes by the sampler; a longer JSON line or Parquet row is refused
+# while reading, before it is built: a 1 MB gzip can hold a 1 GB line.
+READ_FACTOR = 8
+
+
+def read_limit(cap: int | None) -> int:
+    """Bytes a JSON line or a Parquet row may hold (`cap`: max_document_bytes; None: its default)."""
+    return READ_FACTOR * (cap or Sample().max_document_bytes)
+
+
+def _too_long(where: str, size: str, cap: int | None) -> ShardError:
+    return ShardError(f"{where}: {size}, over {read_limit(cap):,} bytes ({READ_FACTOR} x sample.max_document_bytes "
+                      f"= {cap or Sample().max_document_bytes:,}); it was not read whole: raise "
+                      "sample.max_document_bytes to read it (it is then cut to that size)")
 
 
 def iter_chunks(source: Source, shard: Shard, max_document_bytes: int | None = None) -> Iterator:
@@ -100,7 +115,7 @@ def _text_column(table_or_batch, source: Source, where: str):
     return col
 
 
-def _chunks_parquet(source: Source, shard: Shard, _cap) -> Iterator:
+def _chunks_parquet(source: Source, shard: Shard, cap) -> Iterator:
     import contextlib
 
     import pyarrow.parquet as pq
@@ -117,10 +132,24 @@ def _chunks_parquet(source: Source, shard: Shard, _cap) -> Iterator:
             groups = list(range(shard.index, pf.metadata.num_row_groups, shard.count))
             if not groups:
                 return
+        _check_row_sizes(pf, source.text_field, groups, shard.uri, cap)
         for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[source.text_field], row_groups=groups):
             col = _text_column(batch, source, shard.uri)
             if col is not None:
                 yield col
+
+
+def _check_row_sizes(pf, field: str, groups: list[int] | None, where: str, cap: int | None) -> None:
+    """From the footer, before any row is read: a row group whose text column holds more bytes per
+    row than read_limit is refused (a 26 kB file can hold one 500 MB string). A single huge value
+    among many small ones in one row group is not seen here: it is read with its batch."""
+    meta = pf.metadata
+    for g in groups if groups is not None else range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        size = sum(rg.column(i).total_uncompressed_size for i in range(rg.num_columns)
+                   if rg.column(i).path_in_schema == field)
+        if rg.num_rows and size / rg.num_rows > read_limit(cap):
+            raise _too_long(where, f"row group {g} holds {size:,} bytes of '{field}' in {rg.num_rows} row(s)", cap)
 
 
 def row_group_parts(shard: Shard, parts: int) -> list[Shard]:
@@ -157,9 +186,13 @@ def _chunks_arrow(source: Source, shard: Shard, _cap) -> Iterator:
                 yield col
 
 
-def _chunks_jsonl(source: Source, shard: Shard, _cap) -> Iterator:
+def _chunks_jsonl(source: Source, shard: Shard, cap) -> Iterator:
     """Blocks of whole lines parsed by Arrow's JSON reader; a block Arrow rejects (bad JSON, a missing
-    or non-string field, bad UTF-8) is parsed line by line to name the line or keep the valid rows."""
+    or non-string field, bad UTF-8) is parsed line by line to name the line or keep the valid rows. A
+    line that grows past read_limit(cap) is cut while it is read: its text field's start is the document
+    (the rest of the line is read and dropped); without the field in that head it is refused."""
+    import pyarrow as pa
+
     with _open_binary(shard) as raw, _decompressed(shard, raw) as fh:
         rest, first_line = b"", 1
         while True:
@@ -171,11 +204,52 @@ def _chunks_jsonl(source: Source, shard: Shard, _cap) -> Iterator:
                 return
             cut = data.rfind(b"\n")
             if cut < 0:
-                rest = data  # one long line: keep reading (the sampler caps the document)
+                if len(data) > read_limit(cap):  # decompressed so far: one line, still not ended
+                    text = _text_prefix(data[:read_limit(cap)], source.text_field)
+                    if text is None:
+                        raise _too_long(f"{shard.uri}:{first_line}", f"line {first_line} runs past {len(data):,} "
+                                        f"bytes before its '{source.text_field}' text", cap)
+                    rest = _skip_line(fh)  # the rest of the line is read and dropped, never held
+                    first_line += 1
+                    if text:
+                        yield pa.array([text], type=pa.large_string())  # the sampler cuts it to its cap
+                    continue
+                rest = data  # one long line: keep reading
                 continue
             yield from _parse_jsonl_block(source, shard, data[:cut + 1], first_line)
             first_line += data.count(b"\n", 0, cut + 1)
             rest = data[cut + 1:]
+
+
+def _skip_line(fh) -> bytes:
+    """Read past the end of the current line; what follows it in the last block read."""
+    while True:
+        block = fh.read(JSONL_BLOCK)
+        if not block:
+            return b""
+        cut = block.find(b"\n")
+        if cut >= 0:
+            return block[cut + 1:]
+
+
+def _text_prefix(head: bytes, field: str) -> str | None:
+    """The start of `field`'s string value in the first bytes of an overlong JSON line (None when the
+    field does not begin there): the document cut without the line ever being held whole."""
+    import re
+
+    m = re.search(rb'"%s"\s*:\s*"' % re.escape(field.encode()), head)
+    if m is None:
+        return None
+    body = head[m.end():]
+    end = re.search(rb'(?:^|[^\\])(?:\\\\)*"', body)  # the closing quote, if it is in the head
+    if end is not None:
+        body = body[:end.end() - 1]
+    for drop in range(7):  # a cut inside an escape (\u00e9) or a UTF-8 character: drop its start
+        try:
+            return json.loads(b'"' + body[:len(body) - drop] + b'"')
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+    return None
 
 
 def _parse_jsonl_block(source: Source, shard: Shard, data: bytes, first_line: int) -> Iterator:
@@ -267,14 +341,17 @@ def _chunks_hub(source: Source, shard: Shard) -> Iterator:
 
 # ---- documents as Python strings (evaluation text sources, tests) --------------------------------
 
-def iter_documents(source: Source, path: Path | str | None = None, base_dir: str | Path = ".") -> Iterator[str]:
+def iter_documents(source: Source, path: Path | str | None = None, base_dir: str | Path = ".",
+                   max_document_bytes: int | None = None) -> Iterator[str]:
     """Yield the documents of one source; empty and whitespace-only documents are skipped. `path`, when
-    given, stands for the source's own path (already resolved)."""
+    given, stands for the source's own path (already resolved). Reading is capped as the sampler's is
+    (a text file's head, read_limit per line or row), at sample.max_document_bytes' default unless given."""
     if path is not None:
         source = source.model_copy(update={"path": str(path), "hub": None})
+    cap = max_document_bytes or Sample().max_document_bytes
     for shard in list_shards(source, base_dir):
         try:
-            for col in iter_chunks(source, shard):
+            for col in iter_chunks(source, shard, cap):
                 for doc in col.to_pylist():
                     if isinstance(doc, str) and doc and not doc.isspace():
                         yield doc

@@ -33,6 +33,29 @@ def check_lm_eval(e: Evaluation, include: Path | None) -> None:
     if include is not None and not include.is_dir():
         raise MixoptError(f"evaluation '{e.name}': task folder not found: {include}",
                           "point `path` at the folder holding the task YAMLs")
+    code = task_code(include) if include is not None and not e.trust_task_code else []
+    if code:
+        shown = ", ".join(code[:3]) + (f" and {len(code) - 3} more" if len(code) > 3 else "")
+        raise MixoptError(f"evaluation '{e.name}': the task folder {include} holds code ({shown}) that "
+                          "lm-evaluation-harness imports and runs inside mixopt",
+                          "read it, then set `trust_task_code: true` on this evaluation to run it")
+
+
+FUNCTION_TAG = b"!function"  # a task YAML's hook into Python: `process_docs: !function utils.process_docs`
+
+
+def task_code(folder: Path) -> list[str]:
+    """What in an lm_eval task folder runs as Python: each .py file, and each YAML with a `!function`
+    tag (relative paths, sorted)."""
+    out = []
+    for f in sorted(folder.rglob("*")):
+        if not f.is_file():
+            continue
+        if f.suffix == ".py":
+            out.append(str(f.relative_to(folder)))
+        elif f.suffix in (".yaml", ".yml") and FUNCTION_TAG in f.read_bytes():
+            out.append(f"`!function` in {f.relative_to(folder)}")
+    return out
 
 
 def lm_eval_identity(e: Evaluation, include: Path | None) -> dict:

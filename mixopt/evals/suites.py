@@ -170,7 +170,8 @@ def prepare_suite(exp: Experiment, suite: Suite, ws: Workspace) -> None:
         if m.kind == "text":
             ids: list[int] = []
             for s in e.sources:
-                for doc in iter_documents(s, suite_config(exp).resolve(s.path)):
+                for doc in iter_documents(s, suite_config(exp).resolve(s.path),
+                                          max_document_bytes=exp.sample.max_document_bytes):
                     ids += tok.encode(doc).ids + [eos]
                     if len(ids) >= e.max_tokens + 1:
                         break
@@ -215,6 +216,10 @@ def _source_fingerprint(source: Source, path: Path, name: str) -> list:
     if not files:
         raise MixoptError(f"evaluation '{name}': text source not found or empty: {path}",
                           "fix the evaluation's `sources` path")
+    for f in files:  # hashing /dev/zero (or a FIFO) never ends: even `status` would hang
+        if not f.is_file():
+            raise MixoptError(f"evaluation '{name}': text source {f} is not a regular file (a device, FIFO or "
+                              "socket)", "point `sources` at files, or a folder of files")
     opts = source.model_dump(exclude={"path"})
     return [opts, [[f.name if f == path else str(f.relative_to(path)), file_sha256(f)] for f in files]]
 

@@ -90,6 +90,7 @@ class Recommendation:
     bootstrap: int = 0
     ci: float = 0.9
     suspect: tuple[str, ...] = ()  # run keys left out: their checkpoint is missing or damaged
+    failed: tuple[tuple[str, str], ...] = ()  # (run key, why) of this design's failed runs, left out
     warnings: tuple[str, ...] = ()  # what a reader must know before trusting the numbers
     reliable: bool = True  # False: the chosen model's CV R^2 <= 0 (then no interval is given)
     trust_region: str = "none"
@@ -145,6 +146,7 @@ class Recommendation:
             "binding": dict(zip(self.domains, self.binding)),
             "fit_key": self.fit_key,
             "suspect_runs": list(self.suspect),
+            "failed_runs": [{"key": k, "error": e} for k, e in self.failed],
             "warnings": list(self.warnings),
             "reliable": self.reliable,
             "ensemble_members": list(self.cv.members) or None,
@@ -446,7 +448,9 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
     if plan.change is not None and plan.change.virtual is not None:
         reused, rec = rec, expand_recommendation(rec, space, full)
     with Store(plan.workspace.db_path) as store:
-        rec = replace(rec, suspect=tuple(r.key for r in plan.runs(store, "suspect")))
+        rec = replace(rec, suspect=tuple(r.key for r in plan.runs(store, "suspect")),
+                      failed=tuple((r.key, ((r.error or "").strip().splitlines() or ["?"])[-1][:300])
+                                   for r in plan.runs(store, "failed")))
         readonly = store.readonly
     out = plan.workspace.fits_dir / rec.fit_key[:16]
     if readonly:  # a read-only mount: the recommendation still goes next to the config
@@ -478,10 +482,12 @@ def experiment_swarm(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool
             record_scores(plan, store)
         X, metrics, keys = training_table(plan, store)
         seed_of = {r.key: r.replicate for r in plan.runs(store, "done")}
+        failed = len(plan.runs(store, "failed"))
     if len(keys) < len(exp.domain_names) + 2:
-        raise MixoptError(f"only {len(keys)} finished runs with current evals; fitting {len(exp.domain_names)} "
-                          f"domains and cross-validating needs at least {len(exp.domain_names) + 2}",
-                          "run `mixopt sweep CONFIG`")
+        also = f" ({failed} failed runs left out: `mixopt status CONFIG` says why)" if failed else ""
+        raise MixoptError(f"only {len(keys)} finished runs with current evals{also}; fitting "
+                          f"{len(exp.domain_names)} domains and cross-validating needs at least "
+                          f"{len(exp.domain_names) + 2}", "run `mixopt sweep CONFIG`")
     swarm = Swarm(exp.domain_names, X, metrics, plan.suite.objective_terms(), keys, plan.prior, plan.bounds,
                   plan.suite.describe_objective(), plan.available,
                   replicate=np.array([seed_of.get(k, 0) for k in keys], dtype=int))

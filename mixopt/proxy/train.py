@@ -70,6 +70,9 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
     """Train len(mixtures) >= 1 fresh proxies together; returns (stacked weights, each proxy's
     per-step losses, each proxy's epochs per domain).
 
+    A proxy whose loss turns NaN or infinite has diverged (`divergence` says where): it learns nothing
+    more while the others train on, and once every proxy of the batch has diverged the loop stops
+    early (the losses then end there).
     With `states` (one path per proxy), the training state is saved there every ~1/RESUME_SAVES of
     the steps, and a batch whose proxies all have state at the same step resumes from it: a killed
     run loses at most that much work, and computes exactly what an uninterrupted run computes.
@@ -92,7 +95,10 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
     forward = compiled_forward() if compile else forward_logits
     every = max(1, -(-spec.steps // RESUME_SAVES))
     width = spec.seq_len + 1
+    dead = [bool(divergence(own, spec.steps)) for own in losses]  # a resumed proxy may have diverged already
     for step in range(start, spec.steps):
+        if all(dead):  # nothing left worth a step: each diverged proxy's losses end at its first non-finite one
+            break
         rows = [seqs[step * spec.batch_size:(step + 1) * spec.batch_size] for seqs, _ in plans]
         x = np.stack([np.stack([streams[d][s:s + width] for d, s in r]) for r in rows]).astype(np.int64)
         xt = torch.from_numpy(x).to(device, non_blocking=True)
@@ -104,15 +110,37 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
         ce = ce.view(n, -1).mean(dim=1)  # one loss per proxy
         opt.zero_grad(set_to_none=True)
         ce.sum().backward()  # proxies share no weights: each gets exactly its own gradient
+        if any(dead):  # a diverged proxy stays in the stacked weights (the loop cannot drop it) but learns nothing
+            _zero_grads(list(W.values()), dead)
         _clip_per_proxy(list(W.values()), 1.0)
         opt.step()
-        for own, loss in zip(losses, ce.detach().cpu().tolist()):
-            own.append(loss)
+        for i, loss in enumerate(ce.detach().cpu().tolist()):  # the one sync per step, which the loop has anyway
+            losses[i].append(loss)
+            dead[i] = dead[i] or not math.isfinite(loss)
         if states and (step + 1) % every == 0 and step + 1 < spec.steps:
             _save_state(states, W, opt, spec, step + 1, losses)
         if on_step:
             on_step(step + 1, spec.steps, [own[-1] for own in losses])
     return W, losses, [epochs for _, epochs in plans]
+
+
+def divergence(losses: list[float], steps: int) -> str:
+    """Why a proxy's training is no use ('' when every loss is finite): it diverged, at the step of its
+    first non-finite loss."""
+    for i, loss in enumerate(losses):
+        if not math.isfinite(loss):
+            return f"diverged: loss is {loss} at step {i + 1} of {steps}"
+    return ""
+
+
+def _zero_grads(params, dead: list[bool]) -> None:
+    """No gradient for the diverged proxies (their rows of each stacked tensor): a NaN or infinite
+    gradient stays out of the clipping and AdamW arithmetic, which the other proxies share."""
+    import torch
+
+    rows = torch.tensor(dead, device=params[0].device)
+    for p in params:
+        p.grad[rows] = 0
 
 
 @functools.cache

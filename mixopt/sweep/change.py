@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from mixopt.config.load import read_yaml
 from mixopt.core.mixtures import BOUND_SLACK, Bounds
 from mixopt.core.workspace import atomic_write_json
 from mixopt.errors import MixoptError
@@ -97,8 +97,8 @@ def _read_rounds(record: Path) -> list[dict]:
     """The recorded reuse rounds, oldest first (a record of one round, as mixopt wrote before
     rounds chained, is a dict)."""
     try:
-        doc = yaml.safe_load(record.read_text()) if record.is_file() else None
-    except (OSError, yaml.YAMLError):
+        doc = read_yaml(record) if record.is_file() else None
+    except MixoptError:  # unreadable, not YAML, or a YAML bomb: no recorded rounds
         return []
     rounds = doc.get("rounds", [doc]) if isinstance(doc, dict) else []
     return [r for r in rounds if isinstance(r, dict) and isinstance(r.get("changed"), list)
@@ -129,8 +129,8 @@ def _virtual(names, unchanged, prior, optimal: Path, aliases):
     they are recorded (record_virtual), so later fits, which rewrite the recommendation, do not
     move the design."""
     try:
-        rec = yaml.safe_load(optimal.read_text()) if optimal.is_file() else None
-    except (OSError, yaml.YAMLError):
+        rec = read_yaml(optimal) if optimal.is_file() else None
+    except MixoptError:
         rec = None
     weights = (rec or {}).get("weights") if isinstance(rec, dict) else None
     if isinstance(weights, dict):

@@ -22,6 +22,7 @@ from mixopt.sweep.work import (
     check_local_device,
     device_of,
     eval_checkpoints,
+    nonfinite_measurement,
     worker_threads,
 )
 
@@ -103,6 +104,11 @@ def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime()) -> E
                     report.suspect.append(result.key)
                     say(f"run {result.key[:12]}: {result.mismatch}; marked suspect: its results are kept but left "
                         f"out of fits, and the next sweep retrains it")
+                elif why := nonfinite_measurement(result.measurements, {m.key: m.name for m in task.measures}):
+                    store.record_failure(result.key, why, nonfinite=True)  # left out of fits from now on
+                    report.failed.append((result.key, why))
+                    say(f"run {result.key[:12]}: {why}; recorded as failed (left out of fits; "
+                        "`mixopt sweep CONFIG --retry-failed` retrains it)")
                 else:
                     store.record_measurements(result.key, result.measurements)
                     report.load_seconds += result.load_seconds

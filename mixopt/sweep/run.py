@@ -51,16 +51,19 @@ class SweepReport:
     adopted: int = 0
     trained: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run key, last error line)
+    # failed runs whose result was no number (a diverged proxy): not retrained without retry_failed
+    held_back: list[tuple[str, str]] = field(default_factory=list)  # (run key, why it failed)
     reevaluated: int = 0  # finished runs evaluated on what the suite added (no training)
     elsewhere: int = 0  # finished meanwhile by another sweep on the same workspace
     seconds: float = 0.0
 
 
 def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture] | tuple = (),
-              design: bool = True) -> SweepReport:
+              design: bool = True, retry_failed: bool = False) -> SweepReport:
     """Train every run of the plan (the design's, unless design=False, and `extra`) not yet done,
     where `runtime` says. Runs are leased in the store, so sweeps sharing a workspace (or a driver
-    restarted after a crash) never train one run twice."""
+    restarted after a crash) never train one run twice. A run that failed with a non-finite result
+    (it diverged) is trained again only with `retry_failed`: the same key computes the same."""
     t0 = time.time()
     if runtime.backend == "local":
         check_local_device(runtime)
@@ -87,7 +90,11 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
         report.failed += [(k, f"evaluation (no retraining): {e}") for k, e in ev.failed]
         done = {r.key for r in plan.runs(store, "done")}
         report.already_done = sum(k in done for k in plan.keys)
-        runs = {k: _run(plan, k, m, exp.seed) for k, m in zip(plan.keys, plan.mixtures) if k not in done}
+        held = {} if retry_failed else {r.key: r.error or "" for r in plan.runs(store, "failed")
+                                        if r.failure == "nonfinite"}
+        report.held_back = [(k, held[k]) for k in plan.keys if k in held]
+        runs = {k: _run(plan, k, m, exp.seed) for k, m in zip(plan.keys, plan.mixtures)
+                if k not in done and k not in held}
         choice = choose_batch(runtime, plan.spec, ws, len(runs)) if runs else BatchChoice(1, "", {})
         compiled = choose_compile(runtime, plan.spec, ws, choice.proxies, len(runs), choice.rates) \
             if runs else CompileChoice(False, "", {})
@@ -101,6 +108,7 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
         engine = make_backend(runtime, train_task, bars.step, exp, ws)
         threads = worker_threads(runtime.workers) if runtime.backend == "local" else 0
         tried: set[str] = set()
+        names = {m.key: m.name for m in plan.suite.measures}  # to say which evaluation was not a number
         try:
             with _Heartbeat(ws.db_path, owner):
                 while True:
@@ -111,7 +119,12 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
                     for key in claimed:
                         tried.add(key)
                         side = read_result(Path(runs[key].checkpoint))
-                        if side:  # trained before a crash, never recorded
+                        why = side.unusable(names) if side else ""
+                        if why:  # left by a crashed driver, and no number: a failed run, not a crash
+                            store.record_failure(key, why, nonfinite=True)
+                            report.failed.append((key, why))
+                            bars.finish(key)
+                        elif side:  # trained before a crash, never recorded
                             store.record_result(asdict(side), adopted=True)
                             report.adopted += 1
                             bars.finish(key)
@@ -126,7 +139,10 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
                                                       compiled.compile))
                     for job, results, failure in engine.wait(0.5 if engine.in_flight else 0.0):
                         for run, result in zip(job.runs, results or [None] * len(job.runs)):
-                            if failure is None:
+                            if failure is None and result.unusable():  # diverged, or a NaN measurement
+                                store.record_failure(run.key, result.unusable(), nonfinite=True)
+                                report.failed.append((run.key, result.unusable()))
+                            elif failure is None:
                                 if store.record_result(asdict(result)):
                                     report.trained += 1
                             elif failure.retry:  # still leased to us: claimed and submitted again

@@ -38,6 +38,7 @@ def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = ()) -> dic
             out.update(store.summary())
             valid = plan.runs(store)
             state = {r.key: r.status for r in valid}
+            out["failed_runs"] = failed_runs(valid)
             out["replicates"] = replicate_groups(valid)
             lacking = missing_measures(plan, store)
             out["cost"] = change_cost(plan, store, state, lacking)
@@ -50,6 +51,18 @@ def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = ()) -> dic
     out["design"] = {"planned": len(plan.keys), "done": statuses.count("done"),
                      "failed": statuses.count("failed"), "suspect": statuses.count("suspect"),
                      "pending": statuses.count("planned")}
+    return out
+
+
+def failed_runs(runs) -> list[dict]:
+    """This design's failed runs: why (the error's last line, cut to 300 characters) and whether the
+    next sweep retrains them (not one whose result was no number: only `sweep --retry-failed` does)."""
+    out = []
+    for r in runs:
+        if r.status == "failed":
+            lines = (r.error or "").strip().splitlines() or ["?"]
+            out.append({"key": r.key, "origin": r.origin, "error": lines[-1][:300], "kind": r.failure or "error",
+                        "retried_by_next_sweep": r.failure != "nonfinite"})
     return out
 
 
@@ -70,8 +83,9 @@ def change_cost(plan: Plan, store: Store, state: dict[str, str], lacking: dict) 
     measurements), superseded ones (kept in the store, not used) and why, runs to train and why."""
     superseded = plan.superseded(store)
     why_train: Counter = Counter()
+    held = {r.key for r in plan.runs(store, "failed") if r.failure == "nonfinite"}  # not retrained by default
     for key, m in zip(plan.keys, plan.mixtures):
-        if state.get(key) == "done":
+        if state.get(key) == "done" or key in held:
             continue
         kind = m.origin.split(":")[0]
         why_train[{"reuse": "mixture reuse: virtual vs changed domains",
@@ -81,6 +95,7 @@ def change_cost(plan: Plan, store: Store, state: dict[str, str], lacking: dict) 
     return {"valid": sum(s == "done" for s in state.values()),
             "superseded": len(superseded), "superseded_why": dict(Counter(w for _, w in superseded)),
             "to_train": sum(why_train.values()), "to_train_why": dict(why_train),
+            "held_back": sum(k in held for k in plan.keys),
             "to_evaluate": len(lacking), "change": change}
 
 
@@ -112,6 +127,9 @@ def cost_lines(st: dict) -> list[str]:
     out.append(f"superseded: {c['superseded']} runs (kept in the store, not used){': ' + why if why else ''}")
     why = "; ".join(f"{n} {w}" for w, n in c["to_train_why"].items())
     out.append(f"to train: {c['to_train']} runs{': ' + why if why else ''}")
+    if c.get("held_back"):
+        out.append(f"not retrained: {c['held_back']} failed runs whose result was no number (diverged); "
+                   "`mixopt sweep CONFIG --retry-failed` retrains them")
     if c["to_evaluate"]:
         out.append(f"to evaluate: {c['to_evaluate']} finished runs lack part of the eval suite "
                    "(their checkpoints are evaluated, no training)")

@@ -18,6 +18,7 @@ workspace, so a copied, moved or read-only mounted workspace keeps its runs.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -106,9 +107,16 @@ def _replicates(db: sqlite3.Connection, root: Path) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN replicate INTEGER NOT NULL DEFAULT 0")
 
 
+def _failure_kinds(db: sqlite3.Connection, root: Path) -> None:
+    """What kind of failure a failed run had: 'nonfinite' (a diverged proxy or a NaN / infinite
+    measurement: retraining the same key computes the same, so only `sweep --retry-failed` does) or
+    'error' (anything else: the next sweep tries it again). NULL on older rows: tried again."""
+    db.execute("ALTER TABLE runs ADD COLUMN failure TEXT")
+
+
 # Store version i+1 is what MIGRATIONS[i] makes of version i; a new store takes every step too.
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_add_run_columns, _relative_checkpoints,
-                                                                 _trained_slices, _replicates]
+                                                                 _trained_slices, _replicates, _failure_kinds]
 VERSION = len(MIGRATIONS)
 
 # The one lease condition: a run another live driver holds (running, not ours, not expired, and its
@@ -143,6 +151,7 @@ class Run:
     slices: tuple[str, ...] | None  # train slice sha256 per domain, parallel to weights; None: before store v3
     tokenizer: str | None  # sha256 of the tokenizer it trained with; None: before store v3
     replicate: int  # 0: the experiment's seed; k > 0: another seed of the same mixture (store v4)
+    failure: str | None  # a failed run's kind: 'nonfinite' or 'error' (store v5; None before, or not failed)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Run:
@@ -306,7 +315,7 @@ class Store:
                 return False
             self.db.execute(
                 "UPDATE runs SET status='done', checkpoint=?, checkpoint_bytes=?, sha256=?, train_loss=?, tokens=?, "
-                "train_seconds=?, epochs=?, error=NULL, finished=?, lease_owner=NULL, lease_expires=NULL, "
+                "train_seconds=?, epochs=?, error=NULL, failure=NULL, finished=?, lease_owner=NULL, lease_expires=NULL, "
                 "trainings = trainings + ? WHERE key=?",
                 (rel, size, result["sha256"], result["train_loss"], result["tokens"],
                  result["train_seconds"], json.dumps(result["epochs"]), time.time(),
@@ -322,6 +331,9 @@ class Store:
 
     def _insert_measurements(self, run_key: str, measurements: dict[str, dict[str, float]]) -> None:
         now = time.time()
+        if any(not math.isfinite(float(v)) for ms in measurements.values() for v in ms.values()):
+            # the driver records such a run as failed first (RunResult.unusable); never a NaN row
+            raise ValueError(f"run {run_key[:12]}: a non-finite measurement cannot be stored")
         self.db.executemany(
             "INSERT OR REPLACE INTO measurements (run_key, eval, metric, value, created) VALUES (?, ?, ?, ?, ?)",
             [(run_key, e, m, float(v), now) for e, ms in measurements.items() for m, v in ms.items()])
@@ -364,10 +376,12 @@ class Store:
     def sweeps(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM sweeps ORDER BY id")]
 
-    def record_failure(self, key: str, error: str) -> None:
+    def record_failure(self, key: str, error: str, nonfinite: bool = False) -> None:
+        """A run failed: `nonfinite` when it trained but its result is no number (see _failure_kinds)."""
         with self._tx():
-            self.db.execute("UPDATE runs SET status='failed', error=?, finished=?, lease_owner=NULL, "
-                            "lease_expires=NULL WHERE key=?", (error, time.time(), key))
+            self.db.execute("UPDATE runs SET status='failed', error=?, failure=?, finished=?, lease_owner=NULL, "
+                            "lease_expires=NULL WHERE key=?",
+                            (error, "nonfinite" if nonfinite else "error", time.time(), key))
 
     def runs(self, context: str | None = None, status: str | None = None) -> list[Run]:
         sql, args = "SELECT * FROM runs WHERE 1=1", []

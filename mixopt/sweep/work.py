@@ -4,6 +4,7 @@ stored checkpoint. Each takes a frozen task and returns frozen results; none tou
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -25,7 +26,7 @@ from mixopt.proxy.checkpoint import (
     state_path,
 )
 from mixopt.proxy.model import ProxySpec
-from mixopt.proxy.train import OnStep, precision_name, train_proxies
+from mixopt.proxy.train import OnStep, divergence, precision_name, train_proxies
 
 Progress = Callable[[int, int, float], None]  # (step, total, loss)
 
@@ -77,6 +78,26 @@ class RunResult:
     # Trained with the forward compiled (the last training of the run: a resumed run may have
     # started eager). Like device and precision, not in the run key: see proxy.train.compiled_forward.
     compiled: bool = False
+    # Why this run has no usable result: its proxy diverged (no checkpoint is kept) or a measurement is
+    # NaN or infinite. '' for a good result. The driver records such a run as failed (RunResult.unusable).
+    failure: str = ""
+
+    def unusable(self, names: dict[str, str] | None = None) -> str:
+        """Why this result cannot enter the store or a fit ('' when it can): its recorded failure, or,
+        for a result file written without one, a non-finite loss or measurement found now (`names`:
+        evaluation key -> the suite's name for it, to say which)."""
+        return self.failure or divergence(list(self.losses), len(self.losses)) or nonfinite_measurement(
+            self.measurements, names or {})
+
+
+def nonfinite_measurement(measurements: dict[str, dict[str, float]], names: dict[str, str]) -> str:
+    """'non-finite measurement: <evaluation>/<metric> = nan' for the first NaN or infinite value, else ''
+    (`names` maps evaluation keys to the suite's names; an unknown key is shown cut to 12 characters)."""
+    bad = [f"{names.get(e, e[:12])}/{m} = {v}" for e, ms in measurements.items() for m, v in ms.items()
+           if not (isinstance(v, (int, float)) and math.isfinite(v))]
+    if not bad:
+        return ""
+    return f"non-finite measurement: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
 
 
 def train_task(task: TrainTask, progress: Progress | None = None) -> tuple[RunResult, ...]:
@@ -110,14 +131,22 @@ def _train_runs(task: TrainTask, runs: tuple[TrainRun, ...], device: str, progre
     W, losses, epochs = train_proxies(spec, [r.weights for r in runs], streams, task.seed, device,
                                       _on_step(task, progress), [state_path(Path(r.checkpoint)) for r in runs],
                                       compile=task.compile)
-    shas = [save_checkpoint(W, i, Path(r.checkpoint)) for i, r in enumerate(runs)]
+    diverged = [divergence(own, spec.steps) for own in losses]
+    alive = [i for i, why in enumerate(diverged) if not why]  # a diverged proxy is neither saved nor measured
+    shas = {i: save_checkpoint(W, i, Path(runs[i].checkpoint)) for i in alive}
     t1 = time.time()
-    measured = measure_models(W, spec, task.measures, sample_dir)
+    measured = dict(zip(alive, measure_models({k: w[alive] for k, w in W.items()}, spec, task.measures, sample_dir)
+                        if alive else []))
     t2 = time.time()
     where = (device_label(device), precision_name(device))
-    return tuple(finish_run(task, run, sha, own, dict(zip(task.domains, ep)), (t1 - t0) / n, (t2 - t1) / n, m,
-                            n, *where, compiled=task.compile)
-                 for run, sha, own, ep, m in zip(runs, shas, losses, epochs, measured))
+    names = {m.key: m.name for m in task.measures}
+    out = []
+    for i, (run, own, ep) in enumerate(zip(runs, losses, epochs)):
+        m = measured.get(i, {})
+        out.append(finish_run(task, run, shas.get(i, ""), own, dict(zip(task.domains, ep)), (t1 - t0) / n,
+                              (t2 - t1) / n, m, n, *where, compiled=task.compile,
+                              failure=diverged[i] or nonfinite_measurement(m, names)))
+    return tuple(out)
 
 
 def context_lost(device: str) -> bool:
@@ -162,17 +191,20 @@ def device_label(device: str) -> str:
 
 def finish_run(task: TrainTask, run: TrainRun, sha256: str, losses: list[float], epochs: dict[str, float],
                train_seconds: float, eval_seconds: float, measurements: dict, batched: int = 1, device: str = "",
-               precision: str = "", compiled: bool = False) -> RunResult:
+               precision: str = "", compiled: bool = False, failure: str = "") -> RunResult:
     """A trained run's result, also left next to its checkpoint (so a driver that dies before
-    recording it adopts it instead of retraining); the run's resume state is then dropped."""
+    recording it adopts it instead of retraining); the run's resume state is then dropped. A
+    diverged run (`failure`, no checkpoint) leaves no result file: its state is dropped all the same,
+    so that a retry starts afresh."""
     spec = task.spec
     result = RunResult(key=run.key, checkpoint=run.checkpoint, sha256=sha256, losses=tuple(losses),
                        train_loss=float(np.mean(losses[-max(1, len(losses) // 10):])),
                        tokens=spec.steps * spec.batch_size * spec.seq_len, epochs=epochs,
                        train_seconds=train_seconds, eval_seconds=eval_seconds, measurements=measurements,
-                       batched=batched, device=device, precision=precision, compiled=compiled)
+                       batched=batched, device=device, precision=precision, compiled=compiled, failure=failure)
     ckpt = Path(run.checkpoint)
-    atomic_write_json(result_path(ckpt), asdict(result))
+    if sha256:
+        atomic_write_json(result_path(ckpt), asdict(result))
     state_path(ckpt).unlink(missing_ok=True)
     return result
 
