@@ -64,7 +64,7 @@ def load_experiment_proxy():
 
 
 def _more_docs(root: Path, name: str = "more",
-               packages=("unittest", "tkinter", "sqlite3", "urllib", "multiprocessing")) -> Path:
+               packages=("unittest", "tkinter", "sqlite3", "urllib", "multiprocessing"), least: int = 250_000) -> Path:
     """Another real-text domain: CPython's sources of `packages`, one file each."""
     out = root / name
     out.mkdir()
@@ -76,7 +76,7 @@ def _more_docs(root: Path, name: str = "more",
             if len(text) > 500:
                 (out / f"{pkg}-{f.stem}.txt").write_text(text)
                 n += len(text)
-    assert n > 250_000
+    assert n > least
     return out
 
 
@@ -379,3 +379,24 @@ def test_a_repaired_run_is_retrained_after_an_extend_change(corpora, copy):
         again = next(r for r in store.runs() if r.key == victim.key)
     assert again.status == "done" and again.trainings == 2
     assert _status(path)["cost"]["to_train"] == 0
+
+
+@pytest.mark.slow
+def test_extend_varies_a_small_new_domain_in_every_new_run(corpora, copy):
+    """A new domain with a small prior (three small CPython packages, the least text a train slice of
+    20k tokens allows): each new random run gives it a share drawn over its range, so the fit sees it
+    vary and does not say otherwise. tests/test_design.py checks a 0.0115 prior on the planner."""
+    cfg = _cfg(corpora, copy / "ws", design={"runs": 2, "min_weight": 0.01, "after_change_runs": 1,
+                                              "replicates": None, "after_change": "extend"})
+    cfg["domains"].append({"name": "small", "sources": [{"path": str(_more_docs(copy, "small", ("sqlite3", "wsgiref", "tomllib"),
+                                                                                   60_000))}]})
+    path = write_config(copy / "exp.yaml", cfg)
+    cli("sample", path)
+    prior = json.loads((copy / "ws" / "sample" / "manifest.json").read_text())["domains"]["small"]["prior"]
+    assert prior < 0.08
+    cli("sweep", path, "--no-progress")
+    with Store(copy / "ws" / "mixopt.db") as store:
+        new = [r.weights[3] for r in store.runs() if r.origin.startswith("extend:random")]
+    assert len(new) >= 2 and min(new) >= 0.01 and max(new) - min(new) > 0.05, new
+    r = mixopt("fit", path, "--no-plots", "--no-progress")
+    assert r.returncode == 0 and "did not vary" not in r.stdout + r.stderr
