@@ -159,8 +159,20 @@ def test_added_domain_trains_only_new_runs_and_reuses_every_old_one(corpora, cop
     with Store(plan.workspace.db_path) as store:
         have = store.measurements()
     assert all(held_new in have[k] for k in old)  # the new domain, evaluated on old checkpoints
+    cfg["fit"]["bootstrap"] = 5  # intervals: the unchanged domains' are labelled held fixed, not certain
+    write_config(path, cfg)
     fit = json.loads(cli("fit", path, "--format", "json", "--no-plots", "--no-progress"))
     assert list(fit["weights"]) == ["code", "prose", "legal", "more"] and abs(sum(fit["weights"].values()) - 1) < 1e-6
+    held = fit["interval"]["held_fixed_by_reuse"]
+    assert held["domains"] == ["code", "prose", "legal"] and fit["interval"]["weights"]["code"] is None
+    assert len(fit["interval"]["weights"]["more"]) == 2
+    lo, hi = held["share_interval"]
+    assert lo - 1e-9 <= sum(fit["weights"][d] for d in held["domains"]) <= hi + 1e-9
+    doc = yaml.safe_load((copy / "small.optimal.yaml").read_text())
+    assert doc["interval"]["weights"]["prose"] is None and doc["interval"]["held_fixed_by_reuse"]["domains"] == held["domains"]
+    text = cli("fit", path, "--no-plots", "--no-progress")
+    assert f"{fit['weights']['code']:.4f} (held fixed by reuse)" in text
+    assert "held fixed by reuse: code, prose, legal keep their proportions; together" in text
     assert _status(path)["cost"]["to_train"] == 0  # the design stays put after the fit rewrote the recommendation
 
     # propose and verify predict with the fit's own (reduced) model: proposals on its plane, the
