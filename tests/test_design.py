@@ -127,3 +127,4 @@ def test_a_change_trains_at_most_40_percent_of_a_scratch_design_and_varies_the_n
         u = random[:, :4]
         assert np.allclose(u / u.sum(1, keepdims=True), four, atol=1e-6)
 
+

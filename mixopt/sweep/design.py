@@ -146,6 +146,7 @@ def _draw_random(exp: Experiment, prior: np.ndarray, bounds: Bounds, taken: list
                           "use a temperature in (0, 1], e.g. 0.5 (RegMix's)")
     cap = cfg.max_prior_multiple * centre if cfg.max_prior_multiple else np.ones_like(centre)
     free = 1.0 - bounds.lower.sum()  # mass left once every domain has its minimum
+    vary = vary if len(vary) < len(prior) else ()  # every domain changed: nothing to hold the rest of the mass
     if vary:
         lo, hi = _share_range(cfg, bounds, cap, free, vary)
         strata = rng.permutation(runs)
