@@ -648,8 +648,11 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
     typer.echo(f"sample: {st['sample']}")
     r = st["runs"]
     d = st["design"]
-    typer.echo(f"runs in this design: {d['planned']} planned, {d['done']} done, {d['failed']} failed, "
-               f"{d['suspect']} suspect, {d['pending']} pending")
+    if st.get("resample"):  # the design follows the sample: not known until it is drawn again
+        typer.echo("runs in this design: known once `mixopt sample` has drawn the sample again")
+    else:
+        typer.echo(f"runs in this design: {d['planned']} planned, {d['done']} done, {d['failed']} failed, "
+                   f"{d['suspect']} suspect, {d['pending']} pending")
     typer.echo(f"runs in store (all designs): {r['done']} done, {r['failed']} failed, {r['suspect']} suspect, "
                f"{r['planned']} planned; proxies trained: {st['trainings']}")
     failed = st.get("failed_runs") or []

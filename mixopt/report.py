@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mixopt.core.mixtures import name_list
 from mixopt.fit.verdict import noise_line
 
 
@@ -48,7 +49,9 @@ def format_recommendation(rec) -> str:
     for i, d in enumerate(rec.domains):
         row = [d] + ([human(rec.available[i])] if rec.available else []) + [f"{rec.prior[i]:.4f}",
                                                                           f"{rec.weights[i]:.4f}"]
-        row += [f"{ci[i][0]:.4f} .. {ci[i][1]:.4f}"] if ci is not None else []
+        if ci is not None:
+            row.append(f"{rec.weights[i]:.4f} (held fixed by reuse)" if d in rec.held_fixed else
+                       f"{ci[i][0]:.4f} .. {ci[i][1]:.4f}")
         rows.append(row + [rec.binding[i] or "-"])
     cv_rows = [[k + (" *" if k == rec.model else "") + (f" ({'+'.join(v.members)})" if v.members else ""),
                 score_text(v.spearman), score_text(v.r2)] for k, v in rec.candidates.items()]
@@ -67,6 +70,9 @@ def format_recommendation(rec) -> str:
           if getattr(rec, "selection_cv", None) is not None else []),
         "",
         table(head, rows),
+        *([f"held fixed by reuse: {name_list(list(rec.held_fixed))} keep their proportions; together "
+           f"{sum(w for d, w in zip(rec.domains, rec.weights) if d in rec.held_fixed):.4f} ({rec.ci:.0%} interval "
+           f"{rec.held_share()[0]:.4f} .. {rec.held_share()[1]:.4f})"] if rec.held_share() else []),
         "",
         f"{pred} at the recommendation; {rec.predicted_prior:.4f} at the prior; best measured run: {rec.best_run:.4f}"
         + (f" (mean of {rec.best_run_proxies} seeds)" if rec.best_run_proxies > 1 else

@@ -64,7 +64,7 @@ def load_experiment_proxy():
 
 
 def _more_docs(root: Path, name: str = "more",
-               packages=("unittest", "tkinter", "sqlite3", "urllib", "multiprocessing")) -> Path:
+               packages=("unittest", "tkinter", "sqlite3", "urllib", "multiprocessing"), least: int = 250_000) -> Path:
     """Another real-text domain: CPython's sources of `packages`, one file each."""
     out = root / name
     out.mkdir()
@@ -76,7 +76,7 @@ def _more_docs(root: Path, name: str = "more",
             if len(text) > 500:
                 (out / f"{pkg}-{f.stem}.txt").write_text(text)
                 n += len(text)
-    assert n > 250_000
+    assert n > least
     return out
 
 
@@ -159,8 +159,20 @@ def test_added_domain_trains_only_new_runs_and_reuses_every_old_one(corpora, cop
     with Store(plan.workspace.db_path) as store:
         have = store.measurements()
     assert all(held_new in have[k] for k in old)  # the new domain, evaluated on old checkpoints
+    cfg["fit"]["bootstrap"] = 5  # intervals: the unchanged domains' are labelled held fixed, not certain
+    write_config(path, cfg)
     fit = json.loads(cli("fit", path, "--format", "json", "--no-plots", "--no-progress"))
     assert list(fit["weights"]) == ["code", "prose", "legal", "more"] and abs(sum(fit["weights"].values()) - 1) < 1e-6
+    held = fit["interval"]["held_fixed_by_reuse"]
+    assert held["domains"] == ["code", "prose", "legal"] and fit["interval"]["weights"]["code"] is None
+    assert len(fit["interval"]["weights"]["more"]) == 2
+    lo, hi = held["share_interval"]
+    assert lo - 1e-9 <= sum(fit["weights"][d] for d in held["domains"]) <= hi + 1e-9
+    doc = yaml.safe_load((copy / "small.optimal.yaml").read_text())
+    assert doc["interval"]["weights"]["prose"] is None and doc["interval"]["held_fixed_by_reuse"]["domains"] == held["domains"]
+    text = cli("fit", path, "--no-plots", "--no-progress")
+    assert f"{fit['weights']['code']:.4f} (held fixed by reuse)" in text
+    assert "held fixed by reuse: code, prose, legal keep their proportions; together" in text
     assert _status(path)["cost"]["to_train"] == 0  # the design stays put after the fit rewrote the recommendation
 
     # propose and verify predict with the fit's own (reduced) model: proposals on its plane, the
@@ -318,3 +330,85 @@ def test_reuse_rounds_chain(tmp_path):
     # a record of one round, as written before rounds chained
     record.write_text(json.dumps({"changed": ["D"], "from": "x", "virtual": {"A": 0.5, "B": 0.25, "C": 0.25}}))
     assert change(["a", "b", "c", "d"], ("A", "B", "C", "D")).virtual == (0.5, 0.25, 0.25)
+
+
+def _add_more(corpora, copy, **over) -> Path:
+    """The finished experiment's config with a fourth domain, 'more', added (not sampled yet)."""
+    cfg = _cfg(corpora, copy / "ws", **over)
+    cfg["domains"].append({"name": "more", "sources": [{"path": str(_more_docs(copy))}]})
+    return write_config(copy / "exp.yaml", cfg)
+
+
+@pytest.mark.slow
+def test_status_before_sampling_a_change_shows_the_store_and_what_the_change_keeps(corpora, copy):
+    path = _add_more(corpora, copy)
+    st = _status(path)
+    assert st["sample"].startswith("stale") and st["resample"]["sampled"] == ["more"]
+    assert st["runs"]["done"] == BASE_RUNS and st["trainings"] == BASE_RUNS  # the store, not 0
+    assert st["resample"]["runs"] == {"valid": BASE_RUNS, "superseded": 0, "superseded_why": {},
+                                      "after_change": "reuse"}
+    text = cli("status", path)
+    assert f"runs in store (all designs): {BASE_RUNS} done, 0 failed, 0 suspect, 0 planned; proxies trained: " \
+           f"{BASE_RUNS}" in text
+    assert f"after it: {BASE_RUNS} finished runs stay valid (checkpoints and measurements reused); 0 superseded" in text
+    assert "then `mixopt sweep` trains only what design.after_change: reuse adds for more" in text
+    cli("sample", path)
+    assert _status(path)["cost"]["valid"] == BASE_RUNS  # the preview said what the sample then kept
+
+    # Updating 'legal' instead: the preview names the runs it supersedes, as the sampled plan then does.
+    with Store(copy / "ws" / "mixopt.db") as store:
+        on_legal = sum(r.weights[2] > 0 for r in store.runs() if r.status == "done")
+    cfg = yaml.safe_load(path.read_text())
+    filtered = copy / "legal-filtered"
+    shutil.copytree(corpora / "legal", filtered)
+    for f in sorted(filtered.iterdir())[::3]:
+        f.unlink()
+    cfg["domains"][2]["sources"] = [{"path": str(filtered)}]
+    path = write_config(path, cfg)
+    runs = _status(path)["resample"]["runs"]
+    assert runs["superseded_why"] == {"domain 'legal' changed since": on_legal}
+    cli("sample", path)
+    cost = _status(path)["cost"]
+    assert (cost["valid"], cost["superseded"]) == (runs["valid"], runs["superseded"])
+
+
+@pytest.mark.slow
+def test_a_repaired_run_is_retrained_after_an_extend_change(corpora, copy):
+    with Store(copy / "ws" / "mixopt.db") as store:
+        victim = next(r for r in store.runs() if r.origin.startswith("random:"))
+    (copy / "ws" / victim.checkpoint).write_bytes(b"damaged")
+    path = _add_more(corpora, copy, design={"runs": 2, "min_weight": 0.01, "after_change_runs": 1,
+                                            "replicates": None, "after_change": "extend"})
+    assert "repaired" in cli("check", path, "--repair").lower()
+    cli("sample", path)
+    dry = json.loads(cli("sweep", path, "--dry-run", "--format", "json"))
+    why = dry["cost"]["to_train_why"]
+    assert why.pop("sent back for retraining (`check --repair` or a damaged checkpoint)") == 1
+    assert dry["cost"]["to_train"] == 1 + sum(why.values()) and dry["design"]["pending"] == dry["cost"]["to_train"]
+    assert "sent back for retraining" in cli("sweep", path, "--dry-run")
+    cli("sweep", path, "--no-progress")
+    with Store(copy / "ws" / "mixopt.db") as store:
+        again = next(r for r in store.runs() if r.key == victim.key)
+    assert again.status == "done" and again.trainings == 2
+    assert _status(path)["cost"]["to_train"] == 0
+
+
+@pytest.mark.slow
+def test_extend_varies_a_small_new_domain_in_every_new_run(corpora, copy):
+    """A new domain with a small prior (three small CPython packages, the least text a train slice of
+    20k tokens allows): each new random run gives it a share drawn over its range, so the fit sees it
+    vary and does not say otherwise. tests/test_design.py checks a 0.0115 prior on the planner."""
+    cfg = _cfg(corpora, copy / "ws", design={"runs": 2, "min_weight": 0.01, "after_change_runs": 1,
+                                              "replicates": None, "after_change": "extend"})
+    cfg["domains"].append({"name": "small", "sources": [{"path": str(_more_docs(copy, "small", ("sqlite3", "wsgiref", "tomllib"),
+                                                                                   60_000))}]})
+    path = write_config(copy / "exp.yaml", cfg)
+    cli("sample", path)
+    prior = json.loads((copy / "ws" / "sample" / "manifest.json").read_text())["domains"]["small"]["prior"]
+    assert prior < 0.08
+    cli("sweep", path, "--no-progress")
+    with Store(copy / "ws" / "mixopt.db") as store:
+        new = [r.weights[3] for r in store.runs() if r.origin.startswith("extend:random")]
+    assert len(new) >= 2 and min(new) >= 0.01 and max(new) - min(new) > 0.05, new
+    r = mixopt("fit", path, "--no-plots", "--no-progress")
+    assert r.returncode == 0 and "did not vary" not in r.stdout + r.stderr

@@ -83,3 +83,48 @@ def test_default_runs_grow_with_the_domains(make_config, corpora):
     prior = np.full(12, 1 / 12)
     mixes = design_mixtures(exp, prior, domain_bounds(exp, [1e6] * 12))
     assert sum(m.origin.startswith("random:") for m in mixes) == 48
+
+
+FIVE = np.array([0.35, 0.25, 0.2, 0.1885, 0.0115])  # the fifth: a small new domain (issue 28's prior)
+
+
+def _five_domains(make_config, corpora, runs: int, mode: str):
+    cfg = make_config(design={"runs": runs, "min_weight": 0.01, "replicates": None, "after_change": mode})
+    import yaml
+
+    doc = yaml.safe_load(cfg.read_text())
+    doc["domains"] += [{"name": "more", "sources": [{"path": str(corpora / "legal")}]},
+                       {"name": "new", "sources": [{"path": str(corpora / "code.parquet")}]}]
+    cfg.write_text(yaml.safe_dump(doc))
+    return load_experiment(cfg)
+
+
+@pytest.mark.parametrize("mode", ["reuse", "extend"])
+@pytest.mark.parametrize("runs, scratch", [(11, 17), (12, 18), (23, 29)])
+def test_a_change_trains_at_most_40_percent_of_a_scratch_design_and_varies_the_new_domain(
+        make_config, corpora, runs, scratch, mode):
+    """Adding one small domain to a finished design of 4: the planner's new runs are at most 0.4 of
+    what a five-domain design from scratch plans (16- to 28-run base designs), and every random one
+    gives the new domain weight (the prior's Dirichlet would put it at 0 in most)."""
+    from mixopt.core.mixtures import Bounds
+    from mixopt.sweep.change import Change
+
+    exp = _five_domains(make_config, corpora, runs, mode)
+    free = Bounds(np.zeros(5), np.ones(5), ("none",) * 5)
+    assert len(design_mixtures(exp, FIVE, free)) == scratch
+    four = FIVE[:4] / FIVE[:4].sum()
+    before = exp.model_copy(update={"domains": exp.domains[:4]})  # the design before 'new' was added
+    base = [(m.origin, (*m.weights, 0.0)) for m in design_mixtures(before, four, Bounds(
+        np.zeros(4), np.ones(4), ("none",) * 4))]
+    change = Change(mode, (4,), (0, 1, 2, 3), tuple(base), 0,
+                    tuple(four) if mode == "reuse" else None, "the token prior")
+    new = design_mixtures(exp, FIVE, free, change)[len(base):]
+    assert len(new) / scratch <= 0.4, (len(new), scratch)
+    random = np.array([m.weights for m in new if ":random:" in m.origin])
+    assert len(random) >= 2 and (random[:, 4] >= 0.01).all()
+    assert np.ptp(random[:, 4]) > 0.1  # drawn over a range, not one value
+    if mode == "reuse":  # still on the reuse plane: the old domains at the virtual proportions
+        u = random[:, :4]
+        assert np.allclose(u / u.sum(1, keepdims=True), four, atol=1e-6)
+
+

@@ -253,3 +253,32 @@ def test_corrupt_checkpoint_is_suspect_and_keeps_its_results(corpora, tmp_path, 
     assert "1 trained" in r.output
     assert db.execute("SELECT status, trainings FROM runs WHERE key=?", (key,)).fetchone() == ("done", 2)
     db.close()
+
+
+def test_fit_no_reeval_uses_runs_lacking_only_a_weight_0_task(swept, tmp_path):
+    """A task added at weight 0: with --no-reeval no run has it, yet every run is complete for the
+    objective, so fit uses them all and says the task is left out for them."""
+    import shutil
+
+    cfg = yaml.safe_load(swept.read_text())
+    shutil.copytree(Path(cfg["workspace"]), tmp_path / "ws")
+    cfg["workspace"] = str(tmp_path / "ws")
+
+    def fit(config):
+        r = CliRunner().invoke(app, ["fit", str(config), "--format", "json", "--no-plots", "--no-progress",
+                                     "--no-reeval"])
+        assert r.exit_code == 0, (r.output, r.exception)
+        return json.loads(r.stdout), r.stderr
+
+    before, _ = fit(write_config(tmp_path / "c.yaml", cfg))
+    del cfg["fit"]["objective"]
+    cfg["evals"] = {"evaluations": [
+        {"name": "heldout/prose", "kind": "heldout", "domain": "prose"},
+        {"name": "unittest-src", "kind": "text", "sources": [str(_text_files(tmp_path))], "weight": 0.0,
+         "max_tokens": 2000}]}
+    after, said = fit(write_config(tmp_path / "c.yaml", cfg))
+    assert after["runs"] == before["runs"] > 0 and after["objective"] == "heldout/prose/bpb"
+    assert after["weights"] == pytest.approx(before["weights"], abs=1e-9)  # same runs, same objective
+    assert f"note: {after['runs']} finished runs lack only unittest-src (weight 0 in the objective; --no-reeval): " \
+           "fitted on the objective, unittest-src left out for them" in said
+    assert "left out (" not in said  # no run left out

@@ -144,7 +144,7 @@ class Design(_Strict):
     # domain at their last recommended ratio; O(changed) new runs) or extend (old runs as points, new
     # runs over the enlarged simplex). See "When the data changes" in README.md.
     after_change: Literal["reuse", "extend"] = "reuse"
-    after_change_runs: int = Field(4, ge=1)  # random runs per changed domain (+ 1 for the rest)
+    after_change_runs: int = Field(4, ge=1)  # at most this many random runs per changed domain (+ 1); fewer on small designs
     replicates: Replicates | None = Replicates()  # seed replicates; null: none (the noise is not measured)
 
 

@@ -75,6 +75,11 @@ class Suite:
         return {m.name: (m.weight / fam[m.family] / len(live) if fam[m.family] > 0 else 0.0)
                 for m in self.measures}
 
+    def objective_measures(self) -> tuple[Measure, ...]:
+        """The measures with weight in the objective: a run measured on these is complete for it."""
+        w = self.effective_weights()
+        return tuple(m for m in self.measures if w[m.name] > 0)
+
     def objective_terms(self) -> dict[str, float]:
         """metric name -> signed weight: the objective is their sum, and lower is better."""
         w = self.effective_weights()

@@ -235,7 +235,8 @@ def _page(exp, plan, swarm, settings, rec, model, origins, suites, verify, warni
             row.append(f"{rec.available[i]:,}")
         row += [f"{rec.prior[i]:.4f}", _Raw(f"<b>{rec.weights[i]:.4f}</b>")]
         if ci is not None:
-            row.append(f"{ci[i][0]:.4f} .. {ci[i][1]:.4f}")
+            row.append(f"{rec.weights[i]:.4f} (held fixed by reuse)" if dname in rec.held_fixed else
+                       f"{ci[i][0]:.4f} .. {ci[i][1]:.4f}")
         row.append(rec.binding[i] or "-")
         rec_rows.append(row)
     rec_head = (["domain"] + (["available tokens"] if rec.available else []) + ["prior", "recommended"]

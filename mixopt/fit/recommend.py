@@ -100,6 +100,9 @@ class Recommendation:
     decision: Decision | None = None  # the intervals for the mean and for one new proxy, and the verdict
     best_run_proxies: int = 1  # proxies (seeds) behind best_run: a single one is a noise-selected minimum
     bootstrap_ci: tuple[float, float] | None = None  # the bootstrap's own interval at the recommendation
+    # mixture reuse: the unchanged domains, whose proportions among themselves the fit held fixed (their
+    # weights_ci rows are the virtual domain's interval split at those proportions, not their own)
+    held_fixed: tuple[str, ...] = ()
 
     @property
     def noise(self) -> NoiseModel | None:
@@ -118,12 +121,33 @@ class Recommendation:
         """L1 distance from the unconstrained optimum to the recommendation (0 when it was inside)."""
         return 0.0 if self.unconstrained is None else float(np.abs(self.unconstrained - self.weights).sum())
 
+    def held_share(self) -> tuple[float, float] | None:
+        """The interval of the held-fixed domains' share together (the virtual domain's), if any."""
+        if not self.held_fixed or self.weights_ci is None:
+            return None
+        rows = [i for i, d in enumerate(self.domains) if d in self.held_fixed]
+        return float(self.weights_ci[rows, 0].sum()), float(self.weights_ci[rows, 1].sum())
+
+    def weight_intervals(self, digits: int | None = None) -> dict[str, list[float] | None]:
+        """Each domain's interval; None for a domain held fixed by reuse (no interval of its own)."""
+        r = (lambda x: round(float(x), digits)) if digits is not None else float
+        return {d: None if d in self.held_fixed else [r(a), r(b)] for d, (a, b) in zip(self.domains, self.weights_ci)}
+
+    def held_json(self, digits: int | None = None) -> dict | None:
+        share = self.held_share()
+        if share is None:
+            return None
+        r = (lambda x: round(float(x), digits)) if digits is not None else float
+        return {"domains": list(self.held_fixed), "share_interval": [r(share[0]), r(share[1])],
+                "note": "mixture reuse held these domains' proportions fixed: their weights move only with "
+                        "their share together"}
+
     def to_json(self) -> dict:
         ci = None
         if self.weights_ci is not None:
-            ci = {"level": self.ci, "replicates": self.bootstrap,
-                  "weights": {d: [float(a), float(b)] for d, (a, b) in zip(self.domains, self.weights_ci)},
-                  "predicted": list(self.predicted_ci)}
+            ci = {"level": self.ci, "replicates": self.bootstrap, "weights": self.weight_intervals(),
+                  "predicted": list(self.predicted_ci),
+                  **({"held_fixed_by_reuse": self.held_json()} if self.held_fixed else {})}
         return {
             "weights": dict(zip(self.domains, map(float, self.weights))),
             "interval": ci,
@@ -472,9 +496,16 @@ def experiment_swarm(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool
             evaluate_stored(plan, store, runtime)
         else:
             lacking = missing_measures(plan, store)
+            why = "the workspace is read-only" if store.readonly else "--no-reeval"
+            needed = {m.key for m in plan.suite.objective_measures()}
+            partial = {k: v for k, v in lacking.items() if not needed & {m.key for m in v}}
+            lacking = {k: v for k, v in lacking.items() if k not in partial}
+            if partial:  # complete for the objective: fitted, the weight-0 evaluations left out for them
+                names = sorted({m.name for v in partial.values() for m in v})
+                runtime.say(f"note: {len(partial)} finished runs lack only {name_list(names)} (weight 0 in the "
+                            f"objective; {why}): fitted on the objective, {name_list(names)} left out for them")
             if lacking:
                 keys = ", ".join(k[:12] for k in list(lacking)[:5]) + (" ..." if len(lacking) > 5 else "")
-                why = "the workspace is read-only" if store.readonly else "--no-reeval"
                 runtime.say(f"warning: {len(lacking)} finished runs lack the current eval suite and are left out "
                             f"({keys}; {why}); run `mixopt eval CONFIG` on a writable copy")
         if not store.readonly:  # the objective of each run under this suite, kept for status and export
@@ -542,9 +573,12 @@ def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | No
         "fit": str(fit_dir / "fit.json") if fit_dir else None,
     }
     if rec.weights_ci is not None:
+        held = rec.held_json(6)
         doc["interval"] = {"level": rec.ci, "bootstrap": rec.bootstrap,
-                           "weights": {d: _Pair([round(float(a), 6), round(float(b), 6)])
-                                       for d, (a, b) in zip(rec.domains, rec.weights_ci)},
+                           "weights": {d: None if v is None else _Pair(v) for d, v in rec.weight_intervals(6).items()},
+                           **({"held_fixed_by_reuse": {**held, "domains": _Pair(held["domains"]),
+                                                       "share_interval": _Pair(held["share_interval"])}}
+                              if held else {}),
                            # the seed-mean (what many seeds would average); one new proxy: new_proxy_objective
                            "predicted_objective": _Pair([round(x, 6) for x in rec.predicted_ci])}
     d = rec.decision

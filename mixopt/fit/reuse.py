@@ -42,7 +42,8 @@ def expand_recommendation(rec, space: ReusedSpace, full: Swarm):
         ci[list(space.unchanged)] = np.outer(space.r, rec.weights_ci[0])
         ci[list(space.changed)] = rec.weights_ci[1:]
     return replace(rec, domains=full.domains, weights=w, prior=full.prior, available=full.available,
-                   binding=binding_constraints(w, full.bounds), weights_ci=ci)
+                   binding=binding_constraints(w, full.bounds), weights_ci=ci,
+                   held_fixed=tuple(full.domains[i] for i in space.unchanged))
 
 
 def model_space(plan: Plan, swarm: Swarm, fit_key: str = ""):

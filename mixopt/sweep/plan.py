@@ -59,16 +59,7 @@ class Plan:
 
     def weights_of(self, run: Run) -> tuple[float, ...] | None:
         """The run's weights over the current domains, or None when it is not valid for this plan."""
-        if run.context != self.context or run.slices is None:
-            return None
-        where = {s: i for i, s in enumerate(self.slices)}
-        w = [0.0] * len(self.slices)
-        for s, x in zip(run.slices, run.weights):
-            if x > 0:
-                if s not in where:
-                    return None
-                w[where[s]] = x
-        return tuple(w) if self.key(w, run.replicate) == run.key else None  # same slices in another order: another training
+        return weights_on(run, self.context, self.slices)
 
     def runs(self, store: Store, status: str | None = None) -> list[Run]:
         """The store's runs valid for this plan, weights in the current domain order."""
@@ -81,28 +72,53 @@ class Plan:
 
     def superseded(self, store: Store) -> list[tuple[Run, str]]:
         """Trained runs (done or suspect) this plan cannot use, each with why."""
-        names = set(self.domains)
-        current = set(self.slices)
-        out = []
-        for r in store.runs():
-            if r.status not in ("done", "suspect") or self.weights_of(r) is not None:
-                continue
-            if r.slices is None:
-                why = "trained by an older mixopt on other data or settings"
-            elif r.tokenizer != self.tokenizer:
-                why = "trained with another tokenizer"
-            elif r.context != self.context:
-                why = "trained with another proxy, seed or trainer version"
+        return superseded_runs(store, self.context, self.domains, self.slices, self.tokenizer)
+
+
+def weights_on(run: Run, context: str, slices: tuple[str, ...]) -> tuple[float, ...] | None:
+    """The run's weights over domains with these train slices, or None when it trained on anything
+    else (another context, a slice not among them)."""
+    if run.context != context or run.slices is None:
+        return None
+    where = {s: i for i, s in enumerate(slices)}
+    w = [0.0] * len(slices)
+    for s, x in zip(run.slices, run.weights):
+        if x > 0:
+            if s not in where:
+                return None
+            w[where[s]] = x
+    return tuple(w) if _run_key(context, slices, w, run.replicate) == run.key else None  # same slices in another order: another training
+
+
+def superseded_runs(store: Store, context: str, domains: tuple[str, ...], slices: tuple[str, ...],
+                    tokenizer: str) -> list[tuple[Run, str]]:
+    """Trained runs (done or suspect) not valid for these domains' slices, each with why."""
+    names, current = set(domains), set(slices)
+    out = []
+    for r in store.runs():
+        if r.status not in ("done", "suspect") or weights_on(r, context, slices) is not None:
+            continue
+        if r.slices is None:
+            why = "trained by an older mixopt on other data or settings"
+        elif r.tokenizer != tokenizer:
+            why = "trained with another tokenizer"
+        elif r.context != context:
+            why = "trained with another proxy, seed or trainer version"
+        else:
+            gone = [d for d, s, x in zip(r.domains, r.slices, r.weights) if x > 0 and s not in current]
+            if not gone:
+                why = "trained with the domains in another order"
+            elif gone[0] in names:
+                why = f"domain '{gone[0]}' changed since"
             else:
-                gone = [d for d, s, x in zip(r.domains, r.slices, r.weights) if x > 0 and s not in current]
-                if not gone:
-                    why = "trained with the domains in another order"
-                elif gone[0] in names:
-                    why = f"domain '{gone[0]}' changed since"
-                else:
-                    why = f"domain '{gone[0]}' was removed"
-            out.append((r, why))
-        return out
+                why = f"domain '{gone[0]}' was removed"
+        out.append((r, why))
+    return out
+
+
+def plan_context(exp: Experiment, spec: ProxySpec, tokenizer: str) -> str:
+    """What a run trains with besides its data: trainer version, seed, proxy spec, tokenizer."""
+    return content_hash({"trainer": TRAINER_VERSION, "seed": exp.seed, "spec": spec.to_dict(), "tokenizer": tokenizer})
 
 
 def sweep_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool = True) -> Plan:
@@ -133,27 +149,37 @@ def load_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool =
     check_seq_len(spec.seq_len, {n: manifest["domains"][n].get("train_tokens") for n in names})
     bounds = domain_bounds(exp, available)
     tokenizer = manifest["tokenizer_sha256"]
-    context = content_hash({"trainer": TRAINER_VERSION, "seed": exp.seed, "spec": spec.to_dict(),
-                            "tokenizer": tokenizer})
+    context = plan_context(exp, spec, tokenizer)
     slices = tuple(manifest["domains"][n]["train_sha256"] for n in names)
     plan = Plan(ws, manifest, spec, bounds, prior, available, context, resolve_suite(exp, manifest, ws), [], [],
                 tuple(names), slices, tokenizer)
-    change = None
+    change, back = None, []
     if design and ws.db_path.is_file():
         with Store(ws.db_path) as store:
             adopt_legacy(plan, exp, store)
             base = [r for r in store.runs(context, "done") if is_base(r.origin)]
             valid = {r.key: r.weights for r in plan.runs(store, "done")}
+            back = sent_back(plan.runs(store))
         aliases = {n: manifest["domains"][n].get("drawn_as", n) for n in names}
         change = detect_change(exp.design.after_change, names, slices, base, valid, prior,
                                ws.root / CHANGE_RECORD, exp.optimal_path, aliases)
+    # After a change the design is the finished base runs plus what the change adds: base runs sent
+    # back for retraining (`check --repair`, a damaged checkpoint) stay in it, as without a change.
+    back = back if change is not None else []
     mixtures, keys = [], []
-    for m in (design_mixtures(exp, prior, bounds, change) if design else []) + list(extra):
+    for m in (design_mixtures(exp, prior, bounds, change) if design else []) + back + list(extra):
         key = plan.key(m.weights, m.replicate)
         if key not in keys:
             mixtures.append(m)
             keys.append(key)
     return replace(plan, mixtures=mixtures, keys=keys, change=change)
+
+
+def sent_back(runs: list[Run]) -> list[Mixture]:
+    """Base-design runs that were trained and are waiting to be trained again: sent back to planned
+    by `check --repair`, or suspect (a damaged checkpoint)."""
+    return [Mixture(r.origin, r.weights, r.replicate) for r in runs
+            if is_base(r.origin) and (r.status == "suspect" or (r.status == "planned" and r.trainings > 0))]
 
 
 CHANGE_RECORD = "after-change.json"  # in the workspace: the virtual proportions mixture reuse trains with

@@ -194,10 +194,11 @@ def record_scores(plan: Plan, store: Store) -> dict[str, float]:
 
 
 def _metrics_of(suite: Suite, measured: dict[str, dict[str, float]]) -> dict[str, float] | None:
-    """'<evaluation name>/<metric>' -> value, or None if any of the suite's measures is missing."""
-    if any(m.key not in measured for m in suite.measures):
+    """'<evaluation name>/<metric>' -> value, or None if a measure of the objective is missing (one of
+    weight 0 missing leaves the run complete for the objective: its metrics are left out)."""
+    if any(m.key not in measured for m in suite.objective_measures()):
         return None
-    return {f"{m.name}/{k}": v for m in suite.measures for k, v in measured[m.key].items()}
+    return {f"{m.name}/{k}": v for m in suite.measures if m.key in measured for k, v in measured[m.key].items()}
 
 
 def training_table(plan: Plan, store: Store):

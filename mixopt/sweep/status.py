@@ -8,7 +8,9 @@ from collections import Counter
 from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import Mixture, name_list
 from mixopt.core.workspace import Workspace
-from mixopt.sweep.plan import Plan, StaleSample, load_plan, sweep_plan
+from mixopt.proxy.model import proxy_spec
+from mixopt.sweep.change import is_base
+from mixopt.sweep.plan import Plan, StaleSample, load_plan, plan_context, superseded_runs, sweep_plan, weights_on
 from mixopt.sweep.reeval import missing_measures
 from mixopt.sweep.store import Store
 
@@ -28,7 +30,12 @@ def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = ()) -> dic
         out["sample"] = f"stale: {e.problem}"
         from mixopt.data.resample import preview
 
-        out["resample"] = preview(exp, ws.read_manifest())
+        manifest = ws.read_manifest()
+        out["resample"] = preview(exp, manifest)
+        if ws.db_path.is_file() and "error" not in out["resample"]:
+            with Store(ws.db_path) as store:
+                out.update(store.summary())  # what the store holds does not depend on the sample
+                out["resample"]["runs"] = kept_by_resample(exp, manifest, out["resample"], store)
         return out
     out["sample"] = "up to date"
     out["suite"] = plan.suite.key
@@ -66,6 +73,23 @@ def failed_runs(runs) -> list[dict]:
     return out
 
 
+def kept_by_resample(exp: Experiment, manifest: dict, resample: dict, store: Store) -> dict:
+    """Before `mixopt sample` draws again: the finished runs the new sample keeps valid (every domain
+    they trained on keeps its slice) and those it supersedes, each with why. A domain drawn again is
+    counted as changed: its runs stay valid only if its new slice comes out identical."""
+    names = exp.domain_names
+    was = {**{n: n for n in resample["kept"]}, **resample["renamed"]}
+    slices = tuple(manifest["domains"][was[n]]["train_sha256"] if n in was else f"drawn again: {n}" for n in names)
+    tokenizer = manifest["tokenizer_sha256"] if resample["tokenizer"] == "kept" else "new"
+    context = plan_context(exp, proxy_spec(exp.proxy, manifest["vocab_size"]), tokenizer)
+    kept = [r for r in store.runs(context, "done") if weights_on(r, context, slices) is not None]
+    superseded = superseded_runs(store, context, tuple(names), slices, tokenizer)
+    base = any(is_base(r.origin) for r in kept)
+    return {"valid": len(kept), "superseded": len(superseded),
+            "superseded_why": dict(Counter(w for _, w in superseded)),
+            "after_change": exp.design.after_change if base and resample["sampled"] else None}
+
+
 def replicate_groups(runs) -> list[dict]:
     """Mixtures trained with several seeds (replicates): weights, seeds planned and done."""
     groups: dict[tuple, dict] = {}
@@ -88,6 +112,9 @@ def change_cost(plan: Plan, store: Store, state: dict[str, str], lacking: dict) 
         if state.get(key) == "done" or key in held:
             continue
         kind = m.origin.split(":")[0]
+        if plan.change is not None and is_base(m.origin):
+            why_train["sent back for retraining (`check --repair` or a damaged checkpoint)"] += 1
+            continue
         why_train[{"reuse": "mixture reuse: virtual vs changed domains",
                    "extend": "new runs over the enlarged simplex",
                    "verify": "verification", "file": "mixtures file"}.get(kind, "design runs not trained yet")] += 1
@@ -110,6 +137,14 @@ def cost_lines(st: dict) -> list[str]:
         out.append(f"`mixopt sample` will draw {name_list(r['sampled'], empty='no domain')} again; keep "
                    f"{name_list(r['kept'])}" + (f"; rename {renamed}" if renamed else "") +
                    (f"; drop {name_list(r['removed'])}" if r["removed"] else "") + f"; tokenizer {r['tokenizer']}")
+        k = r.get("runs")
+        if k:
+            why = "; ".join(f"{n} {w}" for w, n in k["superseded_why"].items())
+            out.append(f"after it: {k['valid']} finished runs stay valid (checkpoints and measurements reused); "
+                       f"{k['superseded']} superseded (kept in the store, not used){': ' + why if why else ''}")
+            if k["after_change"]:
+                out.append(f"then `mixopt sweep` trains only what design.after_change: {k['after_change']} adds for "
+                           f"{name_list(r['sampled'])} (`mixopt sweep --dry-run` counts the runs once sampled)")
         return out
     c = st.get("cost")
     if not c:
