@@ -52,6 +52,24 @@ def mixture_sequences(weights, lengths: list[int], spec: ProxySpec, rng: np.rand
     return seqs[rng.permutation(len(seqs))], epochs
 
 
+def _batch_tokens(streams: list[np.ndarray], rows: list[np.ndarray], width: int, device: str):
+    """The step's [N, batch, width] token windows, gathered with one fancy index per proxy and domain
+    (not one slice per sequence), and on a GPU copied from pinned memory without blocking."""
+    import torch
+
+    n, b = len(rows), len(rows[0])
+    x = np.empty((n, b, width), dtype=np.int64)
+    offsets = np.arange(width)
+    for i, r in enumerate(rows):
+        for d in np.unique(r[:, 0]):
+            own = r[:, 0] == d
+            x[i, own] = streams[d][r[own, 1][:, None] + offsets]
+    xt = torch.from_numpy(x)
+    if str(device).startswith("cuda"):
+        return xt.pin_memory().to(device, non_blocking=True)
+    return xt
+
+
 def lr_at(step: int, spec: ProxySpec) -> float:
     """Linear warmup, then cosine decay to MIN_LR_FRACTION of the peak."""
     warm = max(1, round(spec.warmup * spec.steps))
@@ -100,8 +118,7 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
         if all(dead):  # nothing left worth a step: each diverged proxy's losses end at its first non-finite one
             break
         rows = [seqs[step * spec.batch_size:(step + 1) * spec.batch_size] for seqs, _ in plans]
-        x = np.stack([np.stack([streams[d][s:s + width] for d, s in r]) for r in rows]).astype(np.int64)
-        xt = torch.from_numpy(x).to(device, non_blocking=True)
+        xt = _batch_tokens(streams, rows, width, device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, spec)
         with torch.autocast(device_type=device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
@@ -110,6 +127,7 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
         ce = ce.view(n, -1).mean(dim=1)  # one loss per proxy
         opt.zero_grad(set_to_none=True)
         ce.sum().backward()  # proxies share no weights: each gets exactly its own gradient
+        del logits  # not kept alive into the next step's forward (N x batch x seq x vocab of them)
         if any(dead):  # a diverged proxy stays in the stacked weights (the loop cannot drop it) but learns nothing
             _zero_grads(list(W.values()), dead)
         _clip_per_proxy(list(W.values()), 1.0)
