@@ -1,0 +1,76 @@
+"""What a new user hit going verb by verb through the README (issue 28, part B): flags that must act
+or be refused, paths that follow the config, export-model and the runs listing, one voice for the
+report and fit, what the counts mean, progress, and the remaining hostile cases. Through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from tests.test_hostile import cli
+
+
+def _own_copy(swept: Path, tmp_path: Path) -> Path:
+    """The finished session workspace copied, with a config that points at the copy (tests here write)."""
+    shutil.copytree(swept.parent / "ws", tmp_path / "ws")
+    cfg = yaml.safe_load(swept.read_text())
+    cfg["workspace"] = str(tmp_path / "ws")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def test_fit_flags_override_the_config(swept, tmp_path):
+    cfg = _own_copy(swept, tmp_path)
+    r = cli(["fit", cfg, "--no-plots", "--cv-folds", "3", "--kl-weight", "5", "--bootstrap", "5", "--seed", "3",
+             "--model", "linear", "--trust-region", "none", "--bound", "code=0.1:0.6", "--format", "json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["cv"]["folds"] == 3 and out["model"] == "linear" and out["trust_region"]["mode"] == "none"
+    assert 0.1 - 1e-6 <= out["weights"]["code"] <= 0.6 + 1e-6
+    assert out["overrides"] == {"model": "linear", "cv-folds": "3", "bootstrap": "5", "seed": "3", "kl-weight": "5.0",
+                                "trust-region": "none", "bound": "code=0.1:0.6"}
+    optimal = yaml.safe_load((tmp_path / "small.optimal.yaml").read_text())
+    assert optimal["overrides"]["cv-folds"] == "3" and optimal["cv"]["folds"] == 3 and optimal["model"] == "linear"
+    fit = json.loads((tmp_path / "ws" / "fits" / out["fit_key"][:16] / "fit.json").read_text())
+    assert fit["settings"]["seed"] == 3 and fit["settings"]["kl_weight"] == 5.0 and fit["settings"]["bootstrap"] == 5
+    # The text output says which settings came from the command line; without flags, the config's.
+    r = cli(["fit", cfg, "--no-plots", "--cv-folds", "3"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "command-line overrides of the config: cv-folds 3" in r.stdout and "3-fold CV" in r.stdout
+    r = cli(["fit", cfg, "--no-plots"], tmp_path)
+    assert r.returncode == 0 and "overrides" not in r.stdout and "4-fold CV" in r.stdout
+    assert "overrides" not in yaml.safe_load((tmp_path / "small.optimal.yaml").read_text())
+
+
+def test_fit_flags_that_cannot_act_are_refused(swept, tmp_path):
+    cfg = _own_copy(swept, tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, says in ((["--tolerance", "0.1"], "error: --tolerance applies to --runs fits only"),
+                       (["--at-scale", "1e9"], "error: --at-scale applies to --runs fits only"),
+                       (["--bound", "nope=0:1"], "error: --bound nope=0:1: expected DOMAIN=LOW:HIGH"),
+                       (["--bound", "code=0.9:1", "--bound", "prose=0.9:1"], "error: --bound")):
+        r = cli(["fit", cfg, *args], tmp_path)
+        assert r.returncode == 2 and r.stderr.startswith(says) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no optimal.yaml
+    table = tmp_path / "runs.csv"
+    table.write_text("a,b,loss\n0.5,0.5,1\n")
+    for flag in (["--no-reeval"], ["--workers", "2"], ["--device", "cpu"]):
+        r = cli(["fit", "--runs", table, "--target", "loss", *flag], tmp_path)
+        assert r.returncode == 2 and "applies to a CONFIG's fit only" in r.stderr, r.stderr
+
+
+def test_every_verb_refuses_flags_that_would_be_ignored(make_config, tmp_path):
+    cfg = make_config()
+    for args, says in ((["sample", cfg, "--ray-address", "auto"], "--ray-address applies with --backend ray only"),
+                       (["sweep", cfg, "--slurm-partition", "gpu"], "--slurm-partition applies with --backend slurm"),
+                       (["sweep", cfg, "--ray-address", "auto"], "--ray-address applies with --backend ray only"),
+                       (["sweep", cfg, "--dry-run", "--mixtures", cfg], "--mixtures does not apply with --dry-run"),
+                       (["eval", cfg, "--interval", "5"], "--interval applies with --watch only"),
+                       (["verify", cfg, "--top", "5"], "--top applies with --size only")):
+        r = cli(args, tmp_path)
+        assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+    assert not (tmp_path / "ws").exists()
