@@ -74,3 +74,58 @@ def test_every_verb_refuses_flags_that_would_be_ignored(make_config, tmp_path):
         r = cli(args, tmp_path)
         assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
     assert not (tmp_path / "ws").exists()
+
+
+def test_default_workspace_follows_the_config_folder(corpora, tmp_path):
+    from tests.conftest import small_config, write_config
+
+    (tmp_path / "mixtures").mkdir()
+    cfg = small_config(corpora, tmp_path)
+    del cfg["workspace"]
+    cfg["design"]["runs"] = 0
+    write_config(tmp_path / "mixtures" / "small.yaml", cfg)
+    r = cli(["sample", "mixtures/small.yaml"], tmp_path)  # from the parent folder
+    assert r.returncode == 0, r.stderr
+    ws = tmp_path / "mixtures" / "workspaces" / "small"
+    assert (ws / "sample" / "manifest.json").is_file() and not (tmp_path / "workspaces").exists()
+    r = cli(["status", "small.yaml"], tmp_path / "mixtures")  # from the config's own folder: the same workspace
+    assert r.returncode == 0 and f"workspace: {ws}" in r.stdout and "sample: up to date" in r.stdout, r.stdout
+    # A workspace from before (./workspaces/<name> where mixopt ran, beside mixtures/) is still found.
+    ws.rename(tmp_path / "old")
+    (tmp_path / "workspaces").mkdir()
+    (tmp_path / "old").rename(tmp_path / "workspaces" / "small")
+    for cwd in (tmp_path, tmp_path / "mixtures"):
+        r = cli(["status", cfg_path := tmp_path / "mixtures" / "small.yaml"], cwd)
+        assert f"workspace: {tmp_path / 'workspaces' / 'small'}" in r.stdout and "sample: up to date" in r.stdout
+    # A relative `workspace:` resolves against the config file too.
+    cfg["workspace"] = "../elsewhere"
+    write_config(cfg_path, cfg)
+    r = cli(["status", cfg_path], tmp_path / "mixtures")
+    assert f"workspace: {tmp_path / 'elsewhere'}" in r.stdout
+
+
+def test_extensionless_files_say_the_extensions_filter_skipped_them(corpora, tmp_path):
+    from tests.conftest import small_config, write_config
+
+    (tmp_path / "notes").mkdir()
+    licenses = sorted((corpora / "legal").glob("*.txt"))
+    for i, f in enumerate(licenses):
+        (tmp_path / "notes" / f"NOTE{i}").write_text(f.read_text())
+    cfg = small_config(corpora, tmp_path / "ws")
+    cfg["domains"][2]["sources"] = [{"path": str(tmp_path / "notes")}]
+    r = cli(["sample", write_config(tmp_path / "c.yaml", cfg)], tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "domain 'legal' has no documents" in r.stderr
+    assert f"the default `extensions` filter (.txt, .md, .py and other text suffixes) skipped {len(licenses)} files there " \
+           "(e.g. NOTE0): to read them, give the source `extensions: ['']`" in r.stderr
+    assert not (tmp_path / "ws").exists()
+    cfg["domains"][2]["sources"][0]["extensions"] = [""]
+    r = cli(["sample", write_config(tmp_path / "c.yaml", cfg)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    # An evaluation's text source says the same.
+    cfg["evals"] = {"evaluations": [{"name": "notes", "kind": "text", "sources": [{"path": str(tmp_path / "notes"),
+                                                                                     "extensions": [".txt"]}]}]}
+    del cfg["fit"]["objective"]
+    r = cli(["status", write_config(tmp_path / "c.yaml", cfg)], tmp_path)
+    assert r.returncode == 2 and "text source not found or empty" in r.stderr
+    assert f"its `extensions` filter (.txt) skipped {len(licenses)} files there" in r.stderr, r.stderr

@@ -304,9 +304,18 @@ class Experiment(_Strict):
 
     @property
     def workspace_dir(self) -> Path:
+        """`workspace:` (relative to the config's folder, like every path), default <config folder>/workspaces/<name>.
+        A workspace made before the default followed the config (./workspaces/<name> of the folder mixopt ran
+        in, usually the config folder's parent) is still found when the new default does not exist yet."""
         if self.workspace:
             return self.resolve(self.workspace)
-        return (Path.cwd() / "workspaces" / self.name).resolve()
+        here = (Path(self.base_dir) / "workspaces" / self.name).resolve()
+        if not here.exists():
+            for old in (Path.cwd(), Path(self.base_dir).parent):
+                legacy = old / "workspaces" / self.name
+                if (legacy / "mixopt.db").is_file() or (legacy / "sample" / "manifest.json").is_file():
+                    return legacy.resolve()
+        return here
 
     @property
     def optimal_path(self) -> Path:

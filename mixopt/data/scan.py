@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mixopt.data.readers import iter_chunks, row_group_parts
-from mixopt.data.sources import SKIP_FIX, Shard, ShardError, describe, list_shards
+from mixopt.data.sources import SKIP_FIX, Shard, ShardError, describe, extension_note, list_shards
 from mixopt.errors import MixoptError
 
 _WS_FIRST = frozenset(b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f")  # str.isspace's ASCII characters
@@ -244,9 +244,10 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
     pool.threshold = byte_budget + pool.largest  # the final prefix: room for one more of the domain's documents
     pool.trim()
     if pool.read == 0:
+        note = "".join(extension_note(s, exp.base_dir) for s in domain.sources)
         raise MixoptError(f"domain '{domain.name}' has no documents in "
-                          f"{', '.join(describe(s) for s in domain.sources)}",
-                          "check the path, format and text_field of its sources")
+                          f"{', '.join(describe(s) for s in domain.sources)}{note}",
+                          "check the path, format, extensions and text_field of its sources")
     keys = sorted(pool.docs)
     kept = [pool.docs[k] for k in keys]
     dups = sum(c - 1 for _, c in kept)

@@ -25,6 +25,7 @@ from mixopt.core.keys import content_hash, file_sha256
 from mixopt.core.mixtures import NAMES_SHOWN, name_list
 from mixopt.core.workspace import Workspace, atomic_write_json
 from mixopt.data.readers import iter_documents, source_files
+from mixopt.data.sources import extension_note
 from mixopt.errors import MixoptError
 from mixopt.evals.choice import read_choice_task
 
@@ -213,8 +214,9 @@ def check_suite_files(exp: Experiment) -> None:
 def _source_fingerprint(source: Source, path: Path, name: str) -> list:
     files = source_files(source, path)
     if not files:
-        raise MixoptError(f"evaluation '{name}': text source not found or empty: {path}",
-                          "fix the evaluation's `sources` path")
+        note = extension_note(source.model_copy(update={"path": str(path), "hub": None}))
+        raise MixoptError(f"evaluation '{name}': text source not found or empty: {path}{note}",
+                          "fix the evaluation's `sources` path" + (" or extensions" if note else ""))
     opts = source.model_dump(exclude={"path"})
     return [opts, [[f.name if f == path else str(f.relative_to(path)), file_sha256(f)] for f in files]]
 
