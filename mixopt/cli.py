@@ -778,6 +778,23 @@ def export(config: Path = CONFIG, format: ExportFormat = typer.Option(ExportForm
     typer.echo(f"{len(rows)} runs written to {output}", err=True)
 
 
+@app.command()
+def runs(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--format")):
+    """List the runs: key, mixture, status, proxy size, objective (the keys `export-model` takes)."""
+    from mixopt.sweep.export import run_listing
+
+    rows = run_listing(_load(config))
+    if format is Format.json:
+        typer.echo(json.dumps(rows))
+        return
+    typer.echo(f"{'key':<12}  {'size':<4}  {'status':<8}  {'objective':>9}  mixture")
+    for r in rows:
+        obj = f"{r['objective']:.4f}" if r["objective"] is not None else "-"
+        typer.echo(f"{r['key'][:12]:<12}  {r['size']:<4}  {r['status']:<8}  {obj:>9}  {r['mixture']}")
+    typer.echo(f"{len(rows)} runs; objective under the current suite (lower is better); "
+               "`mixopt export-model CONFIG KEY` takes a key's first characters")
+
+
 def _load(config: Path):
     """The experiment, with every file its suite names checked: the same errors for every verb."""
     from mixopt.config.load import load_experiment

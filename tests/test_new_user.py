@@ -129,3 +129,29 @@ def test_extensionless_files_say_the_extensions_filter_skipped_them(corpora, tmp
     r = cli(["status", write_config(tmp_path / "c.yaml", cfg)], tmp_path)
     assert r.returncode == 2 and "text source not found or empty" in r.stderr
     assert f"its `extensions` filter (.txt) skipped {len(licenses)} files there" in r.stderr, r.stderr
+
+
+def test_runs_lists_keys_and_export_model_follows_the_umask(swept, tmp_path):
+    import os
+    import stat
+
+    cfg = _own_copy(swept, tmp_path)
+    listed = json.loads(cli(["runs", cfg, "--format", "json"], tmp_path).stdout)
+    exported = json.loads(cli(["export", cfg, "--format", "json"], tmp_path).stdout)
+    assert [r["key"] for r in listed] == [r["key"] for r in exported] and len(listed) == 10
+    assert all(r["size"] == "tiny" and r["status"] == "done" for r in listed)
+    assert all(r["objective"] is not None and set(r["weights"]) == {"code", "prose", "legal"} for r in listed)
+    text = cli(["runs", cfg], tmp_path).stdout.splitlines()
+    assert text[0].split() == ["key", "size", "status", "objective", "mixture"] and len(text) == len(listed) + 2
+    first = listed[0]
+    assert text[1].startswith(first["key"][:12]) and first["mixture"] in text[1]
+    assert f"{first['objective']:.4f}" in text[1]
+    r = cli(["export-model", cfg, "zzzz"], tmp_path)
+    assert r.returncode == 2 and "run 'zzzz' matches no finished run" in r.stderr
+    assert "`mixopt runs CONFIG` lists them" in r.stderr
+    for umask, folder, file in ((0o022, 0o755, 0o644), (0o077, 0o700, 0o600)):
+        out = tmp_path / f"hf{umask:o}"
+        r = cli(["export-model", cfg, first["key"][:8], "--output", out], tmp_path, preexec=lambda u=umask: os.umask(u))
+        assert r.returncode == 0, r.stderr
+        assert stat.S_IMODE(out.stat().st_mode) == folder
+        assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {file}
