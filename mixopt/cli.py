@@ -521,7 +521,7 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
         spread = f" +- {m.sd:.4f} (sd over {len(m.values)} seeds)" if m.sd is not None else ""
         label = "natural prior" if m.name == "prior" else f"{m.name} mixture" if m.name == "recommended" else m.name
         typer.echo(f"{label + ':':<22} measured {m.mean:.4f}{spread}, predicted {m.predicted:.4f} "
-                   f"(error {m.mean - m.predicted:+.4f})")
+                   f"(error, measured - predicted: {m.mean - m.predicted:+.4f})")
     which = "seed-mean" if v.seeds > 1 else "one new proxy"
     ci = v.interval if v.seeds > 1 else v.proxy_interval
     if ci is not None:

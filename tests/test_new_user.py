@@ -155,3 +155,28 @@ def test_runs_lists_keys_and_export_model_follows_the_umask(swept, tmp_path):
         assert r.returncode == 0, r.stderr
         assert stat.S_IMODE(out.stat().st_mode) == folder
         assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {file}
+
+
+def test_report_and_fit_share_warnings_and_one_error_sign(swept, tmp_path):
+    import re
+
+    cfg = _own_copy(swept, tmp_path)
+    # A fixed model that others out-rank on these runs: fit itself says so (it was the report's alone).
+    r = cli(["fit", cfg, "--no-plots", "--model", "linear"], tmp_path)
+    assert "WARNING: fit.model is linear (Spearman" in r.stdout and "consider fit.model: auto" in r.stdout
+    # The report shows the warnings fit prints (same config, same words).
+    fit = json.loads(cli(["fit", cfg, "--no-plots", "--format", "json"], tmp_path).stdout)
+    r = cli(["report", cfg, "--output", tmp_path / "r.html"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "r.html").read_text()
+    for w in fit["warnings"]:
+        assert w.replace("&", "&amp;").replace("'", "&#x27;").replace("<", "&lt;").replace(">", "&gt;")[:60] in page \
+            or w[:60] in page
+    if fit["predicted"] > fit["best_run"]:
+        assert any("is worse than the best measured run" in w for w in fit["warnings"])
+    # One sign: measured - predicted, stated in both tables' headers.
+    assert page.count("error (measured − predicted)") >= 1
+    rows = re.findall(r"<tr><td>([0-9a-f]{12})</td>.*?<td>([0-9.]+)</td><td>([0-9.]+)</td><td>([+-][0-9.]+)</td>", page)
+    assert rows
+    for _, measured, predicted, error in rows:
+        assert abs(float(measured) - float(predicted) - float(error)) < 2e-4

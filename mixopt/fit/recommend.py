@@ -239,6 +239,7 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None,
     decision = judge(swarm, settings, honest, collapsed.noise, w, pred_points, boot, predicted_ci, not unreliable,
                      [name for name, _ in against], points, collapsed.counts)
     best = int(np.argmin(y))
+    warns += choice_warnings(settings.model, cv, cvs, float(model.predict(w)[0]), float(collapsed.measured[best]))
     binding = binding_constraints(w, trust, swarm.bounds)
     binding = ["held" if j in flat else b for j, b in enumerate(binding)]
     rec = Recommendation(
@@ -313,6 +314,20 @@ def fit_warnings(cv: CrossValidation, kind: str, n: int, varying: int, nested: b
     if n < wanted:
         out.append(f"the swarm is small for {kind}: {n} runs for {varying} varying domains, about {wanted} wanted; "
                    "add runs (design.runs) or expect a noisier recommendation")
+    return out
+
+
+def choice_warnings(setting: str, cv: CrossValidation, cvs: dict, predicted: float, best_run: float) -> list[str]:
+    """Warnings fit prints and the report shows alike: a fixed fit.model that another model out-ranks,
+    and a prediction at the recommendation worse than the best measured run."""
+    out = []
+    best = max(cvs, key=lambda k: cvs[k].spearman)
+    if setting != "auto" and cvs[best].spearman > cv.spearman + 0.1:
+        out.append(f"fit.model is {setting} (Spearman {cv.spearman:.2f}) while {best} ranks held-out runs better "
+                   f"({cvs[best].spearman:.2f}): consider fit.model: auto")
+    if predicted > best_run:
+        out.append(f"the predicted objective at the recommendation ({predicted:.4f}) is worse than the best measured "
+                   f"run ({best_run:.4f}): the fit found nothing better than a run you have")
     return out
 
 
