@@ -236,7 +236,8 @@ def sweep(config: Path = CONFIG,
         check_input_path(mixtures, "--mixtures file", exp.workspace_dir)
         _, ids, W = read_mixtures(mixtures, exp.domain_names)
         extra = [Mixture(f"file:{mixtures.stem}:{i}", tuple(w)) for i, w in zip(ids, W)]
-    if batch_proxies != "auto" and not (batch_proxies.isdigit() and int(batch_proxies) >= 1):
+    # isascii: str.isdigit also accepts digits int() refuses ('²')
+    if batch_proxies != "auto" and not (batch_proxies.isascii() and batch_proxies.isdigit() and int(batch_proxies) >= 1):
         raise MixoptError(f"--batch-proxies {batch_proxies}: expected auto or a positive integer", "e.g. --batch-proxies 8")
     runtime = _runtime(workers, progress, device, backend=backend.value, ray_address=ray_address,
                        slurm_partition=slurm_partition, slurm_cluster=slurm_cluster,
@@ -838,7 +839,12 @@ def main() -> None:
         if not getattr(info.callback, "__wrapped__", None):
             info.callback = _guarded(info.callback)
     try:
-        code = app(standalone_mode=False)  # usage errors come back here: one line, like ours
+        try:
+            code = app(standalone_mode=False)  # usage errors come back here: one line, like ours
+        except BaseException:
+            _settle(ok=False)
+            raise
+        _settle(ok=not code)
     except MixoptError as e:
         typer.echo(f"error: {e.one_line()}", err=True)
         sys.exit(2)
@@ -878,6 +884,18 @@ def main() -> None:
             sys.exit(2)
         raise
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _settle(ok: bool) -> None:
+    """A command that succeeded writes the corpus-hash caches it filled; one that failed writes none
+    and takes back the marker it left in an older workspace: an error leaves the folder as found."""
+    from mixopt.core.keys import save_file_hashes
+    from mixopt.core.workspace import unmark_adopted
+
+    if ok:
+        save_file_hashes()
+    else:
+        unmark_adopted()
 
 
 def _disk_full(e) -> None:

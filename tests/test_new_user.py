@@ -180,3 +180,132 @@ def test_report_and_fit_share_warnings_and_one_error_sign(swept, tmp_path):
     assert rows
     for _, measured, predicted, error in rows:
         assert abs(float(measured) - float(predicted) - float(error)) < 2e-4
+
+
+# --- 7: the remaining hostile cases: exit 2, one line, the workspace as found (caches and marker too) --
+
+from tests.test_hostile import SUITE_OK, Case, sampled, saved_fit, snapshot  # noqa: E402,F401
+
+
+def test_batch_proxies_that_isdigit_accepts_but_int_does_not(make_config, tmp_path):
+    r = cli(["sweep", make_config(), "--batch-proxies", "²"], tmp_path)
+    assert r.returncode == 2 and r.stderr == "error: --batch-proxies ²: expected auto or a positive integer; " \
+                                             "e.g. --batch-proxies 8\n", r.stderr
+    assert not (tmp_path / "ws").exists()
+
+
+def _legacy(t: Case) -> Path:
+    """The sampled workspace as an older mixopt left it: no marker, and no corpus-hash cache yet."""
+    ws = t.sampled()
+    (ws / ".mixopt").unlink()
+    (ws / "file-hashes.json").unlink()
+    return ws
+
+
+def _locked(t: Case):
+    from mixopt.sweep.store import Store
+
+    ws = _legacy(t)
+    Store(ws / "mixopt.db").close()
+    (ws / ".mixopt").unlink()
+    t.env = {"MIXOPT_DB_TIMEOUT": "1"}
+    t.lock = ws / "mixopt.db"  # held by the test while the command runs, taken after the snapshot: closing
+    # a file this process read would drop its POSIX locks on it (SQLite's documented trap)
+    return ["sweep", t.config()], "the workspace's database stayed locked by another process"
+
+
+def _not_sqlite(verb):
+    def setup(t: Case):
+        (_legacy(t) / "mixopt.db").write_text("hello, I am not a database\n" * 100)
+        return [verb, t.config()], "mixopt.db is not an SQLite database"
+    return setup
+
+
+def _swept_legacy(t: Case, **changes) -> Path:
+    """The finished session workspace (runs to evaluate and fit) as an older mixopt left it."""
+    shutil.copytree(t.swept.parent / "ws", t.dir / "ws")
+    (t.dir / "ws" / ".mixopt").unlink()
+    (t.dir / "ws" / "file-hashes.json").unlink()
+    cfg = yaml.safe_load(t.swept.read_text())
+    cfg = {**cfg, "workspace": str(t.dir / "ws"), **changes}
+    if "evals" in changes:
+        cfg["fit"].pop("objective")  # the suite's weights are the objective
+    return t.text("c.yaml", yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _other_domains(t: Case):
+    cfg = _swept_legacy(t)
+    t.text("small.optimal.yaml", yaml.safe_dump({"weights": {"a": 0.5, "b": 0.5}}))
+    return ["verify", cfg], "is for other domains than the config"
+
+
+def _file_size_limit(t: Case):
+    import resource
+
+    _legacy(t)
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # the tokenizer does not fit
+    t.preexec = small_files
+    return ["sample", t.config(), "--force"], "disk full, file size limit or I/O error"
+
+
+def _text_eval_not_utf8(t: Case):
+    t.text("t.jsonl", b'{"text": "caf\xe9 au lait"}\n' * 50)  # Latin-1 in JSON Lines (a .txt reads with U+FFFD)
+    t.text("suite.yaml", yaml.safe_dump({"evaluations": [SUITE_OK, {"name": "t", "kind": "text", "sources": ["t.jsonl"]}]}))
+    cfg = _swept_legacy(t, evals="suite.yaml")
+    return ["eval", cfg], "not UTF-8"
+
+
+FAILING = {"locked store": _locked, "store not SQLite (status)": _not_sqlite("status"),
+           "store not SQLite (sweep)": _not_sqlite("sweep"), "recommendation for other domains": _other_domains,
+           "file size limit writing the sample": _file_size_limit, "text evaluation not UTF-8": _text_eval_not_utf8}
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("name", list(FAILING))
+def test_a_failing_command_leaves_the_workspace_as_found(name, corpora, sampled, saved_fit, swept, tmp_path):
+    """An older workspace (no marker, no hash cache): the command fails in one line and writes neither."""
+    t = Case(tmp_path / "case", corpora, sampled, saved_fit)
+    t.swept = swept
+    t.dir.mkdir()
+    args, says = FAILING[name](t)
+    sqlite_own = ("mixopt.db-wal", "mixopt.db-shm")  # SQLite's own files beside a store another process holds
+    before = {k: v for k, v in snapshot(tmp_path).items() if not k.endswith(sqlite_own)}
+    holder = None
+    if getattr(t, "lock", None):
+        import sqlite3
+
+        holder = sqlite3.connect(t.lock, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock for the whole command
+    try:
+        r = cli(args, t.dir, t.env, t.preexec)
+    finally:
+        if holder is not None:
+            holder.close()
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert lines[-1].startswith("error: ") and says in lines[-1], r.stderr
+    assert all(line.startswith("waiting: ") for line in lines[:-1]), r.stderr  # the lock wait's notice only
+    after = {k: v for k, v in snapshot(tmp_path).items() if not k.endswith(sqlite_own)}
+    assert after == before, sorted(set(after.items()) ^ set(before.items()))
+
+
+def test_an_unreadable_hf_dataset_file_is_one_line(corpora, tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("runs as root, where chmod does not stop reads")
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"text": ["one document", "another one"] * 20}).save_to_disk(tmp_path / "hf")
+    arrow = next((tmp_path / "hf").glob("*.arrow"))
+    arrow.chmod(0)
+    from tests.conftest import small_config, write_config
+
+    cfg = small_config(corpora, tmp_path / "ws")
+    cfg["domains"][2]["sources"] = [{"path": str(tmp_path / "hf")}]
+    r = cli(["sample", write_config(tmp_path / "c.yaml", cfg)], tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {arrow}: cannot be read (Permission denied)"), r.stderr
+    assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "ws").exists()

@@ -303,7 +303,7 @@ def source_fingerprint(source: Source, base_dir, hashes) -> list:
     ids = []
     for s in shards:
         if s.fmt == "hf":
-            ids += [hashes.sha256(Path(f)) for f in walk_files(s.uri)]
+            ids += [_local_identity(f, hashes, source) for f in walk_files(s.uri)]  # unreadable: one line
         elif s.fmt == "hub":
             if s.index == 0:
                 ids.append(_hub_identity(source, s.uri, hashes))
