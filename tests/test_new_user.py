@@ -309,3 +309,29 @@ def test_an_unreadable_hf_dataset_file_is_one_line(corpora, tmp_path):
     r = cli(["sample", write_config(tmp_path / "c.yaml", cfg)], tmp_path)
     assert r.returncode == 2 and r.stderr.startswith(f"error: {arrow}: cannot be read (Permission denied)"), r.stderr
     assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "ws").exists()
+
+
+# --- 5: what the counts mean --------------------------------------------------------------------------
+
+def test_sample_says_what_docs_and_duplicates_count(corpora, tmp_path):
+    """A Parquet domain whose every text appears twice, sampled in part: docs + duplicates_dropped is the
+    rows read, and the table says that only repeats of sampled documents are dropped."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.conftest import small_config, write_config
+
+    texts = pq.read_table(corpora / "code.parquet").column("text").to_pylist()
+    pq.write_table(pa.table({"text": texts + texts}), tmp_path / "twice.parquet")
+    cfg = small_config(corpora, tmp_path / "ws")
+    cfg["domains"][0]["sources"] = [{"path": str(tmp_path / "twice.parquet")}]
+    r = cli(["sample", write_config(tmp_path / "c.yaml", cfg)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    code = json.loads((tmp_path / "ws" / "sample" / "manifest.json").read_text())["domains"]["code"]
+    rows, distinct = 2 * len(texts), len(set(texts))
+    assert code["documents"] + code["duplicates_dropped"] == rows
+    assert 0 < code["duplicates_dropped"] < rows - distinct  # the sample is part of the domain
+    assert (f"(docs = documents read (rows, JSON lines or files) less the exact repeats of sampled documents, "
+            f"dropped from the sample: code {code['duplicates_dropped']:,}; repeats among documents not sampled "
+            "are counted as read)") in r.stdout
+    assert f"{code['documents']:,}" in r.stdout

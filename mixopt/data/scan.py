@@ -35,8 +35,8 @@ _WS_FIRST = frozenset(b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f")  # str.isspace's ASCII
 class Candidates:
     docs: list[str]  # in sampling order
     sizes: list[int]  # UTF-8 bytes of each document
-    documents: int  # documents read from the domain (exact duplicates of sampled ones excluded)
-    duplicates: int  # exact duplicates of sampled documents, dropped
+    documents: int  # documents (rows, JSON lines, files) read, less `duplicates`: not a count of distinct texts
+    duplicates: int  # exact repeats of documents drawn into the sample, dropped (others are not looked for)
     bytes: int  # UTF-8 bytes of those documents
     complete: bool  # every document of the domain is among the candidates
     truncated: int = 0  # documents cut to max_document_bytes
