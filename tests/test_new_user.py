@@ -335,3 +335,53 @@ def test_sample_says_what_docs_and_duplicates_count(corpora, tmp_path):
             f"dropped from the sample: code {code['duplicates_dropped']:,}; repeats among documents not sampled "
             "are counted as read)") in r.stdout
     assert f"{code['documents']:,}" in r.stdout
+
+
+# --- 6: progress: elapsed and ETA; the compile measurement and the stacked evaluation say they began ---
+
+def test_progress_lines_carry_elapsed_and_eta_and_the_stacked_eval_says_it_began(swept, tmp_path):
+    import re
+
+    cfg = _own_copy(swept, tmp_path)
+    doc = yaml.safe_load(cfg.read_text())
+    (tmp_path / "t.txt").write_text("A text evaluation the runs have not seen yet.\n" * 40)
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({"evaluations": [
+        {"name": "h", "kind": "heldout", "domain": "prose"}, {"name": "t", "kind": "text", "sources": ["t.txt"]}]}))
+    doc["evals"] = "suite.yaml"
+    doc["fit"].pop("objective")
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    r = cli(["eval", cfg], tmp_path)  # stderr is a pipe: one line per finished run
+    assert r.returncode == 0, r.stderr
+    start = [x for x in r.stdout.splitlines() if x.startswith("eval: measuring ")]  # a notice, before any result
+    assert len(start) == 1 and re.fullmatch(
+        r"eval: measuring (\d+) checkpoints in \d+ stacked batch\(es\) of up to \d+, \d+ process\(es\)\.\.\.", start[0]), r.stdout
+    n = int(start[0].split()[2])
+    done = [x for x in r.stderr.splitlines() if x.startswith("eval: run ")]
+    assert len(done) == n >= 2
+    for i, line in enumerate(done, 1):
+        assert re.fullmatch(rf"eval: run [0-9a-f]{{12}} finished \({i}/{n}\) (\d+m)?\d+s elapsed, ETA (\d+m)?\d+s",
+                            line), line
+    assert done[-1].endswith("ETA 0s")
+
+
+def test_the_compile_measurement_says_it_began_and_how_long_it_took(tmp_path, monkeypatch):
+    """Through choose_compile itself: a real compile measurement takes tens of seconds and a compiler."""
+    from mixopt.config.runtime import Runtime
+    from mixopt.config.schema import Proxy
+    from mixopt.core.workspace import Workspace
+    from mixopt.proxy import speed
+    from mixopt.proxy.model import proxy_spec
+    from mixopt.sweep.choose import choose_compile
+
+    monkeypatch.delenv("MIXOPT_AUTO_COMPILE", raising=False)
+    monkeypatch.setattr(speed, "compile_timings", lambda spec, n, device: {
+        "compile_seconds": 20.0, "eager_step": 0.2, "compiled_step": 0.1})
+    said: list[str] = []
+    spec = proxy_spec(Proxy(size="tiny", tokens=200_000, seq_len=64, batch_size=8), 512)
+    ws = Workspace(tmp_path / "ws")
+    ws.claim()
+    choice = choose_compile(Runtime(device="cpu", say=said.append), spec, ws, 1, 4, rates={1: 0.5})
+    assert said[0] == ("--compile auto: compiling the tiny proxy x1 on cpu to time it (often 30 s or more on a CPU; "
+                       "once per machine and proxy shape)...")
+    assert said[1].startswith("--compile auto: measured in ") and said[1].endswith(" s") and len(said) == 2
+    assert "measured now" in choice.why
