@@ -364,7 +364,7 @@ def test_progress_lines_carry_elapsed_and_eta_and_the_stacked_eval_says_it_began
     assert done[-1].endswith("ETA 0s")
 
 
-def test_the_compile_measurement_says_it_began_and_how_long_it_took(tmp_path, monkeypatch):
+def test_the_compile_measurement_says_it_began(tmp_path, monkeypatch):
     """Through choose_compile itself: a real compile measurement takes tens of seconds and a compiler."""
     from mixopt.config.runtime import Runtime
     from mixopt.config.schema import Proxy
@@ -383,5 +383,4 @@ def test_the_compile_measurement_says_it_began_and_how_long_it_took(tmp_path, mo
     choice = choose_compile(Runtime(device="cpu", say=said.append), spec, ws, 1, 4, rates={1: 0.5})
     assert said[0] == ("--compile auto: compiling the tiny proxy x1 on cpu to time it (often 30 s or more on a CPU; "
                        "once per machine and proxy shape)...")
-    assert said[1].startswith("--compile auto: measured in ") and said[1].endswith(" s") and len(said) == 2
-    assert "measured now" in choice.why
+    assert len(said) == 1 and "measured now" in choice.why  # the choice's own line follows (the sweep prints it)

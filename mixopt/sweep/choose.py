@@ -134,7 +134,6 @@ def choose_compile(runtime: Runtime, spec: ProxySpec, ws: Workspace, proxies: in
     known = _read(cache)
     row = known.get(key)
     if row is None:
-        t0 = time.monotonic()
         runtime.say(f"--compile auto: compiling the {spec.size} proxy x{proxies} on {device} to time it (often "
                     "30 s or more on a CPU; once per machine and proxy shape)...")
         try:
@@ -142,7 +141,6 @@ def choose_compile(runtime: Runtime, spec: ProxySpec, ws: Workspace, proxies: in
             row = {k: round(v, 5) for k, v in row.items()}
         except Exception as e:  # no C++ compiler, an op inductor cannot lower: eager, and say why (once)
             row = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
-        runtime.say(f"--compile auto: measured in {time.monotonic() - t0:.0f} s")
         known[key] = row | {"machine": machine, "spec": spec.size, "n": proxies, "measured": time.time()}
         atomic_write_json(cache, known)
         source = "measured now"
