@@ -8,9 +8,10 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.test_hostile import cli
+from tests.test_hostile import SUITE_OK, Case, cli, sampled, saved_fit, snapshot  # noqa: F401 (fixtures)
 
 
 def _own_copy(swept: Path, tmp_path: Path) -> Path:
@@ -184,7 +185,6 @@ def test_report_and_fit_share_warnings_and_one_error_sign(swept, tmp_path):
 
 # --- 7: the remaining hostile cases: exit 2, one line, the workspace as found (caches and marker too) --
 
-from tests.test_hostile import SUITE_OK, Case, sampled, saved_fit, snapshot  # noqa: E402,F401
 
 
 def test_batch_proxies_that_isdigit_accepts_but_int_does_not(make_config, tmp_path):
@@ -260,9 +260,6 @@ def _text_eval_not_utf8(t: Case):
 FAILING = {"locked store": _locked, "store not SQLite (status)": _not_sqlite("status"),
            "store not SQLite (sweep)": _not_sqlite("sweep"), "recommendation for other domains": _other_domains,
            "file size limit writing the sample": _file_size_limit, "text evaluation not UTF-8": _text_eval_not_utf8}
-
-
-import pytest  # noqa: E402
 
 
 @pytest.mark.parametrize("name", list(FAILING))
