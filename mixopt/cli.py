@@ -88,6 +88,8 @@ def _finite_at_least_0(value: float) -> float:
     """A number flag: finite and >= 0, by the same rule as the config's numbers (one line if not)."""
     from mixopt.config.validate import check_finite
 
+    if value is None:  # not given: the default is the config's (or the table fit's)
+        return None
     try:
         return check_finite(value, "", 0.0)
     except MixoptError as e:
@@ -137,6 +139,8 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
     from mixopt.data.sample import sample_corpus
     from mixopt.report import format_sample
 
+    if ray_address is not None and backend is not SampleBackend.ray:
+        raise MixoptError("--ray-address applies with --backend ray only", "add --backend ray, or drop it")
     exp = _load(config)
     executor = None
     if backend is SampleBackend.ray:
@@ -211,6 +215,10 @@ def sweep(config: Path = CONFIG,
     from mixopt.report import format_sweep
     from mixopt.sweep.run import run_sweep
 
+    _backend_flags_apply(backend, ray_address, slurm_partition, slurm_cluster)
+    if dry_run and (mixtures or track):
+        raise MixoptError(f"{'--mixtures' if mixtures else '--track'} does not apply with --dry-run (the dry run reports "
+                          "the design's runs and trains nothing)", "drop one of them")
     exp = _load(config)
     if dry_run:
         from mixopt.sweep.status import cost_lines, experiment_status
@@ -235,7 +243,8 @@ def sweep(config: Path = CONFIG,
         check_input_path(mixtures, "--mixtures file", exp.workspace_dir)
         _, ids, W = read_mixtures(mixtures, exp.domain_names)
         extra = [Mixture(f"file:{mixtures.stem}:{i}", tuple(w)) for i, w in zip(ids, W)]
-    if batch_proxies != "auto" and not (batch_proxies.isdigit() and int(batch_proxies) >= 1):
+    # isascii: str.isdigit also accepts digits int() refuses ('²')
+    if batch_proxies != "auto" and not (batch_proxies.isascii() and batch_proxies.isdigit() and int(batch_proxies) >= 1):
         raise MixoptError(f"--batch-proxies {batch_proxies}: expected auto or a positive integer", "e.g. --batch-proxies 8")
     runtime = _runtime(workers, progress, device, backend=backend.value, ray_address=ray_address,
                        slurm_partition=slurm_partition, slurm_cluster=slurm_cluster,
@@ -260,6 +269,15 @@ def sweep(config: Path = CONFIG,
         raise typer.Exit(1)
 
 
+def _backend_flags_apply(backend: Backend, ray_address, slurm_partition, slurm_cluster) -> None:
+    """A cluster flag with another backend would be ignored: refuse it in one line."""
+    for flag, value, needs in (("--ray-address", ray_address, Backend.ray),
+                               ("--slurm-partition", slurm_partition, Backend.slurm),
+                               ("--slurm-cluster", slurm_cluster, Backend.slurm)):
+        if value is not None and backend is not needs:
+            raise MixoptError(f"{flag} applies with --backend {needs.value} only", f"add --backend {needs.value}, or drop it")
+
+
 class Model(str, Enum):
     linear = "linear"
     loglinear = "loglinear"
@@ -281,10 +299,12 @@ class TrustRegion(str, Enum):
 @app.command()
 def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML; or fit a table with --runs."),
         format: Format = typer.Option(Format.text, "--format"),
-        reeval: bool = typer.Option(True, "--reeval/--no-reeval",
-                                    help="Evaluate stored checkpoints on what the eval suite added (never trains)."),
+        reeval: Optional[bool] = typer.Option(None, "--reeval/--no-reeval", show_default=False,
+                                              help="With CONFIG: evaluate stored checkpoints on what the eval suite "
+                                                   "added (never trains); default --reeval."),
         workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE,
-        plots: bool = typer.Option(True, help="Write PNG plots next to fit.json."),
+        plots: Optional[bool] = typer.Option(None, "--plots/--no-plots", show_default=False,
+                                             help="Write PNG plots next to fit.json (default: yes)."),
         runs: Optional[Path] = typer.Option(None, help="External swarm: mixture weights per run (.csv/.parquet)."),
         scores: Optional[Path] = typer.Option(None, help="External swarm: scores per run, joined on --key."),
         key: Optional[str] = typer.Option(None, help="The run id column joining --runs and --scores."),
@@ -293,16 +313,29 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         domains: Optional[str] = typer.Option(None, help="Weight columns: a,b,c names them; one word is a prefix "
                                                              "they start with (default: numeric columns; an "
                                                              "export's domain columns)."),
-        model: Model = typer.Option(Model.auto, help="External swarm: the regressor (auto: best CV ranking and error)."),
+        model: Optional[Model] = typer.Option(None, show_default=False, help="The regressor (auto: best CV ranking "
+                                              "and error); default auto, or the config's fit.model."),
         save: Optional[Path] = typer.Option(None, help="External swarm: write fit.json, runs.parquet, plots here."),
-        tolerance: float = typer.Option(0.01, callback=_finite_at_least_0, help="External swarm: how far a row's weights may sum from 1."),
-        bound: list[str] = typer.Option([], help="External swarm: DOMAIN=LOW:HIGH weight bounds."),
-        kl_weight: float = typer.Option(0.0, callback=_finite_at_least_0, help="External swarm: KL(w || swarm mean) penalty."),
-        bootstrap: int = typer.Option(50, min=0, help="External swarm: bootstrap refits for the intervals."),
-        cv_folds: int = typer.Option(5, min=2, help="External swarm: cross-validation folds."),
-        seed: int = typer.Option(0, min=0, help="External swarm: seed for folds, trees and simulation."),
-        trust_region: TrustRegion = typer.Option(TrustRegion.range, help="External swarm: range keeps each weight "
-                                                 "within what the runs covered; none only within the bounds."),
+        tolerance: Optional[float] = typer.Option(None, callback=_finite_at_least_0, show_default=False,
+                                                  help="External swarm: how far a row's weights may sum from 1 "
+                                                       "(default 0.01)."),
+        bound: list[str] = typer.Option([], help="DOMAIN=LOW:HIGH weight bounds (with CONFIG: over the domain's "
+                                                 "min/max)."),
+        kl_weight: Optional[float] = typer.Option(None, callback=_finite_at_least_0, show_default=False,
+                                                  help="KL(w || prior) penalty; default 0 (the swarm mean as prior), "
+                                                       "or the config's optimum.kl_weight."),
+        bootstrap: Optional[int] = typer.Option(None, min=0, show_default=False,
+                                                help="Bootstrap refits for the intervals; default 50, or the "
+                                                     "config's fit.bootstrap."),
+        cv_folds: Optional[int] = typer.Option(None, min=2, show_default=False,
+                                               help="Cross-validation folds; default 5, or the config's fit.cv_folds."),
+        seed: Optional[int] = typer.Option(None, min=0, show_default=False,
+                                           help="Seed for folds, trees and simulation; default 0, or the config's "
+                                                "fit.seed (else its seed)."),
+        trust_region: Optional[TrustRegion] = typer.Option(None, show_default=False,
+                                                           help="range keeps each weight within what the runs "
+                                                                "covered; none only within the bounds; default "
+                                                                "range, or the config's optimum.trust_region."),
         scale_column: Optional[str] = typer.Option(None, help="External swarm: model-size column; fits one law "
                                                    "across sizes and recommends at --at-scale."),
         tokens_column: Optional[str] = typer.Option(None, help="External swarm: training-tokens column (with "
@@ -321,15 +354,16 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         if config is None:
             raise MixoptError("fit needs an experiment CONFIG or an external swarm with --runs", "see `mixopt fit --help`")
         external = [n for n, v in (("--scores", scores), ("--key", key), ("--target", target), ("--domains", domains),
-                                   ("--save", save), ("--bound", bound), ("--scale-column", scale_column)) if v]
-        if external or model is not Model.auto or trust_region is not TrustRegion.range:
-            flag = external[0] if external else "--model" if model is not Model.auto else "--trust-region"
-            raise MixoptError(f"{flag} applies to --runs fits only",
-                              "with a CONFIG, set these in its fit/optimum sections")
+                                   ("--save", save), ("--tolerance", tolerance is not None),
+                                   ("--scale-column", scale_column), ("--tokens-column", tokens_column),
+                                   ("--at-scale", at_scale is not None), ("--at-tokens", at_tokens is not None)) if v]
+        if external:
+            raise MixoptError(f"{external[0]} applies to --runs fits only",
+                              "with a CONFIG, the config names its domains, objective and workspace")
         from mixopt.fit.tracking import check_trackers
 
-        exp = _load(config)
-        if not _fit_and_print(exp, format, _runtime(workers, progress, device), reeval, plots,
+        exp = _fit_overrides(_load(config), model, cv_folds, bootstrap, seed, kl_weight, trust_region, bound)
+        if not _fit_and_print(exp, format, _runtime(workers, progress, device), reeval is not False, plots is not False,
                               check_trackers(track), _against(against, exp.domain_names)):
             raise typer.Exit(1)
         return
@@ -337,6 +371,13 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         raise MixoptError("give either CONFIG or --runs, not both", "drop one")
     if track:
         raise MixoptError("--track logs an experiment's runs and fits", "use it with a CONFIG")
+    # Flags that choose how an experiment's checkpoints are evaluated: a table has none.
+    runtime_only = [n for n, v in (("--reeval/--no-reeval", reeval is not None), ("--workers", workers != 1),
+                                   ("--device", device != "auto"), ("--progress/--no-progress", progress is not None))
+                    if v]
+    if runtime_only:
+        raise MixoptError(f"{runtime_only[0]} applies to a CONFIG's fit only (a --runs table has no checkpoints"
+                          " to evaluate)", "drop it")
     from mixopt.fit.swarm import FitSettings
     from mixopt.fit.tables import fit_external, load_swarm, parse_targets
     from mixopt.report import format_recommendation
@@ -346,9 +387,11 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         raise MixoptError("--tokens-column, --at-scale and --at-tokens need --scale-column", "name the model-size column")
     if scale_column and at_scale is None:
         raise MixoptError("--scale-column needs --at-scale: the model size to recommend for", "e.g. --at-scale 1e9")
-    swarm = load_swarm(runs, parse_targets(target), scores, key, domains, tolerance, bound, covariates)
-    settings = FitSettings(model.value, cv_folds, seed, kl_weight, bootstrap, trust_region=trust_region.value)
-    rec = fit_external(swarm, settings, save, plots, scaled=dict(scale=scale_column, at_scale=at_scale, tokens=tokens_column,
+    swarm = load_swarm(runs, parse_targets(target), scores, key, domains, 0.01 if tolerance is None else tolerance,
+                       bound, covariates)
+    settings = FitSettings((model or Model.auto).value, 5 if cv_folds is None else cv_folds, seed or 0, kl_weight or 0.0,
+                           50 if bootstrap is None else bootstrap, trust_region=(trust_region or TrustRegion.range).value)
+    rec = fit_external(swarm, settings, save, plots is not False, scaled=dict(scale=scale_column, at_scale=at_scale, tokens=tokens_column,
                                                                  at_tokens=at_tokens) if scale_column else None,
                        against=_against(against, swarm.domains))
     if format is Format.json:
@@ -357,6 +400,32 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         typer.echo(format_recommendation(rec))
         if save:
             typer.echo(f"written: {save / 'fit.json'}, {save / 'optimal.yaml'}")
+
+
+def _fit_overrides(exp, model, cv_folds, bootstrap, seed, kl_weight, trust_region, bound: list[str]):
+    """`fit CONFIG --cv-folds 3 ...`: the flags given, over the config's fit and optimum settings (recorded in
+    what fit prints and writes)."""
+    from mixopt.config.load import override_experiment
+    from mixopt.fit.tables import parse_bounds
+
+    changes, record = [], {}
+    for flag, loc, value in (("--model", ("fit", "model"), model and model.value),
+                             ("--cv-folds", ("fit", "cv_folds"), cv_folds), ("--bootstrap", ("fit", "bootstrap"), bootstrap),
+                             ("--seed", ("fit", "seed"), seed), ("--kl-weight", ("optimum", "kl_weight"), kl_weight),
+                             ("--trust-region", ("optimum", "trust_region"), trust_region and trust_region.value)):
+        if value is not None:
+            changes.append((flag, loc, value))
+            record[flag.lstrip("-")] = str(value)
+    names = exp.domain_names
+    bounds = parse_bounds(bound, names)  # one error line for a bad --bound
+    if bound:
+        limits = {**exp.optimum.bounds}
+        for spec in bound:
+            i = names.index(spec.partition("=")[0])
+            limits[names[i]] = (float(bounds.lower[i]), float(bounds.upper[i]))
+        changes.append(("--bound", ("optimum", "bounds"), limits))
+        record["bound"] = " ".join(bound)
+    return override_experiment(exp, changes, record)
 
 
 @app.command()
@@ -414,7 +483,9 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
            size: Optional[str] = typer.Option(None, help="Train at this larger proxy size (e.g. 5m) instead: the "
                                               "recommendation, the prior and the --top best runs; rank correlation "
                                               "across scales."),
-           top: int = typer.Option(3, help="With --size: how many of the swarm's best runs to train again."),
+           top: Optional[int] = typer.Option(None, min=0, show_default=False,
+                                             help="With --size: how many of the swarm's best runs to train again "
+                                                  "(default 3)."),
            seeds: int = typer.Option(1, min=1, help="Proxies per mixture, each with its own seed (paired across "
                                      "mixtures): mean +- sd, the paired gain over the prior with its interval."),
            against: Optional[Path] = typer.Option(None, help="Also train and compare this mixture (any mixture file: "
@@ -425,8 +496,11 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
     exp = _load(config)
     if size is not None and (seeds != 1 or against is not None):
         raise MixoptError("--seeds and --against apply without --size", "run them as separate checks")
+    if size is None and top is not None:
+        raise MixoptError("--top applies with --size only (the best runs trained again at that size)",
+                          "add --size, or drop it")
     if size is not None:
-        c = verify_at_size(exp, size, top, _runtime(workers, progress, device, say=lambda m: typer.echo(m, err=True)))
+        c = verify_at_size(exp, size, 3 if top is None else top, _runtime(workers, progress, device, say=lambda m: typer.echo(m, err=True)))
         if format is Format.json:
             typer.echo(json.dumps(c.to_json()))
             return
@@ -456,7 +530,7 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
         spread = f" +- {m.sd:.4f} (sd over {len(m.values)} seeds)" if m.sd is not None else ""
         label = "natural prior" if m.name == "prior" else f"{m.name} mixture" if m.name == "recommended" else m.name
         typer.echo(f"{label + ':':<22} measured {m.mean:.4f}{spread}, predicted {m.predicted:.4f} "
-                   f"(error {m.mean - m.predicted:+.4f})")
+                   f"(error, measured - predicted: {m.mean - m.predicted:+.4f})")
     which = "seed-mean" if v.seeds > 1 else "one new proxy"
     ci = v.interval if v.seeds > 1 else v.proxy_interval
     if ci is not None:
@@ -577,9 +651,12 @@ def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = Tru
     fit_dir = Workspace(exp.workspace_dir).fits_dir / rec.fit_key[:16]
     fit_dir = fit_dir if (fit_dir / "fit.json").is_file() else None  # not written in a read-only workspace
     if format is Format.json:
-        typer.echo(json.dumps({**rec.to_json(), "written": str(exp.optimal_path),
+        typer.echo(json.dumps({**rec.to_json(), "written": str(exp.optimal_path), "overrides": exp.overrides,
                                "fit_dir": str(fit_dir) if fit_dir else None}))
     else:
+        if exp.overrides:
+            typer.echo("command-line overrides of the config: "
+                       + ", ".join(f"{k} {v}" for k, v in exp.overrides.items()))
         typer.echo(format_recommendation(rec))
         typer.echo(f"written: {exp.optimal_path}")
         if fit_dir:
@@ -596,7 +673,8 @@ def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = Tru
 def eval_(config: Path = CONFIG,
           workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE,
           watch: bool = typer.Option(False, help="Re-evaluate and refit each time the config or suite is saved."),
-          interval: float = typer.Option(1.0, min=0.05, max=86400, help="--watch: seconds between checks."),
+          interval: Optional[float] = typer.Option(None, min=0.05, max=86400, show_default=False,
+                                                   help="--watch: seconds between checks (default 1)."),
           format: Format = FORMAT):
     """Evaluate every stored checkpoint on what the current eval suite lacks (never trains)."""
     from mixopt.report import format_eval, suspect_line
@@ -604,6 +682,8 @@ def eval_(config: Path = CONFIG,
 
     if watch and format is Format.json:
         raise MixoptError("--watch prints as it goes: it has no --format json", "drop one of them")
+    if interval is not None and not watch:
+        raise MixoptError("--interval applies with --watch only", "add --watch, or drop it")
     runtime = _runtime(workers, progress, device, **_say_for(format))
 
     def once() -> bool:
@@ -629,7 +709,7 @@ def eval_(config: Path = CONFIG,
     from mixopt.evals.watch import watch as watch_files
 
     try:
-        watch_files(config, once, typer.echo, interval)
+        watch_files(config, once, typer.echo, 1.0 if interval is None else interval)
     except KeyboardInterrupt:
         pass
 
@@ -748,6 +828,23 @@ def export(config: Path = CONFIG, format: ExportFormat = typer.Option(ExportForm
     typer.echo(f"{len(rows)} runs written to {output}", err=True)
 
 
+@app.command()
+def runs(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--format")):
+    """List the runs: key, mixture, status, proxy size, objective (the keys `export-model` takes)."""
+    from mixopt.sweep.export import run_listing
+
+    rows = run_listing(_load(config))
+    if format is Format.json:
+        typer.echo(json.dumps(rows))
+        return
+    typer.echo(f"{'key':<12}  {'size':<4}  {'status':<8}  {'objective':>9}  mixture")
+    for r in rows:
+        obj = f"{r['objective']:.4f}" if r["objective"] is not None else "-"
+        typer.echo(f"{r['key'][:12]:<12}  {r['size']:<4}  {r['status']:<8}  {obj:>9}  {r['mixture']}")
+    typer.echo(f"{len(rows)} runs; objective under the current suite (lower is better); "
+               "`mixopt export-model CONFIG KEY` takes a key's first characters")
+
+
 def _load(config: Path):
     """The experiment, with every file its suite names checked: the same errors for every verb."""
     from mixopt.config.load import load_experiment
@@ -794,7 +891,12 @@ def main() -> None:
         if not getattr(info.callback, "__wrapped__", None):
             info.callback = _guarded(info.callback)
     try:
-        code = app(standalone_mode=False)  # usage errors come back here: one line, like ours
+        try:
+            code = app(standalone_mode=False)  # usage errors come back here: one line, like ours
+        except BaseException:
+            _settle(ok=False)
+            raise
+        _settle(ok=not code)
     except MixoptError as e:
         from mixopt.core.credentials import redact
 
@@ -836,6 +938,18 @@ def main() -> None:
             sys.exit(2)
         raise
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _settle(ok: bool) -> None:
+    """A command that succeeded writes the corpus-hash caches it filled; one that failed writes none
+    and takes back the marker it left in an older workspace: an error leaves the folder as found."""
+    from mixopt.core.keys import save_file_hashes
+    from mixopt.core.workspace import unmark_adopted
+
+    if ok:
+        save_file_hashes()
+    else:
+        unmark_adopted()
 
 
 def _disk_full(e) -> None:

@@ -35,7 +35,18 @@ def format_sample(manifest: dict) -> str:
     head = ["domain", "docs", "bytes", "tokens", "prior", "train docs", "train tok", "val docs", "val tok"]
     note = "(~ = estimated from the sample's tokens per byte)" if any(
         not d["tokens_exact"] for d in manifest["domains"].values()) else ""
-    return "\n".join(filter(None, [table(head, rows), note]))
+    return "\n".join(filter(None, [table(head, rows), note, duplicates_note(manifest)]))
+
+
+def duplicates_note(manifest: dict) -> str:
+    """What `docs` counts where exact repeats were dropped: a document is a row (Parquet, Arrow, HF), a
+    JSON line or a text file; only repeats of the documents drawn into the sample are looked for."""
+    dropped = {n: d["duplicates_dropped"] for n, d in manifest["domains"].items() if d.get("duplicates_dropped")}
+    if not dropped:
+        return ""
+    listed = ", ".join(f"{n} {k:,}" for n, k in dropped.items())
+    return (f"(docs = documents read (rows, JSON lines or files) less the exact repeats of sampled documents, "
+            f"dropped from the sample: {listed}; repeats among documents not sampled are counted as read)")
 
 
 def format_recommendation(rec) -> str:

@@ -260,7 +260,8 @@ def test_progress_lines_off_a_terminal_and_quiet(corpora, tmp_path):
     r = run("sweep", cfg)  # stderr is a pipe here: no bars, one line per finished run
     assert r.returncode == 0, r.stderr
     lines = [x for x in r.stderr.splitlines() if x.startswith("sweep: run ")]
-    assert len(lines) == 5 and lines[-1].endswith("finished (5/5)") and "\r" not in r.stderr
+    assert len(lines) == 5 and " finished (5/5) " in lines[-1] and lines[-1].endswith(" elapsed, ETA 0s")
+    assert "\r" not in r.stderr
     r = run("-q", "sample", cfg, "--force")
     assert r.returncode == 0 and r.stderr == ""
 

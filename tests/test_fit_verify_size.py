@@ -40,5 +40,14 @@ def test_verify_at_a_larger_size(make_config):
     # Again: every 1m run exists, nothing trains; the text output says the same.
     out = run("verify", cfg, "--size", "1m", "--top", "3", "--no-progress")
     assert "0 proxies trained" in out and "rank correlation across scales (measured tiny vs 1m)" in out
+    # export and `mixopt runs` list the 1m runs too, with their size; export-model takes their keys.
+    rows = json.loads(run("export", cfg, "--format", "json"))
+    big = [r for r in rows if r["size"] == "1m"]
+    assert len(big) == c["trained"] and all(r["objective"] is not None for r in big)
+    assert {r["size"] for r in rows} == {"tiny", "1m"}
+    listed = json.loads(run("runs", cfg, "--format", "json"))
+    assert sorted((r["key"], r["size"]) for r in listed) == sorted((r["key"], r["size"]) for r in rows)
+    assert "exported" not in run("export-model", cfg, big[0]["key"][:8], "--output", cfg.parent / "big")
+    assert (cfg.parent / "big" / "model.safetensors").stat().st_size > 0
     r = cli.invoke(app, ["verify", str(cfg), "--size", "2m"])  # `mixopt` prints it as one `error:` line, exit 2
     assert isinstance(r.exception, MixoptError) and "--size 2m: not a proxy size" in str(r.exception)

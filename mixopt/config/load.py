@@ -21,7 +21,7 @@ def load_experiment(path: str | Path) -> Experiment:
     path = Path(path)
     if not path.is_file():
         raise MixoptError(f"config file not found: {path}", "pass the path of an experiment YAML")
-    raw, lines = _read_mapping(path, ("base_dir", "config_path"), "a mapping at the top",
+    raw, lines = _read_mapping(path, ("base_dir", "config_path", "overrides"), "a mapping at the top",
                                "see the config reference in README.md")
     raw.setdefault("name", path.name.split(".")[0])
     if isinstance(raw.get("domains"), list) and len(raw["domains"]) > MAX_DOMAINS:
@@ -36,6 +36,34 @@ def load_experiment(path: str | Path) -> Experiment:
         raise _problems(path, _explain(e, Experiment, lines)) from None
     _problems(path, _cross_references(exp, path, lines), raise_=True)
     return exp
+
+
+def override_experiment(exp: Experiment, changes: list[tuple[str, tuple, object]],
+                        record: dict[str, str]) -> Experiment:
+    """The experiment with command-line overrides ((flag, config location, value) each), validated by
+    the config's own rules (a bad value is one error naming the flag); `record` (flag -> as given) is
+    kept in `overrides` for what fit prints and writes."""
+    if not changes:
+        return exp
+    data = exp.model_dump()
+    for _, loc, value in changes:
+        at = data
+        for part in loc[:-1]:
+            at = at[part]
+        at[loc[-1]] = value
+    data["overrides"] = dict(record)
+    try:
+        new = Experiment(**data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        flag = next((f for f, loc, _ in changes if tuple(first["loc"])[:len(loc)] == loc), "a flag")
+        raise MixoptError(f"{flag}: {first['msg'].removeprefix('Value error, ')}",
+                          "see `mixopt fit --help`") from None
+    problems = _cross_references(new, Path(exp.config_path or "."), {})
+    if problems:
+        flag = f"--bound {record['bound']}" if "bound" in record else "the command line's settings"
+        raise MixoptError(f"{flag}, with the config: {problems[0]}")
+    return new
 
 
 def _problems(path: Path, problems: list[str], raise_: bool = False) -> MixoptError | None:
@@ -235,7 +263,7 @@ def _say(e: dict, root: type[BaseModel]) -> str:
         parent, key = e["loc"][:-1], e["loc"][-1]
         model = _model_at(parent, root)
         known = sorted(model.model_fields) if model else []
-        hidden = {Experiment: {"base_dir", "config_path"}, EvalSuite: {"base_dir", "path"}}.get(model, set())
+        hidden = {Experiment: {"base_dir", "config_path", "overrides"}, EvalSuite: {"base_dir", "path"}}.get(model, set())
         known = [k for k in known if k not in hidden]
         close = difflib.get_close_matches(str(key), known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
@@ -298,6 +326,19 @@ def _cross_references(exp: Experiment, path: Path, lines: dict) -> list[str]:
             check_weights(m, names, f"design.mixtures[{i}]")
         except MixoptError as e:
             out.append(f"{_line(lines, ('design', 'mixtures', i))}{e}")
+    for name, (low, high) in exp.optimum.bounds.items():
+        if name not in names:
+            problem(("optimum", "bounds", name), f"optimum.bounds names unknown domain '{name}'",
+                    f"use one of: {', '.join(names)}")
+        elif not 0 <= low <= high <= 1:
+            problem(("optimum", "bounds", name), f"optimum.bounds.{name}: need 0 <= low <= high <= 1", "fix the bound")
+    if exp.optimum.bounds:
+        within = [exp.optimum.bounds.get(d.name, (0.0, 1.0)) for d in exp.domains]
+        lo = sum(max(d.min, b[0]) for d, b in zip(exp.domains, within))
+        hi = sum(min(d.max, b[1]) for d, b in zip(exp.domains, within))
+        if lo > 1 + 1e-9 or hi < 1 - 1e-9:
+            problem(("optimum", "bounds"), f"with optimum.bounds the lower bounds sum to {_beside_one(lo)} and the "
+                    f"upper to {_beside_one(hi)}, so no mixture fits", "loosen the bounds")
     obj = exp.fit.objective.domains
     if obj is not None:
         unknown = sorted(set(obj) - set(names))

@@ -255,6 +255,7 @@ class Fit(_Strict):
     cv_folds: int = Field(5, ge=2)
     bootstrap: int = Field(50, ge=0)  # replicates for the intervals; 0 turns them off
     ci: float = Field(0.9, gt=0, lt=1)  # interval level
+    seed: int | None = Field(None, ge=0, lt=2**63)  # folds, trees, simulation; default: the experiment's seed
     objective: Objective = Objective()
 
 
@@ -263,6 +264,8 @@ class Optimum(_Strict):
     max_epochs: float = Field(4.0, gt=0)  # weight x target_tokens <= max_epochs x available tokens
     kl_weight: float = Field(0.05, ge=0)  # objective + kl_weight x KL(w || prior)
     trust_region: Literal["range", "none"] = "range"  # range: each weight within what the runs covered
+    # domain -> [low, high] for the recommendation alone (a domain's min/max also bound the design)
+    bounds: dict[str, tuple[float, float]] = {}
 
 
 class Resources(_Strict):
@@ -294,6 +297,9 @@ class Experiment(_Strict):
     # Set by load_experiment: where the YAML lives (relative paths resolve against its folder).
     base_dir: str = "."
     config_path: str | None = None
+    # Set by the CLI (`fit CONFIG --cv-folds 3 ...`): the settings the command line changed, flag -> value,
+    # recorded in what fit prints and writes.
+    overrides: dict[str, str] = {}
 
     _name_is_a_word = field_validator("name")(classmethod(lambda cls, v: _word(v)))
 
@@ -308,9 +314,18 @@ class Experiment(_Strict):
 
     @property
     def workspace_dir(self) -> Path:
+        """`workspace:` (relative to the config's folder, like every path), default <config folder>/workspaces/<name>.
+        A workspace made before the default followed the config (./workspaces/<name> of the folder mixopt ran
+        in, usually the config folder's parent) is still found when the new default does not exist yet."""
         if self.workspace:
             return self.resolve(self.workspace)
-        return (Path.cwd() / "workspaces" / self.name).resolve()
+        here = (Path(self.base_dir) / "workspaces" / self.name).resolve()
+        if not here.exists():
+            for old in (Path.cwd(), Path(self.base_dir).parent):
+                legacy = old / "workspaces" / self.name
+                if (legacy / "mixopt.db").is_file() or (legacy / "sample" / "manifest.json").is_file():
+                    return legacy.resolve()
+        return here
 
     @property
     def optimal_path(self) -> Path:

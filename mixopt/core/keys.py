@@ -39,6 +39,17 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# Caches filled by this process and not yet written: a command writes them once it has succeeded
+# (save_file_hashes), so one that fails leaves the workspace as it found it, caches included.
+_UNSAVED: list["FileHashes"] = []
+
+
+def save_file_hashes() -> None:
+    """Write every hash cache this process filled: called when a command has succeeded."""
+    while _UNSAVED:
+        _UNSAVED.pop().save()
+
+
 class FileHashes:
     """sha256 of files, remembered by (real path, size, mtime, inode) in a JSON file: a corpus is
     identified by its bytes, so a moved or re-spelled path is the same corpus, and each file is
@@ -61,6 +72,8 @@ class FileHashes:
             return hit[1]
         digest = file_sha256(Path(real))
         self.known[real] = [stamp, digest]
+        if not self.dirty:
+            _UNSAVED.append(self)
         self.dirty = True
         return digest
 

@@ -4,8 +4,17 @@ elsewhere (logs, CI), one line per finished task."""
 from __future__ import annotations
 
 import sys
+import time
 
 from tqdm import tqdm
+
+
+def clock(seconds: float) -> str:
+    """1m05s, 2h03m, 42s: elapsed times and ETAs on progress lines."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 class Bars:
@@ -16,6 +25,7 @@ class Bars:
         self.enabled = enabled is True and total > 0
         self.total, self.done, self.desc, self.unit = total, 0, desc, unit
         self.step_unit = step_unit
+        self.t0 = time.monotonic()
         self.job = tqdm(total=total, desc=desc, unit=unit, position=0, disable=not self.enabled)
         self.tasks: dict[str, tqdm] = {}
 
@@ -35,13 +45,20 @@ class Bars:
     def finish(self, key: str) -> None:
         self.done += 1
         if self.lines:
-            print(f"{self.desc}: {self.unit} {key[:12]} finished ({self.done}/{self.total})", file=sys.stderr,
-                  flush=True)
+            print(f"{self.desc}: {self.unit} {key[:12]} finished ({self.done}/{self.total}) {self.timing()}",
+                  file=sys.stderr, flush=True)
         bar = self.tasks.pop(key, None)
         if bar is not None:
             bar.close()
         if self.enabled:
             self.job.update(1)
+
+    def timing(self) -> str:
+        """'1m05s elapsed, ETA 3m10s': the ETA assumes the tasks left take what the finished ones took."""
+        elapsed = time.monotonic() - self.t0
+        left = self.total - self.done
+        eta = clock(elapsed / self.done * left) if self.done and left > 0 else "0s"
+        return f"{clock(elapsed)} elapsed, ETA {eta}"
 
     def close(self) -> None:
         for bar in self.tasks.values():

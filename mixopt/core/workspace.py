@@ -32,12 +32,30 @@ def owns(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
-def _mark(folder: Path) -> None:
+def _mark(folder: Path) -> bool:
+    """Leave the marker; True when this call wrote it."""
     try:
         with open(folder / MARKER, "x") as f:
             f.write(MARKER_TEXT)
+        return True
     except FileExistsError:
-        pass
+        return False
+
+
+# Folders this process adopted (marked) with what they held then: a command that fails takes the
+# marker back where it wrote nothing else (unmark_adopted), leaving an older workspace as it found it.
+_ADOPTED: dict[Path, set[str]] = {}
+
+
+def unmark_adopted() -> None:
+    """After a failed command: the marker out of each folder it adopted and left otherwise as found."""
+    for folder, held in _ADOPTED.items():
+        try:
+            if set(os.listdir(folder)) - {MARKER} == held:
+                (folder / MARKER).unlink()
+        except OSError:
+            pass
+    _ADOPTED.clear()
 
 
 def make_dirs(path: Path) -> None:
@@ -76,7 +94,9 @@ def claim_folder(path: Path, what: str, legacy: tuple[str, ...] = ()) -> None:
     """check_folder, then make the folder (or adopt an empty or legacy one) with the marker."""
     check_folder(path, what, legacy)
     if path.is_dir():
-        _mark(path)
+        held = set(os.listdir(path))
+        if _mark(path):
+            _ADOPTED.setdefault(path, held)
     else:
         make_dirs(path)
 

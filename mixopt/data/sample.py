@@ -58,9 +58,7 @@ def sample_key(exp: Experiment, hashes: FileHashes | None = None) -> str:
 
 def _source_keys(exp: Experiment, hashes: FileHashes | None = None) -> dict[str, str]:
     hashes = hashes or FileHashes(Workspace(exp.workspace_dir).file_hashes_path)
-    keys = {d.name: domain_source_key(exp, d, hashes, SAMPLER_VERSION) for d in exp.domains}
-    hashes.save()
-    return keys
+    return {d.name: domain_source_key(exp, d, hashes, SAMPLER_VERSION) for d in exp.domains}  # saved on success
 
 
 def _sample_key(exp: Experiment, keys: dict[str, str]) -> str:
@@ -117,11 +115,11 @@ def sample_corpus(exp: Experiment, force: bool = False, retokenize: bool = False
     dtype = token_dtype(vocab)
 
     # Build everything in a temp folder, then swap it in: a crash leaves the old sample or none.
-    fresh = not ws.root.exists()
-    ws.claim()
     if ws.sample_dir.exists() and not (owns(ws.sample_dir) or ws.manifest_path.is_file()):
         raise MixoptError(f"{ws.sample_dir} holds files mixopt did not write, so `sample` will not replace it",
                           "move that folder away or point `workspace:` at a new folder")
+    fresh = not ws.root.exists()
+    ws.claim()
     tmp = ws.root / f".sample.tmp-{key[:12]}"
     shutil.rmtree(tmp, ignore_errors=True)
     make_dirs(tmp)

@@ -26,7 +26,7 @@ import numpy as np
 
 from mixopt.core.credentials import redact
 from mixopt.data.readers import iter_chunks, row_group_parts
-from mixopt.data.sources import SKIP_FIX, Shard, ShardError, describe, list_shards
+from mixopt.data.sources import SKIP_FIX, Shard, ShardError, describe, extension_note, list_shards
 from mixopt.errors import MixoptError
 
 _WS_FIRST = frozenset(b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f")  # str.isspace's ASCII characters
@@ -36,8 +36,8 @@ _WS_FIRST = frozenset(b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f")  # str.isspace's ASCII
 class Candidates:
     docs: list[str]  # in sampling order
     sizes: list[int]  # UTF-8 bytes of each document
-    documents: int  # documents read from the domain (exact duplicates of sampled ones excluded)
-    duplicates: int  # exact duplicates of sampled documents, dropped
+    documents: int  # documents (rows, JSON lines, files) read, less `duplicates`: not a count of distinct texts
+    duplicates: int  # exact repeats of documents drawn into the sample, dropped (others are not looked for)
     bytes: int  # UTF-8 bytes of those documents
     complete: bool  # every document of the domain is among the candidates
     truncated: int = 0  # documents cut to max_document_bytes
@@ -245,9 +245,10 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
     pool.threshold = byte_budget + pool.largest  # the final prefix: room for one more of the domain's documents
     pool.trim()
     if pool.read == 0:
+        note = "".join(extension_note(s, exp.base_dir) for s in domain.sources)
         raise MixoptError(f"domain '{domain.name}' has no documents in "
-                          f"{', '.join(describe(s) for s in domain.sources)}",
-                          "check the path, format and text_field of its sources")
+                          f"{', '.join(describe(s) for s in domain.sources)}{note}",
+                          "check the path, format, extensions and text_field of its sources")
     keys = sorted(pool.docs)
     kept = [pool.docs[k] for k in keys]
     dups = sum(c - 1 for _, c in kept)

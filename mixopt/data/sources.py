@@ -177,6 +177,27 @@ def list_shards(source: Source, base_dir: str | Path = ".") -> list[Shard]:
     return out
 
 
+def extension_note(source: Source, base_dir: str | Path = ".") -> str:
+    """Why a local folder gave no shards, when its `extensions` filter skipped text files there:
+    '; the `extensions` filter ... skipped N files (e.g. NAME)' (or '')."""
+    if source.hub or source.format not in ("auto", "text"):
+        return ""
+    skipped = []
+    for p in source_paths(source):
+        where = resolve_path(p, base_dir)
+        if _is_url(where) or _has_magic(where) or not os.path.isdir(where):
+            continue
+        files = walk_files(where)
+        if _folder_format(source, files) == "text":
+            skipped += [f for f in files if not _wanted(source, f, "text")]
+    if not skipped:
+        return ""
+    which = "the default `extensions` filter (.txt, .md, .py and other text suffixes)" if source.extensions is None \
+        else f"its `extensions` filter ({', '.join(source.extensions)})"
+    return (f"; {which} skipped {len(skipped)} files there (e.g. {os.path.basename(skipped[0])}): to read them, "
+            "give the source `extensions: ['']` (every file) or their suffixes")
+
+
 def _folder_format(source: Source, files: list[str]) -> str:
     if source.format != "auto":
         return source.format
@@ -352,7 +373,7 @@ def source_fingerprint(source: Source, base_dir, hashes) -> list:
     ids = []
     for s in shards:
         if s.fmt == "hf":
-            ids += [hashes.sha256(Path(f)) for f in walk_files(s.uri)]
+            ids += [_local_identity(f, hashes, source) for f in walk_files(s.uri)]  # unreadable: one line
         elif s.fmt == "hub":
             if s.index == 0:
                 ids.append(_hub_identity(source, s.uri, hashes))

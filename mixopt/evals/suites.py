@@ -25,6 +25,7 @@ from mixopt.core.keys import content_hash, file_sha256
 from mixopt.core.mixtures import NAMES_SHOWN, name_list
 from mixopt.core.workspace import Workspace, atomic_write_json
 from mixopt.data.readers import iter_documents, source_files
+from mixopt.data.sources import extension_note
 from mixopt.errors import MixoptError
 from mixopt.evals.choice import read_choice_task
 
@@ -219,8 +220,9 @@ def check_suite_files(exp: Experiment) -> None:
 def _source_fingerprint(source: Source, path: Path, name: str) -> list:
     files = source_files(source, path)
     if not files:
-        raise MixoptError(f"evaluation '{name}': text source not found or empty: {path}",
-                          "fix the evaluation's `sources` path")
+        note = extension_note(source.model_copy(update={"path": str(path), "hub": None}))
+        raise MixoptError(f"evaluation '{name}': text source not found or empty: {path}{note}",
+                          "fix the evaluation's `sources` path" + (" or extensions" if note else ""))
     for f in files:  # hashing /dev/zero (or a FIFO) never ends: even `status` would hang
         if not f.is_file():
             raise MixoptError(f"evaluation '{name}': text source {f} is not a regular file (a device, FIFO or "

@@ -36,7 +36,6 @@ from mixopt.sweep.store import Store
 # How a run came to be, from its origin in the store: the legend of the predicted-vs-measured plot.
 ORIGINS = {"pure-domain": ("#d62728", "s"), "prior": ("#2ca02c", "D"), "design": ("#1f77b4", "o"),
            "proposed": ("#ff7f0e", "^"), "verify": ("#9467bd", "*"), "other": ("#7f7f7f", "x")}
-LOW_SPEARMAN = 0.5  # below this, the fit's ranking of unseen mixtures is weak
 
 
 def origin_kind(origin: str) -> str:
@@ -82,21 +81,7 @@ def write_report(exp: Experiment, output: Path | None = None, runtime: Runtime =
                  for r in failed]
     warnings += [f"run {r.key[:12]} ({r.origin}) is suspect (checkpoint missing or not the one recorded): left "
                  "out; `mixopt sweep CONFIG` retrains it" for r in suspect]
-    honest, how = rec.honest_cv, "auto's nested CV" if rec.selection_cv is not None else "CV"  # auto: its pick judged
-    if honest.spearman < LOW_SPEARMAN:
-        warnings.append(f"the chosen model ({rec.model}) ranks held-out runs with Spearman {honest.spearman:.2f} "
-                        f"({how}) < {LOW_SPEARMAN}: the recommendation is weakly supported; train more runs "
-                        "(`mixopt propose`, then `mixopt sweep --mixtures`)")
-    best = max(rec.candidates, key=lambda k: rec.candidates[k].spearman)
-    if settings.model != "auto" and rec.candidates[best].spearman > rec.cv.spearman + 0.1:
-        warnings.append(f"fit.model is {settings.model} (Spearman {rec.cv.spearman:.2f}) while {best} ranks held-out "
-                        f"runs better ({rec.candidates[best].spearman:.2f}): consider fit.model: auto")
-    if honest.r2 < 0:
-        warnings.append(f"cross-validated R² ({how}) is {score_text(honest.r2)} < 0: predicted values are worse than the mean; "
-                        "trust the ranking more than the predicted objective")
-    if rec.predicted > rec.best_run:
-        warnings.append(f"the predicted objective at the recommendation ({rec.predicted:.4f}) is worse than the "
-                        f"best measured run ({rec.best_run:.4f}): the fit found nothing better than a run you have")
+    warnings += list(rec.warnings)  # the fit's own warnings, worded as `mixopt fit` prints them
     origins = [runs[k].origin if k in runs else "?" for k in swarm.keys]
     verify = _verify_rows(swarm, rec, origins, scores)
     for name, measured, oof, _ in verify:
@@ -109,6 +94,10 @@ def write_report(exp: Experiment, output: Path | None = None, runtime: Runtime =
     out = output or plan.workspace.root / "report.html"
     write_output(out, page.encode(), "--output", plan.workspace.root)
     return ReportResult(out, len(swarm.keys), warnings)
+
+
+# One sign everywhere (this page, `mixopt verify`): positive means the run measured worse than predicted.
+ERROR = "error (measured − predicted)"
 
 
 def _verify_rows(swarm, rec, origins, scores) -> list[tuple[str, float, float, str]]:
@@ -250,7 +239,7 @@ def _page(exp, plan, swarm, settings, rec, model, origins, suites, verify, warni
     cv_rows = [[_Raw(f"<b>{e(k)}</b> (chosen)") if k == rec.model else k, score_text(v.spearman), score_text(v.r2)]
                for k, v in rec.candidates.items()]
     kinds = [origin_kind(o) for o in origins]
-    run_rows = [[k[:12], o, kind, f"{y:.4f}", f"{p:.4f}", f"{p - y:+.4f}"]
+    run_rows = [[k[:12], o, kind, f"{y:.4f}", f"{p:.4f}", f"{y - p:+.4f}"]
                 for k, o, kind, y, p in zip(swarm.keys, origins, kinds, swarm.y, rec.cv.oof)]
     suite_rows = [[_Raw(f"<b>{key[:12]}</b> (current)") if key == plan.suite.key else key[:12], s["objective"] or "-",
                    ", ".join(s["evaluations"]), s["runs_scored"], _ago(s["first_used"]), _ago(s["last_scored"])]
@@ -288,14 +277,14 @@ def _page(exp, plan, swarm, settings, rec, model, origins, suites, verify, warni
         "marked by how the run came to be.</p>",
         f"<img alt='predicted vs measured' src='{_scatter_figure(swarm, rec, origins)}'>",
         "<details><summary>Every run</summary>"
-        + _table(["run", "origin", "kind", "measured", "predicted (out of fold)", "error"], run_rows, "runs")
+        + _table(["run", "origin", "kind", "measured", "predicted (out of fold)", ERROR], run_rows, "runs")
         + "</details>",
         "<h2 id='effects'>Per-domain effects</h2>",
         f"<img alt='per-domain effect curves' src='{_effects_figure(exp, swarm, settings, rec, model)}'>",
         "<h2 id='suites'>Eval suite history</h2>",
         _table(["suite", "objective", "evaluations", "runs scored", "first used", "last scored"], suite_rows),
         "<h2 id='verify'>Verification</h2>",
-        _table(["run", "key", "measured", "predicted (out of fold)", "error"], verify_rows) if verify_rows else
+        _table(["run", "key", "measured", "predicted (out of fold)", ERROR], verify_rows) if verify_rows else
         "<p>No verification runs yet: <code>mixopt verify CONFIG</code> trains proxies on the recommendation "
         "and the prior.</p>",
     ]

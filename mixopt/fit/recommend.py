@@ -19,7 +19,7 @@ from mixopt import __version__
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.keys import content_hash
-from mixopt.core.mixtures import Sampler, name_list
+from mixopt.core.mixtures import Bounds, Sampler, name_list
 from mixopt.core.workspace import (
     atomic_write_bytes,
     atomic_write_json,
@@ -265,6 +265,7 @@ def _fit_swarm(swarm: Swarm, settings: FitSettings, fit_key: str | None,
     decision = judge(swarm, settings, honest, collapsed.noise, w, pred_points, boot, predicted_ci, not unreliable,
                      [name for name, _ in against], points, collapsed.counts)
     best = int(np.argmin(y))
+    warns += choice_warnings(settings.model, cv, cvs, float(model.predict(w)[0]), float(collapsed.measured[best]))
     binding = binding_constraints(w, trust, swarm.bounds)
     binding = ["held" if j in flat else b for j, b in enumerate(binding)]
     rec = Recommendation(
@@ -339,6 +340,20 @@ def fit_warnings(cv: CrossValidation, kind: str, n: int, varying: int, nested: b
     if n < wanted:
         out.append(f"the swarm is small for {kind}: {n} runs for {varying} varying domains, about {wanted} wanted; "
                    "add runs (design.runs) or expect a noisier recommendation")
+    return out
+
+
+def choice_warnings(setting: str, cv: CrossValidation, cvs: dict, predicted: float, best_run: float) -> list[str]:
+    """Warnings fit prints and the report shows alike: a fixed fit.model that another model out-ranks,
+    and a prediction at the recommendation worse than the best measured run."""
+    out = []
+    best = max(cvs, key=lambda k: cvs[k].spearman)
+    if setting != "auto" and cvs[best].spearman > cv.spearman + 0.1:
+        out.append(f"fit.model is {setting} (Spearman {cv.spearman:.2f}) while {best} ranks held-out runs better "
+                   f"({cvs[best].spearman:.2f}): consider fit.model: auto")
+    if predicted > best_run:
+        out.append(f"the predicted objective at the recommendation ({predicted:.4f}) is worse than the best measured "
+                   f"run ({best_run:.4f}): the fit found nothing better than a run you have")
     return out
 
 
@@ -483,7 +498,7 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
     else:
         # the table as fitted: replicates averaged (reuse: the fit as done, reduced)
         save_fit(out, collapse_replicates(swarm, swarm.replicate).swarm, settings, reused or rec, model, plots=plots)
-    write_optimal(exp.optimal_path, rec, exp.name, None if readonly else out)
+    write_optimal(exp.optimal_path, rec, exp.name, None if readonly else out, exp.overrides)
     return rec
 
 
@@ -519,16 +534,31 @@ def experiment_swarm(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool
         raise MixoptError(f"only {len(keys)} finished runs with current evals{also}; fitting "
                           f"{len(exp.domain_names)} domains and cross-validating needs at least "
                           f"{len(exp.domain_names) + 2}", "run `mixopt sweep CONFIG`")
-    swarm = Swarm(exp.domain_names, X, metrics, plan.suite.objective_terms(), keys, plan.prior, plan.bounds,
+    swarm = Swarm(exp.domain_names, X, metrics, plan.suite.objective_terms(), keys, plan.prior, fit_bounds(exp, plan.bounds),
                   plan.suite.describe_objective(), plan.available,
                   replicate=np.array([seed_of.get(k, 0) for k in keys], dtype=int))
-    settings = FitSettings(exp.fit.model, exp.fit.cv_folds, exp.seed, exp.optimum.kl_weight, exp.fit.bootstrap,
+    seed = exp.seed if exp.fit.seed is None else exp.fit.seed
+    settings = FitSettings(exp.fit.model, exp.fit.cv_folds, seed, exp.optimum.kl_weight, exp.fit.bootstrap,
                            exp.fit.ci, *astuple(Sampler.of(exp.design)), trust_region=exp.optimum.trust_region)
     fit_key = content_hash({"context": plan.context, "suite": plan.suite.key, "runs": sorted(keys),
-                            "fit": exp.fit.model_dump(), "optimum": exp.optimum.model_dump(),
+                            "fit": exp.fit.model_dump(exclude={"seed"} if exp.fit.seed is None else None),  # keys as before
+                            "optimum": exp.optimum.model_dump(exclude={"bounds"} if not exp.optimum.bounds else None),
                             "sampler": [settings.temperature, list(settings.concentration)],
                             "bounds": [plan.bounds.lower.tolist(), plan.bounds.upper.tolist()]})
     return plan, swarm, settings, fit_key
+
+
+def fit_bounds(exp: Experiment, bounds: Bounds) -> Bounds:
+    """The design's bounds, tightened by optimum.bounds (the recommendation's alone)."""
+    if not exp.optimum.bounds:
+        return bounds
+    lower, upper, reason = bounds.lower.copy(), bounds.upper.copy(), list(bounds.upper_reason)
+    for i, name in enumerate(exp.domain_names):
+        low, high = exp.optimum.bounds.get(name, (0.0, 1.0))
+        lower[i] = max(lower[i], low)
+        if high < upper[i]:
+            upper[i], reason[i] = high, "max"
+    return Bounds(lower, upper, tuple(reason))
 
 
 def save_fit(out: Path, swarm: Swarm, settings: FitSettings, rec: Recommendation, model: MixtureModel,
@@ -554,8 +584,10 @@ def save_fit(out: Path, swarm: Swarm, settings: FitSettings, rec: Recommendation
         plot_fit(out, swarm, rec, model)
 
 
-def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | None) -> None:
-    """The recommendation as YAML; `fit` names the fit folder's fit.json when one was written."""
+def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | None,
+                  overrides: dict[str, str] | None = None) -> None:
+    """The recommendation as YAML; `fit` names the fit folder's fit.json when one was written, and the
+    settings its command line overrode."""
     doc = {
         "experiment": name,
         "weights": {d: round(float(v), 6) for d, v in zip(rec.domains, rec.weights)},
@@ -572,6 +604,8 @@ def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | No
         "warnings": list(rec.warnings),
         "fit": str(fit_dir / "fit.json") if fit_dir else None,
     }
+    if overrides:
+        doc["overrides"] = _Flow(overrides)  # from the command line, over the config's fit/optimum/domains
     if rec.weights_ci is not None:
         held = rec.held_json(6)
         doc["interval"] = {"level": rec.ci, "bootstrap": rec.bootstrap,

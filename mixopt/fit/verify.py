@@ -116,6 +116,7 @@ def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime(), seeds: 
     if not exp.optimal_path.is_file():
         raise MixoptError(f"no recommendation at {exp.optimal_path}", "run `mixopt fit CONFIG` first")
     doc = read_yaml(exp.optimal_path)
+    _check_domains(exp, doc)
     plan, swarm, _, _ = experiment_swarm(exp, runtime)
     if not isinstance(doc, dict) or list(doc.get("weights") or {}) != swarm.domains:
         raise MixoptError(f"{exp.optimal_path} is for other domains than the config", "run `mixopt fit CONFIG` again")
@@ -203,6 +204,7 @@ def verify_at_size(exp: Experiment, size: str, top: int = 3, runtime: Runtime = 
         raise MixoptError(f"--top {top}: must be 0 or more", "e.g. --top 3")
     if not exp.optimal_path.is_file():
         raise MixoptError(f"no recommendation at {exp.optimal_path}", "run `mixopt fit CONFIG` first")
+    _check_domains(exp, read_yaml(exp.optimal_path))
     plan, swarm, settings, _ = experiment_swarm(exp, runtime)
     if list((read_yaml(exp.optimal_path) or {}).get("weights") or {}) != swarm.domains:
         raise MixoptError(f"{exp.optimal_path} is for other domains than the config", "run `mixopt fit CONFIG` again")
@@ -239,3 +241,10 @@ def verify_at_size(exp: Experiment, size: str, top: int = 3, runtime: Runtime = 
         if len(both) >= 3 else float("nan"),
         spearman_predicted=spearman(np.array([r["predicted"] for r in rows]), at) if len(rows) >= 3 else float("nan"),
         recommended_rank=int((at < at[0]).sum()) + 1, trained=report.trained)
+
+
+def _check_domains(exp, doc) -> None:
+    """Before anything is evaluated or recorded: a recommendation for other domains is one line, and
+    the store is left as it was."""
+    if not isinstance(doc, dict) or list(doc.get("weights") or {}) != exp.domain_names:
+        raise MixoptError(f"{exp.optimal_path} is for other domains than the config", "run `mixopt fit CONFIG` again")

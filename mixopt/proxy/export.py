@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from mixopt.core.workspace import fsync_dir
+from mixopt.core.workspace import fsync_dir, process_umask
 from mixopt.data.tokenizer import EOS_CANDIDATES, load_tokenizer
 from mixopt.errors import MixoptError
 from mixopt.proxy.model import ProxySpec, build_model
@@ -41,6 +41,11 @@ def export_hf(W: dict, i: int, spec: ProxySpec, tokenizer_path: Path, out: Path)
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=eos, unk_token=None,
                                        model_max_length=spec.seq_len)
         fast.save_pretrained(tmp)
+        # mkdtemp and the savers make 0700/0600: the folder and files follow the umask, like mixopt's others
+        umask = process_umask()
+        for f in tmp.rglob("*"):
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
+        os.chmod(tmp, 0o777 & ~umask)
         if out.is_dir():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)

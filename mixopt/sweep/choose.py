@@ -66,6 +66,9 @@ def choose_batch(runtime: Runtime, spec: ProxySpec, ws: Workspace, runs: int) ->
     if row is None:
         from mixopt.proxy.speed import training_rates
 
+        runtime.say(f"--batch-proxies auto: timing a few steps of 1 and of {candidate} {spec.size} proxies together "
+                    f"on {device} (once per machine and proxy shape)...")
+
         rates = _with_threads(threads, lambda: training_rates(spec, (1, candidate), _one_device(device)))
         row = {"machine": machine, "spec": spec.size, "n": candidate, "measured": time.time(),
                "rates": {str(n): round(r, 3) for n, r in rates.items()}}
@@ -131,6 +134,8 @@ def choose_compile(runtime: Runtime, spec: ProxySpec, ws: Workspace, proxies: in
     known = _read(cache)
     row = known.get(key)
     if row is None:
+        runtime.say(f"--compile auto: compiling the {spec.size} proxy x{proxies} on {device} to time it (often "
+                    "30 s or more on a CPU; once per machine and proxy shape)...")
         try:
             row = _with_threads(threads, lambda: speed.compile_timings(spec, proxies, _one_device(device)))
             row = {k: round(v, 5) for k, v in row.items()}

@@ -15,28 +15,50 @@ from mixopt.sweep.store import Store
 
 # Columns every export has besides one weight column per domain and one column per measurement
 # ('<evaluation>/<metric>'); `fit --runs` knows them, so it never takes them for weights.
-BOOKKEEPING = ("key", "origin", "status", "replicate", "objective", "train_loss", "tokens", "train_seconds", "trainings",
+BOOKKEEPING = ("key", "origin", "status", "replicate", "objective", "size", "train_loss", "tokens", "train_seconds", "trainings",
                "finished", "error")
 FORMATS = ("csv", "parquet", "json")
 
 
-def export_rows(exp: Experiment) -> tuple[list[str], list[dict]]:
-    """(columns, rows): every run of this config's context (the design's, proposed and verification
-    runs alike), any status. `objective` is under the current suite; measurements by evaluations no
-    longer in the suite are kept as '<name>@<key prefix>/<metric>'."""
+def sized_plans(exp: Experiment) -> list:
+    """The config's plan, then one per other proxy size with runs in the store (`verify --size`)."""
+    from mixopt.proxy.model import SIZES
+
     plan = load_plan(exp)
     if not plan.workspace.db_path.is_file():
         raise MixoptError(f"no runs yet in {plan.workspace.root}", "run `mixopt sweep CONFIG` first")
+    plans = [(exp.proxy.size, plan)]
+    with Store(plan.workspace.db_path, readonly=True) as store:
+        contexts = {r.context for r in store.runs()}
+        for size in SIZES:
+            if size == exp.proxy.size:
+                continue
+            try:
+                other = load_plan(exp.model_copy(update={"proxy": exp.proxy.model_copy(update={"size": size})}),
+                                  design=False)
+            except MixoptError:  # a size this sample cannot train (seq_len): it has no runs either
+                continue
+            if other.context in contexts:
+                plans.append((size, other))
+    return plans
+
+
+def export_rows(exp: Experiment) -> tuple[list[str], list[dict]]:
+    """(columns, rows): every run of this config's context (the design's, proposed and verification
+    runs alike, `verify --size` runs with their size), any status. `objective` is under the current
+    suite; measurements by evaluations no longer in the suite are kept as '<name>@<key prefix>/<metric>'."""
+    plans = sized_plans(exp)
+    plan = plans[0][1]
     with Store(plan.workspace.db_path) as store:
-        runs = store.runs(plan.context)
+        runs = [(size, r) for size, p in plans for r in store.runs(p.context)]
         measured = store.measurements()
         names = _evaluation_names(store, plan.suite)
     domains = exp.domain_names
     terms = plan.suite.objective_terms()
     metric_cols: list[str] = []
     rows = []
-    for r in runs:
-        row = {"key": r.key, "origin": r.origin, "status": r.status, "replicate": r.replicate,
+    for size, r in runs:
+        row = {"key": r.key, "origin": r.origin, "status": r.status, "size": size, "replicate": r.replicate,
                **dict(zip(domains, r.weights))}
         have = measured.get(r.key, {})
         current = _metrics_of(plan.suite, have) if r.status == "done" else None
@@ -52,9 +74,26 @@ def export_rows(exp: Experiment) -> tuple[list[str], list[dict]]:
         rows.append(row)
     current_cols = [f"{m.name}/{k}" for m in plan.suite.measures for k in _metric_names(metric_cols, m.name)]
     metric_cols = current_cols + sorted(c for c in metric_cols if c not in current_cols)
-    columns = ["key", "origin", "status", "replicate", *domains, "objective", *metric_cols,
-               *[c for c in BOOKKEEPING if c not in ("key", "origin", "status", "replicate", "objective")]]
+    first = ("key", "origin", "status", "replicate")
+    columns = [*first, *domains, "objective", *metric_cols, *[c for c in BOOKKEEPING if c not in (*first, "objective")]]
     return columns, [{c: row.get(c) for c in columns} for row in rows]
+
+
+def run_listing(exp: Experiment) -> list[dict]:
+    """`mixopt runs`: one entry per run (every size): key, size, status, origin, objective, weights and a
+    short mixture summary (its largest weights) -- the keys `export-model` takes."""
+    columns, rows = export_rows(exp)
+    domains = exp.domain_names
+    out = []
+    for r in rows:
+        w = {d: float(r[d]) for d in domains}
+        top = sorted(w.items(), key=lambda kv: -kv[1])
+        shown = [f"{d} {v:.2f}" for d, v in top[:3] if v > 0]
+        rest = sum(1 for _, v in top[3:] if v > 0)
+        out.append({"key": r["key"], "size": r["size"], "status": r["status"], "origin": r["origin"],
+                    "objective": r["objective"], "mixture": ", ".join(shown) + (f" +{rest} more" if rest else ""),
+                    "weights": w})
+    return out
 
 
 def _metric_names(cols: list[str], name: str) -> list[str]:
@@ -93,7 +132,7 @@ def export_table(columns: list[str], rows: list[dict], fmt: str) -> bytes:
 def _dtype(col: str, rows: list[dict]):
     import polars as pl
 
-    if col in ("key", "origin", "status", "error"):
+    if col in ("key", "origin", "status", "size", "error"):
         return pl.String
     if col in ("tokens", "trainings", "replicate"):
         return pl.Int64

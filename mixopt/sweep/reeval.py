@@ -90,6 +90,9 @@ def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime()) -> E
     threads = worker_threads(workers)
     tasks = [replace(t, threads=threads) for t in tasks]
     report.workers = workers
+    if runtime.progress:  # a stacked batch reports only when all its checkpoints are measured: say it began
+        say(f"eval: measuring {len(missing)} checkpoints in {len(tasks)} stacked batch(es) of up to "
+            f"{max(len(t.keys) for t in tasks)}, {workers} process(es)...")
     bars = Bars(len(missing), enabled=runtime.progress, desc="eval", unit="run", step_unit="eval")
     try:
         for task, results, failure in run_local(eval_checkpoints, tasks, workers, on_progress=bars.step):
