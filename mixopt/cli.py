@@ -137,7 +137,7 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
     from mixopt.data.sample import sample_corpus
     from mixopt.report import format_sample
 
-    exp = _load(config)
+    exp = _load(config, build=True)
     executor = None
     if backend is SampleBackend.ray:
         from functools import partial
@@ -745,14 +745,16 @@ def export(config: Path = CONFIG, format: ExportFormat = typer.Option(ExportForm
     typer.echo(f"{len(rows)} runs written to {output}", err=True)
 
 
-def _load(config: Path):
-    """The experiment, with every file its suite names checked: the same errors for every verb."""
+def _load(config: Path, build: bool = False):
+    """The experiment, with every file its suite names checked: the same errors for every verb. A config's
+    pools become domains; `build` (sample): a cluster model missing from the workspace is fitted."""
     from mixopt.config.load import load_experiment
     from mixopt.evals.suites import check_suite_files
 
+    from mixopt.data.pools import expand_pools
     from mixopt.data.sources import check_workspace_place
 
-    exp = load_experiment(config)
+    exp = expand_pools(load_experiment(config), build=build)
     check_workspace_place(exp)
     check_suite_files(exp)
     return exp

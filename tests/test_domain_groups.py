@@ -1,0 +1,158 @@
+"""Domains from a pool (`pools:`): one per value of a field (group_by), per tier of a score (tiers), per
+cluster (cluster). The pool is built here from the conftest's real text, with a hidden label."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import _code_docs, _license_docs, _prose_docs, invoke_ok, write_config
+
+LABELS = ("code", "prose", "legal")
+
+
+@pytest.fixture(scope="module")
+def pool_docs() -> list[dict]:
+    """Distinct documents of three kinds, shuffled, each with its label nested under meta and a score."""
+    docs = {"code": _code_docs(150_000), "prose": _prose_docs()[:120], "legal": _license_docs(120_000)}
+    rows, seen = [], set()
+    for label, texts in docs.items():
+        for t in texts:
+            if t.strip() and t not in seen:
+                seen.add(t)
+                rows.append({"text": t, "meta": {"source": label, "lang": "en"}, "score": float(len(t) % 997) / 997})
+    order = np.random.default_rng(0).permutation(len(rows))
+    return [rows[i] for i in order]
+
+
+@pytest.fixture(scope="module")
+def pool_files(pool_docs, tmp_path_factory) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path_factory.mktemp("pool")
+    pq.write_table(pa.Table.from_pylist(pool_docs), root / "pool.parquet", row_group_size=100)
+    (root / "jsonl").mkdir()
+    half = len(pool_docs) // 2
+    for i, part in enumerate((pool_docs[:half], pool_docs[half:])):
+        (root / "jsonl" / f"part{i}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return root
+
+
+def config(tmp_path: Path, pools: list, domains: list | None = None, **more) -> Path:
+    cfg = {"name": "pooled", "seed": 0, "workspace": str(tmp_path / "ws"), "domains": domains or [], "pools": pools,
+           "sample": {"train_tokens": 3000, "val_tokens": 600, "tokenizer": {"vocab_size": 400}},
+           "proxy": {"size": "tiny", "tokens": 4000, "seq_len": 32, "batch_size": 4},
+           "design": {"runs": 4, "min_weight": 0.01, "replicates": None},
+           "fit": {"model": "loglinear", "cv_folds": 3, "bootstrap": 0}, **more}
+    return write_config(tmp_path / "pooled.yaml", cfg)
+
+
+def sample(cfg: Path, *more) -> dict:
+    return json.loads(invoke_ok("sample", cfg, "--format", "json", *more))
+
+
+def fails(*args) -> str:
+    """The real CLI in a subprocess: exit 2 and one `error:` line."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, "-m", "mixopt.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 2, (r.stdout, r.stderr[-3000:])
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+    return lines[0]
+
+
+def true_counts(rows, key=lambda r: r["meta"]["source"]) -> dict:
+    out: dict = {}
+    for r in rows:
+        out[key(r)] = out.get(key(r), 0) + 1
+    return out
+
+
+# ---- group_by -------------------------------------------------------------------------------------
+
+def test_group_by_a_nested_parquet_field_makes_one_domain_per_value(pool_files, pool_docs, tmp_path):
+    cfg = config(tmp_path, [{"sources": [str(pool_files / "pool.parquet")], "group_by": "meta.source"}])
+    m = sample(cfg)
+    assert m["order"] == sorted(LABELS)  # values in sorted order
+    assert {n: d["documents"] for n, d in m["domains"].items()} == true_counts(pool_docs)
+    assert m["pools"][0]["values"] == sorted(LABELS) and m["pools"][0]["counts"] == true_counts(pool_docs)
+    # The slices hold their own kind only: Python code has 'def ' or 'import ', licence text has neither.
+    assert sample(cfg)["reused"] is True
+
+
+def test_group_by_listed_values_with_the_rest_as_other_in_jsonl(pool_files, pool_docs, tmp_path):
+    pool = {"name": "src", "sources": [str(pool_files / "jsonl")], "group_by": "meta.source", "values": ["code"],
+            "rest": "other"}
+    m = sample(config(tmp_path, [pool]))
+    counts = true_counts(pool_docs)
+    assert m["order"] == ["src-code", "src-other"]
+    assert m["domains"]["src-code"]["documents"] == counts["code"]
+    assert m["domains"]["src-other"]["documents"] == counts["prose"] + counts["legal"]
+
+
+def test_group_by_a_flat_field_beside_an_ordinary_domain_and_dropped_values(pool_files, pool_docs, corpora, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    flat = [{"text": r["text"], "source": r["meta"]["source"]} for r in pool_docs]
+    pq.write_table(pa.Table.from_pylist(flat), tmp_path / "flat.parquet")
+    cfg = config(tmp_path, [{"sources": [str(tmp_path / "flat.parquet")], "group_by": "source",
+                             "values": ["legal", "prose"]}],
+                 domains=[{"name": "more-code", "sources": [str(corpora / "code.parquet")]}])
+    m = sample(cfg)
+    assert m["order"] == ["more-code", "legal", "prose"]
+    assert m["domains"]["legal"]["documents"] == true_counts(pool_docs)["legal"]
+
+
+def test_a_missing_field_is_one_line_naming_the_field_and_the_row(pool_files, tmp_path):
+    cfg = config(tmp_path, [{"sources": [str(pool_files / "jsonl")], "group_by": "meta.nope"}])
+    line = fails("sample", cfg)
+    assert "no field 'meta.nope'" in line and "part0.jsonl" in line, line
+    cfg = config(tmp_path, [{"sources": [str(pool_files / "pool.parquet")], "group_by": "nope.x"}])
+    line = fails("sample", cfg)
+    assert "no field 'nope.x'" in line and "pool.parquet" in line, line
+    assert not (tmp_path / "ws").exists()  # nothing written
+
+
+def test_a_row_without_the_field_is_named_by_its_line(tmp_path):
+    rows = [{"text": f"document {i} " * 50, "meta": {"source": "a" if i % 2 else "b"}} for i in range(40)]
+    rows[17] = {"text": "no meta here " * 50}
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = fails("sample", config(tmp_path, [{"sources": [str(tmp_path / "p.jsonl")], "group_by": "meta.source"}]))
+    assert "p.jsonl:18" in line and "no field 'meta.source'" in line, line
+
+
+def test_a_changed_shard_resamples_the_pool_and_keeps_the_rest(pool_files, corpora, tmp_path):
+    import shutil
+
+    shutil.copytree(pool_files / "jsonl", tmp_path / "jsonl")
+    cfg = config(tmp_path, [{"name": "p", "sources": [str(tmp_path / "jsonl")], "group_by": "meta.source"}],
+                 domains=[{"name": "more-code", "sources": [str(corpora / "code.parquet")]}])
+    first = sample(cfg)
+    with open(tmp_path / "jsonl" / "part1.jsonl", "a") as f:
+        f.write(json.dumps({"text": "A new licence text. " * 40, "meta": {"source": "legal"}}) + "\n")
+    second = sample(cfg)
+    assert second["changes"]["kept"] == ["more-code"]
+    assert sorted(second["changes"]["sampled"]) == ["p-code", "p-legal", "p-prose"]
+    assert second["domains"]["p-legal"]["documents"] == first["domains"]["p-legal"]["documents"] + 1
+    assert second["domains"]["p-code"]["train_sha256"] == first["domains"]["p-code"]["train_sha256"]
+
+
+def test_pool_config_mistakes_are_one_line(pool_files, tmp_path):
+    src = [str(pool_files / "pool.parquet")]
+    line = fails("status", config(tmp_path, [{"sources": src, "group_by": "meta.source", "tiers": {
+        "field": "score", "quantiles": 3}}]))
+    assert "exactly one of `group_by`, `tiers` and `cluster`" in line
+    line = fails("status", config(tmp_path, [{"sources": src, "group_by": "meta.source", "rest": "other"}]))
+    assert "`rest: other` needs `values`" in line
+    line = fails("status", config(tmp_path, [{"sources": src, "group_by": "meta.source", "values": ["code"]}]))
+    assert "at least 2" in line
