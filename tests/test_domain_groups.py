@@ -156,3 +156,50 @@ def test_pool_config_mistakes_are_one_line(pool_files, tmp_path):
     assert "`rest: other` needs `values`" in line
     line = fails("status", config(tmp_path, [{"sources": src, "group_by": "meta.source", "values": ["code"]}]))
     assert "at least 2" in line
+
+
+# ---- tiers ----------------------------------------------------------------------------------------
+
+def test_tiers_at_given_edges(pool_files, pool_docs, tmp_path):
+    cfg = config(tmp_path, [{"sources": [str(pool_files / "pool.parquet")], "tiers": {"field": "score",
+                                                                                       "edges": [0.3, 0.7]}}])
+    m = sample(cfg)
+    assert m["order"] == ["score-t0", "score-t1", "score-t2"]
+    want = true_counts(pool_docs, key=lambda r: int(np.searchsorted([0.3, 0.7], r["score"], side="right")))
+    assert [m["domains"][f"score-t{i}"]["documents"] for i in range(3)] == [want[i] for i in range(3)]
+    assert m["pools"][0]["edges"] == [0.3, 0.7]
+
+
+def test_tiers_at_quantiles_are_computed_once_and_recorded(pool_files, pool_docs, tmp_path):
+    cfg = config(tmp_path, [{"name": "q", "sources": [str(pool_files / "jsonl")],
+                             "tiers": {"field": "score", "quantiles": 3}}], optimum={"target_tokens": 1e6})
+    m = sample(cfg)
+    scores = np.array([r["score"] for r in pool_docs])
+    edges = np.quantile(np.sort(scores), [1 / 3, 2 / 3])
+    assert m["pools"][0]["edges"] == pytest.approx(edges.tolist(), abs=0)
+    counts = [m["domains"][f"q-t{i}"]["documents"] for i in range(3)]
+    assert counts == [int((np.searchsorted(edges, scores, side="right") == i).sum()) for i in range(3)]
+    assert max(counts) - min(counts) <= 2  # equal thirds
+    # The edges are read back from the manifest: the second load does no pass over the pool.
+    import mixopt.data.pools as pools
+
+    pools._FOUND.clear()
+    from mixopt.config.load import load_experiment
+
+    seen = []
+    real = pools._first_pass
+    pools._first_pass = lambda *a: seen.append(a) or real(*a)
+    try:
+        exp = pools.expand_pools(load_experiment(cfg))
+    finally:
+        pools._first_pass = real
+    assert not seen and [d.select["range"] for d in exp.domains] == [[None, edges[0]], [edges[0], edges[1]],
+                                                                     [edges[1], None]]
+    # Each tier is an ordinary domain: its repetition limit uses its own available tokens.
+    from mixopt.core.mixtures import domain_bounds
+
+    tokens = [m["domains"][n]["tokens"] for n in exp.domain_names]
+    bounds = domain_bounds(exp.model_copy(update={"optimum": exp.optimum.model_copy(update={
+        "target_tokens": 0.8 * sum(tokens), "max_epochs": 1.0})}), tokens)
+    assert list(bounds.upper) == pytest.approx([t / (0.8 * sum(tokens)) for t in tokens])
+    assert set(bounds.upper_reason) == {"repetition"}
