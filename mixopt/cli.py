@@ -121,6 +121,27 @@ FORMAT = typer.Option(Format.text, "--format", help="text for people; json (stdo
 
 
 @app.command()
+def cluster(config: Path = CONFIG, refit: bool = typer.Option(False, help="Fit the clusters again on the pool as "
+                                                                          "it is now (the cluster domains change)."),
+            format: Format = FORMAT):
+    """Fit each cluster pool's model (embed a seeded sample, k-means) and show its clusters."""
+    from mixopt.config.load import load_experiment
+    from mixopt.data.pools import cluster_pools
+    from mixopt.data.sources import check_workspace_place
+
+    exp = load_experiment(config)
+    check_workspace_place(exp)
+    pools = cluster_pools(exp, refit=refit)
+    if format is Format.json:
+        typer.echo(json.dumps(pools))
+        return
+    from mixopt.report import format_clusters
+
+    typer.echo(format_clusters(pools))
+    typer.echo(f"models in {exp.workspace_dir / 'clusters'}; `mixopt sample CONFIG` assigns every document")
+
+
+@app.command()
 def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resample even if up to date."),
            workers: int = typer.Option(1, min=1, help="local: processes reading each domain's shards; ray: at "
                                                       "most this many tasks per domain (default: one per CPU of "
@@ -646,6 +667,10 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
         return
     typer.echo(f"workspace: {st['workspace']}")
     typer.echo(f"sample: {st['sample']}")
+    if st.get("pools"):
+        from mixopt.report import format_pools
+
+        typer.echo(format_pools(st["pools"]))
     r = st["runs"]
     d = st["design"]
     typer.echo(f"runs in this design: {d['planned']} planned, {d['done']} done, {d['failed']} failed, "

@@ -17,16 +17,31 @@ from conftest import _code_docs, _license_docs, _prose_docs, invoke_ok, write_co
 LABELS = ("code", "prose", "legal")
 
 
+def pieces(texts: list[str], size: int = 2000, n: int = 100) -> list[str]:
+    """Texts cut at line ends into documents of about `size` characters (balanced kinds), the first n."""
+    out = []
+    for t in texts:
+        cur = ""
+        for line in t.splitlines(keepends=True):
+            cur += line
+            if len(cur) >= size:
+                out.append(cur)
+                cur = ""
+        if cur.strip():
+            out.append(cur)
+    return out[:n]
+
+
 @pytest.fixture(scope="module")
 def pool_docs() -> list[dict]:
     """Distinct documents of three kinds, shuffled, each with its label nested under meta and a score."""
-    docs = {"code": _code_docs(150_000), "prose": _prose_docs()[:120], "legal": _license_docs(120_000)}
-    rows, seen = [], set()
+    docs = {"code": pieces(_code_docs(150_000)), "prose": pieces(_prose_docs()), "legal": pieces(_license_docs(120_000))}
+    rows, seen, rng = [], set(), np.random.default_rng(1)
     for label, texts in docs.items():
         for t in texts:
             if t.strip() and t not in seen:
                 seen.add(t)
-                rows.append({"text": t, "meta": {"source": label, "lang": "en"}, "score": float(len(t) % 997) / 997})
+                rows.append({"text": t, "meta": {"source": label, "lang": "en"}, "score": float(rng.random())})
     order = np.random.default_rng(0).permutation(len(rows))
     return [rows[i] for i in order]
 
@@ -203,3 +218,64 @@ def test_tiers_at_quantiles_are_computed_once_and_recorded(pool_files, pool_docs
         "target_tokens": 0.8 * sum(tokens), "max_epochs": 1.0})}), tokens)
     assert list(bounds.upper) == pytest.approx([t / (0.8 * sum(tokens)) for t in tokens])
     assert set(bounds.upper_reason) == {"repetition"}
+
+
+# ---- clusters -------------------------------------------------------------------------------------
+
+def _ari(a, b) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    return adjusted_rand_score(a, b)
+
+
+def test_clusters_are_named_deterministic_and_become_domains(pool_files, pool_docs, tmp_path):
+    pool = {"sources": [str(pool_files / "pool.parquet")], "cluster": {"k": 3, "dims": 16}}
+    runs = []
+    for ws in ("a", "b"):  # two workspaces, the same seed: the same model
+        (tmp_path / ws).mkdir()
+        runs.append(json.loads(invoke_ok("cluster", config(tmp_path / ws, [pool]), "--format", "json")))
+    assert runs[0] == runs[1]
+    clusters = runs[0][0]["clusters"]
+    assert [c["domain"] for c in clusters] == ["cluster-c00", "cluster-c01", "cluster-c02"]
+    assert all(c["name"].count(",") == 2 and c["examples"] for c in clusters)
+    m = sample(tmp_path / "a" / "pooled.yaml")
+    assert m["order"] == [c["domain"] for c in clusters]
+    assert sum(d["documents"] for d in m["domains"].values()) == len(pool_docs)
+    # The clusters are the hidden kinds: every document's cluster against its label.
+    from mixopt.config.load import load_experiment
+    from mixopt.data.clusters import load_cluster_model
+
+    model = load_cluster_model(load_experiment(tmp_path / "a" / "pooled.yaml"), runs[0][0]["model"])
+    assert _ari([r["meta"]["source"] for r in pool_docs], model.assign([r["text"] for r in pool_docs])) >= 0.8
+    text = invoke_ok("status", tmp_path / "a" / "pooled.yaml")
+    assert "pool 1: 3 domains from clusters (k=3 given)" in text and f"[{clusters[0]['name']}]" in text, text
+
+
+def test_k_is_chosen_by_silhouette_when_not_given(pool_files, tmp_path):
+    pool = {"name": "topic", "sources": [str(pool_files / "pool.parquet")],
+            "cluster": {"k_range": [2, 5], "dims": 16, "sample_documents": 200}}
+    out = invoke_ok("cluster", config(tmp_path, [pool]))
+    assert "best silhouette over k=2..5" in out and "topic-c00" in out, out
+    line = fails("status", config(tmp_path, [{**pool, "cluster": {"k_range": [2, 6]}}]))
+    assert "not fitted yet" in line and "mixopt cluster" in line, line
+
+
+def test_a_changed_shard_is_assigned_again_not_the_pool(pool_files, tmp_path, monkeypatch):
+    import shutil
+
+    from mixopt.data.clusters import ClusterModel
+
+    shutil.copytree(pool_files / "jsonl", tmp_path / "jsonl")
+    cfg = config(tmp_path, [{"sources": [str(tmp_path / "jsonl")], "cluster": {"k": 3, "dims": 16}}])
+    first = sample(cfg)  # sample fits the model when the workspace has none
+    embedded = []
+    real = ClusterModel.assign
+    monkeypatch.setattr(ClusterModel, "assign", lambda self, texts: embedded.append(len(texts)) or real(self, texts))
+    lines = (tmp_path / "jsonl" / "part1.jsonl").read_text().splitlines(keepends=True)
+    with open(tmp_path / "jsonl" / "part1.jsonl", "a") as f:
+        f.write(json.dumps({"text": "def added():\n    return 42\n" * 20, "meta": {"source": "code"}}) + "\n")
+    second = sample(cfg)
+    assert sum(embedded) == len(lines) + 1  # part1 only: part0's clusters come from the cache
+    assert second["pools"][0]["model"] == first["pools"][0]["model"]  # the clusters stay where they were
+    total = sum(d["documents"] for d in second["domains"].values())
+    assert total == sum(d["documents"] for d in first["domains"].values()) + 1

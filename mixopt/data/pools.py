@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -63,6 +64,8 @@ class Router:
     rest: int = DROP  # group_by: the index of unlisted values (`other`), or DROP
     edges: tuple[float, ...] = ()  # tiers: the inner cut points
     model: object = field(default=None, hash=False, compare=False)  # cluster: data.clusters.ClusterModel
+    cache: str | None = None  # cluster: the folder of per-shard assignments
+    identities: dict = field(default_factory=dict, hash=False)  # cluster: shard uri -> content identity
 
     @property
     def as_(self) -> str:
@@ -82,6 +85,12 @@ class Router:
 
 def iter_routed(router: Router, source, shard, cap: int):
     """(text, domain index) per chunk of one shard."""
+    if router.kind == "cluster":
+        from mixopt.data.clusters import cached_assign
+
+        cache = None if router.cache is None else Path(router.cache)
+        yield from cached_assign(router.model, cache, router.identities.get(shard.uri), shard, source, cap)
+        return
     for text, values in iter_fields(source, shard, cap, router.field, router.as_):
         yield text, router.route(text, values, shard.uri)
 
@@ -151,8 +160,8 @@ def resolve_pool(exp: Experiment, i: int, hashes: FileHashes, recorded: dict, bu
         from mixopt.data.clusters import cluster_model_for
 
         model = cluster_model_for(exp, i, hashes, build=build)
-        found = {"model": model.key, "names": model.labels, "sizes": model.sizes, "k": model.k,
-                 "criterion": model.criterion}
+        found = {"model": model.key, "names": model.labels, "sample_sizes": model.sizes, "k": model.k,
+                 "criterion": model.criterion, "examples": model.examples}
         parts = [(f"c{j:02d}", {"model": model.key, "cluster": j}) for j in range(model.k)]
     field_name = pool.group_by or (pool.tiers.field if pool.tiers else None)
     names = [domain_name(prefix, p) for p, _ in parts]
@@ -222,9 +231,13 @@ def router_for(exp: Experiment, i: int) -> Router:
         return Router("group_by", pool.group_by, names, values=values, rest=rest)
     if pool.tiers is not None:
         return Router("tiers", pool.tiers.field, names, edges=tuple(s["range"][1] for s in sel[:-1]))
-    from mixopt.data.clusters import load_cluster_model
+    from mixopt.data.clusters import assignment_cache, load_cluster_model
 
-    return Router("cluster", None, names, model=load_cluster_model(exp, sel[0]["model"]))
+    hashes = FileHashes(Workspace(exp.workspace_dir).file_hashes_path)
+    identities = {shard.uri: hashes.sha256(Path(shard.uri)) for s in pool.sources
+                  for shard in list_shards(s, exp.base_dir) if shard.local}
+    return Router("cluster", None, names, model=load_cluster_model(exp, sel[0]["model"]),
+                  cache=str(assignment_cache(exp, sel[0]["model"])), identities=identities)
 
 
 def scan_routed(units: list, router: Router, keys: list[bytes | None], threshold: int, cap: int) -> tuple:
@@ -287,3 +300,22 @@ def draw_pool(exp: Experiment, i: int, draw: list[str], byte_budget: int, execut
 
 
 __all__ = ["Router", "domain_name", "draw_pool", "expand_pools", "pool_records"]
+
+
+def cluster_pools(exp: Experiment, refit: bool = False) -> list[dict]:
+    """Fit (or load) each cluster pool's model; per pool its clusters: domain, name, sample size, examples."""
+    from mixopt.data.clusters import cluster_model_for
+
+    hashes = FileHashes(Workspace(exp.workspace_dir).file_hashes_path)
+    out = []
+    for i, pool in enumerate(exp.pools):
+        if pool.cluster is None:
+            continue
+        model = cluster_model_for(exp, i, hashes, build=True, refit=refit)
+        out.append({"pool": i, "model": model.key, "criterion": model.criterion, "clusters": [
+            {"domain": domain_name(pool_prefix(pool), f"c{j:02d}"), "name": model.labels[j],
+             "sample_documents": model.sizes[j], "examples": model.examples[j]} for j in range(model.k)]})
+    if not out:
+        raise MixoptError("the config has no pool with `cluster:`", "add one under `pools:` (see README)")
+    hashes.save()
+    return out
