@@ -279,3 +279,20 @@ def test_a_changed_shard_is_assigned_again_not_the_pool(pool_files, tmp_path, mo
     assert second["pools"][0]["model"] == first["pools"][0]["model"]  # the clusters stay where they were
     total = sum(d["documents"] for d in second["domains"].values())
     assert total == sum(d["documents"] for d in first["domains"].values()) + 1
+
+
+# ---- end to end -----------------------------------------------------------------------------------
+
+def test_a_cluster_experiment_samples_sweeps_fits_and_reports(pool_files, tmp_path):
+    cfg = config(tmp_path, [{"name": "topic", "sources": [str(pool_files / "pool.parquet")],
+                             "cluster": {"k": 3, "dims": 16}}])
+    invoke_ok("cluster", cfg)
+    invoke_ok("sample", cfg)
+    invoke_ok("sweep", cfg, "--no-progress")
+    fit = json.loads(invoke_ok("fit", cfg, "--format", "json"))
+    weights = fit["weights"]
+    assert sorted(weights) == ["topic-c00", "topic-c01", "topic-c02"]
+    assert sum(weights.values()) == pytest.approx(1.0)
+    invoke_ok("report", cfg)
+    page = (tmp_path / "ws" / "report.html").read_text()
+    assert "Domains from pools" in page and "topic-c02" in page
