@@ -296,3 +296,15 @@ def test_a_cluster_experiment_samples_sweeps_fits_and_reports(pool_files, tmp_pa
     invoke_ok("report", cfg)
     page = (tmp_path / "ws" / "report.html").read_text()
     assert "Domains from pools" in page and "topic-c02" in page
+
+
+def test_workers_read_a_pool_into_the_same_sample(pool_files, tmp_path):
+    pool = {"sources": [str(pool_files / "pool.parquet")], "cluster": {"k": 3, "dims": 16}}
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = sample(config(tmp_path / "one", [pool]))
+    two = sample(config(tmp_path / "two", [pool]), "--workers", "2")
+    assert one["pools"][0]["model"] == two["pools"][0]["model"]
+    for n, d in one["domains"].items():
+        assert (d["documents"], d["train_sha256"], d["val_sha256"]) == \
+            (two["domains"][n]["documents"], two["domains"][n]["train_sha256"], two["domains"][n]["val_sha256"])

@@ -267,6 +267,40 @@ def scan_routed(units: list, router: Router, keys: list[bytes | None], threshold
     return pools, skipped
 
 
+def _routed_parallel(executor, workers: int, remote: bool, units: list, router: Router, keys: list, threshold: int,
+                     cap: int) -> tuple:
+    """Groups of units handed out as workers free up (this process reads one while the others run), as
+    data.scan does for one domain; a cluster's executor (Ray) gets every group at once."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    todo = _split(units, min(len(units), workers * TASKS_PER_WORKER))
+    pools, skipped, pending = [DocPool(threshold) if k is not None else None for k in keys], [], set()
+
+    def absorb(ps, sk) -> None:
+        skipped.extend(sk)
+        for p, part in zip(pools, ps):
+            if p is not None:
+                p.merge(part)
+
+    if remote:
+        for f in [executor.submit(scan_routed, g, router, keys, threshold, cap) for g in todo]:
+            absorb(*f.result())
+        return pools, skipped
+    while todo or pending:
+        while todo and len(pending) < 2 * (workers - 1):
+            pending.add(executor.submit(scan_routed, todo.pop(0), router, keys, threshold, cap))
+        for f in [f for f in pending if f.done()]:
+            pending.discard(f)
+            absorb(*f.result())
+        if todo:
+            absorb(*scan_routed(todo.pop(0), router, keys, threshold, cap))
+        elif pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                absorb(*f.result())
+    return pools, skipped
+
+
 def draw_pool(exp: Experiment, i: int, draw: list[str], byte_budget: int, executor=None,
               workers: int = 1) -> dict[str, Candidates]:
     """Candidates of the pool's domains named in `draw`, from one pass over its shards."""
@@ -278,22 +312,13 @@ def draw_pool(exp: Experiment, i: int, draw: list[str], byte_budget: int, execut
     keys = [seed_key(exp.seed, n) if n in draw else None for n in router.names]
     pool = exp.pools[i]
     units = [(s, shard) for s in pool.sources for shard in list_shards(s, exp.base_dir)]
-    if executor is not None and workers > 1 and len(units) < workers * 2:
+    if executor is not None and workers > 1 and len(units) < workers * TASKS_PER_WORKER:
         units = [(s, part) for s, shard in units for part in row_group_parts(shard, workers * TASKS_PER_WORKER)]
     remote = getattr(executor, "remote", False)
     if executor is None or (not remote and (workers <= 1 or len(units) <= 1)):
         pools, skipped = scan_routed(units, router, keys, threshold, cap)
     else:
-        groups = _split(units, min(len(units), workers * TASKS_PER_WORKER))
-        mine = [] if remote else groups[:1]  # this process reads a group while the others run
-        futures = [executor.submit(scan_routed, g, router, keys, threshold, cap) for g in groups[len(mine):]]
-        results = [scan_routed(g, router, keys, threshold, cap) for g in mine] + [f.result() for f in futures]
-        pools, skipped = [DocPool(threshold) if k is not None else None for k in keys], []
-        for ps, sk in results:
-            skipped += sk
-            for p, part in zip(pools, ps):
-                if p is not None:
-                    p.merge(part)
+        pools, skipped = _routed_parallel(executor, workers, remote, units, router, keys, threshold, cap)
     by_name = {d.name: d for d in exp.domains}
     return {n: finish_candidates(p, skipped, byte_budget, by_name[n]) for n, p in zip(router.names, pools)
             if p is not None}
