@@ -173,7 +173,7 @@ def timed_pass(root: Path, name: str, pool_dir: Path, workers: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--work", default="bench/work/domains")
+    ap.add_argument("--work", default="bench/cache/domains")
     ap.add_argument("--out", default="bench/results/domains.json")
     ap.add_argument("--mb", type=float, default=60.0, help="MB of text in the pool scaled for the timed passes")
     ap.add_argument("--assign", help=argparse.SUPPRESS)

@@ -53,9 +53,10 @@ class ClusterModel:
     def embed(self, texts: list[str]) -> np.ndarray:
         from sklearn.preprocessing import normalize
 
-        X = _hashed(texts, len(self.idf))
-        X.data = np.log1p(X.data)  # sublinear tf, as fitted
-        X = normalize(X.multiply(self.idf).tocsr())
+        X = _hashed(texts, len(self.idf)).tocsr()
+        # 1 + log(tf) x idf, as TfidfTransformer(sublinear_tf=True) fitted it; in place: X stays sparse
+        X.data = (1 + np.log(X.data)) * self.idf[X.indices]
+        X = normalize(X)
         return normalize(np.asarray(X @ self.components.T, dtype=np.float64))
 
     def assign(self, texts: list[str]) -> np.ndarray:
