@@ -149,7 +149,8 @@ def format_pools(pools: list[dict]) -> str:
     """`status`: the domains each pool made, with their documents (and a cluster's name)."""
     out = []
     for p in pools:
-        what = {"group_by": f"values of '{p['field']}'", "tiers": f"tiers of '{p['field']}' at {p.get('edges')}",
+        what = {"group_by": f"values of '{p['field']}'", "tiers": f"tiers of '{p['field']}' at edges "
+                 f"{', '.join(f'{e:.4g}' for e in p.get('edges', []))}",
                 "cluster": f"clusters ({p.get('criterion')})"}[p["kind"]]
         out.append(f"pool {p['pool'] + 1}: {len(p['domains'])} domains from {what}")
         for j, n in enumerate(p["domains"]):

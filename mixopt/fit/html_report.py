@@ -232,7 +232,8 @@ def _pools_section(exp) -> list[str]:
         return []
     out = ["<h2 id='pools'>Domains from pools</h2>"]
     for p in manifest["pools"]:
-        what = {"group_by": f"values of '{p['field']}'", "tiers": f"tiers of '{p['field']}' at edges {p.get('edges')}",
+        what = {"group_by": f"values of '{p['field']}'", "tiers": f"tiers of '{p['field']}' at edges "
+                 f"{', '.join(f'{e:.4g}' for e in p.get('edges', []))}",
                 "cluster": f"clusters ({p.get('criterion')})"}[p["kind"]]
         rows = []
         for j, n in enumerate(p["domains"]):
