@@ -308,3 +308,14 @@ def test_workers_read_a_pool_into_the_same_sample(pool_files, tmp_path):
     for n, d in one["domains"].items():
         assert (d["documents"], d["train_sha256"], d["val_sha256"]) == \
             (two["domains"][n]["documents"], two["domains"][n]["train_sha256"], two["domains"][n]["val_sha256"])
+
+
+def test_fields_that_cannot_split_a_pool_are_one_line(pool_files, corpora, tmp_path):
+    line = fails("sample", config(tmp_path, [{"sources": [str(corpora / "legal")], "group_by": "source"}]))
+    assert "a text shard has no fields" in line, line
+    line = fails("sample", config(tmp_path, [{"sources": [str(pool_files / "jsonl")], "tiers": {
+        "field": "meta.source", "quantiles": 2}}]))
+    assert "field 'meta.source'" in line and "not a number" in line, line
+    line = fails("cluster", config(tmp_path, [{"sources": [str(tmp_path / "ws" / "in")], "cluster": {"k": 2}}]))
+    assert "inside the workspace" in line, line
+    assert not (tmp_path / "ws").exists()

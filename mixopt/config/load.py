@@ -309,6 +309,12 @@ def _cross_references(exp: Experiment, path: Path, lines: dict) -> list[str]:
                     problem(("domains", i, "sources", j), f"domain '{d.name}': source {exp.resolve(local)} is "
                             f"inside the workspace {ws}",
                             "keep corpora outside the workspace (mixopt may replace its folders)")
+    for i, pool in enumerate(exp.pools):
+        for j, s in enumerate(pool.sources):
+            for local in _local_roots(s):
+                if is_inside(exp.resolve(local), ws):
+                    problem(("pools", i, "sources", j), f"pool {i + 1}: source {exp.resolve(local)} is inside the "
+                            f"workspace {ws}", "keep corpora outside the workspace (mixopt may replace its folders)")
     return out
 
 
