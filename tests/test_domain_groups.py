@@ -319,3 +319,51 @@ def test_fields_that_cannot_split_a_pool_are_one_line(pool_files, corpora, tmp_p
     line = fails("cluster", config(tmp_path, [{"sources": [str(tmp_path / "ws" / "in")], "cluster": {"k": 2}}]))
     assert "inside the workspace" in line, line
     assert not (tmp_path / "ws").exists()
+
+
+@pytest.fixture(scope="module")
+def encoder(pool_docs, tmp_path_factory) -> Path:
+    """A small BERT encoder saved as a user's own would be (random weights, a WordPiece vocabulary
+    trained here): no download."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("encoder")
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator([r["text"] for r in pool_docs], trainers.WordPieceTrainer(
+        vocab_size=800, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(folder)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=800, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=512)).save_pretrained(folder)
+    return folder
+
+
+def test_a_local_encoder_embeds_instead_and_is_keyed_by_its_files(pool_files, pool_docs, encoder, tmp_path):
+    import shutil
+
+    shutil.copytree(encoder, tmp_path / "enc")
+    pool = {"sources": [str(pool_files / "pool.parquet")], "cluster": {"k": 3, "embedder": str(tmp_path / "enc")}}
+    cfg = config(tmp_path, [pool])
+    first = json.loads(invoke_ok("cluster", cfg, "--format", "json"))[0]
+    assert sum(c["sample_documents"] for c in first["clusters"]) == len(pool_docs)
+    assert json.loads(invoke_ok("cluster", cfg, "--format", "json"))[0] == first  # kept, not fitted again
+    meta = json.loads(next((tmp_path / "ws" / "clusters").glob("*/model.json")).read_text())
+    assert meta["embedder"] == str(tmp_path / "enc") and "mean-pooled" in meta["embedding"]
+    # Other weights in the same folder: another model (the old one is not used).
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(tmp_path / "enc" / "model.safetensors")
+    save_file({k: v * 1.5 for k, v in weights.items()}, tmp_path / "enc" / "model.safetensors")
+    import mixopt.data.clusters as clusters
+
+    clusters._ENCODERS.clear()
+    second = json.loads(invoke_ok("cluster", cfg, "--format", "json"))[0]
+    assert second["model"] != first["model"]
+    line = fails("cluster", config(tmp_path, [{**pool, "cluster": {"k": 3, "embedder": str(tmp_path)}}]))
+    assert "cluster.embedder" in line and "no config.json" in line, line

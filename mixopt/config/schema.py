@@ -106,6 +106,9 @@ class Cluster(_Strict):
     sample_documents: int = Field(2000, ge=20)  # documents embedded to fit the model (seeded)
     dims: int = Field(32, ge=2, le=256)  # SVD components
     features: int = Field(1 << 16, ge=1 << 10, le=1 << 20)  # hashed word features
+    # A local folder of a Hugging Face encoder (save_pretrained: sentence-transformers models are one):
+    # documents are its mean-pooled last hidden states instead (dims, features unused); never downloaded.
+    embedder: str | None = None
 
     @model_validator(mode="after")
     def _range_ordered(self):

@@ -45,6 +45,7 @@ class ClusterModel:
     sizes: list[int]  # documents of the fitting sample in each cluster
     examples: list[list[str]]
     criterion: str  # how K was chosen
+    embedder: str | None = None  # a local Hugging Face encoder's folder (idf, components then empty)
 
     @property
     def k(self) -> int:
@@ -53,6 +54,8 @@ class ClusterModel:
     def embed(self, texts: list[str]) -> np.ndarray:
         from sklearn.preprocessing import normalize
 
+        if self.embedder:
+            return normalize(_encode(self.embedder, texts))
         X = _hashed(texts, len(self.idf)).tocsr()
         # 1 + log(tf) x idf, as TfidfTransformer(sublinear_tf=True) fitted it; in place: X stays sparse
         X.data = (1 + np.log(X.data)) * self.idf[X.indices]
@@ -75,11 +78,57 @@ def _hashed(texts: list[str], features: int):
     return vec.transform([t[:EMBED_CHARS] for t in texts]).astype(np.float32)
 
 
+ENCODE_TOKENS = 256  # a local encoder reads each document's first tokens
+_ENCODERS: dict = {}  # folder -> (tokenizer, model): loaded once per process
+
+
+def _encode(folder: str, texts: list[str], batch: int = 32) -> np.ndarray:
+    """Mean-pooled last hidden states of a local encoder (CPU, float32, no gradients)."""
+    import torch
+
+    if folder not in _ENCODERS:
+        from transformers import AutoModel, AutoTokenizer
+
+        try:
+            _ENCODERS[folder] = (AutoTokenizer.from_pretrained(folder, local_files_only=True),
+                                 AutoModel.from_pretrained(folder, local_files_only=True).eval())
+        except (OSError, ValueError) as e:
+            raise MixoptError(f"cluster.embedder {folder}: cannot load it ({str(e).splitlines()[0][:200]})",
+                              "give the folder of a saved Hugging Face encoder (config.json, weights, tokenizer)") from None
+    tok, model = _ENCODERS[folder]
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch):
+            enc = tok([t[:EMBED_CHARS] for t in texts[i:i + batch]], padding=True, truncation=True,
+                      max_length=ENCODE_TOKENS, return_tensors="pt")
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().numpy())
+    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 1))
+
+
+def embedder_folder(exp: Experiment, i: int) -> str | None:
+    cfg = exp.pools[i].cluster
+    if cfg.embedder is None:
+        return None
+    folder = exp.resolve(cfg.embedder)
+    if not (folder / "config.json").is_file():
+        raise MixoptError(f"cluster.embedder {folder}: no config.json there", "give the local folder of a saved "
+                          "Hugging Face encoder (models are never downloaded)")
+    return str(folder)
+
+
 def model_dir(exp: Experiment, i: int) -> Path:
     """Where pool i's model is: by the pool's settings (not its files' content: a change keeps the model)."""
     pool = exp.pools[i]
-    settings = {"version": MODEL_VERSION, "seed": exp.seed, "cluster": pool.cluster.model_dump(),
+    settings = {"version": MODEL_VERSION, "seed": exp.seed, "cluster": pool.cluster.model_dump(exclude={"embedder"}),
                 "sources": [s.model_dump(exclude={"storage_options"}) for s in pool.sources]}
+    folder = embedder_folder(exp, i)
+    if folder is not None:  # the encoder by content: other weights, another model
+        from mixopt.core.keys import file_sha256
+        from mixopt.data.sources import walk_files
+
+        settings["embedder"] = sorted(file_sha256(Path(f)) for f in walk_files(folder))
     return Workspace(exp.workspace_dir).root / "clusters" / content_hash(settings)[:16]
 
 
@@ -92,7 +141,8 @@ def load_cluster_model(exp: Experiment, key: str | None = None, folder: Path | N
             if key is None or meta["key"] == key:
                 arrays = np.load(f / "model.npz")
                 return ClusterModel(meta["key"], arrays["idf"], arrays["components"], arrays["centroids"],
-                                    meta["labels"], meta["sizes"], meta["examples"], meta["criterion"])
+                                    meta["labels"], meta["sizes"], meta["examples"], meta["criterion"],
+                                    meta.get("embedder"))
     raise MixoptError(f"no cluster model {key[:12] if key else ''} in {exp.workspace_dir}/clusters",
                       "run `mixopt cluster CONFIG` (or `mixopt sample CONFIG`) to fit it")
 
@@ -155,17 +205,21 @@ def fit_clusters(exp: Experiment, i: int) -> tuple[ClusterModel, dict]:
     cfg = exp.pools[i].cluster
     docs = _seeded_sample(exp, i)
     k_lo, k_hi = (cfg.k, cfg.k) if cfg.k else cfg.k_range
-    if len(docs) < max(k_hi, cfg.dims) + 1:
+    encoder = embedder_folder(exp, i)
+    dims = 1 if encoder else cfg.dims
+    if len(docs) < max(k_hi, dims) + 1:
         raise MixoptError(f"pool {i + 1} has {len(docs)} distinct documents, too few to cluster into {k_hi} with "
                           f"{cfg.dims} dimensions", "lower cluster.k (or k_range) and cluster.dims, or add documents")
     seed = exp.seed % (2 ** 32)
-    X = _hashed(docs, cfg.features)
-    tfidf = TfidfTransformer(sublinear_tf=True).fit(X)
-    Xt = tfidf.transform(X)
-    svd = TruncatedSVD(n_components=cfg.dims, random_state=seed).fit(Xt)
-    idf = tfidf.idf_.astype(np.float32)
-    components = svd.components_.astype(np.float32)
-    partial = ClusterModel("", idf, components, np.zeros((1, cfg.dims), np.float32), [], [], [], "")
+    if encoder:
+        idf, components = np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
+    else:
+        X = _hashed(docs, cfg.features)
+        tfidf = TfidfTransformer(sublinear_tf=True).fit(X)
+        svd = TruncatedSVD(n_components=cfg.dims, random_state=seed).fit(tfidf.transform(X))
+        idf = tfidf.idf_.astype(np.float32)
+        components = svd.components_.astype(np.float32)
+    partial = ClusterModel("", idf, components, np.zeros((1, 1), np.float32), [], [], [], "", encoder)
     Z = partial.embed(docs)  # as assignment will embed them (float32 weights)
     best = None
     scores = {}
@@ -181,17 +235,19 @@ def fit_clusters(exp: Experiment, i: int) -> tuple[ClusterModel, dict]:
     criterion = (f"k={best.n_clusters} given" if k_lo == k_hi else
                  f"k={best.n_clusters}: best silhouette over k={k_lo}..{k_hi} "
                  f"({', '.join(f'{k}: {v:.3f}' for k, v in scores.items())})")
-    labels_of = ClusterModel("", idf, components, centroids, [], [], [], "").assign(docs)
+    labels_of = ClusterModel("", idf, components, centroids, [], [], [], "", encoder).assign(docs)
     names, examples = _describe(docs, Z, labels_of, centroids)
     sizes = [int((labels_of == j).sum()) for j in range(len(centroids))]
     h = hashlib.sha256()
+    h.update(model_dir(exp, i).name.encode())  # the settings, with a local encoder's files by content
     for a in (idf, components, centroids):
         h.update(np.ascontiguousarray(a).tobytes())
     key = h.hexdigest()
     meta = {"key": key, "version": MODEL_VERSION, "k": len(centroids), "criterion": criterion, "labels": names,
-            "sizes": sizes, "examples": examples, "documents": len(docs), "features": cfg.features, "dims": cfg.dims,
-            "embedder": "HashingVectorizer(words, alternate_sign=False) -> TF-IDF (sublinear) -> TruncatedSVD"}
-    return ClusterModel(key, idf, components, centroids, names, sizes, examples, criterion), meta
+            "sizes": sizes, "examples": examples, "documents": len(docs), "embedder": encoder,
+            "embedding": f"{encoder}: mean-pooled last hidden state" if encoder else
+            f"HashingVectorizer(words, {cfg.features} features) -> TF-IDF (sublinear tf) -> TruncatedSVD({cfg.dims})"}
+    return ClusterModel(key, idf, components, centroids, names, sizes, examples, criterion, encoder), meta
 
 
 def _describe(docs: list[str], Z: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> tuple[list, list]:
