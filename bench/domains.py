@@ -2,13 +2,17 @@
 
 Pools five corpora of real text from this machine (not the demo's: man pages of commands, C headers,
 Debian changelogs, Debian copyright files, Perl modules; readers from bench/calibration.py), each cut
-into 150 documents of ~3,000 characters, into one shuffled Parquet dataset (4 shards) with a hidden
+into 150 documents (+ 20 held out) of ~3,000 characters, into one shuffled Parquet dataset (4 shards) with a hidden
 `label` column, then reports:
   - group_by on the label: the domains' document counts against the true ones (exact, or not);
   - clustering (`cluster:` with the default embedder) at K = the number of corpora and K = 2x, and K
     chosen by silhouette over 2..10: the adjusted Rand index of every document's cluster against its
     label (target >= 0.8 at K = #corpora), purity (the share of documents in their cluster's majority
     label: splitting a corpus in two lowers the ARI, not the purity), the clusters' names and sizes;
+  - the recommendation fitted over the clusters (K = 5) vs over the true labels (group_by): for each,
+    sample, sweep (tiny proxies, 16 random mixtures + the prior + the vertices), fit, and
+    `verify --seeds 3`, against one objective for both: the BPB of held-out documents of the five
+    corpora (a `text` evaluation; BPB does not depend on the arm's own tokenizer). Skipped with --quick;
   - the assignment pass (`sample`'s one pass over the pool: read, embed, nearest centroid, bottom-k)
     on a pool scaled to --mb MB of text (documents repeated with a distinct header line): MB/s with 1
     and 2 workers, and the peak RSS (VmHWM) of the process doing it at --mb and 3x --mb (1 worker).
@@ -35,7 +39,7 @@ from calibration import _files, _gz, _man, _plain  # noqa: E402  (the same real-
 CORPUS_BYTES = 1_500_000  # characters read per corpus
 KINDS = ("commands", "c", "changelogs", "copyright", "perl")
 PIECE = 3000  # characters: files are cut at line ends into documents of about this size
-PER_KIND = 150  # documents per corpus (balanced: a corpus of few huge files is not a handful of rows)
+PER_KIND = 170  # documents per corpus, 20 held out (balanced: a corpus of few huge files is not a handful of rows)
 
 
 def pieces(texts: list[str], seed: int) -> list[str]:
@@ -171,11 +175,51 @@ def timed_pass(root: Path, name: str, pool_dir: Path, workers: int) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def mixopt(*args) -> str:
+    r = subprocess.run([sys.executable, "-m", "mixopt.cli", *map(str, args)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    if r.returncode:
+        raise SystemExit(f"mixopt {' '.join(map(str, args))}: {r.stderr[-2000:]}")
+    return r.stdout
+
+
+def recommend_arms(root: Path, heldout: list[tuple[str, str]], workers: int) -> dict:
+    """Recommendation over the true labels vs over the clusters, each verified with 3 paired seeds."""
+    (root / "heldout").mkdir(exist_ok=True)
+    for j, (text, lab) in enumerate(heldout):
+        (root / "heldout" / f"{lab}-{j:03d}.txt").write_text(text)
+    out = {}
+    for arm, pool in (("labels", {"sources": [str(root / "pool")], "group_by": "label"}),
+                      ("clusters", {"name": "topic", "sources": [str(root / "pool")], "cluster": {"k": len(KINDS)}})):
+        t = time.perf_counter()
+        cfg = {"name": f"rec-{arm}", "seed": 0, "workspace": str(root / f"ws-rec-{arm}"), "pools": [pool],
+               "sample": {"train_tokens": 20_000, "val_tokens": 3_000, "tokenizer": {"vocab_size": 512}},
+               "proxy": {"size": "tiny", "tokens": 24_000, "seq_len": 64, "batch_size": 8},
+               "design": {"runs": 16, "min_weight": 0.01, "replicates": None},
+               "fit": {"model": "loglinear", "cv_folds": 4, "bootstrap": 20},
+               "evals": {"evaluations": [{"name": "heldout-pool", "kind": "text", "sources": [str(root / "heldout")],
+                                          "max_tokens": 30_000}]}}
+        path = root / f"rec-{arm}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        mixopt("sample", path)
+        mixopt("sweep", path, "--workers", workers, "--no-progress")
+        fit = json.loads(mixopt("fit", path, "--format", "json"))
+        ver = json.loads(mixopt("verify", path, "--seeds", 3, "--workers", workers, "--no-progress", "--format", "json"))
+        out[arm] = {"weights": {k: round(v, 3) for k, v in fit["weights"].items()}, "predicted": fit.get("predicted"),
+                    "verify": {m["name"]: {"mean": m.get("mean"), "sd": m.get("sd")} for m in ver["mixtures"]},
+                    "verdict": ver.get("verdict"), "paired": {k: v for k, v in ver.items() if "gain" in k or "paired" in k},
+                    "minutes": round((time.perf_counter() - t) / 60, 1)}
+        print(arm, json.dumps(out[arm]), file=sys.stderr, flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="bench/cache/domains")
     ap.add_argument("--out", default="bench/results/domains.json")
     ap.add_argument("--mb", type=float, default=60.0, help="MB of text in the pool scaled for the timed passes")
+    ap.add_argument("--quick", action="store_true", help="skip the two sweeps of the recommendation check")
+    ap.add_argument("--sweep-workers", type=int, default=2)
     ap.add_argument("--assign", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -184,7 +228,10 @@ def main() -> None:
     root = Path(a.work).absolute()
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    docs = {k: pieces(v, i) for i, (k, v) in enumerate(corpora().items())}
+    every = {k: pieces(v, i) for i, (k, v) in enumerate(corpora().items())}
+    # 150 documents per corpus in the pool, 20 more held out (the recommendation check's objective)
+    docs = {k: v[:PER_KIND - 20] for k, v in every.items()}
+    heldout = [(t, k) for k, v in every.items() for t in v[PER_KIND - 20:]]
     seen, rows = set(), []
     for kind in KINDS:
         for t in docs[kind]:
@@ -199,6 +246,8 @@ def main() -> None:
     out["cluster_2k"] = cluster_check(root, rows, 2 * len(KINDS), "k10")
     out["cluster_auto"] = cluster_check(root, rows, None, "kauto")
     print(json.dumps({k: out[k]["ari"] for k in ("cluster_k", "cluster_2k", "cluster_auto")}), file=sys.stderr)
+    if not a.quick:
+        out["recommend"] = recommend_arms(root, heldout, a.sweep_workers)
     repeat = max(1, round(a.mb * 1e6 / text_bytes))
     big = write_pool(root / "big", rows, repeat=repeat)
     bigger = write_pool(root / "bigger", rows, repeat=3 * repeat)
