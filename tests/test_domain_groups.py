@@ -367,3 +367,15 @@ def test_a_local_encoder_embeds_instead_and_is_keyed_by_its_files(pool_files, po
     assert second["model"] != first["model"]
     line = fails("cluster", config(tmp_path, [{**pool, "cluster": {"k": 3, "embedder": str(tmp_path)}}]))
     assert "cluster.embedder" in line and "no config.json" in line, line
+
+
+def test_values_become_names_by_the_name_rule_and_a_clash_is_one_line(tmp_path):
+    from mixopt.data.pools import domain_name
+
+    assert domain_name(None, "Pile-CC") == "Pile-CC" and domain_name("src", "arxiv/math ph") == "src-arxiv_math_ph"
+    assert domain_name(None, "..") == "v" + __import__("hashlib").sha256(b"..").hexdigest()[:8]
+    assert domain_name(None, "日本") != domain_name(None, "中文")
+    rows = [{"text": f"text number {i} " * 40, "src": ["a b", "a/b", "c"][i % 3]} for i in range(30)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = fails("status", config(tmp_path, [{"sources": [str(tmp_path / "p.jsonl")], "group_by": "src"}]))
+    assert "values 'a b' and 'a/b' both make the domain name 'a_b'" in line, line

@@ -9,6 +9,7 @@ and read from there while the pool's files are unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +31,11 @@ _FOUND: dict[str, dict] = {}  # first passes done in this process, by pool key (
 
 
 def domain_name(prefix: str | None, part: str) -> str:
-    """A field value (or tier, cluster) as a domain name: runs of other characters become '_'."""
-    word = re.sub(r"[^A-Za-z0-9_.-]+", "_", part).strip("_") or "empty"
-    if set(word) == {"."}:
-        word = "dots"
+    """A field value (or tier, cluster) as a domain name: runs of characters other than letters, digits,
+    '_', '.', '-' become '_'."""
+    word = re.sub(r"[^A-Za-z0-9_.-]+", "_", part).strip("_")
+    if not word or set(word) == {"."}:  # nothing of the value is a name ('日本', '..'): v + its hash
+        word = "v" + hashlib.sha256(part.encode()).hexdigest()[:8]
     name = f"{prefix}-{word}" if prefix else word
     return name[:NAME_MAX]
 
@@ -324,9 +326,6 @@ def draw_pool(exp: Experiment, i: int, draw: list[str], byte_budget: int, execut
             if p is not None}
 
 
-__all__ = ["Router", "domain_name", "draw_pool", "expand_pools", "pool_records"]
-
-
 def cluster_pools(exp: Experiment, refit: bool = False) -> list[dict]:
     """Fit (or load) each cluster pool's model; per pool its clusters: domain, name, sample size, examples."""
     from mixopt.data.clusters import cluster_model_for
@@ -344,3 +343,6 @@ def cluster_pools(exp: Experiment, refit: bool = False) -> list[dict]:
         raise MixoptError("the config has no pool with `cluster:`", "add one under `pools:` (see README)")
     hashes.save()
     return out
+
+
+__all__ = ["Router", "cluster_pools", "domain_name", "draw_pool", "expand_pools", "pool_records"]
