@@ -379,3 +379,19 @@ def test_values_become_names_by_the_name_rule_and_a_clash_is_one_line(tmp_path):
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     line = fails("status", config(tmp_path, [{"sources": [str(tmp_path / "p.jsonl")], "group_by": "src"}]))
     assert "values 'a b' and 'a/b' both make the domain name 'a_b'" in line, line
+
+
+def test_refit_fits_the_pool_as_it_is_now(pool_files, tmp_path):
+    import shutil
+
+    shutil.copytree(pool_files / "jsonl", tmp_path / "jsonl")
+    cfg = config(tmp_path, [{"sources": [str(tmp_path / "jsonl")], "cluster": {"k": 3, "dims": 16}}])
+    first = json.loads(invoke_ok("cluster", cfg, "--format", "json"))[0]
+    with open(tmp_path / "jsonl" / "part0.jsonl", "a") as f:
+        f.write(json.dumps({"text": "A new licence text. " * 40, "meta": {"source": "legal"}}) + "\n")
+    assert json.loads(invoke_ok("cluster", cfg, "--format", "json"))[0]["model"] == first["model"]  # kept
+    again = json.loads(invoke_ok("cluster", cfg, "--refit", "--format", "json"))[0]
+    assert again["model"] != first["model"]
+    assert sum(c["sample_documents"] for c in again["clusters"]) == sum(
+        c["sample_documents"] for c in first["clusters"]) + 1
+    assert len(list((tmp_path / "ws" / "clusters").glob("*/model.json"))) == 1  # replaced, not beside

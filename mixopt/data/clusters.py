@@ -159,6 +159,7 @@ def cluster_model_for(exp: Experiment, i: int, hashes: FileHashes, build: bool, 
     ws = Workspace(exp.workspace_dir)
     ws.claim()
     make_dirs(folder)
+    (folder / "model.json").unlink(missing_ok=True)  # a refit: no model.json until the new arrays are whole
     buf = io.BytesIO()
     np.savez(buf, idf=model.idf, components=model.components, centroids=model.centroids)
     atomic_write_bytes(folder / "model.npz", buf.getvalue())
