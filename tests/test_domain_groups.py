@@ -285,7 +285,8 @@ def test_a_changed_shard_is_assigned_again_not_the_pool(pool_files, tmp_path, mo
 
 def test_a_cluster_experiment_samples_sweeps_fits_and_reports(pool_files, tmp_path):
     cfg = config(tmp_path, [{"name": "topic", "sources": [str(pool_files / "pool.parquet")],
-                             "cluster": {"k": 3, "dims": 16}}])
+                             "cluster": {"k": 3, "dims": 16}}],
+                 design={"runs": 2, "min_weight": 0.01, "replicates": None})  # 6 runs: prior, vertices, 2
     invoke_ok("cluster", cfg)
     invoke_ok("sample", cfg)
     invoke_ok("sweep", cfg, "--no-progress")
