@@ -40,6 +40,7 @@ bench: demo
 	$(PY) bench/fit_honesty.py
 	$(PY) bench/trainer.py
 	$(PY) bench/sample.py
+	$(PY) bench/domains.py
 	$(PY) bench/data_change.py --config mixtures/demo.yaml --workers 2
 	PYTHON=$(PY) bench/gpu_check.sh --out bench/results/gpu
 

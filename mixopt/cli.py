@@ -123,6 +123,27 @@ FORMAT = typer.Option(Format.text, "--format", help="text for people; json (stdo
 
 
 @app.command()
+def cluster(config: Path = CONFIG, refit: bool = typer.Option(False, help="Fit the clusters again on the pool as "
+                                                                          "it is now (the cluster domains change)."),
+            format: Format = FORMAT):
+    """Fit each cluster pool's model (embed a seeded sample, k-means) and show its clusters."""
+    from mixopt.config.load import load_experiment
+    from mixopt.data.pools import cluster_pools
+    from mixopt.data.sources import check_workspace_place
+
+    exp = load_experiment(config)
+    check_workspace_place(exp)
+    pools = cluster_pools(exp, refit=refit)
+    if format is Format.json:
+        typer.echo(json.dumps(pools))
+        return
+    from mixopt.report import format_clusters
+
+    typer.echo(format_clusters(pools))
+    typer.echo(f"models in {exp.workspace_dir / 'clusters'}; `mixopt sample CONFIG` assigns every document")
+
+
+@app.command()
 def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resample even if up to date."),
            workers: int = typer.Option(1, min=1, help="local: processes reading each domain's shards; ray: at "
                                                       "most this many tasks per domain (default: one per CPU of "
@@ -141,7 +162,7 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
 
     if ray_address is not None and backend is not SampleBackend.ray:
         raise MixoptError("--ray-address applies with --backend ray only", "add --backend ray, or drop it")
-    exp = _load(config)
+    exp = _load(config, build=True)
     executor = None
     if backend is SampleBackend.ray:
         from functools import partial
@@ -726,6 +747,10 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
         return
     typer.echo(f"workspace: {st['workspace']}")
     typer.echo(f"sample: {st['sample']}")
+    if st.get("pools"):
+        from mixopt.report import format_pools
+
+        typer.echo(format_pools(st["pools"]))
     r = st["runs"]
     d = st["design"]
     if st.get("resample"):  # the design follows the sample: not known until it is drawn again
@@ -845,14 +870,15 @@ def runs(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--fo
                "`mixopt export-model CONFIG KEY` takes a key's first characters")
 
 
-def _load(config: Path):
-    """The experiment, with every file its suite names checked: the same errors for every verb."""
+def _load(config: Path, build: bool = False):
+    """The experiment, with every file its suite names checked: the same errors for every verb. A config's
+    pools become domains; `build` (sample): a cluster model missing from the workspace is fitted."""
     from mixopt.config.load import load_experiment
+    from mixopt.data.pools import expand_pools
+    from mixopt.data.sources import check_workspace_place
     from mixopt.evals.suites import check_suite_files
 
-    from mixopt.data.sources import check_workspace_place
-
-    exp = load_experiment(config)
+    exp = expand_pools(load_experiment(config), build=build)
     check_workspace_place(exp)
     check_suite_files(exp)
     return exp

@@ -149,3 +149,32 @@ def format_check(report) -> str:
         lines.append("the database is damaged: restore mixopt.db from a backup (checkpoints and their .json "
                      "results beside them are adopted by `mixopt sweep` without retraining)")
     return "\n".join(lines)
+
+
+def format_clusters(pools: list[dict]) -> str:
+    """`mixopt cluster`: each cluster pool's clusters, with names (top terms) and an example."""
+    out = []
+    for p in pools:
+        out.append(f"pool {p['pool'] + 1}: {len(p['clusters'])} clusters ({p['criterion']})")
+        out.append(table(["domain", "name (top terms)", "sample docs", "example"],
+                         [[c["domain"], c["name"], c["sample_documents"], (c["examples"] or [""])[0][:60]]
+                          for c in p["clusters"]], align="llrl"))
+    return "\n".join(out)
+
+
+def format_pools(pools: list[dict]) -> str:
+    """`status`: the domains each pool made, with their documents (and a cluster's name)."""
+    out = []
+    for p in pools:
+        what = {"group_by": f"values of '{p['field']}'", "tiers": f"tiers of '{p['field']}' at edges "
+                 f"{', '.join(f'{e:.4g}' for e in p.get('edges', []))}",
+                "cluster": f"clusters ({p.get('criterion')})"}[p["kind"]]
+        out.append(f"pool {p['pool'] + 1}: {len(p['domains'])} domains from {what}")
+        for j, n in enumerate(p["domains"]):
+            docs = p["documents"].get(n)
+            line = f"  {n}: {docs:,} documents" if docs is not None else f"  {n}"
+            if p["kind"] == "cluster":
+                ex = (p["examples"][j] or [""])[0][:60]
+                line += f" [{p['names'][j]}] e.g. \"{ex}\""
+            out.append(line)
+    return "\n".join(out)

@@ -112,3 +112,29 @@ def test_ray_task_failure_is_one_line_and_nothing_is_written(ray_head, corpora, 
     r = _sample(path, "--backend", "ray", "--ray-address", f"127.0.0.1:{closed}", env=env)
     assert r.returncode == 2 and "cannot reach the Ray cluster at 127.0.0.1:" in r.stderr, r.stderr[-2000:]
     assert len(r.stderr.strip().splitlines()) <= 2 and not (tmp_path / "ws").exists()
+
+
+def test_ray_tasks_read_a_pool_into_the_same_domains(ray_head, corpora, tmp_path):
+    """A pool split by a field and one split by clusters: Ray tasks route each document as one process does."""
+    address, env, tmp = ray_head
+    code = pq.read_table(corpora / "code.parquet").column("text").to_pylist()
+    prose = [json.loads(line)["text"] for line in __import__("gzip").open(corpora / "prose.jsonl.gz", "rt")]
+    rows = [(t, "code") for t in code] + [(t, "prose") for t in prose]
+    (tmp_path / "pool").mkdir()
+    for s in range(3):
+        part = rows[s::3]
+        pq.write_table(pa.table({"text": [t for t, _ in part], "meta": [{"kind": k} for _, k in part]}),
+                       tmp_path / "pool" / f"p{s}.parquet", row_group_size=16)
+    out = {}
+    for name, flags in (("one", ["--workers", "1"]), ("ray", ["--backend", "ray", "--ray-address", address])):
+        cfg = small_config(corpora, tmp_path / f"ws-{name}", domains=[], pools=[
+            {"sources": [str(tmp_path / "pool")], "group_by": "meta.kind"},
+            {"sources": [str(tmp_path / "pool")], "cluster": {"k": 2, "dims": 8}}],
+            fit={"model": "loglinear", "cv_folds": 4})
+        r = _sample(write_config(tmp_path / f"{name}.yaml", cfg), *flags, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        out[name] = json.loads(r.stdout)
+    assert out["one"]["order"] == ["code", "prose", "cluster-c00", "cluster-c01"]
+    for n, d in out["one"]["domains"].items():
+        assert {k: d[k] for k in ("documents", "train_sha256", "val_sha256")} == \
+            {k: out["ray"]["domains"][n][k] for k in ("documents", "train_sha256", "val_sha256")}

@@ -28,6 +28,10 @@ def load_experiment(path: str | Path) -> Experiment:
         raise MixoptError(f"{path}: line {lines.get(('domains',), '?')}: {len(raw['domains']):,} domains; mixopt "
                           f"handles at most {MAX_DOMAINS:,}", "group sources into fewer domains (by source, "
                           "topic or cluster)")
+    for i, d in enumerate(raw.get("domains") or []):
+        if isinstance(d, dict) and "select" in d:
+            raise MixoptError(f"{path}: line {lines.get(('domains', i, 'select'), '?')}: 'select' is set by mixopt",
+                              "split a pool with `pools:` (group_by, tiers, cluster); see README")
     if "evals" in raw:
         raw["evals"] = _read_suite(raw["evals"], path, lines)
     try:
@@ -310,6 +314,50 @@ def _cross_references(exp: Experiment, path: Path, lines: dict) -> list[str]:
                     "is unset)", "set HOME, or give the path without '~'")
     if out:
         return out
+    if not exp.pools:  # with pools, checked once they are domains (check_domains)
+        out += _domain_problems(exp, lines)
+    if exp.evals is not None:
+        out += _check_suite(exp, path, lines)
+    lo_c, hi_c = exp.design.concentration
+    if not (0 < lo_c <= hi_c):
+        problem(("design", "concentration"), "design.concentration must be 0 < low <= high", "e.g. [0.1, 5.0]")
+    ws = exp.workspace_dir
+    if ws.exists() and not ws.is_dir():
+        problem(("workspace",), f"the workspace {ws} is a file, not a folder",
+                "point `workspace:` at a new or empty folder (or at a workspace mixopt wrote)")
+    tok = exp.sample.tokenizer.path
+    if tok:
+        problem_path = input_path_problem(exp.resolve(tok), "sample.tokenizer.path", ws)
+        if problem_path:
+            problem(("sample", "tokenizer", "path"), *problem_path)
+    for i, d in enumerate(exp.domains):
+        for j, s in enumerate(d.sources):
+            for local in _local_roots(s):
+                if is_inside(exp.resolve(local), ws):
+                    problem(("domains", i, "sources", j), f"domain '{d.name}': source {exp.resolve(local)} is "
+                            f"inside the workspace {ws}",
+                            "keep corpora outside the workspace (mixopt may replace its folders)")
+    for i, pool in enumerate(exp.pools):
+        for j, s in enumerate(pool.sources):
+            for local in _local_roots(s):
+                if is_inside(exp.resolve(local), ws):
+                    problem(("pools", i, "sources", j), f"pool {i + 1}: source {exp.resolve(local)} is inside the "
+                            f"workspace {ws}", "keep corpora outside the workspace (mixopt may replace its folders)")
+    return out
+
+
+def check_domains(exp: Experiment) -> None:
+    """The checks over domain names and bounds, for an experiment whose pools became domains."""
+    lines = read_yaml_lines(Path(exp.config_path))[1] if exp.config_path else {}
+    _problems(Path(exp.config_path or "config"), _domain_problems(exp, lines), raise_=True)
+
+
+def _domain_problems(exp: Experiment, lines: dict) -> list[str]:
+    out: list[str] = []
+
+    def problem(loc: tuple, text: str, fix: str) -> None:
+        out.append(f"{_line(lines, loc)}{text}; {fix}")
+
     names = exp.domain_names
     dupes = [i for i, n in enumerate(names) if n in names[:i]]
     if dupes:
@@ -348,27 +396,11 @@ def _cross_references(exp: Experiment, path: Path, lines: dict) -> list[str]:
         elif any(not math.isfinite(v) or v < 0 for v in obj.values()) or sum(obj.values()) <= 0:
             problem(("fit", "objective", "domains"), "fit.objective.domains weights must be finite, >= 0, not all 0",
                     "fix the weights")
-    if exp.evals is not None:
-        out += _check_suite(exp, path, lines)
-    lo_c, hi_c = exp.design.concentration
-    if not (0 < lo_c <= hi_c):
-        problem(("design", "concentration"), "design.concentration must be 0 < low <= high", "e.g. [0.1, 5.0]")
-    ws = exp.workspace_dir
-    if ws.exists() and not ws.is_dir():
-        problem(("workspace",), f"the workspace {ws} is a file, not a folder",
-                "point `workspace:` at a new or empty folder (or at a workspace mixopt wrote)")
-    tok = exp.sample.tokenizer.path
-    if tok:
-        problem_path = input_path_problem(exp.resolve(tok), "sample.tokenizer.path", ws)
-        if problem_path:
-            problem(("sample", "tokenizer", "path"), *problem_path)
-    for i, d in enumerate(exp.domains):
-        for j, s in enumerate(d.sources):
-            for local in _local_roots(s):
-                if is_inside(exp.resolve(local), ws):
-                    problem(("domains", i, "sources", j), f"domain '{d.name}': source {exp.resolve(local)} is "
-                            f"inside the workspace {ws}",
-                            "keep corpora outside the workspace (mixopt may replace its folders)")
+    if exp.pools:  # the suite's held-out domains, once pools are domains
+        for i, e in enumerate(exp.evals.evaluations if exp.evals else []):
+            if e.kind == "heldout" and e.domain not in names:
+                problem(("evals", "evaluations", i, "domain"), f"evaluation '{e.name}' names unknown domain "
+                        f"'{e.domain}'", f"use one of: {', '.join(names)}")
     return out
 
 
@@ -378,6 +410,9 @@ def _path_fields(exp: Experiment) -> list[tuple[tuple, str]]:
     for i, d in enumerate(exp.domains):
         for j, s in enumerate(d.sources):
             out += [(("domains", i, "sources", j), p) for p in _source_texts(s)]
+    for i, pool in enumerate(exp.pools):
+        for j, s in enumerate(pool.sources):
+            out += [(("pools", i, "sources", j), p) for p in _source_texts(s)]
     tok = exp.sample.tokenizer
     out += [(("sample", "tokenizer", k), v) for k, v in (("path", tok.path), ("name", tok.name)) if v]
     for i, e in enumerate(exp.evals.evaluations if exp.evals else []):
@@ -453,7 +488,7 @@ def _check_suite(exp: Experiment, path: Path, config_lines: dict) -> list[str]:
                 "give each evaluation its own name")
     ws = exp.workspace_dir
     for i, e in enumerate(suite.evaluations):
-        if e.kind == "heldout" and e.domain not in exp.domain_names:
+        if e.kind == "heldout" and not exp.pools and e.domain not in exp.domain_names:
             problem(("evaluations", i, "domain"), f"evaluation '{e.name}' names unknown domain '{e.domain}'",
                     f"use one of: {', '.join(exp.domain_names)}")
         for j, s in enumerate(e.sources or ()):

@@ -59,6 +59,9 @@ class Domain(_Strict):
     sources: list[Source] = Field(min_length=1)
     min: float = Field(0.0, ge=0.0, le=1.0)  # lower bound on this domain's weight
     max: float = Field(1.0, ge=0.0, le=1.0)  # upper bound on this domain's weight
+    # Set by data.pools for a domain made from a pool (its documents whose field value, tier or cluster
+    # is this one); part of the domain's sample key. Not written by users.
+    select: dict[str, Any] | None = Field(None, exclude=True)
 
     _name_is_a_word = field_validator("name")(classmethod(lambda cls, v: _word(v)))
 
@@ -73,6 +76,78 @@ class Domain(_Strict):
     def _bounds_ordered(self):
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class Tiers(_Strict):
+    """Cut a numeric field (a quality score) into tiers: at `edges` (ascending cut points; k edges make
+    k + 1 tiers) or at the pool's `quantiles` (K tiers of equal document counts, edges computed by one
+    pass over the field and recorded in the sample manifest). A tier is [edge_i, edge_i+1)."""
+
+    field: str  # a.b.c for a nested JSON object / Parquet struct field
+    edges: list[float] | None = Field(None, min_length=1)
+    quantiles: int | None = Field(None, ge=2, le=100)
+
+    @model_validator(mode="after")
+    def _one_cut(self):
+        if (self.edges is None) == (self.quantiles is None):
+            raise ValueError("give exactly one of `edges` and `quantiles`")
+        if self.edges is not None and any(b <= a for a, b in zip(self.edges, self.edges[1:])):
+            raise ValueError("`edges` must be strictly ascending")
+        return self
+
+
+class Cluster(_Strict):
+    """Cluster a pool's documents by content: embed a seeded sample (hashed words -> TF-IDF -> SVD, no
+    download), k-means, then assign every document to its nearest centroid."""
+
+    k: int | None = Field(None, ge=2, le=256)  # null: the k in k_range with the best silhouette
+    k_range: tuple[int, int] = (2, 12)  # searched when k is null (inclusive)
+    sample_documents: int = Field(2000, ge=20)  # documents embedded to fit the model (seeded)
+    dims: int = Field(32, ge=2, le=256)  # SVD components
+    features: int = Field(1 << 16, ge=1 << 10, le=1 << 20)  # hashed word features
+    # A local folder of a Hugging Face encoder (save_pretrained: sentence-transformers models are one):
+    # documents are its mean-pooled last hidden states instead (dims, features unused); never downloaded.
+    embedder: str | None = None
+
+    @model_validator(mode="after")
+    def _range_ordered(self):
+        if not 2 <= self.k_range[0] <= self.k_range[1]:
+            raise ValueError("`k_range` is [low, high] with 2 <= low <= high")
+        return self
+
+
+class Pool(_Strict):
+    """Domains from one pool of sources: one per value of a field (`group_by`), per tier of a score
+    (`tiers`), or per cluster (`cluster`). They are ordinary domains from `sample` on."""
+
+    name: str | None = None  # prefix of the domain names (NAME-VALUE); group_by: none by default
+    sources: list[Source] = Field(min_length=1)
+    group_by: str | None = None  # a field (a.b.c nests): one domain per value
+    values: list[str] | None = Field(None, min_length=1)  # group_by: these values only; null: every value found
+    rest: Literal["drop", "other"] = "drop"  # group_by with values: documents of other values dropped or one domain
+    tiers: Tiers | None = None
+    cluster: Cluster | None = None
+    min: float = Field(0.0, ge=0.0, le=1.0)  # bounds for each of its domains' weights
+    max: float = Field(1.0, ge=0.0, le=1.0)
+
+    _paths_as_sources = field_validator("sources", mode="before")(classmethod(
+        lambda cls, v: Domain._paths_as_sources(v)))
+
+    @field_validator("name")
+    @classmethod
+    def _name_word(cls, v):
+        return v if v is None else _word(v)
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        kinds = [k for k in ("group_by", "tiers", "cluster") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of `group_by`, `tiers` and `cluster`")
+        if self.group_by is None and ("values" in self.model_fields_set or "rest" in self.model_fields_set):
+            raise ValueError("`values` and `rest` apply to `group_by`")
+        if self.rest == "other" and self.values is None:
+            raise ValueError("`rest: other` needs `values` (without them every value is a domain)")
         return self
 
 
@@ -285,7 +360,8 @@ class Experiment(_Strict):
     name: str
     seed: int = Field(0, ge=0, lt=2**63, strict=True)  # numpy's seeds are non-negative
     workspace: str | None = None
-    domains: list[Domain] = Field(min_length=2)
+    domains: list[Domain] = []
+    pools: list[Pool] = []  # domains made from pools (data.pools), after `domains` in the canonical order
     sample: Sample = Sample()
     proxy: Proxy = Proxy()
     design: Design = Design()
@@ -302,6 +378,12 @@ class Experiment(_Strict):
     overrides: dict[str, str] = {}
 
     _name_is_a_word = field_validator("name")(classmethod(lambda cls, v: _word(v)))
+
+    @model_validator(mode="after")
+    def _two_domains(self):
+        if not self.pools and len(self.domains) < 2:
+            raise ValueError("a mixture needs at least 2 domains (give `domains`, or `pools` that make them)")
+        return self
 
     @property
     def domain_names(self) -> list[str]:
@@ -350,6 +432,7 @@ def experiment_json_schema() -> dict:
         for key in hidden:
             model.get("properties", {}).pop(key, None)
     source = {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/Source"}]}
+    defs["Domain"]["properties"].pop("select", None)  # set by mixopt for a pool's domains
     defs["Domain"]["properties"]["sources"] = {"anyOf": [source, {"type": "array", "items": source, "minItems": 1}]}
     defs["Evaluation"]["properties"]["sources"] = {"anyOf": [source, {"type": "array", "items": source},
                                                              {"type": "null"}], "default": None}

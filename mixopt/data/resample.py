@@ -27,7 +27,10 @@ def domain_source_key(exp: Experiment, domain, hashes: FileHashes, version: int)
                          # In the key only when set, so a domain's key stays what it was without them.
                          **({"max_document_bytes": exp.sample.max_document_bytes}
                             if exp.sample.max_document_bytes != Sample().max_document_bytes else {}),
-                         **({"scan": exp.sample.scan.model_dump()} if exp.sample.scan else {})})
+                         **({"scan": exp.sample.scan.model_dump()} if exp.sample.scan else {}),
+                         # A pool's domain: which of the pool's documents (value, tier, cluster) are its.
+                         **({"select": {k: v for k, v in domain.select.items() if k not in ("pool", "index")}}
+                            if domain.select else {})})
 
 
 def tokenizer_key(exp: Experiment) -> str:

@@ -30,6 +30,7 @@ from mixopt.core.workspace import (
     unmake_workspace,
     write_npy,
 )
+from mixopt.data.pools import draw_pool, pool_records
 from mixopt.data.resample import domain_source_key, plan_resample, tokenizer_key
 from mixopt.data.scan import Candidates, draw_candidates, make_executor
 from mixopt.data.tokenizer import (
@@ -93,7 +94,12 @@ def sample_corpus(exp: Experiment, force: bool = False, retokenize: bool = False
     workers = getattr(executor, "tasks", workers)  # a Ray cluster: its CPUs (at most --workers)
     try:
         for i, d in enumerate(exp.domains, 1):
-            if d.name in todo.draw:
+            if d.name in todo.draw and d.name not in candidates:
+                if d.select:  # a pool's domains: one pass over the pool for every one of them drawn
+                    candidates |= draw_pool(exp, d.select["pool"], todo.draw, budget_tokens * MAX_BYTES_PER_TOKEN,
+                                            executor, workers)
+                    say(f"sample: read pool {d.select['pool'] + 1} ({i}/{len(exp.domains)})")
+                    continue
                 candidates[d.name] = draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN, executor, workers)
                 say(f"sample: read domain '{d.name}' ({i}/{len(exp.domains)})")
     finally:
@@ -149,6 +155,8 @@ def sample_corpus(exp: Experiment, force: bool = False, retokenize: bool = False
             "tokenizer_sha256": file_sha256(tmp / "tokenizer.json"), "tokenizer_key": tokenizer_key(exp),
             "domains": domains,
         }
+        if exp.pools:  # what each pool's domains were made from: values, quantile edges, cluster names
+            manifest["pools"] = pool_records(exp)
         atomic_write_json(tmp / "manifest.json", manifest)
         old = ws.root / f".sample.old-{key[:12]}"
         if ws.sample_dir.exists():

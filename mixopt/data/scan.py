@@ -242,6 +242,15 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
         pool, skipped, read = scan_units(units, key, threshold, cap)
     else:
         pool, skipped, read = _scan_parallel(executor, workers, units, key, threshold, cap)
+    c = finish_candidates(pool, skipped, byte_budget, domain)
+    if len(units) < len(every):
+        c.scan = estimate(read, every, c)
+        c.complete = False
+    return c
+
+
+def finish_candidates(pool: Pool, skipped: list[str], byte_budget: int, domain) -> Candidates:
+    """A domain's read pool as its candidates: the final trim, then counts without the duplicates."""
     pool.threshold = byte_budget + pool.largest  # the final prefix: room for one more of the domain's documents
     pool.trim()
     if pool.read == 0:
@@ -253,14 +262,10 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
     kept = [pool.docs[k] for k in keys]
     dups = sum(c - 1 for _, c in kept)
     dup_bytes = sum((c - 1) * len(b) for b, c in kept)
-    c = Candidates(
+    return Candidates(
         docs=[b.decode("utf-8", "replace") for b, _ in kept], sizes=[len(b) for b, _ in kept],
         documents=pool.read - dups, duplicates=dups, bytes=pool.read_bytes - dup_bytes,
         complete=sum(c for _, c in kept) == pool.read, truncated=pool.truncated, skipped=sorted(skipped))
-    if len(units) < len(every):
-        c.scan = estimate(read, every, c)
-        c.complete = False
-    return c
 
 
 def subsample(units: list, scan, key: bytes) -> list:

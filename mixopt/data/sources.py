@@ -136,6 +136,7 @@ def check_workspace_place(exp: Experiment) -> None:
 
     ws = Path(os.path.realpath(exp.workspace_dir))
     places = [(s, exp.base_dir, f"domain '{d.name}'") for d in exp.domains for s in d.sources]
+    places += [(s, exp.base_dir, f"pool {i + 1}") for i, p in enumerate(exp.pools) for s in p.sources]
     if exp.evals is not None:
         places += [(s, exp.evals.base_dir, f"evaluation '{e.name}'") for e in exp.evals.evaluations
                    for s in e.sources or []]

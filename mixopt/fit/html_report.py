@@ -211,6 +211,31 @@ def _ago(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
 
 
+def _pools_section(exp) -> list[str]:
+    """The domains made from pools (field values, tiers, clusters with their names and examples)."""
+    from mixopt.core.workspace import Workspace
+
+    ws = Workspace(exp.workspace_dir)
+    manifest = ws.read_manifest() if ws.manifest_path.is_file() else {}
+    if not manifest.get("pools"):
+        return []
+    out = ["<h2 id='pools'>Domains from pools</h2>"]
+    for p in manifest["pools"]:
+        what = {"group_by": f"values of '{p['field']}'", "tiers": f"tiers of '{p['field']}' at edges "
+                 f"{', '.join(f'{e:.4g}' for e in p.get('edges', []))}",
+                "cluster": f"clusters ({p.get('criterion')})"}[p["kind"]]
+        rows = []
+        for j, n in enumerate(p["domains"]):
+            docs = manifest["domains"].get(n, {}).get("documents")
+            row = [n, f"{docs:,}" if docs is not None else "-"]
+            if p["kind"] == "cluster":
+                row += [p["names"][j], " | ".join(x[:80] for x in p["examples"][j])]
+            rows.append(row)
+        head = ["domain", "documents"] + (["name (top terms)", "examples"] if p["kind"] == "cluster" else [])
+        out += [f"<p>Pool {p['pool'] + 1}: {html.escape(what)}</p>", _table(head, rows)]
+    return out
+
+
 def _page(exp, plan, swarm, settings, rec, model, origins, suites, verify, warnings) -> str:
     import matplotlib
 
@@ -270,6 +295,7 @@ def _page(exp, plan, swarm, settings, rec, model, origins, suites, verify, warni
         f"<p>Binding constraints: {e('; '.join(binding)) if binding else 'none'}. {e(cap_note)} "
         f"KL weight toward the prior: {settings.kl_weight:g}.</p>",
         f"<img alt='prior and recommended weights' src='{_weights_figure(rec)}'>",
+        *_pools_section(exp),
         "<h2 id='cv'>Cross-validation of every model</h2>",
         _table([f"model ({rec.cv.folds}-fold CV)", "Spearman", "R²"], cv_rows),
         "<h2 id='fit'>Predicted vs measured</h2>",

@@ -24,6 +24,10 @@ def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = ()) -> dic
            "current_suite": None}
     if not ws.manifest_path.is_file():
         return out
+    manifest = ws.read_manifest()
+    if manifest.get("pools"):  # each pool's domains with their documents (cluster names and examples)
+        out["pools"] = [{**p, "documents": {n: manifest["domains"].get(n, {}).get("documents") for n in p["domains"]}}
+                        for p in manifest["pools"]]
     try:
         plan = sweep_plan(exp, extra)
     except StaleSample as e:  # any other problem (a damaged store, a bad config) is an error, not a state
