@@ -322,7 +322,7 @@ def draw_pool(exp: Experiment, i: int, draw: list[str], byte_budget: int, execut
     else:
         pools, skipped = _routed_parallel(executor, workers, remote, units, router, keys, threshold, cap)
     by_name = {d.name: d for d in exp.domains}
-    return {n: finish_candidates(p, skipped, byte_budget, by_name[n]) for n, p in zip(router.names, pools)
+    return {n: finish_candidates(p, skipped, byte_budget, by_name[n], exp.base_dir) for n, p in zip(router.names, pools)
             if p is not None}
 
 

@@ -21,6 +21,7 @@ import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -242,19 +243,19 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
         pool, skipped, read = scan_units(units, key, threshold, cap)
     else:
         pool, skipped, read = _scan_parallel(executor, workers, units, key, threshold, cap)
-    c = finish_candidates(pool, skipped, byte_budget, domain)
+    c = finish_candidates(pool, skipped, byte_budget, domain, exp.base_dir)
     if len(units) < len(every):
         c.scan = estimate(read, every, c)
         c.complete = False
     return c
 
 
-def finish_candidates(pool: Pool, skipped: list[str], byte_budget: int, domain) -> Candidates:
+def finish_candidates(pool: Pool, skipped: list[str], byte_budget: int, domain, base_dir: str | Path = ".") -> Candidates:
     """A domain's read pool as its candidates: the final trim, then counts without the duplicates."""
     pool.threshold = byte_budget + pool.largest  # the final prefix: room for one more of the domain's documents
     pool.trim()
     if pool.read == 0:
-        note = "".join(extension_note(s, exp.base_dir) for s in domain.sources)
+        note = "".join(extension_note(s, base_dir) for s in domain.sources)
         raise MixoptError(f"domain '{domain.name}' has no documents in "
                           f"{', '.join(describe(s) for s in domain.sources)}{note}",
                           "check the path, format, extensions and text_field of its sources")

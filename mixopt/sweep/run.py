@@ -11,7 +11,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from mixopt.backends import make_backend
 from mixopt.config.runtime import Runtime
@@ -30,7 +29,7 @@ from mixopt.sweep.choose import (
     choose_compile,
     record_choice,
 )
-from mixopt.sweep.plan import CHANGE_RECORD, Plan, load_plan, sweep_plan
+from mixopt.sweep.plan import CHANGE_RECORD, Plan, sweep_plan
 from mixopt.sweep.reeval import evaluate_stored, record_scores
 from mixopt.sweep.store import Store, new_owner
 from mixopt.sweep.work import (

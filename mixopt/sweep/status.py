@@ -10,7 +10,7 @@ from mixopt.core.mixtures import Mixture, name_list
 from mixopt.core.workspace import Workspace
 from mixopt.proxy.model import proxy_spec
 from mixopt.sweep.change import is_base
-from mixopt.sweep.plan import Plan, StaleSample, load_plan, plan_context, superseded_runs, sweep_plan, weights_on
+from mixopt.sweep.plan import Plan, StaleSample, plan_context, superseded_runs, sweep_plan, weights_on
 from mixopt.sweep.reeval import missing_measures
 from mixopt.sweep.store import Store
 
