@@ -11,7 +11,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
 from mixopt.backends import make_backend
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
