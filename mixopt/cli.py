@@ -652,6 +652,15 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
                f"{d['suspect']} suspect, {d['pending']} pending")
     typer.echo(f"runs in store (all designs): {r['done']} done, {r['failed']} failed, {r['suspect']} suspect, "
                f"{r['planned']} planned; proxies trained: {st['trainings']}")
+    sizes = st.get("sizes") or []
+    if len(sizes) > 1 or exp.design.fidelities:
+        for z in sizes:
+            asked = f" of {z['asked']} asked" if z["asked"] is not None else ""
+            typer.echo(f"  size {z['size']} ({z['params']:,} params): {z['done']} done{asked}, {z['failed']} failed, "
+                       f"{z['planned']} pending; {z['flops']:.3g} FLOPs, {z['device_seconds']:.1f} device-seconds")
+    if "compute" in st:
+        typer.echo(f"compute spent (all runs in store): {st['compute']['flops']:.3g} FLOPs (6 x params x tokens), "
+                   f"{st['compute']['device_seconds']:.1f} device-seconds")
     failed = st.get("failed_runs") or []
     for f in failed[:10]:
         again = "the next sweep retries it" if f["retried_by_next_sweep"] else \

@@ -16,27 +16,32 @@ from mixopt.sweep.store import Store
 # Columns every export has besides one weight column per domain and one column per measurement
 # ('<evaluation>/<metric>'); `fit --runs` knows them, so it never takes them for weights.
 BOOKKEEPING = ("key", "origin", "status", "replicate", "objective", "train_loss", "tokens", "train_seconds", "trainings",
-               "finished", "error")
+               "finished", "error", "size", "params", "flops", "device_seconds")
 FORMATS = ("csv", "parquet", "json")
 
 
 def export_rows(exp: Experiment) -> tuple[list[str], list[dict]]:
     """(columns, rows): every run of this config's context (the design's, proposed and verification
-    runs alike), any status. `objective` is under the current suite; measurements by evaluations no
+    runs alike), any status, then its runs at other proxy sizes (design.fidelities, `verify --size`),
+    each row with its `size`. `objective` is under the current suite; measurements by evaluations no
     longer in the suite are kept as '<name>@<key prefix>/<metric>'."""
+    from mixopt.sweep.fidelity import params_of, size_plans
+
     plan = load_plan(exp)
     if not plan.workspace.db_path.is_file():
         raise MixoptError(f"no runs yet in {plan.workspace.root}", "run `mixopt sweep CONFIG` first")
     with Store(plan.workspace.db_path) as store:
-        runs = store.runs(plan.context)
+        sizes = size_plans(exp)
+        runs = [(label, params_of(p), r) for label, p in sizes for r in store.runs(p.context)]
         measured = store.measurements()
         names = _evaluation_names(store, plan.suite)
     domains = exp.domain_names
     terms = plan.suite.objective_terms()
     metric_cols: list[str] = []
     rows = []
-    for r in runs:
-        row = {"key": r.key, "origin": r.origin, "status": r.status, "replicate": r.replicate,
+    for size, params, r in runs:
+        row = {"key": r.key, "origin": r.origin, "status": r.status, "replicate": r.replicate, "size": size,
+               "params": r.params or params, "flops": r.flops, "device_seconds": r.device_seconds,
                **dict(zip(domains, r.weights))}
         have = measured.get(r.key, {})
         current = _metrics_of(plan.suite, have) if r.status == "done" else None
@@ -93,8 +98,8 @@ def export_table(columns: list[str], rows: list[dict], fmt: str) -> bytes:
 def _dtype(col: str, rows: list[dict]):
     import polars as pl
 
-    if col in ("key", "origin", "status", "error"):
+    if col in ("key", "origin", "status", "error", "size"):
         return pl.String
-    if col in ("tokens", "trainings", "replicate"):
+    if col in ("tokens", "trainings", "replicate", "params"):
         return pl.Int64
     return pl.Float64

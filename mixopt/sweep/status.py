@@ -42,6 +42,9 @@ def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = ()) -> dic
             out["replicates"] = replicate_groups(valid)
             lacking = missing_measures(plan, store)
             out["cost"] = change_cost(plan, store, state, lacking)
+            from mixopt.sweep.fidelity import size_table
+
+            out["sizes"] = size_table(exp, store)
     else:
         state = {}
     out["current_suite"] = {"key": plan.suite.key, "objective": plan.suite.describe_objective(),
