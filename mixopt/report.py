@@ -83,9 +83,36 @@ def format_recommendation(rec) -> str:
                      f"pulled in by L1 {rec.pulled_in:.3f} ("
                      + ", ".join(f"{rec.domains[i]} {rec.unconstrained[i]:.3f} -> {rec.weights[i]:.3f}" for i in moved)
                      + f"; predicted {rec.predicted_unconstrained:.4f} there, unsupported by runs)")
+    if getattr(rec, "fidelity", None):
+        lines += fidelity_lines(rec)
     if rec.warnings:
         lines[1:1] = [""] + [f"WARNING: {w}" for w in rec.warnings]
     return "\n".join(lines)
+
+
+def fidelity_lines(rec) -> list[str]:
+    """A fit across proxy sizes: the sizes, the law CV picked, cross-scale ranks and how far the
+    larger proxies moved the answer."""
+    f = rec.fidelity
+    sizes = "; ".join(f"{z['size']} ({human(z['params'])} params): {z['mixtures']} mixtures"
+                      + (f", noise sd {z['noise_sd']:.4f}" if z["noise_sd"] is not None else "") for z in f["sizes"])
+    out = ["", f"across sizes: {sizes}",
+           f"law: {f['law']} (cross-validated against the other form); recommended for {human(f['target_size'])} params"
+           + (f" x {human(f['target_tokens'])} tokens" if f["target_tokens"] else "")]
+    if f["new_proxy_interval"]:
+        lo, hi = f["new_proxy_interval"]
+        out.append(f"one new proxy at the target: {lo:.4f} .. {hi:.4f} (noise of the largest size's replicates)")
+    for c in f["cross_scale"]:
+        rho = "n/a (fewer than 3 mixtures)" if c["spearman_predicted"] is None else f"{c['spearman_predicted']:.3f}"
+        meas = "" if c["spearman_measured"] is None else f"; measured vs measured on {c['shared']} shared: " \
+                                                         f"{c['spearman_measured']:.3f}"
+        out.append(f"cross-scale rank correlation, {f['single_fidelity']['size']} fit's predictions vs "
+                   f"{c['size']} measured ({c['mixtures']} mixtures): {rho}{meas}")
+    single = ", ".join(f"{d} {v:.3f}" for d, v in f["single_fidelity"]["weights"].items())
+    out.append(f"the larger proxies moved the answer by L1 {f['moved_l1']:.3f} from the {f['single_fidelity']['size']} "
+               f"swarm's own recommendation ({single}); the joint law predicts that one "
+               f"{f['predicted_difference']:+.4f} worse at the target")
+    return out
 
 
 def format_sweep(report) -> str:

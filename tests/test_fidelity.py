@@ -93,6 +93,33 @@ def test_status_and_export_group_runs_by_size(multi):
     assert all(float(r["flops"]) > 0 for r in rows)
 
 
+def test_fit_with_fidelities_is_one_law_across_sizes(multi):
+    """End to end: tiny x 10 and a custom 'small' x 4 fit one law; the recommendation is for the
+    largest fidelity's parameters (optimum.target_size unset), with the cross-scale rank
+    correlation and how far the larger proxies moved the answer."""
+    out = json.loads(mixopt("fit", multi, "--format", "json").stdout)
+    f = out["fidelity"]
+    exp = load_experiment(multi)
+    from mixopt.sweep.fidelity import fidelities
+
+    small = param_count(load_plan(fidelities(exp)[1].exp, design=False).spec)
+    assert f["target_size"] == small and out["objective"].endswith(f"at params={small:g}")
+    assert [z["size"] for z in f["sizes"]] == ["tiny", "small"] and [z["runs"] for z in f["sizes"]] == [10, 4]
+    assert f["law"] in ("additive", "pooled") and out["law"] == f["law"]
+    assert set(out["candidates"]) >= {"scaling", "scaling: pooled"}
+    cs = f["cross_scale"][0]
+    assert cs["size"] == "small" and cs["mixtures"] == 4 and cs["shared"] == 4
+    assert cs["spearman_predicted"] is not None and -1 <= cs["spearman_predicted"] <= 1
+    single = np.array(list(f["single_fidelity"]["weights"].values()))
+    assert f["moved_l1"] == pytest.approx(np.abs(single - np.array(list(out["weights"].values()))).sum())
+    assert np.isfinite(f["predicted_difference"])
+    doc = __import__("yaml").safe_load(exp.optimal_path.read_text())
+    assert doc["across_sizes"]["target_size"] == small and set(doc["across_sizes"]["sizes"]) == {"tiny", "small"}
+    text = mixopt("fit", multi).stdout
+    assert "across sizes: tiny (" in text and "cross-scale rank correlation, tiny fit's predictions vs small" in text
+    assert "the larger proxies moved the answer by L1" in text
+
+
 def test_model_config_errors_are_one_line(corpora, tmp_path):
     bad = {"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 5, "intermediate_size": 256}
     cases = [({**SMALL, "hidden_size": "96"}, "'hidden_size' is '96', not a positive integer"),
@@ -127,3 +154,58 @@ def test_built_in_sizes_reach_150m():
                                                               "intermediate": 3072})
     assert own.size == "config:own" and own.lr == SIZES["150m"][5]  # the nearest built-in size's lr
     assert "intermediate" not in proxy_spec(Proxy(size="tiny"), 512).to_dict()  # built-in keys unchanged
+
+
+def _law_tables(law, sizes, n_mix=30, noise=0.002, seed=0):
+    """Per-size tables (size_swarms' shape) of mixtures measured under `law(W, N)`."""
+    from mixopt.core.mixtures import Bounds
+    from mixopt.fit.swarm import Swarm
+
+    rng = np.random.default_rng(seed)
+    W = rng.dirichlet(np.ones(3), n_mix)
+    out = []
+    for k, N in enumerate(sizes):
+        rows = W if k == 0 else W[:max(4, n_mix // (3 * k))]  # fewer mixtures at the larger sizes, nested
+        y = law(rows, N) + rng.normal(0, noise, len(rows))
+        s = Swarm(["d0", "d1", "d2"], rows, {"loss": y}, {"loss": 1.0}, [f"m{i}@{N:g}" for i in range(len(rows))],
+                  np.ones(3) / 3, Bounds(np.zeros(3), np.ones(3), ("none",) * 3), "loss")
+        out.append({"size": f"{N:g}", "params": N, "tokens": 1e6, "swarm": s, "runs": len(rows),
+                    "mixtures": len(rows), "noise_sd": None})
+    return out
+
+
+def _moving(W, N):
+    """The best mixture moves with size: d1 is best for small models, d0 for large ones."""
+    e, a = np.array([2.0, 2.4, 2.8]), np.array([1.2, -0.6, 0.0])
+    return W @ e + np.exp(W @ a - 0.6 * np.log(N / 1e5))
+
+
+def _fixed(W, N):
+    """A mixture effect the same at every size, plus a size offset."""
+    return W @ np.array([2.5, 2.2, 2.9]) + np.exp(0.5 - 0.5 * np.log(N / 1e5))
+
+
+def test_joint_law_finds_the_known_optimum_at_the_target_size():
+    """Fit layer, no training: three sizes from a law whose best mixture moves with size; the joint
+    fit recommends the target size's optimum (pure d0), not the small swarm's (d1)."""
+    from mixopt.fit.fidelity import cross_scale, joint_swarm
+    from mixopt.fit.regress import fit_model
+    from mixopt.fit.scaling import fit_scaled
+    from mixopt.fit.swarm import FitSettings
+
+    sizes = _law_tables(_moving, [1e5, 4e5, 1.6e6])
+    settings = FitSettings("loglinear", 4, 0, 0.0, 5, trust_region="none")
+    rec, model = fit_scaled(joint_swarm(sizes), settings, "params", 1e8)
+    grid = np.random.default_rng(1).dirichlet(np.ones(3) * 0.3, 50_000)
+    assert rec.law == "additive" and rec.candidates["scaling"].r2 > rec.candidates["scaling: pooled"].r2
+    assert _moving(rec.weights[None, :], 1e8)[0] < _moving(grid, 1e8).min() + 0.01 and rec.weights[0] > 0.8
+    assert rec.predicted_ci is not None and rec.predicted_ci[0] <= rec.predicted <= rec.predicted_ci[1]
+    small = sizes[0]["swarm"]
+    single = fit_model("quadratic", small.X, small.metrics, small.terms)
+    cs = cross_scale(sizes, single)
+    assert [c["size"] for c in cs] == ["400000", "1.6e+06"] and all(c["shared"] == c["mixtures"] for c in cs)
+    assert cs[0]["spearman_measured"] > cs[1]["spearman_measured"]  # the order drifts as the size grows
+    # the pooled law, where the mixture effect does not move: CV prefers it (fewer parameters), same optimum
+    sizes = _law_tables(_fixed, [1e5, 4e5, 1.6e6], seed=3)
+    rec, _ = fit_scaled(joint_swarm(sizes), settings, "params", 1e8)
+    assert rec.law == "pooled" and rec.weights[1] > 0.9

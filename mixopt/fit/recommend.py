@@ -100,6 +100,8 @@ class Recommendation:
     decision: Decision | None = None  # the intervals for the mean and for one new proxy, and the verdict
     best_run_proxies: int = 1  # proxies (seeds) behind best_run: a single one is a noise-selected minimum
     bootstrap_ci: tuple[float, float] | None = None  # the bootstrap's own interval at the recommendation
+    law: str | None = None  # a fit across sizes (scaling.py): the law's form CV picked, additive or pooled
+    fidelity: dict | None = None  # a fit across proxy sizes (fit/fidelity.py): sizes, cross-scale ranks, moves
 
     @property
     def noise(self) -> NoiseModel | None:
@@ -159,6 +161,8 @@ class Recommendation:
                 "predicted_unconstrained": self.predicted_unconstrained,
                 "pulled_in_l1": self.pulled_in,
             },
+            **({"law": self.law} if self.law else {}),
+            **({"fidelity": self.fidelity} if self.fidelity else {}),
         }
 
 
@@ -447,6 +451,13 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
     rec, model = fit_swarm(swarm, settings, fit_key, against)
     if plan.change is not None and plan.change.virtual is not None:
         reused, rec = rec, expand_recommendation(rec, space, full)
+    fitted = collapse_replicates(swarm, swarm.replicate).swarm  # the table as fitted: replicates averaged
+    if (exp.design.fidelities or exp.optimum.target_size) and reused is None:
+        from mixopt.fit.fidelity import fit_across_sizes
+
+        joint = fit_across_sizes(exp, plan, swarm, settings, rec, model, fit_key, runtime, reeval)
+        if joint is not None:
+            rec, model, fitted = joint
     with Store(plan.workspace.db_path) as store:
         rec = replace(rec, suspect=tuple(r.key for r in plan.runs(store, "suspect")),
                       failed=tuple((r.key, ((r.error or "").strip().splitlines() or ["?"])[-1][:300])
@@ -457,8 +468,8 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
         runtime.say(f"note: the workspace {plan.workspace.root} is read-only: {out.relative_to(plan.workspace.root)}/ "
                     "(fit.json, runs.parquet, plots) is not written")
     else:
-        # the table as fitted: replicates averaged (reuse: the fit as done, reduced)
-        save_fit(out, collapse_replicates(swarm, swarm.replicate).swarm, settings, reused or rec, model, plots=plots)
+        # the table as fitted (reuse: the fit as done, reduced; across sizes: every size's runs)
+        save_fit(out, fitted, settings, reused or rec, model, plots=plots)
     write_optimal(exp.optimal_path, rec, exp.name, None if readonly else out)
     return rec
 
@@ -547,6 +558,17 @@ def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | No
                                        for d, (a, b) in zip(rec.domains, rec.weights_ci)},
                            # the seed-mean (what many seeds would average); one new proxy: new_proxy_objective
                            "predicted_objective": _Pair([round(x, 6) for x in rec.predicted_ci])}
+    if rec.fidelity:
+        f = rec.fidelity
+        doc["across_sizes"] = {
+            "target_size": f["target_size"], "law": f["law"],
+            "sizes": {z["size"]: _Flow({"params": z["params"], "runs": z["runs"], "noise_sd": z["noise_sd"]})
+                      for z in f["sizes"]},
+            "cross_scale_spearman": {c["size"]: c["spearman_predicted"] for c in f["cross_scale"]},
+            "single_fidelity_weights": _Flow({d: round(v, 6) for d, v in f["single_fidelity"]["weights"].items()}),
+            "moved_l1": round(f["moved_l1"], 6), "predicted_difference": round(f["predicted_difference"], 6)}
+        if f["new_proxy_interval"]:
+            doc["new_proxy_objective"] = _Pair([round(x, 6) for x in f["new_proxy_interval"]])
     d = rec.decision
     if d is not None:
         doc["new_proxy_objective"] = _Pair([round(x, 6) for x in d.proxy])
