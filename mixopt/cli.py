@@ -439,6 +439,10 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
         typer.echo(f"rank correlation across scales (measured {c.size} vs {c.at_size}): {c.spearman_scales:.3f}; "
                    f"fit's prediction vs {c.at_size}: {c.spearman_predicted:.3f}")
         typer.echo(f"the recommendation ranks {c.recommended_rank} of {len(c.mixtures)} at {c.at_size}")
+        joint = exp.design.fidelities or exp.optimum.target_size
+        typer.echo(f"these {c.at_size} runs are data for the fit across sizes: `mixopt fit {config}` uses them"
+                   if joint else f"to fit one law across sizes with these {c.at_size} runs, set optimum.target_size "
+                   "(the real run's parameters) and run `mixopt fit CONFIG`")
         return
     others = _against(against, exp.domain_names)
     v = verify_recommendation(exp, _runtime(workers, progress, device, say=lambda m: typer.echo(m, err=True)), seeds,

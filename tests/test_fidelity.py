@@ -209,3 +209,22 @@ def test_joint_law_finds_the_known_optimum_at_the_target_size():
     sizes = _law_tables(_fixed, [1e5, 4e5, 1.6e6], seed=3)
     rec, _ = fit_scaled(joint_swarm(sizes), settings, "params", 1e8)
     assert rec.law == "pooled" and rec.weights[1] > 0.9
+
+
+def test_verify_size_runs_are_data_for_the_joint_fit(make_config):
+    """A one-size config with optimum.target_size: `fit` says only one size has runs; `verify --size 1m`
+    trains at 1m; the next `fit` fits one law over tiny and 1m with those runs in it."""
+    cfg = make_config(design__runs=6, optimum={"target_size": 5e6})
+    mixopt("sample", cfg)
+    mixopt("sweep", cfg, "--workers", "2", "--no-progress")
+    first = mixopt("fit", cfg, "--format", "json")
+    assert "fidelity" not in json.loads(first.stdout) and "only proxies of tiny have finished runs" in first.stderr
+    said = mixopt("verify", cfg, "--size", "1m", "--top", "2", "--no-progress").stdout
+    assert "these 1m runs are data for the fit across sizes" in said
+    out = json.loads(mixopt("fit", cfg, "--format", "json").stdout)
+    f = out["fidelity"]
+    assert [z["size"] for z in f["sizes"]] == ["tiny", "1m"] and f["sizes"][1]["runs"] == 4
+    assert f["target_size"] == 5e6 and out["objective"].endswith("at params=5e+06")
+    assert f["cross_scale"][0]["shared"] >= 3  # the prior and the best runs were measured at both sizes
+    st = json.loads(mixopt("status", cfg, "--format", "json").stdout)
+    assert [z["size"] for z in st["sizes"]] == ["tiny", "1m"] and st["sizes"][1]["done"] == 4
