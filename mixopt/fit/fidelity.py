@@ -80,6 +80,10 @@ def cross_scale(sizes: list[dict], single_model: MixtureModel) -> list[dict]:
     return out
 
 
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
 def _rho(a: np.ndarray, b: np.ndarray) -> float | None:
     if len(a) < 3:
         return None
@@ -116,10 +120,12 @@ def fit_across_sizes(exp: Experiment, plan: Plan, swarm: Swarm, settings: FitSet
         proxy_ci = [rec.predicted - spread, rec.predicted + spread]
     info = {
         "target_size": target, "target_tokens": at_tokens, "law": rec.law,
+        "law_cv": {k: {"spearman": _finite(v.spearman), "r2": _finite(v.r2)} for k, v in rec.candidates.items()},
         "sizes": [{k: v for k, v in z.items() if k != "swarm"} for z in sizes],
         "cross_scale": cross_scale(sizes, single_model),
         "single_fidelity": {"size": sizes[0]["size"], "weights": dict(zip(single.domains, map(float, single.weights))),
-                            "predicted_at_its_size": single.predicted, "model": single.model},
+                            "predicted_at_its_size": single.predicted, "model": single.model,
+                            "reliable": single.reliable},
         "moved_l1": moved,
         # the joint law's objective at the swarm's own recommendation less at the joint one (>= 0: what
         # following the cheap proxies alone would cost at the target size, as the law sees it)
@@ -127,5 +133,15 @@ def fit_across_sizes(exp: Experiment, plan: Plan, swarm: Swarm, settings: FitSet
         "new_proxy_interval": proxy_ci,
         "noise_at_target": "the largest size's replicates" if proxy_ci else None,
     }
+    if not rec.reliable and single.reliable:
+        # A law that predicts held-out runs worse than their mean must not replace a fit that does:
+        # the swarm's own recommendation stands, at its size, and the law's numbers are reported.
+        info["used"] = f"the {sizes[0]['size']} swarm's own fit"
+        why = (f"the law across sizes does not cross-validate (CV R^2 {rec.cv.r2:.3g} for the {rec.law} form): the "
+               f"recommendation is the {sizes[0]['size']} swarm's own fit, for its size, not for "
+               f"{target:g} parameters; add runs at the larger sizes")
+        info["law_recommendation"] = dict(zip(rec.domains, map(float, rec.weights)))
+        return replace(single, fidelity=info, warnings=(*single.warnings, why)), single_model, None
+    info["used"] = "the law across sizes"
     key = content_hash({"single": fit_key, "runs": sorted(joint.keys), "target": [target, at_tokens]})
     return replace(rec, fit_key=key, fidelity=info), model, joint

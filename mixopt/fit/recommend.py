@@ -457,7 +457,7 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
 
         joint = fit_across_sizes(exp, plan, swarm, settings, rec, model, fit_key, runtime, reeval)
         if joint is not None:
-            rec, model, fitted = joint
+            rec, model, fitted = joint[0], joint[1], fitted if joint[2] is None else joint[2]
     with Store(plan.workspace.db_path) as store:
         rec = replace(rec, suspect=tuple(r.key for r in plan.runs(store, "suspect")),
                       failed=tuple((r.key, ((r.error or "").strip().splitlines() or ["?"])[-1][:300])
@@ -561,7 +561,7 @@ def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | No
     if rec.fidelity:
         f = rec.fidelity
         doc["across_sizes"] = {
-            "target_size": f["target_size"], "law": f["law"],
+            "target_size": f["target_size"], "law": f["law"], "used": f["used"],
             "sizes": {z["size"]: _Flow({"params": z["params"], "runs": z["runs"], "noise_sd": z["noise_sd"]})
                       for z in f["sizes"]},
             "cross_scale_spearman": {c["size"]: c["spearman_predicted"] for c in f["cross_scale"]},
