@@ -534,6 +534,10 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
         typer.echo(f"rank correlation across scales (measured {c.size} vs {c.at_size}): {c.spearman_scales:.3f}; "
                    f"fit's prediction vs {c.at_size}: {c.spearman_predicted:.3f}")
         typer.echo(f"the recommendation ranks {c.recommended_rank} of {len(c.mixtures)} at {c.at_size}")
+        joint = exp.design.fidelities or exp.optimum.target_size
+        typer.echo(f"these {c.at_size} runs are data for the fit across sizes: `mixopt fit {config}` uses them"
+                   if joint else f"to fit one law across sizes with these {c.at_size} runs, set optimum.target_size "
+                   "(the real run's parameters) and run `mixopt fit CONFIG`")
         return
     others = _against(against, exp.domain_names)
     v = verify_recommendation(exp, _runtime(workers, progress, device, say=lambda m: typer.echo(m, err=True)), seeds,
@@ -760,6 +764,15 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
                    f"{d['suspect']} suspect, {d['pending']} pending")
     typer.echo(f"runs in store (all designs): {r['done']} done, {r['failed']} failed, {r['suspect']} suspect, "
                f"{r['planned']} planned; proxies trained: {st['trainings']}")
+    sizes = st.get("sizes") or []
+    if len(sizes) > 1 or exp.design.fidelities:
+        for z in sizes:
+            asked = f" of {z['asked']} asked" if z["asked"] is not None else ""
+            typer.echo(f"  size {z['size']} ({z['params']:,} params): {z['done']} done{asked}, {z['failed']} failed, "
+                       f"{z['planned']} pending; {z['flops']:.3g} FLOPs, {z['device_seconds']:.1f} device-seconds")
+    if "compute" in st:
+        typer.echo(f"compute spent (all runs in store): {st['compute']['flops']:.3g} FLOPs (6 x params x tokens), "
+                   f"{st['compute']['device_seconds']:.1f} device-seconds")
     failed = st.get("failed_runs") or []
     for f in failed[:10]:
         again = "the next sweep retries it" if f["retried_by_next_sweep"] else \

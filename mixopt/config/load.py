@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mixopt.config.schema import EvalSuite, Experiment
-from mixopt.config.validate import check_weights, input_path_problem, is_inside
+from mixopt.config.validate import check_weights, input_path_problem, is_inside, read_model_config
 from mixopt.errors import MixoptError
 
 
@@ -318,6 +318,20 @@ def _cross_references(exp: Experiment, path: Path, lines: dict) -> list[str]:
         out += _domain_problems(exp, lines)
     if exp.evals is not None:
         out += _check_suite(exp, path, lines)
+    configs = [(("proxy", "model_config"), exp.proxy.hf_config)]
+    configs += [(("design", "fidelities", i, "model_config"), f.hf_config)
+                for i, f in enumerate(exp.design.fidelities or ()) if i > 0]
+    for loc, value in configs:
+        if value is not None:
+            try:
+                read_model_config(exp.resolve(value), '.'.join(map(str, loc)))
+            except MixoptError as e:
+                problem(loc, e.problem, e.fix)
+    labels = exp.fidelity_labels
+    twice = [i for i, n in enumerate(labels) if n in labels[:i]]
+    if twice:
+        problem(("design", "fidelities", twice[0]), f"design.fidelities lists '{labels[twice[0]]}' twice",
+                "give each proxy size one entry (its `runs` says how many)")
     lo_c, hi_c = exp.design.concentration
     if not (0 < lo_c <= hi_c):
         problem(("design", "concentration"), "design.concentration must be 0 < low <= high", "e.g. [0.1, 5.0]")

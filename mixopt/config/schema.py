@@ -181,8 +181,14 @@ class Sample(_Strict):
     tokenizer: Tokenizer = Tokenizer()
 
 
+PROXY_SIZES = ("tiny", "1m", "5m", "15m", "30m", "60m", "150m")  # proxy.model.SIZES' names
+
+
 class Proxy(_Strict):
-    size: Literal["tiny", "1m", "5m", "15m", "30m"] = "1m"
+    size: Literal["tiny", "1m", "5m", "15m", "30m", "60m", "150m"] = "1m"
+    # Your own architecture instead of `size`: an HF LlamaConfig-style JSON (hidden_size,
+    # num_hidden_layers, num_attention_heads, intermediate_size; the vocabulary is the tokenizer's).
+    hf_config: str | None = Field(None, alias="model_config")
     tokens: int = Field(20_000_000, gt=0, le=10**13)  # training tokens per proxy (<= 10T: a proxy, not a run)
     # Expert overrides; None means "what `size` picks".
     seq_len: int | None = Field(None, gt=1)
@@ -190,6 +196,12 @@ class Proxy(_Strict):
     lr: float | None = Field(None, gt=0)
     warmup: float = Field(0.05, ge=0, lt=1)  # fraction of steps
     weight_decay: float = Field(0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _size_or_config(self):
+        if self.hf_config is not None and "size" in self.model_fields_set:
+            raise ValueError("give `size` or `model_config`, not both")
+        return self
 
 
 class Replicates(_Strict):
@@ -201,6 +213,26 @@ class Replicates(_Strict):
     # the extra proxies within `budget` of the design's (at least the prior's).
     mixtures: int | None = Field(None, ge=1)
     budget: float = Field(0.15, gt=0, le=1)
+
+
+class Fidelity(_Strict):
+    """One proxy size of a multi-fidelity design: `runs` proxies of `size` (or of `model_config`)."""
+
+    size: Literal["tiny", "1m", "5m", "15m", "30m", "60m", "150m"] | None = None
+    hf_config: str | None = Field(None, alias="model_config")  # an HF LlamaConfig-style JSON, as proxy.model_config
+    runs: int = Field(ge=1)  # the first fidelity: random mixtures (design.runs); the others: proxies in all
+    tokens: int | None = Field(None, gt=0, le=10**13)  # training tokens per proxy; default proxy.tokens
+
+    @model_validator(mode="after")
+    def _one_model(self):
+        if (self.size is None) == (self.hf_config is None):
+            raise ValueError("give exactly one of `size` and `model_config`")
+        return self
+
+    @property
+    def label(self) -> str:
+        """How status, export and fit name this fidelity: the size, or the model config's file name."""
+        return self.size or Path(self.hf_config).stem
 
 
 class Design(_Strict):
@@ -221,6 +253,11 @@ class Design(_Strict):
     after_change: Literal["reuse", "extend"] = "reuse"
     after_change_runs: int = Field(4, ge=1)  # at most this many random runs per changed domain (+ 1); fewer on small designs
     replicates: Replicates | None = Replicates()  # seed replicates; null: none (the noise is not measured)
+    # Several proxy sizes in one experiment, cheapest first: the first is the swarm (its size and runs
+    # are proxy.size and design.runs); each later one trains `runs` of the mixtures measured at the
+    # size before it (the prior, then alternately the best measured and the farthest from those
+    # chosen). `fit` then fits one law across the sizes. See "Multi-fidelity" in README.md.
+    fidelities: list[Fidelity] | None = Field(None, min_length=2)
 
 
 class Objective(_Strict):
@@ -335,6 +372,9 @@ class Fit(_Strict):
 
 
 class Optimum(_Strict):
+    # The real run's parameters: `fit` recommends for this size with a law across proxy sizes (with
+    # design.fidelities, or runs at several sizes); default: the largest fidelity's.
+    target_size: float | None = Field(None, gt=0)
     target_tokens: float | None = Field(None, gt=0)  # the real run's tokens; enables the repetition limit
     max_epochs: float = Field(4.0, gt=0)  # weight x target_tokens <= max_epochs x available tokens
     kl_weight: float = Field(0.05, ge=0)  # objective + kl_weight x KL(w || prior)
@@ -384,6 +424,35 @@ class Experiment(_Strict):
         if not self.pools and len(self.domains) < 2:
             raise ValueError("a mixture needs at least 2 domains (give `domains`, or `pools` that make them)")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_fidelity_is_the_swarm(cls, raw):
+        """design.fidelities[0] is the swarm: its size (or model_config), runs and tokens become
+        proxy.* and design.runs, so its runs keep the keys a one-size config gives them. Setting both
+        to different values is an error."""
+        design = raw.get("design") if isinstance(raw, dict) else None
+        fids = design.get("fidelities") if isinstance(design, dict) else None
+        if not (isinstance(fids, list) and fids and isinstance(fids[0], dict)):
+            return raw
+        first, proxy = fids[0], raw.get("proxy") or {}
+        if not isinstance(proxy, dict):
+            return raw
+        proxy, design = dict(proxy), dict(design)
+        pairs = [("proxy", proxy, k, first.get(k)) for k in ("size", "model_config", "tokens")]
+        pairs.append(("design", design, "runs", first.get("runs")))
+        for section, target, k, v in pairs:
+            if v is None:
+                continue
+            if k in target and target[k] != v:
+                raise ValueError(f"design.fidelities[0].{k} is {v!r} but {section}.{k} is {target[k]!r}: the first "
+                                 f"fidelity is the swarm; drop {section}.{k} (or make them equal)")
+            target[k] = v
+        return {**raw, "proxy": proxy, "design": design}
+
+    @property
+    def fidelity_labels(self) -> list[str]:
+        return [f.label for f in self.design.fidelities or ()]
 
     @property
     def domain_names(self) -> list[str]:

@@ -104,3 +104,56 @@ def check_seq_len(seq_len: int, train_tokens: dict[str, int | None]) -> None:
         raise MixoptError(f"proxy.seq_len {seq_len} is longer than the train slice of domain '{name}' ({tokens} tokens"
                           f"{f'; {len(short)} domains are too short' if len(short) > 1 else ''})",
                           f"set proxy.seq_len <= {tokens - 1} or raise sample.train_tokens and resample")
+
+
+MODEL_CONFIG_BYTES = 1 << 20  # an HF config.json is a few KB
+
+
+def read_model_config(path: Path, what: str = "proxy.model_config") -> dict[str, int]:
+    """A user's model as an HF LlamaConfig-style JSON: hidden, layers, heads and the MLP width, each a
+    positive integer, heads dividing the width into an even head size (rotary embeddings); the
+    vocabulary is the tokenizer's. One MixoptError naming the file and the key for anything else."""
+    import json
+
+    bad = input_path_problem(path, what)
+    if bad:
+        raise MixoptError(*bad)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MODEL_CONFIG_BYTES + 1)
+        if len(raw) > MODEL_CONFIG_BYTES:
+            raise MixoptError(f"{what} {path}: larger than {MODEL_CONFIG_BYTES >> 20} MB; an HF config.json "
+                              "is a few KB", "give the model's config.json, not its weights")
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MixoptError(f"{what} {path}: not valid JSON ({str(e)[:80]})",
+                          "give an HF config.json (LlamaConfig's keys)") from None
+    if not isinstance(data, dict):
+        raise MixoptError(f"{what} {path}: expected a JSON object", "give an HF config.json")
+    keys = {"hidden_size": "hidden", "num_hidden_layers": "layers", "num_attention_heads": "heads",
+            "intermediate_size": "intermediate"}
+    out = {}
+    for k, name in keys.items():
+        v = data.get(k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            shown_v = "missing" if k not in data else f"{shown(v)}, not a positive integer"
+            raise MixoptError(f"{what} {path}: '{k}' is {shown_v}", f"set '{k}' to a positive integer")
+        out[name] = v
+    if out["hidden"] > 65536 or out["layers"] > 1024 or out["intermediate"] > 1 << 18:
+        raise MixoptError(f"{what} {path}: hidden_size {out['hidden']}, {out['layers']} layers, "
+                          f"intermediate_size {out['intermediate']}: far past a proxy's size",
+                          "give a proxy-sized model (hidden_size <= 65536, layers <= 1024)")
+    if out["hidden"] % out["heads"] or (out["hidden"] // out["heads"]) % 2:
+        raise MixoptError(f"{what} {path}: hidden_size {out['hidden']} is not num_attention_heads "
+                          f"{out['heads']} x an even head size", "make hidden_size / num_attention_heads an even "
+                          "integer (e.g. 64)")
+    kv = data.get("num_key_value_heads")
+    if kv is not None and kv != out["heads"]:
+        raise MixoptError(f"{what} {path}: num_key_value_heads {shown(kv)} differs from "
+                          f"num_attention_heads {out['heads']} (grouped-query attention is not implemented for "
+                          "proxies)", "drop num_key_value_heads or set it to num_attention_heads")
+    act = data.get("hidden_act", "silu")
+    if act != "silu":
+        raise MixoptError(f"{what} {path}: hidden_act {shown(act)}; proxies use SwiGLU (silu)",
+                          "drop hidden_act or set it to silu")
+    return out

@@ -189,10 +189,9 @@ def pass_bytes(device) -> int:
 def rows_per_pass(spec: ProxySpec, n: int, budget: int) -> int:
     """Sequences per forward pass, shared by the N proxies: what the activations of one sequence
     (hidden states and the MLP's, q/k/v, the attention map, float32) let `budget` hold."""
-    from mixopt.proxy.model import mlp_width
 
     t = spec.seq_len
-    per_seq = 4 * t * (8 * spec.hidden + 3 * mlp_width(spec.hidden) + spec.heads * t)  # bytes, one proxy
+    per_seq = 4 * t * (8 * spec.hidden + 3 * spec.mlp + spec.heads * t)  # bytes, one proxy
     return int(max(1, budget // (n * per_seq)))
 
 

@@ -103,6 +103,8 @@ class Recommendation:
     # mixture reuse: the unchanged domains, whose proportions among themselves the fit held fixed (their
     # weights_ci rows are the virtual domain's interval split at those proportions, not their own)
     held_fixed: tuple[str, ...] = ()
+    law: str | None = None  # a fit across sizes (scaling.py): the law's form CV picked, additive or pooled
+    fidelity: dict | None = None  # a fit across proxy sizes (fit/fidelity.py): sizes, cross-scale ranks, moves
 
     @property
     def noise(self) -> NoiseModel | None:
@@ -183,6 +185,8 @@ class Recommendation:
                 "predicted_unconstrained": self.predicted_unconstrained,
                 "pulled_in_l1": self.pulled_in,
             },
+            **({"law": self.law} if self.law else {}),
+            **({"fidelity": self.fidelity} if self.fidelity else {}),
         }
 
 
@@ -486,6 +490,13 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
     rec, model = fit_swarm(swarm, settings, fit_key, against)
     if plan.change is not None and plan.change.virtual is not None:
         reused, rec = rec, expand_recommendation(rec, space, full)
+    fitted = collapse_replicates(swarm, swarm.replicate).swarm  # the table as fitted: replicates averaged
+    if (exp.design.fidelities or exp.optimum.target_size) and reused is None:
+        from mixopt.fit.fidelity import fit_across_sizes
+
+        joint = fit_across_sizes(exp, plan, swarm, settings, rec, model, fit_key, runtime, reeval)
+        if joint is not None:
+            rec, model, fitted = joint[0], joint[1], fitted if joint[2] is None else joint[2]
     with Store(plan.workspace.db_path) as store:
         rec = replace(rec, suspect=tuple(r.key for r in plan.runs(store, "suspect")),
                       failed=tuple((r.key, ((r.error or "").strip().splitlines() or ["?"])[-1][:300])
@@ -496,8 +507,8 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
         runtime.say(f"note: the workspace {plan.workspace.root} is read-only: {out.relative_to(plan.workspace.root)}/ "
                     "(fit.json, runs.parquet, plots) is not written")
     else:
-        # the table as fitted: replicates averaged (reuse: the fit as done, reduced)
-        save_fit(out, collapse_replicates(swarm, swarm.replicate).swarm, settings, reused or rec, model, plots=plots)
+        # the table as fitted (replicates averaged; reuse: the fit as done, reduced; across sizes: every size's runs)
+        save_fit(out, fitted, settings, reused or rec, model, plots=plots)
     write_optimal(exp.optimal_path, rec, exp.name, None if readonly else out, exp.overrides)
     return rec
 
@@ -615,6 +626,17 @@ def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | No
                               if held else {}),
                            # the seed-mean (what many seeds would average); one new proxy: new_proxy_objective
                            "predicted_objective": _Pair([round(x, 6) for x in rec.predicted_ci])}
+    if rec.fidelity:
+        f = rec.fidelity
+        doc["across_sizes"] = {
+            "target_size": f["target_size"], "law": f["law"], "used": f["used"],
+            "sizes": {z["size"]: _Flow({"params": z["params"], "runs": z["runs"], "noise_sd": z["noise_sd"]})
+                      for z in f["sizes"]},
+            "cross_scale_spearman": {c["size"]: c["spearman_predicted"] for c in f["cross_scale"]},
+            "single_fidelity_weights": _Flow({d: round(v, 6) for d, v in f["single_fidelity"]["weights"].items()}),
+            "moved_l1": round(f["moved_l1"], 6), "predicted_difference": round(f["predicted_difference"], 6)}
+        if f["new_proxy_interval"]:
+            doc["new_proxy_objective"] = _Pair([round(x, 6) for x in f["new_proxy_interval"]])
     d = rec.decision
     if d is not None:
         doc["new_proxy_objective"] = _Pair([round(x, 6) for x in d.proxy])

@@ -46,16 +46,37 @@ def _law(theta: np.ndarray, X: np.ndarray, n: np.ndarray, t: np.ndarray | None) 
     return out
 
 
+FORMS = ("additive", "pooled")  # the law's forms `fit` cross-validates (see _expand)
+
+
+def _expand(theta: np.ndarray, d: int, form: str, tokens: bool) -> np.ndarray:
+    """A form's parameters in the additive layout [e, a, (b), ln alpha, (ln beta)]. additive: each
+    finite-size term depends on the mixture (Shukor et al.), so the best mixture moves with size.
+    pooled: one mixture effect for every size plus a size offset (a = c x 1: rows sum to 1, so
+    w . a = c): the runs of all sizes pooled, the best mixture the same at every size. Fewer
+    parameters: it wins where the larger runs are too few to say how the mixture effect moves."""
+    if form == "additive":
+        return theta
+    k = 2 if tokens else 1
+    consts, rates = theta[d:d + k], theta[d + k:]
+    return np.r_[theta[:d], *[np.full(d, c) for c in consts], rates]
+
+
 def fit_law(X: np.ndarray, y: np.ndarray, n: np.ndarray, t: np.ndarray | None,
-            start: np.ndarray | None = None) -> np.ndarray:
-    """theta = [e, a, (b), ln alpha, (ln beta)] by least squares, from a flat start or `start`."""
-    d = X.shape[1]
+            start: np.ndarray | None = None, form: str = "additive") -> np.ndarray:
+    """theta = [e, a, (b), ln alpha, (ln beta)] (additive; pooled: its own, see _expand) by least
+    squares, from a flat start or `start`; returned in the additive layout."""
+    d, k = X.shape[1], 2 if t is not None else 1
     if start is None:
         e0 = np.linalg.lstsq(X, y, rcond=None)[0] - 0.5 * float(y.std())
-        a0 = np.full(d, np.log(max(float(y.std()), 1e-6)))
-        start = np.r_[e0, a0, a0, np.log(0.3), np.log(0.3)] if t is not None else np.r_[e0, a0, np.log(0.3)]
-    res = least_squares(lambda th: _law(th, X, n, t) - y, start, method="trf", max_nfev=60 * (len(start) + 1))
-    return res.x
+        c0 = np.log(max(float(y.std()), 1e-6))
+        a0 = np.full(d, c0) if form == "additive" else np.array([c0])
+        start = np.r_[e0, *[a0] * k, [np.log(0.3)] * k]
+    elif form != "additive":  # an additive-layout start: each mixture vector's mean as the constant
+        start = np.r_[start[:d], *[start[d + j * d:d + (j + 1) * d].mean() for j in range(k)], start[-k:]]
+    res = least_squares(lambda th: _law(_expand(th, d, form, t is not None), X, n, t) - y, start, method="trf",
+                        max_nfev=60 * (len(start) + 1))
+    return _expand(res.x, d, form, t is not None)
 
 
 def _at(theta: np.ndarray, d: int, n_star: float, t_star: float | None) -> np.ndarray:
@@ -91,8 +112,10 @@ def size_warnings(X: np.ndarray, y: np.ndarray, N: np.ndarray, held: np.ndarray,
 
 
 def fit_scaled(swarm: Swarm, settings: FitSettings, scale: str, at_scale: float, tokens: str | None = None,
-               at_tokens: float | None = None):
-    """(Recommendation, model at the target size) for a table with a size column (and a tokens column)."""
+               at_tokens: float | None = None, forms: tuple[str, ...] = FORMS):
+    """(Recommendation, model at the target size) for a table with a size column (and a tokens column):
+    each of `forms` cross-validated, the one with the best CV R^2 kept (candidates: "scaling" is the
+    additive form, "scaling: pooled" the pooled one; rec.law names the pick)."""
     from mixopt.fit.recommend import PULLED_IN, Recommendation, fit_warnings, widened
 
     if tokens is not None and at_tokens is None:
@@ -113,21 +136,28 @@ def fit_scaled(swarm: Swarm, settings: FitSettings, scale: str, at_scale: float,
         t, t_star = np.log(D / D.min()), float(np.log(at_tokens / D.min()))
     y = swarm.y
 
-    def fit_all(idx, start=None):
+    form = forms[0]
+
+    def fit_all(idx, start=None, how=None):
         return {m: fit_law(X[idx], v[idx], n[idx], None if t is None else t[idx],
-                           None if start is None else start[m]) for m, v in swarm.metrics.items() if m in swarm.terms}
+                           None if start is None else start[m], how or form)
+                for m, v in swarm.metrics.items() if m in swarm.terms}
 
     def predict(thetas, idx):
         return sum(a * _law(thetas[m], X[idx], n[idx], None if t is None else t[idx]) for m, a in swarm.terms.items())
 
     everything = np.arange(n_runs)
-    full = fit_all(everything)
     tests = fold_indices(n_runs, settings.cv_folds, settings.seed)
-    oof = np.empty(n_runs)
-    for test in tests:
-        oof[test] = predict(fit_all(np.setdiff1d(everything, test), full), test)
-    cv = _scored(oof, y, tests)
-    candidates = {"scaling": cv}
+    candidates, fits = {}, {}
+    for how in forms:
+        fits[how] = fit_all(everything, how=how)
+        oof = np.empty(n_runs)
+        for test in tests:
+            oof[test] = predict(fit_all(np.setdiff1d(everything, test), fits[how], how), test)
+        candidates["scaling" if how == "additive" else f"scaling: {how}"] = _scored(oof, y, tests)
+    score = {how: candidates["scaling" if how == "additive" else f"scaling: {how}"] for how in forms}
+    form = max(forms, key=lambda h: (np.nan_to_num(score[h].r2, nan=-np.inf), -forms.index(h)))
+    full, cv = fits[form], score[form]
     big = N == N.max()
     small_fit = fit_all(np.flatnonzero(~big))
     held = predict(small_fit, np.flatnonzero(big))
@@ -174,5 +204,5 @@ def fit_scaled(swarm: Swarm, settings: FitSettings, scale: str, at_scale: float,
         bootstrap=settings.bootstrap if weights_ci is not None else 0, ci=settings.ci, warnings=tuple(warns),
         reliable=bool(cv.r2 > 0), trust_region=settings.trust_region,
         trust_bounds=np.column_stack([trust.lower, trust.upper]), unconstrained=free,
-        predicted_unconstrained=None if free is None else float(model.predict(free)[0]))
+        predicted_unconstrained=None if free is None else float(model.predict(free)[0]), law=form)
     return rec, model

@@ -196,9 +196,12 @@ def verify_at_size(exp: Experiment, size: str, top: int = 3, runtime: Runtime = 
     from mixopt.proxy.model import SIZES
     from mixopt.sweep.plan import load_plan
 
-    if size not in SIZES:
-        raise MixoptError(f"--size {size}: not a proxy size", f"sizes: {', '.join(SIZES)}")
-    if size == exp.proxy.size:
+    from mixopt.sweep.fidelity import at_size, fidelities
+
+    own = {f.label: f.exp for f in fidelities(exp)[1:]}  # a fidelity's size, a model config's name too
+    if size not in SIZES and size not in own:
+        raise MixoptError(f"--size {size}: not a proxy size", f"sizes: {', '.join([*SIZES, *own])}")
+    if size == fidelities(exp)[0].label:
         raise MixoptError(f"--size {size} is the swarm's own proxy size", "pick a larger one, or leave out --size")
     if top < 0:
         raise MixoptError(f"--top {top}: must be 0 or more", "e.g. --top 3")
@@ -218,7 +221,7 @@ def verify_at_size(exp: Experiment, size: str, top: int = 3, runtime: Runtime = 
             break
         if min(np.abs(x - swarm.X[i]).sum() for _, x in named) > 1e-6:
             named.append((f"run {swarm.keys[i][:12]}", swarm.X[i]))
-    big = exp.model_copy(update={"proxy": exp.proxy.model_copy(update={"size": size})})
+    big = own.get(size) or at_size(exp, size)
     extra = [Mixture(f"verify:{size}:{n}", tuple(map(float, x))) for n, x in named]
     report = run_sweep(big, runtime, extra=extra, design=False)
     if report.failed:

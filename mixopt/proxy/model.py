@@ -6,7 +6,9 @@ output embedding)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from mixopt.config.schema import Proxy
 
@@ -26,13 +28,23 @@ class ProxySpec:
     weight_decay: float
     tokens: int
     vocab_size: int
+    intermediate: int | None = None  # the MLP's width when a model config gives it; None: mlp_width(hidden)
 
     @property
     def steps(self) -> int:
         return max(1, self.tokens // (self.seq_len * self.batch_size))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """What the run key hashes: a built-in size's spec as before model configs existed (no
+        `intermediate`), so its runs keep their keys."""
+        d = asdict(self)
+        if d["intermediate"] is None:
+            del d["intermediate"]
+        return d
+
+    @property
+    def mlp(self) -> int:
+        return self.intermediate or mlp_width(self.hidden)
 
 
 # size -> (hidden, layers, heads, seq_len, batch, lr). Non-embedding params ~ 12 x layers x hidden^2.
@@ -42,14 +54,27 @@ SIZES = {
     "5m": (256, 6, 4, 256, 32, 1.5e-3),
     "15m": (384, 8, 6, 512, 32, 1e-3),
     "30m": (512, 10, 8, 512, 64, 8e-4),  # ~30M, Olmix's proxy scale
+    "60m": (640, 12, 10, 1024, 64, 6e-4),  # ~59M non-embedding: GPU proxies
+    "150m": (1024, 12, 16, 1024, 64, 4e-4),  # ~151M non-embedding, GPT-2 small's shape
 }
 
 
-def proxy_spec(cfg: Proxy, vocab_size: int) -> ProxySpec:
-    hidden, layers, heads, seq_len, batch, lr = SIZES[cfg.size]
-    return ProxySpec(size=cfg.size, hidden=hidden, layers=layers, heads=heads,
+def proxy_spec(cfg: Proxy, vocab_size: int, model_config: dict | None = None) -> ProxySpec:
+    """The spec of `cfg.size`, or of a user's model config (config.validate.read_model_config's
+    dict for cfg.hf_config): its shape, with the sequence length, batch and learning rate of the
+    built-in size nearest in non-embedding parameters (each overridable by proxy.seq_len, ...)."""
+    if model_config is None:
+        size, (hidden, layers, heads, seq_len, batch, lr), mlp = cfg.size, SIZES[cfg.size], None
+    else:
+        hidden, layers, heads, mlp = (model_config[k] for k in ("hidden", "layers", "heads", "intermediate"))
+        own = layers * (4 * hidden * hidden + 3 * hidden * mlp)
+        near = min(SIZES.values(), key=lambda v: abs(math.log(own / (v[1] * (4 * v[0] ** 2 + 3 * v[0] * mlp_width(v[0]))))))
+        seq_len, batch, lr = near[3:]
+        size = f"config:{Path(cfg.hf_config).stem}"
+    return ProxySpec(size=size, hidden=hidden, layers=layers, heads=heads,
                      seq_len=cfg.seq_len or seq_len, batch_size=cfg.batch_size or batch, lr=cfg.lr or lr,
-                     warmup=cfg.warmup, weight_decay=cfg.weight_decay, tokens=cfg.tokens, vocab_size=vocab_size)
+                     warmup=cfg.warmup, weight_decay=cfg.weight_decay, tokens=cfg.tokens, vocab_size=vocab_size,
+                     intermediate=mlp)
 
 
 def build_model(spec: ProxySpec):
@@ -59,7 +84,7 @@ def build_model(spec: ProxySpec):
     config = LlamaConfig(
         vocab_size=spec.vocab_size, hidden_size=spec.hidden, num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
-        intermediate_size=mlp_width(spec.hidden), max_position_embeddings=spec.seq_len,
+        intermediate_size=spec.mlp, max_position_embeddings=spec.seq_len,
         tie_word_embeddings=True,  # the output layer dominates tiny models; tying halves it
         attention_dropout=0.0,  # any dropout forces the slow attention path
         rope_theta=ROPE_THETA, use_cache=False,
@@ -70,7 +95,7 @@ def build_model(spec: ProxySpec):
 
 def param_count(spec: ProxySpec) -> int:
     """build_model(spec)'s parameters (the output layer tied to the embedding), without building it."""
-    h, f = spec.hidden, mlp_width(spec.hidden)
+    h, f = spec.hidden, spec.mlp
     return spec.vocab_size * h + spec.layers * (4 * h * h + 3 * h * f + 2 * h) + h
 
 

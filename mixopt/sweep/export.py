@@ -15,50 +15,44 @@ from mixopt.sweep.store import Store
 
 # Columns every export has besides one weight column per domain and one column per measurement
 # ('<evaluation>/<metric>'); `fit --runs` knows them, so it never takes them for weights.
-BOOKKEEPING = ("key", "origin", "status", "replicate", "objective", "size", "train_loss", "tokens", "train_seconds", "trainings",
-               "finished", "error")
+BOOKKEEPING = ("key", "origin", "status", "replicate", "objective", "size", "train_loss", "tokens", "train_seconds",
+               "trainings", "finished", "error", "params", "flops", "device_seconds")
 FORMATS = ("csv", "parquet", "json")
 
 
 def sized_plans(exp: Experiment) -> list:
-    """The config's plan, then one per other proxy size with runs in the store (`verify --size`)."""
-    from mixopt.proxy.model import SIZES
+    """(size label, plan): the config's plan (with its design), then every other proxy size with runs
+    in the store (design.fidelities, `verify --size`)."""
+    from mixopt.sweep.fidelity import size_plans
 
     plan = load_plan(exp)
     if not plan.workspace.db_path.is_file():
         raise MixoptError(f"no runs yet in {plan.workspace.root}", "run `mixopt sweep CONFIG` first")
-    plans = [(exp.proxy.size, plan)]
+    sizes = size_plans(exp)
     with Store(plan.workspace.db_path, readonly=True) as store:
         contexts = {r.context for r in store.runs()}
-        for size in SIZES:
-            if size == exp.proxy.size:
-                continue
-            try:
-                other = load_plan(exp.model_copy(update={"proxy": exp.proxy.model_copy(update={"size": size})}),
-                                  design=False)
-            except MixoptError:  # a size this sample cannot train (seq_len): it has no runs either
-                continue
-            if other.context in contexts:
-                plans.append((size, other))
-    return plans
+    return [(sizes[0][0], plan)] + [(label, p) for label, p in sizes[1:] if p.context in contexts]
 
 
 def export_rows(exp: Experiment) -> tuple[list[str], list[dict]]:
     """(columns, rows): every run of this config's context (the design's, proposed and verification
     runs alike, `verify --size` runs with their size), any status. `objective` is under the current
     suite; measurements by evaluations no longer in the suite are kept as '<name>@<key prefix>/<metric>'."""
+    from mixopt.sweep.fidelity import params_of
+
     plans = sized_plans(exp)
     plan = plans[0][1]
     with Store(plan.workspace.db_path) as store:
-        runs = [(size, r) for size, p in plans for r in store.runs(p.context)]
+        runs = [(size, params_of(p), r) for size, p in plans for r in store.runs(p.context)]
         measured = store.measurements()
         names = _evaluation_names(store, plan.suite)
     domains = exp.domain_names
     terms = plan.suite.objective_terms()
     metric_cols: list[str] = []
     rows = []
-    for size, r in runs:
-        row = {"key": r.key, "origin": r.origin, "status": r.status, "size": size, "replicate": r.replicate,
+    for size, params, r in runs:
+        row = {"key": r.key, "origin": r.origin, "status": r.status, "replicate": r.replicate, "size": size,
+               "params": r.params or params, "flops": r.flops, "device_seconds": r.device_seconds,
                **dict(zip(domains, r.weights))}
         have = measured.get(r.key, {})
         current = _metrics_of(plan.suite, have) if r.status == "done" else None
@@ -134,6 +128,6 @@ def _dtype(col: str, rows: list[dict]):
 
     if col in ("key", "origin", "status", "size", "error"):
         return pl.String
-    if col in ("tokens", "trainings", "replicate"):
+    if col in ("tokens", "trainings", "replicate", "params"):
         return pl.Int64
     return pl.Float64

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from mixopt.config.schema import Experiment
-from mixopt.config.validate import check_seq_len
+from mixopt.config.validate import check_seq_len, read_model_config
 from mixopt.core.keys import content_hash
 from mixopt.core.keys import run_key as _run_key
 from mixopt.core.mixtures import Bounds, Mixture, domain_bounds
@@ -145,7 +145,8 @@ def load_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool =
     names = exp.domain_names
     available = [manifest["domains"][n]["tokens"] for n in names]
     prior = np.array([manifest["domains"][n]["prior"] for n in names])
-    spec = proxy_spec(exp.proxy, manifest["vocab_size"])
+    spec = proxy_spec(exp.proxy, manifest["vocab_size"], read_model_config(exp.resolve(exp.proxy.hf_config))
+                      if exp.proxy.hf_config else None)
     check_seq_len(spec.seq_len, {n: manifest["domains"][n].get("train_tokens") for n in names})
     bounds = domain_bounds(exp, available)
     tokenizer = manifest["tokenizer_sha256"]

@@ -172,8 +172,28 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
             report.failed += [(k, f"evaluation (no retraining): {e}") for k, e in late.failed]
         record_scores(plan, store)
         store.finish_sweep(sweep_id, report.trained, ev.evaluations)
+    if design and exp.design.fidelities:
+        _sweep_larger(exp, runtime, report, retry_failed)
     report.seconds = time.time() - t0
     return report
+
+
+def _sweep_larger(exp: Experiment, runtime: Runtime, report: SweepReport, retry_failed: bool) -> None:
+    """design.fidelities after the first: each trains mixtures the size below measured (sweep.fidelity)."""
+    from mixopt.sweep.fidelity import fidelities, larger_mixtures
+
+    fids = fidelities(exp)
+    for i in range(1, len(fids)):
+        mixtures = larger_mixtures(exp, fids, i)
+        runtime.say(f"fidelity {fids[i].label}: {len(mixtures)} mixtures measured at {fids[i - 1].label} "
+                    f"(asked: {fids[i].runs})")
+        if not mixtures:
+            continue
+        sub = run_sweep(fids[i].exp, runtime, extra=mixtures, design=False, retry_failed=retry_failed)
+        for f in ("planned", "already_done", "adopted", "trained", "reevaluated", "elsewhere"):
+            setattr(report, f, getattr(report, f) + getattr(sub, f))
+        report.failed += sub.failed
+        report.held_back += sub.held_back
 
 
 LEASE_SECONDS = 120.0  # a driver renews its leases every third of this; a dead one's lapse after it

@@ -52,7 +52,11 @@ def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = ()) -> dic
             out["failed_runs"] = failed_runs(valid)
             out["replicates"] = replicate_groups(valid)
             lacking = missing_measures(plan, store)
-            out["cost"] = change_cost(plan, store, state, lacking)
+            from mixopt.sweep.fidelity import size_plans, size_table
+
+            others = {p.context for _, p in size_plans(exp)[1:]}  # runs at other proxy sizes: not superseded
+            out["cost"] = change_cost(plan, store, state, lacking, others)
+            out["sizes"] = size_table(exp, store)
     else:
         state = {}
     out["current_suite"] = {"key": plan.suite.key, "objective": plan.suite.describe_objective(),
@@ -106,10 +110,13 @@ def replicate_groups(runs) -> list[dict]:
     return [{**g, "replicates": sorted(g["replicates"])} for g in groups.values() if g["seeds"] > 1]
 
 
-def change_cost(plan: Plan, store: Store, state: dict[str, str], lacking: dict) -> dict:
+def change_cost(plan: Plan, store: Store, state: dict[str, str], lacking: dict,
+                other_sizes: set[str] | frozenset = frozenset()) -> dict:
     """What the next sweep costs: finished runs still valid (kept with their checkpoints and
-    measurements), superseded ones (kept in the store, not used) and why, runs to train and why."""
-    superseded = plan.superseded(store)
+    measurements), superseded ones (kept in the store, not used) and why, runs to train and why.
+    `other_sizes`: contexts of this experiment's runs at other proxy sizes (fidelities, `verify
+    --size`), which are in use, not superseded."""
+    superseded = [(r, why) for r, why in plan.superseded(store) if r.context not in other_sizes]
     why_train: Counter = Counter()
     held = {r.key for r in plan.runs(store, "failed") if r.failure == "nonfinite"}  # not retrained by default
     for key, m in zip(plan.keys, plan.mixtures):

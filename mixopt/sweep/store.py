@@ -114,9 +114,18 @@ def _failure_kinds(db: sqlite3.Connection, root: Path) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN failure TEXT")
 
 
+def _compute(db: sqlite3.Connection, root: Path) -> None:
+    """What each training cost: the proxy's parameters, its FLOPs (6 x parameters x tokens) and the
+    seconds it held its device (training and evaluation). NULL on older rows: status estimates their
+    FLOPs from the plan's spec."""
+    for col, decl in (("params", "INTEGER"), ("flops", "REAL"), ("device_seconds", "REAL")):
+        db.execute(f"ALTER TABLE runs ADD COLUMN {col} {decl}")
+
+
 # Store version i+1 is what MIGRATIONS[i] makes of version i; a new store takes every step too.
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_add_run_columns, _relative_checkpoints,
-                                                                 _trained_slices, _replicates, _failure_kinds]
+                                                                 _trained_slices, _replicates, _failure_kinds,
+                                                                 _compute]
 VERSION = len(MIGRATIONS)
 
 # The one lease condition: a run another live driver holds (running, not ours, not expired, and its
@@ -152,6 +161,9 @@ class Run:
     tokenizer: str | None  # sha256 of the tokenizer it trained with; None: before store v3
     replicate: int  # 0: the experiment's seed; k > 0: another seed of the same mixture (store v4)
     failure: str | None  # a failed run's kind: 'nonfinite' or 'error' (store v5; None before, or not failed)
+    params: int | None = None  # the proxy's parameters (store v6; None before)
+    flops: float | None = None  # 6 x params x tokens of its last training (store v6)
+    device_seconds: float | None = None  # training + evaluation seconds on its device (store v6)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Run:
@@ -316,9 +328,11 @@ class Store:
             self.db.execute(
                 "UPDATE runs SET status='done', checkpoint=?, checkpoint_bytes=?, sha256=?, train_loss=?, tokens=?, "
                 "train_seconds=?, epochs=?, error=NULL, failure=NULL, finished=?, lease_owner=NULL, lease_expires=NULL, "
-                "trainings = trainings + ? WHERE key=?",
+                "params=?, flops=?, device_seconds=?, trainings = trainings + ? WHERE key=?",
                 (rel, size, result["sha256"], result["train_loss"], result["tokens"],
-                 result["train_seconds"], json.dumps(result["epochs"]), time.time(),
+                 result["train_seconds"], json.dumps(result["epochs"]), time.time(), result.get("params") or None,
+                 6.0 * result["params"] * result["tokens"] if result.get("params") else None,
+                 result["train_seconds"] + result.get("eval_seconds", 0.0),
                  0 if adopted and row is not None and row["sha256"] == result["sha256"] else 1, result["key"]))
             self.db.execute("DELETE FROM measurements WHERE run_key=?", (result["key"],))
             self.db.execute("DELETE FROM scores WHERE run_key=?", (result["key"],))
@@ -419,8 +433,11 @@ class Store:
                                 "objective": body.get("objective"), "first_used": r["created"],
                                 "last_scored": r["last"]}
         measured = self.db.execute("SELECT COUNT(*) FROM (SELECT DISTINCT run_key, eval FROM measurements)").fetchone()[0]
+        spent = self.db.execute("SELECT COALESCE(SUM(flops), 0), COALESCE(SUM(device_seconds), 0) FROM runs WHERE "
+                                "status IN ('done', 'suspect')").fetchone()
         return {"runs": {s: runs.get(s, 0) for s in ("planned", "running", "done", "failed", "suspect")},
                 "held_by_live_drivers": self.held_elsewhere(""), "trainings": trainings,
+                "compute": {"flops": float(spent[0]), "device_seconds": float(spent[1])},
                 "measurements": measured, "suites": suites}
 
 

@@ -25,7 +25,7 @@ from mixopt.proxy.checkpoint import (
     save_checkpoint,
     state_path,
 )
-from mixopt.proxy.model import ProxySpec
+from mixopt.proxy.model import ProxySpec, param_count
 from mixopt.proxy.train import OnStep, divergence, precision_name, train_proxies
 
 Progress = Callable[[int, int, float], None]  # (step, total, loss)
@@ -81,6 +81,7 @@ class RunResult:
     # Why this run has no usable result: its proxy diverged (no checkpoint is kept) or a measurement is
     # NaN or infinite. '' for a good result. The driver records such a run as failed (RunResult.unusable).
     failure: str = ""
+    params: int = 0  # the proxy's parameters (model.param_count): the store records 6 x params x tokens FLOPs
 
     def unusable(self, names: dict[str, str] | None = None) -> str:
         """Why this result cannot enter the store or a fit ('' when it can): its recorded failure, or,
@@ -201,7 +202,8 @@ def finish_run(task: TrainTask, run: TrainRun, sha256: str, losses: list[float],
                        train_loss=float(np.mean(losses[-max(1, len(losses) // 10):])),
                        tokens=spec.steps * spec.batch_size * spec.seq_len, epochs=epochs,
                        train_seconds=train_seconds, eval_seconds=eval_seconds, measurements=measurements,
-                       batched=batched, device=device, precision=precision, compiled=compiled, failure=failure)
+                       batched=batched, device=device, precision=precision, compiled=compiled, failure=failure,
+                       params=param_count(spec))
     ckpt = Path(run.checkpoint)
     if sha256:
         atomic_write_json(result_path(ckpt), asdict(result))
