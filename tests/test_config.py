@@ -115,3 +115,25 @@ def test_json_schema_accepts_configs_and_rejects_what_the_loader_rejects(make_co
         wrong = {**cfg, section: {**cfg.get(section, {}), key: bad}}
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(wrong, schema)
+
+
+def test_command_line_overrides_keep_what_loading_set(tmp_path):
+    """fit's flags over the config change the fit and optimum sections only: a pool's domains keep the
+    selector mixopt gave them (not part of any dump of the config), a model_config alias survives."""
+    from mixopt.config.load import load_experiment, override_experiment
+
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x.txt").write_text("some text " * 50)
+    (tmp_path / "c.yaml").write_text(
+        "name: t\ndomains:\n  - {name: a, sources: [{path: a}]}\n  - {name: b, sources: [{path: b}]}\n")
+    exp = load_experiment(tmp_path / "c.yaml")
+    pooled = exp.model_copy(update={"domains": [exp.domains[0].model_copy(update={"select": {"field": "f", "value": 1}}),
+                                                exp.domains[1]]})
+    new = override_experiment(pooled, [("--cv-folds", ("fit", "cv_folds"), 3)], {"cv-folds": "3"})
+    assert new.fit.cv_folds == 3 and new.overrides == {"cv-folds": "3"}
+    assert new.domains[0].select == {"field": "f", "value": 1} and new.domains == pooled.domains
+    from mixopt.errors import MixoptError
+
+    with pytest.raises(MixoptError, match="^--cv-folds: "):
+        override_experiment(pooled, [("--cv-folds", ("fit", "cv_folds"), 0)], {"cv-folds": "0"})

@@ -49,20 +49,22 @@ def override_experiment(exp: Experiment, changes: list[tuple[str, tuple, object]
     kept in `overrides` for what fit prints and writes."""
     if not changes:
         return exp
-    data = exp.model_dump()
+    # Section by section (fit, optimum): the rest of the experiment is kept as loaded (a pool's
+    # domains keep what selects their documents, which no dump of the config carries).
+    sections: dict[str, dict] = {}
     for _, loc, value in changes:
-        at = data
-        for part in loc[:-1]:
-            at = at[part]
-        at[loc[-1]] = value
-    data["overrides"] = dict(record)
-    try:
-        new = Experiment(**data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        flag = next((f for f, loc, _ in changes if tuple(first["loc"])[:len(loc)] == loc), "a flag")
-        raise MixoptError(f"{flag}: {first['msg'].removeprefix('Value error, ')}",
-                          "see `mixopt fit --help`") from None
+        sections.setdefault(loc[0], getattr(exp, loc[0]).model_dump(by_alias=True))[loc[1]] = value
+    update = {}
+    for name, data in sections.items():
+        try:
+            update[name] = type(getattr(exp, name))(**data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            at = (name, *first["loc"])
+            flag = next((f for f, loc, _ in changes if at[:len(loc)] == loc), "a flag")
+            raise MixoptError(f"{flag}: {first['msg'].removeprefix('Value error, ')}",
+                              "see `mixopt fit --help`") from None
+    new = exp.model_copy(update={**update, "overrides": dict(record)})
     problems = _cross_references(new, Path(exp.config_path or "."), {})
     if problems:
         flag = f"--bound {record['bound']}" if "bound" in record else "the command line's settings"
