@@ -4,6 +4,7 @@ reading the export back to the same fit the experiment gives."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -46,7 +47,7 @@ def test_export_formats_agree_and_fit_reads_the_export_back(swept, tmp_path):
     fit = run("fit", swept, "--format", "json")
     assert fit.returncode == 0, fit.stderr
     mine = json.loads(fit.stdout)
-    saved = json.loads((swept.parent / "ws" / "fits").glob("*/fit.json").__next__().read_text())
+    saved = json.loads((Path(mine["fit_dir"]) / "fit.json").read_text())  # this fit's folder (others share fits/)
     measured = dict(zip(saved["run_keys"], saved["measured"]))
     assert {k: pytest.approx(v) for k, v in measured.items()} == dict(zip(from_csv["key"], from_csv["objective"]))
     for table in ("runs.csv", "runs.parquet"):

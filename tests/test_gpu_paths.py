@@ -228,6 +228,10 @@ def test_a_sweep_reports_the_runs_it_could_not_re_evaluate(swept, tmp_path, monk
                         "weight": 0}]}
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "ws" / "mixopt.db") as db:
+        finished = db.execute("SELECT COUNT(*) FROM runs WHERE status = 'done'").fetchone()[0]
 
     def broken(task, progress=None):
         raise RuntimeError("could not read the evaluation's tokens")
@@ -238,7 +242,8 @@ def test_a_sweep_reports_the_runs_it_could_not_re_evaluate(swept, tmp_path, monk
     failed = [line for line in r.stdout.splitlines() if line.startswith("  failed ")]
     import re
 
-    planned = int(re.search(r"(\d+) runs planned", r.stdout).group(1))  # the swept fixture's 10: every one finished
-    assert len(failed) == planned == 10
+    # Every finished run of the copy (the fixture's 10, and any other test added to it) lacked the new
+    # evaluation and failed it; none was retrained.
+    assert len(failed) == finished >= 10
     assert all("evaluation (no retraining): RuntimeError: could not read" in f for f in failed)
-    assert f"0 trained, {planned} failed" in r.stdout
+    assert re.search(rf"\b0 trained, {finished} failed", r.stdout)
