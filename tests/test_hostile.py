@@ -345,12 +345,12 @@ def config_is_a_folder(t):
     return ["sample", t.dir / "c.yaml"]
 
 
-@case("'domains' is required")
+@case("a mixture needs at least 2 domains (give `domains`, or `pools` that make them)")
 def config_no_domains(t):
     return ["sample", t.config(drop=["domains"])]
 
 
-@case("'domains'")
+@case("a mixture needs at least 2 domains")
 def config_one_domain(t):
     path = t.config()
     cfg = yaml.safe_load(path.read_text())
