@@ -43,7 +43,7 @@ def test_schedule_and_sizes():
     assert lr_at(SPEC.steps - 1, SPEC) == pytest.approx(0.1 * SPEC.lr, rel=0.05)
     for name, (h, layers, *_rest) in SIZES.items():
         non_embedding = 12 * layers * h * h
-        assert {"tiny": 1e5, "1m": 1e6, "5m": 5e6, "15m": 1.4e7, "30m": 3.1e7}[name] == pytest.approx(
+        assert {"tiny": 1e5, "1m": 1e6, "5m": 5e6, "15m": 1.4e7, "30m": 3.1e7, "60m": 6e7, "150m": 1.5e8}[name] == pytest.approx(
             non_embedding, rel=0.25)
 
 
