@@ -10,7 +10,8 @@ import stat
 from collections.abc import Iterator
 
 from mixopt.config.schema import Source
-from mixopt.data.readers import BATCH_ROWS, JSONL_BLOCK, _decompressed, _open_binary, _text_column, read_limit
+from mixopt.data.readers import (BATCH_ROWS, JSONL_BLOCK, _decompressed, _open_binary, _text_column, arrow_batches,
+                                  read_limit)
 from mixopt.data.sources import Shard, ShardError
 from mixopt.errors import MixoptError
 
@@ -121,17 +122,9 @@ def _parquet(source: Source, shard: Shard, cap, field, as_) -> Iterator[tuple]:
 
 
 def _arrow(source: Source, shard: Shard, cap, field, as_) -> Iterator[tuple]:
-    import pyarrow as pa
-
     with _open_binary(shard) as fh:
-        try:
-            reader = pa.ipc.open_file(fh if shard.local else pa.PythonFile(fh))
-            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-        except pa.ArrowInvalid:
-            fh.seek(0)
-            batches = pa.ipc.open_stream(fh)
         row = 0
-        for batch in batches:
+        for batch in arrow_batches(shard, fh):
             text = _text_column(batch, source, shard.uri)
             if text is not None:
                 yield text, (_values(batch, field, as_, shard.uri, row) if field is not None else None)

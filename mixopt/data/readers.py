@@ -170,17 +170,21 @@ def row_group_parts(shard: Shard, parts: int) -> list[Shard]:
     return [dataclasses.replace(shard, index=i, count=n, size=(shard.size or 0) // n) for i in range(n)]
 
 
-def _chunks_arrow(source: Source, shard: Shard, _cap) -> Iterator:
+def arrow_batches(shard: Shard, fh) -> Iterator:
+    """The record batches of an open Arrow shard: the IPC file format, else the stream format."""
     import pyarrow as pa
 
+    try:
+        reader = pa.ipc.open_file(fh if shard.local else pa.PythonFile(fh))
+        return (reader.get_batch(i) for i in range(reader.num_record_batches))
+    except pa.ArrowInvalid:
+        fh.seek(0)
+        return pa.ipc.open_stream(fh)
+
+
+def _chunks_arrow(source: Source, shard: Shard, _cap) -> Iterator:
     with _open_binary(shard) as fh:
-        try:
-            reader = pa.ipc.open_file(fh if shard.local else pa.PythonFile(fh))
-            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-        except pa.ArrowInvalid:
-            fh.seek(0)
-            batches = pa.ipc.open_stream(fh)
-        for batch in batches:
+        for batch in arrow_batches(shard, fh):
             col = _text_column(batch, source, shard.uri)
             if col is not None:
                 yield col
