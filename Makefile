@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here (a CPU build); the package itself only asks for torch>=2.4.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test bench calibration gpu-check gpu-wheels env clean
+.PHONY: demo test docs bench calibration gpu-check gpu-wheels env clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The cluster backends' engines (Ray ~300 MB, submitit), the trackers (wandb, mlflow) and
-# lm-evaluation-harness are extras: the tests need them, the demo does not.
+# lm-evaluation-harness are extras: the tests need them, the demo does not; so is mkdocs (`make docs`).
 $(VENV)/.extras: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[test,ray,slurm,track,lm_eval]"
+	$(PY) -m pip install -q -e ".[test,ray,slurm,track,lm_eval,docs]"
 	touch $@
 
 env: $(VENV)/.installed
@@ -30,6 +30,11 @@ demo: env
 
 test: $(VENV)/.extras
 	$(PY) -m pytest -q
+
+# The docs site (mkdocs.yml, docs/) into site/, offline, warnings as errors; docs/hooks.py generates the
+# config, CLI and module references and the benchmark tables at build time.
+docs: $(VENV)/.extras
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 # Benchmarks are scripts, not timed tests; each prints JSON and writes it under bench/results/.
 # bench/reeval.py measures against the demo's sweep, so `bench` runs the demo first (a no-op once done);
@@ -71,4 +76,4 @@ gpu-wheels: env
 	  $$(for p in $(GPU_WHEELS); do echo "$$p==$$($(PY) -m pip show $$p | sed -n 's/^Version: //p')"; done)
 
 clean:
-	rm -rf workspaces demo/data mixtures/*.optimal.yaml
+	rm -rf workspaces demo/data mixtures/*.optimal.yaml site
