@@ -233,8 +233,59 @@ def layout_order() -> str:
     raise RuntimeError("tests/test_layout.py has no ORDER")
 
 
+# --- the benchmarks page: the tables come from bench/results/*.json (what `make bench` writes) ---
+
+def _leaves(value, prefix=""):
+    """(dotted key, scalar) for every number, string or bool in a JSON document, in file order."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, list) and len(value) <= 8 and all(not isinstance(v, (dict, list)) for v in value):
+        yield prefix, ", ".join(_number(v) for v in value)
+    elif isinstance(value, list):
+        yield prefix, f"({len(value)} entries in the file)"
+    else:
+        yield prefix, _number(value)
+
+
+def _number(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "null" if v is None else str(v)
+
+
+def bench_tables(results: Path | None = None, max_rows: int = 40) -> str:
+    """Markdown: one table per bench/results/*.json (its `summary` when it has one, else every value)."""
+    import datetime
+
+    results = results or ROOT / "bench" / "results"
+    files = sorted(results.glob("*.json")) + sorted(results.glob("*/*.json"))
+    if not files:
+        return ("!!! note \"No benchmark JSON in this checkout\"\n"
+                "    `bench/results/` is written by `make bench` (and `make calibration`, `make gpu-check`) and is not\n"
+                "    committed, so this build found no results to render. The tables below are the hand-written ones\n"
+                "    ported from the README, each row saying which run it comes from.\n")
+    out = []
+    for path in files:
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a benchmark JSON ({e}); rerun its bench script or remove it") from None
+        when = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+        body = doc["summary"] if isinstance(doc, dict) and isinstance(doc.get("summary"), dict) else doc
+        rows = list(_leaves(body))
+        out += [f"### `{path.relative_to(results)}`", "",
+                f"Written {when} UTC{' (its summary)' if body is not doc else ''}.", "",
+                "| value | measured |", "|---|---|"]
+        out += [f"| `{_cell(k)}` | {_cell(v)} |" for k, v in rows[:max_rows]]
+        if len(rows) > max_rows:
+            out.append(f"| … | {len(rows) - max_rows} more values in the file |")
+        out.append("")
+    return "\n".join(out)
+
+
 GENERATORS = {"cli": cli_reference, "config": config_reference, "modules": module_map, "verbs": verb_map,
-              "layout-order": layout_order}
+              "layout-order": layout_order, "bench": bench_tables}
 
 
 def render(markdown: str, where: str = "a page") -> str:
