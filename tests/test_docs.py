@@ -4,6 +4,7 @@ and `mkdocs build --strict` passes where mkdocs is installed.
 """
 
 import ast
+import functools
 import importlib.util
 import json
 import os
@@ -51,6 +52,7 @@ RUN_BY = {
 }
 
 
+@functools.cache
 def _hooks():
     spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
     module = importlib.util.module_from_spec(spec)
@@ -93,9 +95,14 @@ def parse(command: str) -> tuple[str, tuple[str, ...], list[str]]:
     return tokens[0], tuple(options), lead
 
 
+@functools.cache
+def _cli():
+    return _hooks().cli_group()
+
+
 def unknown_options(command: str) -> list[str]:
     """What in a shown command the CLI's own parser does not know: the verb, or an option of it."""
-    group = _hooks().cli_group()
+    group = _cli()
     verb, options, lead = parse(command)
     if verb not in group.commands:
         return [verb]
