@@ -216,3 +216,23 @@ def test_the_docs_build_strict(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     cli = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
     assert "mixopt sweep" in cli and "--batch-proxies" in cli
+
+
+def test_readme_and_contributing_links_resolve():
+    """The README and CONTRIBUTING.md sit outside the site (mkdocs checks only docs/): their links to
+    pages and their anchors are checked here."""
+    bad = []
+    for page in (ROOT / "README.md", ROOT / "CONTRIBUTING.md"):
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"^[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path) if path else page
+            if not file.exists():
+                bad.append(f"{page.name}: {target}: no such file")
+            elif anchor and file.suffix == ".md":
+                slugs = {re.sub(r"[^\w\- ]", "", h.strip("# ").lower()).replace(" ", "-")
+                         for h in re.findall(r"^#{1,6} .*$", file.read_text(), re.M)}
+                if anchor not in slugs:
+                    bad.append(f"{page.name}: {target}: no heading with that anchor")
+    assert not bad, "\n".join(bad)
