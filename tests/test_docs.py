@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -210,12 +211,18 @@ def test_an_unknown_generated_section_fails_the_build():
 def test_the_docs_build_strict(tmp_path):
     pytest.importorskip("mkdocs", reason="mkdocs is not installed (the `docs` extra): `make docs` builds the site")
     pytest.importorskip("material", reason="mkdocs-material is not installed (the `docs` extra)")
-    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir",
+    # Offline: in a network namespace of its own where the machine allows one (CI runs as root), so a
+    # theme or plugin that fetches (fonts, social cards) fails the build instead of passing by luck.
+    offline = ["unshare", "-rn"] if shutil.which("unshare") and subprocess.run(
+        ["unshare", "-rn", "true"], capture_output=True).returncode == 0 else []
+    r = subprocess.run([*offline, sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir",
                         str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     cli = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
     assert "mixopt sweep" in cli and "--batch-proxies" in cli
+    pages = [f.read_text() for f in (tmp_path / "site").rglob("*.html")]
+    assert not [p for p in pages if "fonts.googleapis" in p or "fonts.gstatic" in p], "pages load web fonts"
 
 
 def test_readme_and_contributing_links_resolve():
