@@ -58,16 +58,14 @@ def _options_table(command, ctx) -> list[str]:
 
 def cli_reference() -> str:
     """Markdown for `mixopt --help` and every verb's `--help`."""
-    from typer._click.core import Context
-
     group = cli_group()
-    top = Context(group, info_name="mixopt")
+    top = group.context_class(group, info_name="mixopt")  # click's, whichever click typer brings
     out = ["```", group.get_usage(top), "```", "", _cell(group.help or ""), "",
            "Options before the verb:", ""] + _options_table(group, top)
     if group.epilog:
         out += [_cell(group.epilog), ""]
     for name, command in group.commands.items():
-        ctx = Context(command, info_name=name, parent=top)
+        ctx = command.context_class(command, info_name=name, parent=top)
         out += [f"### mixopt {name}", "", "```", command.get_usage(ctx), "```", "",
                 _cell(command.help or ""), ""] + _options_table(command, ctx)
     return "\n".join(out)
