@@ -28,8 +28,11 @@ demo: env
 	$(VENV)/bin/mixopt sweep mixtures/demo.yaml --workers 2
 	$(VENV)/bin/mixopt fit mixtures/demo.yaml
 
+# Two test processes (pytest-xdist) by default: CI has 2 cores. TEST_WORKERS=0 runs them in this process,
+# one at a time; more on a bigger machine (each process builds the session's shared fixtures once).
+TEST_WORKERS ?= 2
 test: $(VENV)/.extras
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The docs site (mkdocs.yml, docs/) into site/, offline, warnings as errors; docs/hooks.py generates the
 # config, CLI and module references and the benchmark tables at build time.
