@@ -148,6 +148,36 @@ def swept(corpora, tmp_path_factory) -> Path:
     return cfg
 
 
+def mixopt(*args, check=True, env=None, timeout=900, **kw):
+    """The CLI in a subprocess, as a user runs it (one-line errors and exit codes included). With `check`, a
+    non-zero exit fails the test with the end of its stderr."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "mixopt.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, env=env, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"mixopt {args} exited {r.returncode}: {r.stderr[-3000:]}")
+    return r
+
+
+def interrupt_sweep(p, finished: str) -> tuple[str, str]:
+    """Ctrl-C a `sweep` started with piped stderr once a run's "finished (...)" line contains `finished`
+    (observed, not timed); asserts exit 130 and one `interrupted:` line without a traceback, and returns
+    that line and the rest of stderr."""
+    import signal
+
+    for line in p.stderr:
+        if line.startswith("sweep: run ") and finished in line:
+            break
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err
+    said = [x for x in err.splitlines() if x.startswith("interrupted: ")]
+    assert len(said) == 1 and "Traceback" not in err, err
+    return said[0], err
+
+
 def invoke_ok(*args) -> str:
     """One verb through the CLI in this process; asserts exit 0 and returns stdout alone (notices go to
     stderr, so `--format json` output parses)."""

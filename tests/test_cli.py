@@ -4,13 +4,12 @@ import csv
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import small_config, write_config
+from conftest import interrupt_sweep, small_config, write_config
 
 
 def run(*args):
@@ -272,15 +271,8 @@ def test_ctrl_c_says_what_was_kept_and_what_is_pending(corpora, tmp_path):
     assert run("sample", cfg).returncode == 0
     p = subprocess.Popen([sys.executable, "-m", "mixopt.cli", "sweep", str(cfg)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    for line in p.stderr:  # interrupt once the first run is finished (observed, not timed)
-        if line.startswith("sweep: run ") and "finished (1/" in line:
-            break
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 130, err
-    said = [x for x in err.splitlines() if x.startswith("interrupted: ")]
-    assert len(said) == 1 and "Traceback" not in err, err
+    said, _ = interrupt_sweep(p, "finished (1/")  # once the first run is finished
     st = json.loads(run("status", cfg, "--format", "json").stdout)["design"]
-    assert f"{st['done']} of 6 runs of this design are finished and kept" in said[0]
-    assert f"{st['pending'] + st['failed']} pending" in said[0] and st["done"] >= 1 and st["pending"] >= 1
+    assert f"{st['done']} of 6 runs of this design are finished and kept" in said
+    assert f"{st['pending'] + st['failed']} pending" in said and st["done"] >= 1 and st["pending"] >= 1
     assert f"`mixopt sweep {cfg}` continues where this stopped" in said[0]

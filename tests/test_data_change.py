@@ -3,15 +3,13 @@
 import json
 import shutil
 import sqlite3
-import subprocess
-import sys
 import sysconfig
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import small_config, write_config
+from conftest import mixopt, small_config, write_config
 
 from mixopt.config.load import load_experiment
 from mixopt.config.runtime import Runtime
@@ -21,14 +19,6 @@ from mixopt.proxy.train import mixture_sequences
 from mixopt.sweep import run as sweep_module
 from mixopt.sweep.plan import load_plan
 from mixopt.sweep.store import Store
-
-
-def mixopt(*args, check=True):
-    """The CLI in a subprocess: what a user sees, one-line errors and exit codes included."""
-    r = subprocess.run([sys.executable, "-m", "mixopt.cli", *map(str, args)], capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise AssertionError(f"mixopt {args} exited {r.returncode}: {r.stderr[-2000:]}")
-    return r
 
 
 def cli(*args) -> str:

@@ -4,14 +4,12 @@ across sizes (fit/fidelity.py)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import small_config, write_config
+from conftest import mixopt, small_config, write_config
 from mixopt.config.load import load_experiment
 from mixopt.proxy.model import SIZES, param_count, proxy_spec
 from mixopt.sweep.plan import load_plan
@@ -19,14 +17,6 @@ from mixopt.sweep.store import Store
 
 SMALL = {"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256,
          "vocab_size": 32000, "model_type": "llama"}  # a slightly larger custom proxy; vocab: the tokenizer's
-
-
-def mixopt(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "mixopt.cli", *map(str, args)], capture_output=True, text=True,
-                       timeout=600)
-    if check and r.returncode != 0:
-        raise AssertionError(f"mixopt {args} exited {r.returncode}: {r.stderr[-2000:]}")
-    return r
 
 
 def two_fidelity_config(corpora: Path, root: Path, **overrides) -> Path:

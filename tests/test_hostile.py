@@ -1052,6 +1052,12 @@ def test_hostile(name, corpora, sampled, saved_fit, tmp_path):
     args = fn(t)
     before = snapshot(tmp_path)
     r = cli(args, t.dir, t.env, t.preexec, read_only=t.read_only)
+    assert_refused(r, expect)
+    assert snapshot(tmp_path) == before, "the case folder changed"
+
+
+def assert_refused(r, expect: str) -> None:
+    """What every refused input shows: exit 2, one `error:` line naming `expect`, no traceback, nothing on stdout."""
     lines = r.stderr.splitlines()
     assert r.returncode == 2, f"exit {r.returncode}\n{r.stderr[-3000:]}"
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
@@ -1059,7 +1065,6 @@ def test_hostile(name, corpora, sampled, saved_fit, tmp_path):
     assert lines[0].startswith("error: "), lines[0]
     assert expect in lines[0], lines[0]
     assert r.stdout == ""
-    assert snapshot(tmp_path) == before, "the case folder changed"
 
 
 def test_the_catalogue_is_large():

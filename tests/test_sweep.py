@@ -10,19 +10,12 @@ import time
 
 import pytest
 import yaml
+from conftest import mixopt
 
 from mixopt.config.load import load_experiment
 from mixopt.config.runtime import Runtime
 from mixopt.sweep import run as sweep_module
 from mixopt.sweep.run import run_sweep
-
-
-def mixopt(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "mixopt.cli", *map(str, args)], capture_output=True, text=True,
-                       timeout=600)
-    if check and r.returncode != 0:
-        raise AssertionError(f"mixopt {args} exited {r.returncode}: {r.stderr[-2000:]}")
-    return r
 
 
 def _count_training(monkeypatch):
