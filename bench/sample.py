@@ -114,9 +114,10 @@ def mixopt_sample(folder: Path, fmt: str, work: Path, workers: int, small: Path)
 def mixopt_scan(config: Path, workers: int) -> tuple[float, int]:
     """The reading pipeline alone (list, read, hash, bottom-k of the big domain), no tokenizer."""
     code = ("import sys; from mixopt.config.load import load_experiment; "
-            "from mixopt.data.scan import draw_candidates, make_executor; "
-            "exp = load_experiment(sys.argv[1]); w = int(sys.argv[2]); ex = make_executor(w); "
-            "c = draw_candidates(exp, exp.domains[0], (exp.train_tokens + exp.sample.val_tokens) * 6, ex, w); "
+            "from mixopt.backends.local_executor import LocalExecutor; "
+            "from mixopt.data.scan import draw_candidates; "
+            "exp = load_experiment(sys.argv[1]); ex = LocalExecutor(int(sys.argv[2])); "
+            "c = draw_candidates(exp, exp.domains[0], (exp.train_tokens + exp.sample.val_tokens) * 6, ex); "
             "print(c.documents)")
     wall, rss, _ = _timed([sys.executable, "-c", code, str(config), str(workers)])
     return wall, rss

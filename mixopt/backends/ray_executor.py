@@ -1,7 +1,8 @@
-"""Ray as an executor: `submit(fn, *args)` runs fn as a Ray Core task of one CPU and returns a handle
-whose `result()` gives fn's value or raises fn's own exception, as concurrent.futures does. For work
-that fans out and merges in the driver (`mixopt sample --backend ray` reads a domain's shard groups
-this way); knows nothing of what the functions do."""
+"""Ray as an `Executor` (base.Executor): `map_merge` runs fn on every group as Ray Core tasks of one
+CPU at once (the cluster queues them on its free CPUs, so a cluster reads an object store in
+parallel) and merges what they return; `submit(fn, *args)` runs one task and returns a handle whose
+`result()` gives fn's value or raises fn's own exception, as concurrent.futures does. `mixopt sample
+--backend ray` reads a domain's shard groups this way; knows nothing of what the functions do."""
 
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ from mixopt.errors import MixoptError
 
 class RayExecutor:
     """`tasks`: how many tasks a caller should split its work into (the cluster's CPUs, at most
-    `workers` when more than 1 is given). `remote`: every task runs on the cluster, the driver only
-    merges (so a cluster reads an object store in parallel)."""
-
-    remote = True
+    `workers` when more than 1 is given). Every group runs on the cluster, even one: its tasks read
+    the shards, not the driver."""
 
     def __init__(self, workers: int = 1, address: str | None = None, say=print):
         ray = import_ray()
@@ -39,6 +38,14 @@ class RayExecutor:
         ref = self.call.remote(fn, *args)
         self.refs.add(ref)
         return _Result(self, ref)
+
+    def map_merge(self, fn, groups: list, merge, hint=None):
+        """Every group at once to its task (`hint` is for executors that start groups late: unused)."""
+        acc = None
+        for f in [self.submit(fn, g) for g in groups]:
+            value = f.result()
+            acc = value if acc is None else merge(acc, value)
+        return acc
 
     def shutdown(self, cancel_futures: bool = True) -> None:
         if cancel_futures:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mixopt.backends.local_executor import LocalExecutor
 from mixopt.config.schema import Experiment
 from mixopt.core.keys import FileHashes, content_hash, file_sha256
 from mixopt.core.workspace import (
@@ -32,7 +33,7 @@ from mixopt.core.workspace import (
 )
 from mixopt.data.pools import draw_pool, pool_records
 from mixopt.data.resample import domain_source_key, plan_resample, tokenizer_key
-from mixopt.data.scan import Candidates, draw_candidates, make_executor
+from mixopt.data.scan import Candidates, draw_candidates
 from mixopt.data.tokenizer import (
     eos_id,
     given_tokenizer,
@@ -73,9 +74,9 @@ def sample_corpus(exp: Experiment, force: bool = False, retokenize: bool = False
     with what changed under "changes": only domains whose sources changed are drawn again, and the
     workspace's tokenizer is kept unless `retokenize` (data.resample). `workers` processes read each
     domain's shards (the result does not depend on their number); `progress` (a callable taking one
-    line) hears of each domain read and written. `executor` (a callable taking `workers`, e.g.
-    backends.ray_executor.RayExecutor) opens where the shards are read instead of local processes;
-    it is called only when a domain is read, and its `tasks` says how many groups to read."""
+    line) hears of each domain read and written. `executor` (a callable taking `workers` and returning
+    a backends.base.Executor, e.g. backends.ray_executor.RayExecutor) opens where the shards are read
+    instead of local processes; it is called only when a domain is read."""
     say = progress or (lambda line: None)
     ws = Workspace(exp.workspace_dir)
     ws.check()  # before anything is written, even the hash cache
@@ -90,17 +91,16 @@ def sample_corpus(exp: Experiment, force: bool = False, retokenize: bool = False
 
     budget_tokens = exp.train_tokens + exp.sample.val_tokens
     candidates = {}
-    executor = (executor or make_executor)(workers) if todo.draw else None
-    workers = getattr(executor, "tasks", workers)  # a Ray cluster: its CPUs (at most --workers)
+    executor = (executor or LocalExecutor)(workers) if todo.draw else None  # its tasks: a Ray cluster's CPUs
     try:
         for i, d in enumerate(exp.domains, 1):
             if d.name in todo.draw and d.name not in candidates:
                 if d.select:  # a pool's domains: one pass over the pool for every one of them drawn
                     candidates |= draw_pool(exp, d.select["pool"], todo.draw, budget_tokens * MAX_BYTES_PER_TOKEN,
-                                            executor, workers)
+                                            executor)
                     say(f"sample: read pool {d.select['pool'] + 1} ({i}/{len(exp.domains)})")
                     continue
-                candidates[d.name] = draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN, executor, workers)
+                candidates[d.name] = draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN, executor)
                 say(f"sample: read domain '{d.name}' ({i}/{len(exp.domains)})")
     finally:
         if executor is not None:
