@@ -14,6 +14,7 @@ import zstandard
 from conftest import small_config, write_config
 
 from mixopt.config.load import load_experiment
+from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Source
 from mixopt.data.readers import iter_documents, list_shards
 from mixopt.data.sample import sample_corpus
@@ -190,7 +191,7 @@ def test_any_number_of_workers_gives_byte_identical_samples(corpora, tmp_path):
                                    "tokenizer": {"vocab_size": 512}})
         cfg["domains"][0]["sources"] = [{"path": str(tmp_path / "code" / "*.parquet")}]
         cfg["domains"][1]["sources"] = [{"path": str(tmp_path / "prose.parquet")}]
-        m = sample_corpus(load_experiment(write_config(tmp_path / f"w{workers}.yaml", cfg)), workers=workers)
+        m = sample_corpus(load_experiment(write_config(tmp_path / f"w{workers}.yaml", cfg)), Runtime(workers=workers))
         manifests.append({k: v for k, v in m.items() if k != "reused"})
     assert not manifests[0]["domains"]["code"]["tokens_exact"]  # the pools were trimmed
     assert manifests[0]["domains"]["code"]["duplicates_dropped"] > 0

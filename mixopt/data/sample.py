@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mixopt.backends.local_executor import LocalExecutor
+from mixopt.backends import make_executor
+from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.keys import FileHashes, content_hash, file_sha256
 from mixopt.core.workspace import (
@@ -68,16 +69,16 @@ def _sample_key(exp: Experiment, keys: dict[str, str]) -> str:
                          "tokenizer": tokenizer_key(exp)})
 
 
-def sample_corpus(exp: Experiment, force: bool = False, retokenize: bool = False, workers: int = 1,
-                  progress=None, executor=None) -> dict:
+def sample_corpus(exp: Experiment, runtime: Runtime | None = None, force: bool = False,
+                  retokenize: bool = False) -> dict:
     """Write the workspace's sample/ folder (slices, tokenizer, manifest) and return the manifest,
     with what changed under "changes": only domains whose sources changed are drawn again, and the
-    workspace's tokenizer is kept unless `retokenize` (data.resample). `workers` processes read each
-    domain's shards (the result does not depend on their number); `progress` (a callable taking one
-    line) hears of each domain read and written. `executor` (a callable taking `workers` and returning
-    a backends.base.Executor, e.g. backends.ray_executor.RayExecutor) opens where the shards are read
-    instead of local processes; it is called only when a domain is read."""
-    say = progress or (lambda line: None)
+    workspace's tokenizer is kept unless `retokenize` (data.resample). `runtime` says where each
+    domain's shards are read (backend local or ray, `workers`: the result does not depend on their
+    number; the executor opens only when a domain is read) and, with `progress`, `say` hears of each
+    domain read and written."""
+    runtime = runtime or Runtime()
+    say = runtime.say if runtime.progress else (lambda line: None)
     ws = Workspace(exp.workspace_dir)
     ws.check()  # before anything is written, even the hash cache
     hashes = FileHashes(ws.file_hashes_path)
@@ -91,7 +92,7 @@ def sample_corpus(exp: Experiment, force: bool = False, retokenize: bool = False
 
     budget_tokens = exp.train_tokens + exp.sample.val_tokens
     candidates = {}
-    executor = (executor or LocalExecutor)(workers) if todo.draw else None  # its tasks: a Ray cluster's CPUs
+    executor = make_executor(runtime) if todo.draw else None
     try:
         for i, d in enumerate(exp.domains, 1):
             if d.name in todo.draw and d.name not in candidates:
