@@ -16,8 +16,9 @@ from conftest import small_config, write_config
 from mixopt.config.load import load_experiment
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Source
-from mixopt.data.readers import iter_documents, list_shards
+from mixopt.data.readers import iter_documents
 from mixopt.data.sample import sample_corpus
+from mixopt.data.sources import list_shards
 from mixopt.errors import MixoptError
 
 DOCS = [f"document number {i}: " + "word " * (i % 7 + 1) for i in range(60)]

@@ -33,7 +33,7 @@ from mixopt.core.workspace import (
     write_npy,
 )
 from mixopt.data.pools import draw_pool, pool_records
-from mixopt.data.resample import domain_source_key, plan_resample, tokenizer_key
+from mixopt.data.resample import SAMPLER_VERSION, plan_resample, source_keys, tokenizer_key
 from mixopt.data.scan import Candidates, draw_candidates
 from mixopt.data.tokenizer import (
     eos_id,
@@ -46,7 +46,6 @@ from mixopt.data.tokenizer import (
 )
 from mixopt.errors import MixoptError
 
-SAMPLER_VERSION = 1
 MAX_BYTES_PER_TOKEN = 6  # a byte-level BPE averages 3-5 bytes/token; budgets assume at most this
 
 
@@ -56,12 +55,7 @@ _Candidates = Candidates
 def sample_key(exp: Experiment, hashes: FileHashes | None = None) -> str:
     """Everything that changes the sample: each domain's own key (data.resample), names and order,
     the tokenizer settings."""
-    return _sample_key(exp, _source_keys(exp, hashes))
-
-
-def _source_keys(exp: Experiment, hashes: FileHashes | None = None) -> dict[str, str]:
-    hashes = hashes or FileHashes(Workspace(exp.workspace_dir).file_hashes_path)
-    return {d.name: domain_source_key(exp, d, hashes, SAMPLER_VERSION) for d in exp.domains}  # saved on success
+    return _sample_key(exp, source_keys(exp, hashes))
 
 
 def _sample_key(exp: Experiment, keys: dict[str, str]) -> str:
@@ -82,13 +76,13 @@ def sample_corpus(exp: Experiment, runtime: Runtime | None = None, force: bool =
     ws = Workspace(exp.workspace_dir)
     ws.check()  # before anything is written, even the hash cache
     hashes = FileHashes(ws.file_hashes_path)
-    source_keys = _source_keys(exp, hashes)
-    key = _sample_key(exp, source_keys)
+    keys = source_keys(exp, hashes)  # the hashes are saved on success
+    key = _sample_key(exp, keys)
     previous = ws.read_manifest() if ws.manifest_path.is_file() else None
     if not force and not retokenize and previous is not None and previous.get("key") == key:
         previous["reused"] = True
         return previous
-    todo = plan_resample(exp, previous, ws, source_keys, force, retokenize)
+    todo = plan_resample(exp, previous, ws, keys, force, retokenize)
 
     budget_tokens = exp.train_tokens + exp.sample.val_tokens
     candidates = {}
@@ -141,7 +135,7 @@ def sample_corpus(exp: Experiment, runtime: Runtime | None = None, force: bool =
                 domains[d.name] = _write_slices(exp, d.name, candidates[d.name], tok, eos, dtype, tmp)
                 domains[d.name]["drawn_as"] = d.name
                 say(f"sample: wrote slices of '{d.name}' ({i}/{len(exp.domains)})")
-            domains[d.name]["source_key"] = source_keys[d.name]
+            domains[d.name]["source_key"] = keys[d.name]
         total = sum(v["tokens"] for v in domains.values())
         for v in domains.values():
             v["prior"] = v["tokens"] / total
