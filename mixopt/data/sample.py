@@ -198,7 +198,9 @@ def _tokenizer_texts(candidates: dict[str, _Candidates], val_region: int, per_do
 
 
 def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dtype, out: Path) -> dict:
-    encoded = tok.encode_batch(c.docs, add_special_tokens=False)
+    # The ids only: encode_batch_fast (tokenizers >= 0.21) skips the character offsets, ~40% of the CPU time.
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    encoded = encode(c.docs, add_special_tokens=False)
     lengths = np.array([len(e.ids) + 1 for e in encoded])  # + end-of-text
     cum = np.cumsum(lengths)
     need_val, need_train = exp.sample.val_tokens, exp.train_tokens
