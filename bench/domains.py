@@ -145,18 +145,17 @@ def assign_pass(path: str, workers: int) -> None:
     """In its own process: the pool's one pass (sample's), timed; prints seconds and max RSS (MB). With
     workers 0: fit the model only (so the timed process's peak memory is the pass's, not the fit's)."""
     from mixopt.data.pools import draw_pool
-    from mixopt.data.scan import make_executor
+    from mixopt.backends.local_executor import LocalExecutor
 
     exp = load(Path(path), build=workers == 0)
     if workers == 0:
         return
-    ex = make_executor(workers)
+    ex = LocalExecutor(workers)
     t = time.perf_counter()
     try:
-        draw_pool(exp, 0, exp.domain_names, 1 << 20, ex, workers)
+        draw_pool(exp, 0, exp.domain_names, 1 << 20, ex)
     finally:
-        if ex is not None:
-            ex.shutdown()
+        ex.shutdown()
     secs = time.perf_counter() - t
     # VmHWM, not ru_maxrss: a process forked from this big bench and exec'd keeps the parent's ru_maxrss
     hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))

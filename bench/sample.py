@@ -71,16 +71,22 @@ def build(folder: Path, gb: float, fmt: str, shards: int) -> int:
     return total
 
 
+CPU_S: dict[str, float] = {}  # CPU seconds (user + system, every thread) of each timed command, by its last word
+
+
 def _timed(cmd: list[str], env=None) -> tuple[float, int, str]:
-    """Wall seconds and max RSS (MB) of one command in a fresh process."""
+    """Wall seconds and max RSS (MB) of one command in a fresh process; its CPU seconds go to CPU_S
+    (on a shared machine the CPU time is what other jobs do not inflate)."""
     code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
             "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-            "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode); "
+            "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+            "print(time.perf_counter() - t, u.ru_maxrss, r.returncode, u.ru_utime + u.ru_stime); "
             "sys.stderr.write(r.stderr[-2000:])")
     r = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, env=env)
-    wall, rss, rc = r.stdout.split()
+    wall, rss, rc, cpu = r.stdout.split()
     if int(rc) != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{r.stderr}")
+    CPU_S["last"] = float(cpu)
     return float(wall), int(rss) // 1024, r.stderr
 
 
@@ -114,9 +120,10 @@ def mixopt_sample(folder: Path, fmt: str, work: Path, workers: int, small: Path)
 def mixopt_scan(config: Path, workers: int) -> tuple[float, int]:
     """The reading pipeline alone (list, read, hash, bottom-k of the big domain), no tokenizer."""
     code = ("import sys; from mixopt.config.load import load_experiment; "
-            "from mixopt.data.scan import draw_candidates, make_executor; "
-            "exp = load_experiment(sys.argv[1]); w = int(sys.argv[2]); ex = make_executor(w); "
-            "c = draw_candidates(exp, exp.domains[0], (exp.train_tokens + exp.sample.val_tokens) * 6, ex, w); "
+            "from mixopt.backends.local_executor import LocalExecutor; "
+            "from mixopt.data.scan import draw_candidates; "
+            "exp = load_experiment(sys.argv[1]); ex = LocalExecutor(int(sys.argv[2])); "
+            "c = draw_candidates(exp, exp.domains[0], (exp.train_tokens + exp.sample.val_tokens) * 6, ex); "
             "print(c.documents)")
     wall, rss, _ = _timed([sys.executable, "-c", code, str(config), str(workers)])
     return wall, rss
@@ -126,7 +133,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("bench/cache/sample"))
     ap.add_argument("--sizes", default="1,4", help="GB of Parquet text for the RSS comparison (first: speed too)")
-    ap.add_argument("--jsonl-gb", type=float, default=1.0)
+    ap.add_argument("--jsonl-gb", type=float, default=1.0, help="GB of JSONL.zst text (0: none)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("bench/results/sample.json"))
     args = ap.parse_args()
@@ -140,21 +147,24 @@ def main() -> None:
         pq.write_table(pa.table({"text": _stdlib_texts()[:400]}), small)
     sizes = [float(s) for s in args.sizes.split(",")]
     out = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+           "load_average_at_start": round(os.getloadavg()[0], 1),
            "note": "one run each on a machine shared with other jobs: read the ratios within this run",
            "corpora": {}}
-    cases = [(f"parquet-{g:g}GB", "parquet", g, 16) for g in sizes] + [(f"jsonl.zst-{args.jsonl_gb:g}GB", "jsonl",
-                                                                         args.jsonl_gb, 16)]
+    cases = [(f"parquet-{g:g}GB", "parquet", g, 16) for g in sizes] + ([(f"jsonl.zst-{args.jsonl_gb:g}GB", "jsonl",
+                                                                          args.jsonl_gb, 16)] if args.jsonl_gb else [])
     for name, fmt, gb, shards in cases:
         folder = args.work / name
         text = build(folder, gb, fmt, shards)
         mb = text / 1e6
         p_wall, p_rss = polars_scan(folder, fmt)
-        row = {"text_MB": round(mb), "polars_MBps": round(mb / p_wall), "polars_rss_MB": p_rss}
+        row = {"text_MB": round(mb), "polars_MBps": round(mb / p_wall), "polars_rss_MB": p_rss,
+               "polars_cpu_s": round(CPU_S["last"], 1)}
         for w in ([1, args.workers] if gb == sizes[0] or fmt == "jsonl" else [1]):
             wall, rss, dom = mixopt_sample(folder, fmt, args.work, w, small)
             row[f"mixopt_w{w}_MBps"] = round(mb / wall)
             row[f"mixopt_w{w}_rss_MB"] = rss
             row[f"mixopt_w{w}_s"] = round(wall, 1)
+            row[f"mixopt_w{w}_cpu_s"] = round(CPU_S["last"], 1)
             row["documents"] = dom["documents"]
             s_wall, _ = mixopt_scan(args.work / f"{folder.name}-{w}.yaml", w)
             row[f"scan_w{w}_MBps"] = round(mb / s_wall)

@@ -157,26 +157,23 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
                                                        "every run trained so far becomes invalid."),
            progress: bool = PROGRESS, format: Format = FORMAT):
     """Count each domain's tokens, draw train/validation slices, build the tokenizer."""
+    from dataclasses import replace
+
     from mixopt.data.sample import sample_corpus
     from mixopt.report import format_sample
 
     if ray_address is not None and backend is not SampleBackend.ray:
         raise MixoptError("--ray-address applies with --backend ray only", "add --backend ray, or drop it")
     exp = _load(config, build=True)
-    executor = None
     if backend is SampleBackend.ray:
-        from functools import partial
-
         from mixopt.backends.ray import check_reachable
-        from mixopt.backends.ray_executor import RayExecutor
 
         check_reachable(ray_address)  # before anything is written
-        executor = partial(RayExecutor, address=ray_address, say=_stderr)
     # A line per stage on a terminal or with -v; off a terminal sample stays silent, so a bad corpus
     # found midway is still the one `error:` line a script sees.
-    mode = _progress_mode(progress)
-    manifest = sample_corpus(exp, force=force, retokenize=retokenize, workers=workers, progress=_stderr if mode is True or (
-        mode and VERBOSITY["level"] > 0) else None, executor=executor)
+    runtime = _runtime(workers, progress, say=_stderr, backend=backend.value, ray_address=ray_address)
+    runtime = replace(runtime, progress=runtime.progress is True or bool(runtime.progress and VERBOSITY["level"] > 0))
+    manifest = sample_corpus(exp, runtime, force=force, retokenize=retokenize)
     if format is Format.json:
         typer.echo(json.dumps({**manifest, "workspace": str(exp.workspace_dir)}))
         return

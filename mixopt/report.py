@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from mixopt.core.mixtures import name_list
-from mixopt.fit.verdict import noise_line
 
 
 def table(headers: list[str], rows: list[list], align: str | None = None) -> str:
@@ -51,6 +50,7 @@ def duplicates_note(manifest: dict) -> str:
 
 def format_recommendation(rec) -> str:
     from mixopt.fit.regress import inner_folds, score_text
+    from mixopt.fit.verdict import noise_line  # here, not at the top: scipy.stats costs `sample` ~1 s to import
 
     ci = rec.weights_ci
     head = ["domain"] + (["available tok"] if rec.available else []) + ["prior", "recommended"]

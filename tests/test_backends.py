@@ -351,3 +351,82 @@ def test_out_of_memory_splits_the_batch(monkeypatch):
     monkeypatch.setattr(work, "_train_runs", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("x")))
     with pytest.raises(torch.OutOfMemoryError):  # one proxy that does not fit: nothing left to split
         work.train_task(work.TrainTask(runs=runs[:1], domains=("a",), seed=0, spec=spec, sample_dir="/x", device="cpu"))
+
+
+class _FakeCluster:
+    """A stand-in for Ray's object store: a task runs when waited on (a seeded random one of those
+    in flight), its value stays in `store` until a merge task consumes it, and the driver gets a value
+    only through `get`. Counts the most values held at once, in the store and in the driver."""
+
+    def __init__(self, leaf, merge, seed: int = 0):
+        self.leaf, self.merge, self.rng = leaf, merge, random.Random(seed)
+        self.tasks, self.store, self.n = {}, {}, 0
+        self.peak_store = self.fetched = 0
+
+    def _new(self, task) -> int:
+        self.n += 1
+        self.tasks[self.n] = task
+        return self.n
+
+    def start(self, item) -> int:
+        return self._new(("leaf", item))
+
+    def combine(self, handles: list) -> int:
+        return self._new(("merge", list(handles)))
+
+    def wait(self, handles: list):
+        h = self.rng.choice(handles)
+        kind, arg = self.tasks.pop(h)
+        if kind == "leaf":
+            self.store[h] = self.leaf(arg)
+        else:  # the inputs are consumed where they lie: none of them reaches the driver
+            values = [self.store.pop(x) for x in arg]
+            for v in values[1:]:
+                values[0] = self.merge(values[0], v)
+            self.store[h] = values[0]
+        self.peak_store = max(self.peak_store, len(self.store))
+        return [h], [x for x in handles if x != h]
+
+    def get(self, h: int):
+        self.fetched += 1
+        return self.store.pop(h)
+
+
+def test_ray_sample_merges_500_pools_as_a_tree_with_the_driver_holding_one():
+    """`sample --backend ray`'s schedule (backends.ray_executor.merge_tree) on 500 synthetic bottom-k
+    pools (data.scan.Pool): the merged pool is the serial one, the driver fetches one pool, and the
+    pools not yet merged stay within the window (twice the cluster's CPUs), not 500."""
+    import pyarrow as pa
+
+    from mixopt.backends.ray_executor import FAN_IN, merge_tree
+    from mixopt.data.scan import Pool, seed_key
+
+    key, threshold, cap = seed_key(0, "d"), 20_000, 1000
+    rng = random.Random(1)
+    groups = [[f"doc {g}-{i} " + "x" * rng.randrange(1, 400) for i in range(20)] for g in range(500)]
+    groups[7] += groups[3][:2]  # exact duplicates across tasks: counted once, kept once
+
+    def leaf(docs):
+        p = Pool(threshold)
+        p.feed(pa.array(docs), key, cap)
+        return p
+
+    def merge(a, b):
+        a.merge(b)
+        return a
+
+    cluster = _FakeCluster(leaf, merge)
+    window = 2 * 8  # a cluster of 8 CPUs
+    root = merge_tree(cluster.start, cluster.combine, cluster.wait, groups, window)
+    tree = cluster.get(root)
+    serial = leaf([d for g in groups for d in g])
+    for p in (tree, serial):  # the final trim, as finish_candidates does
+        p.threshold = threshold
+        p.trim()
+    assert {k: v[1] for k, v in tree.docs.items()} == {k: v[1] for k, v in serial.docs.items()}
+    assert (tree.read, tree.read_bytes, tree.largest) == (serial.read, serial.read_bytes, serial.largest)
+    assert cluster.fetched == 1 and not cluster.store and not cluster.tasks
+    assert FAN_IN < cluster.peak_store <= window, cluster.peak_store
+    assert merge_tree(cluster.start, cluster.combine, cluster.wait, [], window) is None
+    one = merge_tree(cluster.start, cluster.combine, cluster.wait, [groups[0]], window)
+    assert cluster.get(one).read == 20

@@ -275,4 +275,4 @@ def test_ctrl_c_says_what_was_kept_and_what_is_pending(corpora, tmp_path):
     st = json.loads(run("status", cfg, "--format", "json").stdout)["design"]
     assert f"{st['done']} of 6 runs of this design are finished and kept" in said
     assert f"{st['pending'] + st['failed']} pending" in said and st["done"] >= 1 and st["pending"] >= 1
-    assert f"`mixopt sweep {cfg}` continues where this stopped" in said[0]
+    assert f"`mixopt sweep {cfg}` continues where this stopped" in said

@@ -310,8 +310,8 @@ READ_PEAK = """
 import resource, sys
 import pyarrow.json, pyarrow.parquet
 from mixopt.config.schema import Source
-from mixopt.data.readers import ShardError, iter_chunks
-from mixopt.data.sources import list_shards
+from mixopt.data.readers import iter_chunks
+from mixopt.data.sources import ShardError, list_shards
 src = Source(path=sys.argv[1])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:

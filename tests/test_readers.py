@@ -7,7 +7,8 @@ import pytest
 import zstandard
 
 from mixopt.config.schema import Source
-from mixopt.data.readers import detect_format, iter_documents
+from mixopt.data.readers import iter_documents
+from mixopt.data.sources import detect_format
 from mixopt.errors import MixoptError
 
 DOCS = ["first document", "second one\nwith two lines", "  ", "third"]

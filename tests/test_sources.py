@@ -14,9 +14,11 @@ import zstandard
 from conftest import small_config, write_config
 
 from mixopt.config.load import load_experiment
+from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Source
-from mixopt.data.readers import iter_documents, list_shards
+from mixopt.data.readers import iter_documents
 from mixopt.data.sample import sample_corpus
+from mixopt.data.sources import list_shards
 from mixopt.errors import MixoptError
 
 DOCS = [f"document number {i}: " + "word " * (i % 7 + 1) for i in range(60)]
@@ -190,7 +192,7 @@ def test_any_number_of_workers_gives_byte_identical_samples(corpora, tmp_path):
                                    "tokenizer": {"vocab_size": 512}})
         cfg["domains"][0]["sources"] = [{"path": str(tmp_path / "code" / "*.parquet")}]
         cfg["domains"][1]["sources"] = [{"path": str(tmp_path / "prose.parquet")}]
-        m = sample_corpus(load_experiment(write_config(tmp_path / f"w{workers}.yaml", cfg)), workers=workers)
+        m = sample_corpus(load_experiment(write_config(tmp_path / f"w{workers}.yaml", cfg)), Runtime(workers=workers))
         manifests.append({k: v for k, v in m.items() if k != "reused"})
     assert not manifests[0]["domains"]["code"]["tokens_exact"]  # the pools were trimmed
     assert manifests[0]["domains"]["code"]["duplicates_dropped"] > 0

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixopt.backends.base import Backend, Failure
+from mixopt.backends.base import Backend, Executor, Failure
 from mixopt.backends.local import LocalBackend, run_local
+from mixopt.backends.local_executor import LocalExecutor
 from mixopt.errors import MixoptError
 
 BACKENDS = ("local", "ray", "slurm")
@@ -36,6 +37,19 @@ def make_backend(runtime, fn, on_progress, exp, workspace) -> Backend:
     raise MixoptError(f"unknown backend '{name}'", f"use one of: {', '.join(BACKENDS)}")
 
 
+def make_executor(runtime) -> Executor:
+    """Where `sample` reads shards, as a config.runtime.Runtime names it: `workers` local processes, or
+    Ray tasks (at most `workers` per domain when more than 1, else one per CPU of the cluster)."""
+    if runtime.backend == "local":
+        return LocalExecutor(runtime.workers)
+    if runtime.backend == "ray":
+        from mixopt.backends.ray_executor import RayExecutor
+
+        return RayExecutor(runtime.workers, address=runtime.ray_address, say=runtime.say)
+    raise MixoptError(f"`sample` reads shards locally or on Ray, not on backend '{runtime.backend}'",
+                      "use --backend local or --backend ray")
+
+
 def _on_cuda(device: str) -> bool:
     """Whether local tasks will train on a CUDA GPU (device `auto` takes one when there is one)."""
     if device.startswith("cuda"):
@@ -47,4 +61,5 @@ def _on_cuda(device: str) -> bool:
     return torch.cuda.is_available()
 
 
-__all__ = ["BACKENDS", "Backend", "Failure", "LocalBackend", "make_backend", "run_local"]
+__all__ = ["BACKENDS", "Backend", "Executor", "Failure", "LocalBackend", "LocalExecutor", "make_backend",
+           "make_executor", "run_local"]

@@ -1,5 +1,6 @@
 """What every backend declares: `Backend` (submit tasks, wait for (task, result, failure) as they
-finish), and `Failure`, a task's error as data the driver classifies by type and errno."""
+finish), `Failure`, a task's error as data the driver classifies by type and errno, and `Executor`
+(run a function on groups of work and merge what it returns: `sample` reading shards)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,24 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None:
+        """Cancel what is in flight and release the workers."""
+        ...
+
+
+class Executor(Protocol):
+    """Where `sample` reads a domain's shard groups: local processes (backends.local_executor) or Ray
+    tasks (backends.ray_executor). Knows nothing of shards or pools: it runs `fn` and folds with `merge`."""
+
+    tasks: int  # how many groups a caller should split its work into (1: one group, read in this process)
+
+    def map_merge(self, fn: Callable, groups: list, merge: Callable, hint: Callable | None = None) -> Any:
+        """merge(...merge(fn(g1), fn(g2))..., fn(gn)) in any order, `merge` returning its first argument
+        merged with the second; `fn` and `merge` are picklable and the order must not change the result.
+        `hint(merged so far)`: keyword arguments for the next `fn` where the executor has them (a local
+        process reading after others finished)."""
+        ...
+
+    def shutdown(self, cancel_futures: bool = True) -> None:
         """Cancel what is in flight and release the workers."""
         ...
 

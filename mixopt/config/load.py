@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from mixopt.config.paths import local_roots
 from mixopt.config.schema import EvalSuite, Experiment
 from mixopt.config.validate import check_weights, input_path_problem, is_inside, read_model_config
 from mixopt.errors import MixoptError
@@ -348,16 +349,16 @@ def _cross_references(exp: Experiment, path: Path, lines: dict) -> list[str]:
             problem(("sample", "tokenizer", "path"), *problem_path)
     for i, d in enumerate(exp.domains):
         for j, s in enumerate(d.sources):
-            for local in _local_roots(s):
-                if is_inside(exp.resolve(local), ws):
-                    problem(("domains", i, "sources", j), f"domain '{d.name}': source {exp.resolve(local)} is "
+            for local in local_roots(s, exp.base_dir):
+                if is_inside(local, ws):
+                    problem(("domains", i, "sources", j), f"domain '{d.name}': source {local} is "
                             f"inside the workspace {ws}",
                             "keep corpora outside the workspace (mixopt may replace its folders)")
     for i, pool in enumerate(exp.pools):
         for j, s in enumerate(pool.sources):
-            for local in _local_roots(s):
-                if is_inside(exp.resolve(local), ws):
-                    problem(("pools", i, "sources", j), f"pool {i + 1}: source {exp.resolve(local)} is inside the "
+            for local in local_roots(s, exp.base_dir):
+                if is_inside(local, ws):
+                    problem(("pools", i, "sources", j), f"pool {i + 1}: source {local} is inside the "
                             f"workspace {ws}", "keep corpora outside the workspace (mixopt may replace its folders)")
     return out
 
@@ -450,20 +451,6 @@ def _home_known(path: str) -> bool:
         return True
     except RuntimeError:  # "Could not determine home directory"
         return False
-
-
-def _local_roots(source) -> list[str]:
-    """The local folders or files a source reads (a glob's fixed prefix; a file:// URL's path); none
-    for object stores, web URLs and Hub names that are not local folders."""
-    out = []
-    for p in ([source.hub] if source.hub else source.path if isinstance(source.path, list) else [source.path]):
-        if p.startswith("file://"):
-            p = p[len("file://"):]
-        elif "://" in p:
-            continue
-        cut = min((p.index(c) for c in "*?[" if c in p), default=None)
-        out.append(p if cut is None else (p[:cut].rsplit("/", 1)[0] or "."))
-    return out
 
 
 def _is_plain_local(source) -> bool:

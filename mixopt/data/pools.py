@@ -12,16 +12,19 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from mixopt.backends.base import Executor
+from mixopt.backends.local_executor import LocalExecutor
 from mixopt.config.schema import NAME_MAX, Domain, Experiment, Pool
 from mixopt.core.keys import FileHashes, content_hash
 from mixopt.core.workspace import Workspace
 from mixopt.data.fields import iter_fields
 from mixopt.data.readers import row_group_parts
-from mixopt.data.scan import TASKS_PER_WORKER, Candidates, Pool as DocPool, _split, finish_candidates, seed_key
+from mixopt.data.scan import TASKS_PER_WORKER, Candidates, Pool as DocPool, finish_candidates, read_groups, seed_key
 from mixopt.data.sources import SKIP_FIX, ShardError, list_shards, source_fingerprint
 from mixopt.errors import MixoptError
 
@@ -269,42 +272,17 @@ def scan_routed(units: list, router: Router, keys: list[bytes | None], threshold
     return pools, skipped
 
 
-def _routed_parallel(executor, workers: int, remote: bool, units: list, router: Router, keys: list, threshold: int,
-                     cap: int) -> tuple:
-    """Groups of units handed out as workers free up (this process reads one while the others run), as
-    data.scan does for one domain; a cluster's executor (Ray) gets every group at once."""
-    from concurrent.futures import FIRST_COMPLETED, wait
-
-    todo = _split(units, min(len(units), workers * TASKS_PER_WORKER))
-    pools, skipped, pending = [DocPool(threshold) if k is not None else None for k in keys], [], set()
-
-    def absorb(ps, sk) -> None:
-        skipped.extend(sk)
-        for p, part in zip(pools, ps):
-            if p is not None:
-                p.merge(part)
-
-    if remote:
-        for f in [executor.submit(scan_routed, g, router, keys, threshold, cap) for g in todo]:
-            absorb(*f.result())
-        return pools, skipped
-    while todo or pending:
-        while todo and len(pending) < 2 * (workers - 1):
-            pending.add(executor.submit(scan_routed, todo.pop(0), router, keys, threshold, cap))
-        for f in [f for f in pending if f.done()]:
-            pending.discard(f)
-            absorb(*f.result())
-        if todo:
-            absorb(*scan_routed(todo.pop(0), router, keys, threshold, cap))
-        elif pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                absorb(*f.result())
-    return pools, skipped
+def merge_routed(a: tuple, b: tuple) -> tuple:
+    """Two scan_routed results as one (order-free, as data.scan's pool merge)."""
+    for p, part in zip(a[0], b[0]):
+        if p is not None:
+            p.merge(part)
+    a[1].extend(b[1])
+    return a
 
 
-def draw_pool(exp: Experiment, i: int, draw: list[str], byte_budget: int, executor=None,
-              workers: int = 1) -> dict[str, Candidates]:
+def draw_pool(exp: Experiment, i: int, draw: list[str], byte_budget: int,
+              executor: Executor | None = None) -> dict[str, Candidates]:
     """Candidates of the pool's domains named in `draw`, from one pass over its shards."""
     import pyarrow  # noqa: F401  (Arrow's filter on the text column)
 
@@ -314,13 +292,12 @@ def draw_pool(exp: Experiment, i: int, draw: list[str], byte_budget: int, execut
     keys = [seed_key(exp.seed, n) if n in draw else None for n in router.names]
     pool = exp.pools[i]
     units = [(s, shard) for s in pool.sources for shard in list_shards(s, exp.base_dir)]
-    if executor is not None and workers > 1 and len(units) < workers * TASKS_PER_WORKER:
+    executor = executor or LocalExecutor(1)
+    workers = executor.tasks
+    if workers > 1 and len(units) < workers * TASKS_PER_WORKER:
         units = [(s, part) for s, shard in units for part in row_group_parts(shard, workers * TASKS_PER_WORKER)]
-    remote = getattr(executor, "remote", False)
-    if executor is None or (not remote and (workers <= 1 or len(units) <= 1)):
-        pools, skipped = scan_routed(units, router, keys, threshold, cap)
-    else:
-        pools, skipped = _routed_parallel(executor, workers, remote, units, router, keys, threshold, cap)
+    pools, skipped = read_groups(executor, units, partial(scan_routed, router=router, keys=keys, threshold=threshold,
+                                                          cap=cap), merge_routed)
     by_name = {d.name: d for d in exp.domains}
     return {n: finish_candidates(p, skipped, byte_budget, by_name[n], exp.base_dir) for n, p in zip(router.names, pools)
             if p is not None}

@@ -14,23 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mixopt.config.schema import Sample, Source
-from mixopt.data.sources import (
-    SKIP_FIX,
-    TEXT_EXTENSIONS,
-    Shard,
-    ShardError,
-    detect_format,
-    fs_for,
-    list_shards,
-    load_hub,
-    source_fingerprint,
-    walk_files,
-)
+from mixopt.data.sources import SKIP_FIX, Shard, ShardError, fs_for, list_shards, load_hub, walk_files
 from mixopt.errors import MixoptError
-
-# Re-exported: what the sampler and the evaluations import from here.
-__all__ = ["SKIP_FIX", "TEXT_EXTENSIONS", "Shard", "ShardError", "detect_format", "iter_chunks", "iter_documents",
-           "list_shards", "row_group_parts", "source_files", "source_fingerprint"]
 
 BATCH_ROWS = 1024  # Parquet/Arrow rows read at a time
 JSONL_BLOCK = 8 << 20  # JSONL bytes parsed at a time

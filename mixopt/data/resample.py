@@ -14,9 +14,17 @@ from dataclasses import dataclass, field
 from mixopt.config.schema import Experiment, Sample
 from mixopt.core.keys import FileHashes, content_hash
 from mixopt.core.workspace import Workspace
-from mixopt.data.readers import source_fingerprint
+from mixopt.data.sources import source_fingerprint
 from mixopt.data.tokenizer import given_tokenizer_id
 from mixopt.errors import MixoptError
+
+SAMPLER_VERSION = 1  # in every domain's key: a sampler that draws other documents is a new version
+
+
+def source_keys(exp: Experiment, hashes: FileHashes | None = None) -> dict[str, str]:
+    """Each domain's key (domain_source_key) by name, this sampler's version."""
+    hashes = hashes or FileHashes(Workspace(exp.workspace_dir).file_hashes_path)
+    return {d.name: domain_source_key(exp, d, hashes, SAMPLER_VERSION) for d in exp.domains}
 
 
 def domain_source_key(exp: Experiment, domain, hashes: FileHashes, version: int) -> str:
@@ -96,12 +104,8 @@ def plan_resample(exp: Experiment, old: dict | None, ws: Workspace, keys: dict[s
 
 def preview(exp: Experiment, old: dict) -> dict:
     """What `sample` would do now, without reading any document: domains drawn again, kept, renamed."""
-    hashes = FileHashes(Workspace(exp.workspace_dir).file_hashes_path)
-    from mixopt.data.sample import SAMPLER_VERSION
-
-    keys = {d.name: domain_source_key(exp, d, hashes, SAMPLER_VERSION) for d in exp.domains}
     try:
-        todo = plan_resample(exp, old, Workspace(exp.workspace_dir), keys, False, False)
+        todo = plan_resample(exp, old, Workspace(exp.workspace_dir), source_keys(exp), False, False)
     except MixoptError as e:
         return {"error": e.one_line()}
     out = todo.summary(False)

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from mixopt.backends.base import Executor
+from mixopt.backends.local_executor import LocalExecutor
 from mixopt.core.credentials import redact
 from mixopt.data.readers import iter_chunks, row_group_parts
-from mixopt.data.sources import SKIP_FIX, Shard, ShardError, describe, extension_note, list_shards
+from mixopt.data.sources import SKIP_FIX, ShardError, describe, extension_note, list_shards
 from mixopt.errors import MixoptError
 
 _WS_FIRST = frozenset(b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f")  # str.isspace's ASCII characters
@@ -184,47 +186,29 @@ def _split(units: list, workers: int) -> list[list]:
 TASKS_PER_WORKER = 4  # groups per worker: a late-starting or slow worker takes fewer, the others more
 
 
-def _scan_parallel(executor: ProcessPoolExecutor, workers: int, units: list, key: bytes, threshold: int,
-                   cap: int) -> tuple[Pool, list[str], list]:
-    """The units in groups handed out as workers free up: `workers - 1` processes and this one (which
-    reads while the others start up: their imports are most of a small domain's time), or, for a
-    cluster's executor (`remote`: Ray), every group at once to its tasks (the cluster queues them on
-    its free CPUs; the driver only merges). Each group's pool is sent back and merged; the merge is
-    order-free, so the result is the serial one. At most TASKS_PER_WORKER x workers pools of the
-    pool's size cross between processes."""
-    from concurrent.futures import FIRST_COMPLETED, wait
-
-    todo = _split(units, min(len(units), workers * TASKS_PER_WORKER))
-    pool, skipped, read, pending = Pool(threshold), [], [], set()
-
-    def absorb(part, sk, rd) -> None:
-        pool.merge(part)
-        skipped.extend(sk)
-        read.extend(rd)
-
-    if getattr(executor, "remote", False):
-        for f in [executor.submit(scan_units, g, key, threshold, cap) for g in todo]:
-            absorb(*f.result())
-        return pool, skipped, read
-    while todo or pending:
-        # Two groups queued per process: one finishing a group starts its next at once, not when this
-        # process comes back from reading its own.
-        while todo and len(pending) < 2 * (workers - 1):
-            pending.add(executor.submit(scan_units, todo.pop(0), key, threshold, cap, pool.top))
-        for f in [f for f in pending if f.done()]:
-            pending.discard(f)
-            absorb(*f.result())
-        if todo:  # this process takes the next group itself
-            absorb(*scan_units(todo.pop(0), key, threshold, cap, pool.top))
-        elif pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                absorb(*f.result())
-    return pool, skipped, read
+def merge_scans(a: tuple, b: tuple) -> tuple:
+    """Two scan_units results as one (order-free: the pool merge does not depend on which came first)."""
+    a[0].merge(b[0])
+    a[1].extend(b[1])
+    a[2].extend(b[2])
+    return a
 
 
-def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor | None = None,
-                    workers: int = 1) -> Candidates:
+def read_groups(executor: Executor, units: list, fn, merge, hint=None):
+    """fn on the units in groups (TASKS_PER_WORKER per task of the executor, balanced by size) where the
+    executor runs them, merged with `merge`; one group when the executor has one task."""
+    n = min(len(units), executor.tasks * TASKS_PER_WORKER) if executor.tasks > 1 else 1
+    return executor.map_merge(fn, _split(units, n) or [units], merge, hint)
+
+
+def scan_groups(executor: Executor, units: list, key: bytes, threshold: int, cap: int) -> tuple[Pool, list[str], list]:
+    """The units read into one pool per group, merged: the serial result. A local process reading a
+    group late skips priorities past the pool merged so far (`top`)."""
+    return read_groups(executor, units, partial(scan_units, key=key, threshold=threshold, cap=cap), merge_scans,
+                       hint=lambda acc: {"top": acc[0].top})
+
+
+def draw_candidates(exp, domain, byte_budget: int, executor: Executor | None = None) -> Candidates:
     """The domain's bottom-k documents (by seeded content hash) holding byte_budget bytes, plus room for
     one more document of at most max_document_bytes; counts the whole domain."""
     cap = exp.sample.max_document_bytes
@@ -234,15 +218,12 @@ def draw_candidates(exp, domain, byte_budget: int, executor: ProcessPoolExecutor
     every = units
     if exp.sample.scan is not None:
         units = subsample(units, exp.sample.scan, key)
-    if executor is not None and workers > 1 and len(units) < workers * 2 and exp.sample.scan is None:
+    executor = executor or LocalExecutor(1)
+    workers = executor.tasks
+    if workers > 1 and len(units) < workers * 2 and exp.sample.scan is None:
         # Few files for the workers: split Parquet files by row groups (the merge makes it the same sample).
         units = [(s, part) for s, shard in units for part in row_group_parts(shard, workers * TASKS_PER_WORKER)]
-    # A cluster's executor (remote: Ray) runs every group, even one: its tasks read the shards, not the driver.
-    remote = getattr(executor, "remote", False)
-    if executor is None or (not remote and (workers <= 1 or len(units) <= 1)):
-        pool, skipped, read = scan_units(units, key, threshold, cap)
-    else:
-        pool, skipped, read = _scan_parallel(executor, workers, units, key, threshold, cap)
+    pool, skipped, read = scan_groups(executor, units, key, threshold, cap)
     c = finish_candidates(pool, skipped, byte_budget, domain, exp.base_dir)
     if len(units) < len(every):
         c.scan = estimate(read, every, c)
@@ -301,13 +282,4 @@ def estimate(read: list, every: list, c: Candidates) -> dict:
     return {"shards_read": n, "shards": big_n, "bytes_stderr": float(se)}
 
 
-def make_executor(workers: int) -> ProcessPoolExecutor | None:
-    if workers <= 1:
-        return None
-    import multiprocessing
-
-    # workers - 1 processes: the calling process reads too. spawn, not fork: Arrow's threads may hold locks.
-    return ProcessPoolExecutor(max_workers=workers - 1, mp_context=multiprocessing.get_context("spawn"))
-
-
-__all__ = ["Candidates", "Pool", "Shard", "draw_candidates", "make_executor", "scan_units", "seed_key"]
+__all__ = ["Candidates", "Pool", "draw_candidates", "scan_groups", "scan_units", "seed_key"]

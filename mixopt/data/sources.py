@@ -13,6 +13,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mixopt.config.paths import has_magic, is_url, local_root, resolve_path, source_paths
 from mixopt.config.schema import Experiment, Source
 from mixopt.core.credentials import redact
 from mixopt.errors import MixoptError
@@ -46,14 +47,6 @@ class Shard:
     opts: dict = field(default_factory=dict, compare=False, hash=False)  # storage_options
 
 
-def _is_url(p: str) -> bool:
-    return "://" in p and not p.startswith("file://")
-
-
-def _has_magic(p: str) -> bool:
-    return any(c in p for c in "*?[")
-
-
 def detect_format(path: Path | str) -> str:
     name = str(path).lower().rstrip("/")
     if isinstance(path, Path) and path.is_dir():
@@ -70,38 +63,8 @@ def detect_format(path: Path | str) -> str:
     return "text"
 
 
-def source_paths(source: Source) -> list[str]:
-    return [] if source.path is None else [source.path] if isinstance(source.path, str) else list(source.path)
-
-
 def describe(source: Source) -> str:
     return redact(source.hub if source.hub else ", ".join(source_paths(source)))
-
-
-def resolve_path(p: str, base_dir: str | Path) -> str:
-    """A config path as a local absolute path (relative ones against the config's folder), or the URL."""
-    if p.startswith("file://"):
-        p = p[len("file://"):]
-    if _is_url(p):
-        return p
-    q = Path(p).expanduser()
-    return str(q if q.is_absolute() else (Path(base_dir) / q).absolute())
-
-
-def local_root(p: str, base_dir: str | Path) -> Path | None:
-    """The local file or folder a source path reads from (a glob: its folder before the first wildcard);
-    None for a URL."""
-    where = resolve_path(p, base_dir)
-    if _is_url(where):
-        return None
-    if _has_magic(where):
-        fixed = []
-        for part in Path(where).parts:
-            if _has_magic(part):
-                break
-            fixed.append(part)
-        return Path(*fixed)
-    return Path(where)
 
 
 def local_inputs(exp: Experiment) -> list[tuple[Path, str]]:
@@ -149,7 +112,7 @@ def check_workspace_place(exp: Experiment) -> None:
             if not (ws == root or ws.is_relative_to(root)):
                 continue
             where = resolve_path(p, base)
-            if _has_magic(where) and "**" not in where and not any(
+            if has_magic(where) and "**" not in where and not any(
                     fnmatch(str(a), where) for a in (ws, *ws.parents) if a.is_relative_to(root)):
                 continue  # a glob that cannot reach into the workspace
             raise MixoptError(f"the workspace {exp.workspace_dir} is inside the source folder {root} of {whose}, so "
@@ -164,9 +127,9 @@ def list_shards(source: Source, base_dir: str | Path = ".") -> list[Shard]:
     shards: list[Shard] = []
     for p in source_paths(source):
         where = resolve_path(p, base_dir)
-        found = _remote_shards(source, where) if _is_url(where) else _local_shards(source, where)
-        if found is None or not found and _has_magic(where):
-            if _has_magic(where):
+        found = _remote_shards(source, where) if is_url(where) else _local_shards(source, where)
+        if found is None or not found and has_magic(where):
+            if has_magic(where):
                 raise MixoptError(f"no file matches {redact(where)}", "fix the glob in the domain's source path")
             raise MixoptError(f"corpus not found: {redact(where)}", "check the domain's source path in the config")
         shards += found
@@ -186,7 +149,7 @@ def extension_note(source: Source, base_dir: str | Path = ".") -> str:
     skipped = []
     for p in source_paths(source):
         where = resolve_path(p, base_dir)
-        if _is_url(where) or _has_magic(where) or not os.path.isdir(where):
+        if is_url(where) or has_magic(where) or not os.path.isdir(where):
             continue
         files = walk_files(where)
         if _folder_format(source, files) == "text":
@@ -206,7 +169,7 @@ def _folder_format(source: Source, files: list[str]) -> str:
 
 
 def _local_shards(source: Source, where: str) -> list[Shard] | None:
-    if _has_magic(where):
+    if has_magic(where):
         out = []
         for m in sorted(globlib.glob(where, recursive=True)):
             if os.path.isdir(m):
@@ -291,7 +254,7 @@ def _remote_shards(source: Source, url: str) -> list[Shard] | None:
     proto = url.split("://", 1)[0]
     try:
         fs.invalidate_cache()  # fsspec keeps listings per filesystem instance: list the store as it is now
-        if _has_magic(root):
+        if has_magic(root):
             infos = fs.glob(root, detail=True)
         elif fs.isdir(root):
             infos = fs.find(root, detail=True)
@@ -308,7 +271,7 @@ def _remote_shards(source: Source, url: str) -> list[Shard] | None:
     for name, info in sorted(infos.items()):
         if info.get("type") == "directory":
             continue
-        if not (_has_magic(root) or name == root) and not _wanted(source, name, kind):
+        if not (has_magic(root) or name == root) and not _wanted(source, name, kind):
             continue
         if info.get("type") not in ("file", None):
             if source.on_error == "skip":
