@@ -3,7 +3,6 @@ objective under the suite."""
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, replace
 
@@ -13,6 +12,7 @@ from mixopt.backends import run_local
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.progress import Bars
+from mixopt.evals.kinds import KINDS
 from mixopt.evals.suites import Suite, prepare_suite
 from mixopt.proxy.model import param_count
 from mixopt.sweep.plan import Plan, load_plan
@@ -172,15 +172,7 @@ def _worth_processes(plan: Plan, tasks: list[EvalTask], runtime: Runtime) -> boo
 
 def _eval_tokens(plan: Plan, measures) -> int:
     """Tokens an evaluation of these measures reads, per proxy (file sizes, nothing loaded)."""
-    from mixopt.core.workspace import slice_file
-
-    total = 0
-    for m in measures:
-        if m.kind == "heldout":
-            total += len(np.load(slice_file(plan.workspace.sample_dir, m.domain, "val"), mmap_mode="r"))
-        else:
-            total += os.path.getsize(m.data) // 3  # JSON token ids, ~3 bytes each
-    return total
+    return sum(KINDS[m.kind].tokens(m, plan.workspace.sample_dir) for m in measures)
 
 
 def record_scores(plan: Plan, store: Store) -> dict[str, float]:
