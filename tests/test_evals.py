@@ -324,3 +324,19 @@ def test_an_evaluation_of_the_wrong_shape_is_one_line_naming_the_fix(make_config
         load_experiment(cfg)
     text = str(err.value)
     assert message in text and "\n" not in text and "line " in text, text
+
+
+def test_the_objective_is_one_weighted_sum_of_the_suites_metrics():
+    """Suite.objective (the sweep's scores, the export) and objective_of on arrays (the fit) agree:
+    signed weights, higher-is-better metrics negated, weight-0 evaluations left out."""
+    from mixopt.evals.objective import objective_of
+    from mixopt.evals.suites import Measure, Suite
+
+    suite = Suite((Measure("heldout/a", "heldout", "k1", "bpb", 3.0, "a", "a", None),
+                   Measure("qa", "choice", "k2", "prob", 1.0, "qa", None, "x.json"),
+                   Measure("heldout/b", "heldout", "k3", "bpb", 0.0, "b", "b", None)), "tasks")
+    metrics = {"heldout/a/bpb": 2.0, "qa/prob": 0.4, "heldout/b/bpb": 9.0}
+    assert suite.objective_terms() == {"heldout/a/bpb": 0.75, "qa/prob": -0.25}
+    assert suite.objective(metrics) == pytest.approx(0.75 * 2.0 - 0.25 * 0.4)
+    arrays = {"heldout/a/bpb": np.array([2.0, 1.0]), "qa/prob": np.array([0.4, 0.8])}
+    assert objective_of(suite.objective_terms(), arrays) == pytest.approx([1.4, 0.55])

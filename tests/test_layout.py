@@ -77,3 +77,12 @@ def test_every_stage_is_a_package_with_a_docstring():
     for stage in [s for s in ORDER if s != "cli"] + ["backends"]:
         init = ROOT / stage / "__init__.py"
         assert init.is_file() and ast.get_docstring(ast.parse(init.read_text())), stage
+
+
+def test_the_objective_formula_is_written_once():
+    """A weighted sum of measurements is mixopt.evals.objective's; every other module calls it."""
+    import re
+
+    formula = re.compile(r"sum\(a \* [\w.]*metrics\[m\] for m, a in")
+    places = [str(p.relative_to(ROOT)) for p in sorted(ROOT.rglob("*.py")) if formula.search(p.read_text())]
+    assert places == ["evals/objective.py"], places

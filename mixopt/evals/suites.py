@@ -19,6 +19,7 @@ from mixopt.core.keys import content_hash
 from mixopt.core.mixtures import NAMES_SHOWN, name_list
 from mixopt.core.workspace import Workspace, atomic_write_json
 from mixopt.evals.kinds import KINDS
+from mixopt.evals.objective import objective_of
 
 EVAL_VERSION = 2  # bump when a change alters what an evaluation computes
 
@@ -76,6 +77,10 @@ class Suite:
         """metric name -> signed weight: the objective is their sum, and lower is better."""
         w = self.effective_weights()
         return {f"{m.name}/{m.metric}": m.direction * w[m.name] for m in self.measures if w[m.name] > 0}
+
+    def objective(self, metrics: dict[str, float]) -> float:
+        """A run's objective from its metrics ('<evaluation name>/<metric>' -> value)."""
+        return objective_of(self.objective_terms(), metrics)
 
     def describe_objective(self) -> str:
         terms = self.objective_terms()

@@ -178,12 +178,11 @@ def _eval_tokens(plan: Plan, measures) -> int:
 def record_scores(plan: Plan, store: Store) -> dict[str, float]:
     """Each finished run's objective under the current suite, from its measurements; stored."""
     have = store.measurements()
-    terms = plan.suite.objective_terms()
     scores = {}
     for r in plan.runs(store, "done"):
         metrics = _metrics_of(plan.suite, have.get(r.key, {}))
         if metrics is not None:
-            scores[r.key] = sum(a * metrics[m] for m, a in terms.items())
+            scores[r.key] = plan.suite.objective(metrics)
     store.record_scores(plan.suite.key, scores)
     return scores
 
