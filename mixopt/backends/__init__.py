@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mixopt.backends.base import Backend, Failure
 from mixopt.backends.local import LocalBackend, run_local
+from mixopt.core.devices import resolve_device
 from mixopt.errors import MixoptError
 
 BACKENDS = ("local", "ray", "slurm")
@@ -38,13 +39,7 @@ def make_backend(runtime, fn, on_progress, exp, workspace) -> Backend:
 
 def _on_cuda(device: str) -> bool:
     """Whether local tasks will train on a CUDA GPU (device `auto` takes one when there is one)."""
-    if device.startswith("cuda"):
-        return True
-    if device != "auto":
-        return False
-    import torch
-
-    return torch.cuda.is_available()
+    return resolve_device(device).startswith("cuda")
 
 
 __all__ = ["BACKENDS", "Backend", "Failure", "LocalBackend", "make_backend", "run_local"]

@@ -11,6 +11,7 @@ import numpy as np
 from mixopt.backends import run_local
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
+from mixopt.core.devices import resolve_device
 from mixopt.core.progress import Bars
 from mixopt.evals.kinds import KINDS
 from mixopt.evals.suites import Suite, prepare_suite
@@ -167,7 +168,7 @@ def _worth_processes(plan: Plan, tasks: list[EvalTask], runtime: Runtime) -> boo
         return False
     import torch
 
-    return runtime.device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1
+    return resolve_device(runtime.device) == "cuda" and torch.cuda.is_available() and torch.cuda.device_count() > 1
 
 
 def _eval_tokens(plan: Plan, measures) -> int:
