@@ -1,5 +1,6 @@
 import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +116,18 @@ def test_json_schema_accepts_configs_and_rejects_what_the_loader_rejects(make_co
         wrong = {**cfg, section: {**cfg.get(section, {}), key: bad}}
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(wrong, schema)
+    # One model per eval kind: each kind's keys, inline or in a suite file (the demo's), and no other's.
+    suite = {"evaluations": [{"name": "h", "kind": "heldout", "domain": "prose"},
+                             {"name": "t", "kind": "text", "sources": "t.txt", "max_tokens": 100},
+                             {"name": "c", "kind": "choice", "dataset": "allenai/ai2_arc", "preset": "arc", "k": 2},
+                             {"name": "q", "kind": "lm_eval", "task": "qa", "metric": "acc", "trust_task_code": True}]}
+    jsonschema.validate({**cfg, "evals": suite}, schema)
+    demo = yaml.safe_load((Path(__file__).parent.parent / "mixtures" / "demo-suite.yaml").read_text())
+    jsonschema.validate({**cfg, "evals": demo}, schema)
+    for wrong in ({"name": "h", "kind": "heldout", "domain": "prose", "path": "x"}, {"name": "h", "domain": "prose"},
+                  {"name": "h", "kind": "heldot", "domain": "prose"}, {"name": "t", "kind": "text"}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**cfg, "evals": {"evaluations": [wrong]}}, schema)
 
 
 def test_command_line_overrides_keep_what_loading_set(tmp_path):

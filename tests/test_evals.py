@@ -282,3 +282,61 @@ def test_fit_no_reeval_uses_runs_lacking_only_a_weight_0_task(swept, tmp_path):
     assert f"note: {after['runs']} finished runs lack only unittest-src (weight 0 in the objective; --no-reeval): " \
            "fitted on the objective, unittest-src left out for them" in said
     assert "left out (" not in said  # no run left out
+
+
+def test_the_eval_kinds_have_one_registry_and_one_config_model_each(make_config):
+    """config/evals.py's discriminated union and evals/kinds' KINDS name the same kinds; each kind's
+    behaviour class points at its config model; the choice presets the config accepts are the readers'."""
+    from typing import get_args
+
+    from mixopt.config.evals import EVAL_KINDS, ChoiceEvaluation, EvalSuite
+    from mixopt.evals.choice import PRESETS
+    from mixopt.evals.kinds import KINDS
+
+    union = get_args(get_args(EvalSuite.model_fields["evaluations"].annotation)[0])[0]
+    assert {get_args(c.model_fields["kind"].annotation)[0] for c in get_args(union)} == set(KINDS) == set(EVAL_KINDS)
+    assert all(k.config is EVAL_KINDS[name] for name, k in KINDS.items())
+    literal = get_args(ChoiceEvaluation.model_fields["preset"].annotation)[0]  # Literal[...] | None
+    assert set(get_args(literal)) == set(PRESETS)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"name": "h", "kind": "heldot", "domain": "prose"},
+     "'evals.evaluations.0.kind': unknown kind 'heldot'; use one of: heldout, text, choice, lm_eval"),
+    ({"name": "h", "domain": "prose"}, "'evals.evaluations.0.kind' is required; add it (one of: heldout, text, "
+                                       "choice, lm_eval)"),
+    ({"name": "h", "kind": "heldout", "domain": "prose", "max_tokens": 5},
+     "'evals.evaluations.0': 'max_tokens' does not apply to a 'heldout' evaluation (it uses 'domain'; "
+     "'max_tokens' is for text)"),
+    ({"name": "h", "kind": "heldout", "domian": "prose"}, "unknown key 'evals.evaluations.0.domian'; did you mean "
+                                                          "'domain'?"),
+    ({"name": "t", "kind": "text", "sources": []}, "'evals.evaluations.0.sources': List should have at least 1 item"),
+    ({"name": "c", "kind": "choice", "path": "a.jsonl", "metric": "loss"},
+     "'evals.evaluations.0.metric': metric 'loss' is not one of prob, acc, acc_norm, bpb"),
+])
+def test_an_evaluation_of_the_wrong_shape_is_one_line_naming_the_fix(make_config, entry, message):
+    """Each kind is its own model: a key of another kind is pydantic's extra input, said in mixopt's
+    words on the line of the file it is on."""
+    from mixopt.errors import MixoptError
+
+    cfg = make_config(evals={"evaluations": [entry]}, fit={})
+    with pytest.raises(MixoptError) as err:
+        load_experiment(cfg)
+    text = str(err.value)
+    assert message in text and "\n" not in text and "line " in text, text
+
+
+def test_the_objective_is_one_weighted_sum_of_the_suites_metrics():
+    """Suite.objective (the sweep's scores, the export) and objective_of on arrays (the fit) agree:
+    signed weights, higher-is-better metrics negated, weight-0 evaluations left out."""
+    from mixopt.evals.objective import objective_of
+    from mixopt.evals.suites import Measure, Suite
+
+    suite = Suite((Measure("heldout/a", "heldout", "k1", "bpb", 3.0, "a", "a", None),
+                   Measure("qa", "choice", "k2", "prob", 1.0, "qa", None, "x.json"),
+                   Measure("heldout/b", "heldout", "k3", "bpb", 0.0, "b", "b", None)), "tasks")
+    metrics = {"heldout/a/bpb": 2.0, "qa/prob": 0.4, "heldout/b/bpb": 9.0}
+    assert suite.objective_terms() == {"heldout/a/bpb": 0.75, "qa/prob": -0.25}
+    assert suite.objective(metrics) == pytest.approx(0.75 * 2.0 - 0.25 * 0.4)
+    arrays = {"heldout/a/bpb": np.array([2.0, 1.0]), "qa/prob": np.array([0.4, 0.8])}
+    assert objective_of(suite.objective_terms(), arrays) == pytest.approx([1.4, 0.55])

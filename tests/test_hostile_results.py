@@ -198,7 +198,7 @@ def test_an_lm_eval_task_folder_that_runs_code_needs_trust_task_code(corpora, tm
 
 def test_the_schema_says_a_task_folder_is_code(tmp_path):
     r = cli(["schema"], tmp_path)
-    field = json.loads(r.stdout)["$defs"]["Evaluation"]["properties"]["trust_task_code"]
+    field = json.loads(r.stdout)["$defs"]["LmEvalEvaluation"]["properties"]["trust_task_code"]
     assert field["default"] is False and "a task folder (`path`) is code" in field["description"]
     assert "Built-in tasks by name" in field["description"]
 

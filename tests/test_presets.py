@@ -14,7 +14,7 @@ from conftest import small_config, write_config
 from typer.testing import CliRunner
 
 from mixopt.cli import app
-from mixopt.config.schema import EvalSuite, Evaluation
+from mixopt.config.evals import ChoiceEvaluation, EvalSuite
 from mixopt.errors import MixoptError
 from mixopt.evals.choice import read_choice_task
 
@@ -28,7 +28,7 @@ ARC = [{"id": f"q{i}", "question": q, "choices": {"text": t, "label": lab}, "ans
 
 
 def _suite(tmp_path, **e):
-    return EvalSuite(evaluations=[Evaluation(name="t", kind="choice", **e)], base_dir=str(tmp_path))
+    return EvalSuite(evaluations=[ChoiceEvaluation(name="t", kind="choice", **e)], base_dir=str(tmp_path))
 
 
 def _read(tmp_path, seed=0, **e):
@@ -103,7 +103,7 @@ def test_field_mapping_and_bad_rows(tmp_path):
     with pytest.raises(MixoptError, match=r"t.jsonl:1: no field 'prompt.txt'"):
         _read(tmp_path, path="t.jsonl", fields=fields | {"question": "prompt.txt"})
     with pytest.raises(ValueError, match="one of 'path'"):
-        Evaluation(name="t", kind="choice", path="a.jsonl", dataset="allenai/ai2_arc")
+        ChoiceEvaluation(name="t", kind="choice", path="a.jsonl", dataset="allenai/ai2_arc")
 
 
 def test_few_shot_exemplars_are_seeded_and_never_the_item(tmp_path):

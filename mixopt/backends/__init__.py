@@ -10,6 +10,7 @@ from pathlib import Path
 from mixopt.backends.base import Backend, Executor, Failure
 from mixopt.backends.local import LocalBackend, run_local
 from mixopt.backends.local_executor import LocalExecutor
+from mixopt.core.devices import resolve_device
 from mixopt.errors import MixoptError
 
 BACKENDS = ("local", "ray", "slurm")
@@ -52,13 +53,7 @@ def make_executor(runtime) -> Executor:
 
 def _on_cuda(device: str) -> bool:
     """Whether local tasks will train on a CUDA GPU (device `auto` takes one when there is one)."""
-    if device.startswith("cuda"):
-        return True
-    if device != "auto":
-        return False
-    import torch
-
-    return torch.cuda.is_available()
+    return resolve_device(device).startswith("cuda")
 
 
 __all__ = ["BACKENDS", "Backend", "Executor", "Failure", "LocalBackend", "LocalExecutor", "make_backend",

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mixopt.config.paths import local_roots
+from mixopt.config.evals import EVAL_KINDS
 from mixopt.config.schema import EvalSuite, Experiment
 from mixopt.config.validate import check_weights, input_path_problem, is_inside, read_model_config
 from mixopt.errors import MixoptError
@@ -251,12 +252,44 @@ def _explain(err: ValidationError, root: type[BaseModel], lines: dict) -> list[s
     """Every validation error as 'line N: where: what; fix', in file order, one per place."""
     out, seen = [], set()
     for e in err.errors():
-        loc = tuple(e["loc"])
+        kind, loc = _eval_kind(tuple(e["loc"]))
         if loc in seen:  # a union reports each alternative; one line per place is enough
             continue
         seen.add(loc)
-        out.append((_line_no(lines, loc), _line(lines, loc) + _say(e, root)))
+        e = {**e, "loc": loc}
+        text = _say_eval(e, kind) or _say(e, root)
+        out.append((_line_no(lines, loc), _line(lines, loc) + text))
     return [text for _, text in sorted(out, key=lambda x: x[0])]
+
+
+def _eval_kind(loc: tuple) -> tuple[str | None, tuple]:
+    """An evaluation's kind, from the tag pydantic puts in the place of an error inside one
+    ('evaluations', 0, 'heldout', 'path'), and the place as the file spells it (without the tag)."""
+    for i in range(2, len(loc)):
+        if loc[i - 2] == "evaluations" and isinstance(loc[i - 1], int) and loc[i] in EVAL_KINDS:
+            return loc[i], loc[:i] + loc[i + 1:]
+    return None, loc
+
+
+def _say_eval(e: dict, kind: str | None) -> str | None:
+    """The errors of an evaluation's own shape: its kind missing or unknown, a key of another kind."""
+    loc = ".".join(str(p) for p in e["loc"])
+    kinds = ", ".join(EVAL_KINDS)
+    if e["type"] == "union_tag_not_found":
+        return f"'{loc}.kind' is required; add it (one of: {kinds})"
+    if e["type"] == "union_tag_invalid":
+        return f"'{loc}.kind': unknown kind '{e['ctx']['tag']}'; use one of: {kinds}"
+    if e["type"] != "extra_forbidden" or kind is None:
+        return None
+    key, model = e["loc"][-1], EVAL_KINDS[kind]
+    users = [k for k, m in EVAL_KINDS.items() if key in m.model_fields]
+    if not users:  # no kind has it: a misspelling
+        close = difflib.get_close_matches(str(key), list(model.model_fields), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(model.model_fields))}"
+        return f"unknown key '{loc}'; {hint}"
+    where = ".".join(str(p) for p in e["loc"][:-1])
+    return (f"'{where}': '{key}' does not apply to a '{kind}' evaluation (it uses '{model.needs}'; "
+            f"'{key}' is for {', '.join(users)})")
 
 
 def _line_no(lines: dict, loc) -> int:
@@ -415,9 +448,10 @@ def _domain_problems(exp: Experiment, lines: dict) -> list[str]:
                     "fix the weights")
     if exp.pools:  # the suite's held-out domains, once pools are domains
         for i, e in enumerate(exp.evals.evaluations if exp.evals else []):
-            if e.kind == "heldout" and e.domain not in names:
-                problem(("evals", "evaluations", i, "domain"), f"evaluation '{e.name}' names unknown domain "
-                        f"'{e.domain}'", f"use one of: {', '.join(names)}")
+            for d in e.domains():
+                if d not in names:
+                    problem(("evals", "evaluations", i, "domain"), f"evaluation '{e.name}' names unknown domain "
+                            f"'{d}'", f"use one of: {', '.join(names)}")
     return out
 
 
@@ -491,9 +525,10 @@ def _check_suite(exp: Experiment, path: Path, config_lines: dict) -> list[str]:
                 "give each evaluation its own name")
     ws = exp.workspace_dir
     for i, e in enumerate(suite.evaluations):
-        if e.kind == "heldout" and not exp.pools and e.domain not in exp.domain_names:
-            problem(("evaluations", i, "domain"), f"evaluation '{e.name}' names unknown domain '{e.domain}'",
-                    f"use one of: {', '.join(exp.domain_names)}")
+        for d in e.domains() if not exp.pools else ():
+            if d not in exp.domain_names:
+                problem(("evaluations", i, "domain"), f"evaluation '{e.name}' names unknown domain '{d}'",
+                        f"use one of: {', '.join(exp.domain_names)}")
         for j, s in enumerate(e.sources or ()):
             if not _is_plain_local(s):
                 problem(("evaluations", i, "sources", j), f"evaluation '{e.name}': a text source is one local "
@@ -506,8 +541,8 @@ def _check_suite(exp: Experiment, path: Path, config_lines: dict) -> list[str]:
                 problem(("evaluations", i, "sources", j), f"evaluation '{e.name}': {suite.resolve(s.path)} is "
                         f"inside the workspace {ws}", "keep eval files outside the workspace")
         # A choice file's rows are checked by evals.suites.check_suite_files, which every verb runs.
-        if e.kind == "choice" and e.path:  # a file, or a datasets.save_to_disk folder
-            bad = input_path_problem(suite.resolve(e.path), f"evaluation '{e.name}': choice task file", ws,
+        if e.task_file():  # a file, or a datasets.save_to_disk folder
+            bad = input_path_problem(suite.resolve(e.task_file()), f"evaluation '{e.name}': {e.kind} task file", ws,
                                      folder_ok=True)
             if bad:
                 problem(("evaluations", i, "path"), *bad)

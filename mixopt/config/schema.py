@@ -1,57 +1,17 @@
-"""The experiment's schema: frozen pydantic models with every default here. Imports nothing from mixopt:
-cross-checks that need the file system or other stages live in load.py and the stages themselves."""
+"""The experiment's schema: frozen pydantic models with every default here. Imports nothing from mixopt
+but the config models it is built of (source.py: a source and the strict base; evals.py: the eval
+kinds): cross-checks that need the file system or other stages live in load.py and the stages themselves."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-NAME_MAX = 100  # characters: a name is a file or folder name (at most 255 bytes) inside longer temp names
-
-
-def _word(v: str) -> str:
-    """Names become folder names and metric names: keep them to one safe word."""
-    if len(v) > NAME_MAX:
-        raise ValueError(f"a name of {len(v)} characters is too long for a file name; use at most {NAME_MAX}")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
-        raise ValueError("use letters, digits, '_', '.', '-' only")
-    if set(v) == {"."}:  # '.' and '..' name the folder itself or its parent, not a new one
-        raise ValueError(f"'{v}' is not a name; use letters or digits")
-    return v
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .inf / .nan never pass
-
-
-class Source(_Strict):
-    """One place a domain's documents come from: `path` (files, folders, globs, fsspec URLs) or `hub`."""
-
-    # A file, a folder, a glob (shards/*.parquet, **/*.jsonl.zst) or an fsspec URL (s3://, gs://,
-    # hf://datasets/..., https://, memory://, file://); or a list of them.
-    path: str | list[str] | None = None
-    hub: str | None = None  # a Hugging Face Hub dataset (org/name, or a local folder laid out like one)
-    config: str | None = None  # hub: the dataset's configuration (subset)
-    format: Literal["auto", "parquet", "jsonl", "text", "hf", "arrow"] = "auto"
-    text_field: str = "text"  # column / JSON key holding the document text
-    extensions: list[str] | None = None  # for directories: which files are documents
-    split: str | None = None  # for a saved HF DatasetDict; hub: the split (default train)
-    storage_options: dict[str, Any] = {}  # passed to fsspec (endpoint_url, anon, ...); credentials from the env
-    on_error: Literal["fail", "skip"] = "fail"  # skip: unreadable shards are skipped and counted
-
-    @model_validator(mode="after")
-    def _one_place(self):
-        if (self.path is None) == (self.hub is None):
-            raise ValueError("give exactly one of `path` and `hub`")
-        if isinstance(self.path, list) and not self.path:
-            raise ValueError("`path` is an empty list")
-        if self.config is not None and self.hub is None:
-            raise ValueError("`config` applies to a `hub` source")
-        return self
+from mixopt.config.evals import EvalSuite
+# NAME_MAX: data.pools reads it from here, with the models it cuts names for.
+from mixopt.config.source import NAME_MAX, Source, Strict as _Strict, as_sources, word as _word  # noqa: F401
 
 
 class Domain(_Strict):
@@ -68,9 +28,7 @@ class Domain(_Strict):
     @field_validator("sources", mode="before")
     @classmethod
     def _paths_as_sources(cls, v):
-        if isinstance(v, (str, dict)):
-            v = [v]
-        return [{"path": s} if isinstance(s, str) else s for s in v]
+        return as_sources(v)
 
     @model_validator(mode="after")
     def _bounds_ordered(self):
@@ -265,102 +223,6 @@ class Objective(_Strict):
     domains: dict[str, float] | None = None  # validation domain -> weight; default: all, equal
 
 
-EVAL_METRICS = {"heldout": ("bpb", "loss"), "text": ("bpb", "loss"), "choice": ("prob", "acc", "acc_norm", "bpb")}
-
-
-HIGHER_IS_BETTER = {"prob", "acc", "acc_norm"}
-# lm-evaluation-harness metrics whose direction is known; another needs `higher_is_better`.
-LM_EVAL_DIRECTIONS = {"acc": True, "acc_norm": True, "exact_match": True, "f1": True, "mcc": True, "bleu": True,
-                      "perplexity": False, "word_perplexity": False, "byte_perplexity": False,
-                      "bits_per_byte": False}
-CHOICE_PRESETS = ("arc", "hellaswag", "piqa", "winogrande", "mmlu", "boolq")
-
-
-class Evaluation(_Strict):
-    """One entry of an eval suite: what to measure, and its weight in the objective."""
-
-    name: str
-    kind: Literal["heldout", "text", "choice", "lm_eval"]
-    weight: float = Field(1.0, ge=0)  # in the objective; normalized over the suite
-    family: str | None = None  # with `average: families`, each family counts once
-    # heldout/text: bpb|loss (default fit.objective.metric); choice: prob|acc|acc_norm|bpb; lm_eval: the task's
-    metric: str | None = None
-    domain: str | None = None  # heldout: which domain's validation slice
-    sources: list[Source] | None = None  # text: the files, read like a domain's sources
-    # choice: a JSONL / JSON / Parquet file or a datasets.save_to_disk folder; lm_eval: a folder of task YAMLs
-    path: str | None = None
-    dataset: str | None = None  # choice: a Hugging Face Hub dataset by name (needs the network once)
-    subset: str | None = None  # choice, dataset: its configuration (e.g. ARC-Easy)
-    split: str | None = None  # choice: the split of a Hub dataset or a saved DatasetDict
-    preset: Literal["arc", "hellaswag", "piqa", "winogrande", "mmlu", "boolq"] | None = None  # choice: schema
-    fields: dict[str, str] | None = None  # choice: question/choices/answer/labels -> the data's field (a.b nests)
-    k: int = Field(0, ge=0)  # choice, lm_eval: few-shot exemplars before each item
-    fewshot_split: str | None = None  # choice: draw exemplars from this split (default: the other items)
-    task: str | None = None  # lm_eval: the harness's task name
-    higher_is_better: bool | None = None  # lm_eval: the metric's direction, when the harness's name is not known
-    max_tokens: int = Field(50_000, gt=0)  # text: tokens evaluated (the first ones, in file order)
-    max_items: int | None = Field(None, gt=0)  # choice, lm_eval: the first N items; default all
-    trust_task_code: bool = Field(False, description=(
-        "lm_eval: a task folder (`path`) is code: lm-evaluation-harness imports and runs its .py files "
-        "(`!function utils.x` in a task YAML) inside mixopt. A folder holding any .py file or `!function` tag "
-        "is refused unless this is true. Built-in tasks by name (no `path`) run the harness's own Python "
-        "(many of their YAMLs use `!function`), installed with it, and need no flag."))
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_a_path_of_words(cls, v: str) -> str:
-        for part in v.split("/"):
-            _word(part)
-        return v
-
-    @field_validator("sources", mode="before")
-    @classmethod
-    def _paths_as_sources(cls, v):
-        return Domain._paths_as_sources(v) if v is not None else v
-
-    @model_validator(mode="after")
-    def _fields_match_kind(self):
-        need = {"heldout": "domain", "text": "sources", "choice": "path", "lm_eval": "task"}[self.kind]
-        if self.kind == "choice" and (self.path is None) == (self.dataset is None):
-            raise ValueError("a 'choice' evaluation needs one of 'path' (a local file or folder) or 'dataset' "
-                             "(a Hub name)")
-        if self.kind != "choice" and getattr(self, need) in (None, []):
-            raise ValueError(f"a '{self.kind}' evaluation needs '{need}'")
-        own = {"heldout": {"domain"}, "text": {"sources", "max_tokens"}, "lm_eval": {"task", "path", "k", "max_items", "trust_task_code"},
-               "choice": {"path", "dataset", "subset", "split", "preset", "fields", "k", "fewshot_split",
-                          "max_items"}}[self.kind]
-        for other in ("domain", "sources", "path", "dataset", "subset", "split", "preset", "fields", "k",
-                      "fewshot_split", "task", "higher_is_better", "trust_task_code"):
-            if other not in own | {"higher_is_better"} and other in self.model_fields_set:
-                raise ValueError(f"'{other}' does not apply to a '{self.kind}' evaluation (it uses '{need}')")
-        if self.kind == "lm_eval":
-            if self.metric is None:
-                raise ValueError("an 'lm_eval' evaluation needs 'metric' (e.g. acc): the harness reports several")
-            if self.higher_is_better is None and self.metric not in LM_EVAL_DIRECTIONS:
-                raise ValueError(f"metric '{self.metric}': say whether it is better higher with 'higher_is_better'")
-        elif self.higher_is_better is not None:
-            raise ValueError("'higher_is_better' applies to 'lm_eval' evaluations only")
-        elif self.metric is not None and self.metric not in EVAL_METRICS[self.kind]:
-            raise ValueError(f"metric '{self.metric}' is not one of {', '.join(EVAL_METRICS[self.kind])}")
-        if self.fields and set(self.fields) - {"question", "choices", "answer", "labels"}:
-            raise ValueError("'fields' maps question, choices, answer and labels only")
-        return self
-
-
-class EvalSuite(_Strict):
-    """The eval suite: a YAML file named by the config's `evals:`, or a mapping inline."""
-
-    average: Literal["tasks", "families"] = "tasks"  # families: mean within each family, then over families
-    evaluations: list[Evaluation] = Field(min_length=1)
-    base_dir: str = "."  # set by load_experiment: relative paths resolve against the suite's folder
-    path: str | None = None  # set by load_experiment: the suite file, when it is one
-
-    def resolve(self, path: str) -> Path:
-        """A path in the suite, relative to the suite file's folder (or the config's, for inline suites)."""
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else (Path(self.base_dir) / p).resolve()
-
-
 class Fit(_Strict):
     # auto: every family cross-validated, the best ranker within one standard error (the safe choice)
     model: Literal["linear", "loglinear", "law", "quadratic", "logweight", "multitask", "gp", "gbm", "ensemble", "auto"] = "auto"
@@ -503,8 +365,8 @@ def experiment_json_schema() -> dict:
     source = {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/Source"}]}
     defs["Domain"]["properties"].pop("select", None)  # set by mixopt for a pool's domains
     defs["Domain"]["properties"]["sources"] = {"anyOf": [source, {"type": "array", "items": source, "minItems": 1}]}
-    defs["Evaluation"]["properties"]["sources"] = {"anyOf": [source, {"type": "array", "items": source},
-                                                             {"type": "null"}], "default": None}
+    defs["TextEvaluation"]["properties"]["sources"] = {"anyOf": [source, {"type": "array", "items": source,
+                                                                           "minItems": 1}]}
     schema["properties"]["evals"] = {"anyOf": [{"type": "string", "description": "an eval suite file"},
                                                {"$ref": "#/$defs/EvalSuite"}, {"type": "null"}], "default": None}
     schema["properties"]["name"]["description"] = "default: the config file's name"

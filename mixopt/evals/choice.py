@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixopt.config.schema import Evaluation
+from mixopt.config.evals import ChoiceEvaluation
 from mixopt.errors import MixoptError, shown
 
 PLAIN = {"question": "question", "choices": "choices", "answer": "answer"}  # mixopt's own JSONL schema
@@ -23,7 +23,7 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 FEWSHOT_SEPARATOR = "\n\n"
 
 
-def read_choice_task(e: Evaluation, resolve, seed: int = 0) -> list[dict]:
+def read_choice_task(e: ChoiceEvaluation, resolve, seed: int = 0) -> list[dict]:
     """The evaluation's items, few-shot contexts included; `resolve` turns a suite path into a Path."""
     rows, where = _load_rows(e, resolve, e.split)
     items = [_item(e, row, f"{where}:{n}") for n, row in rows]
@@ -59,7 +59,7 @@ def _answered(item: dict) -> str:
     return (ctx[a] if isinstance(ctx, list) else ctx) + item["choices"][a]
 
 
-def _load_rows(e: Evaluation, resolve, split: str | None) -> tuple[list[tuple[int, dict]], str]:
+def _load_rows(e: ChoiceEvaluation, resolve, split: str | None) -> tuple[list[tuple[int, dict]], str]:
     """(row number from 1, row) of the task's data, and a name for it in errors."""
     if e.dataset:
         return _hub_rows(e, split), f"{e.dataset}[{split or 'test'}]"
@@ -122,7 +122,7 @@ def _disk_rows(path: Path, split: str | None) -> list[tuple[int, dict]]:
     return list(enumerate(ds.to_list(), 1))
 
 
-def _hub_rows(e: Evaluation, split: str | None) -> list[tuple[int, dict]]:
+def _hub_rows(e: ChoiceEvaluation, split: str | None) -> list[tuple[int, dict]]:
     import datasets
 
     try:
@@ -143,7 +143,7 @@ def _get(row: dict, field: str, where: str):
     return v
 
 
-def _item(e: Evaluation, row, where: str) -> dict:
+def _item(e: ChoiceEvaluation, row, where: str) -> dict:
     if not isinstance(row, dict):
         raise MixoptError(f"{where}: not a JSON object", "write one JSON object per line")
     item = PRESETS[e.preset](row, where) if e.preset else _mapped(row, e.fields or {}, where)

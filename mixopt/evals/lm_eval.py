@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mixopt.config.schema import Evaluation
+from mixopt.config.evals import LmEvalEvaluation
 from mixopt.core.keys import file_sha256
 from mixopt.errors import MixoptError
 from mixopt.proxy.export import export_hf
@@ -23,7 +23,7 @@ from mixopt.proxy.model import ProxySpec
 INSTALL = "install the harness: pip install 'mixopt[lm_eval]'"
 
 
-def check_lm_eval(e: Evaluation, include: Path | None) -> None:
+def check_lm_eval(e: LmEvalEvaluation, include: Path | None) -> None:
     """What every verb checks before any work: the harness is installed and the task folder exists."""
     try:
         import lm_eval  # noqa: F401
@@ -58,7 +58,7 @@ def task_code(folder: Path) -> list[str]:
     return out
 
 
-def lm_eval_identity(e: Evaluation, include: Path | None) -> dict:
+def lm_eval_identity(e: LmEvalEvaluation, include: Path | None) -> dict:
     """What the harness computes: the task and every file of the task folder (YAMLs and data kept
     there), few-shot count, item limit and the harness's version."""
     check_lm_eval(e, include)
@@ -69,7 +69,7 @@ def lm_eval_identity(e: Evaluation, include: Path | None) -> dict:
             "files": [[str(f.relative_to(include)), file_sha256(f)] for f in files]}
 
 
-def lm_eval_task(e: Evaluation, include: Path | None, tokenizer: Path) -> dict:
+def lm_eval_task(e: LmEvalEvaluation, include: Path | None, tokenizer: Path) -> dict:
     """The prepared task a worker runs: checked against the harness's task index once, here."""
     from lm_eval.tasks import TaskManager
 

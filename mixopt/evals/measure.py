@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixopt.core.workspace import slice_file, token_bytes_file
+from mixopt.core.workspace import token_bytes_file
 from mixopt.evals.suites import Measure
 from mixopt.proxy.model import ProxySpec, forward_hidden, project
 
@@ -30,18 +30,10 @@ def measure_models(W: dict, spec: ProxySpec, measures: tuple[Measure, ...], samp
     """For each of the N proxies in W: evaluation key -> {metric: value}."""
     token_bytes = np.load(token_bytes_file(sample_dir))
     out: list[dict] = [{} for _ in range(_count(W))]
-    for i, m in enumerate(measures):
-        if m.kind == "heldout":
-            stream = np.load(slice_file(sample_dir, m.domain, "val"), mmap_mode="r")
-            scores = stream_loss(W, spec, stream, token_bytes)
-        elif m.kind == "text":
-            scores = stream_loss(W, spec, evalset(m.data)["tokens"], token_bytes)
-        elif m.kind == "choice":
-            scores = choice_scores(W, spec, evalset(m.data)["items"])
-        else:
-            from mixopt.evals.lm_eval import lm_eval_scores
+    from mixopt.evals.kinds import KINDS  # here, not above: the kinds score with this module's functions
 
-            scores = lm_eval_scores(W, spec, m)
+    for i, m in enumerate(measures):
+        scores = KINDS[m.kind].scores(W, spec, m, sample_dir, token_bytes)
         for own, s in zip(out, scores):
             own[m.key] = s
         if progress:

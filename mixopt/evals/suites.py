@@ -13,21 +13,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mixopt.config.schema import (
-    HIGHER_IS_BETTER,
-    LM_EVAL_DIRECTIONS,
-    EvalSuite,
-    Evaluation,
-    Experiment,
-    Source,
-)
-from mixopt.core.keys import content_hash, file_sha256
+from mixopt.config.evals import HIGHER_IS_BETTER, EvalSuite, HeldoutEvaluation
+from mixopt.config.schema import Experiment
+from mixopt.core.keys import content_hash
 from mixopt.core.mixtures import NAMES_SHOWN, name_list
 from mixopt.core.workspace import Workspace, atomic_write_json
-from mixopt.data.readers import iter_documents, source_files
-from mixopt.data.sources import extension_note
-from mixopt.errors import MixoptError
-from mixopt.evals.choice import read_choice_task
+from mixopt.evals.kinds import KINDS
+from mixopt.evals.objective import objective_of
 
 EVAL_VERSION = 2  # bump when a change alters what an evaluation computes
 
@@ -37,7 +29,7 @@ class Measure:
     """One evaluation of the suite, resolved."""
 
     name: str  # e.g. "heldout/code"; metrics are "<name>/<metric>"
-    kind: str  # heldout | text | choice | lm_eval
+    kind: str  # its name in evals.kinds.KINDS (heldout, text, choice, lm_eval)
     key: str  # what is computed (see the module docstring)
     metric: str  # the metric that enters the objective
     weight: float  # as written in the suite
@@ -86,6 +78,10 @@ class Suite:
         w = self.effective_weights()
         return {f"{m.name}/{m.metric}": m.direction * w[m.name] for m in self.measures if w[m.name] > 0}
 
+    def objective(self, metrics: dict[str, float]) -> float:
+        """A run's objective from its metrics ('<evaluation name>/<metric>' -> value)."""
+        return objective_of(self.objective_terms(), metrics)
+
     def describe_objective(self) -> str:
         terms = self.objective_terms()
         if len(terms) == 1:
@@ -127,7 +123,7 @@ def suite_config(exp: Experiment) -> EvalSuite:
         return exp.evals
     weights = exp.fit.objective.domains or {n: 1.0 for n in exp.domain_names}
     return EvalSuite(evaluations=[
-        Evaluation(name=f"heldout/{n}", kind="heldout", domain=n, weight=float(weights.get(n, 0.0)))
+        HeldoutEvaluation(name=f"heldout/{n}", kind="heldout", domain=n, weight=float(weights.get(n, 0.0)))
         for n in exp.domain_names], base_dir=exp.base_dir)
 
 
@@ -136,97 +132,35 @@ def resolve_suite(exp: Experiment, manifest: dict, ws: Workspace) -> Suite:
     cfg = suite_config(exp)
     measures = []
     for e in cfg.evaluations:
-        metric = e.metric or ("prob" if e.kind == "choice" else exp.fit.objective.metric)
-        if e.kind == "heldout":
-            key = content_hash({"v": EVAL_VERSION, "kind": "heldout", "data": manifest["domains"][e.domain]["val_sha256"]})
-            data = None
-        else:
-            ident = {"v": EVAL_VERSION, "kind": e.kind, "tokenizer": manifest["tokenizer_sha256"]}
-            if e.kind == "text":
-                ident |= {"data": [_source_fingerprint(s, cfg.resolve(s.path), e.name) for s in e.sources],
-                          "max_tokens": e.max_tokens}
-            elif e.kind == "choice":
-                # What is scored, whatever file or schema it came from: every item's text (few-shot
-                # exemplars included). Reading it here also validates it: one clear error, nothing computed.
-                ident |= {"items": content_hash(read_choice_task(e, cfg.resolve, exp.seed))}
-            else:
-                from mixopt.evals.lm_eval import lm_eval_identity
-
-                ident |= lm_eval_identity(e, cfg.resolve(e.path) if e.path else None)
-            key = content_hash(ident)
-            data = str(ws.root / "evalsets" / f"{e.kind}-{key[:24]}.json")
-        higher = None if e.kind != "lm_eval" else (
-            e.higher_is_better if e.higher_is_better is not None else LM_EVAL_DIRECTIONS[metric])
-        measures.append(Measure(e.name, e.kind, key, metric, e.weight, e.family or e.name, e.domain, data, higher))
+        kind = KINDS[e.kind]
+        metric = e.metric or kind.default_metric(exp)
+        key = content_hash({"v": EVAL_VERSION, "kind": e.kind, **kind.identity(e, cfg, manifest, exp)})
+        data = str(ws.root / "evalsets" / f"{e.kind}-{key[:24]}.json") if kind.prepared else None
+        domain = e.domains()[0] if e.domains() else None
+        measures.append(Measure(e.name, e.kind, key, metric, e.weight, e.family or e.name, domain, data,
+                                kind.higher_is_better(e, metric)))
     return Suite(tuple(measures), cfg.average)
 
 
 def prepare_suite(exp: Experiment, suite: Suite, ws: Workspace) -> None:
-    """Tokenize the text and choice data once per (evaluation, tokenizer); heldout needs nothing."""
+    """Tokenize each prepared kind's data once per (evaluation, tokenizer); heldout needs nothing."""
     from mixopt.data.tokenizer import eos_id, load_tokenizer
 
-    cfg = {e.name: e for e in suite_config(exp).evaluations}
+    cfg = suite_config(exp)
+    evaluations = {e.name: e for e in cfg.evaluations}
     todo = [m for m in suite.measures if m.data and not Path(m.data).is_file()]
     if not todo:
         return
     tok = load_tokenizer(ws.tokenizer_path)
     eos = eos_id(tok)
     for m in todo:
-        e = cfg[m.name]
-        if m.kind == "text":
-            ids: list[int] = []
-            for s in e.sources:
-                for doc in iter_documents(s, suite_config(exp).resolve(s.path),
-                                          max_document_bytes=exp.sample.max_document_bytes):
-                    ids += tok.encode(doc).ids + [eos]
-                    if len(ids) >= e.max_tokens + 1:
-                        break
-                if len(ids) >= e.max_tokens + 1:
-                    break
-            if len(ids) < 2:
-                raise MixoptError(f"evaluation '{m.name}': its text files hold no text", "point `sources` at text")
-            body = {"tokens": ids[:e.max_tokens + 1]}
-        elif m.kind == "choice":
-            items = read_choice_task(e, suite_config(exp).resolve, exp.seed)
-
-            def ids_of(ctx):  # one context, or one per choice (Winogrande)
-                return [tok.encode(c).ids for c in ctx] if isinstance(ctx, list) else tok.encode(ctx).ids
-
-            body = {"items": [{
-                "context": ids_of(it["context"]),
-                "choices": [tok.encode(c).ids for c in it["choices"]],
-                "bytes": [max(1, len(c.encode())) for c in it["choices"]],
-                "answer": it["answer"]} for it in items]}
-        else:
-            from mixopt.evals.lm_eval import lm_eval_task
-
-            body = lm_eval_task(e, suite_config(exp).resolve(e.path) if e.path else None, ws.tokenizer_path)
+        body = KINDS[m.kind].prepare(evaluations[m.name], m, cfg, exp, ws, tok, eos)
         atomic_write_json(Path(m.data), body)
 
 
 def check_suite_files(exp: Experiment) -> None:
-    """Read every choice task of the suite once: a bad row fails every verb, before any work."""
+    """Read every task of the suite once (choice files, lm_eval folders): a bad row fails every verb, before any work."""
     if exp.evals is None:
         return
     for e in exp.evals.evaluations:
-        if e.kind == "choice":
-            read_choice_task(e, exp.evals.resolve, exp.seed)
-        elif e.kind == "lm_eval":
-            from mixopt.evals.lm_eval import check_lm_eval
-
-            check_lm_eval(e, exp.evals.resolve(e.path) if e.path else None)
-
-
-def _source_fingerprint(source: Source, path: Path, name: str) -> list:
-    files = source_files(source, path)
-    if not files:
-        note = extension_note(source.model_copy(update={"path": str(path), "hub": None}))
-        raise MixoptError(f"evaluation '{name}': text source not found or empty: {path}{note}",
-                          "fix the evaluation's `sources` path" + (" or extensions" if note else ""))
-    for f in files:  # hashing /dev/zero (or a FIFO) never ends: even `status` would hang
-        if not f.is_file():
-            raise MixoptError(f"evaluation '{name}': text source {f} is not a regular file (a device, FIFO or "
-                              "socket)", "point `sources` at files, or a folder of files")
-    opts = source.model_dump(exclude={"path"})
-    return [opts, [[f.name if f == path else str(f.relative_to(path)), file_sha256(f)] for f in files]]
-
+        KINDS[e.kind].check(e, exp.evals, exp)

@@ -45,6 +45,8 @@ from scipy.stats import spearmanr
 from sklearn.metrics import r2_score
 from sklearn.model_selection import KFold
 
+from mixopt.evals.objective import objective_of
+
 MODELS = ("linear", "loglinear", "law", "quadratic", "logweight", "multitask", "gp", "gbm", "ensemble")
 SHARED = ("multitask",)  # families fit jointly across all the metrics (the rest: one model per metric)
 LOGLINEAR_RIDGE = 0.05  # pulls t towards its starting point: stable fits from ~10 runs
@@ -459,7 +461,7 @@ def cross_validate(kind: str, X: np.ndarray, metrics: dict[str, np.ndarray], ter
                    folds: int, seed: int, start: MixtureModel | None = None) -> CrossValidation:
     """k-fold (seeded, k capped at the number of runs) out-of-fold predictions of the objective;
     `start` (see fit_model) warm-starts every fold's fit."""
-    y = sum(a * metrics[m] for m, a in terms.items())
+    y = objective_of(terms, metrics)
     oof = np.empty(len(y))
     tests = fold_indices(len(y), folds, seed)
     for test in tests:
@@ -544,7 +546,7 @@ def select_by_cv(kinds, X: np.ndarray, metrics: dict[str, np.ndarray], terms: di
                  seed: int, starts: dict | None = None) -> tuple[str, dict[str, CrossValidation]]:
     """`auto`: every family in `kinds` cross-validated, the ensemble of the best, select_model's pick;
     `starts`: family -> a fit that warm-starts its folds."""
-    y = sum(a * metrics[m] for m, a in terms.items())
+    y = objective_of(terms, metrics)
     cvs = {k: cross_validate(k, X, metrics, terms, folds, seed, (starts or {}).get(k)) for k in kinds}
     ensemble = cross_validate_ensemble(cvs, y, folds, seed)
     if ensemble is not None:
@@ -564,7 +566,7 @@ def cross_validate_selection(cvs: dict[str, CrossValidation], X: np.ndarray, met
     rerun on the fold's training runs alone, with `inner` folds (default: inner_folds), and the fold
     predicted by the family chosen there. The outer folds are cross_validate's (same seed), so that
     prediction is the family's own out-of-fold one in `cvs`: no refit. `oof` is in the runs' order."""
-    y = sum(a * metrics[m] for m, a in terms.items())
+    y = objective_of(terms, metrics)
     n, tests = len(y), fold_indices(len(y), folds, seed)
     inner = inner or inner_folds(n)
     offered = [k for k in cvs if k != "ensemble"]

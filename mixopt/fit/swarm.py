@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mixopt.core.mixtures import Bounds, Sampler
+from mixopt.evals.objective import objective_of
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Swarm:
 
     @property
     def y(self) -> np.ndarray:
-        return sum(a * self.metrics[m] for m, a in self.terms.items())
+        return objective_of(self.terms, self.metrics)
 
 
 @dataclass(frozen=True)

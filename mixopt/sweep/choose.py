@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mixopt.config.runtime import Runtime
+from mixopt.core.devices import resolve_device
 from mixopt.core.keys import content_hash
 from mixopt.core.workspace import Workspace, atomic_write_json
 from mixopt.proxy.model import ProxySpec
@@ -47,10 +48,10 @@ def choose_batch(runtime: Runtime, spec: ProxySpec, ws: Workspace, runs: int) ->
                               "pass --batch-proxies N)", {})
     import torch
 
-    device = runtime.device if runtime.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(runtime.device)
     gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
     # Workers share GPUs round-robin (worker i -> GPU i mod n): each sizes its batch on its share.
-    sharers = -(-runtime.workers // gpus) if device in ("cuda", "auto") and gpus else runtime.workers
+    sharers = -(-runtime.workers // gpus) if device == "cuda" and gpus else runtime.workers
     fits = proxies_per_batch(spec, device if device != "cuda" else "cuda:0", sharers=sharers) \
         if device.startswith("cuda") else CPU_BATCH
     candidate = max(1, min(fits, runs if runs > 0 else fits, -(-runs // runtime.workers) if runs else fits))
@@ -109,11 +110,9 @@ def choose_compile(runtime: Runtime, spec: ProxySpec, ws: Workspace, proxies: in
     if runtime.backend != "local" or runs <= 0:
         return CompileChoice(False, "--compile auto: off (the workers' machines are not visible from here: "
                                     "pass --compile on)" if runs > 0 else "--compile auto: off (nothing to train)", {})
-    import torch
-
     from mixopt.proxy import speed
 
-    device = runtime.device if runtime.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(runtime.device)
     threads = worker_threads(runtime.workers)
     batches = -(-runs // proxies)
     steps = spec.steps * -(-batches // runtime.workers)  # one worker's batches x the steps of each

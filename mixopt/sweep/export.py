@@ -47,7 +47,6 @@ def export_rows(exp: Experiment) -> tuple[list[str], list[dict]]:
         measured = store.measurements()
         names = _evaluation_names(store, plan.suite)
     domains = exp.domain_names
-    terms = plan.suite.objective_terms()
     metric_cols: list[str] = []
     rows = []
     for size, params, r in runs:
@@ -56,7 +55,7 @@ def export_rows(exp: Experiment) -> tuple[list[str], list[dict]]:
                **dict(zip(domains, r.weights))}
         have = measured.get(r.key, {})
         current = _metrics_of(plan.suite, have) if r.status == "done" else None
-        row["objective"] = sum(a * current[m] for m, a in terms.items()) if current else None
+        row["objective"] = plan.suite.objective(current) if current else None
         for ev, values in have.items():
             for metric, v in values.items():
                 col = f"{names.get(ev, ev[:12])}/{metric}"

@@ -3,7 +3,6 @@ objective under the suite."""
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, replace
 
@@ -12,7 +11,9 @@ import numpy as np
 from mixopt.backends import run_local
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
+from mixopt.core.devices import resolve_device
 from mixopt.core.progress import Bars
+from mixopt.evals.kinds import KINDS
 from mixopt.evals.suites import Suite, prepare_suite
 from mixopt.proxy.model import param_count
 from mixopt.sweep.plan import Plan, load_plan
@@ -167,31 +168,22 @@ def _worth_processes(plan: Plan, tasks: list[EvalTask], runtime: Runtime) -> boo
         return False
     import torch
 
-    return runtime.device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1
+    return resolve_device(runtime.device) == "cuda" and torch.cuda.is_available() and torch.cuda.device_count() > 1
 
 
 def _eval_tokens(plan: Plan, measures) -> int:
     """Tokens an evaluation of these measures reads, per proxy (file sizes, nothing loaded)."""
-    from mixopt.core.workspace import slice_file
-
-    total = 0
-    for m in measures:
-        if m.kind == "heldout":
-            total += len(np.load(slice_file(plan.workspace.sample_dir, m.domain, "val"), mmap_mode="r"))
-        else:
-            total += os.path.getsize(m.data) // 3  # JSON token ids, ~3 bytes each
-    return total
+    return sum(KINDS[m.kind].tokens(m, plan.workspace.sample_dir) for m in measures)
 
 
 def record_scores(plan: Plan, store: Store) -> dict[str, float]:
     """Each finished run's objective under the current suite, from its measurements; stored."""
     have = store.measurements()
-    terms = plan.suite.objective_terms()
     scores = {}
     for r in plan.runs(store, "done"):
         metrics = _metrics_of(plan.suite, have.get(r.key, {}))
         if metrics is not None:
-            scores[r.key] = sum(a * metrics[m] for m, a in terms.items())
+            scores[r.key] = plan.suite.objective(metrics)
     store.record_scores(plan.suite.key, scores)
     return scores
 

@@ -1,0 +1,56 @@
+"""What every eval kind does at run time (one subclass per kind, one file each, registered in
+kinds/__init__.py): fingerprint its data, check it, tokenize it once, and score N proxies on it.
+Its config is the model of the same kind in mixopt/config/evals.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from mixopt.config.evals import EvalSuite, EvaluationBase
+from mixopt.config.schema import Experiment
+from mixopt.core.workspace import Workspace
+
+if TYPE_CHECKING:  # suites.py builds Measures from what the kinds say; the kinds only read them
+    from mixopt.evals.suites import Measure
+    from mixopt.proxy.model import ProxySpec
+
+
+class EvalKind:
+    """One eval kind. `name` is its `kind:` in the suite; `config` its pydantic model."""
+
+    name: ClassVar[str]
+    config: ClassVar[type[EvaluationBase]]
+    prepared: ClassVar[bool] = True  # its data is tokenized once into evalsets/ (heldout reads the sample)
+
+    def default_metric(self, exp: Experiment) -> str:
+        """The metric that enters the objective when the evaluation names none."""
+        return exp.fit.objective.metric
+
+    def higher_is_better(self, e: EvaluationBase, metric: str) -> bool | None:
+        """The metric's direction when the metric's name does not say it (None: it does)."""
+        return None
+
+    def identity(self, e: EvaluationBase, suite: EvalSuite, manifest: dict, exp: Experiment) -> dict:
+        """What is computed (beside the kind and EVAL_VERSION): the data's fingerprint, not its paths."""
+        raise NotImplementedError
+
+    def check(self, e: EvaluationBase, suite: EvalSuite, exp: Experiment) -> None:
+        """What every verb checks before any work (a bad task file fails here)."""
+
+    def prepare(self, e: EvaluationBase, m: Measure, suite: EvalSuite, exp: Experiment, ws: Workspace,
+                tok, eos: int) -> dict:
+        """The tokenized eval set written to m.data (prepared kinds only)."""
+        raise NotImplementedError
+
+    def scores(self, W: dict, spec: ProxySpec, m: Measure, sample_dir: Path,
+               token_bytes: np.ndarray) -> list[dict[str, float]]:
+        """For each of the N proxies in W: metric -> value."""
+        raise NotImplementedError
+
+    def tokens(self, m: Measure, sample_dir: Path) -> int:
+        """Tokens one proxy reads to be measured (from file sizes, nothing loaded)."""
+        return os.path.getsize(m.data) // 3  # JSON token ids, ~3 bytes each
