@@ -152,7 +152,7 @@ def test_suite_change_reevaluates_without_retraining(corpora, tmp_path, monkeypa
     monkeypatch.setattr(sweep_module, "train_task", lambda *a, **k: trained.append(a) or pytest.fail("trained"))
     monkeypatch.setattr(work_module, "train_proxies", lambda *a, **k: trained.append(a) or pytest.fail("trained"))
     measured = []
-    real = evals_module.measure_models
+    real = work_module.measure_models
     monkeypatch.setattr(work_module, "measure_models",  # one entry per proxy measured (many per call)
                         lambda W, spec, ms, *a, **k: measured.extend([[m.name for m in ms]] * len(W["model.norm.weight"]))
                         or real(W, spec, ms, *a, **k))

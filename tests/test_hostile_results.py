@@ -309,7 +309,7 @@ def _big_row_parquet(path: Path, mib: int) -> Path:
 READ_PEAK = """
 import resource, sys
 import pyarrow.json, pyarrow.parquet
-from mixopt.config.schema import Source
+from mixopt.config.source import Source
 from mixopt.data.readers import iter_chunks
 from mixopt.data.sources import ShardError, list_shards
 src = Source(path=sys.argv[1])

@@ -15,7 +15,7 @@ from conftest import small_config, write_config
 
 from mixopt.config.load import load_experiment
 from mixopt.config.runtime import Runtime
-from mixopt.config.schema import Source
+from mixopt.config.source import Source
 from mixopt.data.readers import iter_documents
 from mixopt.data.sample import sample_corpus
 from mixopt.data.sources import list_shards

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixopt.config.schema import Source
+from mixopt.config.source import Source
 
 
 def is_url(p: str) -> bool:

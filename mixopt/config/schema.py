@@ -10,8 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from mixopt.config.evals import EvalSuite
-# NAME_MAX: data.pools reads it from here, with the models it cuts names for.
-from mixopt.config.source import NAME_MAX, Source, Strict as _Strict, as_sources, word as _word  # noqa: F401
+from mixopt.config.source import Source, Strict as _Strict, as_sources, word as _word  # noqa: F401
 
 
 class Domain(_Strict):

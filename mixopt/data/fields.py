@@ -9,7 +9,7 @@ import os
 import stat
 from collections.abc import Iterator
 
-from mixopt.config.schema import Source
+from mixopt.config.source import Source
 from mixopt.data.readers import (BATCH_ROWS, JSONL_BLOCK, _decompressed, _open_binary, _text_column, arrow_batches,
                                   read_limit)
 from mixopt.data.sources import Shard, ShardError

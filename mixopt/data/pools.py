@@ -19,7 +19,8 @@ import numpy as np
 
 from mixopt.backends.base import Executor
 from mixopt.backends.local_executor import LocalExecutor
-from mixopt.config.schema import NAME_MAX, Domain, Experiment, Pool
+from mixopt.config.schema import Domain, Experiment, Pool
+from mixopt.config.source import NAME_MAX
 from mixopt.core.keys import FileHashes, content_hash
 from mixopt.core.workspace import Workspace
 from mixopt.data.fields import iter_fields

@@ -13,7 +13,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from mixopt.config.schema import Sample, Source
+from mixopt.config.schema import Sample
+from mixopt.config.source import Source
 from mixopt.data.sources import SKIP_FIX, Shard, ShardError, fs_for, list_shards, load_hub, walk_files
 from mixopt.errors import MixoptError
 

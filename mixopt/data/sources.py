@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixopt.config.paths import has_magic, is_url, local_root, resolve_path, source_paths
-from mixopt.config.schema import Experiment, Source
+from mixopt.config.schema import Experiment
+from mixopt.config.source import Source
 from mixopt.core.credentials import redact
 from mixopt.errors import MixoptError
 

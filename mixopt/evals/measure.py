@@ -1,7 +1,7 @@
 """Measure proxies: held-out and text loss / bits per byte, and multiple-choice tasks.
 
 It takes N >= 1 proxies as stacked weights (proxy.model's one forward pass) and measures each; it
-never trains and never touches the store: sweep/work.py loads checkpoints and calls it.
+never trains and never touches the store: the eval kinds (evals/kinds/) score with its functions.
 """
 
 from __future__ import annotations
@@ -9,13 +9,10 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from mixopt.core.workspace import token_bytes_file
-from mixopt.evals.suites import Measure
 from mixopt.proxy.model import ProxySpec, forward_hidden, project
 
 # Bytes one evaluation pass may hold (activations of every proxy in it, and one chunk of logits):
@@ -23,22 +20,6 @@ from mixopt.proxy.model import ProxySpec, forward_hidden, project
 # a quarter of its free memory (the weights and the allocator's cache take the rest), at most 8 GiB.
 CPU_PASS_BYTES = 256 << 20
 GPU_PASS_SHARE, GPU_PASS_MAX = 0.25, 8 << 30
-
-
-def measure_models(W: dict, spec: ProxySpec, measures: tuple[Measure, ...], sample_dir: Path,
-                   progress: Callable[[int, int, float], None] | None = None) -> list[dict[str, dict[str, float]]]:
-    """For each of the N proxies in W: evaluation key -> {metric: value}."""
-    token_bytes = np.load(token_bytes_file(sample_dir))
-    out: list[dict] = [{} for _ in range(_count(W))]
-    from mixopt.evals.kinds import KINDS  # here, not above: the kinds score with this module's functions
-
-    for i, m in enumerate(measures):
-        scores = KINDS[m.kind].scores(W, spec, m, sample_dir, token_bytes)
-        for own, s in zip(out, scores):
-            own[m.key] = s
-        if progress:
-            progress(i + 1, len(measures), 0.0)
-    return out
 
 
 def evalset(path: str) -> dict:

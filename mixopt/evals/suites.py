@@ -13,37 +13,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mixopt.config.evals import HIGHER_IS_BETTER, EvalSuite, HeldoutEvaluation
+from mixopt.config.evals import EvalSuite, HeldoutEvaluation
 from mixopt.config.schema import Experiment
 from mixopt.core.keys import content_hash
 from mixopt.core.mixtures import NAMES_SHOWN, name_list
 from mixopt.core.workspace import Workspace, atomic_write_json
 from mixopt.evals.kinds import KINDS
+from mixopt.evals.kinds.base import Measure
 from mixopt.evals.objective import objective_of
 
 EVAL_VERSION = 2  # bump when a change alters what an evaluation computes
-
-
-@dataclass(frozen=True)
-class Measure:
-    """One evaluation of the suite, resolved."""
-
-    name: str  # e.g. "heldout/code"; metrics are "<name>/<metric>"
-    kind: str  # its name in evals.kinds.KINDS (heldout, text, choice, lm_eval)
-    key: str  # what is computed (see the module docstring)
-    metric: str  # the metric that enters the objective
-    weight: float  # as written in the suite
-    family: str
-    domain: str | None  # heldout: the domain whose validation slice is read
-    data: str | None  # text / choice: the prepared file (token ids) in the workspace; lm_eval: its task
-    higher_is_better: bool | None = None  # lm_eval: the metric's direction (others: known from the metric)
-
-    @property
-    def direction(self) -> int:
-        """+1 if lower is better (loss, BPB), -1 if higher is (accuracy, probability)."""
-        if self.higher_is_better is not None:
-            return -1 if self.higher_is_better else 1
-        return -1 if self.metric in HIGHER_IS_BETTER else 1
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import numpy as np
 from mixopt.core.keys import file_sha256
 from mixopt.core.workspace import atomic_write_json, slice_file
 from mixopt.errors import MixoptError
-from mixopt.evals.measure import measure_models
-from mixopt.evals.suites import Measure
+from mixopt.evals.kinds import measure_models
+from mixopt.evals.kinds.base import Measure
 from mixopt.proxy.checkpoint import (
     load_checkpoints,
     result_path,

@@ -5,18 +5,41 @@ Its config is the model of the same kind in mixopt/config/evals.py."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from mixopt.config.evals import EvalSuite, EvaluationBase
+from mixopt.config.evals import HIGHER_IS_BETTER, EvalSuite, EvaluationBase
 from mixopt.config.schema import Experiment
 from mixopt.core.workspace import Workspace
 
-if TYPE_CHECKING:  # suites.py builds Measures from what the kinds say; the kinds only read them
-    from mixopt.evals.suites import Measure
+if TYPE_CHECKING:
     from mixopt.proxy.model import ProxySpec
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One evaluation of the suite, resolved (evals/suites.py builds it from what the kinds say; the kinds
+    read it)."""
+
+    name: str  # e.g. "heldout/code"; metrics are "<name>/<metric>"
+    kind: str  # its name in evals.kinds.KINDS (heldout, text, choice, lm_eval)
+    key: str  # what is computed (see the module docstring)
+    metric: str  # the metric that enters the objective
+    weight: float  # as written in the suite
+    family: str
+    domain: str | None  # heldout: the domain whose validation slice is read
+    data: str | None  # text / choice: the prepared file (token ids) in the workspace; lm_eval: its task
+    higher_is_better: bool | None = None  # lm_eval: the metric's direction (others: known from the metric)
+
+    @property
+    def direction(self) -> int:
+        """+1 if lower is better (loss, BPB), -1 if higher is (accuracy, probability)."""
+        if self.higher_is_better is not None:
+            return -1 if self.higher_is_better else 1
+        return -1 if self.metric in HIGHER_IS_BETTER else 1
 
 
 class EvalKind:
