@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from mixopt.config.evals import EvalSuite
-from mixopt.config.source import Source, Strict as _Strict, as_sources, word as _word  # noqa: F401
+from mixopt.config.source import Source, Strict as _Strict, as_sources, word as _word
 
 
 class Domain(_Strict):
