@@ -780,6 +780,9 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
         typer.echo(f"  failed {f['key'][:12]} ({f['origin']}): {f['error']} ({again})")
     if len(failed) > 10:
         typer.echo(f"  ... and {len(failed) - 10} more failed runs (`mixopt status CONFIG --format json` lists all)")
+    if st.get("precisions"):  # this design's trained runs came from more than one device or precision
+        typer.echo("trained as: " + ", ".join(f"{n} {m}" for m, n in st["precisions"].items()) +
+                   " (device and precision change the numbers; `mixopt fit` warns when it mixes them)")
     reps = st.get("replicates") or []
     if reps:
         seeds = sorted({g["seeds"] for g in reps})

@@ -36,6 +36,7 @@ from mixopt.sweep.work import (
     TrainTask,
     check_local_device,
     device_of,
+    planned_measurement,
     read_result,
     train_task,
     worker_threads,
@@ -65,7 +66,7 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
     t0 = time.time()
     if runtime.backend == "local":
         check_local_device(runtime)
-    plan = sweep_plan(exp, extra, design)
+    plan = sweep_plan(exp, extra, design, sweep_measurement(exp, runtime))
     ws = plan.workspace
     report = SweepReport(planned=len(plan.mixtures))
     prepare_suite(exp, plan.suite, ws)
@@ -75,7 +76,7 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
         store.add_suite(plan.suite.to_dict())
         store.add_planned([{"key": k, "context": plan.context, "origin": m.origin, "weights": list(m.weights),
                             "domains": exp.domain_names, "slices": list(plan.slices), "tokenizer": plan.tokenizer,
-                            "replicate": m.replicate}
+                            "replicate": m.replicate, "measured_as": plan.measured_as}
                            for k, m in zip(plan.keys, plan.mixtures)])
         record_virtual(plan.change, plan.slices, ws.root / CHANGE_RECORD)
         # A finished run whose checkpoint is gone or truncated (a stat, no hashing), or found corrupt
@@ -232,4 +233,9 @@ def _train_task(exp: Experiment, plan: Plan, runs: tuple[TrainRun, ...], threads
     return TrainTask(runs=runs, domains=tuple(exp.domain_names), seed=runs[0].seed, spec=plan.spec,
                      sample_dir=str(plan.workspace.sample_dir), measures=plan.suite.measures, threads=threads,
                      device=device_of(runtime, gpus if runtime.backend != "local" else None), gpus=gpus,
-                     compile=compile)
+                     compile=compile, measured_as=plan.measured_as)
+
+
+def sweep_measurement(exp: Experiment, runtime: Runtime) -> str:
+    """What this sweep's run keys record of where its runs train (work.planned_measurement)."""
+    return planned_measurement(runtime, exp.resources.gpus if runtime.backend != "local" else 0.0)

@@ -10,7 +10,7 @@ from mixopt.core.mixtures import Mixture, name_list
 from mixopt.core.workspace import Workspace
 from mixopt.proxy.model import proxy_spec
 from mixopt.sweep.change import is_base
-from mixopt.sweep.plan import Plan, StaleSample, plan_context, superseded_runs, sweep_plan, weights_on
+from mixopt.sweep.plan import Plan, StaleSample, measurement_counts, plan_context, superseded_runs, sweep_plan, weights_on
 from mixopt.sweep.reeval import missing_measures
 from mixopt.sweep.store import Store
 
@@ -51,6 +51,9 @@ def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = ()) -> dic
             state = {r.key: r.status for r in valid}
             out["failed_runs"] = failed_runs(valid)
             out["replicates"] = replicate_groups(valid)
+            trained = measurement_counts([r for r in valid if r.status in ("done", "suspect")])
+            if len(trained) > 1:  # runs of one design trained on different devices or precisions
+                out["precisions"] = trained
             lacking = missing_measures(plan, store)
             from mixopt.sweep.fidelity import size_plans, size_table
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixopt.core.keys import file_sha256
+from mixopt.core.keys import file_sha256, measurement_of
 from mixopt.core.workspace import atomic_write_json, slice_file
 from mixopt.errors import MixoptError
 from mixopt.evals.measure import measure_models
@@ -53,6 +53,7 @@ class TrainTask:
     device: str | None = None  # None: the worker's GPU if it has one, else its CPU
     gpus: float = 0.0  # GPUs the engine gave this task (ray/slurm resources): it must then see one
     compile: bool = False  # the forward through torch.compile (sweep.choose.choose_compile)
+    measured_as: str = ""  # what the runs' keys say of where they train (planned_measurement); checked here
 
     @property
     def key(self) -> str:
@@ -109,6 +110,11 @@ def train_task(task: TrainTask, progress: Progress | None = None) -> tuple[RunRe
     if task.threads:
         torch.set_num_threads(task.threads)
     device = worker_device(task.device, task.gpus)
+    if (here := measurement(device)) != task.measured_as:
+        raise MeasurementMismatch(
+            f"the runs' keys say they train as {task.measured_as or 'cpu/fp32'}, but this worker would train as "
+            f"{here or 'cpu/fp32'} on {device_label(device)} (the driver cannot see a cluster's GPUs and plans bf16 "
+            "on them): use GPUs with native bf16 (compute capability >= 8.0), or --device cpu")
     try:
         return _train_runs(task, task.runs, device, progress)
     except torch.OutOfMemoryError:
@@ -148,6 +154,28 @@ def _train_runs(task: TrainTask, runs: tuple[TrainRun, ...], device: str, progre
                               (t2 - t1) / n, m, n, *where, compiled=task.compile,
                               failure=diverged[i] or nonfinite_measurement(m, names)))
     return tuple(out)
+
+
+class MeasurementMismatch(RuntimeError):
+    """A worker's device or precision is not what the runs' keys were planned for."""
+
+
+def measurement(device: str) -> str:
+    """What a run key records of training on this concrete device (core.keys.measurement_of)."""
+    return measurement_of(str(device).split(":")[0], precision_name(device))
+
+
+def planned_measurement(runtime, gpus: float = 0.0) -> str:
+    """What a sweep's run keys record of where they will train, decided by the driver: on this
+    machine (local), its own device as a local worker resolves it; on a cluster (ray/slurm) the CPU
+    when tasks get no GPU, else a CUDA GPU in bf16 (every data-centre GPU since the A100 has it
+    natively), which each worker checks (train_task) before it trains."""
+    if runtime.backend == "local":
+        return measurement(worker_device(device_of(runtime)))
+    asked = device_of(runtime, gpus)
+    if asked == "cpu":
+        return ""
+    return measurement_of("cuda", "bf16-autocast")
 
 
 def context_lost(device: str) -> bool:
