@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixopt.backends.base import Backend, Failure
+from mixopt.backends.base import Backend, Failure, drain
 from mixopt.backends.local import LocalBackend, run_local
 from mixopt.errors import MixoptError
 
@@ -47,4 +47,4 @@ def _on_cuda(device: str) -> bool:
     return torch.cuda.is_available()
 
 
-__all__ = ["BACKENDS", "Backend", "Failure", "LocalBackend", "make_backend", "run_local"]
+__all__ = ["BACKENDS", "Backend", "Failure", "LocalBackend", "drain", "make_backend", "run_local"]
