@@ -242,9 +242,14 @@ def sweep(config: Path = CONFIG,
                           "the design's runs and trains nothing)", "drop one of them")
     exp = _load(config)
     if dry_run:
+        from mixopt.sweep.run import sweep_measurement
         from mixopt.sweep.status import cost_lines, experiment_status
+        from mixopt.sweep.work import check_local_device
 
-        st = experiment_status(exp)
+        where = _runtime(workers, progress, device, backend=backend.value)
+        if backend is Backend.local:
+            check_local_device(where)
+        st = experiment_status(exp, measured_as=sweep_measurement(exp, where))  # the keys this sweep would train
         if format is Format.json:
             typer.echo(json.dumps(st))
             return

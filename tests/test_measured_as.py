@@ -114,5 +114,6 @@ def test_fit_warns_and_status_counts_when_runs_mix_precisions(corpora, tmp_path)
     again = _mixopt("sweep", cfg, "--no-progress", "--device", "cpu")
     assert again.returncode == 0, again.stderr
     with sqlite3.connect(tmp_path / "ws" / "mixopt.db") as db:
-        assert db.execute("SELECT COUNT(*) FROM runs WHERE status='done' AND measured_as IS NULL").fetchone()[0] == len(rows)
+        cpu = db.execute("SELECT COUNT(*) FROM runs WHERE status='done' AND measured_as IS NULL").fetchone()[0]
+        assert cpu == len(rows)
         assert db.execute("SELECT COUNT(*) FROM runs WHERE measured_as=?", (BF16,)).fetchone()[0] == 2

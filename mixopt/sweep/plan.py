@@ -107,7 +107,8 @@ def mixed_measurements(runs: list[Run]) -> str:
     counts = measurement_counts(runs)
     if len(counts) < 2:
         return ""
-    return (f"warning: these runs trained on different devices or precisions ({', '.join(f'{n} {m}' for m, n in counts.items())}), "
+    each = ", ".join(f"{n} {m}" for m, n in counts.items())
+    return (f"warning: these runs trained on different devices or precisions ({each}), "
             "which changes their numbers: fitted together as they are; for one kind, sweep on one device "
             "(`mixopt sweep CONFIG --device ...`)")
 
@@ -227,7 +228,7 @@ def adopt_legacy(plan: Plan, exp: Experiment, store: Store) -> int:
     if store.readonly:
         return 0
     old = legacy_context(plan, exp)
-    moves = [{"old": r.key, "new": _run_key(plan.context, plan.slices, r.weights), "context": plan.context, "slices": list(plan.slices),
-              "tokenizer": plan.tokenizer}
+    moves = [{"old": r.key, "new": _run_key(plan.context, plan.slices, r.weights),  # CPU fp32 keys, as they were
+              "context": plan.context, "slices": list(plan.slices), "tokenizer": plan.tokenizer}
              for r in store.runs(old) if r.slices is None and list(r.domains) == list(plan.domains)]
     return store.rekey(moves) if moves else 0
