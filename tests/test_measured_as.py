@@ -79,6 +79,7 @@ def _mixopt(*args):
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_fit_warns_and_status_counts_when_runs_mix_precisions(corpora, tmp_path):
     """Two of a CPU sweep's runs re-recorded as a GPU sweep records them (their bf16 key and measured_as,
     as a GPU worker's results would be): `fit` fits all of them, warns in one line with the counts and
