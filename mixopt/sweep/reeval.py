@@ -85,8 +85,8 @@ def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime(), exp:
     say(f"eval suite changed since these results: {len(missing)} finished runs lack {shown}; "
         f"evaluating their checkpoints (no training)")
     tasks = eval_tasks(plan, runs, missing, device_of(runtime, exp.resources.gpus) if remote else device_of(runtime))
-    # Here, under ray/slurm (`mixopt fit`, `eval` on the head node) `workers` is the cluster's width,
-    # not ours: one process. Worker processes pay off only for work much longer than their start-up
+    # Here with a ray/slurm runtime but no experiment to size cluster tasks by, `workers` is the
+    # cluster's width, not ours: one process on this (head) machine. Worker processes pay off only for work much longer than their start-up
     # (importing torch, seconds), and only with a device each: one process's stacked pass uses every core.
     workers = min(len(tasks), runtime.workers if runtime.backend == "local" else 1)
     if workers > 1 and not _worth_processes(plan, tasks, runtime):
