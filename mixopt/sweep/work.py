@@ -53,7 +53,8 @@ class TrainTask:
     device: str | None = None  # None: the worker's GPU if it has one, else its CPU
     gpus: float = 0.0  # GPUs the engine gave this task (ray/slurm resources): it must then see one
     compile: bool = False  # the forward through torch.compile (sweep.choose.choose_compile)
-    measured_as: str = ""  # what the runs' keys say of where they train (planned_measurement); checked here
+    # what the runs' keys say of where they train (planned_measurement), checked by the worker; None: unchecked
+    measured_as: str | None = None
     # ray/slurm with --batch-proxies auto / --compile auto: the worker chooses, where its device is, how
     # many of these runs it trains at once and whether it compiles (choose_on_worker)
     auto_batch: bool = False
@@ -114,7 +115,7 @@ def train_task(task: TrainTask, progress: Progress | None = None) -> tuple[RunRe
     if task.threads:
         torch.set_num_threads(task.threads)
     device = worker_device(task.device, task.gpus)
-    if (here := measurement(device)) != task.measured_as:
+    if task.measured_as is not None and (here := measurement(device)) != task.measured_as:
         raise MeasurementMismatch(
             f"the runs' keys say they train as {task.measured_as or 'cpu/fp32'}, but this worker would train as "
             f"{here or 'cpu/fp32'} on {device_label(device)} (the driver cannot see a cluster's GPUs and plans bf16 "
