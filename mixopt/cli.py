@@ -239,9 +239,14 @@ def sweep(config: Path = CONFIG,
                           "the design's runs and trains nothing)", "drop one of them")
     exp = _load(config)
     if dry_run:
+        from mixopt.sweep.run import sweep_measurement
         from mixopt.sweep.status import cost_lines, experiment_status
+        from mixopt.sweep.work import check_local_device
 
-        st = experiment_status(exp)
+        where = _runtime(workers, progress, device, backend=backend.value)
+        if backend is Backend.local:
+            check_local_device(where)
+        st = experiment_status(exp, measured_as=sweep_measurement(exp, where))  # the keys this sweep would train
         if format is Format.json:
             typer.echo(json.dumps(st))
             return
@@ -777,6 +782,9 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
         typer.echo(f"  failed {f['key'][:12]} ({f['origin']}): {f['error']} ({again})")
     if len(failed) > 10:
         typer.echo(f"  ... and {len(failed) - 10} more failed runs (`mixopt status CONFIG --format json` lists all)")
+    if st.get("precisions"):  # this design's trained runs came from more than one device or precision
+        typer.echo("trained as: " + ", ".join(f"{n} {m}" for m, n in st["precisions"].items()) +
+                   " (device and precision change the numbers; `mixopt fit` warns when it mixes them)")
     reps = st.get("replicates") or []
     if reps:
         seeds = sorted({g["seeds"] for g in reps})

@@ -3,6 +3,7 @@ a `ray start --head`), SLURM through submitit's local executor, leases across co
 kill -9 at random moments, a full disk."""
 
 import errno
+import json
 import os
 import random
 import resource
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ import pytest
 from mixopt.backends import Failure, run_local
 from mixopt.config.load import load_experiment
 from mixopt.config.runtime import Runtime
+from mixopt.core.workspace import Workspace
 from mixopt.errors import MixoptError
 from mixopt.proxy.checkpoint import CheckpointMismatch
 from mixopt.sweep.run import run_sweep
@@ -104,6 +107,117 @@ def test_ray_local_with_fake_gpus(make_config, tmp_path, ray_env):
         with pytest.raises(MixoptError, match="asks for 1 GPU but the Ray cluster has 0"):
             run_sweep(load_experiment(cfg2), Runtime(workers=2, backend="ray"))
         assert time.time() - t0 < 60
+    finally:
+        ray.shutdown()
+
+
+def test_auto_choices_travel_to_a_cluster_worker(tmp_path, monkeypatch):
+    """ray/slurm with --batch-proxies auto / --compile auto: the task says so and the worker decides
+    where its device is (here the CPU, with the test suite's fixed choices standing in for the timing)."""
+    from mixopt.config.schema import Proxy
+    from mixopt.proxy.model import proxy_spec
+    from mixopt.sweep.choose import ON_WORKER, choose_batch, choose_compile
+    from mixopt.sweep.work import TrainRun, TrainTask, choose_on_worker
+
+    ws = Workspace(tmp_path)
+    spec = proxy_spec(Proxy(size="tiny", tokens=4096, seq_len=32, batch_size=4), 64)
+    ray_auto = Runtime(backend="ray")
+    assert choose_batch(ray_auto, spec, ws, 10).proxies == ON_WORKER
+    assert choose_compile(ray_auto, spec, ws, 1, 10).on_worker
+    assert not choose_compile(Runtime(backend="ray", compile="off"), spec, ws, 1, 10).on_worker
+    runs = tuple(TrainRun(f"k{i}", (1.0,), str(tmp_path / f"k{i}.safetensors")) for i in range(5))
+    task = TrainTask(runs=runs, domains=("a",), seed=0, spec=spec, sample_dir=str(tmp_path / "sample"),
+                     auto_batch=True, auto_compile=True)
+    monkeypatch.setenv("MIXOPT_AUTO_BATCH", "3")
+    monkeypatch.setenv("MIXOPT_AUTO_COMPILE", "on")
+    assert choose_on_worker(task, "cpu") == (3, True)
+    monkeypatch.setenv("MIXOPT_AUTO_COMPILE", "off")
+    assert choose_on_worker(task, "cpu") == (3, False)
+    assert choose_on_worker(replace(task, auto_batch=False), "cpu") == (5, False)  # the task's runs as one batch
+
+
+@pytest.mark.slow
+def test_ray_workers_choose_their_batch_and_live_across_tasks(make_config, tmp_path, ray_env, monkeypatch):
+    """A Ray sweep with --batch-proxies auto shares the runs out over the cluster's slots and each worker
+    trains its task's runs as many at a time as it chose (MIXOPT_AUTO_BATCH=2 stands in for its timing);
+    and GPU tasks reuse their worker process (max_calls=0) instead of a new one per task."""
+    import ray
+
+    from mixopt.backends.ray import RayBackend
+
+    cfg = make_config(design__runs=1)
+    mixopt("sample", cfg)
+    monkeypatch.setenv("MIXOPT_AUTO_BATCH", "2")  # before ray.init: Ray's workers inherit it
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=ray_env["RAY_TMPDIR"])
+    try:
+        said = []
+        report = run_sweep(load_experiment(cfg), Runtime(backend="ray", device="cpu", say=said.append))
+        assert report.trained == 5 and not report.failed  # prior + 3 vertices + 1 random
+        # 2 slots (2 CPUs): tasks of 3 and 2 runs; each worker trains 2 at a time (3 = 2 + 1).
+        assert "the workers chose: 1 run(s) one at a time, eager; 4 run(s) 2 at a time, eager" in said, said
+        ws = tmp_path / "ws"
+        batched = sorted(json.loads(p.read_text())["batched"] for p in (ws / "checkpoints").glob("*.json"))
+        assert batched == [1, 2, 2, 2, 2]
+        # GPU tasks (a fake GPU: the function never touches it) run one after another in one process.
+        backend = RayBackend(lambda task, progress=None: os.getpid(), 1, gpus=1, say=said.append)
+        try:
+            pids = []
+            for i in range(3):
+                backend.submit(f"task{i}")
+                while not (done := backend.wait(1.0)):
+                    pass
+                pids += [pid for _, pid, failure in done if failure is None]
+            assert len(pids) == 3 and len(set(pids)) == 1, pids
+        finally:
+            backend.close()
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_reevaluation_in_a_ray_sweep_runs_on_the_cluster_and_reports_failures(make_config, tmp_path, ray_env):
+    """Finished runs lacking measurements, in a Ray sweep: evaluated as Ray tasks (where the proxies
+    train), not by local processes on the head; a batch that fails is reported per run, and evaluation
+    on the head outside a sweep (fit, eval under --backend ray) uses one process."""
+    import ray
+
+    from mixopt.sweep.plan import load_plan
+    from mixopt.sweep.reeval import evaluate_stored
+    from mixopt.sweep.store import Store
+
+    cfg = make_config(design__runs=1)
+    mixopt("sample", cfg)
+    mixopt("sweep", cfg, "--no-progress", "--device", "cpu")
+    ws = tmp_path / "ws"
+
+    def forget(n: int) -> list[str]:  # as if the suite had gained what these runs lack
+        with _db(ws) as db:
+            keys = [k for (k,) in db.execute("SELECT key FROM runs WHERE status='done' ORDER BY key LIMIT ?", (n,))]
+            db.executemany("DELETE FROM measurements WHERE run_key=?", [(k,) for k in keys])
+            db.executemany("DELETE FROM scores WHERE run_key=?", [(k,) for k in keys])
+        return keys
+
+    exp = load_experiment(cfg)
+    forget(2)
+    with Store(ws / "mixopt.db") as store:  # on the head, outside a sweep: one process, not one per GPU or core
+        assert evaluate_stored(load_plan(exp), store, Runtime(backend="ray", workers=8, device="cpu")).workers == 1
+    keys = forget(2)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=ray_env["RAY_TMPDIR"])
+    try:
+        said = []
+        report = run_sweep(exp, Runtime(backend="ray", device="cpu", say=said.append))
+        assert report.reevaluated == 2 and report.trained == 0 and not report.failed, report
+        assert "ray: 1 tasks ran on 1 node(s)" in said, said  # the two checkpoints: one stacked eval task
+        with _db(ws) as db:
+            assert all(db.execute("SELECT COUNT(*) FROM measurements WHERE run_key=?", (k,)).fetchone()[0] for k in keys)
+        # The held-out slice gone: the eval task fails on the cluster, and the sweep says so for each run.
+        keys = forget(2)
+        val = ws / "sample" / "prose" / "val.npy"
+        val.rename(val.with_suffix(".gone"))
+        report = run_sweep(exp, Runtime(backend="ray", device="cpu", say=said.append))
+        val.with_suffix(".gone").rename(val)
+        assert sorted(k for k, _ in report.failed) == sorted(keys), report.failed
+        assert all(line.startswith("evaluation (no retraining): FileNotFoundError") for _, line in report.failed)
     finally:
         ray.shutdown()
 

@@ -222,3 +222,34 @@ def test_a_store_lock_released_while_waiting_lets_the_work_go_on(tmp_path, monke
     t.join()
     assert box["sweep"] >= 1
     holder.close()
+
+
+def test_version_6_store_opens_keeping_every_row(tmp_path):
+    """A store of version 6 (before runs recorded where they trained) migrates to 7: every run, measurement
+    and score is kept, and its runs read as trained on a CPU in float32 (measured_as None), the setting
+    their keys were computed under."""
+    from mixopt.sweep.store import MIGRATIONS
+
+    db = sqlite3.connect(tmp_path / "mixopt.db")
+    db.row_factory = sqlite3.Row
+    db.executescript(SCHEMA)
+    for step in MIGRATIONS[:6]:
+        step(db, tmp_path)
+    db.execute("PRAGMA user_version = 6")
+    for i in range(3):
+        db.execute("INSERT INTO runs (key, context, origin, weights, domains, slices, tokenizer, status, created, "
+                   "params, flops) VALUES (?, 'c', 'prior', '[0.5, 0.5]', '[\"a\", \"b\"]', '[\"s1\", \"s2\"]', 't', "
+                   "'done', 1.0, 10, 6e3)", (f"k{i}",))
+        db.execute("INSERT INTO measurements VALUES (?, 'e', 'loss', 2.5, 1.0)", (f"k{i}",))
+        db.execute("INSERT INTO scores VALUES (?, 'suite', 2.5, 1.0)", (f"k{i}",))
+    db.commit()
+    db.close()
+    with Store(tmp_path / "mixopt.db") as s:
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == VERSION == 7
+        runs = s.runs()
+        assert [r.key for r in runs] == ["k0", "k1", "k2"]
+        assert all(r.status == "done" and r.measured_as is None and r.params == 10 for r in runs)
+        assert set(s.measurements()) == {"k0", "k1", "k2"} and len(s.scores("suite")) == 3
+        s.add_planned([{"key": "g", "context": "c", "origin": "prior", "weights": [1.0], "domains": ["a"],
+                        "measured_as": "cuda/bf16-autocast"}])
+        assert s.runs()[-1].measured_as == "cuda/bf16-autocast"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixopt.backends.base import Backend, Executor, Failure
+from mixopt.backends.base import Backend, Executor, Failure, drain
 from mixopt.backends.local import LocalBackend, run_local
 from mixopt.backends.local_executor import LocalExecutor
 from mixopt.core.devices import resolve_device
@@ -56,5 +56,5 @@ def _on_cuda(device: str) -> bool:
     return resolve_device(device).startswith("cuda")
 
 
-__all__ = ["BACKENDS", "Backend", "Executor", "Failure", "LocalBackend", "LocalExecutor", "make_backend",
+__all__ = ["BACKENDS", "Backend", "Executor", "Failure", "LocalBackend", "LocalExecutor", "drain", "make_backend",
            "make_executor", "run_local"]

@@ -94,6 +94,15 @@ class Executor(Protocol):
         ...
 
 
+def drain(backend: Backend, tasks: list, poll: float = 0.2):
+    """Yield (task, result, failure) for each task as it finishes, keeping the backend's slots full."""
+    todo = list(tasks)
+    while todo or backend.in_flight:
+        while todo and backend.free_slots > 0:
+            backend.submit(todo.pop(0))
+        yield from backend.wait(poll)
+
+
 def call_task(fn, task) -> Finished:
     """(task, result, None), or (task, None, Failure) when our own code raises: a remote worker
     reports its run's error with the run, instead of the engine retrying it as a crash."""

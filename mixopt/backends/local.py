@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 
-from mixopt.backends.base import Backend, Failure, Finished, ProgressFn
+from mixopt.backends.base import Backend, Failure, Finished, ProgressFn, drain
 
 _events = None  # the progress queue, in a worker process
 
@@ -115,11 +115,7 @@ def run_local(fn: Callable, tasks: list, workers: int = 1, on_progress: Progress
               ) -> Iterator[Finished]:
     """Yield (task, result, None) or (task, None, Failure) for each task, as each finishes."""
     with LocalBackend(fn, workers, on_progress) as backend:
-        todo = list(tasks)
-        while todo or backend.in_flight:
-            while todo and backend.free_slots > 0:
-                backend.submit(todo.pop(0))
-            yield from backend.wait(0.2)
+        yield from drain(backend, tasks)
 
 
 def _init_worker(events, driver: int, slots, workers: int) -> None:

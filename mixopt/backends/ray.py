@@ -79,7 +79,9 @@ class RayBackend(Backend):
                               "lower resources.cpus")
         fit = int(min(total.get("CPU", 0) // max(cpus, 1e-9), total.get("GPU", 0) // gpus if gpus else 1 << 30))
         self.slots = max(1, min(workers, fit)) if workers > 1 else max(1, fit)
-        self.remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=MAX_RETRIES)(_ray_call)
+        # max_calls=0: a worker process runs task after task (Ray's default for a GPU task is a new
+        # process each time: torch imported, CUDA initialized and every compile paid again per batch).
+        self.remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=MAX_RETRIES, max_calls=0)(_ray_call)
         alive = sum(1 for n in ray.nodes() if n.get("Alive"))
         say(f"ray: {alive} node(s), {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs; "
             f"{self.slots} proxies (or batches) in flight")
@@ -133,4 +135,17 @@ def _ray_call(fn, task):
     import ray
 
     os.environ["MIXOPT_REMOTE_WORKER"] = "ray"
-    return call_task(fn, task), ray.get_runtime_context().get_node_id()
+    try:
+        return call_task(fn, task), ray.get_runtime_context().get_node_id()
+    finally:
+        _release_gpu_cache()
+
+
+def _release_gpu_cache() -> None:
+    """The process lives on for the next task (max_calls=0): hand the GPU memory its allocator keeps
+    cached back, so a task sharing the GPU (resources.gpus < 1) can use it; CUDA stays initialized."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

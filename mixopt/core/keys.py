@@ -92,15 +92,27 @@ class FileHashes:
             pass
 
 
-def run_key(context: str, slices, weights, replicate: int = 0) -> str:
+def run_key(context: str, slices, weights, replicate: int = 0, measured_as: str = "") -> str:
     """A run's key: what it trained on under `context` (proxy spec, tokenizer, seed, trainer
     version). Only domains with weight > 0 count, each as (its train slice's sha256, its weight), in
     the canonical (config) order: a domain at weight 0, added, removed or renamed, leaves the key as
     it is, because the training is the same (proxy.train.mixture_sequences draws nothing for it).
     `replicate` > 0 is another init / data-order seed of the same mixture (replicate_seed); replicate
-    0 is the experiment's own seed and keeps the key it always had."""
+    0 is the experiment's own seed and keeps the key it always had. `measured_as` is where and how it
+    trained when that changes the numbers ("cuda/bf16-autocast", see measurement_of); "" (a CPU in
+    float32) keeps the key every run had before precision was part of it."""
     body = {"context": context, "trained": [[s, w] for s, w in zip(slices, weights) if w > 0]}
-    return content_hash({**body, "replicate": int(replicate)} if replicate else body)
+    if replicate:
+        body["replicate"] = int(replicate)
+    if measured_as:
+        body["measured_as"] = measured_as
+    return content_hash(body)
+
+
+def measurement_of(device_type: str, precision: str) -> str:
+    """What a run key records of where a run trained: '' for the CPU in float32 (the setting every
+    key before store version 7 was computed under), else '<device type>/<precision>'."""
+    return "" if (device_type, precision) == ("cpu", "fp32") else f"{device_type}/{precision}"
 
 
 def replicate_seed(seed: int, replicate: int) -> int:

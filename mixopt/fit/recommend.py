@@ -57,7 +57,7 @@ from mixopt.fit.verdict import (
     model_error,
     proxy_interval,
 )
-from mixopt.sweep.plan import load_plan
+from mixopt.sweep.plan import load_plan, mixed_measurements
 from mixopt.sweep.reeval import (
     evaluate_stored,
     missing_measures,
@@ -539,6 +539,8 @@ def experiment_swarm(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool
             record_scores(plan, store)
         X, metrics, keys = training_table(plan, store)
         seed_of = {r.key: r.replicate for r in plan.runs(store, "done")}
+        if mixed := mixed_measurements([r for r in plan.runs(store, "done") if r.key in set(keys)]):
+            runtime.say(mixed)
         failed = len(plan.runs(store, "failed"))
     if len(keys) < len(exp.domain_names) + 2:
         also = f" ({failed} failed runs left out: `mixopt status CONFIG` says why)" if failed else ""

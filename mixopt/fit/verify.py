@@ -18,7 +18,7 @@ from mixopt.fit.recommend import experiment_swarm, fit_swarm
 from mixopt.fit.verdict import paired_gain
 from mixopt.fit.reuse import model_space
 from mixopt.sweep.reeval import record_scores
-from mixopt.sweep.run import run_sweep
+from mixopt.sweep.run import run_sweep, sweep_measurement
 from mixopt.sweep.store import Store
 
 
@@ -133,6 +133,7 @@ def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime(), seeds: 
     report = run_sweep(exp, runtime, extra=extra, design=False)
     if report.failed:
         raise MixoptError(f"a verification run failed: {report.failed[0][1]}", "see the error above and rerun")
+    plan = replace(plan, measured_as=sweep_measurement(exp, runtime))  # the keys the sweep trained under
     with Store(plan.workspace.db_path) as store:
         scores = record_scores(plan, store)
     rows = []
@@ -226,7 +227,7 @@ def verify_at_size(exp: Experiment, size: str, top: int = 3, runtime: Runtime = 
     report = run_sweep(big, runtime, extra=extra, design=False)
     if report.failed:
         raise MixoptError(f"a verification run at {size} failed: {report.failed[0][1]}", "see the error above and rerun")
-    big_plan = load_plan(big, extra, design=False)
+    big_plan = load_plan(big, extra, design=False, measured_as=sweep_measurement(big, runtime))
     with Store(plan.workspace.db_path) as store:
         large = record_scores(big_plan, store)
         small = record_scores(plan, store)

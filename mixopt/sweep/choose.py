@@ -40,25 +40,35 @@ def choose_batch(runtime: Runtime, spec: ProxySpec, ws: Workspace, runs: int) ->
     """The batch size a sweep of `runs` proxies uses (see the module docstring)."""
     if runtime.batch_proxies != "auto":
         return BatchChoice(int(runtime.batch_proxies), f"--batch-proxies {runtime.batch_proxies}", {})
-    if os.environ.get("MIXOPT_AUTO_BATCH"):  # the test suite: what a sweep does must not depend on machine speed
-        n = int(os.environ["MIXOPT_AUTO_BATCH"])
-        return BatchChoice(n, f"--batch-proxies auto: {n} (MIXOPT_AUTO_BATCH, not measured)", {})
-    if runtime.backend != "local":
-        return BatchChoice(1, "--batch-proxies auto: 1 (the workers' devices are not visible from here: "
-                              "pass --batch-proxies N)", {})
+    if runtime.backend != "local":  # run.py sizes the tasks by the cluster's slots (ON_WORKER)
+        return BatchChoice(ON_WORKER, "--batch-proxies auto: chosen on each worker, where its device is "
+                                      "(as locally: memory, then timing 1 vs N; see the job logs)", {})
     import torch
 
     device = resolve_device(runtime.device)
     gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
     # Workers share GPUs round-robin (worker i -> GPU i mod n): each sizes its batch on its share.
     sharers = -(-runtime.workers // gpus) if device == "cuda" and gpus else runtime.workers
+    return batch_on_device(device, spec, ws, runs, runtime.workers, sharers, worker_threads(runtime.workers),
+                           runtime.say)
+
+
+ON_WORKER = 0  # BatchChoice.proxies when each ray/slurm worker chooses for itself (batch_on_device there)
+
+
+def batch_on_device(device: str, spec: ProxySpec, ws: Workspace, runs: int, workers: int, sharers: int,
+                    threads: int, say) -> BatchChoice:
+    """choose_batch on `device`, where the training runs: `runs` proxies over `workers` workers, each of
+    `sharers` training on this GPU at once sizing its batch on its share of the memory."""
+    if os.environ.get("MIXOPT_AUTO_BATCH"):  # the test suite: what a sweep does must not depend on machine speed
+        n = int(os.environ["MIXOPT_AUTO_BATCH"])
+        return BatchChoice(n, f"--batch-proxies auto: {n} (MIXOPT_AUTO_BATCH, not measured)", {})
     fits = proxies_per_batch(spec, device if device != "cuda" else "cuda:0", sharers=sharers) \
         if device.startswith("cuda") else CPU_BATCH
-    candidate = max(1, min(fits, runs if runs > 0 else fits, -(-runs // runtime.workers) if runs else fits))
+    candidate = max(1, min(fits, runs if runs > 0 else fits, -(-runs // workers) if runs else fits))
     if candidate == 1:
-        why = "no room for a second proxy on the device" if fits <= 1 else f"{runs} run(s) left for {runtime.workers} worker(s)"
+        why = "no room for a second proxy on the device" if fits <= 1 else f"{runs} run(s) left for {workers} worker(s)"
         return BatchChoice(1, f"--batch-proxies auto: 1 ({why})", {})
-    threads = worker_threads(runtime.workers)
     machine = _machine(device, threads)
     key = content_hash({"machine": machine, "spec": spec.to_dict(), "n": candidate})
     cache = ws.root / "trainer-choice.json"
@@ -67,8 +77,8 @@ def choose_batch(runtime: Runtime, spec: ProxySpec, ws: Workspace, runs: int) ->
     if row is None:
         from mixopt.proxy.speed import training_rates
 
-        runtime.say(f"--batch-proxies auto: timing a few steps of 1 and of {candidate} {spec.size} proxies together "
-                    f"on {device} (once per machine and proxy shape)...")
+        say(f"--batch-proxies auto: timing a few steps of 1 and of {candidate} {spec.size} proxies together "
+            f"on {device} (once per machine and proxy shape)...")
 
         rates = _with_threads(threads, lambda: training_rates(spec, (1, candidate), _one_device(device)))
         row = {"machine": machine, "spec": spec.size, "n": candidate, "measured": time.time(),
@@ -93,6 +103,7 @@ class CompileChoice:
     # compile_seconds, eager_step, compiled_step (seconds), steps (each worker's), break_even_steps;
     # only what was measured (empty when nothing was)
     timings: dict[str, float]
+    on_worker: bool = False  # ray/slurm: each worker chooses for itself (compile_on_device there)
 
 
 def choose_compile(runtime: Runtime, spec: ProxySpec, ws: Workspace, proxies: int, runs: int,
@@ -104,18 +115,25 @@ def choose_compile(runtime: Runtime, spec: ProxySpec, ws: Workspace, proxies: in
     `rates`, the batch choice's proxy-steps/s, or 2 timed steps) is under MIN_COMPILE_SECONDS."""
     if runtime.compile != "auto":
         return CompileChoice(runtime.compile == "on", f"--compile {runtime.compile}", {})
+    if runtime.backend != "local" and runs > 0:  # the worker decides (TrainTask.auto_compile)
+        return CompileChoice(False, "--compile auto: chosen on each worker, where its device is (as locally: "
+                                    "whether its steps win the compile time back; see the job logs)", {}, on_worker=True)
+    return compile_on_device(resolve_device(runtime.device), spec, ws, proxies, runs, runtime.workers, worker_threads(runtime.workers),
+                             rates, runtime.say)
+
+
+def compile_on_device(device: str, spec: ProxySpec, ws: Workspace, proxies: int, runs: int, workers: int,
+                      threads: int, rates: dict[int, float] | None, say) -> CompileChoice:
+    """choose_compile on `device`, where the training runs (see choose_compile)."""
     if os.environ.get("MIXOPT_AUTO_COMPILE"):  # the test suite: what a sweep does must not depend on machine speed
         on = os.environ["MIXOPT_AUTO_COMPILE"] == "on"
         return CompileChoice(on, f"--compile auto: {'on' if on else 'off'} (MIXOPT_AUTO_COMPILE, not measured)", {})
-    if runtime.backend != "local" or runs <= 0:
-        return CompileChoice(False, "--compile auto: off (the workers' machines are not visible from here: "
-                                    "pass --compile on)" if runs > 0 else "--compile auto: off (nothing to train)", {})
+    if runs <= 0:
+        return CompileChoice(False, "--compile auto: off (nothing to train)", {})
     from mixopt.proxy import speed
 
-    device = resolve_device(runtime.device)
-    threads = worker_threads(runtime.workers)
     batches = -(-runs // proxies)
-    steps = spec.steps * -(-batches // runtime.workers)  # one worker's batches x the steps of each
+    steps = spec.steps * -(-batches // workers)  # one worker's batches x the steps of each
     if rates and rates.get(proxies):
         eager = proxies / rates[proxies]
     else:
@@ -133,8 +151,8 @@ def choose_compile(runtime: Runtime, spec: ProxySpec, ws: Workspace, proxies: in
     known = _read(cache)
     row = known.get(key)
     if row is None:
-        runtime.say(f"--compile auto: compiling the {spec.size} proxy x{proxies} on {device} to time it (often "
-                    "30 s or more on a CPU; once per machine and proxy shape)...")
+        say(f"--compile auto: compiling the {spec.size} proxy x{proxies} on {device} to time it (often "
+            "30 s or more on a CPU; once per machine and proxy shape)...")
         try:
             row = _with_threads(threads, lambda: speed.compile_timings(spec, proxies, _one_device(device)))
             row = {k: round(v, 5) for k, v in row.items()}

@@ -53,9 +53,12 @@ class Plan:
     slices: tuple[str, ...] = ()  # each domain's train slice sha256
     tokenizer: str = ""  # sha256 of the workspace's tokenizer
     change: Change | None = None  # how the data changed since the base design, if it did
+    # Where and how this plan's runs train when that changes their numbers (core.keys.measurement_of):
+    # '' for a CPU in float32. Part of each key; a stored run keeps its own (Run.measured_as).
+    measured_as: str = ""
 
     def key(self, weights, replicate: int = 0) -> str:
-        return _run_key(self.context, self.slices, weights, replicate)
+        return _run_key(self.context, self.slices, weights, replicate, self.measured_as)
 
     def weights_of(self, run: Run) -> tuple[float, ...] | None:
         """The run's weights over the current domains, or None when it is not valid for this plan."""
@@ -87,7 +90,27 @@ def weights_on(run: Run, context: str, slices: tuple[str, ...]) -> tuple[float, 
             if s not in where:
                 return None
             w[where[s]] = x
-    return tuple(w) if _run_key(context, slices, w, run.replicate) == run.key else None  # same slices in another order: another training
+    same = _run_key(context, slices, w, run.replicate, run.measured_as or "") == run.key
+    return tuple(w) if same else None  # same slices in another order: another training
+
+
+def measurement_counts(runs: list[Run]) -> dict[str, int]:
+    """How many of these runs trained each way ('cpu/fp32', 'cuda/bf16-autocast', ...), most first."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.measured_as or "cpu/fp32"] = counts.get(r.measured_as or "cpu/fp32", 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def mixed_measurements(runs: list[Run]) -> str:
+    """One warning line when these runs trained on different devices or precisions, else ''."""
+    counts = measurement_counts(runs)
+    if len(counts) < 2:
+        return ""
+    each = ", ".join(f"{n} {m}" for m, n in counts.items())
+    return (f"warning: these runs trained on different devices or precisions ({each}), "
+            "which changes their numbers: fitted together as they are; for one kind, sweep on one device "
+            "(`mixopt sweep CONFIG --device ...`)")
 
 
 def superseded_runs(store: Store, context: str, domains: tuple[str, ...], slices: tuple[str, ...],
@@ -121,10 +144,11 @@ def plan_context(exp: Experiment, spec: ProxySpec, tokenizer: str) -> str:
     return content_hash({"trainer": TRAINER_VERSION, "seed": exp.seed, "spec": spec.to_dict(), "tokenizer": tokenizer})
 
 
-def sweep_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool = True) -> Plan:
+def sweep_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool = True,
+               measured_as: str = "") -> Plan:
     """What a sweep trains: load_plan, with a mixtures file's weights rounded just past a bound
     projected onto the bounds (the mixture trained is the projected one)."""
-    plan = load_plan(exp, extra, design)
+    plan = load_plan(exp, extra, design, measured_as)
     snapped = []
     for m in extra:
         w = plan.bounds.snap(np.asarray(m.weights)) if m.origin.startswith("file:") else np.asarray(m.weights)
@@ -132,11 +156,13 @@ def sweep_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool 
             raise MixoptError(f"mixture {m.origin} is outside the domain bounds (or repetition limits)",
                               "fix its weights or the bounds")
         snapped.append(Mixture(m.origin, tuple(float(x) for x in w), m.replicate))
-    return plan if snapped == list(extra) else load_plan(exp, snapped, design)
+    return plan if snapped == list(extra) else load_plan(exp, snapped, design, measured_as)
 
 
-def load_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool = True) -> Plan:
-    """The design's mixtures (unless design=False) plus `extra` ones (proposed, verification)."""
+def load_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool = True,
+              measured_as: str = "") -> Plan:
+    """The design's mixtures (unless design=False) plus `extra` ones (proposed, verification), keyed
+    as trained under `measured_as` (core.keys.measurement_of; '' a CPU in float32)."""
     ws = Workspace(exp.workspace_dir)
     manifest = ws.read_manifest()
     if manifest.get("key") != sample_key(exp):
@@ -153,7 +179,7 @@ def load_plan(exp: Experiment, extra: list[Mixture] | tuple = (), design: bool =
     context = plan_context(exp, spec, tokenizer)
     slices = tuple(manifest["domains"][n]["train_sha256"] for n in names)
     plan = Plan(ws, manifest, spec, bounds, prior, available, context, resolve_suite(exp, manifest, ws), [], [],
-                tuple(names), slices, tokenizer)
+                tuple(names), slices, tokenizer, measured_as=measured_as)
     change, back = None, []
     if design and ws.db_path.is_file():
         with Store(ws.db_path) as store:
@@ -202,7 +228,7 @@ def adopt_legacy(plan: Plan, exp: Experiment, store: Store) -> int:
     if store.readonly:
         return 0
     old = legacy_context(plan, exp)
-    moves = [{"old": r.key, "new": plan.key(r.weights), "context": plan.context, "slices": list(plan.slices),
-              "tokenizer": plan.tokenizer}
+    moves = [{"old": r.key, "new": _run_key(plan.context, plan.slices, r.weights),  # CPU fp32 keys, as they were
+              "context": plan.context, "slices": list(plan.slices), "tokenizer": plan.tokenizer}
              for r in store.runs(old) if r.slices is None and list(r.domains) == list(plan.domains)]
     return store.rekey(moves) if moves else 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from mixopt.backends import run_local
+from mixopt.backends import drain, make_backend, run_local
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.devices import resolve_device
@@ -65,8 +65,10 @@ def missing_measures(plan: Plan, store: Store) -> dict[str, list]:
     return out
 
 
-def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime()) -> EvalReport:
-    """Evaluate stored checkpoints on the measures they lack; never trains."""
+def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime(), exp: Experiment | None = None
+                    ) -> EvalReport:
+    """Evaluate stored checkpoints on the measures they lack; never trains. Under ray/slurm with the
+    experiment given (a sweep's), on the cluster where its proxies train, as tasks of its resources."""
     t0 = time.time()
     report = EvalReport()
     missing = missing_measures(plan, store)
@@ -75,17 +77,19 @@ def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime()) -> E
     report.suspect = [r.key for r in plan.runs(store, "suspect")]
     if not missing:
         return report
-    check_local_device(runtime)  # evaluation always runs here
+    remote = runtime.backend != "local" and exp is not None
+    if not remote:
+        check_local_device(runtime)  # evaluation runs here
     names = sorted({m.name for lack in missing.values() for m in lack})
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
     say = runtime.say
     say(f"eval suite changed since these results: {len(missing)} finished runs lack {shown}; "
         f"evaluating their checkpoints (no training)")
-    tasks = eval_tasks(plan, runs, missing, device_of(runtime))
-    # Evaluation runs here: under ray/slurm `workers` is the cluster's width, not ours. Worker
-    # processes pay off only for work much longer than their start-up (importing torch, seconds),
-    # and only with a device each: one process's stacked pass already uses every core.
-    workers = min(len(tasks), runtime.workers if runtime.backend == "local" else _local_devices())
+    tasks = eval_tasks(plan, runs, missing, device_of(runtime, exp.resources.gpus) if remote else device_of(runtime))
+    # Here with a ray/slurm runtime but no experiment to size cluster tasks by, `workers` is the
+    # cluster's width, not ours: one process on this (head) machine. Worker processes pay off only for work much longer than their start-up
+    # (importing torch, seconds), and only with a device each: one process's stacked pass uses every core.
+    workers = min(len(tasks), runtime.workers if runtime.backend == "local" else 1)
     if workers > 1 and not _worth_processes(plan, tasks, runtime):
         workers = 1
     threads = worker_threads(workers)
@@ -93,10 +97,13 @@ def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime()) -> E
     report.workers = workers
     if runtime.progress:  # a stacked batch reports only when all its checkpoints are measured: say it began
         say(f"eval: measuring {len(missing)} checkpoints in {len(tasks)} stacked batch(es) of up to "
-            f"{max(len(t.keys) for t in tasks)}, {workers} process(es)...")
+            f"{max(len(t.keys) for t in tasks)}, " + (f"as {runtime.backend} tasks..." if remote else
+                                                      f"{workers} process(es)..."))
     bars = Bars(len(missing), enabled=runtime.progress, desc="eval", unit="run", step_unit="eval")
+    engine = make_backend(runtime, eval_checkpoints, bars.step, exp, plan.workspace) if remote else None
     try:
-        for task, results, failure in run_local(eval_checkpoints, tasks, workers, on_progress=bars.step):
+        finished = drain(engine, tasks) if remote else run_local(eval_checkpoints, tasks, workers, on_progress=bars.step)
+        for task, results, failure in finished:
             if failure is not None:
                 report.failed += [(k, failure.line) for k in task.keys]
                 for k in task.keys:
@@ -121,6 +128,8 @@ def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime()) -> E
                     report.evaluations += len(task.measures)
                 bars.finish(result.key)
     finally:
+        if engine is not None:
+            engine.close()
         bars.close()
     report.seconds = time.time() - t0
     return report
@@ -150,14 +159,6 @@ def eval_tasks(plan: Plan, runs: dict, missing: dict[str, list], device: str | N
 
 
 IN_PROCESS_FLOP = 2e12  # below this, evaluation runs in the driver's process: ~1 min of 2 CPU cores
-
-
-def _local_devices() -> int:
-    """Under ray/slurm evaluation still runs on this (head) machine: one process per GPU it has,
-    at most (each sizes its passes on its own GPU's memory); one on a CPU-only head."""
-    import torch
-
-    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
 def _worth_processes(plan: Plan, tasks: list[EvalTask], runtime: Runtime) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from mixopt.evals.suites import prepare_suite
 from mixopt.sweep.change import record_virtual
 from mixopt.sweep.check import flag_damaged
 from mixopt.sweep.choose import (
+    ON_WORKER,
     BatchChoice,
     CompileChoice,
     choose_batch,
@@ -36,6 +38,7 @@ from mixopt.sweep.work import (
     TrainTask,
     check_local_device,
     device_of,
+    planned_measurement,
     read_result,
     train_task,
     worker_threads,
@@ -65,7 +68,7 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
     t0 = time.time()
     if runtime.backend == "local":
         check_local_device(runtime)
-    plan = sweep_plan(exp, extra, design)
+    plan = sweep_plan(exp, extra, design, sweep_measurement(exp, runtime))
     ws = plan.workspace
     report = SweepReport(planned=len(plan.mixtures))
     prepare_suite(exp, plan.suite, ws)
@@ -75,13 +78,13 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
         store.add_suite(plan.suite.to_dict())
         store.add_planned([{"key": k, "context": plan.context, "origin": m.origin, "weights": list(m.weights),
                             "domains": exp.domain_names, "slices": list(plan.slices), "tokenizer": plan.tokenizer,
-                            "replicate": m.replicate}
+                            "replicate": m.replicate, "measured_as": plan.measured_as}
                            for k, m in zip(plan.keys, plan.mixtures)])
         record_virtual(plan.change, plan.slices, ws.root / CHANGE_RECORD)
         # A finished run whose checkpoint is gone or truncated (a stat, no hashing), or found corrupt
         # when evaluated on what the suite added, is marked suspect and retrained below.
         flag_damaged(plan, store, runtime.say)
-        ev = evaluate_stored(plan, store, runtime)
+        ev = evaluate_stored(plan, store, runtime, exp)
         report.reevaluated = ev.runs
         # A run that could not be evaluated keeps its result but lacks what the suite added: a
         # failure of this sweep (exit 1), retried by the next sweep or `mixopt eval`.
@@ -101,9 +104,14 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
                 runtime.say(line)
         if runs:
             record_choice(ws, sweep_id, choice, compiled)
-        per_batch = choice.proxies
         bars = Bars(len(runs), enabled=runtime.progress)
         engine = make_backend(runtime, train_task, bars.step, exp, ws)
+        # ray/slurm with --batch-proxies auto: the runs shared out over the cluster's slots, each task's
+        # worker trains them as many at a time as its device takes (work.choose_on_worker)
+        per_batch = choice.proxies if choice.proxies != ON_WORKER else \
+            max(1, min(MAX_TASK_RUNS, -(-len(runs) // max(1, engine.free_slots))))
+        on_worker = (choice.proxies == ON_WORKER, compiled.on_worker)
+        chose: Counter = Counter()  # (runs trained together, compiled) -> runs, as the workers chose
         threads = worker_threads(runtime.workers) if runtime.backend == "local" else 0
         tried: set[str] = set()
         names = {m.key: m.name for m in plan.suite.measures}  # to say which evaluation was not a number
@@ -134,13 +142,14 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
                         same = [r for r in todo if r.seed == seed]
                         for i in range(0, len(same), per_batch):
                             engine.submit(_train_task(exp, plan, tuple(same[i:i + per_batch]), threads, runtime,
-                                                      compiled.compile))
+                                                      compiled.compile, on_worker))
                     for job, results, failure in engine.wait(0.5 if engine.in_flight else 0.0):
                         for run, result in zip(job.runs, results or [None] * len(job.runs)):
                             if failure is None and result.unusable():  # diverged, or a NaN measurement
                                 store.record_failure(run.key, result.unusable(), nonfinite=True)
                                 report.failed.append((run.key, result.unusable()))
                             elif failure is None:
+                                chose[(result.batched, result.compiled)] += 1
                                 if store.record_result(asdict(result)):
                                     report.trained += 1
                             elif failure.retry:  # still leased to us: claimed and submitted again
@@ -165,10 +174,14 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
             engine.close()
             bars.close()
             store.release(owner)
+        if any(on_worker) and chose:
+            runtime.say("the workers chose: " + "; ".join(
+                f"{k} run(s) {'one at a time' if n == 1 else f'{n} at a time'}, {'compiled' if c else 'eager'}"
+                for (n, c), k in sorted(chose.items())))
         done = {r.key for r in plan.runs(store, "done")}
         report.elsewhere = sum(k in done for k in runs) - report.trained - report.adopted
         if report.adopted:  # adopted sidecars may predate the current suite
-            late = evaluate_stored(plan, store, runtime)
+            late = evaluate_stored(plan, store, runtime, exp)
             report.failed += [(k, f"evaluation (no retraining): {e}") for k, e in late.failed]
         record_scores(plan, store)
         store.finish_sweep(sweep_id, report.trained, ev.evaluations)
@@ -226,10 +239,18 @@ def _run(plan: Plan, key: str, m: Mixture, seed: int) -> TrainRun:
                     seed=replicate_seed(seed, m.replicate))
 
 
+MAX_TASK_RUNS = 64  # runs in one ray/slurm task whose worker chooses its batch (the most a batch holds)
+
+
 def _train_task(exp: Experiment, plan: Plan, runs: tuple[TrainRun, ...], threads: int,
-                runtime: Runtime, compile: bool = False) -> TrainTask:
+                runtime: Runtime, compile: bool = False, on_worker: tuple[bool, bool] = (False, False)) -> TrainTask:
     gpus = exp.resources.gpus if runtime.backend != "local" else 0.0  # what the engine gives each task
     return TrainTask(runs=runs, domains=tuple(exp.domain_names), seed=runs[0].seed, spec=plan.spec,
                      sample_dir=str(plan.workspace.sample_dir), measures=plan.suite.measures, threads=threads,
                      device=device_of(runtime, gpus if runtime.backend != "local" else None), gpus=gpus,
-                     compile=compile)
+                     compile=compile, measured_as=plan.measured_as, auto_batch=on_worker[0], auto_compile=on_worker[1])
+
+
+def sweep_measurement(exp: Experiment, runtime: Runtime) -> str:
+    """What this sweep's run keys record of where its runs train (work.planned_measurement)."""
+    return planned_measurement(runtime, exp.resources.gpus if runtime.backend != "local" else 0.0)

@@ -10,13 +10,22 @@ from mixopt.core.mixtures import Mixture, name_list
 from mixopt.core.workspace import Workspace
 from mixopt.proxy.model import proxy_spec
 from mixopt.sweep.change import is_base
-from mixopt.sweep.plan import Plan, StaleSample, plan_context, superseded_runs, sweep_plan, weights_on
+from mixopt.sweep.plan import (
+    Plan,
+    StaleSample,
+    measurement_counts,
+    plan_context,
+    superseded_runs,
+    sweep_plan,
+    weights_on,
+)
 from mixopt.sweep.reeval import missing_measures
 from mixopt.sweep.store import Store
 
 
-def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = ()) -> dict:
-    """What the workspace holds; "design" counts the design's runs and `extra` (a sweep's --mixtures)."""
+def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = (), measured_as: str = "") -> dict:
+    """What the workspace holds; "design" counts the design's runs and `extra` (a sweep's --mixtures),
+    keyed as trained under `measured_as` (a sweep's work.planned_measurement; '' a CPU in float32)."""
     ws = Workspace(exp.workspace_dir)
     out = {"workspace": str(ws.root), "sample": "missing", "suite": None,
            "design": {"planned": 0, "done": 0, "failed": 0, "suspect": 0, "pending": 0},
@@ -29,7 +38,7 @@ def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = ()) -> dic
         out["pools"] = [{**p, "documents": {n: manifest["domains"].get(n, {}).get("documents") for n in p["domains"]}}
                         for p in manifest["pools"]]
     try:
-        plan = sweep_plan(exp, extra)
+        plan = sweep_plan(exp, extra, measured_as=measured_as)
     except StaleSample as e:  # any other problem (a damaged store, a bad config) is an error, not a state
         out["sample"] = f"stale: {e.problem}"
         from mixopt.data.resample import preview
@@ -51,6 +60,9 @@ def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = ()) -> dic
             state = {r.key: r.status for r in valid}
             out["failed_runs"] = failed_runs(valid)
             out["replicates"] = replicate_groups(valid)
+            trained = measurement_counts([r for r in valid if r.status in ("done", "suspect")])
+            if len(trained) > 1:  # runs of one design trained on different devices or precisions
+                out["precisions"] = trained
             lacking = missing_measures(plan, store)
             from mixopt.sweep.fidelity import size_plans, size_table
 

@@ -122,10 +122,16 @@ def _compute(db: sqlite3.Connection, root: Path) -> None:
         db.execute(f"ALTER TABLE runs ADD COLUMN {col} {decl}")
 
 
+def _measured_as(db: sqlite3.Connection, root: Path) -> None:
+    """Where and how each run trained when that changes its numbers (core.keys.measurement_of), part
+    of its key: e.g. 'cuda/bf16-autocast'. NULL: a CPU in float32, as every run before version 7."""
+    db.execute("ALTER TABLE runs ADD COLUMN measured_as TEXT")
+
+
 # Store version i+1 is what MIGRATIONS[i] makes of version i; a new store takes every step too.
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_add_run_columns, _relative_checkpoints,
                                                                  _trained_slices, _replicates, _failure_kinds,
-                                                                 _compute]
+                                                                 _compute, _measured_as]
 VERSION = len(MIGRATIONS)
 
 # The one lease condition: a run another live driver holds (running, not ours, not expired, and its
@@ -164,6 +170,7 @@ class Run:
     params: int | None = None  # the proxy's parameters (store v6; None before)
     flops: float | None = None  # 6 x params x tokens of its last training (store v6)
     device_seconds: float | None = None  # training + evaluation seconds on its device (store v6)
+    measured_as: str | None = None  # e.g. 'cuda/bf16-autocast' (store v7); None: a CPU in float32
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Run:
@@ -250,10 +257,10 @@ class Store:
         with self._tx():
             self.db.executemany(
                 "INSERT OR IGNORE INTO runs (key, context, origin, weights, domains, slices, tokenizer, replicate, "
-                "status, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
+                "measured_as, status, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
                 [(r["key"], r["context"], r["origin"], json.dumps(r["weights"]), json.dumps(r["domains"]),
                   json.dumps(r["slices"]) if r.get("slices") is not None else None, r.get("tokenizer"),
-                  int(r.get("replicate", 0)), now)
+                  int(r.get("replicate", 0)), r.get("measured_as") or None, now)
                  for r in rows])
 
     def rekey(self, moves: list[dict]) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixopt.core.keys import file_sha256
+from mixopt.core.keys import file_sha256, measurement_of
 from mixopt.core.workspace import atomic_write_json, slice_file
 from mixopt.errors import MixoptError
 from mixopt.evals.kinds import measure_models
@@ -53,6 +53,12 @@ class TrainTask:
     device: str | None = None  # None: the worker's GPU if it has one, else its CPU
     gpus: float = 0.0  # GPUs the engine gave this task (ray/slurm resources): it must then see one
     compile: bool = False  # the forward through torch.compile (sweep.choose.choose_compile)
+    # what the runs' keys say of where they train (planned_measurement), checked by the worker; None: unchecked
+    measured_as: str | None = None
+    # ray/slurm with --batch-proxies auto / --compile auto: the worker chooses, where its device is, how
+    # many of these runs it trains at once and whether it compiles (choose_on_worker)
+    auto_batch: bool = False
+    auto_compile: bool = False
 
     @property
     def key(self) -> str:
@@ -109,6 +115,16 @@ def train_task(task: TrainTask, progress: Progress | None = None) -> tuple[RunRe
     if task.threads:
         torch.set_num_threads(task.threads)
     device = worker_device(task.device, task.gpus)
+    if task.measured_as is not None and (here := measurement(device)) != task.measured_as:
+        raise MeasurementMismatch(
+            f"the runs' keys say they train as {task.measured_as or 'cpu/fp32'}, but this worker would train as "
+            f"{here or 'cpu/fp32'} on {device_label(device)} (the driver cannot see a cluster's GPUs and plans bf16 "
+            "on them): use GPUs with native bf16 (compute capability >= 8.0), or --device cpu")
+    if task.auto_batch or task.auto_compile:
+        n, compile = choose_on_worker(task, device)
+        task = replace(task, compile=compile, auto_batch=False, auto_compile=False)
+        return tuple(r for i in range(0, len(task.runs), n)
+                     for r in train_task(replace(task, runs=task.runs[i:i + n]), progress))
     try:
         return _train_runs(task, task.runs, device, progress)
     except torch.OutOfMemoryError:
@@ -148,6 +164,59 @@ def _train_runs(task: TrainTask, runs: tuple[TrainRun, ...], device: str, progre
                               (t2 - t1) / n, m, n, *where, compiled=task.compile,
                               failure=diverged[i] or nonfinite_measurement(m, names)))
     return tuple(out)
+
+
+def choose_on_worker(task: TrainTask, device: str) -> tuple[int, bool]:
+    """(proxies trained at once, compile) for a ray/slurm task, chosen here as a local sweep chooses
+    on its machine (sweep.choose: the GPU's free memory, then timing 1 vs N, cached in the workspace
+    per machine and spec; compile when this task's steps win the compile time back). Said on stderr:
+    the worker's log (Ray's worker log, the SLURM job's log); each result records both."""
+    import torch
+
+    from mixopt.core.workspace import Workspace
+    from mixopt.sweep.choose import batch_on_device, compile_on_device
+
+    def say(line: str) -> None:
+        print(f"mixopt worker {os.getpid()}: {line}", file=sys.stderr, flush=True)
+
+    ws = Workspace(Path(task.sample_dir).parent)
+    runs = len(task.runs)
+    # A fractional GPU (resources.gpus 0.25): that many tasks share it, each sizes on its share.
+    sharers = max(1, round(1 / task.gpus)) if 0 < task.gpus < 1 else 1
+    threads = task.threads or torch.get_num_threads()
+    n, rates = runs, {}
+    if task.auto_batch:
+        choice = batch_on_device(device, task.spec, ws, runs, 1, sharers, threads, say)
+        n, rates = max(1, min(choice.proxies, runs)), choice.rates
+        say(choice.why)
+    compile = task.compile
+    if task.auto_compile:
+        compiled = compile_on_device(device, task.spec, ws, n, runs, 1, threads, rates, say)
+        compile = compiled.compile
+        say(compiled.why)
+    return n, compile
+
+
+class MeasurementMismatch(RuntimeError):
+    """A worker's device or precision is not what the runs' keys were planned for."""
+
+
+def measurement(device: str) -> str:
+    """What a run key records of training on this concrete device (core.keys.measurement_of)."""
+    return measurement_of(str(device).split(":")[0], precision_name(device))
+
+
+def planned_measurement(runtime, gpus: float = 0.0) -> str:
+    """What a sweep's run keys record of where they will train, decided by the driver: on this
+    machine (local), its own device as a local worker resolves it; on a cluster (ray/slurm) the CPU
+    when tasks get no GPU, else a CUDA GPU in bf16 (every data-centre GPU since the A100 has it
+    natively), which each worker checks (train_task) before it trains."""
+    if runtime.backend == "local":
+        return measurement(worker_device(device_of(runtime)))
+    asked = device_of(runtime, gpus)
+    if asked == "cpu":
+        return ""
+    return measurement_of("cuda", "bf16-autocast")
 
 
 def context_lost(device: str) -> bool:
