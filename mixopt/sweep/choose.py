@@ -19,7 +19,6 @@ from mixopt.core.keys import content_hash
 from mixopt.core.workspace import Workspace, atomic_write_json
 from mixopt.proxy.model import ProxySpec
 from mixopt.proxy.train import proxies_per_batch
-from mixopt.sweep.work import worker_threads
 
 CPU_BATCH = 4  # the batched candidate on a CPU (more proxies per step only adds memory there)
 # Seconds (CPU seconds on a CPU) below which no torch.compile of the one loop finishes: compiling
@@ -224,3 +223,8 @@ def _read(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def worker_threads(workers: int) -> int:
+    """torch threads per local worker process: the cores shared out; 0 (torch's default) in-process."""
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0

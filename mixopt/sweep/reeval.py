@@ -17,6 +17,7 @@ from mixopt.evals.kinds import KINDS
 from mixopt.evals.suites import Suite, prepare_suite
 from mixopt.proxy.model import param_count
 from mixopt.sweep.plan import Plan, load_plan
+from mixopt.sweep.choose import worker_threads
 from mixopt.sweep.store import Store
 from mixopt.sweep.work import (
     EvalTask,
@@ -24,7 +25,6 @@ from mixopt.sweep.work import (
     device_of,
     eval_checkpoints,
     nonfinite_measurement,
-    worker_threads,
 )
 
 

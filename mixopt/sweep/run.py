@@ -29,6 +29,7 @@ from mixopt.sweep.choose import (
     choose_batch,
     choose_compile,
     record_choice,
+    worker_threads,
 )
 from mixopt.sweep.plan import CHANGE_RECORD, Plan, sweep_plan
 from mixopt.sweep.reeval import evaluate_stored, record_scores
@@ -41,7 +42,6 @@ from mixopt.sweep.work import (
     planned_measurement,
     read_result,
     train_task,
-    worker_threads,
 )
 
 

@@ -425,8 +425,3 @@ def worker_device(asked: str | None, gpus: float = 0.0) -> str:
     if asked in (None, "cuda"):
         return f"cuda:{int(os.environ.get('MIXOPT_LOCAL_WORKER', 0)) % seen}"
     return asked
-
-
-def worker_threads(workers: int) -> int:
-    """torch threads per local worker process: the cores shared out; 0 (torch's default) in-process."""
-    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
