@@ -573,6 +573,32 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
                    " -- NOT borne out: the measured recommendation is worse than the prior"))
 
 
+@app.command()
+def optimize(config: Path = CONFIG,
+             budget: str = typer.Option(..., help="What the rounds may spend in all (the store's runs count): "
+                                        "proxies (40), FLOPs (3e12flops) or device-hours (0.5h)."),
+             workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE, format: Format = FORMAT):
+    """Rounds of sweep -> fit -> verify -> propose until the verdict against the prior is decided or the
+    budget is spent; kill it at any time and rerun: nothing is trained twice."""
+    from mixopt.fit.rounds import optimize_budget
+    from mixopt.sweep.budget import parse_budget
+
+    b = parse_budget(budget)  # a bad --budget is one line before anything is loaded or written
+    exp = _load(config)
+    say = _stderr if format is Format.json else typer.echo
+    with _interrupted(exp, "optimize", config, flags=f" --budget {budget}"):
+        out = optimize_budget(exp, b, _runtime(workers, progress, device, say=_stderr), say)
+    if format is Format.json:
+        typer.echo(json.dumps(out.to_json()))
+        return
+    typer.echo(f"stopped: {out.stopped}")
+    typer.echo(f"spent {b.show(out.spent)} of {b.show(b.amount)} in {len(out.rounds)} round(s); verdict against "
+               f"the prior: {out.verdict}")
+    if out.weights:
+        typer.echo("recommendation: " + ", ".join(f"{d} {v:.3f}" for d, v in out.weights.items())
+                   + f" (written: {out.written})")
+
+
 def _against(path: Optional[Path], domains: list[str]) -> list:
     """--against FILE as (name, weights): its first mixture."""
     if path is None:
