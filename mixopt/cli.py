@@ -245,6 +245,10 @@ def sweep(config: Path = CONFIG,
         from mixopt.sweep.status import cost_lines, experiment_status
 
         st = experiment_status(exp)
+        if exp.design.fidelities and st["sample"] == "up to date":
+            from mixopt.sweep.status import fidelity_costs
+
+            st["fidelity_costs"] = fidelity_costs(exp, st)
         if format is Format.json:
             typer.echo(json.dumps(st))
             return
@@ -255,6 +259,11 @@ def sweep(config: Path = CONFIG,
             lines = [f"to train: {st['design']['pending']} runs (the whole design; none trained yet)"]
         for line in lines:
             typer.echo(line)
+        for c in st.get("fidelity_costs") or []:
+            took = f"~{c['seconds']:.0f} device-seconds ({c['seconds_from']})" if c["seconds"] is not None else \
+                "time unknown until a run of some size has trained"
+            typer.echo(f"  size {c['size']} ({c['params']:,} params, {c['tokens']:,} tokens): {c['to_train']} runs to "
+                       f"train, {c['flops']:.3g} FLOPs, {took}")
         return
     trackers = check_trackers(track)
     extra = []
@@ -799,6 +808,18 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
     if "compute" in st:
         typer.echo(f"compute spent (all runs in store): {st['compute']['flops']:.3g} FLOPs (6 x params x tokens), "
                    f"{st['compute']['device_seconds']:.1f} device-seconds")
+    if st.get("experiment_compute"):
+        c = st["experiment_compute"]
+        typer.echo(f"this experiment's compute (every size): {c['flops']:.3g} FLOPs, {c['device_seconds']:.1f} "
+                   "device-seconds")
+    if st.get("budget"):
+        from mixopt.sweep.budget import Budget
+
+        b = st["budget"]
+        show = Budget(b["given"], b["unit"], b["amount"]).show
+        typer.echo(f"budget (mixopt optimize --budget {b['given']}): spent {show(b['spent'])} of {show(b['amount'])} "
+                   f"in {b['rounds']} round(s); verdict {b['verdict']}; "
+                   + (f"stopped: {b['stopped']}" if b["stopped"] else "not finished (rerun optimize to continue)"))
     failed = st.get("failed_runs") or []
     for f in failed[:10]:
         again = "the next sweep retries it" if f["retried_by_next_sweep"] else \

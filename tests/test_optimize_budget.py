@@ -50,3 +50,69 @@ def test_rounds_never_spend_more_than_the_budget(corpora, tmp_path):
     r = mixopt("optimize", cfg, "--budget", "12", "--no-progress")
     print(r.stdout, r.stderr[-3000:])
     assert "round 1: trained 10 proxies (the design at tiny)" in r.stdout
+
+
+def _done(db) -> int:
+    import sqlite3
+
+    if not db.is_file():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as c:
+            return c.execute("SELECT COUNT(*) FROM runs WHERE status='done'").fetchone()[0]
+    except sqlite3.OperationalError:  # created but not yet migrated
+        return 0
+
+
+def test_kill_9_then_rerun_trains_nothing_twice_and_finishes(corpora, tmp_path):
+    import os
+    import signal
+    import sqlite3
+    import time
+
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=4,
+                                                         fit__bootstrap=10))
+    mixopt("sample", cfg)
+    db = tmp_path / "ws" / "mixopt.db"
+    p = subprocess.Popen([sys.executable, "-m", "mixopt.cli", "optimize", str(cfg), "--budget", "10", "--no-progress"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while _done(db) < 1 and p.poll() is None and time.time() < deadline:  # by observed progress, not a fixed sleep
+        time.sleep(0.2)
+    assert p.poll() is None, f"optimize ended before it could be killed: {p.stderr.read()[-2000:]}"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    killed_at = _done(db)
+    assert 1 <= killed_at < 10
+    r = mixopt("optimize", cfg, "--budget", "10", "--no-progress")
+    with sqlite3.connect(db) as c:
+        trainings = dict(c.execute("SELECT key, trainings FROM runs WHERE status='done'").fetchall())
+        rounds = c.execute("SELECT round, stopped FROM budget_rounds ORDER BY round").fetchall()
+    assert trainings and max(trainings.values()) == 1  # no run key trained twice
+    assert len(trainings) <= 10 and "stopped: " in r.stdout  # the budget holds across the kill
+    assert rounds[-1][1] and [n for n, _ in rounds] == list(range(1, len(rounds) + 1))
+    st = json.loads(mixopt("status", cfg, "--format", "json").stdout)
+    b = st["budget"]
+    assert (b["given"], b["unit"], b["amount"]) == ("10", "proxies", 10) and b["spent"] == len(trainings) <= 10
+    assert b["stopped"] == rounds[-1][1] and st["experiment_compute"]["flops"] > 0
+    text = mixopt("status", cfg).stdout
+    assert f"budget (mixopt optimize --budget 10): spent {len(trainings)} proxies of 10 proxies" in text
+    again = mixopt("optimize", cfg, "--budget", "10", "--no-progress")  # finished: a rerun trains nothing
+    assert "trained 0 proxies" in again.stdout
+
+
+def test_dry_run_with_fidelities_covers_every_size(corpora, tmp_path):
+    """`sweep --dry-run` before any training: each fidelity's runs, FLOPs, and the time still unknown."""
+    cfg = small_config(corpora, tmp_path / "ws", design={"min_weight": 0.01, "replicates": None, "fidelities": [
+        {"size": "tiny", "runs": 6}, {"size": "1m", "runs": 2, "tokens": 4096}]})
+    cfg = write_config(tmp_path / "multi.yaml", cfg)
+    mixopt("sample", cfg)
+    st = json.loads(mixopt("sweep", cfg, "--dry-run", "--format", "json").stdout)
+    tiny, big = st["fidelity_costs"]
+    assert (tiny["size"], tiny["to_train"], big["size"], big["to_train"]) == ("tiny", 10, "1m", 2)
+    assert tiny["flops"] == pytest.approx(6 * tiny["params"] * 24000 * 10)
+    assert big["flops"] == pytest.approx(6 * big["params"] * 4096 * 2) and big["params"] > tiny["params"]
+    assert tiny["seconds"] is None and not (tmp_path / "ws" / "checkpoints").exists()
+    text = mixopt("sweep", cfg, "--dry-run").stdout
+    assert f"size 1m ({big['params']:,} params, 4,096 tokens): 2 runs to train, {big['flops']:.3g} FLOPs, time " \
+           "unknown until a run of some size has trained" in text

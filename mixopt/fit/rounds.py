@@ -87,13 +87,9 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
             from mixopt.fit.recommend import recommend_mixture
 
             rec = recommend_mixture(exp, runtime, plots=False)
-        except MixoptError as e:
-            if trained == 0:
-                raise MixoptError(f"the budget ({budget.text}) does not cover enough runs to fit: {e.problem}",
-                                  "raise --budget, or lower design.runs") from None
-            _record(db, n, budget, trained, what, costs, "cannot tell", None)
-            say(f"round {n}: trained {trained} ({what}); the fit needs more runs: {e.problem}")
-            continue
+        except MixoptError as e:  # e.g. too few runs: what was trained is kept, and the round says why
+            raise MixoptError(f"round {n}: the fit failed after training {trained} proxies ({e.problem})",
+                              e.fix or "raise --budget, or lower design.runs") from None
         w = np.asarray(rec.weights, float)
         fit_verdict = rec.decision.verdict if rec.decision is not None else None
         vexp, vplan = sizes[verify_at]

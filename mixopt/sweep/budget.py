@@ -35,7 +35,7 @@ class Budget:
     def show(self, value: float) -> str:
         """A spent or planned amount in the budget's own unit."""
         if self.unit == "proxies":
-            return f"{value:g} proxies"
+            return f"{value:g} prox{'y' if value == 1 else 'ies'}"
         if self.unit == "flops":
             return f"{value:.3g} FLOPs"
         return f"{value / 3600:.3g} device-hours"
