@@ -558,6 +558,8 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
         typer.echo(f"warning (from the fit): {w}")
     typer.echo(f"objective: {v.objective} (lower is better); {v.seeds} seed(s) per mixture; {v.trained} proxies "
                "trained for this check")
+    if v.size:
+        typer.echo(v.size)
     if v.space != "full":
         typer.echo(f"fit: {v.space} (predictions are the reduced model's; the prior's at its point on that plane)")
     for m in v.mixtures:

@@ -116,3 +116,18 @@ def test_dry_run_with_fidelities_covers_every_size(corpora, tmp_path):
     text = mixopt("sweep", cfg, "--dry-run").stdout
     assert f"size 1m ({big['params']:,} params, 4,096 tokens): 2 runs to train, {big['flops']:.3g} FLOPs, time " \
            "unknown until a run of some size has trained" in text
+
+
+def test_verify_after_a_fit_across_sizes_trains_at_the_largest_fidelity(corpora, tmp_path):
+    from mixopt.config.load import load_experiment
+    from mixopt.fit.verify import verify_size
+
+    cfg = small_config(corpora, tmp_path / "ws", design={"min_weight": 0.01, "replicates": None, "fidelities": [
+        {"size": "tiny", "runs": 6}, {"size": "1m", "runs": 2, "tokens": 4096}]})
+    exp = load_experiment(write_config(tmp_path / "multi.yaml", cfg))
+    where, why = verify_size(exp, {"fidelity": {"used": "the law across sizes", "target_size": 1.2e8}})
+    assert where.proxy.size == "1m" and where.proxy.tokens == 4096
+    assert why.startswith("verifying at 1m, the trained size nearest the target (1.2e+08 parameters)")
+    # the swarm's own fit stood (the law did not cross-validate), or a one-size fit: the swarm's size
+    for meta in ({"fidelity": {"used": "the tiny swarm's own fit", "target_size": 1.2e8}}, {}):
+        assert verify_size(exp, meta) == (exp, None)
