@@ -131,3 +131,21 @@ def test_verify_after_a_fit_across_sizes_trains_at_the_largest_fidelity(corpora,
     # the swarm's own fit stood (the law did not cross-validate), or a one-size fit: the swarm's size
     for meta in ({"fidelity": {"used": "the tiny swarm's own fit", "target_size": 1.2e8}}, {}):
         assert verify_size(exp, meta) == (exp, None)
+
+
+def test_judge_decides_from_paired_seeds_or_a_verified_fit():
+    from mixopt.fit.rounds import judge
+
+    # (recommendation, prior) per seed at the verify size: the prior worse by ~0.1 every time
+    assert judge(None, [(3.0, 3.1), (3.02, 3.11), (2.99, 3.1)], 0.9, "1m")[0] == "better"
+    assert judge(None, [(3.1, 3.0), (3.11, 3.02), (3.1, 2.99)], 0.9, "1m")[0] == "worse"
+    v, line = judge(None, [(3.0, 3.1), (3.1, 3.0)], 0.9, "1m")
+    assert v == "cannot tell" and "2 paired seeds" in line
+    assert judge(None, [(3.0, 3.1)], 0.9, "1m")[0] == "cannot tell"  # one seed never decides a joint fit
+    # a one-size fit: its own verdict, "better" only once one verification agrees
+    assert judge("better", [], 0.9, "tiny")[0] == "cannot tell"
+    v, line = judge("better", [(3.0, 3.1)], 0.9, "tiny")
+    assert v == "better" and "verified at tiny" in line
+    v, line = judge("better", [(3.2, 3.1)], 0.9, "tiny")
+    assert v == "cannot tell" and "not borne out" in line
+    assert judge("worse", [], 0.9, "tiny")[0] == "worse"
