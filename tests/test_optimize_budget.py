@@ -39,17 +39,25 @@ def test_bad_budget_is_one_line_exit_2_and_writes_nothing(corpora, tmp_path):
     assert "e.g. --budget 40" in r.stderr and not (tmp_path / "ws").exists()
 
 
-def _spent(cfg) -> dict:
-    return json.loads(mixopt("status", cfg, "--format", "json").stdout)
+def test_a_flops_budget_is_planned_before_training_and_never_exceeded(corpora, tmp_path):
+    """A budget of 6.5 runs' FLOPs: round 1 trains the design's 6 runs; nothing after it fits, so
+    the proposal stays planned, untrained, and optimize says why it stopped."""
+    from mixopt.config.load import load_experiment
+    from mixopt.proxy.model import param_count
+    from mixopt.sweep.plan import load_plan
 
-
-def test_rounds_never_spend_more_than_the_budget(corpora, tmp_path):
-    """12 proxies for a design of 10: round 1 trains it, then proposals cut to what is left."""
-    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=6))
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2, proxy__tokens=6000,
+                                                         fit__bootstrap=10))
     mixopt("sample", cfg)
-    r = mixopt("optimize", cfg, "--budget", "12", "--no-progress")
-    print(r.stdout, r.stderr[-3000:])
-    assert "round 1: trained 10 proxies (the design at tiny)" in r.stdout
+    per_run = 6.0 * param_count(load_plan(load_experiment(cfg), design=False).spec) * 6000
+    r = mixopt("optimize", cfg, "--budget", f"{6.5 * per_run:.6g}flops", "--no-progress")
+    assert "round 1: trained 6 proxies (the design at tiny)" in r.stdout
+    assert "round 2" not in r.stdout and "stopped: the budget is spent" in r.stdout
+    assert f"the next round's cheapest run ({per_run:.3g} FLOPs) does not fit in what is left" in r.stdout
+    st = json.loads(mixopt("status", cfg, "--format", "json").stdout)
+    assert st["budget"]["unit"] == "flops" and st["budget"]["spent"] == pytest.approx(6 * per_run)
+    assert st["budget"]["spent"] <= st["budget"]["amount"] and st["runs"]["done"] == 6
+    assert st["runs"]["planned"] >= 1  # the proposal that did not fit: planned, never trained
 
 
 def _done(db) -> int:
@@ -70,11 +78,11 @@ def test_kill_9_then_rerun_trains_nothing_twice_and_finishes(corpora, tmp_path):
     import sqlite3
     import time
 
-    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=4,
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2, proxy__tokens=6000,
                                                          fit__bootstrap=10))
     mixopt("sample", cfg)
     db = tmp_path / "ws" / "mixopt.db"
-    p = subprocess.Popen([sys.executable, "-m", "mixopt.cli", "optimize", str(cfg), "--budget", "10", "--no-progress"],
+    p = subprocess.Popen([sys.executable, "-m", "mixopt.cli", "optimize", str(cfg), "--budget", "8", "--no-progress"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while _done(db) < 1 and p.poll() is None and time.time() < deadline:  # by observed progress, not a fixed sleep
@@ -83,21 +91,21 @@ def test_kill_9_then_rerun_trains_nothing_twice_and_finishes(corpora, tmp_path):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     killed_at = _done(db)
-    assert 1 <= killed_at < 10
-    r = mixopt("optimize", cfg, "--budget", "10", "--no-progress")
+    assert 1 <= killed_at < 8
+    r = mixopt("optimize", cfg, "--budget", "8", "--no-progress")
     with sqlite3.connect(db) as c:
         trainings = dict(c.execute("SELECT key, trainings FROM runs WHERE status='done'").fetchall())
         rounds = c.execute("SELECT round, stopped FROM budget_rounds ORDER BY round").fetchall()
     assert trainings and max(trainings.values()) == 1  # no run key trained twice
-    assert len(trainings) <= 10 and "stopped: " in r.stdout  # the budget holds across the kill
+    assert len(trainings) <= 8 and "stopped: " in r.stdout  # the budget holds across the kill
     assert rounds[-1][1] and [n for n, _ in rounds] == list(range(1, len(rounds) + 1))
     st = json.loads(mixopt("status", cfg, "--format", "json").stdout)
     b = st["budget"]
-    assert (b["given"], b["unit"], b["amount"]) == ("10", "proxies", 10) and b["spent"] == len(trainings) <= 10
+    assert (b["given"], b["unit"], b["amount"]) == ("8", "proxies", 8) and b["spent"] == len(trainings) <= 8
     assert b["stopped"] == rounds[-1][1] and st["experiment_compute"]["flops"] > 0
     text = mixopt("status", cfg).stdout
-    assert f"budget (mixopt optimize --budget 10): spent {len(trainings)} proxies of 10 proxies" in text
-    again = mixopt("optimize", cfg, "--budget", "10", "--no-progress")  # finished: a rerun trains nothing
+    assert f"budget (mixopt optimize --budget 8): spent {len(trainings)} proxies of 8 proxies" in text
+    again = mixopt("optimize", cfg, "--budget", "8", "--no-progress")  # finished: a rerun trains nothing
     assert "trained 0 proxies" in again.stdout
 
 

@@ -95,10 +95,11 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
         vexp, vplan = sizes[verify_at]
         pairs = _pairs(vplan, w, db)
         if not pairs and fit_verdict in ("better", None):  # verify: the recommendation and the prior at one seed
-            got, _ = _train(budget, costs, runtime, db, [(vexp, vplan, _verify(vplan, w, n, 0))])
+            got, cut = _train(budget, costs, runtime, db, [(vexp, vplan, m) for m in _verify(vplan, w, n, 0)])
             trained += got
-            what += f"; verified the recommendation at {out.verify_size} against the prior (seed 0)"
             pairs = _pairs(vplan, w, db)
+            what += f"; {'verified' if pairs else 'could not verify'} the recommendation at {out.verify_size} " \
+                    f"against the prior (seed 0){': over the budget' if cut else ''}"
         verdict, line = judge(fit_verdict, pairs, rec.ci, out.verify_size, rec.decision)
         with Store(db) as store:
             spent = costs.spent(store, budget.unit)
