@@ -157,3 +157,38 @@ def test_judge_decides_from_paired_seeds_or_a_verified_fit():
     v, line = judge("better", [(3.2, 3.1)], 0.9, "tiny")
     assert v == "cannot tell" and "not borne out" in line
     assert judge("worse", [], 0.9, "tiny")[0] == "worse"
+
+
+def test_a_decided_verdict_stops_the_rounds_before_proposing(corpora, tmp_path, monkeypatch):
+    """The loop's control alone (training and the fit replaced): a fit whose verdict is "worse" ends
+    optimize after its first round, with no proposal planned and the round recorded in the store."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import mixopt.fit.recommend as recommend
+    import mixopt.fit.rounds as rounds
+    from mixopt.config.load import load_experiment
+    from mixopt.sweep.budget import parse_budget
+    from mixopt.sweep.run import SweepReport
+    from mixopt.sweep.store import Store
+
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2))
+    mixopt("sample", cfg)
+    exp = load_experiment(cfg)
+    asked = []
+    monkeypatch.setattr(rounds, "run_sweep", lambda e, rt, extra, design: asked.extend(extra) or
+                        SweepReport(planned=len(extra), trained=len(extra)))
+    decision = SimpleNamespace(verdict="worse", line="the recommendation is worse than the prior: keep the prior")
+    monkeypatch.setattr(recommend, "recommend_mixture", lambda *a, **k: SimpleNamespace(
+        weights=np.array([0.2, 0.3, 0.5]), domains=exp.domain_names, decision=decision, ci=0.9, fidelity=None,
+        predicted_ci=None))
+    said = []
+    out = rounds.optimize_budget(exp, parse_budget("40"), say=said.append)
+    assert [m.origin.split(":")[0] for m in asked].count("random") == 2 and len(asked) == 6  # the design, once
+    assert len(out.rounds) == 1 and out.verdict == "worse" and out.stopped == "the verdict is decided (worse)"
+    assert said[1] == "  verdict: the recommendation is worse than the prior: keep the prior"
+    assert not any(s.startswith("  next:") for s in said)
+    with Store(tmp_path / "ws" / "mixopt.db") as store:
+        assert not [r for r in store.runs() if r.origin.startswith("optimize:")]  # nothing proposed
+        assert [(r["round"], r["stopped"]) for r in store.rounds()] == [(1, "the verdict is decided (worse)")]
