@@ -192,3 +192,22 @@ def test_a_decided_verdict_stops_the_rounds_before_proposing(corpora, tmp_path, 
     with Store(tmp_path / "ws" / "mixopt.db") as store:
         assert not [r for r in store.runs() if r.origin.startswith("optimize:")]  # nothing proposed
         assert [(r["round"], r["stopped"]) for r in store.rounds()] == [(1, "the verdict is decided (worse)")]
+
+
+def test_a_version_6_store_gains_the_rounds_table_and_keeps_its_runs(tmp_path):
+    import sqlite3
+
+    from mixopt.sweep.store import VERSION, Store
+
+    assert VERSION == 7
+    with Store(tmp_path / "mixopt.db") as s:
+        s.add_planned([{"key": "k", "context": "c", "origin": "prior", "weights": [1.0], "domains": ["a"]}])
+    with sqlite3.connect(tmp_path / "mixopt.db") as db:  # as mixopt with store version 6 left it
+        db.execute("DROP TABLE budget_rounds")
+        db.execute("PRAGMA user_version = 6")
+    with Store(tmp_path / "mixopt.db") as s:
+        assert [r.key for r in s.runs()] == ["k"] and s.rounds() == []
+        s.record_round({"round": 1, "budget": "3e12flops", "unit": "flops", "amount": 3e12, "trained": 4,
+                        "what": "the design at tiny", "spent": 1e12, "verdict": "cannot tell", "stopped": None})
+        assert [(r["round"], r["budget"], r["spent"]) for r in s.rounds()] == [(1, "3e12flops", 1e12)]
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == 7
