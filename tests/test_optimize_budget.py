@@ -49,7 +49,9 @@ def test_a_flops_budget_is_planned_before_training_and_never_exceeded(corpora, t
     cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2, proxy__tokens=6000,
                                                          fit__bootstrap=10))
     mixopt("sample", cfg)
-    per_run = 6.0 * param_count(load_plan(load_experiment(cfg), design=False).spec) * 6000
+    spec = load_plan(load_experiment(cfg), design=False).spec
+    per_run = 6.0 * param_count(spec) * (6000 // (64 * 8)) * 64 * 8  # whole steps of seq_len x batch_size
+    assert per_run == 6.0 * param_count(spec) * spec.steps * spec.seq_len * spec.batch_size
     r = mixopt("optimize", cfg, "--budget", f"{6.5 * per_run:.6g}flops", "--no-progress")
     assert "round 1: trained 6 proxies (the design at tiny)" in r.stdout
     assert "round 2" not in r.stdout and "stopped: the budget is spent" in r.stdout
@@ -118,7 +120,7 @@ def test_dry_run_with_fidelities_covers_every_size(corpora, tmp_path):
     st = json.loads(mixopt("sweep", cfg, "--dry-run", "--format", "json").stdout)
     tiny, big = st["fidelity_costs"]
     assert (tiny["size"], tiny["to_train"], big["size"], big["to_train"]) == ("tiny", 10, "1m", 2)
-    assert tiny["flops"] == pytest.approx(6 * tiny["params"] * 24000 * 10)
+    assert tiny["flops"] == pytest.approx(6 * tiny["params"] * 46 * 64 * 8 * 10)  # 24,000 tokens: 46 whole steps
     assert big["flops"] == pytest.approx(6 * big["params"] * 4096 * 2) and big["params"] > tiny["params"]
     assert tiny["seconds"] is None and not (tmp_path / "ws" / "checkpoints").exists()
     text = mixopt("sweep", cfg, "--dry-run").stdout

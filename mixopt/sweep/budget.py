@@ -74,7 +74,7 @@ class Costs:
 
         self.plans, self.device = plans, device
         self.params = {p.context: param_count(p.spec) for p in plans}
-        self.tokens = {p.context: p.spec.tokens for p in plans}
+        self.tokens = {p.context: trained_tokens(p.spec) for p in plans}
         self.seconds: dict[str, float] = {}
         for p in plans:  # the slowest run measured at each size: planned device-seconds err on the safe side
             took = [_seconds(r) for r in store.runs(p.context, "done") if _seconds(r)]
@@ -108,6 +108,11 @@ class Costs:
                 else:
                     total += _seconds(r) if r.status != "failed" and _seconds(r) else self.run(p, unit)
         return total
+
+
+def trained_tokens(spec) -> int:
+    """The tokens a proxy of `spec` trains: whole steps of seq_len x batch_size (what its FLOPs count)."""
+    return spec.steps * spec.seq_len * spec.batch_size
 
 
 def _seconds(r: Run) -> float | None:

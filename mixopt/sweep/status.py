@@ -80,6 +80,7 @@ def fidelity_costs(exp: Experiment, st: dict) -> list[dict]:
     it has trained runs, else the FLOPs at the rate (FLOPs per device-second) the other sizes measured,
     else unknown. A larger fidelity's count is what it asked less what it has: its mixtures are
     chosen from what the size below measured once that is trained."""
+    from mixopt.sweep.budget import trained_tokens
     from mixopt.sweep.fidelity import fidelities, params_of
     from mixopt.sweep.plan import load_plan
 
@@ -91,7 +92,7 @@ def fidelity_costs(exp: Experiment, st: dict) -> list[dict]:
         plan = load_plan(f.exp, design=False)
         z = have.get(f.label, {"done": 0, "suspect": 0, "device_seconds": 0.0})
         n = st["design"]["pending"] + st["design"]["failed"] if i == 0 else max(f.runs - z["done"], 0)
-        per = 6.0 * params_of(plan) * plan.spec.tokens
+        per = 6.0 * params_of(plan) * trained_tokens(plan.spec)
         trained = z["done"] + z["suspect"]
         secs = z["device_seconds"] / trained if trained and z["device_seconds"] else per / rate if rate else None
         out.append({"size": f.label, "params": params_of(plan), "tokens": plan.spec.tokens, "to_train": n,
