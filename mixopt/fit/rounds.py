@@ -107,7 +107,7 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
         out.spent, out.verdict = spent, verdict
         out.weights = dict(zip(rec.domains, map(float, rec.weights)))
         out.written = str(exp.optimal_path)
-        say(f"round {n}: trained {trained} proxies ({what}); spent {budget.show(spent)} of {budget.show(budget.amount)}")
+        say(f"round {n}: trained {trained} prox{'y' if trained == 1 else 'ies'} ({what}); spent {budget.show(spent)} of {budget.show(budget.amount)}")
         say(f"  verdict: {line}")
         stop = None
         if verdict in ("better", "worse"):
