@@ -247,6 +247,10 @@ def sweep(config: Path = CONFIG,
         if backend is Backend.local:
             check_local_device(where)
         st = experiment_status(exp, measured_as=sweep_measurement(exp, where))  # the keys this sweep would train
+        if exp.design.fidelities and st["sample"] == "up to date":
+            from mixopt.sweep.status import fidelity_costs
+
+            st["fidelity_costs"] = fidelity_costs(exp, st)
         if format is Format.json:
             typer.echo(json.dumps(st))
             return
@@ -257,6 +261,11 @@ def sweep(config: Path = CONFIG,
             lines = [f"to train: {st['design']['pending']} runs (the whole design; none trained yet)"]
         for line in lines:
             typer.echo(line)
+        for c in st.get("fidelity_costs") or []:
+            took = f"~{c['seconds']:.0f} device-seconds ({c['seconds_from']})" if c["seconds"] is not None else \
+                "time unknown until a run of some size has trained"
+            typer.echo(f"  size {c['size']} ({c['params']:,} params, {c['tokens']:,} tokens): {c['to_train']} runs to "
+                       f"train, {c['flops']:.3g} FLOPs, {took}")
         return
     trackers = check_trackers(track)
     extra = []
@@ -551,6 +560,8 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
         typer.echo(f"warning (from the fit): {w}")
     typer.echo(f"objective: {v.objective} (lower is better); {v.seeds} seed(s) per mixture; {v.trained} proxies "
                "trained for this check")
+    if v.size:
+        typer.echo(v.size)
     if v.space != "full":
         typer.echo(f"fit: {v.space} (predictions are the reduced model's; the prior's at its point on that plane)")
     for m in v.mixtures:
@@ -573,6 +584,32 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
     if v.fit_verdict is not None:
         typer.echo(f"the fit said: {v.fit_verdict}" + ("" if v.agrees else
                    " -- NOT borne out: the measured recommendation is worse than the prior"))
+
+
+@app.command()
+def optimize(config: Path = CONFIG,
+             budget: str = typer.Option(..., help="What the rounds may spend in all (the store's runs count): "
+                                        "proxies (40), FLOPs (3e12flops) or device-hours (0.5h)."),
+             workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE, format: Format = FORMAT):
+    """Rounds of sweep -> fit -> verify -> propose until the verdict against the prior is decided or the
+    budget is spent; kill it at any time and rerun: nothing is trained twice."""
+    from mixopt.fit.rounds import optimize_budget
+    from mixopt.sweep.budget import parse_budget
+
+    b = parse_budget(budget)  # a bad --budget is one line before anything is loaded or written
+    exp = _load(config)
+    say = _stderr if format is Format.json else typer.echo
+    with _interrupted(exp, "optimize", config, flags=f" --budget {budget}"):
+        out = optimize_budget(exp, b, _runtime(workers, progress, device, say=_stderr), say)
+    if format is Format.json:
+        typer.echo(json.dumps(out.to_json()))
+        return
+    typer.echo(f"stopped: {out.stopped}")
+    typer.echo(f"spent {b.show(out.spent)} of {b.show(b.amount)} in {len(out.rounds)} round(s); verdict against "
+               f"the prior: {out.verdict}")
+    if out.weights:
+        typer.echo("recommendation: " + ", ".join(f"{d} {v:.3f}" for d, v in out.weights.items())
+                   + f" (written: {out.written})")
 
 
 def _against(path: Optional[Path], domains: list[str]) -> list:
@@ -775,6 +812,18 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
     if "compute" in st:
         typer.echo(f"compute spent (all runs in store): {st['compute']['flops']:.3g} FLOPs (6 x params x tokens), "
                    f"{st['compute']['device_seconds']:.1f} device-seconds")
+    if st.get("experiment_compute"):
+        c = st["experiment_compute"]
+        typer.echo(f"this experiment's compute (every size): {c['flops']:.3g} FLOPs, {c['device_seconds']:.1f} "
+                   "device-seconds")
+    if st.get("budget"):
+        from mixopt.sweep.budget import Budget
+
+        b = st["budget"]
+        show = Budget(b["given"], b["unit"], b["amount"]).show
+        typer.echo(f"budget (mixopt optimize --budget {b['given']}): spent {show(b['spent'])} of {show(b['amount'])} "
+                   f"in {b['rounds']} round(s); verdict {b['verdict']}; "
+                   + (f"stopped: {b['stopped']}" if b["stopped"] else "not finished (rerun optimize to continue)"))
     failed = st.get("failed_runs") or []
     for f in failed[:10]:
         again = "the next sweep retries it" if f["retried_by_next_sweep"] else \

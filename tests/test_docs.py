@@ -50,6 +50,8 @@ RUN_BY = {
     ("cluster", ()): "tests/test_domain_groups.py::test_clusters_are_named_deterministic_and_become_domains",
     ("report", ()): "tests/test_domain_groups.py::test_a_cluster_experiment_samples_sweeps_fits_and_reports",
     ("report", ("--output",)): "tests/test_report.py::test_report_renders_in_chromium",
+    ("optimize", ("--budget", "--no-progress")):
+        "tests/test_optimize_budget.py::test_kill_9_then_rerun_trains_nothing_twice_and_finishes",
 }
 
 
@@ -238,7 +240,7 @@ def test_readme_and_contributing_links_resolve():
             if not file.exists():
                 bad.append(f"{page.name}: {target}: no such file")
             elif anchor and file.suffix == ".md":
-                slugs = {re.sub(r"[^\w\- ]", "", h.strip("# ").lower()).replace(" ", "-")
+                slugs = {re.sub(r"[-\s]+", "-", re.sub(r"[^\w\- ]", "", h.strip("# ").lower())).strip("-")
                          for h in re.findall(r"^#{1,6} .*$", file.read_text(), re.M)}
                 if anchor not in slugs:
                     bad.append(f"{page.name}: {target}: no heading with that anchor")

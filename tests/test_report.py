@@ -5,6 +5,7 @@ fetches nothing but itself, and a screenshot is taken."""
 import base64
 import json
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 
 from mixopt.cli import app
 
-SECTIONS = ["warnings", "recommendation", "cv", "fit", "effects", "suites", "verify"]
+SECTIONS = ["warnings", "recommendation", "cv", "fit", "effects", "sizes", "suites", "verify"]
 
 
 def _run(*args):
@@ -178,7 +179,7 @@ def test_report_renders_in_chromium(corpora, tmp_path):
     assert len(state["images"]) == 3 and all(ok and w > 300 and h > 200 for _, ok, w, h in state["images"])
     body = state["text"]
     for line in ("Repetition limit: a domain's weight × ", "loglinear (chosen)", "verify:recommended",
-                 "(current)", "KL weight toward the prior: 0.05"):
+                 "(current)", "KL weight toward the prior: 0.05", "Runs by size", "This experiment's compute: "):
         assert line in body, line
     assert body.count("Spearman") >= 2
     # Every warning the command counted is on the page.
@@ -186,4 +187,7 @@ def test_report_renders_in_chromium(corpora, tmp_path):
     # Every run of the fit is listed with its origin.
     assert sorted(state["kinds"]) == sorted(["pure-domain"] * 3 + ["prior", "design", "design", "proposed", "verify"])
     assert shot.stat().st_size > 50_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sizes = re.search(r'<table class="sortable sizes">.*?</table>', text, re.S).group(0)
+    tiny = re.search(r"<td>tiny</td><td>([0-9,]+)</td><td>(\d+)</td>", sizes)
+    assert tiny and int(tiny.group(2)) == 8  # runs grouped by size: the tiny swarm's 8 finished runs
     assert state["height"] > 1500  # every section laid out, not an empty page

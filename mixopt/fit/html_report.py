@@ -76,6 +76,9 @@ def write_report(exp: Experiment, output: Path | None = None, runtime: Runtime =
         suspect = [r for r in runs.values() if r.status == "suspect"]
         suites = store.summary()["suites"]
         scores = store.scores(plan.suite.key)
+        from mixopt.sweep.fidelity import size_table
+
+        sizes = size_table(exp, store)  # runs and compute of every proxy size the experiment has
     warnings = [s.removeprefix("warning: ") for s in said]
     warnings += [f"run {r.key[:12]} ({r.origin}) failed: {(r.error or '').splitlines()[-1][:300] if r.error else '?'}"
                  for r in failed]
@@ -90,7 +93,8 @@ def write_report(exp: Experiment, output: Path | None = None, runtime: Runtime =
             if prior is not None and measured >= prior:
                 warnings.append(f"verification: the recommended mixture measured {measured:.4f}, not better than "
                                 f"the prior's {prior:.4f}")
-    page = _page(exp, plan, swarm, settings, rec, model, origins, suites, verify, warnings)
+    page = _page(exp, plan, swarm, settings, rec, model, origins, suites, verify, warnings,
+                 _sizes_section(exp, plan, swarm, model, sizes, replace(runtime, say=lambda m: None)))
     out = output or plan.workspace.root / "report.html"
     write_output(out, page.encode(), "--output", plan.workspace.root)
     return ReportResult(out, len(swarm.keys), warnings)
@@ -236,7 +240,28 @@ def _pools_section(exp) -> list[str]:
     return out
 
 
-def _page(exp, plan, swarm, settings, rec, model, origins, suites, verify, warnings) -> str:
+def _sizes_section(exp, plan, swarm, model, sizes: list[dict], runtime) -> list[str]:
+    """Runs grouped by proxy size with each size's compute; the cross-scale rank correlation (how well
+    the swarm's fit and measurements rank what the larger proxies measured) where a larger size has runs."""
+    rows = [[z["size"], f"{z['params']:,}", z["done"], z["failed"], z["planned"], f"{z['flops']:.3g}",
+             f"{z['device_seconds']:.1f}"] for z in sizes]
+    out = ["<h2 id='sizes'>Runs by size</h2>",
+           _table(["size", "parameters", "done", "failed", "pending", "FLOPs", "device-seconds"], rows, "sizes"),
+           f"<p>This experiment's compute: {sum(z['flops'] for z in sizes):.3g} FLOPs, "
+           f"{sum(z['device_seconds'] for z in sizes):.1f} device-seconds.</p>"]
+    if sum(z["done"] > 0 for z in sizes) > 1:
+        from mixopt.fit.fidelity import cross_scale, size_swarms
+
+        ranks = cross_scale(size_swarms(exp, plan, swarm, runtime, reeval=False), model)
+        num = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+        out.append(_table(["larger size", "mixtures", "shared with the swarm", "Spearman: swarm fit's prediction",
+                           "Spearman: swarm measured"],
+                          [[c["size"], c["mixtures"], c["shared"], num(c["spearman_predicted"]),
+                            num(c["spearman_measured"])] for c in ranks], "cross-scale"))
+    return out
+
+
+def _page(exp, plan, swarm, settings, rec, model, origins, suites, verify, warnings, sizes=()) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -307,6 +332,7 @@ def _page(exp, plan, swarm, settings, rec, model, origins, suites, verify, warni
         + "</details>",
         "<h2 id='effects'>Per-domain effects</h2>",
         f"<img alt='per-domain effect curves' src='{_effects_figure(exp, swarm, settings, rec, model)}'>",
+        *sizes,
         "<h2 id='suites'>Eval suite history</h2>",
         _table(["suite", "objective", "evaluations", "runs scored", "first used", "last scored"], suite_rows),
         "<h2 id='verify'>Verification</h2>",

@@ -18,6 +18,7 @@ from mixopt.fit.recommend import experiment_swarm, fit_swarm
 from mixopt.fit.verdict import paired_gain
 from mixopt.fit.reuse import model_space
 from mixopt.sweep.reeval import record_scores
+from mixopt.sweep.plan import load_plan
 from mixopt.sweep.run import run_sweep, sweep_measurement
 from mixopt.sweep.store import Store
 
@@ -66,6 +67,7 @@ class Verification:
     gain_interval: tuple[float, float] | None = None  # t interval at `level` (two seeds or more)
     p_better: float | None = None
     warnings: tuple[str, ...] = ()  # the verified fit's
+    size: str | None = None  # after a fit across sizes: the size verified at, and why (else the swarm's)
 
     @property
     def inside(self) -> bool | None:
@@ -130,15 +132,20 @@ def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime(), seeds: 
     at = (lambda x: np.atleast_2d(x)) if space is None else (lambda x: space.reduce(x)[0])
     named = [("recommended", np.asarray(w, float)), ("prior", np.asarray(plan.prior, float)), *against]
     extra = [Mixture(f"verify:{name}", tuple(map(float, x)), r) for name, x in named for r in range(seeds)]
-    report = run_sweep(exp, runtime, extra=extra, design=False)
+    where, size_note = verify_size(exp, meta)
+    if size_note:
+        runtime.say(size_note)
+    report = run_sweep(where, runtime, extra=extra, design=False)
     if report.failed:
         raise MixoptError(f"a verification run failed: {report.failed[0][1]}", "see the error above and rerun")
     plan = replace(plan, measured_as=sweep_measurement(exp, runtime))  # the keys the sweep trained under
+    measured_plan = plan if where is exp else replace(load_plan(where, extra, design=False),
+                                                      measured_as=sweep_measurement(where, runtime))
     with Store(plan.workspace.db_path) as store:
-        scores = record_scores(plan, store)
+        scores = record_scores(measured_plan, store)
     rows = []
     for name, x in named:
-        values = tuple(float(scores[plan.key(tuple(map(float, x)), r)]) for r in range(seeds))
+        values = tuple(float(scores[measured_plan.key(tuple(map(float, x)), r)]) for r in range(seeds))
         rows.append(Measured(name, float(model.predict(at(x))[0]), values))
     rec, prior = rows[0], rows[1]
     y = np.asarray(meta.get("measured") or swarm.y, float)
@@ -154,7 +161,22 @@ def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime(), seeds: 
         seeds=seeds, mixtures=tuple(rows), interval=tuple(interval) if interval else None,
         proxy_interval=tuple(doc["new_proxy_objective"]) if doc.get("new_proxy_objective") else None, level=level,
         fit_verdict=decision.get("verdict"), gain=float(diffs.mean()), gain_interval=gain_ci, p_better=p_better,
-        warnings=tuple(doc.get("warnings") or ()))
+        warnings=tuple(doc.get("warnings") or ()), size=None if where is exp else size_note)
+
+
+def verify_size(exp: Experiment, meta: dict) -> tuple[Experiment, str | None]:
+    """Where `verify` (no --size) trains: after a fit across sizes, at the largest fidelity (the
+    trained size nearest the target: the law recommends for optimum.target_size, and a swarm-size proxy
+    would test the mixture where it was not chosen for); else at the swarm's size."""
+    from mixopt.sweep.fidelity import fidelities
+
+    info = meta.get("fidelity") or {}
+    if info.get("used") != "the law across sizes" or not exp.design.fidelities:
+        return exp, None
+    top = fidelities(exp)[-1]
+    return top.exp, (f"verifying at {top.label}, the trained size nearest the target ({info['target_size']:g} "
+                     f"parameters) the fit across sizes recommends for; its predictions are the law's at the target, "
+                     f"so measured - predicted there includes the step from {top.label} to the target")
 
 
 @dataclass(frozen=True)

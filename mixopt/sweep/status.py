@@ -69,6 +69,11 @@ def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = (), measur
             others = {p.context for _, p in size_plans(exp)[1:]}  # runs at other proxy sizes: not superseded
             out["cost"] = change_cost(plan, store, state, lacking, others)
             out["sizes"] = size_table(exp, store)
+            # the experiment's own total: every size it has runs at (the store may hold other experiments')
+            out["experiment_compute"] = {k: float(sum(z[k] for z in out["sizes"])) for k in ("flops", "device_seconds")}
+            from mixopt.sweep.budget import budget_status
+
+            out["budget"] = budget_status(exp, store)  # None until `mixopt optimize --budget` ran here
     else:
         state = {}
     out["current_suite"] = {"key": plan.suite.key, "objective": plan.suite.describe_objective(),
@@ -78,6 +83,34 @@ def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = (), measur
     out["design"] = {"planned": len(plan.keys), "done": statuses.count("done"),
                      "failed": statuses.count("failed"), "suspect": statuses.count("suspect"),
                      "pending": statuses.count("planned")}
+    return out
+
+
+def fidelity_costs(exp: Experiment, st: dict) -> list[dict]:
+    """`sweep --dry-run` with design.fidelities: for each size, the runs the next sweep trains, their
+    FLOPs (6 x params x tokens) and an estimated time: the size's mean device-seconds per run where
+    it has trained runs, else the FLOPs at the rate (FLOPs per device-second) the other sizes measured,
+    else unknown. A larger fidelity's count is what it asked less what it has: its mixtures are
+    chosen from what the size below measured once that is trained."""
+    from mixopt.sweep.budget import trained_tokens
+    from mixopt.sweep.fidelity import fidelities, params_of
+    from mixopt.sweep.plan import load_plan
+
+    have = {z["size"]: z for z in st.get("sizes") or []}
+    measured = [z for z in have.values() if z["device_seconds"] > 0 and z["flops"] > 0]
+    rate = sum(z["flops"] for z in measured) / sum(z["device_seconds"] for z in measured) if measured else None
+    out = []
+    for i, f in enumerate(fidelities(exp)):
+        plan = load_plan(f.exp, design=False)
+        z = have.get(f.label, {"done": 0, "suspect": 0, "device_seconds": 0.0})
+        n = st["design"]["pending"] + st["design"]["failed"] if i == 0 else max(f.runs - z["done"], 0)
+        per = 6.0 * params_of(plan) * trained_tokens(plan.spec)
+        trained = z["done"] + z["suspect"]
+        secs = z["device_seconds"] / trained if trained and z["device_seconds"] else per / rate if rate else None
+        out.append({"size": f.label, "params": params_of(plan), "tokens": plan.spec.tokens, "to_train": n,
+                    "flops": per * n, "seconds": None if secs is None else secs * n,
+                    "seconds_from": "measured at this size" if trained and z["device_seconds"] else
+                    "the other sizes' FLOPs per second" if rate else None})
     return out
 
 

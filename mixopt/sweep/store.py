@@ -9,6 +9,7 @@ measurements: one row per (run key, evaluation key, metric): what a checkpoint s
 scores:       one row per (run key, suite key): the run's objective under that suite.
 suites:       every suite ever used, by key, with its body.
 sweeps:       one row per sweep / eval pass: when, what it trained and evaluated, its wall time.
+budget_rounds: one row per round of `mixopt optimize --budget` (store v7).
 Every state change is one transaction with synchronous=FULL: a kill loses no committed result.
 Results are never deleted: a run whose checkpoint is missing or damaged is marked `suspect` (kept,
 left out of fits) until a new training replaces them. Checkpoint paths are relative to the
@@ -128,10 +129,19 @@ def _measured_as(db: sqlite3.Connection, root: Path) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN measured_as TEXT")
 
 
+def _budget_rounds(db: sqlite3.Connection, root: Path) -> None:
+    """`mixopt optimize --budget`: one row per finished round (what it trained and why, the budget as
+    given, what was spent by then, the verdict, why it stopped). The spent amount is always counted
+    again from `runs`; these rows number the rounds and let `status` show the budget."""
+    db.execute("CREATE TABLE IF NOT EXISTS budget_rounds (round INTEGER PRIMARY KEY, budget TEXT NOT NULL, "
+               "unit TEXT NOT NULL, amount REAL NOT NULL, trained INTEGER NOT NULL, what TEXT NOT NULL, "
+               "spent REAL NOT NULL, verdict TEXT, stopped TEXT, created REAL NOT NULL)")
+
+
 # Store version i+1 is what MIGRATIONS[i] makes of version i; a new store takes every step too.
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_add_run_columns, _relative_checkpoints,
                                                                  _trained_slices, _replicates, _failure_kinds,
-                                                                 _compute, _measured_as]
+                                                                 _compute, _measured_as, _budget_rounds]
 VERSION = len(MIGRATIONS)
 
 # The one lease condition: a run another live driver holds (running, not ours, not expired, and its
@@ -396,6 +406,16 @@ class Store:
 
     def sweeps(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM sweeps ORDER BY id")]
+
+    def record_round(self, row: dict) -> None:
+        """One finished round of `mixopt optimize` (see _budget_rounds)."""
+        with self._tx():
+            self.db.execute("INSERT OR REPLACE INTO budget_rounds (round, budget, unit, amount, trained, what, spent, "
+                            "verdict, stopped, created) VALUES (:round, :budget, :unit, :amount, :trained, :what, "
+                            ":spent, :verdict, :stopped, :created)", {**row, "created": time.time()})
+
+    def rounds(self) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM budget_rounds ORDER BY round")]
 
     def record_failure(self, key: str, error: str, nonfinite: bool = False) -> None:
         """A run failed: `nonfinite` when it trained but its result is no number (see _failure_kinds)."""

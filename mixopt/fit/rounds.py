@@ -1,0 +1,303 @@
+"""`mixopt optimize CONFIG --budget B`: rounds of sweep -> fit -> verify -> propose under a compute
+budget, until the verdict against the prior is decided or the budget is spent.
+
+Each round
+1. trains, capped by the budget left (each run's cost planned before it trains, sweep/budget.py):
+   the runs an earlier round planned and did not finish (a resumed optimize), else the config's
+   design not yet trained (every fidelity, cheapest first), else what the last round proposed;
+2. fits (the joint law across sizes where there are several, fit/fidelity.py);
+3. verifies: the recommendation and the prior, trained with the same seed at the verify size (the
+   largest fidelity after a fit across sizes: the nearest to the target; the swarm's size otherwise);
+4. stops when the verdict is decided: the seeds' paired differences at the verify size exclude 0
+   (fit/verdict.py's paired_gain), or the fit's own verdict (fit/verdict.py's decide) is "worse",
+   or "better" and the verification agrees (the recommendation measured below the prior);
+5. otherwise proposes the next round's runs by expected decision value per FLOP: a larger proxy's
+   replicate of the current recommendation (with the prior at the same seed) when the fit is across
+   sizes and the law's uncertainty at the target (its interval's half-width) exceeds the cheapest
+   size's seed noise: cheap runs narrow the mixture fit, not the extrapolation, so they buy nothing
+   for the decision; else max(4, domains) cheap runs where the fit is least sure (fit/propose.py).
+What a round plans is written to the store as planned runs before it trains, and rounds are
+numbered in the store: kill -9 at any point and rerun the same command, nothing is trained twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mixopt.config.runtime import Runtime
+from mixopt.config.schema import Experiment
+from mixopt.core.mixtures import Mixture
+from mixopt.errors import MixoptError
+from mixopt.fit.verdict import paired_gain
+from mixopt.sweep.budget import Budget, Costs, fidelity_plans, within
+from mixopt.sweep.plan import Plan, sweep_plan
+from mixopt.sweep.reeval import record_scores
+from mixopt.sweep.run import run_sweep
+from mixopt.sweep.store import Store
+
+ORIGIN = "optimize"  # origin of what optimize plans: optimize:<round>:verify|replicate|propose:<name>
+MAX_ROUNDS = 100  # a guard: every round trains at least one run or stops
+
+
+@dataclass(frozen=True)
+class Round:
+    n: int
+    what: str  # what it trained and why
+    trained: int
+    spent: float
+    verdict: str
+    line: str  # the verdict in a sentence
+
+
+@dataclass
+class Outcome:
+    budget: Budget
+    rounds: list[Round] = field(default_factory=list)
+    spent: float = 0.0
+    stopped: str = ""
+    verdict: str = "cannot tell"
+    weights: dict[str, float] | None = None
+    written: str | None = None
+    verify_size: str | None = None
+
+    def to_json(self) -> dict:
+        return {"budget": self.budget.to_json(self.spent), "stopped": self.stopped, "verdict": self.verdict,
+                "recommendation": self.weights, "written": self.written, "verify_size": self.verify_size,
+                "rounds": [r.__dict__ for r in self.rounds]}
+
+
+def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(), say=print) -> Outcome:
+    """Rounds until decided or spent (see the module's note); `say` gets each round's lines."""
+    from mixopt.sweep.work import device_of
+
+    sizes = fidelity_plans(exp)  # (exp at that size, plan), cheapest first
+    db = sizes[0][1].workspace.db_path
+    device = device_of(runtime) or ("cuda" if _cuda() else "cpu")
+    out = Outcome(budget)
+    with Store(db) as store:
+        costs = Costs([p for _, p in sizes], store, device)
+        first = len(store.rounds()) + 1
+    verify_at = len(sizes) - 1  # the largest fidelity: the nearest to the target (the swarm itself with one)
+    out.verify_size = _label(exp, verify_at)
+    for n in range(first, first + MAX_ROUNDS):
+        trained, what = _train_round(exp, sizes, budget, costs, runtime, n)
+        try:
+            from mixopt.fit.recommend import recommend_mixture
+
+            rec = recommend_mixture(exp, runtime, plots=False)
+        except MixoptError as e:  # e.g. too few runs: what was trained is kept, and the round says why
+            raise MixoptError(f"round {n}: the fit failed after training {trained} proxies ({e.problem})",
+                              e.fix or "raise --budget, or lower design.runs") from None
+        w = np.asarray(rec.weights, float)
+        fit_verdict = rec.decision.verdict if rec.decision is not None else None
+        vexp, vplan = sizes[verify_at]
+        pairs = _pairs(vplan, w, db)
+        if not pairs and fit_verdict in ("better", None):  # verify: the recommendation and the prior at one seed
+            got, cut = _train(budget, costs, runtime, db, [(vexp, vplan, m) for m in _verify(vplan, w, n, 0)])
+            trained += got
+            pairs = _pairs(vplan, w, db)
+            what += f"; {'verified' if pairs else 'could not verify'} the recommendation at {out.verify_size} " \
+                    f"against the prior (seed 0){': over the budget' if cut else ''}"
+        verdict, line = judge(fit_verdict, pairs, rec.ci, out.verify_size, rec.decision)
+        with Store(db) as store:
+            spent = costs.spent(store, budget.unit)
+        out.rounds.append(Round(n, what, trained, spent, verdict, line))
+        out.spent, out.verdict = spent, verdict
+        out.weights = dict(zip(rec.domains, map(float, rec.weights)))
+        out.written = str(exp.optimal_path)
+        say(f"round {n}: trained {trained} prox{'y' if trained == 1 else 'ies'} ({what}); spent {budget.show(spent)} of {budget.show(budget.amount)}")
+        say(f"  verdict: {line}")
+        stop = None
+        if verdict in ("better", "worse"):
+            stop = f"the verdict is decided ({verdict})"
+        elif trained == 0 and n > first:
+            stop = f"the budget is spent ({budget.show(spent)} of {budget.show(budget.amount)}): no run of the " \
+                   "next round fits in what is left"
+        if stop is None:
+            try:
+                why = _propose(exp, sizes, rec, w, pairs, n, runtime, db)
+            except MixoptError as e:
+                stop = f"nothing left to propose ({e.problem})"
+            else:
+                say(f"  next: {why}")
+                stop = _unaffordable(db, budget, costs)
+        _record(db, n, budget, trained, what, costs, verdict, stop)
+        if stop is not None:
+            out.stopped = stop
+            return out
+    out.stopped = f"{MAX_ROUNDS} rounds"
+    return out
+
+
+def judge(fit_verdict: str | None, pairs: list[tuple[float, float]], level: float, size: str,
+          decision=None) -> tuple[str, str]:
+    """(verdict, sentence): the paired seeds at the verify size when two or more decide; else the
+    fit's verdict, a "better" one only once its verification agrees."""
+    diffs = np.array([p - r for r, p in pairs])  # prior - recommendation, seed by seed: > 0 is better
+    if len(diffs) >= 2:
+        ci, p = paired_gain(diffs, level)
+        v = "better" if ci[0] > 0 else "worse" if ci[1] < 0 else "cannot tell"
+        if v != "cannot tell" or fit_verdict is None:
+            return v, (f"{v} than the prior at {size}, measured over {len(diffs)} paired seeds: gain "
+                       f"{diffs.mean():+.4f} ({level:.0%} interval {ci[0]:+.4f} .. {ci[1]:+.4f}; P(better) {p:.2f})")
+    fit_line = decision.line if decision is not None else "no verdict from the fit"
+    if fit_verdict == "worse":
+        return "worse", fit_line
+    if fit_verdict == "better" and len(diffs) and diffs.mean() > 0:
+        return "better", f"{fit_line}; verified at {size}: measured {diffs.mean():+.4f} below the prior"
+    if fit_verdict == "better" and len(diffs):
+        return "cannot tell", (f"the fit says better, but at {size} the recommendation measured {-diffs.mean():+.4f} "
+                               "above the prior: not borne out")
+    if fit_verdict is None:
+        return "cannot tell", (f"{len(diffs)} paired seed(s) at {size}: "
+                               + (f"gain {diffs.mean():+.4f}, " if len(diffs) else "") + "too few to decide")
+    return "cannot tell", fit_line
+
+
+def _train_round(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runtime, n: int) -> tuple[int, str]:
+    """Step 1 of a round: what an earlier round left planned, else the design, else nothing (the
+    proposal was planned into the store by the round before, so it is 'left planned')."""
+    db = sizes[0][1].workspace.db_path
+    left_over = []
+    with Store(db) as store:
+        for fexp, plan in sizes:
+            left_over += [(fexp, plan, Mixture(r.origin, r.weights, r.replicate)) for r in plan.runs(store)
+                          if r.origin.startswith(f"{ORIGIN}:") and _pending(r)]
+    if left_over:
+        got, cut = _train(budget, costs, runtime, db, left_over)
+        kinds = sorted({m.origin.split(":")[2] for _, _, m in left_over})
+        return got, _described(left_over, "what the last round proposed (" + ", ".join(kinds) + ")", cut)
+    from mixopt.sweep.fidelity import fidelities, larger_mixtures
+
+    fids, got, parts = fidelities(exp), 0, []
+    for i, (fexp, plan) in enumerate(sizes):
+        if i == 0:
+            full = sweep_plan(exp)
+            with Store(db) as store:
+                skip = {r.key for r in full.runs(store) if not _pending(r)}
+            todo = [(fexp, plan, m) for k, m in zip(full.keys, full.mixtures) if k not in skip]
+        else:
+            with Store(db) as store:
+                skip = {r.key for r in plan.runs(store) if not _pending(r)}
+            todo = [(fexp, plan, m) for m in larger_mixtures(exp, fids, i) if plan.key(m.weights, m.replicate) not in skip]
+        if todo:
+            trained, cut = _train(budget, costs, runtime, db, todo)
+            got += trained
+            parts.append(_described(todo, f"the design at {fids[i].label}", cut))
+    return got, "; ".join(parts) or "nothing: the design is trained and no proposal is pending"
+
+
+def _described(todo, why: str, cut: int) -> str:
+    return why + (f", {cut} of {len(todo)} cut: over the budget" if cut else "")
+
+
+def _pending(r) -> bool:
+    """A run still to train: planned, running (its driver died), or failed other than by a non-number."""
+    return r.status in ("planned", "running") or (r.status == "failed" and r.failure != "nonfinite")
+
+
+def _train(budget: Budget, costs: Costs, runtime: Runtime, db, todo) -> tuple[int, int]:
+    """Train the runs of `todo` ((exp, plan, mixture)) that fit in what is left, each size as one
+    sweep; (trained, left out for the budget). Costs are planned before anything trains."""
+    with Store(db) as store:
+        left = budget.amount - costs.spent(store, budget.unit)
+        done = {(r.context, r.key) for _, p, _ in todo for r in p.runs(store) if not _pending(r)}
+    fresh = [(e, p, m) for e, p, m in todo if (p.context, p.key(m.weights, m.replicate)) not in done]
+    fits, _ = within(budget, left, costs, [(p, m) for _, p, m in fresh])
+    kept = {id(m) for _, m in fits}
+    trained = 0
+    for fexp, plan in {id(p): (e, p) for e, p, _ in fresh}.values():
+        ms = [m for e, p, m in fresh if p is plan and id(m) in kept]
+        if ms:
+            report = run_sweep(fexp, runtime, extra=ms, design=False)
+            trained += report.trained + report.adopted
+    return trained, len(fresh) - len(kept)
+
+
+def _verify(plan: Plan, w: np.ndarray, n: int, seed: int) -> list[Mixture]:
+    return [Mixture(f"{ORIGIN}:{n}:verify:recommended", tuple(map(float, w)), seed),
+            Mixture(f"{ORIGIN}:{n}:verify:prior", tuple(map(float, plan.prior)), seed)]
+
+
+def _pairs(plan: Plan, w: np.ndarray, db) -> list[tuple[float, float]]:
+    """(recommendation, prior) measured at `plan`'s size with the same seed, replicate 0, 1, ..."""
+    with Store(db) as store:
+        scores = record_scores(plan, store)
+    out = []
+    for r in range(64):
+        a, b = scores.get(plan.key(tuple(map(float, w)), r)), scores.get(plan.key(tuple(map(float, plan.prior)), r))
+        if a is None or b is None:
+            break
+        out.append((float(a), float(b)))
+    return out
+
+
+def _propose(exp: Experiment, sizes, rec, w: np.ndarray, pairs, n: int, runtime: Runtime, db) -> str:
+    """Plan the next round's runs into the store (step 5 of the module's note); what and why."""
+    info = rec.fidelity or {}
+    joint = info.get("used") == "the law across sizes"
+    if joint and rec.predicted_ci is not None:
+        half = (rec.predicted_ci[1] - rec.predicted_ci[0]) / 2
+        noise = (info.get("sizes") or [{}])[0].get("noise_sd")
+        if noise is None or half > noise:
+            fexp, plan = sizes[-1]
+            ms = [Mixture(f"{ORIGIN}:{n + 1}:replicate:{m.origin.split(':')[-1]}", m.weights, len(pairs))
+                  for m in _verify(plan, w, n + 1, 0)]
+            _plan_runs(fexp, plan, ms, db)
+            cheap = "unmeasured" if noise is None else f"sd {noise:.4f}"
+            return (f"a replicate (seed {len(pairs)}) of the recommendation and the prior at {_label(exp, len(sizes) - 1)}: "
+                    f"the law's uncertainty at the target (+-{half:.4f}) exceeds the cheapest size's seed noise "
+                    f"({cheap}), which more cheap runs would not narrow")
+    from mixopt.fit.propose import propose_mixtures
+
+    k = max(4, len(exp.domain_names))
+    picks, _ = propose_mixtures(exp, k, runtime)
+    fexp, plan = sizes[0]
+    _plan_runs(fexp, plan, [Mixture(f"{ORIGIN}:{n + 1}:propose:{i}", tuple(map(float, x))) for i, x in enumerate(picks)], db)
+    why = "the fit is not yet decided" if not joint else "the law's uncertainty at the target is within the cheap " \
+                                                          "size's noise: cheap runs are the better buy"
+    return f"{len(picks)} cheap runs at {_label(exp, 0)} where the fit is least sure ({why})"
+
+
+def _plan_runs(fexp: Experiment, plan: Plan, ms: list[Mixture], db) -> None:
+    """Write a proposal as planned runs before anything trains: a killed optimize resumes it."""
+    p = sweep_plan(fexp, ms, design=False)
+    with Store(db) as store:
+        store.add_planned([{"key": k, "context": p.context, "origin": m.origin, "weights": list(m.weights),
+                            "domains": fexp.domain_names, "slices": list(p.slices), "tokenizer": p.tokenizer,
+                            "replicate": m.replicate} for k, m in zip(p.keys, p.mixtures)])
+
+
+def _unaffordable(db, budget: Budget, costs: Costs) -> str | None:
+    """Why the next round cannot train (None when its cheapest planned run fits in what is left)."""
+    with Store(db) as store:
+        spent = costs.spent(store, budget.unit)
+        cheapest = [costs.run(p, budget.unit) for p in costs.plans
+                    for r in p.runs(store) if r.origin.startswith(f"{ORIGIN}:") and _pending(r)]
+    if not cheapest:
+        return "nothing new to train: every run proposed is trained already"
+    if min(cheapest) > budget.amount - spent + 1e-9 * max(budget.amount, 1.0):
+        return (f"the budget is spent ({budget.show(spent)} of {budget.show(budget.amount)}): the next round's "
+                f"cheapest run ({budget.show(min(cheapest))}) does not fit in what is left")
+    return None
+
+
+def _record(db, n: int, budget: Budget, trained: int, what: str, costs: Costs, verdict: str, stop) -> None:
+    with Store(db) as store:
+        store.record_round({"round": n, "budget": budget.text, "unit": budget.unit, "amount": budget.amount,
+                            "trained": trained, "what": what, "spent": costs.spent(store, budget.unit),
+                            "verdict": verdict, "stopped": stop})
+
+
+def _label(exp: Experiment, i: int) -> str:
+    from mixopt.sweep.fidelity import fidelities
+
+    return fidelities(exp)[i].label
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,216 @@
+"""`mixopt optimize CONFIG --budget B` (fit/rounds.py, sweep/budget.py): budget parsing, accounting
+counted from the store, resume after kill -9, and the stop on a decided verdict."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import small_config, write_config
+from mixopt.errors import MixoptError
+from mixopt.sweep.budget import parse_budget
+
+
+def mixopt(*args, check=True):
+    r = subprocess.run([sys.executable, "-m", "mixopt.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=900)
+    if check and r.returncode != 0:
+        raise AssertionError(f"mixopt {args} exited {r.returncode}: {r.stderr[-3000:]}")
+    return r
+
+
+def test_budget_parses_proxies_flops_and_device_hours():
+    assert (parse_budget("40").unit, parse_budget("40").amount) == ("proxies", 40)
+    assert (parse_budget("3e12flops").unit, parse_budget("3e12flops").amount) == ("flops", 3e12)
+    assert (parse_budget("0.5h").unit, parse_budget("0.5h").amount) == ("seconds", 1800)
+    for bad, why in (("abc", "not a number"), ("0", "above 0"), ("40.5", "whole number"), ("1e999flops", "finite"),
+                     ("-2", "not a number"), ("5m", "not a number")):
+        with pytest.raises(MixoptError, match=why):
+            parse_budget(bad)
+
+
+def test_bad_budget_is_one_line_exit_2_and_writes_nothing(corpora, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws"))
+    r = mixopt("optimize", cfg, "--budget", "lots", check=False)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: --budget 'lots'")
+    assert "e.g. --budget 40" in r.stderr and not (tmp_path / "ws").exists()
+
+
+def test_a_flops_budget_is_planned_before_training_and_never_exceeded(corpora, tmp_path):
+    """A budget of 6.5 runs' FLOPs: round 1 trains the design's 6 runs; nothing after it fits, so
+    the proposal stays planned, untrained, and optimize says why it stopped."""
+    from mixopt.config.load import load_experiment
+    from mixopt.proxy.model import param_count
+    from mixopt.sweep.plan import load_plan
+
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2, proxy__tokens=6000,
+                                                         fit__bootstrap=10))
+    mixopt("sample", cfg)
+    spec = load_plan(load_experiment(cfg), design=False).spec
+    per_run = 6.0 * param_count(spec) * (6000 // (64 * 8)) * 64 * 8  # whole steps of seq_len x batch_size
+    assert per_run == 6.0 * param_count(spec) * spec.steps * spec.seq_len * spec.batch_size
+    r = mixopt("optimize", cfg, "--budget", f"{6.5 * per_run:.6g}flops", "--no-progress")
+    assert "round 1: trained 6 proxies (the design at tiny)" in r.stdout
+    assert "round 2" not in r.stdout and "stopped: the budget is spent" in r.stdout
+    assert f"the next round's cheapest run ({per_run:.3g} FLOPs) does not fit in what is left" in r.stdout
+    st = json.loads(mixopt("status", cfg, "--format", "json").stdout)
+    assert st["budget"]["unit"] == "flops" and st["budget"]["spent"] == pytest.approx(6 * per_run)
+    assert st["budget"]["spent"] <= st["budget"]["amount"] and st["runs"]["done"] == 6
+    assert st["runs"]["planned"] >= 1  # the proposal that did not fit: planned, never trained
+
+
+def _done(db) -> int:
+    import sqlite3
+
+    if not db.is_file():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as c:
+            return c.execute("SELECT COUNT(*) FROM runs WHERE status='done'").fetchone()[0]
+    except sqlite3.OperationalError:  # created but not yet migrated
+        return 0
+
+
+def test_kill_9_then_rerun_trains_nothing_twice_and_finishes(corpora, tmp_path):
+    import os
+    import signal
+    import sqlite3
+    import time
+
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2, proxy__tokens=6000,
+                                                         fit__bootstrap=10))
+    mixopt("sample", cfg)
+    db = tmp_path / "ws" / "mixopt.db"
+    p = subprocess.Popen([sys.executable, "-m", "mixopt.cli", "optimize", str(cfg), "--budget", "8", "--no-progress"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while _done(db) < 1 and p.poll() is None and time.time() < deadline:  # by observed progress, not a fixed sleep
+        time.sleep(0.2)
+    assert p.poll() is None, f"optimize ended before it could be killed: {p.stderr.read()[-2000:]}"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    killed_at = _done(db)
+    assert 1 <= killed_at < 8
+    r = mixopt("optimize", cfg, "--budget", "8", "--no-progress")
+    with sqlite3.connect(db) as c:
+        trainings = dict(c.execute("SELECT key, trainings FROM runs WHERE status='done'").fetchall())
+        rounds = c.execute("SELECT round, stopped FROM budget_rounds ORDER BY round").fetchall()
+    assert trainings and max(trainings.values()) == 1  # no run key trained twice
+    assert len(trainings) <= 8 and "stopped: " in r.stdout  # the budget holds across the kill
+    assert rounds[-1][1] and [n for n, _ in rounds] == list(range(1, len(rounds) + 1))
+    st = json.loads(mixopt("status", cfg, "--format", "json").stdout)
+    b = st["budget"]
+    assert (b["given"], b["unit"], b["amount"]) == ("8", "proxies", 8) and b["spent"] == len(trainings) <= 8
+    assert b["stopped"] == rounds[-1][1] and st["experiment_compute"]["flops"] > 0
+    text = mixopt("status", cfg).stdout
+    assert f"budget (mixopt optimize --budget 8): spent {len(trainings)} proxies of 8 proxies" in text
+    again = mixopt("optimize", cfg, "--budget", "8", "--no-progress")  # finished: a rerun trains nothing
+    assert "trained 0 proxies" in again.stdout
+
+
+def test_dry_run_with_fidelities_covers_every_size(corpora, tmp_path):
+    """`sweep --dry-run` before any training: each fidelity's runs, FLOPs, and the time still unknown."""
+    cfg = small_config(corpora, tmp_path / "ws", design={"min_weight": 0.01, "replicates": None, "fidelities": [
+        {"size": "tiny", "runs": 6}, {"size": "1m", "runs": 2, "tokens": 4096}]})
+    cfg = write_config(tmp_path / "multi.yaml", cfg)
+    mixopt("sample", cfg)
+    st = json.loads(mixopt("sweep", cfg, "--dry-run", "--format", "json").stdout)
+    tiny, big = st["fidelity_costs"]
+    assert (tiny["size"], tiny["to_train"], big["size"], big["to_train"]) == ("tiny", 10, "1m", 2)
+    assert tiny["flops"] == pytest.approx(6 * tiny["params"] * 46 * 64 * 8 * 10)  # 24,000 tokens: 46 whole steps
+    assert big["flops"] == pytest.approx(6 * big["params"] * 4096 * 2) and big["params"] > tiny["params"]
+    assert tiny["seconds"] is None and not (tmp_path / "ws" / "checkpoints").exists()
+    text = mixopt("sweep", cfg, "--dry-run").stdout
+    assert f"size 1m ({big['params']:,} params, 4,096 tokens): 2 runs to train, {big['flops']:.3g} FLOPs, time " \
+           "unknown until a run of some size has trained" in text
+
+
+def test_verify_after_a_fit_across_sizes_trains_at_the_largest_fidelity(corpora, tmp_path):
+    from mixopt.config.load import load_experiment
+    from mixopt.fit.verify import verify_size
+
+    cfg = small_config(corpora, tmp_path / "ws", design={"min_weight": 0.01, "replicates": None, "fidelities": [
+        {"size": "tiny", "runs": 6}, {"size": "1m", "runs": 2, "tokens": 4096}]})
+    exp = load_experiment(write_config(tmp_path / "multi.yaml", cfg))
+    where, why = verify_size(exp, {"fidelity": {"used": "the law across sizes", "target_size": 1.2e8}})
+    assert where.proxy.size == "1m" and where.proxy.tokens == 4096
+    assert why.startswith("verifying at 1m, the trained size nearest the target (1.2e+08 parameters)")
+    # the swarm's own fit stood (the law did not cross-validate), or a one-size fit: the swarm's size
+    for meta in ({"fidelity": {"used": "the tiny swarm's own fit", "target_size": 1.2e8}}, {}):
+        assert verify_size(exp, meta) == (exp, None)
+
+
+def test_judge_decides_from_paired_seeds_or_a_verified_fit():
+    from mixopt.fit.rounds import judge
+
+    # (recommendation, prior) per seed at the verify size: the prior worse by ~0.1 every time
+    assert judge(None, [(3.0, 3.1), (3.02, 3.11), (2.99, 3.1)], 0.9, "1m")[0] == "better"
+    assert judge(None, [(3.1, 3.0), (3.11, 3.02), (3.1, 2.99)], 0.9, "1m")[0] == "worse"
+    v, line = judge(None, [(3.0, 3.1), (3.1, 3.0)], 0.9, "1m")
+    assert v == "cannot tell" and "2 paired seeds" in line
+    assert judge(None, [(3.0, 3.1)], 0.9, "1m")[0] == "cannot tell"  # one seed never decides a joint fit
+    # a one-size fit: its own verdict, "better" only once one verification agrees
+    assert judge("better", [], 0.9, "tiny")[0] == "cannot tell"
+    v, line = judge("better", [(3.0, 3.1)], 0.9, "tiny")
+    assert v == "better" and "verified at tiny" in line
+    v, line = judge("better", [(3.2, 3.1)], 0.9, "tiny")
+    assert v == "cannot tell" and "not borne out" in line
+    assert judge("worse", [], 0.9, "tiny")[0] == "worse"
+
+
+def test_a_decided_verdict_stops_the_rounds_before_proposing(corpora, tmp_path, monkeypatch):
+    """The loop's control alone (training and the fit replaced): a fit whose verdict is "worse" ends
+    optimize after its first round, with no proposal planned and the round recorded in the store."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import mixopt.fit.recommend as recommend
+    import mixopt.fit.rounds as rounds
+    from mixopt.config.load import load_experiment
+    from mixopt.sweep.budget import parse_budget
+    from mixopt.sweep.run import SweepReport
+    from mixopt.sweep.store import Store
+
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2))
+    mixopt("sample", cfg)
+    exp = load_experiment(cfg)
+    asked = []
+    monkeypatch.setattr(rounds, "run_sweep", lambda e, rt, extra, design: asked.extend(extra) or
+                        SweepReport(planned=len(extra), trained=len(extra)))
+    decision = SimpleNamespace(verdict="worse", line="the recommendation is worse than the prior: keep the prior")
+    monkeypatch.setattr(recommend, "recommend_mixture", lambda *a, **k: SimpleNamespace(
+        weights=np.array([0.2, 0.3, 0.5]), domains=exp.domain_names, decision=decision, ci=0.9, fidelity=None,
+        predicted_ci=None))
+    said = []
+    out = rounds.optimize_budget(exp, parse_budget("40"), say=said.append)
+    assert [m.origin.split(":")[0] for m in asked].count("random") == 2 and len(asked) == 6  # the design, once
+    assert len(out.rounds) == 1 and out.verdict == "worse" and out.stopped == "the verdict is decided (worse)"
+    assert said[1] == "  verdict: the recommendation is worse than the prior: keep the prior"
+    assert not any(s.startswith("  next:") for s in said)
+    with Store(tmp_path / "ws" / "mixopt.db") as store:
+        assert not [r for r in store.runs() if r.origin.startswith("optimize:")]  # nothing proposed
+        assert [(r["round"], r["stopped"]) for r in store.rounds()] == [(1, "the verdict is decided (worse)")]
+
+
+def test_a_version_6_store_gains_the_rounds_table_and_keeps_its_runs(tmp_path):
+    import sqlite3
+
+    from mixopt.sweep.store import VERSION, Store
+
+    assert VERSION == 8
+    with Store(tmp_path / "mixopt.db") as s:
+        s.add_planned([{"key": "k", "context": "c", "origin": "prior", "weights": [1.0], "domains": ["a"]}])
+    with sqlite3.connect(tmp_path / "mixopt.db") as db:  # as mixopt with store version 6 left it
+        db.execute("DROP TABLE budget_rounds")
+        db.execute("ALTER TABLE runs DROP COLUMN measured_as")  # version 7's column
+        db.execute("PRAGMA user_version = 6")
+    with Store(tmp_path / "mixopt.db") as s:
+        assert [r.key for r in s.runs()] == ["k"] and s.rounds() == []
+        s.record_round({"round": 1, "budget": "3e12flops", "unit": "flops", "amount": 3e12, "trained": 4,
+                        "what": "the design at tiny", "spent": 1e12, "verdict": "cannot tell", "stopped": None})
+        assert [(r["round"], r["budget"], r["spent"]) for r in s.rounds()] == [(1, "3e12flops", 1e12)]
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == 8
