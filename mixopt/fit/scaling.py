@@ -134,9 +134,9 @@ def _at(theta: np.ndarray, d: int, n_star: float, t_star: float | None) -> np.nd
 
 
 def size_warnings(X: np.ndarray, y: np.ndarray, N: np.ndarray, held: np.ndarray, scale: str) -> list[str]:
-    """The law fit without each run of the largest size in turn (`held`: its predictions of those runs)
-    should rank them at least as well as the next size's own measurements of the same mixtures do; if not, the law adds
-    error across sizes, not signal. Judged on the mixtures trained at both sizes (at least 3)."""
+    """The law fit without the largest size (two sizes: without each of its runs in turn; `held`: its
+    predictions of those runs) should rank them at least as well as the next size's own measurements
+    of the same mixtures do; if not, the law adds error across sizes, not signal. Judged on the mixtures trained at both sizes (at least 3)."""
     big = np.flatnonzero(N == N.max())
     below = N[N < N.max()].max()
     small = np.flatnonzero(N == below)
@@ -151,7 +151,8 @@ def size_warnings(X: np.ndarray, y: np.ndarray, N: np.ndarray, held: np.ndarray,
     law, naive = spearman(held[k], y[big[k]]), spearman(y[j], y[big[k]])
     if not np.isfinite(naive) or (np.isfinite(law) and law >= naive):
         return []
-    return [f"the scaling law fit without each {scale}={N.max():g} run in turn ranks those runs worse (Spearman {law:.3f} over "
+    without = f"each {scale}={N.max():g} run in turn" if len(np.unique(N)) == 2 else f"{scale}={N.max():g}"
+    return [f"the scaling law fit without {without} ranks those runs worse (Spearman {law:.3f} over "
             f"{len(pairs)} mixtures) than the {scale}={below:g} runs' own measurements of the same mixtures do "
             f"({naive:.3f}): across sizes the law adds error, not signal; compare with a fit of the largest size's "
             "runs alone"]
@@ -205,8 +206,13 @@ def fit_scaled(swarm: Swarm, settings: FitSettings, scale: str, at_scale: float,
     form = max(forms, key=lambda h: (np.nan_to_num(score[h].r2, nan=-np.inf), -forms.index(h)))
     full, cv = fits[form], score[form]
     big = N == N.max()
-    held = sum(a * held_out_largest(X, swarm.metrics[m], n, t, full[m], form) for m, a in swarm.terms.items())
-    candidates[f"scaling, {scale}={N.max():g} runs held out one at a time"] = CrossValidation(
+    if len(np.unique(N)) > 2:  # the sizes below determine the rate: the whole largest size held out
+        held = predict(fit_all(np.flatnonzero(~big)), np.flatnonzero(big))
+        how = "held out"
+    else:  # with two sizes the rate needs some of the larger one's runs: each held out in turn
+        held = sum(a * held_out_largest(X, swarm.metrics[m], n, t, full[m], form) for m, a in swarm.terms.items())
+        how = "runs held out one at a time"
+    candidates[f"scaling, {scale}={N.max():g} {how}"] = CrossValidation(
         spearman(held, y[big]), float(1 - ((held - y[big]) ** 2).sum() / max(((y[big] - y[big].mean()) ** 2).sum(), 1e-300)),
         1, held)
     d = len(names)
