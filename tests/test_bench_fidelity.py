@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def bench_module():
     spec = importlib.util.spec_from_file_location("bench_fidelity", REPO / "bench" / "fidelity.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclass looks its module up while it is defined
     spec.loader.exec_module(mod)
     return mod
 
