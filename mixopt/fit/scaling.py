@@ -42,10 +42,11 @@ LAW_RIDGE = 0.05  # pulls each mixture vector (a, b, m) towards flat, as logline
 
 
 def _split(theta: np.ndarray, d: int, tokens: bool):
-    """The additive layout [e, a, (b), ln alpha, (ln beta), (m)] as (e, a, b, rates, m); b, m None if absent."""
+    """The additive layout [e, a, (b), ln alpha, (ln beta), (m)] as (e, a, b, rates, m); b, m None if absent.
+    The rates are kept finite (alpha <= e^5): an overflowing one times the smallest size's ln 0 was NaN."""
     k = 2 if tokens else 1
     base = (2 + k - 1) * d
-    return (theta[:d], theta[d:2 * d], theta[2 * d:3 * d] if tokens else None, np.exp(theta[base:base + k]),
+    return (theta[:d], theta[d:2 * d], theta[2 * d:3 * d] if tokens else None, np.exp(np.clip(theta[base:base + k], -20.0, 5.0)),
             theta[base + k:] if len(theta) > base + k else None)
 
 
