@@ -50,6 +50,7 @@ bench: demo
 	$(PY) bench/sample.py
 	$(PY) bench/domains.py
 	$(PY) bench/data_change.py --config mixtures/demo.yaml --workers 2
+	$(PY) bench/fidelity.py --workers 2
 	PYTHON=$(PY) bench/gpu_check.sh --out bench/results/gpu
 
 # Issue 21: do the fit's 90% intervals cover what 3 seeds measure, and is "better" ever wrong? 9 sweeps

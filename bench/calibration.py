@@ -139,14 +139,16 @@ def domain_sets() -> dict[str, dict[str, tuple[str, Callable[[], list[str]]]]]:
     }
 
 
-def build_corpora(root: Path) -> dict[str, dict[str, dict]]:
-    """Write each domain in a format mixopt reads (Parquet, JSONL.gz, a .txt folder); set -> domain
-    -> {path, docs, bytes}. Reuses what an earlier run wrote."""
+def build_corpora(root: Path, sets: tuple[str, ...] | None = None) -> dict[str, dict[str, dict]]:
+    """Write each domain (of `sets`, default all) in a format mixopt reads (Parquet, JSONL.gz, a .txt
+    folder); set -> domain -> {path, docs, bytes}. Reuses what an earlier run wrote."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     out: dict[str, dict[str, dict]] = {}
     for set_name, domains in domain_sets().items():
+        if sets is not None and set_name not in sets:
+            continue
         out[set_name] = {}
         for name, (fmt, docs_of) in domains.items():
             folder = root / set_name

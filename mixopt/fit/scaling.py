@@ -38,11 +38,25 @@ from mixopt.fit.swarm import FitSettings, Swarm, check_swarm, flat_domains
 FAR = 100.0  # a target size this many times the largest run's is a long extrapolation: say so
 
 
+LAW_RIDGE = 0.05  # pulls each mixture vector (a, b, m) towards flat, as loglinear's ridge does (regress.py)
+
+
+def _split(theta: np.ndarray, d: int, tokens: bool):
+    """The additive layout [e, a, (b), ln alpha, (ln beta), (m)] as (e, a, b, rates, m); b, m None if absent.
+    The rates are kept finite (alpha <= e^5): an overflowing one times the smallest size's ln 0 was NaN."""
+    k = 2 if tokens else 1
+    base = (2 + k - 1) * d
+    return (theta[:d], theta[d:2 * d], theta[2 * d:3 * d] if tokens else None, np.exp(np.clip(theta[base:base + k], -20.0, 5.0)),
+            theta[base + k:] if len(theta) > base + k else None)
+
+
 def _law(theta: np.ndarray, X: np.ndarray, n: np.ndarray, t: np.ndarray | None) -> np.ndarray:
-    d = X.shape[1]
-    out = X @ theta[:d] + np.exp(np.clip(X @ theta[d:2 * d] - np.exp(theta[-2 if t is not None else -1]) * n, -50, 50))
+    e, a, b, rates, m = _split(theta, X.shape[1], t is not None)
+    out = X @ e + np.exp(np.clip(X @ a - rates[0] * n, -50, 50))
     if t is not None:
-        out = out + np.exp(np.clip(X @ theta[2 * d:3 * d] - np.exp(theta[-1]) * t, -50, 50))
+        out = out + np.exp(np.clip(X @ b - rates[1] * t, -50, 50))
+    if m is not None:
+        out = out + np.exp(np.clip(X @ m, -50, 50))
     return out
 
 
@@ -50,47 +64,80 @@ FORMS = ("additive", "pooled")  # the law's forms `fit` cross-validates (see _ex
 
 
 def _expand(theta: np.ndarray, d: int, form: str, tokens: bool) -> np.ndarray:
-    """A form's parameters in the additive layout [e, a, (b), ln alpha, (ln beta)]. additive: each
-    finite-size term depends on the mixture (Shukor et al.), so the best mixture moves with size.
-    pooled: one mixture effect for every size plus a size offset (a = c x 1: rows sum to 1, so
-    w . a = c): the runs of all sizes pooled, the best mixture the same at every size. Fewer
-    parameters: it wins where the larger runs are too few to say how the mixture effect moves."""
+    """A form's parameters in the additive layout [e, a, (b), ln alpha, (ln beta), (m)]. additive:
+    each finite-size term depends on the mixture (Shukor et al.), so the best mixture moves with
+    size. pooled: one mixture effect for every size, w . e + exp(w . m) (the shape of the swarm's
+    own loglinear/law fits: a linear w . e alone cannot follow the curvature between a vertex and
+    the mixtures, which is what made the pooled law fail CV on the demo's corpora), plus a size
+    offset (a = c x 1: rows sum to 1, so w . a = c): the runs of all sizes pooled, the best mixture
+    the same at every size. Fewer parameters: it wins where the larger runs are too few to say how
+    the mixture effect moves."""
     if form == "additive":
         return theta
     k = 2 if tokens else 1
-    consts, rates = theta[d:d + k], theta[d + k:]
-    return np.r_[theta[:d], *[np.full(d, c) for c in consts], rates]
+    consts, rates, m = theta[d:d + k], theta[d + k:d + 2 * k], theta[d + 2 * k:]
+    return np.r_[theta[:d], *[np.full(d, c) for c in consts], rates, m]
 
 
 def fit_law(X: np.ndarray, y: np.ndarray, n: np.ndarray, t: np.ndarray | None,
             start: np.ndarray | None = None, form: str = "additive") -> np.ndarray:
-    """theta = [e, a, (b), ln alpha, (ln beta)] (additive; pooled: its own, see _expand) by least
-    squares, from a flat start or `start`; returned in the additive layout."""
+    """theta in the additive layout (pooled: its own, see _expand) by least squares with a ridge on
+    the mixture vectors (LAW_RIDGE: without it a mixture measured once, e.g. a vertex, leaves its
+    coefficient free and a fold that holds it out runs away: CV R^2 < -1000 on the demo's
+    corpora), from a flat start or `start` (in the additive layout)."""
     d, k = X.shape[1], 2 if t is not None else 1
+    sd = max(float(y.std()), 1e-6)
     if start is None:
-        e0 = np.linalg.lstsq(X, y, rcond=None)[0] - 0.5 * float(y.std())
-        c0 = np.log(max(float(y.std()), 1e-6))
+        e0 = np.linalg.lstsq(X, y, rcond=None)[0] - (0.5 if form == "additive" else 1.0) * sd
+        c0 = np.log(sd if form == "additive" else 0.5 * sd)
         a0 = np.full(d, c0) if form == "additive" else np.array([c0])
-        start = np.r_[e0, *[a0] * k, [np.log(0.3)] * k]
-    elif form != "additive":  # an additive-layout start: each mixture vector's mean as the constant
-        start = np.r_[start[:d], *[start[d + j * d:d + (j + 1) * d].mean() for j in range(k)], start[-k:]]
-    res = least_squares(lambda th: _law(_expand(th, d, form, t is not None), X, n, t) - y, start, method="trf",
-                        max_nfev=60 * (len(start) + 1))
+        start = np.r_[e0, *[a0] * k, [np.log(0.3)] * k, [] if form == "additive" else np.full(d, c0)]
+    else:
+        e, a, b, rates, m = _split(start, d, t is not None)
+        vecs = [a] if t is None else [a, b]
+        if form == "additive":
+            start = np.r_[e, *vecs, np.log(rates)]
+        else:
+            m = np.full(d, np.log(0.5 * sd)) if m is None else m
+            start = np.r_[e, [v.mean() for v in vecs], np.log(rates), m]
+    flat = d + k * (d if form == "additive" else 1)  # where the rates start in the form's own layout
+
+    def residuals(th):
+        full = _expand(th, d, form, t is not None)
+        vecs = [th[d + j * d:d + (j + 1) * d] for j in range(k)] if form == "additive" else [th[flat + k:]]
+        return np.r_[_law(full, X, n, t) - y, *[LAW_RIDGE * (v - v.mean()) for v in vecs]]
+
+    res = least_squares(residuals, start, method="trf", max_nfev=60 * (len(start) + 1))
     return _expand(res.x, d, form, t is not None)
+
+
+def held_out_largest(X: np.ndarray, y: np.ndarray, n: np.ndarray, t: np.ndarray | None, start: np.ndarray,
+                     form: str) -> np.ndarray:
+    """Predictions for each run of the largest size by the law fit without that run (the other runs
+    of its size kept): whether the law predicts a new proxy at the size the decision is made. (Fitting
+    without the whole largest size cannot: with two sizes its rate is then undetermined.)"""
+    big = np.flatnonzero(n == n.max())
+    out = np.empty(len(big))
+    for j, i in enumerate(big):
+        keep = np.setdiff1d(np.arange(len(y)), [i])
+        th = fit_law(X[keep], y[keep], n[keep], None if t is None else t[keep], start, form)
+        out[j] = _law(th, X[i:i + 1], n[i:i + 1], None if t is None else t[i:i + 1])[0]
+    return out
 
 
 def _at(theta: np.ndarray, d: int, n_star: float, t_star: float | None) -> np.ndarray:
     """The law at one size, in regress.scaling_law's layout."""
-    e, a = theta[:d], theta[d:2 * d]
+    e, a, b, rates, m = _split(theta, d, t_star is not None)
+    tail = [] if m is None else m
     if t_star is None:
-        return np.r_[e, a, np.full(d, -50.0), np.exp(theta[-1]), 0.0, n_star, 0.0]
-    return np.r_[e, a, theta[2 * d:3 * d], np.exp(theta[-2]), np.exp(theta[-1]), n_star, t_star]
+        return np.r_[e, a, np.full(d, -50.0), rates[0], 0.0, n_star, 0.0, tail]
+    return np.r_[e, a, b, rates[0], rates[1], n_star, t_star, tail]
 
 
 def size_warnings(X: np.ndarray, y: np.ndarray, N: np.ndarray, held: np.ndarray, scale: str) -> list[str]:
-    """The law fit without the largest size (`held`: its predictions of those runs) should rank them at
-    least as well as the next size's own measurements of the same mixtures do; if not, the law adds
-    error across sizes, not signal. Judged on the mixtures trained at both sizes (at least 3)."""
+    """The law fit without the largest size (two sizes: without each of its runs in turn; `held`: its
+    predictions of those runs) should rank them at least as well as the next size's own measurements
+    of the same mixtures do; if not, the law adds error across sizes, not signal. Judged on the mixtures trained at both sizes (at least 3)."""
     big = np.flatnonzero(N == N.max())
     below = N[N < N.max()].max()
     small = np.flatnonzero(N == below)
@@ -105,7 +152,8 @@ def size_warnings(X: np.ndarray, y: np.ndarray, N: np.ndarray, held: np.ndarray,
     law, naive = spearman(held[k], y[big[k]]), spearman(y[j], y[big[k]])
     if not np.isfinite(naive) or (np.isfinite(law) and law >= naive):
         return []
-    return [f"the scaling law fit without {scale}={N.max():g} ranks those runs worse (Spearman {law:.3f} over "
+    without = f"each {scale}={N.max():g} run in turn" if len(np.unique(N)) == 2 else f"{scale}={N.max():g}"
+    return [f"the scaling law fit without {without} ranks those runs worse (Spearman {law:.3f} over "
             f"{len(pairs)} mixtures) than the {scale}={below:g} runs' own measurements of the same mixtures do "
             f"({naive:.3f}): across sizes the law adds error, not signal; compare with a fit of the largest size's "
             "runs alone"]
@@ -159,9 +207,13 @@ def fit_scaled(swarm: Swarm, settings: FitSettings, scale: str, at_scale: float,
     form = max(forms, key=lambda h: (np.nan_to_num(score[h].r2, nan=-np.inf), -forms.index(h)))
     full, cv = fits[form], score[form]
     big = N == N.max()
-    small_fit = fit_all(np.flatnonzero(~big))
-    held = predict(small_fit, np.flatnonzero(big))
-    candidates[f"scaling, {scale}={N.max():g} held out"] = CrossValidation(
+    if len(np.unique(N)) > 2:  # the sizes below determine the rate: the whole largest size held out
+        held = predict(fit_all(np.flatnonzero(~big)), np.flatnonzero(big))
+        how = "held out"
+    else:  # with two sizes the rate needs some of the larger one's runs: each held out in turn
+        held = sum(a * held_out_largest(X, swarm.metrics[m], n, t, full[m], form) for m, a in swarm.terms.items())
+        how = "runs held out one at a time"
+    candidates[f"scaling, {scale}={N.max():g} {how}"] = CrossValidation(
         spearman(held, y[big]), float(1 - ((held - y[big]) ** 2).sum() / max(((y[big] - y[big].mean()) ** 2).sum(), 1e-300)),
         1, held)
     d = len(names)
