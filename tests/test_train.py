@@ -1,4 +1,6 @@
 import json
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -6,7 +8,7 @@ import pytest
 
 from mixopt.proxy.checkpoint import load_checkpoints, save_checkpoint, state_path
 from mixopt.proxy.model import SIZES, ProxySpec, build_model, stack_weights
-from mixopt.proxy.train import lr_at, mixture_sequences, train_proxies
+from mixopt.proxy.train import RESUME_SAVES, lr_at, mixture_sequences, train_proxies
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_proxy_losses.json"
 SPEC = ProxySpec(size="tiny", hidden=64, layers=2, heads=2, seq_len=32, batch_size=4, lr=3e-3, warmup=0.1,
@@ -45,6 +47,37 @@ def test_schedule_and_sizes():
         non_embedding = 12 * layers * h * h
         assert {"tiny": 1e5, "1m": 1e6, "5m": 5e6, "15m": 1.4e7, "30m": 3.1e7, "60m": 6e7, "150m": 1.5e8}[name] == pytest.approx(
             non_embedding, rel=0.25)
+
+
+def test_losses_reach_the_host_once_per_save_point_not_once_per_step(monkeypatch):
+    """On a GPU every host read of a tensor is a sync. The loop keeps its losses on the device and
+    reads them at its save points: the reads mixopt's own code makes (Tensor.item, .tolist, .cpu,
+    float(), bool(), ...) are as many at 60 steps as at 20, while on_step still sees every step."""
+    import torch
+
+    reads = []
+
+    def counting(name):
+        orig = getattr(torch.Tensor, name)
+
+        def read(self, *a, **k):
+            if sys._getframe(1).f_globals.get("__name__", "").startswith("mixopt"):
+                reads.append(name)
+            return orig(self, *a, **k)
+        return read
+
+    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__bool__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    counts = {}
+    for steps in (20, 60):
+        reads.clear()
+        spec = replace(SPEC, tokens=SPEC.seq_len * SPEC.batch_size * steps)
+        seen = []
+        _, losses, _ = train_proxies(spec, [(0.7, 0.3), (0.2, 0.8)], _streams(), seed=0,
+                                     on_step=lambda step, total, last: seen.append((step, len(last))))
+        assert seen == [(s, 2) for s in range(1, steps + 1)] and [len(x) for x in losses] == [steps, steps]
+        counts[steps] = len(reads)
+    assert counts == {20: RESUME_SAVES, 60: RESUME_SAVES}, counts  # one .tolist() per save point
 
 
 class Crash(Exception):

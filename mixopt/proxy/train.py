@@ -79,7 +79,9 @@ def lr_at(step: int, spec: ProxySpec) -> float:
     return spec.lr * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-OnStep = Callable[[int, int, list[float]], None]  # (steps done, total steps, each proxy's last loss)
+# (steps done, total steps, each proxy's loss at that step): called once per step, in order, but in
+# bursts at each save point (~1/RESUME_SAVES of a run), where the loop reads its losses off the device.
+OnStep = Callable[[int, int, list[float]], None]
 
 
 def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], seed: int, device: str = "cpu",
@@ -114,9 +116,13 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
     every = max(1, -(-spec.steps // RESUME_SAVES))
     width = spec.seq_len + 1
     dead = [bool(divergence(own, spec.steps)) for own in losses]  # a resumed proxy may have diverged already
+    if all(dead):  # nothing left worth a step: each diverged proxy's losses end at its first non-finite one
+        return W, losses, [epochs for _, epochs in plans]
+    # On the device, per step: which proxies have diverged (their gradients are zeroed) and this
+    # interval's losses. The host reads them once per save point, not once a step (a GPU sync).
+    dead_now = torch.tensor(dead, device=device)
+    pending = []
     for step in range(start, spec.steps):
-        if all(dead):  # nothing left worth a step: each diverged proxy's losses end at its first non-finite one
-            break
         rows = [seqs[step * spec.batch_size:(step + 1) * spec.batch_size] for seqs, _ in plans]
         xt = _batch_tokens(streams, rows, width, device)
         for group in opt.param_groups:
@@ -128,17 +134,21 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
         opt.zero_grad(set_to_none=True)
         ce.sum().backward()  # proxies share no weights: each gets exactly its own gradient
         del logits  # not kept alive into the next step's forward (N x batch x seq x vocab of them)
-        if any(dead):  # a diverged proxy stays in the stacked weights (the loop cannot drop it) but learns nothing
-            _zero_grads(list(W.values()), dead)
+        if n > 1:  # a diverged proxy stays in the stacked weights (the loop cannot drop it) but learns nothing
+            _zero_grads(list(W.values()), dead_now)
         _clip_per_proxy(list(W.values()), 1.0)
         opt.step()
-        for i, loss in enumerate(ce.detach().cpu().tolist()):  # the one sync per step, which the loop has anyway
-            losses[i].append(loss)
-            dead[i] = dead[i] or not math.isfinite(loss)
-        if states and (step + 1) % every == 0 and step + 1 < spec.steps:
+        ce = ce.detach()
+        pending.append(ce)
+        dead_now |= ~torch.isfinite(ce)
+        if (step + 1) % every and step + 1 < spec.steps:
+            continue
+        # A save point (or the end): the one host copy of the interval's losses.
+        if _take_losses(pending, losses, dead, step + 1 - len(pending), spec.steps, on_step):
+            break  # every proxy has diverged: the losses end at the step the last one did
+        pending = []
+        if states and step + 1 < spec.steps:
             _save_state(states, W, opt, spec, step + 1, losses)
-        if on_step:
-            on_step(step + 1, spec.steps, [own[-1] for own in losses])
     return W, losses, [epochs for _, epochs in plans]
 
 
@@ -151,14 +161,31 @@ def divergence(losses: list[float], steps: int) -> str:
     return ""
 
 
-def _zero_grads(params, dead: list[bool]) -> None:
-    """No gradient for the diverged proxies (their rows of each stacked tensor): a NaN or infinite
-    gradient stays out of the clipping and AdamW arithmetic, which the other proxies share."""
+def _take_losses(pending: list, losses: list[list[float]], dead: list[bool], first: int, total: int,
+                 on_step: OnStep | None) -> bool:
+    """Copy an interval's per-step losses ([N] tensors on the device, steps first+1 ...) to the host
+    in one transfer, append them to each proxy's losses and call on_step for each step, in order.
+    True when every proxy has diverged: the losses (and the on_step calls) then end at the step
+    where the last one's loss first turned non-finite, as if the loop had stopped right there."""
     import torch
 
-    rows = torch.tensor(dead, device=params[0].device)
+    for k, row in enumerate(torch.stack(pending).tolist()):
+        for i, loss in enumerate(row):
+            losses[i].append(loss)
+            dead[i] = dead[i] or not math.isfinite(loss)
+        if on_step:
+            on_step(first + k + 1, total, row)
+        if all(dead):
+            return True
+    return False
+
+
+def _zero_grads(params, dead) -> None:
+    """No gradient for the diverged proxies (`dead`, a bool [N] on the device): a NaN or infinite
+    gradient stays out of the clipping and AdamW arithmetic, which the other proxies share. Where
+    no proxy has diverged it leaves every gradient as it was, bit for bit."""
     for p in params:
-        p.grad[rows] = 0
+        p.grad.masked_fill_(dead.view(-1, *([1] * (p.ndim - 1))), 0.0)
 
 
 @functools.cache
