@@ -8,7 +8,7 @@ import pytest
 
 from mixopt.proxy.checkpoint import load_checkpoints, save_checkpoint, state_path
 from mixopt.proxy.model import SIZES, ProxySpec, build_model, stack_weights
-from mixopt.proxy.train import RESUME_SAVES, lr_at, mixture_sequences, train_proxies
+from mixopt.proxy.train import RESUME_SAVES, _clip_per_proxy, _interval_rows, _stage_tokens, lr_at, mixture_sequences, train_proxies
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_proxy_losses.json"
 SPEC = ProxySpec(size="tiny", hidden=64, layers=2, heads=2, seq_len=32, batch_size=4, lr=3e-3, warmup=0.1,
@@ -78,6 +78,60 @@ def test_losses_reach_the_host_once_per_save_point_not_once_per_step(monkeypatch
         assert seen == [(s, 2) for s in range(1, steps + 1)] and [len(x) for x in losses] == [steps, steps]
         counts[steps] = len(reads)
     assert counts == {20: RESUME_SAVES, 60: RESUME_SAVES}, counts  # one .tolist() per save point
+
+
+def test_foreach_clipping_is_the_per_tensor_clipping_per_proxy():
+    """The foreach clipping computes, bit for bit on a CPU, what the per-tensor loop it replaced did,
+    each proxy on its own norm: a proxy with huge gradients is scaled down, one with small ones is
+    not touched, and at N = 1 it is torch's clip_grad_norm_."""
+    import torch
+
+    def per_tensor(params, max_norm):  # the loop before (mixopt 0.x): ~3 kernels per tensor
+        norms = torch.stack([p.grad.reshape(p.shape[0], -1).norm(dim=1) for p in params]).norm(dim=0)
+        coef = torch.clamp(max_norm / (norms + 1e-6), max=1.0)
+        for p in params:
+            p.grad.mul_(coef.view(-1, *([1] * (p.ndim - 1))))
+
+    torch.manual_seed(0)
+    W = stack_weights(build_model(SPEC), 3)
+    scale = torch.tensor([1e-4, 1.0, 50.0])  # proxy 0's gradient norm is far under 1, the others' over it
+    grads = {k: torch.randn(w.shape) * scale.view(-1, *([1] * (w.ndim - 1))) for k, w in W.items()}
+    clipped = {}
+    for name, clip in (("foreach", _clip_per_proxy), ("per_tensor", per_tensor)):
+        for k, w in W.items():
+            w.grad = grads[k].clone()
+        clip(list(W.values()), 1.0)
+        clipped[name] = {k: w.grad.clone() for k, w in W.items()}
+    for k in W:
+        assert torch.equal(clipped["foreach"][k], clipped["per_tensor"][k]), k
+        assert torch.equal(clipped["foreach"][k][0], grads[k][0])  # under the norm: untouched
+    norms = torch.stack([g.reshape(3, -1).norm(dim=1) for g in clipped["foreach"].values()]).norm(dim=0)
+    assert norms[1:].tolist() == pytest.approx([1.0, 1.0], rel=1e-5)
+    one = {k: w[:1].detach().clone().requires_grad_(True) for k, w in W.items()}
+    ref = {k: w[:1].detach().clone().requires_grad_(True) for k, w in W.items()}
+    for k in W:
+        one[k].grad, ref[k].grad = grads[k][2:].clone(), grads[k][2:].clone()
+    _clip_per_proxy(list(one.values()), 1.0)
+    torch.nn.utils.clip_grad_norm_(list(ref.values()), 1.0, foreach=True)
+    for k in W:
+        torch.testing.assert_close(one[k].grad, ref[k].grad, rtol=1e-6, atol=0)
+
+
+def test_an_interval_of_batches_is_gathered_at_once_as_one_slice_per_sequence_would():
+    """The token windows of a stretch of steps, gathered in one call (one fancy index per domain),
+    are exactly the step-by-step, sequence-by-sequence slices: the same data order, bit for bit."""
+    import torch
+
+    streams = _streams()
+    width, b = SPEC.seq_len + 1, SPEC.batch_size
+    plans = [mixture_sequences(w, [len(s) for s in streams], SPEC, np.random.default_rng([3, 2]))
+             for w in [(0.7, 0.3), (0.2, 0.8), (1.0, 0.0)]]
+    staged = _stage_tokens(streams, _interval_rows(plans, 5, 12, b), width, "cpu")
+    assert staged.shape == (7, 3, b, width) and staged.dtype == torch.int64
+    for k, step in enumerate(range(5, 12)):
+        for i, (seqs, _) in enumerate(plans):
+            for j, (d, start) in enumerate(seqs[step * b:(step + 1) * b]):
+                assert staged[k, i, j].tolist() == streams[d][start:start + width].tolist()
 
 
 class Crash(Exception):

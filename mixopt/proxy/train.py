@@ -52,22 +52,35 @@ def mixture_sequences(weights, lengths: list[int], spec: ProxySpec, rng: np.rand
     return seqs[rng.permutation(len(seqs))], epochs
 
 
-def _batch_tokens(streams: list[np.ndarray], rows: list[np.ndarray], width: int, device: str):
-    """The step's [N, batch, width] token windows, gathered with one fancy index per proxy and domain
-    (not one slice per sequence), and on a GPU copied from pinned memory without blocking."""
+STAGE_BYTES = 64 << 20  # host bytes of token windows gathered (and on a GPU, pinned) at once
+
+
+def _stage_tokens(streams: list[np.ndarray], rows: np.ndarray, width: int, device: str):
+    """rows [..., 2] (domain, start offset) -> their token windows [..., width] as int64 on `device`,
+    gathered with one fancy index per domain (not one slice per sequence). On a GPU they are gathered
+    straight into pinned memory and copied without blocking: the copy overlaps the steps queued
+    before it, and the caching host allocator keeps the buffer until the copy is done."""
     import torch
 
-    n, b = len(rows), len(rows[0])
-    x = np.empty((n, b, width), dtype=np.int64)
-    offsets = np.arange(width)
-    for i, r in enumerate(rows):
-        for d in np.unique(r[:, 0]):
-            own = r[:, 0] == d
-            x[i, own] = streams[d][r[own, 1][:, None] + offsets]
-    xt = torch.from_numpy(x)
+    flat = rows.reshape(-1, 2)
     if str(device).startswith("cuda"):
-        return xt.pin_memory().to(device, non_blocking=True)
-    return xt
+        xt = torch.empty((len(flat), width), dtype=torch.int64, pin_memory=True)
+        x = xt.numpy()
+    else:
+        x = np.empty((len(flat), width), dtype=np.int64)
+        xt = torch.from_numpy(x)
+    offsets = np.arange(width)
+    for d in np.unique(flat[:, 0]):
+        own = flat[:, 0] == d
+        x[own] = streams[d][flat[own, 1][:, None] + offsets]
+    xt = xt.view(*rows.shape[:-1], width)
+    return xt.to(device, non_blocking=True) if str(device).startswith("cuda") else xt
+
+
+def _interval_rows(plans, first: int, last: int, batch: int) -> np.ndarray:
+    """Steps first..last-1's sequences of every proxy, [steps, N, batch, 2]: what one _stage_tokens
+    call gathers for a stretch of the loop."""
+    return np.stack([seqs[first * batch:last * batch].reshape(last - first, batch, 2) for seqs, _ in plans], axis=1)
 
 
 def lr_at(step: int, spec: ProxySpec) -> float:
@@ -122,9 +135,15 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
     # interval's losses. The host reads them once per save point, not once a step (a GPU sync).
     dead_now = torch.tensor(dead, device=device)
     pending = []
+    # Token windows are gathered ahead, a save interval (at most STAGE_BYTES) at a time, not per step.
+    stage = max(1, min(every, STAGE_BYTES // (8 * n * spec.batch_size * width)))
+    staged, staged_from = None, start
     for step in range(start, spec.steps):
-        rows = [seqs[step * spec.batch_size:(step + 1) * spec.batch_size] for seqs, _ in plans]
-        xt = _batch_tokens(streams, rows, width, device)
+        if staged is None or step - staged_from == len(staged):
+            last = min(spec.steps, step + stage, (step // every + 1) * every)
+            staged, staged_from = _stage_tokens(streams, _interval_rows(plans, step, last, spec.batch_size),
+                                                width, device), step
+        xt = staged[step - staged_from]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, spec)
         with torch.autocast(device_type=device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
@@ -304,13 +323,17 @@ def _token_losses():
 
 def _clip_per_proxy(params, max_norm: float) -> None:
     """torch.nn.utils.clip_grad_norm_ applied to each proxy's gradients separately (and computed as
-    it does: the norm of the per-tensor norms)."""
+    it does: the norm of the per-tensor norms), with foreach kernels: one norm over every proxy's
+    row of every tensor and one scaling per proxy, not ~3 kernels per tensor (launch-bound on a
+    GPU at N = 1). On a CPU it computes what the per-tensor loop did, bit for bit."""
     import torch
 
-    norms = torch.stack([p.grad.reshape(p.shape[0], -1).norm(dim=1) for p in params]).norm(dim=0)  # [N]
+    n = params[0].shape[0]
+    rows = [p.grad[i] for p in params for i in range(n)]  # tensor-major: [P x N] as the norms stack below
+    norms = torch.stack(torch._foreach_norm(rows)).view(len(params), n).norm(dim=0)  # [N]
     coef = torch.clamp(max_norm / (norms + 1e-6), max=1.0)
-    for p in params:
-        p.grad.mul_(coef.view(-1, *([1] * (p.ndim - 1))).to(p.grad.dtype))
+    for i in range(n):
+        torch._foreach_mul_(rows[i::n], coef[i])
 
 
 def proxies_per_batch(spec: ProxySpec, device: str, cap: int = 64, sharers: int = 1) -> int:
