@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mixopt.core.workspace import atomic_write_bytes
-from mixopt.proxy.model import ProxySpec, build_model, forward_logits, stack_weights
+from mixopt.proxy.model import ProxySpec, build_model, forward_hidden, forward_logits, stack_weights
 
 TRAINER_VERSION = 1  # bump when a change alters what training computes: it is in every run key
 
@@ -125,7 +125,10 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.95))
     start, losses = _load_state(states, W, opt, spec) if states else (0, [[] for _ in range(n)])
-    forward = compiled_forward() if compile else forward_logits
+    # Above CHUNK_LOGITS the output layer and the loss run in chunks of tokens (chunked_losses):
+    # the N x batch x seq x vocab logits, their float32 copy and their gradient never exist whole.
+    chunk = _chunk_rows(n, spec) if n * spec.batch_size * spec.seq_len * spec.vocab_size > CHUNK_LOGITS else 0
+    forward = compiled_forward(hidden=bool(chunk)) if compile else forward_hidden if chunk else forward_logits
     every = max(1, -(-spec.steps // RESUME_SAVES))
     width = spec.seq_len + 1
     dead = [bool(divergence(own, spec.steps)) for own in losses]  # a resumed proxy may have diverged already
@@ -147,12 +150,16 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
         for group in opt.param_groups:
             group["lr"] = lr_at(step, spec)
         with torch.autocast(device_type=device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
-            logits = forward(W, xt[:, :, :-1], spec)
-        ce = _token_losses()(logits.float().reshape(-1, logits.shape[-1]), xt[:, :, 1:].reshape(-1))
+            out = forward(W, xt[:, :, :-1], spec)  # the final hidden states when chunked, else the logits
+        if chunk:
+            ce = chunked_losses()(out.reshape(n, -1, out.shape[-1]), W["model.embed_tokens.weight"],
+                                  xt[:, :, 1:].reshape(n, -1), chunk, amp)
+        else:
+            ce = _token_losses()(out.float().reshape(-1, out.shape[-1]), xt[:, :, 1:].reshape(-1))
         ce = ce.view(n, -1).mean(dim=1)  # one loss per proxy
         opt.zero_grad(set_to_none=True)
         ce.sum().backward()  # proxies share no weights: each gets exactly its own gradient
-        del logits  # not kept alive into the next step's forward (N x batch x seq x vocab of them)
+        del out  # not kept alive into the next step's forward (N x batch x seq x vocab logits)
         if n > 1:  # a diverged proxy stays in the stacked weights (the loop cannot drop it) but learns nothing
             _zero_grads(list(W.values()), dead_now)
         _clip_per_proxy(list(W.values()), 1.0)
@@ -208,9 +215,10 @@ def _zero_grads(params, dead) -> None:
 
 
 @functools.cache
-def compiled_forward():
-    """forward_logits through torch.compile (inductor), one per process: a worker compiles on its first
-    step and reuses the compiled code for every later batch of the same shapes.
+def compiled_forward(hidden: bool = False):
+    """forward_logits (or with `hidden`, forward_hidden: for the chunked loss) through torch.compile
+    (inductor), one per process: a worker compiles on its first step and reuses the compiled code
+    for every later batch of the same shapes.
 
     The compiled forward computes the same function, rounded differently (fused kernels sum in
     another order): losses agree with eager within float noise, not bitwise. Whether a run was
@@ -220,7 +228,7 @@ def compiled_forward():
     depend on machine speed and retrain finished runs on a faster or slower machine."""
     import torch
 
-    return torch.compile(forward_logits)
+    return torch.compile(forward_hidden if hidden else forward_logits)
 
 
 def autocast_dtype(device: str):
@@ -319,6 +327,64 @@ def _token_losses():
             return g.mul_(grad[:, None]), None
 
     return TokenLosses.apply
+
+
+CHUNK_LOGITS = 1 << 28  # logits (N x batch x seq x vocab) above which the loss runs in chunks: 1 GiB in fp32
+CHUNK_ELEMENTS = 1 << 26  # logits of one chunk (256 MiB in fp32)
+
+
+def _chunk_rows(n: int, spec: ProxySpec) -> int:
+    """Tokens per proxy in one chunk of the chunked loss."""
+    return max(1, CHUNK_ELEMENTS // (n * spec.vocab_size))
+
+
+@functools.cache
+def chunked_losses():
+    """The tied output layer and the per-token cross-entropy, a chunk of tokens at a time:
+    (hidden [N, M, H], embedding [N, V, H], targets [N, M], rows per chunk, matmul dtype or None)
+    -> losses [N, M] in float32. Only one chunk's logits exist at once, forward or backward (the
+    backward computes them again): a chunk's [N, rows, V], where the unchunked loss holds the
+    logits, a float32 copy and a float32 gradient of all M tokens (~12 bytes a logit in bf16).
+    The same function as project + _token_losses, rounded the same per token; the embedding's
+    gradient is summed chunk by chunk (float noise, not bitwise)."""
+    import torch
+
+    def logits_of(h, emb, dtype):
+        return torch.bmm(h.to(dtype), emb.to(dtype).transpose(1, 2)).float()  # [N, rows, V]
+
+    class ChunkedLosses(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, h, emb, targets, rows, dtype):
+            dtype = dtype or h.dtype
+            out = torch.empty(targets.shape, dtype=torch.float32, device=h.device)
+            lse = torch.empty_like(out)
+            with torch.autocast(device_type=h.device.type, enabled=False):
+                for c in range(0, h.shape[1], rows):
+                    logits = logits_of(h[:, c:c + rows], emb, dtype)
+                    lse[:, c:c + rows] = torch.logsumexp(logits, dim=-1)
+                    out[:, c:c + rows] = lse[:, c:c + rows] - logits.gather(-1, targets[:, c:c + rows, None])[..., 0]
+            ctx.save_for_backward(h, emb, targets, lse)
+            ctx.rows, ctx.dtype = rows, dtype
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            h, emb, targets, lse = ctx.saved_tensors
+            rows, dtype = ctx.rows, ctx.dtype
+            dh = torch.empty_like(h)
+            demb = torch.zeros(emb.shape, dtype=torch.float32, device=emb.device)
+            e = emb.to(dtype)
+            with torch.autocast(device_type=h.device.type, enabled=False):
+                for c in range(0, h.shape[1], rows):
+                    hc, t = h[:, c:c + rows], targets[:, c:c + rows, None]
+                    g = (logits_of(hc, emb, dtype) - lse[:, c:c + rows, None]).exp_()  # softmax
+                    g.scatter_add_(-1, t, torch.full(t.shape, -1.0, device=g.device))  # - one-hot
+                    g = g.mul_(grad[:, c:c + rows, None]).to(dtype)
+                    dh[:, c:c + rows] = torch.bmm(g, e).to(h.dtype)
+                    demb.add_(torch.bmm(g.transpose(1, 2), hc.to(dtype)).float())
+            return dh, demb.to(emb.dtype), None, None, None
+
+    return ChunkedLosses.apply
 
 
 def _clip_per_proxy(params, max_norm: float) -> None:
