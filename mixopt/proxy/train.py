@@ -105,7 +105,9 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
 
     A proxy whose loss turns NaN or infinite has diverged (`divergence` says where): it learns nothing
     more while the others train on, and once every proxy of the batch has diverged the loop stops
-    early (the losses then end there).
+    early (the losses then end there). The losses stay on the device between save points (no sync
+    a step): the check runs there, and the host reads and attributes them at each save point, so
+    the loop stops at the save point after the last divergence, with the losses cut where it was.
     With `states` (one path per proxy), the training state is saved there every ~1/RESUME_SAVES of
     the steps, and a batch whose proxies all have state at the same step resumes from it: a killed
     run loses at most that much work, and computes exactly what an uninterrupted run computes.
