@@ -190,11 +190,11 @@ def test_staged_tokens_come_through_pinned_memory_and_equal_the_cpu_gather():
 def test_chunked_loss_under_bf16_follows_the_plain_loss(monkeypatch):
     """Past CHUNK_LOGITS, under bf16 autocast: the chunked output layer + loss trains as the plain one
     does, within the bf16 tolerance."""
-    from mixopt.proxy import train
+    from mixopt.proxy import loss
 
     _, plain, _ = train_proxies(SPEC, MIXTURES[:2], _streams(), 7, "cuda:0")
-    monkeypatch.setattr(train, "CHUNK_LOGITS", 0)
-    monkeypatch.setattr(train, "CHUNK_ELEMENTS", 2 * 100 * SPEC.vocab_size)
+    monkeypatch.setattr(loss, "CHUNK_LOGITS", 0)
+    monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 2 * 100 * SPEC.vocab_size)
     _, chunked, _ = train_proxies(SPEC, MIXTURES[:2], _streams(), 7, "cuda:0")
     d = float(np.max(np.abs(np.array(chunked) - np.array(plain))))
     _record("chunked_loss_bf16", max_loss_diff_chunked_vs_plain=d, tolerance=BF16_LOSS_ATOL)

@@ -6,16 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mixopt.proxy import train
+from mixopt.proxy import loss
 from mixopt.proxy.checkpoint import load_checkpoints, save_checkpoint, state_path
+from mixopt.proxy.loss import chunked_losses, token_losses
 from mixopt.proxy.model import SIZES, ProxySpec, build_model, project, stack_weights
 from mixopt.proxy.train import (
     RESUME_SAVES,
     _clip_per_proxy,
     _interval_rows,
     _stage_tokens,
-    _token_losses,
-    chunked_losses,
     lr_at,
     mixture_sequences,
     train_proxies,
@@ -175,7 +174,7 @@ def test_the_chunked_loss_never_holds_the_whole_logits_and_equals_the_plain_one(
             (loss * w).sum().backward()
         return loss.detach(), hh.grad, ee.grad, seen.numel
 
-    plain = run(lambda hh, ee: _token_losses()(project({"model.embed_tokens.weight": ee}, hh).float().reshape(-1, v),
+    plain = run(lambda hh, ee: token_losses()(project({"model.embed_tokens.weight": ee}, hh).float().reshape(-1, v),
                                                t.reshape(-1)).view(n, m))
     chunked = run(lambda hh, ee: chunked_losses()(hh, ee, t, rows, None))
     assert plain[3] == n * m * v  # the whole logits
@@ -189,8 +188,8 @@ def test_training_with_the_chunked_loss_follows_the_plain_loop(monkeypatch):
     """Past CHUNK_LOGITS the loop trains through the chunked loss: the same losses within float noise."""
     spec = replace(SPEC, tokens=SPEC.seq_len * SPEC.batch_size * 6)
     _, plain, _ = train_proxies(spec, [(0.7, 0.3), (0.2, 0.8)], _streams(), seed=0)
-    monkeypatch.setattr(train, "CHUNK_LOGITS", 0)
-    monkeypatch.setattr(train, "CHUNK_ELEMENTS", 2 * 40 * SPEC.vocab_size)  # 40 of 128 tokens a chunk
+    monkeypatch.setattr(loss, "CHUNK_LOGITS", 0)
+    monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 2 * 40 * SPEC.vocab_size)  # 40 of 128 tokens a chunk
     _, chunked, _ = train_proxies(spec, [(0.7, 0.3), (0.2, 0.8)], _streams(), seed=0)
     np.testing.assert_allclose(chunked, plain, rtol=1e-5)
 
