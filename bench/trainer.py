@@ -310,6 +310,8 @@ def _train_reference(spec, streams: list[np.ndarray], device: str, compile: bool
     import torch.nn.functional as F
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from mixopt.proxy.train import autocast_dtype
+
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=spec.vocab_size, hidden_size=spec.hidden, num_hidden_layers=spec.layers,
                          num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
@@ -319,7 +321,8 @@ def _train_reference(spec, streams: list[np.ndarray], device: str, compile: bool
     model = LlamaForCausalLM(config).to(device).train()
     params = list(model.parameters())
     forward = torch.compile(model) if compile else model
-    amp = device == "cuda" and torch.cuda.is_bf16_supported()
+    # The one precision policy's answer (bf16 only where the hardware has it, not emulated on a V100/T4).
+    amp = autocast_dtype(device) is not None
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": spec.weight_decay},
                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
                             lr=spec.lr, betas=(0.9, 0.95))

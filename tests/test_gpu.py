@@ -164,3 +164,38 @@ def test_gpu_check_skips_cleanly_without_a_gpu(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("gpu-check: skipped: no CUDA GPU visible (torch ") and r.stdout.count("\n") == 1
     assert json.loads((tmp_path / "gpu.json").read_text())["skipped"] is True
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_staged_tokens_come_through_pinned_memory_and_equal_the_cpu_gather():
+    """The trainer's batches on a GPU: gathered into pinned host memory, copied without blocking, and
+    the same tokens as the CPU path; the foreach clipping scales each proxy on its own norm there too."""
+    from mixopt.proxy.train import _clip_per_proxy, _interval_rows, _stage_tokens, mixture_sequences
+
+    streams = _streams()
+    plans = [mixture_sequences(w, [len(s) for s in streams], SPEC, np.random.default_rng([7, 2])) for w in MIXTURES]
+    rows = _interval_rows(plans, 2, 9, SPEC.batch_size)
+    on_gpu = _stage_tokens(streams, rows, SPEC.seq_len + 1, "cuda:0")
+    assert on_gpu.is_cuda and torch.equal(on_gpu.cpu(), _stage_tokens(streams, rows, SPEC.seq_len + 1, "cpu"))
+    g = torch.randn(3, 40, 8, device="cuda:0") * torch.tensor([1e-4, 1.0, 50.0], device="cuda:0").view(3, 1, 1)
+    p = g.clone().requires_grad_(True)
+    p.grad = g.clone()
+    _clip_per_proxy([p], 1.0)
+    assert torch.equal(p.grad[0], g[0]) and torch.allclose(p.grad[2].norm(), torch.tensor(1.0, device="cuda:0"))
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_chunked_loss_under_bf16_follows_the_plain_loss(monkeypatch):
+    """Past CHUNK_LOGITS, under bf16 autocast: the chunked output layer + loss trains as the plain one
+    does, within the bf16 tolerance."""
+    from mixopt.proxy import loss
+
+    _, plain, _ = train_proxies(SPEC, MIXTURES[:2], _streams(), 7, "cuda:0")
+    monkeypatch.setattr(loss, "CHUNK_LOGITS", 0)
+    monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 2 * 100 * SPEC.vocab_size)
+    _, chunked, _ = train_proxies(SPEC, MIXTURES[:2], _streams(), 7, "cuda:0")
+    d = float(np.max(np.abs(np.array(chunked) - np.array(plain))))
+    _record("chunked_loss_bf16", max_loss_diff_chunked_vs_plain=d, tolerance=BF16_LOSS_ATOL)
+    assert d <= BF16_LOSS_ATOL

@@ -1,12 +1,24 @@
 import json
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mixopt.proxy import loss
 from mixopt.proxy.checkpoint import load_checkpoints, save_checkpoint, state_path
-from mixopt.proxy.model import SIZES, ProxySpec, build_model, stack_weights
-from mixopt.proxy.train import lr_at, mixture_sequences, train_proxies
+from mixopt.proxy.loss import chunked_losses, token_losses
+from mixopt.proxy.model import SIZES, ProxySpec, build_model, project, stack_weights
+from mixopt.proxy.train import (
+    RESUME_SAVES,
+    _clip_per_proxy,
+    _interval_rows,
+    _stage_tokens,
+    lr_at,
+    mixture_sequences,
+    train_proxies,
+)
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_proxy_losses.json"
 SPEC = ProxySpec(size="tiny", hidden=64, layers=2, heads=2, seq_len=32, batch_size=4, lr=3e-3, warmup=0.1,
@@ -45,6 +57,141 @@ def test_schedule_and_sizes():
         non_embedding = 12 * layers * h * h
         assert {"tiny": 1e5, "1m": 1e6, "5m": 5e6, "15m": 1.4e7, "30m": 3.1e7, "60m": 6e7, "150m": 1.5e8}[name] == pytest.approx(
             non_embedding, rel=0.25)
+
+
+def test_losses_reach_the_host_once_per_save_point_not_once_per_step(monkeypatch):
+    """On a GPU every host read of a tensor is a sync. The loop keeps its losses on the device and
+    reads them at its save points: the reads mixopt's own code makes (Tensor.item, .tolist, .cpu,
+    float(), bool(), ...) are as many at 60 steps as at 20, while on_step still sees every step."""
+    import torch
+
+    reads = []
+
+    def counting(name):
+        orig = getattr(torch.Tensor, name)
+
+        def read(self, *a, **k):
+            if sys._getframe(1).f_globals.get("__name__", "").startswith("mixopt"):
+                reads.append(name)
+            return orig(self, *a, **k)
+        return read
+
+    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__bool__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    counts = {}
+    for steps in (20, 60):
+        reads.clear()
+        spec = replace(SPEC, tokens=SPEC.seq_len * SPEC.batch_size * steps)
+        seen = []
+        _, losses, _ = train_proxies(spec, [(0.7, 0.3), (0.2, 0.8)], _streams(), seed=0,
+                                     on_step=lambda step, total, last: seen.append((step, len(last))))
+        assert seen == [(s, 2) for s in range(1, steps + 1)] and [len(x) for x in losses] == [steps, steps]
+        counts[steps] = len(reads)
+    assert counts == {20: RESUME_SAVES, 60: RESUME_SAVES}, counts  # one .tolist() per save point
+
+
+def test_foreach_clipping_is_the_per_tensor_clipping_per_proxy():
+    """The foreach clipping computes, bit for bit on a CPU, what the per-tensor loop it replaced did,
+    each proxy on its own norm: a proxy with huge gradients is scaled down, one with small ones is
+    not touched, and at N = 1 it is torch's clip_grad_norm_."""
+    import torch
+
+    def per_tensor(params, max_norm):  # the loop before (mixopt 0.x): ~3 kernels per tensor
+        norms = torch.stack([p.grad.reshape(p.shape[0], -1).norm(dim=1) for p in params]).norm(dim=0)
+        coef = torch.clamp(max_norm / (norms + 1e-6), max=1.0)
+        for p in params:
+            p.grad.mul_(coef.view(-1, *([1] * (p.ndim - 1))))
+
+    torch.manual_seed(0)
+    W = stack_weights(build_model(SPEC), 3)
+    scale = torch.tensor([1e-4, 1.0, 50.0])  # proxy 0's gradient norm is far under 1, the others' over it
+    grads = {k: torch.randn(w.shape) * scale.view(-1, *([1] * (w.ndim - 1))) for k, w in W.items()}
+    clipped = {}
+    for name, clip in (("foreach", _clip_per_proxy), ("per_tensor", per_tensor)):
+        for k, w in W.items():
+            w.grad = grads[k].clone()
+        clip(list(W.values()), 1.0)
+        clipped[name] = {k: w.grad.clone() for k, w in W.items()}
+    for k in W:
+        assert torch.equal(clipped["foreach"][k], clipped["per_tensor"][k]), k
+        assert torch.equal(clipped["foreach"][k][0], grads[k][0])  # under the norm: untouched
+    norms = torch.stack([g.reshape(3, -1).norm(dim=1) for g in clipped["foreach"].values()]).norm(dim=0)
+    assert norms[1:].tolist() == pytest.approx([1.0, 1.0], rel=1e-5)
+    one = {k: w[:1].detach().clone().requires_grad_(True) for k, w in W.items()}
+    ref = {k: w[:1].detach().clone().requires_grad_(True) for k, w in W.items()}
+    for k in W:
+        one[k].grad, ref[k].grad = grads[k][2:].clone(), grads[k][2:].clone()
+    _clip_per_proxy(list(one.values()), 1.0)
+    torch.nn.utils.clip_grad_norm_(list(ref.values()), 1.0, foreach=True)
+    for k in W:
+        torch.testing.assert_close(one[k].grad, ref[k].grad, rtol=1e-6, atol=0)
+
+
+def test_an_interval_of_batches_is_gathered_at_once_as_one_slice_per_sequence_would():
+    """The token windows of a stretch of steps, gathered in one call (one fancy index per domain),
+    are exactly the step-by-step, sequence-by-sequence slices: the same data order, bit for bit."""
+    import torch
+
+    streams = _streams()
+    width, b = SPEC.seq_len + 1, SPEC.batch_size
+    plans = [mixture_sequences(w, [len(s) for s in streams], SPEC, np.random.default_rng([3, 2]))
+             for w in [(0.7, 0.3), (0.2, 0.8), (1.0, 0.0)]]
+    staged = _stage_tokens(streams, _interval_rows(plans, 5, 12, b), width, "cpu")
+    assert staged.shape == (7, 3, b, width) and staged.dtype == torch.int64
+    for k, step in enumerate(range(5, 12)):
+        for i, (seqs, _) in enumerate(plans):
+            for j, (d, start) in enumerate(seqs[step * b:(step + 1) * b]):
+                assert staged[k, i, j].tolist() == streams[d][start:start + width].tolist()
+
+
+def test_the_chunked_loss_never_holds_the_whole_logits_and_equals_the_plain_one():
+    """The output layer + cross-entropy in chunks of 32 tokens: the largest tensor any op makes
+    (forward and backward, seen by a dispatch hook) is a chunk's logits or the embedding's
+    gradient, not the N x tokens x vocab logits the plain loss makes; losses within 1e-6, gradients
+    within float noise."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    n, m, hdim, v, rows = 2, 256, 32, 16384, 32
+    g = torch.Generator().manual_seed(0)
+    h, emb = torch.randn(n, m, hdim, generator=g), torch.randn(n, v, hdim, generator=g) * 0.1
+    t, w = torch.randint(0, v, (n, m), generator=g), torch.rand(n, m, generator=g)
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for o in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(o, torch.Tensor):
+                    self.numel = max(self.numel, o.numel())
+            return out
+
+    def run(losses):
+        hh, ee = h.clone().requires_grad_(True), emb.clone().requires_grad_(True)
+        with Largest() as seen:
+            loss = losses(hh, ee)
+            (loss * w).sum().backward()
+        return loss.detach(), hh.grad, ee.grad, seen.numel
+
+    plain = run(lambda hh, ee: token_losses()(project({"model.embed_tokens.weight": ee}, hh).float().reshape(-1, v),
+                                               t.reshape(-1)).view(n, m))
+    chunked = run(lambda hh, ee: chunked_losses()(hh, ee, t, rows, None))
+    assert plain[3] == n * m * v  # the whole logits
+    assert chunked[3] == max(n * rows * v, emb.numel()) < plain[3] / 4
+    torch.testing.assert_close(chunked[0], plain[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(chunked[1], plain[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked[2], plain[2], rtol=1e-5, atol=1e-6)
+
+
+def test_training_with_the_chunked_loss_follows_the_plain_loop(monkeypatch):
+    """Past CHUNK_LOGITS the loop trains through the chunked loss: the same losses within float noise."""
+    spec = replace(SPEC, tokens=SPEC.seq_len * SPEC.batch_size * 6)
+    _, plain, _ = train_proxies(spec, [(0.7, 0.3), (0.2, 0.8)], _streams(), seed=0)
+    monkeypatch.setattr(loss, "CHUNK_LOGITS", 0)
+    monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 2 * 40 * SPEC.vocab_size)  # 40 of 128 tokens a chunk
+    _, chunked, _ = train_proxies(spec, [(0.7, 0.3), (0.2, 0.8)], _streams(), seed=0)
+    np.testing.assert_allclose(chunked, plain, rtol=1e-5)
 
 
 class Crash(Exception):

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from mixopt.core.workspace import atomic_write_bytes
-from mixopt.proxy.model import ProxySpec, build_model, forward_logits, stack_weights
+from mixopt.proxy.loss import chunk_rows, chunked_losses, token_losses
+from mixopt.proxy.model import ProxySpec, build_model, forward_hidden, forward_logits, stack_weights
 
 TRAINER_VERSION = 1  # bump when a change alters what training computes: it is in every run key
 
@@ -52,22 +53,35 @@ def mixture_sequences(weights, lengths: list[int], spec: ProxySpec, rng: np.rand
     return seqs[rng.permutation(len(seqs))], epochs
 
 
-def _batch_tokens(streams: list[np.ndarray], rows: list[np.ndarray], width: int, device: str):
-    """The step's [N, batch, width] token windows, gathered with one fancy index per proxy and domain
-    (not one slice per sequence), and on a GPU copied from pinned memory without blocking."""
+STAGE_BYTES = 64 << 20  # host bytes of token windows gathered (and on a GPU, pinned) at once
+
+
+def _stage_tokens(streams: list[np.ndarray], rows: np.ndarray, width: int, device: str):
+    """rows [..., 2] (domain, start offset) -> their token windows [..., width] as int64 on `device`,
+    gathered with one fancy index per domain (not one slice per sequence). On a GPU they are gathered
+    straight into pinned memory and copied without blocking: the copy overlaps the steps queued
+    before it, and the caching host allocator keeps the buffer until the copy is done."""
     import torch
 
-    n, b = len(rows), len(rows[0])
-    x = np.empty((n, b, width), dtype=np.int64)
-    offsets = np.arange(width)
-    for i, r in enumerate(rows):
-        for d in np.unique(r[:, 0]):
-            own = r[:, 0] == d
-            x[i, own] = streams[d][r[own, 1][:, None] + offsets]
-    xt = torch.from_numpy(x)
+    flat = rows.reshape(-1, 2)
     if str(device).startswith("cuda"):
-        return xt.pin_memory().to(device, non_blocking=True)
-    return xt
+        xt = torch.empty((len(flat), width), dtype=torch.int64, pin_memory=True)
+        x = xt.numpy()
+    else:
+        x = np.empty((len(flat), width), dtype=np.int64)
+        xt = torch.from_numpy(x)
+    offsets = np.arange(width)
+    for d in np.unique(flat[:, 0]):
+        own = flat[:, 0] == d
+        x[own] = streams[d][flat[own, 1][:, None] + offsets]
+    xt = xt.view(*rows.shape[:-1], width)
+    return xt.to(device, non_blocking=True) if str(device).startswith("cuda") else xt
+
+
+def _interval_rows(plans, first: int, last: int, batch: int) -> np.ndarray:
+    """Steps first..last-1's sequences of every proxy, [steps, N, batch, 2]: what one _stage_tokens
+    call gathers for a stretch of the loop."""
+    return np.stack([seqs[first * batch:last * batch].reshape(last - first, batch, 2) for seqs, _ in plans], axis=1)
 
 
 def lr_at(step: int, spec: ProxySpec) -> float:
@@ -79,7 +93,9 @@ def lr_at(step: int, spec: ProxySpec) -> float:
     return spec.lr * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-OnStep = Callable[[int, int, list[float]], None]  # (steps done, total steps, each proxy's last loss)
+# (steps done, total steps, each proxy's loss at that step): called once per step, in order, but in
+# bursts at each save point (~1/RESUME_SAVES of a run), where the loop reads its losses off the device.
+OnStep = Callable[[int, int, list[float]], None]
 
 
 def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], seed: int, device: str = "cpu",
@@ -90,7 +106,9 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
 
     A proxy whose loss turns NaN or infinite has diverged (`divergence` says where): it learns nothing
     more while the others train on, and once every proxy of the batch has diverged the loop stops
-    early (the losses then end there).
+    early (the losses then end there). The losses stay on the device between save points (no sync
+    a step): the check runs there, and the host reads and attributes them at each save point, so
+    the loop stops at the save point after the last divergence, with the losses cut where it was.
     With `states` (one path per proxy), the training state is saved there every ~1/RESUME_SAVES of
     the steps, and a batch whose proxies all have state at the same step resumes from it: a killed
     run loses at most that much work, and computes exactly what an uninterrupted run computes.
@@ -110,35 +128,56 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.95))
     start, losses = _load_state(states, W, opt, spec) if states else (0, [[] for _ in range(n)])
-    forward = compiled_forward() if compile else forward_logits
+    # Above CHUNK_LOGITS the output layer and the loss run in chunks of tokens (chunked_losses):
+    # the N x batch x seq x vocab logits, their float32 copy and their gradient never exist whole.
+    chunk = chunk_rows(n, spec)
+    forward = compiled_forward(hidden=bool(chunk)) if compile else forward_hidden if chunk else forward_logits
     every = max(1, -(-spec.steps // RESUME_SAVES))
     width = spec.seq_len + 1
     dead = [bool(divergence(own, spec.steps)) for own in losses]  # a resumed proxy may have diverged already
+    if all(dead):  # nothing left worth a step: each diverged proxy's losses end at its first non-finite one
+        return W, losses, [epochs for _, epochs in plans]
+    # On the device, per step: which proxies have diverged (their gradients are zeroed) and this
+    # interval's losses. The host reads them once per save point, not once a step (a GPU sync).
+    dead_now = torch.tensor(dead, device=device)
+    pending = []
+    # Token windows are gathered ahead, a save interval (at most STAGE_BYTES) at a time, not per step.
+    stage = max(1, min(every, STAGE_BYTES // (8 * n * spec.batch_size * width)))
+    staged, staged_from = None, start
     for step in range(start, spec.steps):
-        if all(dead):  # nothing left worth a step: each diverged proxy's losses end at its first non-finite one
-            break
-        rows = [seqs[step * spec.batch_size:(step + 1) * spec.batch_size] for seqs, _ in plans]
-        xt = _batch_tokens(streams, rows, width, device)
+        if staged is None or step - staged_from == len(staged):
+            last = min(spec.steps, step + stage, (step // every + 1) * every)
+            staged, staged_from = _stage_tokens(streams, _interval_rows(plans, step, last, spec.batch_size),
+                                                width, device), step
+        xt = staged[step - staged_from]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, spec)
         with torch.autocast(device_type=device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
-            logits = forward(W, xt[:, :, :-1], spec)
-        ce = _token_losses()(logits.float().reshape(-1, logits.shape[-1]), xt[:, :, 1:].reshape(-1))
+            out = forward(W, xt[:, :, :-1], spec)  # the final hidden states when chunked, else the logits
+        if chunk:
+            ce = chunked_losses()(out.reshape(n, -1, out.shape[-1]), W["model.embed_tokens.weight"],
+                                  xt[:, :, 1:].reshape(n, -1), chunk, amp)
+        else:
+            ce = token_losses()(out.float().reshape(-1, out.shape[-1]), xt[:, :, 1:].reshape(-1))
         ce = ce.view(n, -1).mean(dim=1)  # one loss per proxy
         opt.zero_grad(set_to_none=True)
         ce.sum().backward()  # proxies share no weights: each gets exactly its own gradient
-        del logits  # not kept alive into the next step's forward (N x batch x seq x vocab of them)
-        if any(dead):  # a diverged proxy stays in the stacked weights (the loop cannot drop it) but learns nothing
-            _zero_grads(list(W.values()), dead)
+        del out  # not kept alive into the next step's forward (N x batch x seq x vocab logits)
+        if n > 1:  # a diverged proxy stays in the stacked weights (the loop cannot drop it) but learns nothing
+            _zero_grads(list(W.values()), dead_now)
         _clip_per_proxy(list(W.values()), 1.0)
         opt.step()
-        for i, loss in enumerate(ce.detach().cpu().tolist()):  # the one sync per step, which the loop has anyway
-            losses[i].append(loss)
-            dead[i] = dead[i] or not math.isfinite(loss)
-        if states and (step + 1) % every == 0 and step + 1 < spec.steps:
+        ce = ce.detach()
+        pending.append(ce)
+        dead_now |= ~torch.isfinite(ce)
+        if (step + 1) % every and step + 1 < spec.steps:
+            continue
+        # A save point (or the end): the one host copy of the interval's losses.
+        if _take_losses(pending, losses, dead, step + 1 - len(pending), spec.steps, on_step):
+            break  # every proxy has diverged: the losses end at the step the last one did
+        pending = []
+        if states and step + 1 < spec.steps:
             _save_state(states, W, opt, spec, step + 1, losses)
-        if on_step:
-            on_step(step + 1, spec.steps, [own[-1] for own in losses])
     return W, losses, [epochs for _, epochs in plans]
 
 
@@ -151,20 +190,38 @@ def divergence(losses: list[float], steps: int) -> str:
     return ""
 
 
-def _zero_grads(params, dead: list[bool]) -> None:
-    """No gradient for the diverged proxies (their rows of each stacked tensor): a NaN or infinite
-    gradient stays out of the clipping and AdamW arithmetic, which the other proxies share."""
+def _take_losses(pending: list, losses: list[list[float]], dead: list[bool], first: int, total: int,
+                 on_step: OnStep | None) -> bool:
+    """Copy an interval's per-step losses ([N] tensors on the device, steps first+1 ...) to the host
+    in one transfer, append them to each proxy's losses and call on_step for each step, in order.
+    True when every proxy has diverged: the losses (and the on_step calls) then end at the step
+    where the last one's loss first turned non-finite, as if the loop had stopped right there."""
     import torch
 
-    rows = torch.tensor(dead, device=params[0].device)
+    for k, row in enumerate(torch.stack(pending).tolist()):
+        for i, loss in enumerate(row):
+            losses[i].append(loss)
+            dead[i] = dead[i] or not math.isfinite(loss)
+        if on_step:
+            on_step(first + k + 1, total, row)
+        if all(dead):
+            return True
+    return False
+
+
+def _zero_grads(params, dead) -> None:
+    """No gradient for the diverged proxies (`dead`, a bool [N] on the device): a NaN or infinite
+    gradient stays out of the clipping and AdamW arithmetic, which the other proxies share. Where
+    no proxy has diverged it leaves every gradient as it was, bit for bit."""
     for p in params:
-        p.grad[rows] = 0
+        p.grad.masked_fill_(dead.view(-1, *([1] * (p.ndim - 1))), 0.0)
 
 
 @functools.cache
-def compiled_forward():
-    """forward_logits through torch.compile (inductor), one per process: a worker compiles on its first
-    step and reuses the compiled code for every later batch of the same shapes.
+def compiled_forward(hidden: bool = False):
+    """forward_logits (or with `hidden`, forward_hidden: for the chunked loss) through torch.compile
+    (inductor), one per process: a worker compiles on its first step and reuses the compiled code
+    for every later batch of the same shapes.
 
     The compiled forward computes the same function, rounded differently (fused kernels sum in
     another order): losses agree with eager within float noise, not bitwise. Whether a run was
@@ -174,7 +231,7 @@ def compiled_forward():
     depend on machine speed and retrain finished runs on a faster or slower machine."""
     import torch
 
-    return torch.compile(forward_logits)
+    return torch.compile(forward_hidden if hidden else forward_logits)
 
 
 def autocast_dtype(device: str):
@@ -251,39 +308,19 @@ def _load_state(paths: list[Path], W: dict, opt, spec: ProxySpec) -> tuple[int, 
     return step, [list(st["losses"]) for st in states]
 
 
-@functools.cache
-def _token_losses():
-    """Cross-entropy per token ([tokens, V] logits, [tokens] targets -> [tokens]), F.cross_entropy's
-    within float noise. Its backward writes softmax - one-hot in one pass; F.cross_entropy's first
-    zero-fills a fresh [tokens, V] gradient, 10% of a tiny proxy's CPU step (22 ms of 230)."""
-    import torch
-
-    class TokenLosses(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, logits, targets):
-            lse = torch.logsumexp(logits, dim=-1)
-            ctx.save_for_backward(logits, lse, targets)
-            return lse - logits.gather(-1, targets[:, None])[:, 0]
-
-        @staticmethod
-        def backward(ctx, grad):
-            logits, lse, targets = ctx.saved_tensors
-            g = (logits - lse[:, None]).exp_()
-            g.scatter_add_(-1, targets[:, None], torch.full_like(lse, -1.0)[:, None])
-            return g.mul_(grad[:, None]), None
-
-    return TokenLosses.apply
-
-
 def _clip_per_proxy(params, max_norm: float) -> None:
     """torch.nn.utils.clip_grad_norm_ applied to each proxy's gradients separately (and computed as
-    it does: the norm of the per-tensor norms)."""
+    it does: the norm of the per-tensor norms), with foreach kernels: one norm over every proxy's
+    row of every tensor and one scaling per proxy, not ~3 kernels per tensor (launch-bound on a
+    GPU at N = 1). On a CPU it computes what the per-tensor loop did, bit for bit."""
     import torch
 
-    norms = torch.stack([p.grad.reshape(p.shape[0], -1).norm(dim=1) for p in params]).norm(dim=0)  # [N]
+    n = params[0].shape[0]
+    rows = [p.grad[i] for p in params for i in range(n)]  # tensor-major: [P x N] as the norms stack below
+    norms = torch.stack(torch._foreach_norm(rows)).view(len(params), n).norm(dim=0)  # [N]
     coef = torch.clamp(max_norm / (norms + 1e-6), max=1.0)
-    for p in params:
-        p.grad.mul_(coef.view(-1, *([1] * (p.ndim - 1))).to(p.grad.dtype))
+    for i in range(n):
+        torch._foreach_mul_(rows[i::n], coef[i])
 
 
 def proxies_per_batch(spec: ProxySpec, device: str, cap: int = 64, sharers: int = 1) -> int:
