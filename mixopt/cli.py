@@ -299,17 +299,14 @@ def _backend_flags_apply(backend: Backend, ray_address, slurm_partition, slurm_c
             raise MixoptError(f"{flag} applies with --backend {needs.value} only", f"add --backend {needs.value}, or drop it")
 
 
-class Model(str, Enum):
-    linear = "linear"
-    loglinear = "loglinear"
-    law = "law"
-    quadratic = "quadratic"
-    logweight = "logweight"
-    multitask = "multitask"
-    gp = "gp"
-    gbm = "gbm"
-    ensemble = "ensemble"
-    auto = "auto"
+def _model_choices() -> type[Enum]:
+    """`--model`'s choices: the registered families, then auto."""
+    from mixopt.fit.families import NAMES
+
+    return Enum("Model", {k: k for k in (*NAMES, "auto")}, type=str)
+
+
+Model = _model_choices()
 
 
 class TrustRegion(str, Enum):

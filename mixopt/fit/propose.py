@@ -15,7 +15,7 @@ from mixopt.core.workspace import atomic_write_text
 from mixopt.errors import MixoptError
 from mixopt.fit.optimize import penalized_scores, simulated_pool, solve_optimum
 from mixopt.fit.recommend import experiment_swarm, fit_swarm, refit_resampled
-from mixopt.fit.regress import MixtureModel
+from mixopt.fit.families.base import MixtureModel
 from mixopt.fit.reuse import model_space
 from mixopt.fit.noise import collapse_replicates
 from mixopt.fit.swarm import FitSettings, Swarm

@@ -37,9 +37,9 @@ from mixopt.fit.optimize import (
     solve_optimum,
     solve_with_trust_region,
 )
+from mixopt.fit.families.base import MixtureModel
 from mixopt.fit.regress import (
     CrossValidation,
-    MixtureModel,
     candidates_for,
     cross_validate_selection,
     fit_model,
@@ -588,7 +588,7 @@ def save_fit(out: Path, swarm: Swarm, settings: FitSettings, rec: Recommendation
         "metrics": list(swarm.metrics),  # every metric fit (multitask learns from all, not only the terms)
         "bounds": {"lower": swarm.bounds.lower.tolist(), "upper": swarm.bounds.upper.tolist()},
         "run_keys": swarm.keys, "measured": swarm.y.tolist(), "out_of_fold": rec.cv.oof.tolist(),
-        "params": {m: p.tolist() for m, p in model.params.items()}, "mixopt": __version__})
+        "params": model.coefficients(), "mixopt": __version__})
     if plots:
         from mixopt.fit.plots import plot_fit
 

@@ -26,11 +26,11 @@ from mixopt.fit.optimize import (
     evidence_bounds,
     solve_optimum,
 )
+from mixopt.fit.families.base import fold_indices
+from mixopt.fit.families.scaling import ScalingLaw
 from mixopt.fit.regress import (
     CrossValidation,
-    MixtureModel,
     _scored,
-    fold_indices,
     spearman,
 )
 from mixopt.fit.swarm import FitSettings, Swarm, check_swarm, flat_domains
@@ -80,7 +80,7 @@ def fit_law(X: np.ndarray, y: np.ndarray, n: np.ndarray, t: np.ndarray | None,
 
 
 def _at(theta: np.ndarray, d: int, n_star: float, t_star: float | None) -> np.ndarray:
-    """The law at one size, in regress.scaling_law's layout."""
+    """The law at one size, in families/scaling.py's layout."""
     e, a = theta[:d], theta[d:2 * d]
     if t_star is None:
         return np.r_[e, a, np.full(d, -50.0), np.exp(theta[-1]), 0.0, n_star, 0.0]
@@ -165,7 +165,7 @@ def fit_scaled(swarm: Swarm, settings: FitSettings, scale: str, at_scale: float,
         spearman(held, y[big]), float(1 - ((held - y[big]) ** 2).sum() / max(((y[big] - y[big].mean()) ** 2).sum(), 1e-300)),
         1, held)
     d = len(names)
-    model = MixtureModel("scaling", dict(swarm.terms), {m: _at(th, d, n_star, t_star) for m, th in full.items()})
+    model = ScalingLaw(dict(swarm.terms), {m: _at(th, d, n_star, t_star) for m, th in full.items()})
     flat = flat_domains(X)
     trust, trust_warns = evidence_bounds(X, swarm.bounds, settings.trust_region, names, flat)
     warns += trust_warns
@@ -186,8 +186,8 @@ def fit_scaled(swarm: Swarm, settings: FitSettings, scale: str, at_scale: float,
         ws, preds = [], []
         for _ in range(settings.bootstrap):
             idx = rng.integers(0, n_runs, n_runs)
-            m = MixtureModel("scaling", dict(swarm.terms),
-                             {k: _at(th, d, n_star, t_star) for k, th in fit_all(idx, full).items()})
+            m = ScalingLaw(dict(swarm.terms),
+                           {k: _at(th, d, n_star, t_star) for k, th in fit_all(idx, full).items()})
             ws.append(solve_optimum(m, swarm.prior, trust, settings.kl_weight, settings.seed, settings.sampler))
             preds.append(float(m.predict(w)[0]))
         q = [50 * (1 - settings.ci), 100 - 50 * (1 - settings.ci)]
