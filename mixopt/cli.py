@@ -658,7 +658,7 @@ def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = Tru
     """Fit and print; False when suspect or failed runs were left out (said on stderr)."""
     from dataclasses import replace
 
-    from mixopt.fit.recommend import recommend_mixture
+    from mixopt.fit.from_store import recommend_mixture
     from mixopt.fit.tracking import track_fit, track_runs
     from mixopt.report import format_recommendation, suspect_line
 

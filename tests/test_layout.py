@@ -70,3 +70,35 @@ def test_every_stage_is_a_package_with_a_docstring():
     for stage in [s for s in ORDER if s != "cli"] + ["backends"]:
         init = ROOT / stage / "__init__.py"
         assert init.is_file() and ast.get_docstring(ast.parse(init.read_text())), stage
+
+
+# The fit modules that read an experiment's store (the sweep's plan, store, results): every other
+# fit module works on arrays and tables, so `fit --runs TABLE` never loads the sweep.
+FIT_FROM_STORE = {"from_store.py", "fidelity.py", "reuse.py", "verify.py", "tracking.py", "html_report.py"}
+
+
+def test_only_the_store_facing_fit_modules_import_the_sweep():
+    importing = {p.name for p in (ROOT / "fit").rglob("*.py")
+                 if any(m.startswith("mixopt.sweep") for _, m in _imports(p))}
+    assert importing == FIT_FROM_STORE
+
+
+def test_fit_of_a_table_loads_no_sweep_module(tmp_path):
+    """`mixopt fit --runs TABLE`, run in a fresh interpreter: no mixopt.sweep module is imported."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from conftest import write_csv
+
+    X = np.random.default_rng(0).dirichlet(np.ones(3), 12)
+    write_csv(tmp_path / "runs.csv", ["a", "b", "c", "loss"], [[*x, 3 - x[0] + 0.5 * x[1]] for x in X])
+    code = ("import sys\nfrom mixopt.cli import app\n"
+            "try:\n    app([*sys.argv[1:]], prog_name='mixopt')\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('LOADED', sorted(m for m in sys.modules if m.startswith('mixopt.')))")
+    r = subprocess.run([sys.executable, "-c", code, "fit", "--runs", str(tmp_path / "runs.csv"), "--target", "loss",
+                        "--model", "linear", "--bootstrap", "0", "--no-plots", "--format", "json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    loaded = r.stdout.rsplit("LOADED", 1)[1]
+    assert "mixopt.fit.recommend" in loaded and "mixopt.sweep" not in loaded, loaded

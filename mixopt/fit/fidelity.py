@@ -21,7 +21,8 @@ from mixopt.fit.regress import spearman
 from mixopt.fit.swarm import FitSettings, Swarm
 from mixopt.sweep.fidelity import params_of, size_plans
 from mixopt.sweep.plan import Plan
-from mixopt.sweep.reeval import evaluate_stored, record_scores, training_table
+from mixopt.sweep.reeval import evaluate_stored, record_scores
+from mixopt.sweep.results import training_table
 from mixopt.sweep.store import Store
 
 SCALE, TOKENS = "params", "tokens"  # the joint table's covariate columns

@@ -14,7 +14,8 @@ from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import Mixture, read_mixtures
 from mixopt.errors import MixoptError
 from mixopt.fit.noise import collapse_replicates
-from mixopt.fit.recommend import experiment_swarm, fit_swarm
+from mixopt.fit.from_store import experiment_swarm
+from mixopt.fit.recommend import fit_swarm
 from mixopt.fit.verdict import paired_gain
 from mixopt.fit.reuse import model_space
 from mixopt.sweep.reeval import record_scores

@@ -11,7 +11,7 @@ from mixopt.core.workspace import Workspace
 from mixopt.proxy.model import proxy_spec
 from mixopt.sweep.change import is_base
 from mixopt.sweep.plan import Plan, StaleSample, plan_context, superseded_runs, sweep_plan, weights_on
-from mixopt.sweep.reeval import missing_measures
+from mixopt.sweep.results import missing_measures
 from mixopt.sweep.store import Store
 
 
