@@ -670,7 +670,7 @@ def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = Tru
         track_fit(exp, rec, trackers, _stderr)
     from mixopt.core.workspace import Workspace
 
-    fit_dir = Workspace(exp.workspace_dir).fits_dir / rec.fit_key[:16]
+    fit_dir = Workspace(exp.workspace_dir).fit_dir(rec.fit_key)
     fit_dir = fit_dir if (fit_dir / "fit.json").is_file() else None  # not written in a read-only workspace
     if format is Format.json:
         typer.echo(json.dumps({**rec.to_json(), "written": str(exp.optimal_path), "overrides": exp.overrides,

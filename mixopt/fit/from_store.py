@@ -54,7 +54,7 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
                       failed=tuple((r.key, ((r.error or "").strip().splitlines() or ["?"])[-1][:300])
                                    for r in plan.runs(store, "failed")))
         readonly = store.readonly
-    out = plan.workspace.fits_dir / rec.fit_key[:16]
+    out = plan.workspace.fit_dir(rec.fit_key)
     if readonly:  # a read-only mount: the recommendation still goes next to the config
         runtime.say(f"note: the workspace {plan.workspace.root} is read-only: {out.relative_to(plan.workspace.root)}/ "
                     "(fit.json, runs.parquet, plots) is not written")
