@@ -137,7 +137,7 @@ def cluster(config: Path = CONFIG, refit: bool = typer.Option(False, help="Fit t
     if format is Format.json:
         typer.echo(json.dumps(pools))
         return
-    from mixopt.report import format_clusters
+    from mixopt.report.terminal import format_clusters
 
     typer.echo(format_clusters(pools))
     typer.echo(f"models in {exp.workspace_dir / 'clusters'}; `mixopt sample CONFIG` assigns every document")
@@ -158,7 +158,7 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
            progress: bool = PROGRESS, format: Format = FORMAT):
     """Count each domain's tokens, draw train/validation slices, build the tokenizer."""
     from mixopt.data.sample import sample_corpus
-    from mixopt.report import format_sample
+    from mixopt.report.terminal import format_sample
 
     if ray_address is not None and backend is not SampleBackend.ray:
         raise MixoptError("--ray-address applies with --backend ray only", "add --backend ray, or drop it")
@@ -232,8 +232,8 @@ def sweep(config: Path = CONFIG,
     """Design the mixtures, train and evaluate one proxy per mixture not yet finished."""
     from mixopt.core.mixtures import Mixture, read_mixtures
     from mixopt.errors import MixoptError
-    from mixopt.fit.tracking import check_trackers, track_runs
-    from mixopt.report import format_sweep
+    from mixopt.tracking import check_trackers, track_runs
+    from mixopt.report.terminal import format_sweep
     from mixopt.sweep.run import run_sweep
 
     _backend_flags_apply(backend, ray_address, slurm_partition, slurm_cluster)
@@ -378,7 +378,7 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         if external:
             raise MixoptError(f"{external[0]} applies to --runs fits only",
                               "with a CONFIG, the config names its domains, objective and workspace")
-        from mixopt.fit.tracking import check_trackers
+        from mixopt.tracking import check_trackers
 
         exp = _fit_overrides(_load(config), model, cv_folds, bootstrap, seed, kl_weight, trust_region, bound)
         if not _fit_and_print(exp, format, _runtime(workers, progress, device), reeval is not False, plots is not False,
@@ -397,8 +397,8 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         raise MixoptError(f"{runtime_only[0]} applies to a CONFIG's fit only (a --runs table has no checkpoints"
                           " to evaluate)", "drop it")
     from mixopt.fit.swarm import FitSettings
-    from mixopt.fit.tables import fit_external, load_swarm, parse_targets
-    from mixopt.report import format_recommendation
+    from mixopt.fit.external import fit_external, load_swarm, parse_targets
+    from mixopt.report.terminal import format_recommendation
 
     covariates = [c for c in (scale_column, tokens_column) if c]
     if (tokens_column or at_scale or at_tokens) and not scale_column:
@@ -424,7 +424,7 @@ def _fit_overrides(exp, model, cv_folds, bootstrap, seed, kl_weight, trust_regio
     """`fit CONFIG --cv-folds 3 ...`: the flags given, over the config's fit and optimum settings (recorded in
     what fit prints and writes)."""
     from mixopt.config.load import override_experiment
-    from mixopt.fit.tables import parse_bounds
+    from mixopt.fit.external import parse_bounds
 
     changes, record = [], {}
     for flag, loc, value in (("--model", ("fit", "model"), model and model.value),
@@ -454,7 +454,7 @@ def predict(fit_dir: Path = typer.Argument(..., help="A saved fit: `fit --save D
             tolerance: float = typer.Option(0.01, callback=_finite_at_least_0, help="How far a row's weights may sum from 1."),
             format: TableFormat = typer.Option(TableFormat.csv, "--format")):
     """Predict the objective of each candidate mixture with a saved fit (lower is better)."""
-    from mixopt.fit.tables import predict_mixtures
+    from mixopt.fit.external import predict_mixtures
 
     name, ids, pred, ci = predict_mixtures(fit_dir, mixtures, key, tolerance)
     order = sorted(range(len(ids)), key=lambda i: pred[i])
@@ -585,7 +585,7 @@ def report(config: Path = CONFIG,
            output: Optional[Path] = typer.Option(None, help="The HTML file (default <workspace>/report.html)."),
            force: bool = FORCE):
     """Write one self-contained HTML page: recommendation, CV, runs, effect curves, suites, warnings."""
-    from mixopt.fit.html_report import write_report
+    from mixopt.report.html import write_report
 
     exp = _load(config)
     own = exp.workspace_dir / "report.html"
@@ -659,8 +659,8 @@ def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = Tru
     from dataclasses import replace
 
     from mixopt.fit.from_store import recommend_mixture
-    from mixopt.fit.tracking import track_fit, track_runs
-    from mixopt.report import format_recommendation, suspect_line
+    from mixopt.tracking import track_fit, track_runs
+    from mixopt.report.terminal import format_recommendation, suspect_line
 
     if format is Format.json:  # stdout holds the JSON alone
         runtime = replace(runtime, say=lambda m: typer.echo(m, err=True))
@@ -699,7 +699,7 @@ def eval_(config: Path = CONFIG,
                                                    help="--watch: seconds between checks (default 1)."),
           format: Format = FORMAT):
     """Evaluate every stored checkpoint on what the current eval suite lacks (never trains)."""
-    from mixopt.report import format_eval, suspect_line
+    from mixopt.report.terminal import format_eval, suspect_line
     from mixopt.sweep.reeval import run_eval
 
     if watch and format is Format.json:
@@ -749,7 +749,7 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
     typer.echo(f"workspace: {st['workspace']}")
     typer.echo(f"sample: {st['sample']}")
     if st.get("pools"):
-        from mixopt.report import format_pools
+        from mixopt.report.terminal import format_pools
 
         typer.echo(format_pools(st["pools"]))
     r = st["runs"]
@@ -802,7 +802,7 @@ def check(config: Path = CONFIG,
                                                   "are kept until the next sweep retrains them)."),
           format: Format = typer.Option(Format.text, "--format")):
     """Verify the store (integrity_check) and every checkpoint's sha256; exit 1 if anything is wrong."""
-    from mixopt.report import format_check
+    from mixopt.report.terminal import format_check
     from mixopt.sweep.check import check_workspace
 
     report = check_workspace(_load(config), repair)

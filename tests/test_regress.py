@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 from mixopt.cli import app
 from mixopt.core.mixtures import Bounds
+from mixopt.fit.external import check_mixtures, load_swarm, read_table
+from mixopt.fit.families.law import Law
 from mixopt.fit.optimize import solve_optimum
 from mixopt.fit.recommend import fit_swarm
-from mixopt.fit.families.law import Law
 from mixopt.fit.regress import (
     cross_validate,
     fit_model,
@@ -24,7 +25,6 @@ from mixopt.fit.regress import (
     tied_with_best,
 )
 from mixopt.fit.swarm import FitSettings, Swarm
-from mixopt.fit.tables import check_mixtures, load_swarm, read_table
 
 ANCHOR = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "regmix"
 TARGET = "metric/the_pile_pile_cc_val_loss"

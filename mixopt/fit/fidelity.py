@@ -15,8 +15,8 @@ import numpy as np
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.keys import content_hash
-from mixopt.fit.noise import collapse_replicates
 from mixopt.fit.families.base import MixtureModel
+from mixopt.fit.noise import collapse_replicates
 from mixopt.fit.regress import spearman
 from mixopt.fit.swarm import FitSettings, Swarm
 from mixopt.sweep.fidelity import params_of, size_plans

@@ -2,7 +2,7 @@
 the optimum, bootstrap its uncertainty, and write the recommended ratio.
 
 The same core fits our own sweep (from_store.py builds its swarm from the store) and an external
-swarm table (tables.py); it reads no store itself.
+swarm table (external.py); it reads no store itself.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from mixopt.core.workspace import (
     atomic_write_text,
 )
 from mixopt.errors import MixoptError
+from mixopt.fit.families.base import MixtureModel
+from mixopt.fit.noise import NoiseModel, collapse_replicates
 from mixopt.fit.optimize import (
     binding_constraints,
     check_feasible,
@@ -34,7 +36,6 @@ from mixopt.fit.optimize import (
     solve_optimum,
     solve_with_trust_region,
 )
-from mixopt.fit.families.base import MixtureModel
 from mixopt.fit.regress import (
     CrossValidation,
     candidates_for,
@@ -44,7 +45,6 @@ from mixopt.fit.regress import (
     score_text,
     select_by_cv,
 )
-from mixopt.fit.noise import NoiseModel, collapse_replicates
 from mixopt.fit.swarm import FitSettings, Swarm, check_swarm, flat_domains
 from mixopt.fit.verdict import (
     Decision,

@@ -20,14 +20,14 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from mixopt.errors import MixoptError
+from mixopt.fit.families.base import fold_indices
+from mixopt.fit.families.scaling import ScalingLaw
 from mixopt.fit.optimize import (
     binding_constraints,
     check_feasible,
     evidence_bounds,
     solve_optimum,
 )
-from mixopt.fit.families.base import fold_indices
-from mixopt.fit.families.scaling import ScalingLaw
 from mixopt.fit.regress import (
     CrossValidation,
     _scored,

@@ -13,10 +13,10 @@ from mixopt.core.mixtures import Bounds, read_mixtures
 from mixopt.core.tables import numeric_text_columns, read_table, weight_matrix
 from mixopt.core.workspace import check_folder, claim_folder, read_json
 from mixopt.errors import MixoptError, shown
-from mixopt.fit.noise import collapse_replicates
-from mixopt.fit.recommend import Recommendation, fit_swarm, save_fit, write_optimal
 from mixopt.fit.families.base import MixtureModel
 from mixopt.fit.families.scaling import ScalingLaw
+from mixopt.fit.noise import collapse_replicates
+from mixopt.fit.recommend import Recommendation, fit_swarm, save_fit, write_optimal
 from mixopt.fit.regress import fit_model
 from mixopt.fit.swarm import FitSettings, Swarm
 
