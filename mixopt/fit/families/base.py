@@ -116,6 +116,15 @@ class ParametricModel(MixtureModel):
     def coefficients(self) -> dict[str, list[float]]:
         return {m: p.tolist() for m, p in self.params.items()}
 
+    @classmethod
+    def fit_terms(cls, X, metrics, terms, seed, start, members):
+        return cls(terms, {m: cls.fit_metric(X, metrics[m], start.params[m] if start else None) for m in terms})
+
+    @staticmethod
+    def fit_metric(X: np.ndarray, y: np.ndarray, start: np.ndarray | None) -> np.ndarray:
+        """One metric's coefficients; `start`: the same family's, to warm-start from (or None)."""
+        raise NotImplementedError
+
     def predict_metric(self, metric: str, X: np.ndarray) -> np.ndarray:
         return self.evaluate(self.params[metric], np.atleast_2d(X))
 

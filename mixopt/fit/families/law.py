@@ -8,17 +8,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mixopt.fit.families.base import ParametricModel, max_evals
+from mixopt.fit.families.base import max_evals
+from mixopt.fit.families.loglinear import LogLinear
 
 
 @dataclass(frozen=True)
-class Law(ParametricModel):
+class Law(LogLinear):
+    """loglinear's exp term (its gradient and convexity) with a free floor, unregularized."""
+
     kind = "law"
     warm_inner = True  # three least-squares starts: most of an inner selection's time after the GP
 
-    @classmethod
-    def fit_terms(cls, X, metrics, terms, seed, start, members):
-        return cls(terms, {m: _fit_law(X, metrics[m], start.params[m] if start else None) for m in terms})
+    @staticmethod
+    def fit_metric(X, y, start):
+        return _fit_law(X, y, start)
 
     @classmethod
     def offered(cls, n_runs, domains, metrics):
@@ -30,15 +33,8 @@ class Law(ParametricModel):
     def runs_wanted(cls, domains, members=()):
         return 3 * (domains + 1)
 
-    def convex(self) -> bool:
-        return all(a > 0 for a in self.terms.values())  # exp terms with positive weight
-
     def evaluate(self, p, X):
         return p[0] + np.exp(np.clip(X @ p[1:], -50, 50))
-
-    def term_gradient(self, metric, a, w):
-        p = self.params[metric]
-        return a * np.exp(np.clip(w @ p[1:], -50, 50)) * p[1:]
 
 
 def _fit_law(X: np.ndarray, y: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:

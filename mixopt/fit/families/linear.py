@@ -14,12 +14,12 @@ class Linear(ParametricModel):
     kind = "linear"
 
     @classmethod
-    def fit_terms(cls, X, metrics, terms, seed, start, members):
-        return cls(terms, {m: fit_linear(X, metrics[m]) for m in terms})
-
-    @classmethod
     def runs_wanted(cls, domains, members=()):
         return 2 * domains
+
+    @staticmethod
+    def fit_metric(X, y, start):
+        return fit_linear(X, y)
 
     def linear_coef(self) -> np.ndarray:
         return sum(a * self.params[m] for m, a in self.terms.items())

@@ -16,9 +16,9 @@ LOGLINEAR_RIDGE = 0.05  # pulls t towards its starting point: stable fits from ~
 class LogLinear(ParametricModel):
     kind = "loglinear"
 
-    @classmethod
-    def fit_terms(cls, X, metrics, terms, seed, start, members):
-        return cls(terms, {m: _fit_loglinear(X, metrics[m], start.params[m] if start else None) for m in terms})
+    @staticmethod
+    def fit_metric(X, y, start):
+        return _fit_loglinear(X, y, start)
 
     @classmethod
     def runs_wanted(cls, domains, members=()):

@@ -22,9 +22,9 @@ LOGWEIGHT_EPS = 1e-3
 class LogWeight(ParametricModel):
     kind = "logweight"
 
-    @classmethod
-    def fit_terms(cls, X, metrics, terms, seed, start, members):
-        return cls(terms, {m: _fit_logweight(X, metrics[m]) for m in terms})
+    @staticmethod
+    def fit_metric(X, y, start):
+        return _fit_logweight(X, y)
 
     @classmethod
     def runs_wanted(cls, domains, members=()):

@@ -16,9 +16,9 @@ class Quadratic(ParametricModel):
     kind = "quadratic"
     chunked = True  # runs x pairs temporaries
 
-    @classmethod
-    def fit_terms(cls, X, metrics, terms, seed, start, members):
-        return cls(terms, {m: _fit_quadratic(X, metrics[m]) for m in terms})
+    @staticmethod
+    def fit_metric(X, y, start):
+        return _fit_quadratic(X, y)
 
     @classmethod
     def runs_wanted(cls, domains, members=()):
