@@ -5,8 +5,8 @@ A family is one subclass of MixtureModel in its own module of this package, regi
 `mixopt.fit.families.FAMILIES`; regress.py and optimize.py call these methods and never ask which
 family a model is.
 
-The registry is imported by the CLI (its `--model` choices), so these modules import numpy alone at
-the top; scipy, scikit-learn and LightGBM load when a family is fit.
+These modules import numpy alone at the top; scipy, scikit-learn and LightGBM load where a family
+fits, so importing a family costs no more than numpy.
 """
 
 from __future__ import annotations
