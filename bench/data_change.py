@@ -37,7 +37,7 @@ from mixopt.config.load import load_experiment
 from mixopt.config.runtime import Runtime
 from mixopt.core.mixtures import Mixture
 from mixopt.data.sample import sample_corpus
-from mixopt.fit.recommend import recommend_mixture
+from mixopt.fit.from_store import recommend_mixture
 from mixopt.sweep.plan import load_plan
 from mixopt.sweep.reeval import record_scores
 from mixopt.sweep.run import run_sweep

@@ -204,7 +204,7 @@ def held_out_law(cfg: Path, form: str, verified: dict[str, list[float]], named: 
     from mixopt.config.load import load_experiment
     from mixopt.config.runtime import Runtime
     from mixopt.fit.fidelity import SCALE, joint_swarm, size_swarms
-    from mixopt.fit.recommend import experiment_swarm
+    from mixopt.fit.from_store import experiment_swarm
     from mixopt.fit.scaling import _law, fit_law, held_out_largest
 
     exp = load_experiment(cfg)

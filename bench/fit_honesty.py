@@ -67,7 +67,7 @@ def run_case(swarm, Xt, yt, families, truth=None) -> dict:
     from mixopt.fit.recommend import fit_swarm
     from mixopt.fit.regress import fit_model, spearman
     from mixopt.fit.swarm import FitSettings
-    from mixopt.fit.tables import prediction_intervals
+    from mixopt.fit.external import prediction_intervals
 
     t0 = time.perf_counter()
     rec, model = fit_swarm(swarm, FitSettings(bootstrap=BOOTSTRAP))
@@ -122,7 +122,7 @@ def synthetic_cases() -> list[dict]:
 
 def regmix_cases(anchor: Path) -> list[dict]:
     from mixopt.fit.regress import candidates_for
-    from mixopt.fit.tables import check_mixtures, load_swarm, read_table
+    from mixopt.fit.external import check_mixtures, load_swarm, read_table
 
     full = load_swarm(anchor / "train_mixture_1m.csv", {TARGET: 1.0}, anchor / "train_pile_loss_1m.csv", "index")
     test = read_table(anchor / "test_mixture_1m.csv").join(read_table(anchor / "test_pile_loss_1m.csv"), on="index")

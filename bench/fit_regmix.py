@@ -45,7 +45,7 @@ def main() -> None:
     from mixopt.fit.recommend import fit_swarm
     from mixopt.fit.regress import spearman
     from mixopt.fit.swarm import FitSettings
-    from mixopt.fit.tables import check_mixtures, load_swarm, read_table
+    from mixopt.fit.external import check_mixtures, load_swarm, read_table
 
     swarm = load_swarm(args.anchor / "train_mixture_1m.csv", {TARGET: 1.0}, args.anchor / "train_pile_loss_1m.csv",
                        "index")

@@ -26,7 +26,7 @@ import yaml
 
 from mixopt.config.load import load_experiment
 from mixopt.config.runtime import Runtime
-from mixopt.fit.recommend import recommend_mixture
+from mixopt.fit.from_store import recommend_mixture
 from mixopt.sweep.reeval import run_eval
 from mixopt.sweep.store import Store
 

@@ -137,7 +137,7 @@ def cluster(config: Path = CONFIG, refit: bool = typer.Option(False, help="Fit t
     if format is Format.json:
         typer.echo(json.dumps(pools))
         return
-    from mixopt.report import format_clusters
+    from mixopt.report.terminal import format_clusters
 
     typer.echo(format_clusters(pools))
     typer.echo(f"models in {exp.workspace_dir / 'clusters'}; `mixopt sample CONFIG` assigns every document")
@@ -160,7 +160,7 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
     from dataclasses import replace
 
     from mixopt.data.sample import sample_corpus
-    from mixopt.report import format_sample
+    from mixopt.report.terminal import format_sample
 
     if ray_address is not None and backend is not SampleBackend.ray:
         raise MixoptError("--ray-address applies with --backend ray only", "add --backend ray, or drop it")
@@ -229,8 +229,8 @@ def sweep(config: Path = CONFIG,
     """Design the mixtures, train and evaluate one proxy per mixture not yet finished."""
     from mixopt.core.mixtures import Mixture, read_mixtures
     from mixopt.errors import MixoptError
-    from mixopt.fit.tracking import check_trackers, track_runs
-    from mixopt.report import format_sweep
+    from mixopt.tracking import check_trackers, track_runs
+    from mixopt.report.terminal import format_sweep
     from mixopt.sweep.run import run_sweep
 
     _backend_flags_apply(backend, ray_address, slurm_partition, slurm_cluster)
@@ -310,17 +310,14 @@ def _backend_flags_apply(backend: Backend, ray_address, slurm_partition, slurm_c
             raise MixoptError(f"{flag} applies with --backend {needs.value} only", f"add --backend {needs.value}, or drop it")
 
 
-class Model(str, Enum):
-    linear = "linear"
-    loglinear = "loglinear"
-    law = "law"
-    quadratic = "quadratic"
-    logweight = "logweight"
-    multitask = "multitask"
-    gp = "gp"
-    gbm = "gbm"
-    ensemble = "ensemble"
-    auto = "auto"
+def _model_choices() -> type[Enum]:
+    """`--model`'s choices: the registered families, then auto."""
+    from mixopt.fit.families import NAMES
+
+    return Enum("Model", {k: k for k in (*NAMES, "auto")}, type=str)
+
+
+Model = _model_choices()
 
 
 class TrustRegion(str, Enum):
@@ -392,7 +389,7 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         if external:
             raise MixoptError(f"{external[0]} applies to --runs fits only",
                               "with a CONFIG, the config names its domains, objective and workspace")
-        from mixopt.fit.tracking import check_trackers
+        from mixopt.tracking import check_trackers
 
         exp = _fit_overrides(_load(config), model, cv_folds, bootstrap, seed, kl_weight, trust_region, bound)
         if not _fit_and_print(exp, format, _runtime(workers, progress, device), reeval is not False, plots is not False,
@@ -411,8 +408,8 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         raise MixoptError(f"{runtime_only[0]} applies to a CONFIG's fit only (a --runs table has no checkpoints"
                           " to evaluate)", "drop it")
     from mixopt.fit.swarm import FitSettings
-    from mixopt.fit.tables import fit_external, load_swarm, parse_targets
-    from mixopt.report import format_recommendation
+    from mixopt.fit.external import fit_external, load_swarm, parse_targets
+    from mixopt.report.terminal import format_recommendation
 
     covariates = [c for c in (scale_column, tokens_column) if c]
     if (tokens_column or at_scale or at_tokens) and not scale_column:
@@ -438,7 +435,7 @@ def _fit_overrides(exp, model, cv_folds, bootstrap, seed, kl_weight, trust_regio
     """`fit CONFIG --cv-folds 3 ...`: the flags given, over the config's fit and optimum settings (recorded in
     what fit prints and writes)."""
     from mixopt.config.load import override_experiment
-    from mixopt.fit.tables import parse_bounds
+    from mixopt.fit.external import parse_bounds
 
     changes, record = [], {}
     for flag, loc, value in (("--model", ("fit", "model"), model and model.value),
@@ -468,7 +465,7 @@ def predict(fit_dir: Path = typer.Argument(..., help="A saved fit: `fit --save D
             tolerance: float = typer.Option(0.01, callback=_finite_at_least_0, help="How far a row's weights may sum from 1."),
             format: TableFormat = typer.Option(TableFormat.csv, "--format")):
     """Predict the objective of each candidate mixture with a saved fit (lower is better)."""
-    from mixopt.fit.tables import predict_mixtures
+    from mixopt.fit.external import predict_mixtures
 
     name, ids, pred, ci = predict_mixtures(fit_dir, mixtures, key, tolerance)
     order = sorted(range(len(ids)), key=lambda i: pred[i])
@@ -627,7 +624,7 @@ def report(config: Path = CONFIG,
            output: Optional[Path] = typer.Option(None, help="The HTML file (default <workspace>/report.html)."),
            force: bool = FORCE):
     """Write one self-contained HTML page: recommendation, CV, runs, effect curves, suites, warnings."""
-    from mixopt.fit.html_report import write_report
+    from mixopt.report.html import write_report
 
     exp = _load(config)
     own = exp.workspace_dir / "report.html"
@@ -700,9 +697,9 @@ def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = Tru
     """Fit and print; False when suspect or failed runs were left out (said on stderr)."""
     from dataclasses import replace
 
-    from mixopt.fit.recommend import recommend_mixture
-    from mixopt.fit.tracking import track_fit, track_runs
-    from mixopt.report import format_recommendation, suspect_line
+    from mixopt.fit.from_store import recommend_mixture
+    from mixopt.tracking import track_fit, track_runs
+    from mixopt.report.terminal import format_recommendation, suspect_line
 
     if format is Format.json:  # stdout holds the JSON alone
         runtime = replace(runtime, say=lambda m: typer.echo(m, err=True))
@@ -712,7 +709,7 @@ def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = Tru
         track_fit(exp, rec, trackers, _stderr)
     from mixopt.core.workspace import Workspace
 
-    fit_dir = Workspace(exp.workspace_dir).fits_dir / rec.fit_key[:16]
+    fit_dir = Workspace(exp.workspace_dir).fit_dir(rec.fit_key)
     fit_dir = fit_dir if (fit_dir / "fit.json").is_file() else None  # not written in a read-only workspace
     if format is Format.json:
         typer.echo(json.dumps({**rec.to_json(), "written": str(exp.optimal_path), "overrides": exp.overrides,
@@ -741,7 +738,7 @@ def eval_(config: Path = CONFIG,
                                                    help="--watch: seconds between checks (default 1)."),
           format: Format = FORMAT):
     """Evaluate every stored checkpoint on what the current eval suite lacks (never trains)."""
-    from mixopt.report import format_eval, suspect_line
+    from mixopt.report.terminal import format_eval, suspect_line
     from mixopt.sweep.reeval import run_eval
 
     if watch and format is Format.json:
@@ -791,7 +788,7 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
     typer.echo(f"workspace: {st['workspace']}")
     typer.echo(f"sample: {st['sample']}")
     if st.get("pools"):
-        from mixopt.report import format_pools
+        from mixopt.report.terminal import format_pools
 
         typer.echo(format_pools(st["pools"]))
     r = st["runs"]
@@ -859,7 +856,7 @@ def check(config: Path = CONFIG,
                                                   "are kept until the next sweep retrains them)."),
           format: Format = typer.Option(Format.text, "--format")):
     """Verify the store (integrity_check) and every checkpoint's sha256; exit 1 if anything is wrong."""
-    from mixopt.report import format_check
+    from mixopt.report.terminal import format_check
     from mixopt.sweep.check import check_workspace
 
     report = check_workspace(_load(config), repair)

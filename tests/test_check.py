@@ -142,7 +142,7 @@ def test_fit_on_a_read_only_workspace_writes_nothing_there(swept, tmp_path, monk
     """A read-only mount (pretended, as in the status test): fit computes the recommendation from the
     stored measurements, writes optimal.yaml next to the config and nothing in the workspace."""
     from mixopt.config.runtime import Runtime
-    from mixopt.fit.recommend import recommend_mixture
+    from mixopt.fit.from_store import recommend_mixture
 
     config, ws = _copy(swept, tmp_path)
     monkeypatch.setattr(store_module, "read_only", lambda path: True)

@@ -85,7 +85,7 @@ BASE_RUNS = 6
 def base(corpora, tmp_path_factory):
     """A finished experiment: 3 domains, 6 runs (prior, 3 vertices, 2 random), fitted."""
     from mixopt.data.sample import sample_corpus
-    from mixopt.fit.recommend import recommend_mixture
+    from mixopt.fit.from_store import recommend_mixture
 
     root = tmp_path_factory.mktemp("base")
     exp = load_experiment(write_config(root / "exp.yaml", _cfg(corpora, root / "ws")))

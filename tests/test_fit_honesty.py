@@ -9,9 +9,10 @@ import pytest
 from conftest import write_csv
 
 from mixopt.core.mixtures import Bounds
+from mixopt.fit.families.logweight import LOGWEIGHT_EPS
 from mixopt.fit.optimize import solve_optimum
 from mixopt.fit.recommend import fit_swarm
-from mixopt.fit.regress import LOGWEIGHT_EPS, cross_validate, fit_model, select_model
+from mixopt.fit.regress import cross_validate, fit_model, select_model
 from mixopt.fit.swarm import FitSettings, Swarm
 
 D = 5

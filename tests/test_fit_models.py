@@ -127,3 +127,30 @@ def test_intervals_hold_their_point_estimate():
     lo, hi = rec.weights_ci.T
     assert np.all(lo <= rec.weights + 1e-12) and np.all(rec.weights <= hi + 1e-12)
     assert rec.predicted_ci[0] <= rec.predicted <= rec.predicted_ci[1]
+
+
+def test_the_schema_the_cli_and_the_registry_name_the_same_families():
+    import typing
+
+    from mixopt.cli import Model
+    from mixopt.config.schema import MODELS, Fit
+    from mixopt.fit.families import CLASSES, FAMILIES, NAMES
+
+    assert MODELS == NAMES == tuple(FAMILIES) == tuple(CLASSES)
+    assert all(cls.kind == name for name, cls in FAMILIES.items())  # fit.json's "model" is the registry's name
+    assert [m.value for m in Model] == [*NAMES, "auto"]
+    assert typing.get_args(Fit.model_fields["model"].annotation) == (*NAMES, "auto")
+
+
+def test_an_unknown_family_is_one_error_listing_the_valid_names():
+    import pytest
+
+    from mixopt.errors import MixoptError
+    from mixopt.fit.families import NAMES, family
+    from mixopt.fit.regress import fit_model
+
+    with pytest.raises(MixoptError) as e:
+        fit_model("lasso", np.eye(3), {"y": np.ones(3)}, {"y": 1.0})
+    assert e.value.one_line() == ("no model family 'lasso'; use one of: linear, loglinear, law, quadratic, logweight, "
+                                  "multitask, gp, gbm, ensemble (or auto)")
+    assert family("gp").kind == "gp" and len(NAMES) == 9

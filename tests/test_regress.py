@@ -14,17 +14,17 @@ from typer.testing import CliRunner
 
 from mixopt.cli import app
 from mixopt.core.mixtures import Bounds
+from mixopt.fit.external import check_mixtures, load_swarm, read_table
+from mixopt.fit.families.law import Law
 from mixopt.fit.optimize import solve_optimum
 from mixopt.fit.recommend import fit_swarm
 from mixopt.fit.regress import (
-    MixtureModel,
     cross_validate,
     fit_model,
     spearman,
     tied_with_best,
 )
 from mixopt.fit.swarm import FitSettings, Swarm
-from mixopt.fit.tables import check_mixtures, load_swarm, read_table
 
 ANCHOR = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "regmix"
 TARGET = "metric/the_pile_pile_cc_val_loss"
@@ -38,7 +38,7 @@ def _law_swarm(n=120, d=5, seed=0, noise=0.002):
     X = rng.dirichlet(np.full(d, 0.6), n)
     truth = {"a": np.r_[1.5, rng.uniform(-1.5, 0.5, d)], "b": np.r_[2.0, rng.uniform(-1.0, 0.8, d)]}
     metrics = {m: p[0] + np.exp(X @ p[1:]) + rng.normal(0, noise, n) for m, p in truth.items()}
-    true_model = MixtureModel("law", {"a": 0.5, "b": 0.5}, truth)
+    true_model = Law({"a": 0.5, "b": 0.5}, truth)
     return X, metrics, true_model
 
 

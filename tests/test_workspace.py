@@ -73,3 +73,16 @@ def test_read_json_names_a_truncated_file(tmp_path):
     (tmp_path / "m.json").write_text('{"a": ')
     with pytest.raises(MixoptError, match="m.json: truncated or not JSON"):
         read_json(tmp_path / "m.json")
+
+
+def test_one_owner_names_a_fit_folder(tmp_path):
+    """fits/<first 16 hex digits of the fit key>/, built by Workspace.fit_dir alone."""
+    from pathlib import Path
+
+    import mixopt
+
+    key = "0123456789abcdef" * 4
+    assert Workspace(tmp_path).fit_dir(key) == tmp_path / "fits" / "0123456789abcdef"
+    root = Path(mixopt.__file__).parent
+    builders = [str(p.relative_to(root)) for p in root.rglob("*.py") if "fits_dir" in p.read_text()]
+    assert builders == ["core/workspace.py"]

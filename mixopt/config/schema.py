@@ -222,9 +222,15 @@ class Objective(_Strict):
     domains: dict[str, float] | None = None  # validation domain -> weight; default: all, equal
 
 
+# The fit's model families. mixopt/fit/families registers one class per name; the config is the
+# lowest layer and cannot import it, so the names are listed here too (the YAML is checked while it
+# loads): tests/test_fit_models.py checks that this list, the registry and the CLI agree.
+MODELS = ("linear", "loglinear", "law", "quadratic", "logweight", "multitask", "gp", "gbm", "ensemble")
+
+
 class Fit(_Strict):
     # auto: every family cross-validated, the best ranker within one standard error (the safe choice)
-    model: Literal["linear", "loglinear", "law", "quadratic", "logweight", "multitask", "gp", "gbm", "ensemble", "auto"] = "auto"
+    model: Literal[MODELS + ("auto",)] = "auto"
     cv_folds: int = Field(5, ge=2)
     bootstrap: int = Field(50, ge=0)  # replicates for the intervals; 0 turns them off
     ci: float = Field(0.9, gt=0, lt=1)  # interval level

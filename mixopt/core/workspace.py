@@ -154,6 +154,10 @@ class Workspace:
     def fits_dir(self) -> Path:
         return self.root / "fits"
 
+    def fit_dir(self, fit_key: str) -> Path:
+        """One fit's folder (fit.json, runs.parquet, plots): named by the first 16 hex digits of its key."""
+        return self.fits_dir / fit_key[:16]
+
     def slice_path(self, domain: str, split: str) -> Path:
         return slice_file(self.sample_dir, domain, split)
 

@@ -15,12 +15,14 @@ import numpy as np
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.keys import content_hash
+from mixopt.fit.families.base import MixtureModel
 from mixopt.fit.noise import collapse_replicates
-from mixopt.fit.regress import MixtureModel, spearman
+from mixopt.fit.regress import spearman
 from mixopt.fit.swarm import FitSettings, Swarm
 from mixopt.sweep.fidelity import params_of, size_plans
 from mixopt.sweep.plan import Plan
-from mixopt.sweep.reeval import evaluate_stored, record_scores, training_table
+from mixopt.sweep.reeval import evaluate_stored, record_scores
+from mixopt.sweep.results import training_table
 from mixopt.sweep.store import Store
 
 SCALE, TOKENS = "params", "tokens"  # the joint table's covariate columns

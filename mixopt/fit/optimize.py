@@ -49,8 +49,9 @@ def solve_optimum(model, prior: np.ndarray, bounds: Bounds, kl_weight: float, se
                   sampler: Sampler = Sampler()) -> np.ndarray:
     """The mixture minimizing predicted objective + kl_weight x KL(w || prior) within the bounds
     (`sampler` draws the simulated mixtures where a solver cannot be used)."""
-    if model.kind == "linear":
-        return solve_linear_kl(model.linear_coef(), prior, bounds, kl_weight)
+    coef = model.linear_coef()
+    if coef is not None:  # a linear objective: the optimum in closed form
+        return solve_linear_kl(coef, prior, bounds, kl_weight)
     if not model.smooth:
         return solve_by_simulation(model, prior, bounds, kl_weight, seed, sampler=sampler)
     w = solve_convex_kl(model, prior, bounds, kl_weight)

@@ -13,11 +13,12 @@ from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import drop_small_weights, read_mixtures
 from mixopt.core.workspace import atomic_write_text
 from mixopt.errors import MixoptError
-from mixopt.fit.optimize import penalized_scores, simulated_pool, solve_optimum
-from mixopt.fit.recommend import experiment_swarm, fit_swarm, refit_resampled
-from mixopt.fit.regress import MixtureModel
-from mixopt.fit.reuse import model_space
+from mixopt.fit.families.base import MixtureModel
+from mixopt.fit.from_store import experiment_swarm
 from mixopt.fit.noise import collapse_replicates
+from mixopt.fit.optimize import penalized_scores, simulated_pool, solve_optimum
+from mixopt.fit.recommend import fit_swarm, refit_resampled
+from mixopt.fit.reuse import model_space
 from mixopt.fit.swarm import FitSettings, Swarm
 
 MIN_REPLICATES = 16  # bootstrap models behind the uncertainty, even when fit.bootstrap is lower

@@ -1,7 +1,8 @@
 """`mixopt fit`: regress the objective on the finished runs, cross-validate every model, solve
 the optimum, bootstrap its uncertainty, and write the recommended ratio.
 
-The same core fits our own sweep (`recommend_mixture`) and an external swarm table (tables.py).
+The same core fits our own sweep (from_store.py builds its swarm from the store) and an external
+swarm table (external.py); it reads no store itself.
 """
 
 from __future__ import annotations
@@ -9,24 +10,22 @@ from __future__ import annotations
 import io
 import math
 import os
-from dataclasses import astuple, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from mixopt import __version__
-from mixopt.config.runtime import Runtime
-from mixopt.config.schema import Experiment
 from mixopt.core.keys import content_hash
-from mixopt.core.mixtures import Bounds, Sampler, name_list
 from mixopt.core.workspace import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
 )
 from mixopt.errors import MixoptError
-from mixopt.evals.suites import prepare_suite
+from mixopt.fit.families.base import MixtureModel
+from mixopt.fit.noise import NoiseModel, collapse_replicates
 from mixopt.fit.optimize import (
     binding_constraints,
     check_feasible,
@@ -39,7 +38,6 @@ from mixopt.fit.optimize import (
 )
 from mixopt.fit.regress import (
     CrossValidation,
-    MixtureModel,
     candidates_for,
     cross_validate_selection,
     fit_model,
@@ -47,7 +45,6 @@ from mixopt.fit.regress import (
     score_text,
     select_by_cv,
 )
-from mixopt.fit.noise import NoiseModel, collapse_replicates
 from mixopt.fit.swarm import FitSettings, Swarm, check_swarm, flat_domains
 from mixopt.fit.verdict import (
     Decision,
@@ -57,14 +54,6 @@ from mixopt.fit.verdict import (
     model_error,
     proxy_interval,
 )
-from mixopt.sweep.plan import load_plan, mixed_measurements
-from mixopt.sweep.reeval import (
-    evaluate_stored,
-    missing_measures,
-    record_scores,
-    training_table,
-)
-from mixopt.sweep.store import Store
 
 BOOTSTRAP_POOL = 6_000  # simulated mixtures each tree-model replicate scores
 
@@ -475,105 +464,6 @@ def _score_pool(swarm: Swarm, settings: FitSettings, model: MixtureModel, bounds
     return full, penalized_scores(model, swarm.prior, settings.kl_weight, full)
 
 
-def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool = True,
-                      plots: bool = True, against: list[tuple[str, np.ndarray]] | tuple = ()) -> Recommendation:
-    """Fit on every finished run; first evaluate stored checkpoints on what the suite added,
-    unless `reeval` is off (then runs lacking the current suite are left out, with a warning)."""
-    plan, swarm, settings, fit_key = experiment_swarm(exp, runtime, reeval)
-    reused = None
-    if plan.change is not None and plan.change.virtual is not None:  # design.after_change: reuse
-        from mixopt.fit.reuse import expand_recommendation, reused_swarm
-
-        swarm, space, fit_key = reused_swarm(plan, full := swarm, fit_key)
-        runtime.say(f"mixture reuse: fitting {len(swarm.keys)} runs over {name_list(swarm.domains)}; the unchanged "
-                    f"domains keep the proportions of {plan.change.virtual_from}")
-    rec, model = fit_swarm(swarm, settings, fit_key, against)
-    if plan.change is not None and plan.change.virtual is not None:
-        reused, rec = rec, expand_recommendation(rec, space, full)
-    fitted = collapse_replicates(swarm, swarm.replicate).swarm  # the table as fitted: replicates averaged
-    if (exp.design.fidelities or exp.optimum.target_size) and reused is None:
-        from mixopt.fit.fidelity import fit_across_sizes
-
-        joint = fit_across_sizes(exp, plan, swarm, settings, rec, model, fit_key, runtime, reeval)
-        if joint is not None:
-            rec, model, fitted = joint[0], joint[1], fitted if joint[2] is None else joint[2]
-    with Store(plan.workspace.db_path) as store:
-        rec = replace(rec, suspect=tuple(r.key for r in plan.runs(store, "suspect")),
-                      failed=tuple((r.key, ((r.error or "").strip().splitlines() or ["?"])[-1][:300])
-                                   for r in plan.runs(store, "failed")))
-        readonly = store.readonly
-    out = plan.workspace.fits_dir / rec.fit_key[:16]
-    if readonly:  # a read-only mount: the recommendation still goes next to the config
-        runtime.say(f"note: the workspace {plan.workspace.root} is read-only: {out.relative_to(plan.workspace.root)}/ "
-                    "(fit.json, runs.parquet, plots) is not written")
-    else:
-        # the table as fitted (replicates averaged; reuse: the fit as done, reduced; across sizes: every size's runs)
-        save_fit(out, fitted, settings, reused or rec, model, plots=plots)
-    write_optimal(exp.optimal_path, rec, exp.name, None if readonly else out, exp.overrides)
-    return rec
-
-
-def experiment_swarm(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool = True):
-    """(plan, swarm, settings, fit key): the experiment's finished runs under its current suite."""
-    plan = load_plan(exp)
-    with Store(plan.workspace.db_path) as store:
-        if reeval and not store.readonly:
-            prepare_suite(exp, plan.suite, plan.workspace)
-            evaluate_stored(plan, store, runtime)
-        else:
-            lacking = missing_measures(plan, store)
-            why = "the workspace is read-only" if store.readonly else "--no-reeval"
-            needed = {m.key for m in plan.suite.objective_measures()}
-            partial = {k: v for k, v in lacking.items() if not needed & {m.key for m in v}}
-            lacking = {k: v for k, v in lacking.items() if k not in partial}
-            if partial:  # complete for the objective: fitted, the weight-0 evaluations left out for them
-                names = sorted({m.name for v in partial.values() for m in v})
-                runtime.say(f"note: {len(partial)} finished runs lack only {name_list(names)} (weight 0 in the "
-                            f"objective; {why}): fitted on the objective, {name_list(names)} left out for them")
-            if lacking:
-                keys = ", ".join(k[:12] for k in list(lacking)[:5]) + (" ..." if len(lacking) > 5 else "")
-                runtime.say(f"warning: {len(lacking)} finished runs lack the current eval suite and are left out "
-                            f"({keys}; {why}); run `mixopt eval CONFIG` on a writable copy")
-        if not store.readonly:  # the objective of each run under this suite, kept for status and export
-            store.add_suite(plan.suite.to_dict())
-            record_scores(plan, store)
-        X, metrics, keys = training_table(plan, store)
-        seed_of = {r.key: r.replicate for r in plan.runs(store, "done")}
-        if mixed := mixed_measurements([r for r in plan.runs(store, "done") if r.key in set(keys)]):
-            runtime.say(mixed)
-        failed = len(plan.runs(store, "failed"))
-    if len(keys) < len(exp.domain_names) + 2:
-        also = f" ({failed} failed runs left out: `mixopt status CONFIG` says why)" if failed else ""
-        raise MixoptError(f"only {len(keys)} finished runs with current evals{also}; fitting "
-                          f"{len(exp.domain_names)} domains and cross-validating needs at least "
-                          f"{len(exp.domain_names) + 2}", "run `mixopt sweep CONFIG`")
-    swarm = Swarm(exp.domain_names, X, metrics, plan.suite.objective_terms(), keys, plan.prior, fit_bounds(exp, plan.bounds),
-                  plan.suite.describe_objective(), plan.available,
-                  replicate=np.array([seed_of.get(k, 0) for k in keys], dtype=int))
-    seed = exp.seed if exp.fit.seed is None else exp.fit.seed
-    settings = FitSettings(exp.fit.model, exp.fit.cv_folds, seed, exp.optimum.kl_weight, exp.fit.bootstrap,
-                           exp.fit.ci, *astuple(Sampler.of(exp.design)), trust_region=exp.optimum.trust_region)
-    fit_key = content_hash({"context": plan.context, "suite": plan.suite.key, "runs": sorted(keys),
-                            "fit": exp.fit.model_dump(exclude={"seed"} if exp.fit.seed is None else None),  # keys as before
-                            "optimum": exp.optimum.model_dump(exclude={"bounds"} if not exp.optimum.bounds else None),
-                            "sampler": [settings.temperature, list(settings.concentration)],
-                            "bounds": [plan.bounds.lower.tolist(), plan.bounds.upper.tolist()]})
-    return plan, swarm, settings, fit_key
-
-
-def fit_bounds(exp: Experiment, bounds: Bounds) -> Bounds:
-    """The design's bounds, tightened by optimum.bounds (the recommendation's alone)."""
-    if not exp.optimum.bounds:
-        return bounds
-    lower, upper, reason = bounds.lower.copy(), bounds.upper.copy(), list(bounds.upper_reason)
-    for i, name in enumerate(exp.domain_names):
-        low, high = exp.optimum.bounds.get(name, (0.0, 1.0))
-        lower[i] = max(lower[i], low)
-        if high < upper[i]:
-            upper[i], reason[i] = high, "max"
-    return Bounds(lower, upper, tuple(reason))
-
-
 def save_fit(out: Path, swarm: Swarm, settings: FitSettings, rec: Recommendation, model: MixtureModel,
              plots: bool = True) -> None:
     """fit.json (the result, settings and data summary), runs.parquet (the table it was fit on:
@@ -590,7 +480,7 @@ def save_fit(out: Path, swarm: Swarm, settings: FitSettings, rec: Recommendation
         "metrics": list(swarm.metrics),  # every metric fit (multitask learns from all, not only the terms)
         "bounds": {"lower": swarm.bounds.lower.tolist(), "upper": swarm.bounds.upper.tolist()},
         "run_keys": swarm.keys, "measured": swarm.y.tolist(), "out_of_fold": rec.cv.oof.tolist(),
-        "params": {m: p.tolist() for m, p in model.params.items()}, "mixopt": __version__})
+        "params": model.coefficients(), "mixopt": __version__})
     if plots:
         from mixopt.fit.plots import plot_fit
 

@@ -84,7 +84,7 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
     for n in range(first, first + MAX_ROUNDS):
         trained, what = _train_round(exp, sizes, budget, costs, runtime, n)
         try:
-            from mixopt.fit.recommend import recommend_mixture
+            from mixopt.fit.from_store import recommend_mixture
 
             rec = recommend_mixture(exp, runtime, plots=False)
         except MixoptError as e:  # e.g. too few runs: what was trained is kept, and the round says why

@@ -20,6 +20,8 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from mixopt.errors import MixoptError
+from mixopt.fit.families.base import fold_indices
+from mixopt.fit.families.scaling import ScalingLaw
 from mixopt.fit.optimize import (
     binding_constraints,
     check_feasible,
@@ -28,9 +30,7 @@ from mixopt.fit.optimize import (
 )
 from mixopt.fit.regress import (
     CrossValidation,
-    MixtureModel,
     _scored,
-    fold_indices,
     spearman,
 )
 from mixopt.fit.swarm import FitSettings, Swarm, check_swarm, flat_domains
@@ -126,7 +126,7 @@ def held_out_largest(X: np.ndarray, y: np.ndarray, n: np.ndarray, t: np.ndarray 
 
 
 def _at(theta: np.ndarray, d: int, n_star: float, t_star: float | None) -> np.ndarray:
-    """The law at one size, in regress.scaling_law's layout."""
+    """The law at one size, in families/scaling.py's layout."""
     e, a, b, rates, m = _split(theta, d, t_star is not None)
     tail = [] if m is None else m
     if t_star is None:
@@ -217,7 +217,7 @@ def fit_scaled(swarm: Swarm, settings: FitSettings, scale: str, at_scale: float,
         spearman(held, y[big]), float(1 - ((held - y[big]) ** 2).sum() / max(((y[big] - y[big].mean()) ** 2).sum(), 1e-300)),
         1, held)
     d = len(names)
-    model = MixtureModel("scaling", dict(swarm.terms), {m: _at(th, d, n_star, t_star) for m, th in full.items()})
+    model = ScalingLaw(dict(swarm.terms), {m: _at(th, d, n_star, t_star) for m, th in full.items()})
     flat = flat_domains(X)
     trust, trust_warns = evidence_bounds(X, swarm.bounds, settings.trust_region, names, flat)
     warns += trust_warns
@@ -238,8 +238,8 @@ def fit_scaled(swarm: Swarm, settings: FitSettings, scale: str, at_scale: float,
         ws, preds = [], []
         for _ in range(settings.bootstrap):
             idx = rng.integers(0, n_runs, n_runs)
-            m = MixtureModel("scaling", dict(swarm.terms),
-                             {k: _at(th, d, n_star, t_star) for k, th in fit_all(idx, full).items()})
+            m = ScalingLaw(dict(swarm.terms),
+                           {k: _at(th, d, n_star, t_star) for k, th in fit_all(idx, full).items()})
             ws.append(solve_optimum(m, swarm.prior, trust, settings.kl_weight, settings.seed, settings.sampler))
             preds.append(float(m.predict(w)[0]))
         q = [50 * (1 - settings.ci), 100 - 50 * (1 - settings.ci)]

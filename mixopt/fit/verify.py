@@ -13,10 +13,11 @@ from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import Mixture, read_mixtures
 from mixopt.errors import MixoptError
+from mixopt.fit.from_store import experiment_swarm
 from mixopt.fit.noise import collapse_replicates
-from mixopt.fit.recommend import experiment_swarm, fit_swarm
-from mixopt.fit.verdict import paired_gain
+from mixopt.fit.recommend import fit_swarm
 from mixopt.fit.reuse import model_space
+from mixopt.fit.verdict import paired_gain
 from mixopt.sweep.reeval import record_scores
 from mixopt.sweep.plan import load_plan
 from mixopt.sweep.run import run_sweep, sweep_measurement
@@ -111,7 +112,7 @@ def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime(), seeds: 
     domains as one virtual domain): predictions are that model's, and the prior's is at the prior's
     point of the reduced space (the unchanged domains' prior mass at the virtual proportions), while
     its proxy trains on the exact prior."""
-    from mixopt.fit.tables import load_fit
+    from mixopt.fit.external import load_fit
 
     if seeds < 1:
         raise MixoptError(f"--seeds {seeds}: must be 1 or more", "e.g. --seeds 3")
@@ -202,7 +203,7 @@ class ScaleCheck:
 def _saved_model(exp: Experiment, swarm, settings):
     """The model of the fit optimal.yaml names (fits/<key>/); a refit where it was not saved (a
     read-only workspace)."""
-    from mixopt.fit.tables import load_fit
+    from mixopt.fit.external import load_fit
 
     doc = read_yaml(exp.optimal_path) or {}
     if doc.get("fit") and Path(doc["fit"]).is_file():

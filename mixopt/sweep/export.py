@@ -10,7 +10,7 @@ import math
 from mixopt.config.schema import Experiment
 from mixopt.errors import MixoptError
 from mixopt.sweep.plan import load_plan
-from mixopt.sweep.reeval import _metrics_of
+from mixopt.sweep.results import metrics_of
 from mixopt.sweep.store import Store
 
 # Columns every export has besides one weight column per domain and one column per measurement
@@ -54,7 +54,7 @@ def export_rows(exp: Experiment) -> tuple[list[str], list[dict]]:
                "params": r.params or params, "flops": r.flops, "device_seconds": r.device_seconds,
                **dict(zip(domains, r.weights))}
         have = measured.get(r.key, {})
-        current = _metrics_of(plan.suite, have) if r.status == "done" else None
+        current = metrics_of(plan.suite, have) if r.status == "done" else None
         row["objective"] = plan.suite.objective(current) if current else None
         for ev, values in have.items():
             for metric, v in values.items():

@@ -1,5 +1,5 @@
-"""Evaluate stored checkpoints on what the current suite adds (never trains), and each run's
-objective under the suite."""
+"""`mixopt eval`: evaluate stored checkpoints on what the current suite adds (never trains), and
+each run's objective under the suite. The readers of the results are in results.py."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from mixopt.config.schema import Experiment
 from mixopt.core.devices import resolve_device
 from mixopt.core.progress import Bars
 from mixopt.evals.kinds import KINDS
-from mixopt.evals.suites import Suite, prepare_suite
+from mixopt.evals.suites import prepare_suite
 from mixopt.proxy.model import param_count
-from mixopt.sweep.plan import Plan, load_plan
 from mixopt.sweep.choose import worker_threads
+from mixopt.sweep.plan import Plan, load_plan
+from mixopt.sweep.results import metrics_of, missing_measures
 from mixopt.sweep.store import Store
 from mixopt.sweep.work import (
     EvalTask,
@@ -52,17 +53,6 @@ def run_eval(exp: Experiment, runtime: Runtime = Runtime()) -> EvalReport:
         record_scores(plan, store)
         store.finish_sweep(sweep_id, 0, report.evaluations)
     return report
-
-
-def missing_measures(plan: Plan, store: Store) -> dict[str, list]:
-    """run key -> the current suite's measures that finished run lacks."""
-    have = store.measurements()
-    out = {}
-    for r in plan.runs(store, "done"):
-        lack = [m for m in plan.suite.measures if m.key not in have.get(r.key, {})]
-        if lack:
-            out[r.key] = lack
-    return out
 
 
 def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime(), exp: Experiment | None = None
@@ -182,31 +172,8 @@ def record_scores(plan: Plan, store: Store) -> dict[str, float]:
     have = store.measurements()
     scores = {}
     for r in plan.runs(store, "done"):
-        metrics = _metrics_of(plan.suite, have.get(r.key, {}))
+        metrics = metrics_of(plan.suite, have.get(r.key, {}))
         if metrics is not None:
             scores[r.key] = plan.suite.objective(metrics)
     store.record_scores(plan.suite.key, scores)
     return scores
-
-
-def _metrics_of(suite: Suite, measured: dict[str, dict[str, float]]) -> dict[str, float] | None:
-    """'<evaluation name>/<metric>' -> value, or None if a measure of the objective is missing (one of
-    weight 0 missing leaves the run complete for the objective: its metrics are left out)."""
-    if any(m.key not in measured for m in suite.objective_measures()):
-        return None
-    return {f"{m.name}/{k}": v for m in suite.measures if m.key in measured for k, v in measured[m.key].items()}
-
-
-def training_table(plan: Plan, store: Store):
-    """Weights (runs x domains), every metric, and run keys: finished runs with the whole suite."""
-    have = store.measurements()
-    rows, keys = [], []
-    for r in plan.runs(store, "done"):
-        metrics = _metrics_of(plan.suite, have.get(r.key, {}))
-        if metrics is not None:
-            rows.append((r.weights, metrics))
-            keys.append(r.key)
-    if not rows:
-        return np.zeros((0, len(plan.prior))), {}, []
-    names = sorted(set.intersection(*(set(m) for _, m in rows)))
-    return np.array([w for w, _ in rows]), {n: np.array([m[n] for _, m in rows]) for n in names}, keys

@@ -19,7 +19,7 @@ from mixopt.sweep.plan import (
     sweep_plan,
     weights_on,
 )
-from mixopt.sweep.reeval import missing_measures
+from mixopt.sweep.results import missing_measures
 from mixopt.sweep.store import Store
 
 

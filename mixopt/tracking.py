@@ -107,7 +107,7 @@ def track_fit(exp: Experiment, rec, trackers: list[str], say) -> None:
     if not trackers:
         return
     ws = Workspace(exp.workspace_dir)
-    fit_dir = ws.fits_dir / rec.fit_key[:16]
+    fit_dir = ws.fit_dir(rec.fit_key)
     files = sorted(fit_dir.glob("*.png")) + [p for p in (exp.optimal_path, fit_dir / "fit.json") if p.is_file()]
     cv_rows = [[m, v.spearman, v.r2, m == rec.model] for m, v in rec.candidates.items()]
     summary = {"predicted": rec.predicted, "predicted_at_prior": rec.predicted_prior, "best_run": rec.best_run,

@@ -25,10 +25,11 @@ from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import Bounds
 from mixopt.core.outputs import write_output
+from mixopt.fit.from_store import experiment_swarm
 from mixopt.fit.noise import collapse_replicates
 from mixopt.fit.optimize import penalized_scores
 from mixopt.fit.plots import domain_panels, weight_sweep
-from mixopt.fit.recommend import experiment_swarm, fit_swarm
+from mixopt.fit.recommend import fit_swarm
 from mixopt.fit.regress import score_text
 from mixopt.fit.verdict import noise_line
 from mixopt.sweep.store import Store

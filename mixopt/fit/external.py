@@ -13,9 +13,11 @@ from mixopt.core.mixtures import Bounds, read_mixtures
 from mixopt.core.tables import numeric_text_columns, read_table, weight_matrix
 from mixopt.core.workspace import check_folder, claim_folder, read_json
 from mixopt.errors import MixoptError, shown
+from mixopt.fit.families.base import MixtureModel
+from mixopt.fit.families.scaling import ScalingLaw
 from mixopt.fit.noise import collapse_replicates
 from mixopt.fit.recommend import Recommendation, fit_swarm, save_fit, write_optimal
-from mixopt.fit.regress import MixtureModel, fit_model
+from mixopt.fit.regress import fit_model
 from mixopt.fit.swarm import FitSettings, Swarm
 
 SAVED_FIT = ("fit.json",)  # a --save folder an older mixopt wrote (before folders carried its marker)
@@ -227,7 +229,7 @@ def load_fit(fit_dir: Path) -> tuple[dict, MixtureModel]:
     if not isinstance(meta, dict) or not {"domains", "terms", "model", "settings"} <= set(meta):
         raise MixoptError(f"{meta_path}: not a fit written by this mixopt", fix)
     if meta["model"] == "scaling":  # the joint law, evaluated at the target size: kept as fitted
-        return meta, MixtureModel("scaling", meta["terms"], {m: np.asarray(p, float) for m, p in meta["params"].items()})
+        return meta, ScalingLaw(meta["terms"], {m: np.asarray(p, float) for m, p in meta["params"].items()})
     table = read_table(runs_path)
     missing = [c for c in (*meta["domains"], *(meta.get("metrics") or meta["terms"])) if c not in table.columns]
     if missing:
