@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here (a CPU build); the package itself only asks for torch>=2.4.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test docs bench calibration gpu-check gpu-wheels env clean
+.PHONY: demo test docs bench bench-publish calibration gpu-check gpu-wheels env clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ bench: demo
 	$(PY) bench/data_change.py --config mixtures/demo.yaml --workers 2
 	$(PY) bench/fidelity.py --workers 2
 	PYTHON=$(PY) bench/gpu_check.sh --out bench/results/gpu
+
+# Copy this checkout's bench/results/*.json into docs/results/ (committed: the benchmarks page renders its
+# tables from them), each stamped with its date and command: `make bench-publish ARGS="--command '...'"`.
+bench-publish: env
+	$(PY) bench/publish.py bench/results/*.json $(ARGS)
 
 # Issue 21: do the fit's 90% intervals cover what 3 seeds measure, and is "better" ever wrong? 9 sweeps
 # (3 sets of real-text domains from this machine x 24k/48k tokens per proxy x 3 design seeds) and 27

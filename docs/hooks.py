@@ -252,12 +252,15 @@ def _number(v) -> str:
     return "null" if v is None else str(v)
 
 
-def bench_tables(results: Path | None = None, max_rows: int = 40) -> str:
-    """Markdown: one table per bench/results/*.json (its `summary` when it has one, else every value)."""
+def bench_tables(results: Path | None = None, max_rows: int = 40, published: bool = False) -> str:
+    """Markdown: one table per bench/results/*.json (its `summary` when it has one, else every value);
+    `published`: the JSON committed under docs/results/, each naming its command and date."""
     import datetime
 
     results = results or ROOT / "bench" / "results"
     files = sorted(results.glob("*.json")) + sorted(results.glob("*/*.json"))
+    if not files and published:
+        return "No published benchmark JSON in `docs/results/`.\n"
     if not files:
         return ("!!! note \"No benchmark JSON in this checkout\"\n"
                 "    `bench/results/` is written by `make bench` (and `make calibration`, `make gpu-check`) and is not\n"
@@ -269,11 +272,16 @@ def bench_tables(results: Path | None = None, max_rows: int = 40) -> str:
             doc = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise ValueError(f"{path}: not a benchmark JSON ({e}); rerun its bench script or remove it") from None
-        when = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
         body = doc["summary"] if isinstance(doc, dict) and isinstance(doc.get("summary"), dict) else doc
+        if published:  # committed: a checkout's file times say nothing; the file names its run
+            said = f"Measured {doc.get('measured', '?')}: `{doc.get('command', '?')}`"
+            body = {k: v for k, v in body.items() if k not in ("measured", "command")}
+        else:
+            when = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
+            said = f"Written {when.strftime('%Y-%m-%d %H:%M')} UTC"
         rows = list(_leaves(body))
         out += [f"### `{path.relative_to(results)}`", "",
-                f"Written {when} UTC{' (its summary)' if body is not doc else ''}.", "",
+                f"{said}{' (its summary)' if body is not doc and 'summary' in doc else ''}.", "",
                 "| value | measured |", "|---|---|"]
         out += [f"| `{_cell(k)}` | {_cell(v)} |" for k, v in rows[:max_rows]]
         if len(rows) > max_rows:
@@ -282,8 +290,13 @@ def bench_tables(results: Path | None = None, max_rows: int = 40) -> str:
     return "\n".join(out)
 
 
+def published_tables() -> str:
+    """The benchmark JSON committed with the pages that quote it (docs/results/: `make bench-publish`)."""
+    return bench_tables(ROOT / "docs" / "results", published=True)
+
+
 GENERATORS = {"cli": cli_reference, "config": config_reference, "modules": module_map, "verbs": verb_map,
-              "layout-order": layout_order, "bench": bench_tables}
+              "layout-order": layout_order, "bench": bench_tables, "published": published_tables}
 
 
 def render(markdown: str, where: str = "a page") -> str:

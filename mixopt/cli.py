@@ -638,7 +638,7 @@ def export_model(config: Path = CONFIG,
                  run: str = typer.Argument("best", help="A run key's first characters, or best (lowest objective)."),
                  output: Optional[Path] = typer.Option(None, help="The new folder (default <workspace>/hf/<run>).")):
     """Write a run's proxy as a Hugging Face model folder (transformers, lm_eval --model hf load it)."""
-    from mixopt.sweep.hf_model import export_run_model
+    from mixopt.sweep.export_model import export_run_model
 
     exp = _load(config)
     if output is not None:

@@ -205,6 +205,19 @@ def test_benchmark_tables_come_from_the_json(tmp_path):
         hooks.bench_tables(tmp_path)
 
 
+def test_published_tables_name_their_run_not_the_checkouts_file_times(tmp_path):
+    hooks = _hooks()
+    assert "No published benchmark JSON" in hooks.bench_tables(tmp_path, published=True)
+    (tmp_path / "sample.json").write_text(json.dumps({"measured": "2026-12-07", "command": "bench/sample.py --sizes 1",
+                                                      "ratio_w1_vs_polars": 0.212}))
+    text = hooks.bench_tables(tmp_path, published=True)
+    assert "Measured 2026-12-07: `bench/sample.py --sizes 1`" in text and "| `ratio_w1_vs_polars` | 0.212 |" in text
+    assert "Written" not in text and "`measured`" not in text
+    for path in sorted((ROOT / "docs" / "results").glob("*.json")):  # what the page renders: each names its run
+        doc = json.loads(path.read_text())
+        assert doc.get("measured") and doc.get("command"), path
+
+
 def test_an_unknown_generated_section_fails_the_build():
     with pytest.raises(ValueError, match="unknown generated section 'clii'"):
         _hooks().render("x\n<!-- generated: clii -->\n", "page.md")

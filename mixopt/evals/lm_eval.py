@@ -1,6 +1,6 @@
 """`kind: lm_eval`: an lm-evaluation-harness task run on each proxy, its metric as the value.
 
-Each proxy is exported as a Hugging Face model folder (proxy/export.py) into a temporary folder and
+Each proxy is exported as a Hugging Face model folder (proxy/hf_folder.py) into a temporary folder and
 evaluated with the harness's own `hf` model, as `lm_eval --model hf --model_args pretrained=DIR`
 would; a custom task comes from a folder of task YAMLs (`path`), a built-in one by name.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from mixopt.config.evals import LmEvalEvaluation
 from mixopt.core.keys import file_sha256
 from mixopt.errors import MixoptError
-from mixopt.proxy.export import export_hf
+from mixopt.proxy.hf_folder import export_hf
 from mixopt.proxy.model import ProxySpec
 
 INSTALL = "install the harness: pip install 'mixopt[lm_eval]'"

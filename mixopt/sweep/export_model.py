@@ -8,7 +8,7 @@ from mixopt.config.schema import Experiment
 from mixopt.core.keys import file_sha256
 from mixopt.errors import MixoptError
 from mixopt.proxy.checkpoint import load_checkpoints
-from mixopt.proxy.export import export_hf
+from mixopt.proxy.hf_folder import export_hf
 from mixopt.sweep.export import sized_plans
 from mixopt.sweep.store import Store
 
