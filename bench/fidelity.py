@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +38,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from calibration import mixopt  # noqa: E402 (one CLI-in-a-subprocess helper for the benches)
 BIG = "1m"  # the size the decision is for
 SEEDS = 3  # verification seeds per mixture
 LEVEL = 0.9
@@ -63,17 +64,6 @@ QUICK = Sizing(tokens=8_000, tiny_runs=4, big_runs=3, train_tokens=20_000, val_t
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def mixopt(*args, json_out: bool = False):
-    """One CLI verb in a subprocess, with this checkout's mixopt; its stdout parsed as JSON if asked."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MIXOPT_AUTO_BATCH": "1", "MIXOPT_AUTO_COMPILE": "off",
-           "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "mixopt.cli", *map(str, args)], capture_output=True, text=True,
-                       env=env, cwd=REPO)
-    if r.returncode != 0:
-        raise RuntimeError(f"mixopt {' '.join(map(str, args))} exited {r.returncode}:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout) if json_out else r.stdout
 
 
 # --- the domain sets ------------------------------------------------------------------------------
