@@ -168,7 +168,7 @@ def test_a_decided_verdict_stops_the_rounds_before_proposing(corpora, tmp_path, 
 
     import numpy as np
 
-    import mixopt.fit.recommend as recommend
+    import mixopt.fit.from_store as recommend
     import mixopt.fit.rounds as rounds
     from mixopt.config.load import load_experiment
     from mixopt.sweep.budget import parse_budget
