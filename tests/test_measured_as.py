@@ -3,8 +3,6 @@ other settings keyed apart, recorded in the store, and a fit or status that mixe
 
 import json
 import sqlite3
-import subprocess
-import sys
 import pytest
 
 from mixopt.config.runtime import Runtime
@@ -13,7 +11,7 @@ from mixopt.sweep.plan import mixed_measurements
 from mixopt.sweep.store import Run
 from mixopt.sweep.work import MeasurementMismatch, TrainRun, TrainTask, planned_measurement, train_task
 
-from conftest import small_config, write_config
+from conftest import mixopt, small_config, write_config
 
 SLICES = ["aa" * 32, "bb" * 32, "cc" * 32]
 BF16 = "cuda/bf16-autocast"
@@ -74,11 +72,6 @@ def test_mixed_measurements_line_names_the_counts():
                            "(2 cpu/fp32, 1 cuda/bf16-autocast)")
 
 
-def _mixopt(*args):
-    return subprocess.run([sys.executable, "-m", "mixopt.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
-
-
 @pytest.mark.slow
 def test_fit_warns_and_status_counts_when_runs_mix_precisions(corpora, tmp_path):
     """Two of a CPU sweep's runs re-recorded as a GPU sweep records them (their bf16 key and measured_as,
@@ -86,8 +79,8 @@ def test_fit_warns_and_status_counts_when_runs_mix_precisions(corpora, tmp_path)
     exits 0; `status` shows the counts per precision."""
     cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2,
                                                          proxy__tokens=8000, sample__train_tokens=10000))
-    assert _mixopt("sample", cfg).returncode == 0
-    r = _mixopt("sweep", cfg, "--no-progress", "--device", "cpu")
+    assert mixopt("sample", cfg, check=False).returncode == 0
+    r = mixopt("sweep", cfg, "--no-progress", "--device", "cpu", check=False)
     assert r.returncode == 0, r.stderr
     db = sqlite3.connect(tmp_path / "ws" / "mixopt.db")
     rows = db.execute("SELECT key, context, slices, weights, replicate, measured_as FROM runs "
@@ -100,19 +93,19 @@ def test_fit_warns_and_status_counts_when_runs_mix_precisions(corpora, tmp_path)
             db.execute(f"UPDATE {table} SET run_key=? WHERE run_key=?", (new, key))
     db.commit()
     db.close()
-    fit = _mixopt("fit", cfg, "--no-plots")
+    fit = mixopt("fit", cfg, "--no-plots", check=False)
     assert fit.returncode == 0, fit.stderr
     warn = [x for x in (fit.stdout + fit.stderr).splitlines() if "different devices or precisions" in x]
     assert warn == [f"warning: these runs trained on different devices or precisions ({len(rows) - 2} cpu/fp32, "
                     f"2 {BF16}), which changes their numbers: fitted together as they are; for one kind, sweep on one "
                     "device (`mixopt sweep CONFIG --device ...`)"]
-    st = _mixopt("status", cfg)
+    st = mixopt("status", cfg, check=False)
     assert st.returncode == 0, st.stderr
     assert f"trained as: {len(rows) - 2} cpu/fp32, 2 {BF16} (device and precision change the numbers" in st.stdout
-    js = json.loads(_mixopt("status", cfg, "--format", "json").stdout)
+    js = json.loads(mixopt("status", cfg, "--format", "json", check=False).stdout)
     assert js["precisions"] == {"cpu/fp32": len(rows) - 2, BF16: 2}
     # A CPU sweep again: the bf16 runs are not its runs (other keys), so it trains those two mixtures on the CPU.
-    again = _mixopt("sweep", cfg, "--no-progress", "--device", "cpu")
+    again = mixopt("sweep", cfg, "--no-progress", "--device", "cpu", check=False)
     assert again.returncode == 0, again.stderr
     with sqlite3.connect(tmp_path / "ws" / "mixopt.db") as db:
         cpu = db.execute("SELECT COUNT(*) FROM runs WHERE status='done' AND measured_as IS NULL").fetchone()[0]
