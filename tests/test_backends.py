@@ -544,3 +544,23 @@ def test_ray_sample_merges_500_pools_as_a_tree_with_the_driver_holding_one():
     assert merge_tree(cluster.start, cluster.combine, cluster.wait, [], window) is None
     one = merge_tree(cluster.start, cluster.combine, cluster.wait, [groups[0]], window)
     assert cluster.get(one).read == 20
+
+
+def test_idle_workers_exit_on_their_own_so_nothing_they_made_is_leaked(tmp_path):
+    """Workers that finished their tasks are not terminated: what a task started in them (torch.compile's
+    worker pool holds semaphores) is cleaned up, so the sweep does not end with the resource tracker's
+    'leaked semaphore objects' warning. A task that makes such a semaphore stands in for compile."""
+    (tmp_path / "semtask.py").write_text(
+        "import multiprocessing\n_held = []\n\n"
+        "class Task:\n    def __init__(self, key):\n        self.key = key\n\n"
+        "def make_semaphore(task, progress=None):\n"
+        "    _held.append(multiprocessing.get_context('spawn').Semaphore())  # freed when the process exits\n"
+        "    return task.key\n")
+    script = ("import semtask\nfrom mixopt.backends import run_local\n"
+              "if __name__ == '__main__':\n"
+              "    print(sorted(r for _, r, _ in run_local(semtask.make_semaphore, [semtask.Task(i) for i in range(4)], workers=2)))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])])}
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[0, 1, 2, 3]"
+    assert "leaked semaphore" not in out.stderr, out.stderr

@@ -97,9 +97,13 @@ class LocalBackend(Backend):
         return out
 
     def close(self) -> None:
+        """Stop the workers: at once while a task is in flight (Ctrl-C or an error: no orphaned worker
+        keeps training), else let idle ones exit on their own, so that what they started (torch.compile's
+        worker pool) is cleaned up and the resource tracker finds no leaked semaphore to warn about."""
         if self.pool is not None:
-            for proc in list(getattr(self.pool, "_processes", {}).values()):
-                proc.terminate()  # on Ctrl-C or an error: no orphaned workers keep training
+            if self.futures:
+                for proc in list(getattr(self.pool, "_processes", {}).values()):
+                    proc.terminate()
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.stop.set()
             self.pump.join(timeout=5)
