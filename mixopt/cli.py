@@ -75,7 +75,7 @@ WORKERS = typer.Option(1, min=1, help="Local worker processes (one per core on C
 PROGRESS = typer.Option(None, "--progress/--no-progress", show_default=False,
                         help="Progress on stderr; default: bars on a terminal, else one line per finished run.")
 TRACK = typer.Option([], "--track", help="Also log to wandb or mlflow (the `track` extra; repeat or a,b for both). "
-                                         "See README, Tracking.")
+                                         "See docs/howto/export-tracking.md.")
 DEVICE = typer.Option("auto", help="Where proxies train and evaluate: auto (a GPU where the worker sees one), "
                                    "cpu, cuda or cuda:N.")
 

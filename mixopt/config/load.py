@@ -24,7 +24,7 @@ def load_experiment(path: str | Path) -> Experiment:
     if not path.is_file():
         raise MixoptError(f"config file not found: {path}", "pass the path of an experiment YAML")
     raw, lines = _read_mapping(path, ("base_dir", "config_path", "overrides"), "a mapping at the top",
-                               "see the config reference in README.md")
+                               "see docs/reference/config.md")
     raw.setdefault("name", path.name.split(".")[0])
     if isinstance(raw.get("domains"), list) and len(raw["domains"]) > MAX_DOMAINS:
         raise MixoptError(f"{path}: line {lines.get(('domains',), '?')}: {len(raw['domains']):,} domains; mixopt "
@@ -33,7 +33,7 @@ def load_experiment(path: str | Path) -> Experiment:
     for i, d in enumerate(raw.get("domains") or []):
         if isinstance(d, dict) and "select" in d:
             raise MixoptError(f"{path}: line {lines.get(('domains', i, 'select'), '?')}: 'select' is set by mixopt",
-                              "split a pool with `pools:` (group_by, tiers, cluster); see README")
+                              "split a pool with `pools:` (group_by, tiers, cluster); see docs/howto/pools.md")
     if "evals" in raw:
         raw["evals"] = _read_suite(raw["evals"], path, lines)
     try:
@@ -229,14 +229,14 @@ def _read_suite(value, config: Path, lines: dict) -> dict:
         return {**value, "base_dir": str(config.parent.resolve())}
     if not isinstance(value, str):
         raise MixoptError(f"{config}: {_line(lines, ('evals',))}'evals' must be a suite file name or a mapping",
-                          "e.g. `evals: suite.yaml`; see 'Eval suites' in README.md")
+                          "e.g. `evals: suite.yaml`; see docs/howto/evals.md")
     suite = Path(value).expanduser()
     suite = suite if suite.is_absolute() else (config.parent / suite).resolve()
     if not suite.is_file():
         raise MixoptError(f"{config}: {_line(lines, ('evals',))}eval suite file not found: {suite}",
                           "fix the path in `evals:`")
     raw, suite_lines = _read_mapping(suite, ("base_dir", "path"), "a mapping with 'evaluations'",
-                                     "see 'Eval suites' in README.md")
+                                     "see docs/howto/evals.md")
     try:
         EvalSuite(**raw)
     except ValidationError as e:

@@ -206,14 +206,14 @@ class Design(_Strict):
     mixtures: list[dict[str, float]] = []  # extra mixtures to train, domain -> weight
     # After domains are added or their data changes: reuse (the unchanged domains as one virtual
     # domain at their last recommended ratio; O(changed) new runs) or extend (old runs as points, new
-    # runs over the enlarged simplex). See "When the data changes" in README.md.
+    # runs over the enlarged simplex). See docs/howto/data-changes.md.
     after_change: Literal["reuse", "extend"] = "reuse"
     after_change_runs: int = Field(4, ge=1)  # at most this many random runs per changed domain (+ 1); fewer on small designs
     replicates: Replicates | None = Replicates()  # seed replicates; null: none (the noise is not measured)
     # Several proxy sizes in one experiment, cheapest first: the first is the swarm (its size and runs
     # are proxy.size and design.runs); each later one trains `runs` of the mixtures measured at the
     # size before it (the prior, then alternately the best measured and the farthest from those
-    # chosen). `fit` then fits one law across the sizes. See "Multi-fidelity" in README.md.
+    # chosen). `fit` then fits one law across the sizes. See docs/howto/multi-fidelity.md.
     fidelities: list[Fidelity] | None = Field(None, min_length=2)
 
 

@@ -318,7 +318,7 @@ def cluster_pools(exp: Experiment, refit: bool = False) -> list[dict]:
             {"domain": domain_name(pool_prefix(pool), f"c{j:02d}"), "name": model.labels[j],
              "sample_documents": model.sizes[j], "examples": model.examples[j]} for j in range(model.k)]})
     if not out:
-        raise MixoptError("the config has no pool with `cluster:`", "add one under `pools:` (see README)")
+        raise MixoptError("the config has no pool with `cluster:`", "add one under `pools:` (see docs/howto/pools.md)")
     hashes.save()
     return out
 

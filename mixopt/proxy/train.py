@@ -114,7 +114,7 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
     run loses at most that much work, and computes exactly what an uninterrupted run computes.
     `autocast` None follows the one precision policy (autocast_dtype); True/False force bf16/fp32.
     `compile` runs the forward through torch.compile (compiled_forward): the same computation,
-    rounded differently (within float noise, not bitwise: see README, "Determinism")."""
+    rounded differently (within float noise, not bitwise: see docs/howto/gpus.md, "Determinism")."""
     import torch
 
     n = len(mixtures)
@@ -237,7 +237,7 @@ def compiled_forward(hidden: bool = False):
 def autocast_dtype(device: str):
     """The one precision policy, for training and evaluation, N = 1 or many: bf16 autocast on a CUDA
     GPU that has bf16 (weights, AdamW state and the loss stay float32), plain float32 elsewhere.
-    CPU runs are bitwise reproducible; GPU runs agree within tolerance (README, "Determinism")."""
+    CPU runs are bitwise reproducible; GPU runs agree within tolerance (docs/howto/gpus.md, "Determinism")."""
     import torch
 
     if str(device).startswith("cuda") and torch.cuda.is_available() and _native_bf16():
