@@ -248,7 +248,8 @@ def _train_task(exp: Experiment, plan: Plan, runs: tuple[TrainRun, ...], threads
     return TrainTask(runs=runs, domains=tuple(exp.domain_names), seed=runs[0].seed, spec=plan.spec,
                      sample_dir=str(plan.workspace.sample_dir), measures=plan.suite.measures, threads=threads,
                      device=device_of(runtime, gpus if runtime.backend != "local" else None), gpus=gpus,
-                     compile=compile, measured_as=plan.measured_as, auto_batch=on_worker[0], auto_compile=on_worker[1])
+                     compile=compile, measured_as=plan.measured_as, precision=runtime.precision,
+                     auto_batch=on_worker[0], auto_compile=on_worker[1])
 
 
 def sweep_measurement(exp: Experiment, runtime: Runtime) -> str:
