@@ -365,7 +365,7 @@ def eval_checkpoints(task: EvalTask, progress: Progress | None = None) -> tuple[
         try:
             W = load_checkpoints([p for _, p in good], device)
             t1 = time.time()
-            measured = measure_models(W, task.spec, task.measures, Path(task.sample_dir), progress, task.precision)
+            measured = measure_models(W, task.spec, task.measures, Path(task.sample_dir), progress, precision=task.precision)
         except torch.OutOfMemoryError:
             if len(task.keys) == 1:
                 raise
