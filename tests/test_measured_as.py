@@ -221,6 +221,7 @@ def test_precision_setting_keys_and_refusals(monkeypatch):
                                                                                       "bf16-autocast"]
 
 
+@pytest.mark.slow
 def test_bf16_on_the_cpu_trains_in_bf16_and_keys_it(cpu_swept, tmp_path):
     """`sweep --device cpu --precision bf16` trains in bf16 autocast (other losses than float32's) under
     keys of their own, recorded as cpu/bf16-autocast; `--precision fp32` finds the CPU sweep's runs
