@@ -82,17 +82,17 @@ def main() -> None:
         mixtures = [tuple(w) for w in rng.dirichlet(np.ones(4), args.proxies)]
         step_tokens = spec.steps * spec.batch_size * spec.seq_len
 
-        def one_loop(n, autocast=None, tf32=False):
+        def one_loop(n, precision="auto", tf32=False):
             def run(sp):
                 with _tf32(tf32):
-                    return train_proxies(sp, mixtures[:n], streams, 0, device, autocast=autocast)
+                    return train_proxies(sp, mixtures[:n], streams, 0, device, precision=precision)
             return run
 
         runs = {"plain_loop": (1, lambda sp: _train_reference(sp, streams, device)),
                 "one_loop_n1": (1, one_loop(1)), f"one_loop_n{args.proxies}": (args.proxies, one_loop(args.proxies))}
         if device == "cuda":
-            runs |= {"one_loop_n1_fp32": (1, one_loop(1, autocast=False)),
-                     "one_loop_n1_tf32": (1, one_loop(1, autocast=False, tf32=True))}
+            runs |= {"one_loop_n1_fp32": (1, one_loop(1, precision="fp32")),
+                     "one_loop_n1_tf32": (1, one_loop(1, precision="fp32", tf32=True))}
         row = {"steps": spec.steps, "tokens_per_step_per_proxy": spec.batch_size * spec.seq_len,
                "flops_per_token": _flops_per_token(spec)}
         if device == "cuda":

@@ -69,6 +69,12 @@ class Compile(str, Enum):
     off = "off"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 CONFIG = typer.Argument(..., help="The experiment YAML (e.g. mixtures/demo.yaml).")
 # Runtime flags shared by the verbs that train or evaluate: they choose where work runs, never what.
 WORKERS = typer.Option(1, min=1, help="Local worker processes (one per core on CPU).")
@@ -78,6 +84,12 @@ TRACK = typer.Option([], "--track", help="Also log to wandb or mlflow (the `trac
                                          "See docs/howto/export-tracking.md.")
 DEVICE = typer.Option("auto", help="Where proxies train and evaluate: auto (a GPU where the worker sees one), "
                                    "cpu, cuda or cuda:N.")
+PRECISION = typer.Option(Precision.auto, help="How proxies train (and are measured): auto (bf16 autocast on a GPU with "
+                                              "bf16 in hardware, compute capability >= 8.0; float32 on the CPU and "
+                                              "older GPUs), fp32 everywhere, or bf16 (also on the CPU, slowly where "
+                                              "it lacks bf16 instructions; refused on an older GPU). No fp16: it "
+                                              "needs loss scaling. Part of each run's key: runs trained otherwise "
+                                              "are other runs.")
 
 
 FORCE = typer.Option(False, "--force", help="Replace an existing file mixopt did not write (never the config, "
@@ -208,6 +220,7 @@ def sample(config: Path = CONFIG, force: bool = typer.Option(False, help="Resamp
 @app.command()
 def sweep(config: Path = CONFIG,
           workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE,
+          precision: Precision = PRECISION,
           mixtures: Optional[Path] = typer.Option(None, help="Also train these mixtures (what `mixopt propose` wrote)."),
           backend: Backend = typer.Option(Backend.local, help="Where proxies train."),
           ray_address: Optional[str] = typer.Option(None, help="ray: join this cluster (auto or HOST:PORT); "
@@ -243,7 +256,7 @@ def sweep(config: Path = CONFIG,
         from mixopt.sweep.status import cost_lines, experiment_status
         from mixopt.sweep.work import check_local_device
 
-        where = _runtime(workers, progress, device, backend=backend.value)
+        where = _runtime(workers, progress, device, backend=backend.value, precision=precision.value)
         if backend is Backend.local:
             check_local_device(where)
         st = experiment_status(exp, measured_as=sweep_measurement(exp, where))  # the keys this sweep would train
@@ -281,12 +294,14 @@ def sweep(config: Path = CONFIG,
     runtime = _runtime(workers, progress, device, backend=backend.value, ray_address=ray_address,
                        slurm_partition=slurm_partition, slurm_cluster=slurm_cluster,
                        batch_proxies=batch_proxies if batch_proxies == "auto" else int(batch_proxies),
-                       compile=compile.value, **_say_for(format))
+                       compile=compile.value, precision=precision.value, **_say_for(format))
     if backend is Backend.ray:
         from mixopt.backends.ray import check_reachable
 
         check_reachable(ray_address)
-    with _interrupted(exp, "sweep", config, extra, f" --mixtures {mixtures}" if mixtures else ""):
+    again = (f" --mixtures {mixtures}" if mixtures else "") + \
+        (f" --precision {precision.value}" if precision is not Precision.auto else "")  # it changes the keys
+    with _interrupted(exp, "sweep", config, extra, again, runtime):
         report = run_sweep(exp, runtime, extra=extra, retry_failed=retry_failed)
     track_runs(exp, trackers, _stderr)
     if format is Format.json:
@@ -508,7 +523,7 @@ def propose(config: Path = CONFIG, n: int = typer.Option(4, "--n", min=1, help="
 
 @app.command()
 def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE,
-           format: Format = typer.Option(Format.text, "--format"),
+           precision: Precision = PRECISION, format: Format = typer.Option(Format.text, "--format"),
            size: Optional[str] = typer.Option(None, help="Train at this larger proxy size (e.g. 5m) instead: the "
                                               "recommendation, the prior and the --top best runs; rank correlation "
                                               "across scales."),
@@ -529,7 +544,8 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
         raise MixoptError("--top applies with --size only (the best runs trained again at that size)",
                           "add --size, or drop it")
     if size is not None:
-        c = verify_at_size(exp, size, 3 if top is None else top, _runtime(workers, progress, device, say=lambda m: typer.echo(m, err=True)))
+        c = verify_at_size(exp, size, 3 if top is None else top, _runtime(workers, progress, device, say=_stderr,
+                                                                          precision=precision.value))
         if format is Format.json:
             typer.echo(json.dumps(c.to_json()))
             return
@@ -548,7 +564,7 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
                    "(the real run's parameters) and run `mixopt fit CONFIG`")
         return
     others = _against(against, exp.domain_names)
-    v = verify_recommendation(exp, _runtime(workers, progress, device, say=lambda m: typer.echo(m, err=True)), seeds,
+    v = verify_recommendation(exp, _runtime(workers, progress, device, say=_stderr, precision=precision.value), seeds,
                               others)
     if format is Format.json:
         typer.echo(json.dumps(v.to_json()))
@@ -587,7 +603,8 @@ def verify(config: Path = CONFIG, workers: int = WORKERS, progress: bool = PROGR
 def optimize(config: Path = CONFIG,
              budget: str = typer.Option(..., help="What the rounds may spend in all (the store's runs count): "
                                         "proxies (40), FLOPs (3e12flops) or device-hours (0.5h)."),
-             workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE, format: Format = FORMAT):
+             workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE, precision: Precision = PRECISION,
+             format: Format = FORMAT):
     """Rounds of sweep -> fit -> verify -> propose until the verdict against the prior is decided or the
     budget is spent; kill it at any time and rerun: nothing is trained twice."""
     from mixopt.fit.rounds import optimize_budget
@@ -596,8 +613,9 @@ def optimize(config: Path = CONFIG,
     b = parse_budget(budget)  # a bad --budget is one line before anything is loaded or written
     exp = _load(config)
     say = _stderr if format is Format.json else typer.echo
-    with _interrupted(exp, "optimize", config, flags=f" --budget {budget}"):
-        out = optimize_budget(exp, b, _runtime(workers, progress, device, say=_stderr), say)
+    runtime = _runtime(workers, progress, device, say=_stderr, precision=precision.value)
+    with _interrupted(exp, "optimize", config, flags=f" --budget {budget}", runtime=runtime):
+        out = optimize_budget(exp, b, runtime, say)
     if format is Format.json:
         typer.echo(json.dumps(out.to_json()))
         return
@@ -668,8 +686,9 @@ def _say_for(format: Format) -> dict:
 class _interrupted:
     """Ctrl-C during a verb that trains or evaluates: say what was kept and what is pending, exit 130."""
 
-    def __init__(self, exp, verb: str, config: Path, extra=(), flags: str = ""):
+    def __init__(self, exp, verb: str, config: Path, extra=(), flags: str = "", runtime=None):
         self.exp, self.verb, self.config, self.extra, self.flags = exp, verb, config, extra, flags
+        self.runtime = runtime  # a verb that trains: count the runs as its sweep keys them (device, precision)
 
     def __enter__(self):
         return self
@@ -677,17 +696,23 @@ class _interrupted:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not KeyboardInterrupt:
             return False
-        from mixopt.sweep.status import experiment_status
+        from mixopt.sweep.status import done_kinds, experiment_status
 
         try:
-            st = experiment_status(self.exp, self.extra)  # the runs asked: the design's and the mixtures file's
+            trains = None
+            if self.runtime is not None:
+                from mixopt.sweep.run import sweep_measurement
+
+                trains = sweep_measurement(self.exp, self.runtime)
+            # the runs asked (the design's and the mixtures file's), as the command's own sweep keys them
+            st = experiment_status(self.exp, self.extra, measured_as=trains)
         except Exception as e:  # the summary must not hide the interrupt
             typer.echo(f"interrupted: finished results are kept ({type(e).__name__} reading the store)", err=True)
             raise typer.Exit(130) from None
         d, cur = st["design"], st["current_suite"] or {}
         asked = "runs asked (the design's and the mixtures file's)" if self.extra else "runs of this design"
-        typer.echo(f"interrupted: {d['done']} of {d['planned']} {asked} are finished and kept in "
-                   f"{st['workspace']}; {d['pending'] + d['failed'] + d['suspect']} pending, "
+        typer.echo(f"interrupted: {d['done']} of {d['planned']} {asked} are finished{done_kinds(st)} and kept "
+                   f"in {st['workspace']}; {d['pending'] + d['failed'] + d['suspect']} pending, "
                    f"{cur.get('runs_lacking', 0)} finished runs lack some of the current suite; "
                    f"`mixopt {self.verb} {self.config}{self.flags}` continues where this stopped", err=True)
         raise typer.Exit(130) from None
@@ -778,10 +803,10 @@ def eval_(config: Path = CONFIG,
 @app.command()
 def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--format")):
     """What is done: runs planned, trained, failed; evals per suite."""
-    from mixopt.sweep.status import experiment_status
+    from mixopt.sweep.status import done_kinds, experiment_status
 
     exp = _load(config)
-    st = experiment_status(exp)
+    st = experiment_status(exp)  # a mixture is done however it trained (device, precision)
     if format is Format.json:
         typer.echo(json.dumps(st))
         return
@@ -796,8 +821,8 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
     if st.get("resample"):  # the design follows the sample: not known until it is drawn again
         typer.echo("runs in this design: known once `mixopt sample` has drawn the sample again")
     else:
-        typer.echo(f"runs in this design: {d['planned']} planned, {d['done']} done, {d['failed']} failed, "
-                   f"{d['suspect']} suspect, {d['pending']} pending")
+        typer.echo(f"runs in this design: {d['planned']} planned, {d['done']} done{done_kinds(st)}, "
+                   f"{d['failed']} failed, {d['suspect']} suspect, {d['pending']} pending")
     typer.echo(f"runs in store (all designs): {r['done']} done, {r['failed']} failed, {r['suspect']} suspect, "
                f"{r['planned']} planned; proxies trained: {st['trainings']}")
     sizes = st.get("sizes") or []

@@ -223,6 +223,36 @@ def test_reevaluation_in_a_ray_sweep_runs_on_the_cluster_and_reports_failures(ma
 
 
 @pytest.mark.slow
+def test_a_ray_sweep_that_reevaluates_then_trains_starts_ray_once(make_config, tmp_path, ray_env, monkeypatch):
+    """A sweep with finished runs lacking measurements and a run to train, on a local Ray mixopt starts
+    itself: Ray is started once for both (not once for re-evaluation and again for training), and
+    shut down at the end."""
+    import ray
+
+    from mixopt.core.mixtures import Mixture
+
+    cfg = make_config(design__runs=1)
+    mixopt("sample", cfg)
+    mixopt("sweep", cfg, "--no-progress", "--device", "cpu")
+    with _db(tmp_path / "ws") as db:  # as if the suite had gained what two runs lack
+        keys = [k for (k,) in db.execute("SELECT key FROM runs WHERE status='done' ORDER BY key LIMIT 2")]
+        for table in ("measurements", "scores"):
+            db.executemany(f"DELETE FROM {table} WHERE run_key=?", [(k,) for k in keys])
+    starts = []
+    real_init = ray.init
+    monkeypatch.setattr(ray, "init", lambda *a, **kw: starts.append(kw) or real_init(*a, **kw))
+    assert not ray.is_initialized()
+    said = []
+    report = run_sweep(load_experiment(cfg), Runtime(backend="ray", device="cpu", say=said.append),
+                       extra=[Mixture("file:extra:0", (0.5, 0.3, 0.2))])
+    assert report.reevaluated == 2 and report.trained == 1 and not report.failed, report
+    assert len(starts) == 1, starts
+    assert [line for line in said if line.startswith("ray: ") and "node(s)," in line] == \
+        ["ray: 1 node(s), 1 CPUs, 0 GPUs; 1 proxies (or batches) in flight"] * 2  # two backends, one Ray
+    assert not ray.is_initialized()  # the sweep started it, the sweep shut it down
+
+
+@pytest.mark.slow
 def test_ray_joins_a_head_node(make_config, tmp_path, ray_env):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

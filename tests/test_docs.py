@@ -38,6 +38,7 @@ RUN_BY = {
     ("status", ("--format",)): "tests/test_evals.py::test_suite_change_reevaluates_without_retraining",
     ("sample", ()): "tests/test_data_change.py::test_added_domain_trains_only_new_runs_and_reuses_every_old_one",
     ("sample", ("--backend",)): "tests/test_sample_ray.py::test_ray_tasks_read_s3_and_local_shards_into_the_same_manifest",
+    ("sweep", ("--device", "--precision")): "tests/test_measured_as.py::test_bf16_on_the_cpu_trains_in_bf16_and_keys_it",
     ("sweep", ("--dry-run",)): "tests/test_data_change.py::test_added_domain_trains_only_new_runs_and_reuses_every_old_one",
     ("sweep", ("--workers",)): "tests/test_fidelity.py::test_verify_size_runs_are_data_for_the_joint_fit",
     ("fit", ()): "tests/test_data_change.py::test_added_domain_trains_only_new_runs_and_reuses_every_old_one",

@@ -51,7 +51,7 @@ def test_batched_equals_sequential_on_cuda_under_bf16():
     streams = _streams()
     _, batched, _ = train_proxies(SPEC, MIXTURES, streams, 7, "cuda:0")
     seq = [train_proxies(SPEC, [w], streams, 7, "cuda:0")[1][0] for w in MIXTURES]
-    fp32 = [train_proxies(SPEC, [w], streams, 7, "cuda:0", autocast=False)[1][0] for w in MIXTURES]
+    fp32 = [train_proxies(SPEC, [w], streams, 7, "cuda:0", precision="fp32")[1][0] for w in MIXTURES]
     cpu = [train_proxies(SPEC, [w], streams, 7, "cpu")[1][0] for w in MIXTURES[:1]]
     d_seq = float(np.max(np.abs(np.array(batched) - np.array(seq))))
     d_fp32 = float(np.max(np.abs(np.array(seq) - np.array(fp32))))
@@ -81,6 +81,34 @@ def test_evaluation_on_cuda_matches_the_cpu_and_any_pass_budget(monkeypatch):
             small_budget_max_abs_diff=max(abs(a["loss"] - b["loss"]) for a, b in zip(gpu, small)))
     assert rel <= EVAL_REL
     assert [s["loss"] for s in small] == pytest.approx([g["loss"] for g in gpu], rel=1e-3)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_precision_setting_on_cuda_trains_and_measures_as_keyed():
+    """--precision on a real GPU: fp32 trains and evaluates in float32 (keyed cuda/fp32; the evaluation
+    equals the CPU's within float32 noise, not bf16's 1%), bf16 as auto does on a GPU with it in hardware."""
+    from mixopt.evals import measure
+    from mixopt.proxy.train import precision_name
+    from mixopt.sweep.work import measurement
+
+    assert measurement("cuda:0", "fp32") == "cuda/fp32" and precision_name("cuda:0", "fp32") == "fp32"
+    if autocast_dtype("cuda:0") is not None:
+        assert measurement("cuda:0", "bf16") == measurement("cuda:0") == "cuda/bf16-autocast"
+    torch.manual_seed(0)
+    W = {k: v.detach() for k, v in stack_weights(build_model(SPEC), 2).items()}
+    stream = np.random.default_rng(1).integers(0, SPEC.vocab_size, 20_000)
+    token_bytes = np.ones(SPEC.vocab_size, dtype=np.int64)
+    cpu = measure.stream_loss(W, SPEC, stream, token_bytes)
+    with measure.evaluation_precision("fp32"):
+        fp32 = measure.stream_loss({k: v.cuda() for k, v in W.items()}, SPEC, stream, token_bytes)
+    rel = max(abs(g["loss"] - c["loss"]) / c["loss"] for g, c in zip(fp32, cpu))
+    _record("evaluation_cuda_fp32_vs_cpu", max_rel_loss_diff=rel)
+    assert rel <= 1e-4
+    streams = _streams()
+    _, fp32_losses, _ = train_proxies(SPEC, MIXTURES[:1], streams, 7, "cuda:0", precision="fp32")
+    _, cpu_losses, _ = train_proxies(SPEC, MIXTURES[:1], streams, 7, "cpu")
+    assert np.max(np.abs(np.array(fp32_losses) - np.array(cpu_losses))) <= 5e-3  # float32 both: close (bf16: 0.05)
 
 
 @pytest.mark.parametrize("size", ["tiny", "1m", "5m"])

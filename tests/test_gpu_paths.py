@@ -190,7 +190,7 @@ def test_evaluation_out_of_memory_splits_the_batch(monkeypatch, tmp_path):
         paths[-1].write_bytes(bytes([i]) * 10)
     tried = []
 
-    def measure(W, spec, measures, sample_dir, progress=None):
+    def measure(W, spec, measures, sample_dir, progress=None, precision="auto"):
         tried.append(len(W))
         if len(W) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")

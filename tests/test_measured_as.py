@@ -2,6 +2,7 @@
 other settings keyed apart, recorded in the store, and a fit or status that mixes them says so."""
 
 import json
+import shutil
 import sqlite3
 import pytest
 
@@ -82,17 +83,10 @@ def test_fit_warns_and_status_counts_when_runs_mix_precisions(corpora, tmp_path)
     assert mixopt("sample", cfg, check=False).returncode == 0
     r = mixopt("sweep", cfg, "--no-progress", "--device", "cpu", check=False)
     assert r.returncode == 0, r.stderr
-    db = sqlite3.connect(tmp_path / "ws" / "mixopt.db")
-    rows = db.execute("SELECT key, context, slices, weights, replicate, measured_as FROM runs "
-                      "WHERE status='done' ORDER BY key").fetchall()
-    assert len(rows) >= 5 and all(m is None for *_, m in rows)  # a CPU sweep records no measured_as
-    for key, context, slices, weights, rep, _ in rows[:2]:
-        new = run_key(context, json.loads(slices), json.loads(weights), rep, BF16)
-        db.execute("UPDATE runs SET key=?, measured_as=? WHERE key=?", (new, BF16, key))
-        for table in ("measurements", "scores"):
-            db.execute(f"UPDATE {table} SET run_key=? WHERE run_key=?", (new, key))
-    db.commit()
-    db.close()
+    with sqlite3.connect(tmp_path / "ws" / "mixopt.db") as db:
+        rows = db.execute("SELECT key, measured_as FROM runs WHERE status='done'").fetchall()
+    assert len(rows) >= 5 and all(m is None for _, m in rows)  # a CPU sweep records no measured_as
+    _record_as(tmp_path / "ws", BF16, 2)
     fit = mixopt("fit", cfg, "--no-plots", check=False)
     assert fit.returncode == 0, fit.stderr
     warn = [x for x in (fit.stdout + fit.stderr).splitlines() if "different devices or precisions" in x]
@@ -111,3 +105,204 @@ def test_fit_warns_and_status_counts_when_runs_mix_precisions(corpora, tmp_path)
         cpu = db.execute("SELECT COUNT(*) FROM runs WHERE status='done' AND measured_as IS NULL").fetchone()[0]
         assert cpu == len(rows)
         assert db.execute("SELECT COUNT(*) FROM runs WHERE measured_as=?", (BF16,)).fetchone()[0] == 2
+
+
+@pytest.fixture(scope="module")
+def cpu_swept(corpora, tmp_path_factory):
+    """A sampled and swept tiny workspace (7 runs on the CPU in float32); tests change copies of it."""
+    root = tmp_path_factory.mktemp("cpu_swept")
+    cfg = small_config(corpora, root / "ws", design__runs=2, proxy__tokens=8000, sample__train_tokens=10000)
+    config = write_config(root / "c.yaml", cfg)
+    mixopt("sample", config)
+    mixopt("sweep", config, "--no-progress", "--device", "cpu")
+    return cfg, root / "ws"
+
+
+def _copy(swept, tmp_path):
+    cfg, ws = swept
+    shutil.copytree(ws, tmp_path / "copy", symlinks=True)
+    return write_config(tmp_path / "copy.yaml", {**cfg, "workspace": str(tmp_path / "copy")}), tmp_path / "copy"
+
+
+def _record_as(ws, measured_as: str, count: int | None = None) -> int:
+    """Re-record `count` (None: all) of the workspace's finished runs as a GPU sweep records them: the
+    key they would have trained under `measured_as`, and that measured_as; returns how many."""
+    db = sqlite3.connect(ws / "mixopt.db")
+    rows = db.execute("SELECT key, context, slices, weights, replicate FROM runs WHERE status='done' "
+                      "ORDER BY key").fetchall()[:count]
+    for key, context, slices, weights, rep in rows:
+        new = run_key(context, json.loads(slices), json.loads(weights), rep, measured_as)
+        db.execute("UPDATE runs SET key=?, measured_as=? WHERE key=?", (new, measured_as or None, key))
+        db.execute("UPDATE measurements SET run_key=?, measured_as=? WHERE run_key=?", (new, measured_as or None, key))
+        db.execute("UPDATE scores SET run_key=? WHERE run_key=?", (new, key))
+    db.commit()
+    db.close()
+    return len(rows)
+
+
+def test_status_counts_runs_done_at_the_precision_they_trained(cpu_swept, tmp_path):
+    """A design trained on a GPU (its runs keyed and recorded as cuda/bf16-autocast) is done in `status`,
+    not pending, with the count per precision; a mixed one too; the next CPU sweep still trains the
+    GPU-keyed mixtures again (its own keys), as `sweep --dry-run --device cpu` says."""
+    cfg, ws = _copy(cpu_swept, tmp_path)
+    n = _record_as(ws, BF16)
+    st = json.loads(mixopt("status", cfg, "--format", "json").stdout)
+    assert st["design"] == {"planned": n, "done": n, "failed": 0, "suspect": 0, "pending": 0}
+    assert st["design_done_as"] == {BF16: n}
+    assert st["cost"]["to_train"] == 0
+    out = mixopt("status", cfg).stdout
+    assert f"runs in this design: {n} planned, {n} done ({n} {BF16}), 0 failed, 0 suspect, 0 pending" in out
+    assert "to train: 0 runs" in out
+    dry = json.loads(mixopt("sweep", cfg, "--dry-run", "--device", "cpu", "--format", "json").stdout)
+    assert dry["design"]["pending"] == n and dry["cost"]["to_train"] == n  # a CPU sweep keys its runs apart
+
+    _record_as(ws, "", 2)  # two of them back to the CPU's keys: a design done half one way, half the other
+    st = json.loads(mixopt("status", cfg, "--format", "json").stdout)
+    assert st["design"]["done"] == n and st["design_done_as"] == {BF16: n - 2, "cpu/fp32": 2}
+    assert f"{n} done ({n - 2} {BF16}, 2 cpu/fp32)" in mixopt("status", cfg).stdout
+
+
+def test_interrupted_line_counts_runs_as_the_command_keys_them(cpu_swept, tmp_path, monkeypatch, capsys):
+    """Ctrl-C of a GPU sweep (its runs keyed cuda/bf16-autocast): the line counts them as finished,
+    as its own sweep keys them; of a command that does not train (eval), done however they trained."""
+    import typer
+
+    from mixopt import cli
+    from mixopt.config.load import load_experiment
+    from mixopt.sweep import run as sweep_run
+
+    cfg, ws = _copy(cpu_swept, tmp_path)
+    n = _record_as(ws, BF16)
+    exp = load_experiment(cfg)
+    monkeypatch.setattr(sweep_run, "sweep_measurement", lambda exp, runtime: BF16)  # what a GPU machine plans
+    for runtime in (Runtime(device="cuda"), None):
+        with pytest.raises(typer.Exit) as e, cli._interrupted(exp, "sweep", cfg, runtime=runtime):
+            raise KeyboardInterrupt
+        assert e.value.exit_code == 130
+        err = capsys.readouterr().err
+        assert err.startswith(f"interrupted: {n} of {n} runs of this design are finished ({n} {BF16}) and kept in "
+                              f"{ws}; 0 pending"), err
+    monkeypatch.setattr(sweep_run, "sweep_measurement", lambda exp, runtime: "")  # a CPU sweep: its keys are not done
+    with pytest.raises(typer.Exit), cli._interrupted(exp, "sweep", cfg, runtime=Runtime(device="cpu")):
+        raise KeyboardInterrupt
+    assert capsys.readouterr().err.startswith(f"interrupted: 0 of {n} runs of this design are finished and kept in "
+                                              f"{ws}; {n} pending")
+
+
+def test_precision_setting_keys_and_refusals(monkeypatch):
+    """--precision fp32 on the CPU is today's setting (the golden keys stay); bf16 on the CPU is keyed
+    as such; auto never picks an emulated bf16 and an explicit bf16 on such a GPU is one line."""
+    import torch
+
+    from mixopt.errors import MixoptError
+    from mixopt.proxy import train
+
+    for precision in ("auto", "fp32"):
+        assert planned_measurement(Runtime(device="cpu", precision=precision)) == ""  # the golden keys above
+        assert planned_measurement(Runtime(backend="ray", precision=precision), gpus=0) == ""
+    assert planned_measurement(Runtime(device="cpu", precision="bf16")) == "cpu/bf16-autocast"
+    assert planned_measurement(Runtime(backend="ray", precision="bf16"), gpus=0) == "cpu/bf16-autocast"
+    assert planned_measurement(Runtime(backend="ray", precision="fp32"), gpus=1) == "cuda/fp32"
+    assert planned_measurement(Runtime(backend="ray", precision="bf16"), gpus=1) == BF16
+    with pytest.raises(ValueError, match="precision 'fp16' is not one of auto, fp32, bf16"):
+        Runtime(precision="fp16")
+    # A V100: bf16 only by emulation
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100-SXM2-32GB")
+    assert train.precision_name("cuda:0") == "fp32" and train.precision_name("cuda:0", "fp32") == "fp32"
+    with pytest.raises(MixoptError) as e:
+        train.precision_name("cuda:0", "bf16")
+    assert e.value.problem == ("--precision bf16: Tesla V100-SXM2-32GB has no bf16 in hardware (compute capability "
+                               "7.0 < 8.0): its bf16 is emulated, slower than its float32")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100, H100
+    assert [train.precision_name("cuda:0", p) for p in ("auto", "fp32", "bf16")] == ["bf16-autocast", "fp32",
+                                                                                      "bf16-autocast"]
+
+
+@pytest.mark.slow
+def test_bf16_on_the_cpu_trains_in_bf16_and_keys_it(cpu_swept, tmp_path):
+    """`sweep --device cpu --precision bf16` trains in bf16 autocast (other losses than float32's) under
+    keys of their own, recorded as cpu/bf16-autocast; `--precision fp32` finds the CPU sweep's runs
+    done (same keys); a precision that does not exist is one line, exit 2."""
+    cfg, ws = _copy(cpu_swept, tmp_path)
+    fp32 = json.loads(mixopt("sweep", cfg, "--dry-run", "--device", "cpu", "--precision", "fp32",
+                             "--format", "json").stdout)
+    assert fp32["cost"]["to_train"] == 0 and fp32["design"]["pending"] == 0
+    bad = mixopt("sweep", cfg, "--precision", "fp16", check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ") \
+        and "'fp16' is not one of 'auto', 'fp32', 'bf16'" in bad.stderr and "Traceback" not in bad.stderr
+    mixtures = write_config(tmp_path / "one.yaml", {"mixtures": [{"code": 0.5, "prose": 0.3, "legal": 0.2}]})
+    with sqlite3.connect(ws / "mixopt.db") as db:
+        before = dict(db.execute("SELECT key, train_loss FROM runs WHERE status='done'"))
+    r = mixopt("sweep", cfg, "--device", "cpu", "--precision", "bf16", "--no-progress", "--mixtures", mixtures,
+               "--format", "json")
+    assert json.loads(r.stdout)["trained"] == len(before) + 1  # the design again, and the file's mixture
+    with sqlite3.connect(ws / "mixopt.db") as db:
+        rows = db.execute("SELECT key, context, slices, weights, replicate, train_loss FROM runs "
+                          "WHERE status='done' AND measured_as='cpu/bf16-autocast'").fetchall()
+    assert len(rows) == len(before) + 1
+    for key, context, slices, weights, rep, loss in rows:
+        assert key == run_key(context, json.loads(slices), json.loads(weights), rep, "cpu/bf16-autocast")
+        cpu = run_key(context, json.loads(slices), json.loads(weights), rep, "")
+        if cpu in before:
+            assert loss != before[cpu]  # the same mixture and seed, rounded in bf16
+    st = json.loads(mixopt("status", cfg, "--format", "json").stdout)
+    assert st["precisions"] == {"cpu/bf16-autocast": len(before) + 1, "cpu/fp32": len(before)}
+
+
+def test_evaluation_is_measured_and_keyed_at_the_precision_the_run_trained(cpu_swept, tmp_path):
+    """`mixopt eval` measures each run at the precision it trained under, records where and how, and a
+    measure taken at another precision (a float32 run measured in bf16 on a GPU) is not the run's: it
+    is lacking, measured again as the run trained, never mixed into a fit."""
+    cfg, ws = _copy(cpu_swept, tmp_path)
+    _record_as(ws, "cpu/bf16-autocast", 2)  # two runs as `sweep --device cpu --precision bf16` records them
+    db = sqlite3.connect(ws / "mixopt.db")
+    bf16_run, fp32_run = (db.execute(f"SELECT key FROM runs WHERE status='done' AND measured_as IS {m} ORDER BY key")
+                          .fetchone()[0] for m in ("NOT NULL", "NULL"))
+    was = {k: dict(((e, m), v) for e, m, v in db.execute("SELECT eval, metric, value FROM measurements "
+                                                        "WHERE run_key=?", (k,))) for k in (bf16_run, fp32_run)}
+    db.execute("DELETE FROM measurements WHERE run_key=?", (bf16_run,))  # a suite measure it lacks
+    db.execute("UPDATE measurements SET measured_as='cuda/bf16-autocast' WHERE run_key=?", (fp32_run,))
+    db.commit()
+    st = json.loads(mixopt("status", cfg, "--format", "json").stdout)
+    assert st["current_suite"]["runs_lacking"] == 2
+    r = json.loads(mixopt("eval", cfg, "--device", "cpu", "--no-progress", "--format", "json").stdout)
+    assert r["runs"] == 2 and not r["failed"]
+    now = {k: {(e, m): (v, how) for e, m, v, how in db.execute("SELECT eval, metric, value, measured_as FROM "
+                                                              "measurements WHERE run_key=?", (k,))}
+           for k in (bf16_run, fp32_run)}
+    db.close()
+    assert set(now[fp32_run]) == set(was[fp32_run]) and set(now[bf16_run]) == set(was[bf16_run])
+    for (e, m), (v, how) in now[fp32_run].items():  # measured again in float32, as it trained
+        assert how is None and v == pytest.approx(was[fp32_run][(e, m)], rel=1e-5)
+    diff = [abs(v - was[bf16_run][k]) / abs(was[bf16_run][k]) for k, (v, how) in now[bf16_run].items()
+            if was[bf16_run][k]]
+    assert all(how == "cpu/bf16-autocast" for _, how in now[bf16_run].values())
+    assert max(diff) > 1e-6 and max(diff) < 0.05  # bf16 autocast: other numbers, close ones
+    assert json.loads(mixopt("status", cfg, "--format", "json").stdout)["current_suite"]["runs_lacking"] == 0
+
+
+def test_a_version_8_store_records_each_measurement_as_its_run_trained(tmp_path):
+    from mixopt.sweep.store import MIGRATIONS, SCHEMA, VERSION, Store
+
+    db = sqlite3.connect(tmp_path / "mixopt.db")
+    db.row_factory = sqlite3.Row
+    db.executescript(SCHEMA)
+    for step in MIGRATIONS[:8]:
+        step(db, tmp_path)
+    db.execute("PRAGMA user_version = 8")
+    for key, how in (("cpu", None), ("gpu", BF16)):
+        db.execute("INSERT INTO runs (key, context, origin, weights, domains, status, created, measured_as) "
+                   "VALUES (?, 'c', 'prior', '[1.0]', '[\"a\"]', 'done', 1.0, ?)", (key, how))
+        db.execute("INSERT INTO measurements VALUES (?, 'e', 'loss', 2.5, 1.0)", (key,))
+    db.commit()
+    db.close()
+    with Store(tmp_path / "mixopt.db") as s:
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == VERSION == 9
+        assert dict(s.db.execute("SELECT run_key, measured_as FROM measurements")) == {"cpu": None, "gpu": BF16}
+        assert set(s.measurements(as_trained=True)) == {"cpu", "gpu"}
+        s.record_measurements("gpu", {"e": {"loss": 2.6}}, "cuda/fp32")  # the bf16 run measured in float32
+        s.record_measurements("cpu", {"e": {"loss": 2.4}}, "cuda/fp32")  # the float32 run on a GPU, in float32
+        assert set(s.measurements(as_trained=True)) == {"cpu"} and set(s.measurements()) == {"cpu", "gpu"}

@@ -201,11 +201,12 @@ def test_a_version_6_store_gains_the_rounds_table_and_keeps_its_runs(tmp_path):
 
     from mixopt.sweep.store import VERSION, Store
 
-    assert VERSION == 8
+    assert VERSION == 9
     with Store(tmp_path / "mixopt.db") as s:
         s.add_planned([{"key": "k", "context": "c", "origin": "prior", "weights": [1.0], "domains": ["a"]}])
     with sqlite3.connect(tmp_path / "mixopt.db") as db:  # as mixopt with store version 6 left it
         db.execute("DROP TABLE budget_rounds")
+        db.execute("ALTER TABLE measurements DROP COLUMN measured_as")  # version 9's column
         db.execute("ALTER TABLE runs DROP COLUMN measured_as")  # version 7's column
         db.execute("PRAGMA user_version = 6")
     with Store(tmp_path / "mixopt.db") as s:
@@ -213,4 +214,4 @@ def test_a_version_6_store_gains_the_rounds_table_and_keeps_its_runs(tmp_path):
         s.record_round({"round": 1, "budget": "3e12flops", "unit": "flops", "amount": 3e12, "trained": 4,
                         "what": "the design at tiny", "spent": 1e12, "verdict": "cannot tell", "stopped": None})
         assert [(r["round"], r["budget"], r["spent"]) for r in s.rounds()] == [(1, "3e12flops", 1e12)]
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == 8
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == 9

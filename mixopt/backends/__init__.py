@@ -5,6 +5,7 @@ submitit jobs."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from mixopt.backends.base import Backend, Executor, Failure, drain
@@ -38,6 +39,21 @@ def make_backend(runtime, fn, on_progress, exp, workspace) -> Backend:
     raise MixoptError(f"unknown backend '{name}'", f"use one of: {', '.join(BACKENDS)}")
 
 
+@contextlib.contextmanager
+def backend_session(runtime, exp):
+    """What the runtime's backend needs for a whole command, started once: with ray, Ray joined (or a
+    local one started, sized as make_backend sizes it) for every backend made inside the block (a
+    sweep's re-evaluation, its training, each fidelity), and shut down after it if started here.
+    Nothing for local and slurm."""
+    if runtime.backend != "ray":
+        yield
+        return
+    from mixopt.backends.ray import local_cpus, ray_session
+
+    with ray_session(runtime.ray_address, local_cpus(runtime.workers, exp.resources.cpus)):
+        yield
+
+
 def make_executor(runtime) -> Executor:
     """Where `sample` reads shards, as a config.runtime.Runtime names it: `workers` local processes, or
     Ray tasks (at most `workers` per domain when more than 1, else one per CPU of the cluster)."""
@@ -56,5 +72,5 @@ def _on_cuda(device: str) -> bool:
     return resolve_device(device).startswith("cuda")
 
 
-__all__ = ["BACKENDS", "Backend", "Executor", "Failure", "LocalBackend", "LocalExecutor", "drain", "make_backend",
-           "make_executor", "run_local"]
+__all__ = ["BACKENDS", "Backend", "Executor", "Failure", "LocalBackend", "LocalExecutor", "backend_session", "drain",
+           "make_backend", "make_executor", "run_local"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -58,6 +59,24 @@ def join_ray(address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
+def local_cpus(workers: int, cpus: float) -> float:
+    """The CPUs a local Ray is started with for `workers` tasks of `cpus` each."""
+    return max(workers, 1) * max(cpus, 1)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, num_cpus: float | None):
+    """Ray for a whole command: joined or started once (join_ray), so every backend the command makes
+    meanwhile uses it (each sees Ray running and leaves it so); shut down at the end if started here."""
+    started = join_ray(address, num_cpus)
+    try:
+        yield
+    finally:
+        ray = import_ray()
+        if started and ray.is_initialized():
+            ray.shutdown()
+
+
 class RayBackend(Backend):
     name = "ray"
 
@@ -67,7 +86,7 @@ class RayBackend(Backend):
         self.ray, self.fn, self.say = ray, fn, say
         self.refs: dict = {}
         self.nodes: Counter = Counter()  # tasks finished per Ray node id
-        self.started = join_ray(address, max(workers, 1) * max(cpus, 1))
+        self.started = join_ray(address, local_cpus(workers, cpus))
         total = ray.cluster_resources()
         if gpus > 0 and total.get("GPU", 0) < gpus:
             self.close()

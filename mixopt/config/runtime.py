@@ -1,5 +1,6 @@
-"""How and where work runs, as one value the CLI builds: never part of what is computed (no key
-depends on it), so the same config gives the same results on a laptop, a GPU box or a cluster."""
+"""How and where work runs, as one value the CLI builds: not part of what is computed, so the same
+config gives the same results on a laptop, a GPU box or a cluster, except where the device type and
+the precision change the numbers: those enter run keys (core.keys.measurement_of)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 
 BACKENDS = ("local", "ray", "slurm")
 COMPILE = ("auto", "on", "off")
+PRECISION = ("auto", "fp32", "bf16")  # proxy.train.PRECISIONS (config cannot import proxy)
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -24,6 +26,9 @@ class Runtime:
     device: str = "auto"  # auto (a GPU where the worker sees one) | cpu | cuda | cuda:N
     batch_proxies: int | str = "auto"  # proxies trained together per task, or auto
     compile: str = "auto"  # torch.compile the training forward: auto (where it pays, measured) | on | off
+    # training precision: auto (bf16 autocast on a GPU with bf16 in hardware, else float32) | fp32 | bf16;
+    # unlike the rest, it changes the numbers, so it enters each run's key (core.keys.measurement_of)
+    precision: str = "auto"
     progress: bool | str = False  # on stderr: True bars, "lines" one line per finished run, False nothing
     say: Callable[[str], None] = field(default=_say, compare=False)  # one-line notices
     ray_address: str | None = None  # join this Ray cluster (auto or HOST:PORT); default: a local Ray
@@ -41,3 +46,5 @@ class Runtime:
             raise ValueError(f"batch_proxies {self.batch_proxies!r} is not auto or a positive integer")
         if self.compile not in COMPILE:
             raise ValueError(f"compile {self.compile!r} is not one of {', '.join(COMPILE)}")
+        if self.precision not in PRECISION:
+            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISION)}")

@@ -115,6 +115,11 @@ def measurement_of(device_type: str, precision: str) -> str:
     return "" if (device_type, precision) == ("cpu", "fp32") else f"{device_type}/{precision}"
 
 
+def precision_of(measured_as: str | None) -> str:
+    """The precision part of a measured_as ('fp32', 'bf16-autocast'); '' and None are a CPU in float32."""
+    return (measured_as or "cpu/fp32").partition("/")[2]
+
+
 def replicate_seed(seed: int, replicate: int) -> int:
     """The proxy's init and data-order seed for replicate `replicate` of a mixture: the experiment's
     seed for replicate 0, else one derived from both (the sample, drawn with the experiment's seed,

@@ -6,9 +6,11 @@ never trains and never touches the store: the eval kinds (evals/kinds/) score wi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -168,14 +170,30 @@ def rows_per_pass(spec: ProxySpec, n: int, budget: int) -> int:
     return int(max(1, budget // (n * per_seq)))
 
 
+# The precision setting (proxy.train.PRECISIONS) the passes below run under; measure_models sets it
+# for the measures it runs (evaluation_precision), so every kind's scores follow it.
+_PRECISION: ContextVar[str] = ContextVar("mixopt_evaluation_precision", default="auto")
+
+
+@contextlib.contextmanager
+def evaluation_precision(precision: str):
+    """Measure under this precision setting (auto, fp32, bf16) inside the block."""
+    token = _PRECISION.set(precision)
+    try:
+        yield
+    finally:
+        _PRECISION.reset(token)
+
+
 def _autocast(device):
-    """The one precision policy (proxy.train.autocast_dtype): what training ran under, evaluation runs under."""
+    """The one precision policy (proxy.train.autocast_dtype) at the setting measure_models was given:
+    what the run trained under, its evaluation runs under."""
     import torch
 
     from mixopt.proxy.train import autocast_dtype
 
     kind = getattr(device, "type", str(device).split(":")[0])
-    dtype = autocast_dtype(str(device))
+    dtype = autocast_dtype(str(device), _PRECISION.get())
     return torch.autocast(device_type=kind, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 

@@ -99,7 +99,7 @@ OnStep = Callable[[int, int, list[float]], None]
 
 
 def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], seed: int, device: str = "cpu",
-                  on_step: OnStep | None = None, states: list[Path] | None = None, autocast: bool | None = None,
+                  on_step: OnStep | None = None, states: list[Path] | None = None, precision: str = "auto",
                   compile: bool = False):
     """Train len(mixtures) >= 1 fresh proxies together; returns (stacked weights, each proxy's
     per-step losses, each proxy's epochs per domain).
@@ -112,13 +112,13 @@ def train_proxies(spec: ProxySpec, mixtures: list, streams: list[np.ndarray], se
     With `states` (one path per proxy), the training state is saved there every ~1/RESUME_SAVES of
     the steps, and a batch whose proxies all have state at the same step resumes from it: a killed
     run loses at most that much work, and computes exactly what an uninterrupted run computes.
-    `autocast` None follows the one precision policy (autocast_dtype); True/False force bf16/fp32.
+    `precision` is the one precision policy's setting (autocast_dtype: auto, fp32 or bf16).
     `compile` runs the forward through torch.compile (compiled_forward): the same computation,
     rounded differently (within float noise, not bitwise: see docs/howto/gpus.md, "Determinism")."""
     import torch
 
     n = len(mixtures)
-    amp = autocast_dtype(device) if autocast is None else (torch.bfloat16 if autocast else None)
+    amp = autocast_dtype(device, precision)
     plans = [mixture_sequences(w, [len(s) for s in streams], spec, np.random.default_rng([seed, 2])) for w in mixtures]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the same initial weights for every mixture: less noise between runs
@@ -234,13 +234,35 @@ def compiled_forward(hidden: bool = False):
     return torch.compile(forward_hidden if hidden else forward_logits)
 
 
-def autocast_dtype(device: str):
-    """The one precision policy, for training and evaluation, N = 1 or many: bf16 autocast on a CUDA
-    GPU that has bf16 (weights, AdamW state and the loss stay float32), plain float32 elsewhere.
-    CPU runs are bitwise reproducible; GPU runs agree within tolerance (docs/howto/gpus.md, "Determinism")."""
+# `--precision`: auto (the policy below), fp32 or bf16. No fp16: autocast in float16 needs loss scaling
+# (a GradScaler), which the one loop does not do; bf16 has float32's range and needs none.
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast_dtype(device: str, precision: str = "auto"):
+    """The one precision policy, for training and evaluation, N = 1 or many. `auto`: bf16 autocast on
+    a CUDA GPU that has bf16 in hardware (weights, AdamW state and the loss stay float32), plain
+    float32 elsewhere; `fp32`: float32 everywhere; `bf16`: bf16 autocast on the CPU (torch's CPU
+    autocast: native on CPUs with bf16 instructions, emulated and slower on the others) or on a GPU
+    with native bf16, refused on a GPU without (its emulated bf16 is slower than its float32).
+    CPU float32 runs are bitwise reproducible; GPU runs agree within tolerance (docs/howto/gpus.md, "Determinism")."""
     import torch
 
-    if str(device).startswith("cuda") and torch.cuda.is_available() and _native_bf16():
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    gpu = str(device).startswith("cuda")
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        if gpu and not _native_bf16():
+            from mixopt.errors import MixoptError
+
+            major, minor = torch.cuda.get_device_capability(device)
+            raise MixoptError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16 in hardware "
+                              f"(compute capability {major}.{minor} < 8.0): its bf16 is emulated, slower than its "
+                              "float32", "use --precision fp32 (or auto, which trains it in float32)")
+        return torch.bfloat16
+    if gpu and torch.cuda.is_available() and _native_bf16():
         return torch.bfloat16
     return None
 
@@ -256,9 +278,9 @@ def _native_bf16() -> bool:
         return torch.cuda.get_device_capability()[0] >= 8
 
 
-def precision_name(device: str) -> str:
-    """What autocast_dtype means on `device`, as recorded with each result."""
-    return "bf16-autocast" if autocast_dtype(device) is not None else "fp32"
+def precision_name(device: str, precision: str = "auto") -> str:
+    """What autocast_dtype means on `device`, as recorded with each result and in its key."""
+    return "bf16-autocast" if autocast_dtype(device, precision) is not None else "fp32"
 
 
 def _save_state(paths: list[Path], W: dict, opt, spec: ProxySpec, step: int, losses: list[list[float]]) -> None:

@@ -57,8 +57,10 @@ class Plan:
     # '' for a CPU in float32. Part of each key; a stored run keeps its own (Run.measured_as).
     measured_as: str = ""
 
-    def key(self, weights, replicate: int = 0) -> str:
-        return _run_key(self.context, self.slices, weights, replicate, self.measured_as)
+    def key(self, weights, replicate: int = 0, measured_as: str | None = None) -> str:
+        """The run key of these weights, trained as this plan's runs are (or as `measured_as` says)."""
+        return _run_key(self.context, self.slices, weights, replicate,
+                        self.measured_as if measured_as is None else measured_as)
 
     def weights_of(self, run: Run) -> tuple[float, ...] | None:
         """The run's weights over the current domains, or None when it is not valid for this plan."""

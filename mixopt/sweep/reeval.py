@@ -12,6 +12,7 @@ from mixopt.backends import drain, make_backend, run_local
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.devices import resolve_device
+from mixopt.core.keys import precision_of
 from mixopt.core.progress import Bars
 from mixopt.evals.kinds import KINDS
 from mixopt.evals.suites import prepare_suite
@@ -111,7 +112,7 @@ def evaluate_stored(plan: Plan, store: Store, runtime: Runtime = Runtime(), exp:
                     say(f"run {result.key[:12]}: {why}; recorded as failed (left out of fits; "
                         "`mixopt sweep CONFIG --retry-failed` retrains it)")
                 else:
-                    store.record_measurements(result.key, result.measurements)
+                    store.record_measurements(result.key, result.measurements, result.measured_as)
                     report.load_seconds += result.load_seconds
                     report.measure_seconds += result.eval_seconds
                     report.runs += 1
@@ -130,22 +131,31 @@ EVAL_WEIGHT_BYTES = 2 << 30
 
 
 def eval_tasks(plan: Plan, runs: dict, missing: dict[str, list], device: str | None) -> list[EvalTask]:
-    """The runs lacking the same measures, in batches evaluated together (one stacked forward)."""
+    """The runs lacking the same measures and trained at the same precision, in batches evaluated
+    together (one stacked forward), each measured at the precision its runs trained under."""
     per_proxy = 4 * param_count(plan.spec)  # float32 weights
     size = int(max(1, min(MAX_EVAL_BATCH, EVAL_WEIGHT_BYTES // per_proxy)))
     groups: dict[tuple, list[str]] = {}
     for key, lack in missing.items():
-        groups.setdefault(tuple(lack), []).append(key)
+        groups.setdefault((tuple(lack), trained_precision(runs[key].measured_as)), []).append(key)
     root = plan.workspace.root  # workers get absolute paths; the store keeps them relative to it
     tasks = []
-    for measures, keys in groups.items():
+    for (measures, precision), keys in groups.items():
         n_batches = -(-len(keys) // size)
         for part in np.array_split(np.asarray(keys, dtype=object), n_batches):  # even batches
             part = [str(k) for k in part]
             tasks.append(EvalTask(keys=tuple(part), checkpoints=tuple(str(root / runs[k].checkpoint) for k in part),
                                   sha256s=tuple(runs[k].sha256 for k in part), spec=plan.spec,
-                                  sample_dir=str(plan.workspace.sample_dir), measures=measures, device=device))
+                                  sample_dir=str(plan.workspace.sample_dir), measures=measures, device=device,
+                                  precision=precision))
     return tasks
+
+
+def trained_precision(measured_as: str | None) -> str:
+    """The --precision setting (proxy.train.autocast_dtype) a run trained under (Run.measured_as) is
+    measured under: bf16 for a bf16-autocast run, on any device (on a CPU by torch's CPU autocast),
+    else fp32, so a run trained in float32 is never measured in bf16 on a GPU."""
+    return "bf16" if precision_of(measured_as) == "bf16-autocast" else "fp32"
 
 
 IN_PROCESS_FLOP = 2e12  # below this, evaluation runs in the driver's process: ~1 min of 2 CPU cores
@@ -169,7 +179,7 @@ def _eval_tokens(plan: Plan, measures) -> int:
 
 def record_scores(plan: Plan, store: Store) -> dict[str, float]:
     """Each finished run's objective under the current suite, from its measurements; stored."""
-    have = store.measurements()
+    have = store.measurements(as_trained=True)
     scores = {}
     for r in plan.runs(store, "done"):
         metrics = metrics_of(plan.suite, have.get(r.key, {}))

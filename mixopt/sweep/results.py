@@ -14,8 +14,9 @@ from mixopt.sweep.store import Store
 
 
 def missing_measures(plan: Plan, store: Store) -> dict[str, list]:
-    """run key -> the current suite's measures that finished run lacks."""
-    have = store.measurements()
+    """run key -> the current suite's measures that finished run lacks (one taken at another precision
+    than the run trained under is lacking: Store.measurements(as_trained=True))."""
+    have = store.measurements(as_trained=True)
     out = {}
     for r in plan.runs(store, "done"):
         lack = [m for m in plan.suite.measures if m.key not in have.get(r.key, {})]
@@ -34,7 +35,7 @@ def metrics_of(suite: Suite, measured: dict[str, dict[str, float]]) -> dict[str,
 
 def training_table(plan: Plan, store: Store):
     """Weights (runs x domains), every metric, and run keys: finished runs with the whole suite."""
-    have = store.measurements()
+    have = store.measurements(as_trained=True)
     rows, keys = [], []
     for r in plan.runs(store, "done"):
         metrics = metrics_of(plan.suite, have.get(r.key, {}))

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mixopt.backends import make_backend
+from mixopt.backends import backend_session, make_backend
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.keys import replicate_seed
@@ -73,7 +73,8 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
     report = SweepReport(planned=len(plan.mixtures))
     prepare_suite(exp, plan.suite, ws)
     owner = new_owner()
-    with Store(ws.db_path) as store:
+    # One Ray (or none) for the whole sweep: re-evaluation, training and each larger fidelity.
+    with backend_session(runtime, exp), Store(ws.db_path) as store:
         sweep_id = store.start_sweep("sweep")
         store.add_suite(plan.suite.to_dict())
         store.add_planned([{"key": k, "context": plan.context, "origin": m.origin, "weights": list(m.weights),
@@ -185,8 +186,8 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
             report.failed += [(k, f"evaluation (no retraining): {e}") for k, e in late.failed]
         record_scores(plan, store)
         store.finish_sweep(sweep_id, report.trained, ev.evaluations)
-    if design and exp.design.fidelities:
-        _sweep_larger(exp, runtime, report, retry_failed)
+        if design and exp.design.fidelities:
+            _sweep_larger(exp, runtime, report, retry_failed)
     report.seconds = time.time() - t0
     return report
 
@@ -248,7 +249,8 @@ def _train_task(exp: Experiment, plan: Plan, runs: tuple[TrainRun, ...], threads
     return TrainTask(runs=runs, domains=tuple(exp.domain_names), seed=runs[0].seed, spec=plan.spec,
                      sample_dir=str(plan.workspace.sample_dir), measures=plan.suite.measures, threads=threads,
                      device=device_of(runtime, gpus if runtime.backend != "local" else None), gpus=gpus,
-                     compile=compile, measured_as=plan.measured_as, auto_batch=on_worker[0], auto_compile=on_worker[1])
+                     compile=compile, measured_as=plan.measured_as, precision=runtime.precision,
+                     auto_batch=on_worker[0], auto_compile=on_worker[1])
 
 
 def sweep_measurement(exp: Experiment, runtime: Runtime) -> str:

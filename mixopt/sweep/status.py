@@ -23,12 +23,14 @@ from mixopt.sweep.results import missing_measures
 from mixopt.sweep.store import Store
 
 
-def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = (), measured_as: str = "") -> dict:
-    """What the workspace holds; "design" counts the design's runs and `extra` (a sweep's --mixtures),
-    keyed as trained under `measured_as` (a sweep's work.planned_measurement; '' a CPU in float32)."""
+def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = (), measured_as: str | None = None) -> dict:
+    """What the workspace holds; "design" counts the design's runs and `extra` (a sweep's --mixtures):
+    with `measured_as` (a sweep's work.planned_measurement; '' a CPU in float32), as a sweep trained
+    that way would find them; None (`status`), a mixture is done when it is done however it trained
+    ("design_done_as" counts the done ones per device and precision)."""
     ws = Workspace(exp.workspace_dir)
     out = {"workspace": str(ws.root), "sample": "missing", "suite": None,
-           "design": {"planned": 0, "done": 0, "failed": 0, "suspect": 0, "pending": 0},
+           "design": {"planned": 0, "done": 0, "failed": 0, "suspect": 0, "pending": 0}, "design_done_as": {},
            "runs": {"planned": 0, "running": 0, "done": 0, "failed": 0, "suspect": 0}, "trainings": 0, "measurements": 0, "suites": {},
            "current_suite": None}
     if not ws.manifest_path.is_file():
@@ -38,7 +40,7 @@ def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = (), measur
         out["pools"] = [{**p, "documents": {n: manifest["domains"].get(n, {}).get("documents") for n in p["domains"]}}
                         for p in manifest["pools"]]
     try:
-        plan = sweep_plan(exp, extra, measured_as=measured_as)
+        plan = sweep_plan(exp, extra, measured_as=measured_as or "")
     except StaleSample as e:  # any other problem (a damaged store, a bad config) is an error, not a state
         out["sample"] = f"stale: {e.problem}"
         from mixopt.data.resample import preview
@@ -67,7 +69,9 @@ def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = (), measur
             from mixopt.sweep.fidelity import size_plans, size_table
 
             others = {p.context for _, p in size_plans(exp)[1:]}  # runs at other proxy sizes: not superseded
-            out["cost"] = change_cost(plan, store, state, lacking, others)
+            statuses, done_as = design_states(plan, state, _kinds(plan, valid, measured_as))
+            done_otherwise = {k for k, s in zip(plan.keys, statuses) if s == "done" and state.get(k) != "done"}
+            out["cost"] = change_cost(plan, store, state, lacking, others, done_otherwise)
             out["sizes"] = size_table(exp, store)
             # the experiment's own total: every size it has runs at (the store may hold other experiments')
             out["experiment_compute"] = {k: float(sum(z[k] for z in out["sizes"])) for k in ("flops", "device_seconds")}
@@ -75,15 +79,50 @@ def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = (), measur
 
             out["budget"] = budget_status(exp, store)  # None until `mixopt optimize --budget` ran here
     else:
-        state = {}
+        statuses, done_as = design_states(plan, {}, [plan.measured_as])
     out["current_suite"] = {"key": plan.suite.key, "objective": plan.suite.describe_objective(),
                             "evaluations": [m.name for m in plan.suite.measures],
                             "runs_lacking": len(lacking)}
-    statuses = [state.get(k, "planned") for k in plan.keys]
     out["design"] = {"planned": len(plan.keys), "done": statuses.count("done"),
                      "failed": statuses.count("failed"), "suspect": statuses.count("suspect"),
                      "pending": statuses.count("planned")}
+    out["design_done_as"] = done_as
     return out
+
+
+def _kinds(plan: Plan, valid: list, measured_as: str | None) -> list[str]:
+    """The ways (measured_as) a design mixture's run counts as trained: the given one, or (None) any
+    of the plan's runs trained."""
+    return [plan.measured_as] if measured_as is not None else sorted({plan.measured_as} | {r.measured_as or ""
+                                                                                          for r in valid})
+
+
+# Which of a mixture's runs (one per device and precision) stands for it: the most finished one.
+_RANK = {"done": 0, "suspect": 1, "running": 2, "failed": 3, "planned": 4}
+
+
+def design_states(plan: Plan, state: dict[str, str], kinds: list[str]) -> tuple[list[str], dict[str, int]]:
+    """Each planned mixture's status, its runs keyed as trained under each of `kinds` (measured_as
+    values) and the most finished taken; and how many are done under each kind ('cpu/fp32', ...): a
+    mixture done under several counts once, under this plan's own kind where it is done there."""
+    statuses, done_as = [], Counter()
+    for key, m in zip(plan.keys, plan.mixtures):
+        seen = {plan.measured_as: state.get(key, "planned")}
+        for kind in kinds:
+            if kind not in seen:
+                seen[kind] = state.get(plan.key(m.weights, m.replicate, kind), "planned")
+        best = min(seen.values(), key=_RANK.__getitem__)
+        statuses.append(best)
+        if best == "done":
+            done_as[next(k for k, s in seen.items() if s == "done") or "cpu/fp32"] += 1
+    return statuses, dict(sorted(done_as.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def done_kinds(st: dict) -> str:
+    """' (6 cuda/bf16-autocast, 2 cpu/fp32)': how the design's done runs trained (experiment_status),
+    when any of them trained other than on a CPU in float32; else ''."""
+    kinds = st.get("design_done_as") or {}
+    return f" ({', '.join(f'{n} {m}' for m, n in kinds.items())})" if set(kinds) - {"cpu/fp32"} else ""
 
 
 def fidelity_costs(exp: Experiment, st: dict) -> list[dict]:
@@ -156,16 +195,18 @@ def replicate_groups(runs) -> list[dict]:
 
 
 def change_cost(plan: Plan, store: Store, state: dict[str, str], lacking: dict,
-                other_sizes: set[str] | frozenset = frozenset()) -> dict:
+                other_sizes: set[str] | frozenset = frozenset(), done_otherwise: set[str] | frozenset = frozenset()
+                ) -> dict:
     """What the next sweep costs: finished runs still valid (kept with their checkpoints and
     measurements), superseded ones (kept in the store, not used) and why, runs to train and why.
     `other_sizes`: contexts of this experiment's runs at other proxy sizes (fidelities, `verify
-    --size`), which are in use, not superseded."""
+    --size`), which are in use, not superseded. `done_otherwise`: plan keys whose mixture is done
+    under another device or precision (design_states), not counted as to train."""
     superseded = [(r, why) for r, why in plan.superseded(store) if r.context not in other_sizes]
     why_train: Counter = Counter()
     held = {r.key for r in plan.runs(store, "failed") if r.failure == "nonfinite"}  # not retrained by default
     for key, m in zip(plan.keys, plan.mixtures):
-        if state.get(key) == "done" or key in held:
+        if state.get(key) == "done" or key in held or key in done_otherwise:
             continue
         kind = m.origin.split(":")[0]
         if plan.change is not None and is_base(m.origin):

@@ -5,7 +5,8 @@ runs:         one row per run key: what the run trained on (each domain with wei
               Runs are never tied to the config's list of domains: a run stays valid while every
               slice it trained on is still in the sample (plan.Plan.runs), and is superseded,
               kept, once one changed.
-measurements: one row per (run key, evaluation key, metric): what a checkpoint scored on one task.
+measurements: one row per (run key, evaluation key, metric): what a checkpoint scored on one task,
+              and where and how it was measured (measured_as, store v9).
 scores:       one row per (run key, suite key): the run's objective under that suite.
 suites:       every suite ever used, by key, with its body.
 sweeps:       one row per sweep / eval pass: when, what it trained and evaluated, its wall time.
@@ -31,6 +32,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mixopt import __version__
+from mixopt.core.keys import precision_of
 from mixopt.core.workspace import Workspace, relative_checkpoint
 from mixopt.errors import MixoptError
 
@@ -138,10 +140,20 @@ def _budget_rounds(db: sqlite3.Connection, root: Path) -> None:
                "spent REAL NOT NULL, verdict TEXT, stopped TEXT, created REAL NOT NULL)")
 
 
+def _measurement_precision(db: sqlite3.Connection, root: Path) -> None:
+    """Where and how each measurement was taken (core.keys.measurement_of; NULL: a CPU in float32): a
+    measure counts for a run only when taken at the precision the run trained under (as_trained).
+    Rows from before version 9 take their run's: the sweep measured each run where and as it trained,
+    and re-evaluation before version 9 ran only on CPUs (no GPU ran mixopt before it)."""
+    db.execute("ALTER TABLE measurements ADD COLUMN measured_as TEXT")
+    db.execute("UPDATE measurements SET measured_as = (SELECT r.measured_as FROM runs r WHERE r.key = measurements.run_key)")
+
+
 # Store version i+1 is what MIGRATIONS[i] makes of version i; a new store takes every step too.
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_add_run_columns, _relative_checkpoints,
                                                                  _trained_slices, _replicates, _failure_kinds,
-                                                                 _compute, _measured_as, _budget_rounds]
+                                                                 _compute, _measured_as, _budget_rounds,
+                                                                 _measurement_precision]
 VERSION = len(MIGRATIONS)
 
 # The one lease condition: a run another live driver holds (running, not ours, not expired, and its
@@ -353,21 +365,27 @@ class Store:
                  0 if adopted and row is not None and row["sha256"] == result["sha256"] else 1, result["key"]))
             self.db.execute("DELETE FROM measurements WHERE run_key=?", (result["key"],))
             self.db.execute("DELETE FROM scores WHERE run_key=?", (result["key"],))
-            self._insert_measurements(result["key"], result["measurements"])
+            # measured by the worker that trained it, where and as it trained (work.train_task checks it)
+            trained_as = self.db.execute("SELECT measured_as FROM runs WHERE key=?", (result["key"],)).fetchone()
+            self._insert_measurements(result["key"], result["measurements"], trained_as[0] if trained_as else None)
         return True
 
-    def record_measurements(self, run_key: str, measurements: dict[str, dict[str, float]]) -> None:
+    def record_measurements(self, run_key: str, measurements: dict[str, dict[str, float]],
+                            measured_as: str = "") -> None:
+        """A stored checkpoint's measurements, taken as `measured_as` says (core.keys.measurement_of)."""
         with self._tx():
-            self._insert_measurements(run_key, measurements)
+            self._insert_measurements(run_key, measurements, measured_as)
 
-    def _insert_measurements(self, run_key: str, measurements: dict[str, dict[str, float]]) -> None:
+    def _insert_measurements(self, run_key: str, measurements: dict[str, dict[str, float]],
+                             measured_as: str | None) -> None:
         now = time.time()
         if any(not math.isfinite(float(v)) for ms in measurements.values() for v in ms.values()):
             # the driver records such a run as failed first (RunResult.unusable); never a NaN row
             raise ValueError(f"run {run_key[:12]}: a non-finite measurement cannot be stored")
         self.db.executemany(
-            "INSERT OR REPLACE INTO measurements (run_key, eval, metric, value, created) VALUES (?, ?, ?, ?, ?)",
-            [(run_key, e, m, float(v), now) for e, ms in measurements.items() for m, v in ms.items()])
+            "INSERT OR REPLACE INTO measurements (run_key, eval, metric, value, created, measured_as) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(run_key, e, m, float(v), now, measured_as or None) for e, ms in measurements.items() for m, v in ms.items()])
 
     def record_scores(self, suite: str, objective: dict[str, float]) -> None:
         """run key -> objective under one suite (rewritten: the same suite gives the same value)."""
@@ -432,10 +450,15 @@ class Store:
             sql, args = sql + " AND status=?", args + [status]
         return [Run.from_row(r) for r in self.db.execute(sql + " ORDER BY created, rowid", args)]
 
-    def measurements(self) -> dict[str, dict[str, dict[str, float]]]:
-        """run key -> evaluation key -> {metric: value}."""
+    def measurements(self, as_trained: bool = False) -> dict[str, dict[str, dict[str, float]]]:
+        """run key -> evaluation key -> {metric: value}. `as_trained`: only measurements taken at the
+        precision their run trained under (a float32 run measured in bf16 is not its measure, and
+        `mixopt eval` measures it again as it trained); the device may differ."""
         out: dict[str, dict[str, dict[str, float]]] = {}
-        for r in self.db.execute("SELECT run_key, eval, metric, value FROM measurements"):
+        for r in self.db.execute("SELECT m.run_key, m.eval, m.metric, m.value, m.measured_as, r.measured_as AS trained "
+                                 "FROM measurements m LEFT JOIN runs r ON r.key = m.run_key"):
+            if as_trained and precision_of(r["measured_as"]) != precision_of(r["trained"]):
+                continue
             out.setdefault(r["run_key"], {}).setdefault(r["eval"], {})[r["metric"]] = r["value"]
         return out
 

@@ -55,6 +55,7 @@ class TrainTask:
     compile: bool = False  # the forward through torch.compile (sweep.choose.choose_compile)
     # what the runs' keys say of where they train (planned_measurement), checked by the worker; None: unchecked
     measured_as: str | None = None
+    precision: str = "auto"  # Runtime.precision: auto | fp32 | bf16 (proxy.train.autocast_dtype)
     # ray/slurm with --batch-proxies auto / --compile auto: the worker chooses, where its device is, how
     # many of these runs it trains at once and whether it compiles (choose_on_worker)
     auto_batch: bool = False
@@ -115,11 +116,11 @@ def train_task(task: TrainTask, progress: Progress | None = None) -> tuple[RunRe
     if task.threads:
         torch.set_num_threads(task.threads)
     device = worker_device(task.device, task.gpus)
-    if task.measured_as is not None and (here := measurement(device)) != task.measured_as:
+    if task.measured_as is not None and (here := measurement(device, task.precision)) != task.measured_as:
         raise MeasurementMismatch(
             f"the runs' keys say they train as {task.measured_as or 'cpu/fp32'}, but this worker would train as "
             f"{here or 'cpu/fp32'} on {device_label(device)} (the driver cannot see a cluster's GPUs and plans bf16 "
-            "on them): use GPUs with native bf16 (compute capability >= 8.0), or --device cpu")
+            "on them): use GPUs with native bf16 (compute capability >= 8.0), --precision fp32, or --device cpu")
     if task.auto_batch or task.auto_compile:
         n, compile = choose_on_worker(task, device)
         task = replace(task, compile=compile, auto_batch=False, auto_compile=False)
@@ -147,15 +148,15 @@ def _train_runs(task: TrainTask, runs: tuple[TrainRun, ...], device: str, progre
     t0 = time.time()
     W, losses, epochs = train_proxies(spec, [r.weights for r in runs], streams, task.seed, device,
                                       _on_step(task, progress), [state_path(Path(r.checkpoint)) for r in runs],
-                                      compile=task.compile)
+                                      precision=task.precision, compile=task.compile)
     diverged = [divergence(own, spec.steps) for own in losses]
     alive = [i for i, why in enumerate(diverged) if not why]  # a diverged proxy is neither saved nor measured
     shas = {i: save_checkpoint(W, i, Path(runs[i].checkpoint)) for i in alive}
     t1 = time.time()
-    measured = dict(zip(alive, measure_models({k: w[alive] for k, w in W.items()}, spec, task.measures, sample_dir)
-                        if alive else []))
+    measured = dict(zip(alive, measure_models({k: w[alive] for k, w in W.items()}, spec, task.measures, sample_dir,
+                                               precision=task.precision) if alive else []))
     t2 = time.time()
-    where = (device_label(device), precision_name(device))
+    where = (device_label(device), precision_name(device, task.precision))
     names = {m.key: m.name for m in task.measures}
     out = []
     for i, (run, own, ep) in enumerate(zip(runs, losses, epochs)):
@@ -201,22 +202,23 @@ class MeasurementMismatch(RuntimeError):
     """A worker's device or precision is not what the runs' keys were planned for."""
 
 
-def measurement(device: str) -> str:
-    """What a run key records of training on this concrete device (core.keys.measurement_of)."""
-    return measurement_of(str(device).split(":")[0], precision_name(device))
+def measurement(device: str, precision: str = "auto") -> str:
+    """What a run key records of training on this concrete device at this `--precision`
+    (core.keys.measurement_of); bf16 on a GPU without it in hardware is refused (one line)."""
+    return measurement_of(str(device).split(":")[0], precision_name(device, precision))
 
 
 def planned_measurement(runtime, gpus: float = 0.0) -> str:
     """What a sweep's run keys record of where they will train, decided by the driver: on this
-    machine (local), its own device as a local worker resolves it; on a cluster (ray/slurm) the CPU
-    when tasks get no GPU, else a CUDA GPU in bf16 (every data-centre GPU since the A100 has it
-    natively), which each worker checks (train_task) before it trains."""
+    machine (local), its own device as a local worker resolves it, at runtime.precision; on a
+    cluster (ray/slurm) the CPU when tasks get no GPU, else a CUDA GPU in bf16 unless --precision
+    fp32 (every data-centre GPU since the A100 has bf16 natively), which each worker checks
+    (train_task) before it trains."""
     if runtime.backend == "local":
-        return measurement(worker_device(device_of(runtime)))
-    asked = device_of(runtime, gpus)
-    if asked == "cpu":
-        return ""
-    return measurement_of("cuda", "bf16-autocast")
+        return measurement(worker_device(device_of(runtime)), runtime.precision)
+    if device_of(runtime, gpus) == "cpu":
+        return measurement("cpu", runtime.precision)
+    return measurement_of("cuda", "fp32" if runtime.precision == "fp32" else "bf16-autocast")
 
 
 def context_lost(device: str) -> bool:
@@ -325,6 +327,7 @@ class EvalTask:
     measures: tuple[Measure, ...]  # only the ones these runs lack
     threads: int = 0
     device: str | None = None  # None: the worker's GPU if it has one, else its CPU
+    precision: str = "auto"  # the setting these runs trained under (reeval.trained_precision): measured so
 
     @property
     def key(self) -> str:
@@ -339,6 +342,7 @@ class EvalResult:
     eval_seconds: float  # measuring: the batch's, shared out over its runs
     mismatch: str = ""  # why the checkpoint was not evaluated: missing, or not the one recorded
     load_seconds: float = 0.0  # checking and loading the checkpoint: the batch's, shared out
+    measured_as: str = ""  # where and how it was measured (measurement(); '' a CPU in float32)
 
 
 def eval_checkpoints(task: EvalTask, progress: Progress | None = None) -> tuple[EvalResult, ...]:
@@ -361,7 +365,7 @@ def eval_checkpoints(task: EvalTask, progress: Progress | None = None) -> tuple[
         try:
             W = load_checkpoints([p for _, p in good], device)
             t1 = time.time()
-            measured = measure_models(W, task.spec, task.measures, Path(task.sample_dir), progress)
+            measured = measure_models(W, task.spec, task.measures, Path(task.sample_dir), progress, precision=task.precision)
         except torch.OutOfMemoryError:
             if len(task.keys) == 1:
                 raise
@@ -377,7 +381,8 @@ def eval_checkpoints(task: EvalTask, progress: Progress | None = None) -> tuple[
                 lose_worker(e)
             raise
         load, measure = (t1 - t0) / len(good), (time.time() - t1) / len(good)
-        out |= {key: EvalResult(key, m, measure, load_seconds=load) for (key, _), m in zip(good, measured)}
+        how = measurement(device, task.precision)
+        out |= {key: EvalResult(key, m, measure, load_seconds=load, measured_as=how) for (key, _), m in zip(good, measured)}
     return tuple(out[k] for k in task.keys)
 
 

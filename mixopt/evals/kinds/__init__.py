@@ -16,20 +16,24 @@ from mixopt.evals.kinds.choice import Choice
 from mixopt.evals.kinds.heldout import Heldout
 from mixopt.evals.kinds.lm_eval import LmEval
 from mixopt.evals.kinds.text import Text
+from mixopt.evals.measure import evaluation_precision
 from mixopt.proxy.model import ProxySpec
 
 KINDS: dict[str, EvalKind] = {k.name: k() for k in (Heldout, Text, Choice, LmEval)}
 
 
 def measure_models(W: dict, spec: ProxySpec, measures: tuple[Measure, ...], sample_dir: Path,
-                   progress: Callable[[int, int, float], None] | None = None) -> list[dict[str, dict[str, float]]]:
-    """For each of the N proxies in W: evaluation key -> {metric: value}."""
+                   progress: Callable[[int, int, float], None] | None = None,
+                   precision: str = "auto") -> list[dict[str, dict[str, float]]]:
+    """For each of the N proxies in W: evaluation key -> {metric: value}, measured under `precision`
+    (proxy.train.autocast_dtype's setting: what the proxies trained under; lm_eval's runs in float32)."""
     token_bytes = np.load(token_bytes_file(sample_dir))
     out: list[dict] = [{} for _ in range(next(iter(W.values())).shape[0])]
-    for i, m in enumerate(measures):
-        scores = KINDS[m.kind].scores(W, spec, m, sample_dir, token_bytes)
-        for own, s in zip(out, scores):
-            own[m.key] = s
-        if progress:
-            progress(i + 1, len(measures), 0.0)
+    with evaluation_precision(precision):
+        for i, m in enumerate(measures):
+            scores = KINDS[m.kind].scores(W, spec, m, sample_dir, token_bytes)
+            for own, s in zip(out, scores):
+                own[m.key] = s
+            if progress:
+                progress(i + 1, len(measures), 0.0)
     return out
