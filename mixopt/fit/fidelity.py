@@ -94,9 +94,10 @@ def _rho(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def fit_across_sizes(exp: Experiment, plan: Plan, swarm: Swarm, settings: FitSettings, single, single_model,
-                     fit_key: str, runtime: Runtime, reeval: bool):
+                     fit_key: str, runtime: Runtime, reeval: bool, against=()):
     """(recommendation, model, table fitted) at optimum.target_size, or None with one size only (the
-    swarm's own fit stands; said on `runtime`)."""
+    swarm's own fit stands; said on `runtime`). The law's prediction at each of `against` ((name,
+    weights)) is in the fidelity info's "against" (the swarm's own fit has them in its gains)."""
     from mixopt.fit.scaling import fit_scaled
 
     sizes = size_swarms(exp, plan, swarm, runtime, reeval)
@@ -134,6 +135,7 @@ def fit_across_sizes(exp: Experiment, plan: Plan, swarm: Swarm, settings: FitSet
         "predicted_difference": lost,
         "new_proxy_interval": proxy_ci,
         "noise_at_target": "the largest size's replicates" if proxy_ci else None,
+        "against": {name: float(model.predict(np.asarray(x, float))[0]) for name, x in against},
     }
     if not rec.reliable and single.reliable:
         # A law that predicts held-out runs worse than their mean must not replace a fit that does:

@@ -46,7 +46,7 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
     if (exp.design.fidelities or exp.optimum.target_size) and reused is None:
         from mixopt.fit.fidelity import fit_across_sizes
 
-        joint = fit_across_sizes(exp, plan, swarm, settings, rec, model, fit_key, runtime, reeval)
+        joint = fit_across_sizes(exp, plan, swarm, settings, rec, model, fit_key, runtime, reeval, against)
         if joint is not None:
             rec, model, fitted = joint[0], joint[1], fitted if joint[2] is None else joint[2]
     with Store(plan.workspace.db_path) as store:
