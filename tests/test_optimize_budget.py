@@ -294,3 +294,79 @@ def test_the_candidate_persists_until_a_fit_predicts_better_by_more_than_the_noi
     assert c4 == Candidate((0.5, 0.3, 0.2), 3) and "0.0500 better" in note and "sd 0.0200" in note
     kept, _ = choose_candidate(_rec([0.5, 0.3, 0.2], fidelity={**law, "against": {"candidate": 3.01}}), c, [], 3, "1m")
     assert kept is c
+
+
+def junk_config(corpora, root, **overrides):
+    """prose, code and a junk domain (random letters, ~3 MB: about 0.9 of the token-proportional prior),
+    scored on the held-out text of prose and code: the prior is clearly bad, and the rounds must find it."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz     ", dtype=np.uint8)
+    docs = [rng.choice(letters, 2000).tobytes().decode() for _ in range(1500)]
+    pq.write_table(pa.table({"text": docs}), root / "junk.parquet")
+    cfg = small_config(corpora, root / "ws", **overrides)
+    cfg["domains"] = [cfg["domains"][1], cfg["domains"][0], {"name": "junk", "sources": [{"path": str(root / "junk.parquet")}]}]
+    cfg["fit"]["objective"] = {"domains": {"prose": 0.5, "code": 0.5}}
+    cfg["name"] = "junk"
+    return write_config(root / "junk.yaml", cfg)
+
+
+def _candidates_said(stdout: str) -> list[str]:
+    return [line.split(";")[0] for line in stdout.splitlines() if line.startswith("  candidate (round ")]
+
+
+def test_a_clearly_bad_prior_is_decided_better_with_real_proxies(corpora, tmp_path):
+    """No fit replaced: real tiny proxies, a prior that is ~0.9 junk. optimize stops on a decided
+    verdict before the budget is spent; every paired seed it shows is of one candidate, the one
+    written and judged."""
+    import yaml
+
+    cfg = junk_config(corpora, tmp_path, design__runs=2, proxy__tokens=6000, fit__bootstrap=10,
+                      sample__val_tokens=1000)
+    mixopt("sample", cfg)
+    r = mixopt("optimize", cfg, "--budget", "24", "--no-progress")  # decided after 19 (59 s on a loaded 2-core box)
+    out = r.stdout
+    assert "stopped: the verdict is decided (better)" in out, out
+    said = _candidates_said(out)
+    assert said and len(set(said)) == 1, out  # one candidate, seed after seed
+    st = json.loads(mixopt("status", cfg, "--format", "json").stdout)
+    assert st["budget"]["spent"] < 24 and st["budget"]["stopped"] == "the verdict is decided (better)"
+    optimal = yaml.safe_load((tmp_path / "junk.optimal.yaml").read_text())
+    assert optimal["optimize"]["verdict"] == "better" and optimal["optimize"]["paired_seeds"]
+    assert all(p["candidate"] < p["prior"] for p in optimal["optimize"]["paired_seeds"])
+    shown = said[0].split(": ", 1)[1]
+    assert shown == ", ".join(f"{d} {v:.3f}" for d, v in optimal["weights"].items())  # the mixture judged is written
+    assert optimal["weights"]["junk"] < 0.5  # the junk the prior is made of is cut
+    again = mixopt("optimize", cfg, "--budget", "24", "--no-progress")
+    assert again.stdout.startswith("already finished in round ") and "(a decided verdict stays decided)" in again.stdout
+    assert json.loads(mixopt("status", cfg, "--format", "json").stdout)["budget"]["rounds"] == st["budget"]["rounds"]
+
+
+@pytest.mark.slow
+def test_a_clearly_bad_prior_is_decided_across_sizes_with_real_proxies(corpora, tmp_path):
+    """The same junk-heavy prior with design.fidelities (tiny + 1m, a few thousand tokens each), end to
+    end through the fit across sizes: the candidate is verified at 1m, replaced once when a refit
+    predicts better by more than the 1m seed noise, and its seeds then accumulate until the paired
+    difference decides (25 of 30 proxies; 245-342 s on a loaded 2-core box)."""
+    cfg = junk_config(corpora, tmp_path, proxy__tokens=6000, fit__bootstrap=10, sample__val_tokens=1000,
+                      design={"min_weight": 0.01, "replicates": None, "fidelities": [
+                          {"size": "tiny", "runs": 4}, {"size": "1m", "runs": 3, "tokens": 2048}]})
+    mixopt("sample", cfg)
+    r = mixopt("optimize", cfg, "--budget", "30", "--no-progress", "--format", "json")
+    got = json.loads(r.stdout)
+    assert got["stopped"] == "the verdict is decided (better)" and got["verify_size"] == "1m", r.stderr
+    assert got["budget"]["spent"] < 30 and len(got["paired_seeds"]) >= 2
+    assert [p["seed"] for p in got["paired_seeds"]] == list(range(len(got["paired_seeds"])))
+    assert all(p["candidate"] < p["prior"] for p in got["paired_seeds"])
+    assert "the design at 1m" in r.stderr and "verdict: better than the prior at 1m, measured over " in r.stderr
+    # every round since the last candidate was set shows that one candidate, and its seeds accumulate
+    final = got["candidate_round"]
+    lines = r.stderr.splitlines()
+    shown = [x.split(";")[0] for x in lines if x.startswith(f"  candidate (round {final}): ")]
+    assert len(shown) == len(got["rounds"]) - final + 1 and len(set(shown)) == 1
+    seeds = [x for x in lines if x.startswith("  paired seeds at 1m")][-(len(shown)):]
+    assert [x.count("seed ") for x in seeds] == list(range(1, len(shown) + 1))  # one more seed each round
+    assert shown[0].endswith(", ".join(f"{d} {v:.3f}" for d, v in got["recommendation"].items()))
