@@ -26,6 +26,7 @@ from mixopt.sweep.results import training_table
 from mixopt.sweep.store import Store
 
 SCALE, TOKENS = "params", "tokens"  # the joint table's covariate columns
+NEITHER = "neither: no fit cross-validates"  # info["used"] when the law and the swarm's own fit both fail CV
 
 
 def size_swarms(exp: Experiment, plan: Plan, swarm: Swarm, runtime: Runtime, reeval: bool) -> list[dict]:
@@ -144,6 +145,16 @@ def fit_across_sizes(exp: Experiment, plan: Plan, swarm: Swarm, settings: FitSet
         why = (f"the law across sizes does not cross-validate (CV R^2 {rec.cv.r2:.3g} for the {rec.law} form): the "
                f"recommendation is the {sizes[0]['size']} swarm's own fit, for its size, not for "
                f"{target:g} parameters; add runs at the larger sizes")
+        info["law_recommendation"] = dict(zip(rec.domains, map(float, rec.weights)))
+        return replace(single, fidelity=info, warnings=(*single.warnings, why)), single_model, None
+    if not rec.reliable:
+        # Neither predicts held-out runs better than their mean: neither may carry the decision. The
+        # swarm's own recommendation is shown with its own verdict ("cannot tell": it is unreliable),
+        # never the law's at the target (which once replaced it and left the verdict to chance).
+        info["used"] = NEITHER
+        why = (f"neither the law across sizes (CV R^2 {rec.cv.r2:.3g} for the {rec.law} form) nor the "
+               f"{sizes[0]['size']} swarm's own fit (CV R^2 {single.honest_cv.r2:.3g}) predicts held-out runs better "
+               f"than their mean: neither is trusted, and the verdict stays \"cannot tell\"; add runs at every size")
         info["law_recommendation"] = dict(zip(rec.domains, map(float, rec.weights)))
         return replace(single, fidelity=info, warnings=(*single.warnings, why)), single_model, None
     info["used"] = "the law across sizes"
