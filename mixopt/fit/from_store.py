@@ -37,6 +37,8 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
         from mixopt.fit.reuse import expand_recommendation, reused_swarm
 
         swarm, space, fit_key = reused_swarm(plan, full := swarm, fit_key)
+        # --against and optimize's candidate are full mixtures: judged in the fit's own (reduced) coordinates
+        against = [(name, space.reduce(x)[0][0]) for name, x in against]
         runtime.say(f"mixture reuse: fitting {len(swarm.keys)} runs over {name_list(swarm.domains)}; the unchanged "
                     f"domains keep the proportions of {plan.change.virtual_from}")
     rec, model = fit_swarm(swarm, settings, fit_key, against)
