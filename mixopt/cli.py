@@ -623,7 +623,9 @@ def optimize(config: Path = CONFIG,
     typer.echo(f"spent {b.show(out.spent)} of {b.show(b.amount)} in {len(out.rounds)} round(s); verdict against "
                f"the prior: {out.verdict}")
     if out.weights:
-        typer.echo("recommendation: " + ", ".join(f"{d} {v:.3f}" for d, v in out.weights.items())
+        which = "" if out.candidate_round is None else \
+            f" (the candidate of round {out.candidate_round}, the mixture the verdict is about)"
+        typer.echo(f"recommendation{which}: " + ", ".join(f"{d} {v:.3f}" for d, v in out.weights.items())
                    + f" (written: {out.written})")
 
 

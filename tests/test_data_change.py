@@ -151,8 +151,11 @@ def test_added_domain_trains_only_new_runs_and_reuses_every_old_one(corpora, cop
     assert all(held_new in have[k] for k in old)  # the new domain, evaluated on old checkpoints
     cfg["fit"]["bootstrap"] = 5  # intervals: the unchanged domains' are labelled held fixed, not certain
     write_config(path, cfg)
-    fit = json.loads(cli("fit", path, "--format", "json", "--no-plots", "--no-progress"))
+    human = copy / "human.yaml"  # a full mixture to judge against (optimize's candidate is one too)
+    human.write_text(yaml.safe_dump({"weights": {"code": 0.3, "prose": 0.3, "legal": 0.2, "more": 0.2}}))
+    fit = json.loads(cli("fit", path, "--format", "json", "--no-plots", "--no-progress", "--against", human))
     assert list(fit["weights"]) == ["code", "prose", "legal", "more"] and abs(sum(fit["weights"].values()) - 1) < 1e-6
+    assert [g["against"] for g in fit["decision"]["gains"]] == ["prior", "human.yaml"]  # judged in the reduced space
     held = fit["interval"]["held_fixed_by_reuse"]
     assert held["domains"] == ["code", "prose", "legal"] and fit["interval"]["weights"]["code"] is None
     assert len(fit["interval"]["weights"]["more"]) == 2

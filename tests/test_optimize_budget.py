@@ -60,6 +60,21 @@ def test_a_flops_budget_is_planned_before_training_and_never_exceeded(corpora, t
     assert st["budget"]["unit"] == "flops" and st["budget"]["spent"] == pytest.approx(6 * per_run)
     assert st["budget"]["spent"] <= st["budget"]["amount"] and st["runs"]["done"] == 6
     assert st["runs"]["planned"] >= 1  # the proposal that did not fit: planned, never trained
+    # the same budget again: the recorded outcome, nothing trained, planned or recorded
+    again = mixopt("optimize", cfg, "--budget", f"{6.5 * per_run:.6g}flops", "--no-progress")
+    assert again.stdout.startswith("already finished in round 1 (--budget ") and "round 2" not in again.stdout
+    assert "a larger --budget continues where it stopped" in again.stdout
+    assert "stopped: the budget is spent" in again.stdout
+    st2 = json.loads(mixopt("status", cfg, "--format", "json").stdout)
+    assert st2["runs"] == st["runs"] and st2["budget"]["rounds"] == 1
+    # a larger budget: continues with the proposal left planned, within the new budget
+    more = mixopt("optimize", cfg, "--budget", f"{10.5 * per_run:.6g}flops", "--no-progress", "--format", "json")
+    got = json.loads(more.stdout)
+    assert not got["already_finished"] and [r["n"] for r in got["rounds"]] == [2]
+    assert got["rounds"][0]["what"].startswith("what the last round proposed (propose)")
+    st3 = json.loads(mixopt("status", cfg, "--format", "json").stdout)
+    assert st3["budget"]["rounds"] == 2 and st3["budget"]["spent"] <= 10.5 * per_run
+    assert st3["runs"]["done"] == 6 + got["rounds"][0]["trained"] >= 10
 
 
 def _done(db) -> int:
@@ -107,8 +122,12 @@ def test_kill_9_then_rerun_trains_nothing_twice_and_finishes(corpora, tmp_path):
     assert b["stopped"] == rounds[-1][1] and st["experiment_compute"]["flops"] > 0
     text = mixopt("status", cfg).stdout
     assert f"budget (mixopt optimize --budget 8): spent {len(trainings)} proxies of 8 proxies" in text
-    again = mixopt("optimize", cfg, "--budget", "8", "--no-progress")  # finished: a rerun trains nothing
-    assert "trained 0 proxies" in again.stdout
+    again = mixopt("optimize", cfg, "--budget", "8", "--no-progress")  # finished: a rerun does nothing
+    assert again.stdout.startswith(f"already finished in round {len(rounds)} (") and "round " + str(len(rounds) + 1) \
+        not in again.stdout and "nothing trained, planned or recorded" in again.stdout
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT COUNT(*) FROM budget_rounds").fetchone()[0] == len(rounds)
+        assert dict(c.execute("SELECT key, trainings FROM runs WHERE status='done'").fetchall()) == trainings
 
 
 def test_dry_run_with_fidelities_covers_every_size(corpora, tmp_path):
@@ -194,6 +213,13 @@ def test_a_decided_verdict_stops_the_rounds_before_proposing(corpora, tmp_path, 
     with Store(tmp_path / "ws" / "mixopt.db") as store:
         assert not [r for r in store.runs() if r.origin.startswith("optimize:")]  # nothing proposed
         assert [(r["round"], r["stopped"]) for r in store.rounds()] == [(1, "the verdict is decided (worse)")]
+    said.clear()
+    again = rounds.optimize_budget(exp, parse_budget("80"), say=said.append)  # decided: a larger budget changes nothing
+    assert again.already and again.verdict == "worse" and len(asked) == 6
+    assert said == ["already finished in round 1 (a decided verdict stays decided): nothing trained, planned or recorded",
+                    "  verdict: the recommendation is worse than the prior: keep the prior"]
+    with Store(tmp_path / "ws" / "mixopt.db") as store:
+        assert len(store.rounds()) == 1
 
 
 def test_a_version_6_store_gains_the_rounds_table_and_keeps_its_runs(tmp_path):
@@ -201,7 +227,7 @@ def test_a_version_6_store_gains_the_rounds_table_and_keeps_its_runs(tmp_path):
 
     from mixopt.sweep.store import VERSION, Store
 
-    assert VERSION == 9
+    assert VERSION == 10
     with Store(tmp_path / "mixopt.db") as s:
         s.add_planned([{"key": "k", "context": "c", "origin": "prior", "weights": [1.0], "domains": ["a"]}])
     with sqlite3.connect(tmp_path / "mixopt.db") as db:  # as mixopt with store version 6 left it
@@ -214,4 +240,134 @@ def test_a_version_6_store_gains_the_rounds_table_and_keeps_its_runs(tmp_path):
         s.record_round({"round": 1, "budget": "3e12flops", "unit": "flops", "amount": 3e12, "trained": 4,
                         "what": "the design at tiny", "spent": 1e12, "verdict": "cannot tell", "stopped": None})
         assert [(r["round"], r["budget"], r["spent"]) for r in s.rounds()] == [(1, "3e12flops", 1e12)]
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == 9
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == 10
+        assert s.rounds()[0]["weights"] is None and s.rounds()[0]["candidate_round"] is None
+
+
+def _rec(weights, verdict="cannot tell", gain=None, noise_sd=None, reliable=True, fidelity=None, predicted=3.0):
+    """A fit's recommendation as rounds.choose_candidate reads it: weights, verdict, the predicted gain
+    over the candidate (its `against` mixture) and one proxy's seed noise."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from mixopt.fit.verdict import Gain
+
+    gains = [Gain("prior", 0.1, 0.05, 0.15, 0.99)]
+    if gain is not None and fidelity is None:
+        gains.append(Gain("candidate", gain, gain - 0.1, gain + 0.1, 0.5))
+    noise = None if noise_sd is None else SimpleNamespace(sd_total=noise_sd)
+    return SimpleNamespace(weights=np.array(weights), decision=SimpleNamespace(verdict=verdict, gains=gains, noise=noise)
+                           if fidelity is None else None, reliable=reliable, fidelity=fidelity, predicted=predicted)
+
+
+def test_the_candidate_persists_until_a_fit_predicts_better_by_more_than_the_noise():
+    from mixopt.fit.candidate import Candidate, choose_candidate
+
+    # the first candidate: the fit's recommendation once it says better (or leaves it to measurement)
+    c, note = choose_candidate(_rec([0.2, 0.3, 0.5], "better"), None, [], 1, "tiny")
+    assert c == Candidate((0.2, 0.3, 0.5), 1) and "becomes the candidate" in note
+    assert choose_candidate(_rec([0.2, 0.3, 0.5], "cannot tell"), None, [], 1, "tiny") == (None, None)
+    # a refit moved the recommendation a little: predicted 0.004 better, noise sd 0.01: kept, the rule said
+    c2, note = choose_candidate(_rec([0.21, 0.3, 0.49], gain=0.004, noise_sd=0.01), c, [], 2, "tiny")
+    assert c2 is c and note.startswith("kept: the fit's new recommendation is predicted +0.0040 against it, within "
+                                       "one proxy's seed noise at tiny (sd 0.0100, from the replicates at tiny)")
+    assert "the candidate is replaced only when the fit predicts its new recommendation better than the candidate " \
+           "by more than one proxy's seed noise at tiny" in note
+    # ... by more than the noise: replaced, and the pairs restart
+    c3, note = choose_candidate(_rec([0.5, 0.3, 0.2], gain=0.03, noise_sd=0.01), c, [], 3, "tiny")
+    assert c3 == Candidate((0.5, 0.3, 0.2), 3) and note.startswith("replaced: the fit predicts its new "
+                                                                   "recommendation 0.0300 better than the candidate of round 1")
+    assert "the paired seeds restart with the new candidate" in note
+    # no replicates: the noise comes from the candidate's own paired seeds (sd of differences / sqrt 2), or is unknown
+    kept, note = choose_candidate(_rec([0.5, 0.3, 0.2], gain=0.03), c, [(0, 3.0, 3.1)], 2, "tiny")
+    assert kept is c and "not measured yet" in note
+    pairs = [(0, 3.0, 3.1), (1, 3.0, 3.2)]  # differences 0.1, 0.2: sd 0.0707, / sqrt 2 = 0.05
+    kept, note = choose_candidate(_rec([0.5, 0.3, 0.2], gain=0.03), c, pairs, 3, "tiny")
+    assert kept is c and "(sd 0.0500, from the candidate's 2 paired seeds)" in note
+    # a fit that does not cross-validate never moves the candidate
+    kept, note = choose_candidate(_rec([0.5, 0.3, 0.2], gain=0.5, noise_sd=0.01, reliable=False), c, [], 3, "tiny")
+    assert kept is c and "does not cross-validate" in note
+    # the law across sizes: its prediction at the candidate, the noise of the verify size's replicates
+    law = {"used": "the law across sizes", "against": {"candidate": 3.05},
+           "sizes": [{"size": "tiny", "noise_sd": 0.001}, {"size": "1m", "noise_sd": 0.02}]}
+    c4, note = choose_candidate(_rec([0.5, 0.3, 0.2], fidelity=law), c, [], 3, "1m")
+    assert c4 == Candidate((0.5, 0.3, 0.2), 3) and "0.0500 better" in note and "sd 0.0200" in note
+    kept, _ = choose_candidate(_rec([0.5, 0.3, 0.2], fidelity={**law, "against": {"candidate": 3.01}}), c, [], 3, "1m")
+    assert kept is c
+
+
+def junk_config(corpora, root, **overrides):
+    """prose, code and a junk domain (random letters, ~3 MB: about 0.9 of the token-proportional prior),
+    scored on the held-out text of prose and code: the prior is clearly bad, and the rounds must find it."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz     ", dtype=np.uint8)
+    docs = [rng.choice(letters, 2000).tobytes().decode() for _ in range(1500)]
+    pq.write_table(pa.table({"text": docs}), root / "junk.parquet")
+    cfg = small_config(corpora, root / "ws", **overrides)
+    cfg["domains"] = [cfg["domains"][1], cfg["domains"][0], {"name": "junk", "sources": [{"path": str(root / "junk.parquet")}]}]
+    cfg["fit"]["objective"] = {"domains": {"prose": 0.5, "code": 0.5}}
+    cfg["name"] = "junk"
+    return write_config(root / "junk.yaml", cfg)
+
+
+def _candidates_said(stdout: str) -> list[str]:
+    return [line.split(";")[0] for line in stdout.splitlines() if line.startswith("  candidate (round ")]
+
+
+def test_a_clearly_bad_prior_is_decided_better_with_real_proxies(corpora, tmp_path):
+    """No fit replaced: real tiny proxies, a prior that is ~0.9 junk. optimize stops on a decided
+    verdict before the budget is spent; every paired seed it shows is of one candidate, the one
+    written and judged."""
+    import yaml
+
+    cfg = junk_config(corpora, tmp_path, design__runs=2, proxy__tokens=6000, fit__bootstrap=10,
+                      sample__val_tokens=1000)
+    mixopt("sample", cfg)
+    r = mixopt("optimize", cfg, "--budget", "24", "--no-progress")  # decided after 19 (59 s on a loaded 2-core box)
+    out = r.stdout
+    assert "stopped: the verdict is decided (better)" in out, out
+    said = _candidates_said(out)
+    assert said and len(set(said)) == 1, out  # one candidate, seed after seed
+    st = json.loads(mixopt("status", cfg, "--format", "json").stdout)
+    assert st["budget"]["spent"] < 24 and st["budget"]["stopped"] == "the verdict is decided (better)"
+    optimal = yaml.safe_load((tmp_path / "junk.optimal.yaml").read_text())
+    assert optimal["optimize"]["verdict"] == "better" and optimal["optimize"]["paired_seeds"]
+    assert all(p["candidate"] < p["prior"] for p in optimal["optimize"]["paired_seeds"])
+    shown = said[0].split(": ", 1)[1]
+    assert shown == ", ".join(f"{d} {v:.3f}" for d, v in optimal["weights"].items())  # the mixture judged is written
+    assert optimal["weights"]["junk"] < 0.5  # the junk the prior is made of is cut
+    again = mixopt("optimize", cfg, "--budget", "24", "--no-progress")
+    assert again.stdout.startswith("already finished in round ") and "(a decided verdict stays decided)" in again.stdout
+    assert json.loads(mixopt("status", cfg, "--format", "json").stdout)["budget"]["rounds"] == st["budget"]["rounds"]
+
+
+@pytest.mark.slow
+def test_a_clearly_bad_prior_is_decided_across_sizes_with_real_proxies(corpora, tmp_path):
+    """The same junk-heavy prior with design.fidelities (tiny + 1m, a few thousand tokens each), end to
+    end through the fit across sizes: the candidate is verified at 1m, replaced once when a refit
+    predicts better by more than the 1m seed noise, and its seeds then accumulate until the paired
+    difference decides (25 of 30 proxies; 245-342 s on a loaded 2-core box)."""
+    cfg = junk_config(corpora, tmp_path, proxy__tokens=6000, fit__bootstrap=10, sample__val_tokens=1000,
+                      design={"min_weight": 0.01, "replicates": None, "fidelities": [
+                          {"size": "tiny", "runs": 4}, {"size": "1m", "runs": 3, "tokens": 2048}]})
+    mixopt("sample", cfg)
+    r = mixopt("optimize", cfg, "--budget", "30", "--no-progress", "--format", "json")
+    got = json.loads(r.stdout)
+    assert got["stopped"] == "the verdict is decided (better)" and got["verify_size"] == "1m", r.stderr
+    assert got["budget"]["spent"] < 30 and len(got["paired_seeds"]) >= 2
+    assert [p["seed"] for p in got["paired_seeds"]] == list(range(len(got["paired_seeds"])))
+    assert all(p["candidate"] < p["prior"] for p in got["paired_seeds"])
+    assert "the design at 1m" in r.stderr and "verdict: better than the prior at 1m, measured over " in r.stderr
+    # every round since the last candidate was set shows that one candidate, and its seeds accumulate
+    final = got["candidate_round"]
+    lines = r.stderr.splitlines()
+    shown = [x.split(";")[0] for x in lines if x.startswith(f"  candidate (round {final}): ")]
+    assert len(shown) == len(got["rounds"]) - final + 1 and len(set(shown)) == 1
+    seeds = [x for x in lines if x.startswith("  paired seeds at 1m")][-(len(shown)):]
+    assert [x.count("seed ") for x in seeds] == list(range(1, len(shown) + 1))  # one more seed each round
+    assert shown[0].endswith(", ".join(f"{d} {v:.3f}" for d, v in got["recommendation"].items()))

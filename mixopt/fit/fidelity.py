@@ -26,6 +26,7 @@ from mixopt.sweep.results import training_table
 from mixopt.sweep.store import Store
 
 SCALE, TOKENS = "params", "tokens"  # the joint table's covariate columns
+NEITHER = "neither: no fit cross-validates"  # info["used"] when the law and the swarm's own fit both fail CV
 
 
 def size_swarms(exp: Experiment, plan: Plan, swarm: Swarm, runtime: Runtime, reeval: bool) -> list[dict]:
@@ -94,9 +95,10 @@ def _rho(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def fit_across_sizes(exp: Experiment, plan: Plan, swarm: Swarm, settings: FitSettings, single, single_model,
-                     fit_key: str, runtime: Runtime, reeval: bool):
+                     fit_key: str, runtime: Runtime, reeval: bool, against=()):
     """(recommendation, model, table fitted) at optimum.target_size, or None with one size only (the
-    swarm's own fit stands; said on `runtime`)."""
+    swarm's own fit stands; said on `runtime`). The law's prediction at each of `against` ((name,
+    weights)) is in the fidelity info's "against" (the swarm's own fit has them in its gains)."""
     from mixopt.fit.scaling import fit_scaled
 
     sizes = size_swarms(exp, plan, swarm, runtime, reeval)
@@ -134,6 +136,7 @@ def fit_across_sizes(exp: Experiment, plan: Plan, swarm: Swarm, settings: FitSet
         "predicted_difference": lost,
         "new_proxy_interval": proxy_ci,
         "noise_at_target": "the largest size's replicates" if proxy_ci else None,
+        "against": {name: float(model.predict(np.asarray(x, float))[0]) for name, x in against},
     }
     if not rec.reliable and single.reliable:
         # A law that predicts held-out runs worse than their mean must not replace a fit that does:
@@ -142,6 +145,16 @@ def fit_across_sizes(exp: Experiment, plan: Plan, swarm: Swarm, settings: FitSet
         why = (f"the law across sizes does not cross-validate (CV R^2 {rec.cv.r2:.3g} for the {rec.law} form): the "
                f"recommendation is the {sizes[0]['size']} swarm's own fit, for its size, not for "
                f"{target:g} parameters; add runs at the larger sizes")
+        info["law_recommendation"] = dict(zip(rec.domains, map(float, rec.weights)))
+        return replace(single, fidelity=info, warnings=(*single.warnings, why)), single_model, None
+    if not rec.reliable:
+        # Neither predicts held-out runs better than their mean: neither may carry the decision. The
+        # swarm's own recommendation is shown with its own verdict ("cannot tell": it is unreliable),
+        # never the law's at the target (which once replaced it and left the verdict to chance).
+        info["used"] = NEITHER
+        why = (f"neither the law across sizes (CV R^2 {rec.cv.r2:.3g} for the {rec.law} form) nor the "
+               f"{sizes[0]['size']} swarm's own fit (CV R^2 {single.honest_cv.r2:.3g}) predicts held-out runs better "
+               f"than their mean: neither is trusted, and the verdict stays \"cannot tell\"; add runs at every size")
         info["law_recommendation"] = dict(zip(rec.domains, map(float, rec.weights)))
         return replace(single, fidelity=info, warnings=(*single.warnings, why)), single_model, None
     info["used"] = "the law across sizes"

@@ -37,6 +37,8 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
         from mixopt.fit.reuse import expand_recommendation, reused_swarm
 
         swarm, space, fit_key = reused_swarm(plan, full := swarm, fit_key)
+        # --against and optimize's candidate are full mixtures: judged in the fit's own (reduced) coordinates
+        against = [(name, space.reduce(x)[0][0]) for name, x in against]
         runtime.say(f"mixture reuse: fitting {len(swarm.keys)} runs over {name_list(swarm.domains)}; the unchanged "
                     f"domains keep the proportions of {plan.change.virtual_from}")
     rec, model = fit_swarm(swarm, settings, fit_key, against)
@@ -46,7 +48,7 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
     if (exp.design.fidelities or exp.optimum.target_size) and reused is None:
         from mixopt.fit.fidelity import fit_across_sizes
 
-        joint = fit_across_sizes(exp, plan, swarm, settings, rec, model, fit_key, runtime, reeval)
+        joint = fit_across_sizes(exp, plan, swarm, settings, rec, model, fit_key, runtime, reeval, against)
         if joint is not None:
             rec, model, fitted = joint[0], joint[1], fitted if joint[2] is None else joint[2]
     with Store(plan.workspace.db_path) as store:

@@ -488,9 +488,9 @@ def save_fit(out: Path, swarm: Swarm, settings: FitSettings, rec: Recommendation
 
 
 def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | None,
-                  overrides: dict[str, str] | None = None) -> None:
+                  overrides: dict[str, str] | None = None, rounds: dict | None = None) -> None:
     """The recommendation as YAML; `fit` names the fit folder's fit.json when one was written, and the
-    settings its command line overrode."""
+    settings its command line overrode; `rounds`: `mixopt optimize`'s verdict on the mixture written."""
     doc = {
         "experiment": name,
         "weights": {d: round(float(v), 6) for d, v in zip(rec.domains, rec.weights)},
@@ -540,7 +540,10 @@ def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | No
         doc["noise"] = None if n is None else _Flow({
             "sd_one_proxy": round(n.sd_total, 6), "sd_within_seed": None if n.sd_within is None else round(n.sd_within, 6),
             "replicated_mixtures": n.mixtures, "proxies": n.proxies})
-    header = f"# Recommended mixture for '{name}', written by mixopt {__version__} `mixopt fit`.\n"
+    if rounds is not None:
+        doc["optimize"] = rounds
+    verb = "mixopt optimize" if rounds is not None else "mixopt fit"
+    header = f"# Recommended mixture for '{name}', written by mixopt {__version__} `{verb}`.\n"
     atomic_write_text(path, header + yaml.dump(doc, Dumper=_OptimalDumper, sort_keys=False))
 
 

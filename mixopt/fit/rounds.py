@@ -6,16 +6,23 @@ Each round
    the runs an earlier round planned and did not finish (a resumed optimize), else the config's
    design not yet trained (every fidelity, cheapest first), else what the last round proposed;
 2. fits (the joint law across sizes where there are several, fit/fidelity.py);
-3. verifies: the recommendation and the prior, trained with the same seed at the verify size (the
-   largest fidelity after a fit across sizes: the nearest to the target; the swarm's size otherwise);
-4. stops when the verdict is decided: the seeds' paired differences at the verify size exclude 0
-   (fit/verdict.py's paired_gain), or the fit's own verdict (fit/verdict.py's decide) is "worse",
-   or "better" and the verification agrees (the recommendation measured below the prior);
-5. otherwise proposes the next round's runs by expected decision value per FLOP: a larger proxy's
-   replicate of the current recommendation (with the prior at the same seed) when the fit is across
-   sizes and the law's uncertainty at the target (its interval's half-width) exceeds the cheapest
-   size's seed noise: cheap runs narrow the mixture fit, not the extrapolation, so they buy nothing
-   for the decision; else max(4, domains) cheap runs where the fit is least sure (fit/propose.py).
+3. verifies a *candidate*: the mixture under verification, trained with the prior at the same seed
+   at the verify size (the largest fidelity after a fit across sizes: the nearest to the target;
+   the swarm's size otherwise). The first candidate is the fit's recommendation once the fit says it
+   is better or leaves the verdict to measurement (a fit across sizes); it persists across rounds
+   (store's budget_rounds) and is replaced only when a new fit predicts its own recommendation
+   better than the candidate by more than one proxy's seed noise at the verify size (fit/candidate.py); its
+   paired seeds then restart. The verdict and the optimal YAML are about the candidate;
+4. stops when the verdict is decided: the candidate's paired differences at the verify size exclude
+   0 (fit/verdict.py's paired_gain), or the fit's own verdict (fit/verdict.py's decide) is "worse",
+   or "better" and the verification agrees (the recommendation, still the candidate, measured below
+   the prior);
+5. otherwise proposes the next round's runs: the next seed of the candidate and of the prior at the
+   verify size (their paired difference is the verdict: nothing else narrows it), or, with no
+   candidate yet (a one-size fit that cannot tell), max(4, domains) cheap runs where the fit is least
+   sure (fit/propose.py).
+A rerun of a finished optimize prints the recorded outcome and does nothing; after "the budget is
+spent" a larger --budget continues where it stopped.
 What a round plans is written to the store as planned runs before it trains, and rounds are
 numbered in the store: kill -9 at any point and rerun the same command, nothing is trained twice.
 """
@@ -30,6 +37,7 @@ from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import Mixture
 from mixopt.errors import MixoptError
+from mixopt.fit.candidate import Candidate, choose_candidate, predicted_gain, same_mixture
 from mixopt.fit.verdict import paired_gain
 from mixopt.sweep.budget import Budget, Costs, fidelity_plans, within
 from mixopt.sweep.plan import Plan, sweep_plan
@@ -49,6 +57,7 @@ class Round:
     spent: float
     verdict: str
     line: str  # the verdict in a sentence
+    candidate_round: int | None = None  # the round that made the judged mixture the candidate
 
 
 @dataclass
@@ -58,13 +67,20 @@ class Outcome:
     spent: float = 0.0
     stopped: str = ""
     verdict: str = "cannot tell"
-    weights: dict[str, float] | None = None
+    weights: dict[str, float] | None = None  # the mixture the verdict is about (the candidate once there is one)
     written: str | None = None
     verify_size: str | None = None
+    candidate_round: int | None = None
+    paired: list[tuple[int, float, float]] = field(default_factory=list)  # (seed, candidate, prior) at verify_size
+    fit_weights: dict[str, float] | None = None  # the last fit's own recommendation
+    already: bool = False  # a rerun of a finished optimize: the recorded outcome, nothing done
 
     def to_json(self) -> dict:
         return {"budget": self.budget.to_json(self.spent), "stopped": self.stopped, "verdict": self.verdict,
                 "recommendation": self.weights, "written": self.written, "verify_size": self.verify_size,
+                "candidate_round": self.candidate_round,
+                "paired_seeds": [{"seed": r, "candidate": a, "prior": b} for r, a, b in self.paired],
+                "fit_recommendation": self.fit_weights, "already_finished": self.already,
                 "rounds": [r.__dict__ for r in self.rounds]}
 
 
@@ -78,36 +94,53 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
     out = Outcome(budget)
     with Store(db) as store:
         costs = Costs([p for _, p in sizes], store, device)
-        first = len(store.rounds()) + 1
+        rows = store.rounds()
     verify_at = len(sizes) - 1  # the largest fidelity: the nearest to the target (the swarm itself with one)
-    out.verify_size = _label(exp, verify_at)
+    out.verify_size = size = _label(exp, verify_at)
+    if rows and rows[-1]["stopped"] and not _reopens(rows[-1], budget):
+        return _recorded(exp, budget, costs, db, rows, out, say)
+    first = len(rows) + 1
+    vexp, vplan = sizes[verify_at]
+    cand = _candidate_of(rows[-1], exp.domain_names) if rows else None
     for n in range(first, first + MAX_ROUNDS):
         trained, what = _train_round(exp, sizes, budget, costs, runtime, n)
         try:
             from mixopt.fit.from_store import recommend_mixture
 
-            rec = recommend_mixture(exp, runtime, plots=False)
+            rec = recommend_mixture(exp, runtime, plots=False,
+                                    against=[("candidate", np.asarray(cand.weights))] if cand else ())
         except MixoptError as e:  # e.g. too few runs: what was trained is kept, and the round says why
             raise MixoptError(f"round {n}: the fit failed after training {trained} proxies ({e.problem})",
                               e.fix or "raise --budget, or lower design.runs") from None
-        w = np.asarray(rec.weights, float)
         fit_verdict = rec.decision.verdict if rec.decision is not None else None
-        vexp, vplan = sizes[verify_at]
-        pairs = _pairs(vplan, w, db)
-        if not pairs and fit_verdict in ("better", None):  # verify: the recommendation and the prior at one seed
-            got, cut = _train(budget, costs, runtime, db, [(vexp, vplan, m) for m in _verify(vplan, w, n, 0)])
+        cand, note = choose_candidate(rec, cand, _pairs(vplan, cand.weights, db) if cand else [], n, size)
+        pairs = _pairs(vplan, cand.weights, db) if cand else []
+        if cand is not None and not pairs:  # a new candidate: its first seed, with the prior's
+            got, cut = _train(budget, costs, runtime, db,
+                              [(vexp, vplan, m) for m in _verify(vplan, cand.weights, n, 0)])
             trained += got
-            pairs = _pairs(vplan, w, db)
-            what += f"; {'verified' if pairs else 'could not verify'} the recommendation at {out.verify_size} " \
+            pairs = _pairs(vplan, cand.weights, db)
+            what += f"; {'verified' if pairs else 'could not verify'} the candidate at {size} " \
                     f"against the prior (seed 0){': over the budget' if cut else ''}"
-        verdict, line = judge(fit_verdict, pairs, rec.ci, out.verify_size, rec.decision)
+        if cand is not None and not same_mixture(cand.weights, rec.weights):
+            fit_verdict = None  # the fit's verdict is about its own recommendation: the candidate's is measured
+        verdict, line = judge(fit_verdict, [(a, b) for _, a, b in pairs], rec.ci, size, rec.decision)
         with Store(db) as store:
             spent = costs.spent(store, budget.unit)
-        out.rounds.append(Round(n, what, trained, spent, verdict, line))
-        out.spent, out.verdict = spent, verdict
-        out.weights = dict(zip(rec.domains, map(float, rec.weights)))
+        out.rounds.append(Round(n, what, trained, spent, verdict, line, cand.since if cand else None))
+        out.spent, out.verdict, out.paired = spent, verdict, pairs
+        out.fit_weights = dict(zip(rec.domains, map(float, rec.weights)))
+        out.weights = dict(zip(rec.domains, cand.weights)) if cand else out.fit_weights
+        out.candidate_round = cand.since if cand else None
         out.written = str(exp.optimal_path)
+        if cand is not None:
+            _write_candidate(exp, sizes[0][1], rec, cand, verdict, line, pairs, size)
         say(f"round {n}: trained {trained} prox{'y' if trained == 1 else 'ies'} ({what}); spent {budget.show(spent)} of {budget.show(budget.amount)}")
+        if cand is not None:
+            say(f"  candidate (round {cand.since}): " + ", ".join(f"{d} {v:.3f}" for d, v in out.weights.items())
+                + (f"; {note}" if note else ""))
+            say(f"  paired seeds at {size} (prior - candidate, > 0: the candidate is better): "
+                + (", ".join(f"seed {r} {b - a:+.4f}" for r, a, b in pairs) or "none yet"))
         say(f"  verdict: {line}")
         stop = None
         if verdict in ("better", "worse"):
@@ -117,13 +150,13 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
                    "next round fits in what is left"
         if stop is None:
             try:
-                why = _propose(exp, sizes, rec, w, pairs, n, runtime, db)
+                why = _propose(exp, sizes, cand, n, runtime, db)
             except MixoptError as e:
                 stop = f"nothing left to propose ({e.problem})"
             else:
                 say(f"  next: {why}")
                 stop = _unaffordable(db, budget, costs)
-        _record(db, n, budget, trained, what, costs, verdict, stop)
+        _record(db, n, budget, trained, what, costs, verdict, stop, out.weights, out.candidate_round, line)
         if stop is not None:
             out.stopped = stop
             return out
@@ -216,49 +249,49 @@ def _train(budget: Budget, costs: Costs, runtime: Runtime, db, todo) -> tuple[in
     return trained, len(fresh) - len(kept)
 
 
-def _verify(plan: Plan, w: np.ndarray, n: int, seed: int) -> list[Mixture]:
+def _verify(plan: Plan, w, n: int, seed: int) -> list[Mixture]:
     return [Mixture(f"{ORIGIN}:{n}:verify:recommended", tuple(map(float, w)), seed),
             Mixture(f"{ORIGIN}:{n}:verify:prior", tuple(map(float, plan.prior)), seed)]
 
 
-def _pairs(plan: Plan, w: np.ndarray, db) -> list[tuple[float, float]]:
-    """(recommendation, prior) measured at `plan`'s size with the same seed, replicate 0, 1, ..."""
+def _pairs(plan: Plan, w, db) -> list[tuple[int, float, float]]:
+    """(seed, candidate `w`, prior) measured at `plan`'s size with the same seed, every seed both have."""
     with Store(db) as store:
         scores = record_scores(plan, store)
     out = []
     for r in range(64):
         a, b = scores.get(plan.key(tuple(map(float, w)), r)), scores.get(plan.key(tuple(map(float, plan.prior)), r))
-        if a is None or b is None:
-            break
-        out.append((float(a), float(b)))
+        if a is not None and b is not None:
+            out.append((r, float(a), float(b)))
     return out
 
 
-def _propose(exp: Experiment, sizes, rec, w: np.ndarray, pairs, n: int, runtime: Runtime, db) -> str:
+def _next_seed(plan: Plan, w, db) -> int:
+    """The first seed at which the candidate or the prior has no finished (or for good failed) run."""
+    with Store(db) as store:
+        taken = {r.key for r in plan.runs(store) if not _pending(r)}
+    return next(r for r in range(10_000) if plan.key(tuple(map(float, w)), r) not in taken
+                or plan.key(tuple(map(float, plan.prior)), r) not in taken)
+
+
+def _propose(exp: Experiment, sizes, cand: Candidate | None, n: int, runtime: Runtime, db) -> str:
     """Plan the next round's runs into the store (step 5 of the module's note); what and why."""
-    info = rec.fidelity or {}
-    joint = info.get("used") == "the law across sizes"
-    if joint and rec.predicted_ci is not None:
-        half = (rec.predicted_ci[1] - rec.predicted_ci[0]) / 2
-        noise = (info.get("sizes") or [{}])[0].get("noise_sd")
-        if noise is None or half > noise:
-            fexp, plan = sizes[-1]
-            ms = [Mixture(f"{ORIGIN}:{n + 1}:replicate:{m.origin.split(':')[-1]}", m.weights, len(pairs))
-                  for m in _verify(plan, w, n + 1, 0)]
-            _plan_runs(fexp, plan, ms, db)
-            cheap = "unmeasured" if noise is None else f"sd {noise:.4f}"
-            return (f"a replicate (seed {len(pairs)}) of the recommendation and the prior at {_label(exp, len(sizes) - 1)}: "
-                    f"the law's uncertainty at the target (+-{half:.4f}) exceeds the cheapest size's seed noise "
-                    f"({cheap}), which more cheap runs would not narrow")
+    if cand is not None:
+        fexp, plan = sizes[-1]
+        seed = _next_seed(plan, cand.weights, db)
+        ms = [Mixture(f"{ORIGIN}:{n + 1}:replicate:{m.origin.split(':')[-1]}", m.weights, seed)
+              for m in _verify(plan, cand.weights, n + 1, seed)]
+        _plan_runs(fexp, plan, ms, db)
+        return (f"seed {seed} of the candidate and of the prior at {_label(exp, len(sizes) - 1)}: the verdict is "
+                "their paired difference, and only another seed of both narrows it")
     from mixopt.fit.propose import propose_mixtures
 
     k = max(4, len(exp.domain_names))
     picks, _ = propose_mixtures(exp, k, runtime)
     fexp, plan = sizes[0]
     _plan_runs(fexp, plan, [Mixture(f"{ORIGIN}:{n + 1}:propose:{i}", tuple(map(float, x))) for i, x in enumerate(picks)], db)
-    why = "the fit is not yet decided" if not joint else "the law's uncertainty at the target is within the cheap " \
-                                                          "size's noise: cheap runs are the better buy"
-    return f"{len(picks)} cheap runs at {_label(exp, 0)} where the fit is least sure ({why})"
+    return (f"{len(picks)} cheap runs at {_label(exp, 0)} where the fit is least sure (the fit is not yet decided, "
+            "and nothing is verified yet)")
 
 
 def _plan_runs(fexp: Experiment, plan: Plan, ms: list[Mixture], db) -> None:
@@ -284,11 +317,74 @@ def _unaffordable(db, budget: Budget, costs: Costs) -> str | None:
     return None
 
 
-def _record(db, n: int, budget: Budget, trained: int, what: str, costs: Costs, verdict: str, stop) -> None:
+def _record(db, n: int, budget: Budget, trained: int, what: str, costs: Costs, verdict: str, stop,
+            weights: dict | None, candidate_round: int | None, summary: str) -> None:
     with Store(db) as store:
         store.record_round({"round": n, "budget": budget.text, "unit": budget.unit, "amount": budget.amount,
                             "trained": trained, "what": what, "spent": costs.spent(store, budget.unit),
-                            "verdict": verdict, "stopped": stop})
+                            "verdict": verdict, "stopped": stop, "weights": weights,
+                            "candidate_round": candidate_round, "summary": summary})
+
+
+def _candidate_of(row: dict, domains: list[str]) -> Candidate | None:
+    """The candidate the last recorded round left (None: none yet, or a row of store version < 9)."""
+    if row.get("candidate_round") is None or not row.get("weights") or list(row["weights"]) != list(domains):
+        return None
+    return Candidate(tuple(float(row["weights"][d]) for d in domains), int(row["candidate_round"]))
+
+
+def _reopens(last: dict, budget: Budget) -> bool:
+    """Whether a finished optimize goes on: it stopped on the budget and this one is larger (or in
+    another unit, counted again); a decided verdict, or nothing left to do, stays as recorded."""
+    if not str(last["stopped"]).startswith("the budget is spent"):
+        return False
+    return budget.unit != last["unit"] or budget.amount > last["amount"] * (1 + 1e-9)
+
+
+def _recorded(exp: Experiment, budget: Budget, costs: Costs, db, rows: list[dict], out: Outcome, say) -> Outcome:
+    """A rerun of a finished optimize: its recorded outcome; nothing trained, planned or recorded."""
+    last = rows[-1]
+    with Store(db) as store:
+        out.spent = costs.spent(store, budget.unit)
+    out.rounds = [Round(r["round"], r["what"], r["trained"], r["spent"], r["verdict"] or "cannot tell",
+                        r["summary"] or "", r["candidate_round"]) for r in rows]
+    out.stopped, out.verdict, out.already = last["stopped"], last["verdict"] or "cannot tell", True
+    out.weights, out.candidate_round = last["weights"], last["candidate_round"]
+    out.written = str(exp.optimal_path)
+    if str(last["stopped"]).startswith("the budget is spent"):
+        why = (f"--budget {budget.text} is no more than the {Budget(last['budget'], last['unit'], last['amount']).show(last['amount'])} "
+               "it stopped at; a larger --budget continues where it stopped")
+    elif str(last["stopped"]).startswith("the verdict is decided"):
+        why = "a decided verdict stays decided"
+    else:
+        why = "a rerun would do the same"
+    say(f"already finished in round {last['round']} ({why}): nothing trained, planned or recorded")
+    if last["summary"]:
+        say(f"  verdict: {last['summary']}")
+    return out
+
+
+def _write_candidate(exp: Experiment, plan: Plan, rec, cand: Candidate, verdict: str, line: str, pairs,
+                     size: str) -> None:
+    """The candidate, the mixture the verdict is about, as the experiment's optimal YAML (fit wrote
+    its own recommendation there): the fit's numbers at the candidate, and the rounds' verdict."""
+    from dataclasses import replace
+
+    from mixopt.fit.recommend import write_optimal
+
+    shown = rec
+    if not same_mixture(cand.weights, rec.weights):
+        gain = predicted_gain(rec, "candidate")
+        shown = replace(rec, weights=np.asarray(cand.weights), predicted=rec.predicted + (gain or 0.0),
+                        weights_ci=None, predicted_ci=None, unconstrained=None, predicted_unconstrained=None,
+                        decision=None, binding=[""] * len(rec.domains),
+                        fidelity={**rec.fidelity, "new_proxy_interval": None} if rec.fidelity else None)
+    fit_dir = plan.workspace.fit_dir(rec.fit_key)
+    rounds = {"verdict": verdict, "summary": line, "candidate_round": cand.since, "verify_size": size,
+              "paired_seeds": [{"seed": r, "candidate": round(a, 6), "prior": round(b, 6)} for r, a, b in pairs],
+              "fit_recommendation": {d: round(float(v), 6) for d, v in zip(rec.domains, rec.weights)}}
+    write_optimal(exp.optimal_path, shown, exp.name, fit_dir if (fit_dir / "fit.json").is_file() else None,
+                  exp.overrides, rounds)
 
 
 def _label(exp: Experiment, i: int) -> str:

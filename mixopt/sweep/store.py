@@ -10,7 +10,7 @@ measurements: one row per (run key, evaluation key, metric): what a checkpoint s
 scores:       one row per (run key, suite key): the run's objective under that suite.
 suites:       every suite ever used, by key, with its body.
 sweeps:       one row per sweep / eval pass: when, what it trained and evaluated, its wall time.
-budget_rounds: one row per round of `mixopt optimize --budget` (store v7).
+budget_rounds: one row per round of `mixopt optimize --budget` (store v8; v10: the candidate).
 Every state change is one transaction with synchronous=FULL: a kill loses no committed result.
 Results are never deleted: a run whose checkpoint is missing or damaged is marked `suspect` (kept,
 left out of fits) until a new training replaces them. Checkpoint paths are relative to the
@@ -149,11 +149,19 @@ def _measurement_precision(db: sqlite3.Connection, root: Path) -> None:
     db.execute("UPDATE measurements SET measured_as = (SELECT r.measured_as FROM runs r WHERE r.key = measurements.run_key)")
 
 
+def _round_candidates(db: sqlite3.Connection, root: Path) -> None:
+    """What each round's verdict is about: `weights` (JSON, domain -> weight) of the mixture judged,
+    `candidate_round` (the round that made it the candidate under verification; NULL: the fit's own
+    recommendation, never trained) and `summary` (the verdict in a sentence). NULL on older rows."""
+    for col, decl in (("weights", "TEXT"), ("candidate_round", "INTEGER"), ("summary", "TEXT")):
+        db.execute(f"ALTER TABLE budget_rounds ADD COLUMN {col} {decl}")
+
+
 # Store version i+1 is what MIGRATIONS[i] makes of version i; a new store takes every step too.
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_add_run_columns, _relative_checkpoints,
                                                                  _trained_slices, _replicates, _failure_kinds,
                                                                  _compute, _measured_as, _budget_rounds,
-                                                                 _measurement_precision]
+                                                                 _measurement_precision, _round_candidates]
 VERSION = len(MIGRATIONS)
 
 # The one lease condition: a run another live driver holds (running, not ours, not expired, and its
@@ -429,11 +437,19 @@ class Store:
         """One finished round of `mixopt optimize` (see _budget_rounds)."""
         with self._tx():
             self.db.execute("INSERT OR REPLACE INTO budget_rounds (round, budget, unit, amount, trained, what, spent, "
-                            "verdict, stopped, created) VALUES (:round, :budget, :unit, :amount, :trained, :what, "
-                            ":spent, :verdict, :stopped, :created)", {**row, "created": time.time()})
+                            "verdict, stopped, weights, candidate_round, summary, created) VALUES (:round, :budget, "
+                            ":unit, :amount, :trained, :what, :spent, :verdict, :stopped, :weights, :candidate_round, "
+                            ":summary, :created)",
+                            {"weights": None, "candidate_round": None, "summary": None, **row,
+                             "created": time.time()} | ({"weights": json.dumps(row["weights"])}
+                                                        if row.get("weights") is not None else {}))
 
     def rounds(self) -> list[dict]:
-        return [dict(r) for r in self.db.execute("SELECT * FROM budget_rounds ORDER BY round")]
+        """Every round, in order; `weights` decoded (a dict, or None)."""
+        out = [dict(r) for r in self.db.execute("SELECT * FROM budget_rounds ORDER BY round")]
+        for r in out:
+            r["weights"] = json.loads(r["weights"]) if r.get("weights") else None
+        return out
 
     def record_failure(self, key: str, error: str, nonfinite: bool = False) -> None:
         """A run failed: `nonfinite` when it trained but its result is no number (see _failure_kinds)."""
