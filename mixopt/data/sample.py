@@ -33,7 +33,7 @@ from mixopt.core.workspace import (
     write_npy,
 )
 from mixopt.data.pools import draw_pool, pool_records
-from mixopt.data.resample import SAMPLER_VERSION, plan_resample, source_keys, tokenizer_key
+from mixopt.data.resample import plan_resample, source_keys, tokenizer_key, workspace_sampler
 from mixopt.data.scan import Candidates, draw_candidates
 from mixopt.data.tokenizer import (
     eos_id,
@@ -54,12 +54,13 @@ _Candidates = Candidates
 
 def sample_key(exp: Experiment, hashes: FileHashes | None = None) -> str:
     """Everything that changes the sample: each domain's own key (data.resample), names and order,
-    the tokenizer settings."""
-    return _sample_key(exp, source_keys(exp, hashes))
+    the tokenizer settings, the workspace's sampler version."""
+    version = workspace_sampler(exp)
+    return _sample_key(exp, source_keys(exp, hashes, version), version)
 
 
-def _sample_key(exp: Experiment, keys: dict[str, str]) -> str:
-    return content_hash({"version": SAMPLER_VERSION, "domains": [[n, keys[n]] for n in exp.domain_names],
+def _sample_key(exp: Experiment, keys: dict[str, str], version: int) -> str:
+    return content_hash({"version": version, "domains": [[n, keys[n]] for n in exp.domain_names],
                          "tokenizer": tokenizer_key(exp)})
 
 
@@ -76,8 +77,9 @@ def sample_corpus(exp: Experiment, runtime: Runtime | None = None, force: bool =
     ws = Workspace(exp.workspace_dir)
     ws.check()  # before anything is written, even the hash cache
     hashes = FileHashes(ws.file_hashes_path)
-    keys = source_keys(exp, hashes)  # the hashes are saved on success
-    key = _sample_key(exp, keys)
+    version = workspace_sampler(exp)  # a workspace keeps the sampler it was first sampled with
+    keys = source_keys(exp, hashes, version)  # the hashes are saved on success
+    key = _sample_key(exp, keys, version)
     previous = ws.read_manifest() if ws.manifest_path.is_file() else None
     if not force and not retokenize and previous is not None and previous.get("key") == key:
         previous["reused"] = True
@@ -92,10 +94,10 @@ def sample_corpus(exp: Experiment, runtime: Runtime | None = None, force: bool =
             if d.name in todo.draw and d.name not in candidates:
                 if d.select:  # a pool's domains: one pass over the pool for every one of them drawn
                     candidates |= draw_pool(exp, d.select["pool"], todo.draw, budget_tokens * MAX_BYTES_PER_TOKEN,
-                                            executor)
+                                            executor, version)
                     say(f"sample: read pool {d.select['pool'] + 1} ({i}/{len(exp.domains)})")
                     continue
-                candidates[d.name] = draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN, executor)
+                candidates[d.name] = draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN, executor, version)
                 say(f"sample: read domain '{d.name}' ({i}/{len(exp.domains)})")
     finally:
         if executor is not None:
@@ -145,7 +147,7 @@ def sample_corpus(exp: Experiment, runtime: Runtime | None = None, force: bool =
             atomic_write_text(tmp / "tokenizer.json", tok.to_str(pretty=True))  # what tok.save writes, byte for byte
         write_npy(token_bytes_file(tmp), token_byte_lengths(tok))
         manifest = {
-            "key": key, "version": SAMPLER_VERSION, "seed": exp.seed, "order": exp.domain_names,
+            "key": key, "version": version, "seed": exp.seed, "order": exp.domain_names,
             "vocab_size": vocab, "eos_id": eos, "dtype": np.dtype(dtype).name,
             "tokenizer_sha256": file_sha256(tmp / "tokenizer.json"), "tokenizer_key": tokenizer_key(exp),
             "domains": domains,
