@@ -180,3 +180,20 @@ def test_a_sampler_version_this_mixopt_does_not_know_is_refused(make_config):
     with pytest.raises(MixoptError, match="written by sampler version 9, which this mixopt does not know"):
         sample_corpus(exp, force=True)
     assert json.loads(ws.manifest_path.read_text())["version"] == 9  # nothing redrawn
+
+
+def test_version_2_tokenizes_only_the_candidates_the_slices_take(corpora):
+    """The leading candidates are tokenized until both slices are full: the same ids as tokenizing all."""
+    from mixopt.data.sample import _encode
+    from mixopt.data.scan import Candidates
+    from mixopt.data.tokenizer import train_tokenizer
+
+    texts = [json.loads(line)["text"] for line in gzip.open(corpora / "prose.jsonl.gz", "rt")]
+    tok = train_tokenizer(texts, 512)
+    c = Candidates(docs=texts, sizes=[len(t.encode()) for t in texts], documents=len(texts), duplicates=0,
+                   bytes=sum(len(t.encode()) for t in texts), complete=False)
+    every = _encode(tok, c, 2000, 8000, every=True)
+    some = _encode(tok, c, 2000, 8000, every=False)
+    assert len(some) < len(every) and some == every[:len(some)]
+    assert sum(len(i) + 1 for i in some) >= 10_000
+    assert _encode(tok, c, 2000, 10 ** 9, every=False) == every  # too few tokens: all of them, as before

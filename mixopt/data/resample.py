@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mixopt.backends.local_executor import cores
+from mixopt.config.paths import is_url, resolve_path, source_paths
 from mixopt.config.schema import Experiment, Sample
 from mixopt.core.keys import FileHashes, content_hash
 from mixopt.core.workspace import Workspace
-from mixopt.data.sources import source_fingerprint
+from mixopt.data.sources import list_shards, source_fingerprint
 from mixopt.data.tokenizer import given_tokenizer_id
 from mixopt.errors import MixoptError
 
@@ -46,7 +48,24 @@ def source_keys(exp: Experiment, hashes: FileHashes | None = None, version: int 
     """Each domain's key (domain_source_key) by name, for sampler `version` (the workspace's unless given)."""
     hashes = hashes or FileHashes(Workspace(exp.workspace_dir).file_hashes_path)
     version = workspace_sampler(exp) if version is None else version
+    hashes.prefetch(_local_files(exp), cores())  # a new corpus: its files hashed on every core
     return {d.name: domain_source_key(exp, d, hashes, version) for d in exp.domains}
+
+
+def _local_files(exp: Experiment) -> list[str]:
+    """The local files the domains read (those source_fingerprint hashes), where they can be listed.
+    Sources with a URL or a Hub name are left out: listing them again would cost a round trip."""
+    out = []
+    for d in exp.domains:
+        for s in d.sources:
+            if s.hub or any(is_url(resolve_path(p, exp.base_dir)) for p in source_paths(s)):
+                continue
+            try:
+                shards = list_shards(s, exp.base_dir)
+            except MixoptError:
+                continue  # the fingerprint says "missing"; `sample` says why
+            out += [sh.uri for sh in shards if sh.local and sh.fmt not in ("hf", "hub") and sh.index == 0]
+    return out
 
 
 def domain_source_key(exp: Experiment, domain, hashes: FileHashes, version: int) -> str:
