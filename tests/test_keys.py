@@ -13,11 +13,12 @@ def test_prefetch_hashes_new_files_in_threads_as_sha256_would(tmp_path, monkeypa
     for i in range(5):
         files.append(tmp_path / f"f{i}.bin")
         files[-1].write_bytes(os.urandom(1000 + i) * (i + 1))
+    os.mkfifo(tmp_path / "pipe")  # opening it would wait for a writer forever: left alone
     unreadable = tmp_path / "locked.bin"
     unreadable.write_bytes(b"x")
     os.chmod(unreadable, 0)
     hashes = FileHashes(tmp_path / "cache.json")
-    hashes.prefetch([*map(str, files), str(unreadable), str(tmp_path / "missing")], threads=3)
+    hashes.prefetch([*map(str, files), str(unreadable), str(tmp_path / "missing"), str(tmp_path / "pipe")], threads=3)
     assert len(hashes.known) == 5 + (os.geteuid() == 0)  # root reads the locked file too
     import mixopt.core.keys as keys
 

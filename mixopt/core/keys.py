@@ -4,6 +4,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
 
@@ -77,6 +78,8 @@ class FileHashes:
         todo = []
         for p in paths:
             try:
+                if not stat.S_ISREG(os.stat(p).st_mode):
+                    continue  # a FIFO would block the read forever; sha256() is never asked for one
                 real, stamp, digest = self._known(p)
             except OSError:
                 continue
