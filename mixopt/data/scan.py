@@ -114,7 +114,9 @@ class Pool:
             self._feed_blake2b(col, key, cap)
 
     def _feed_blake2b(self, col, key: bytes, cap: int) -> None:
-        """Sampler version 1: one keyed blake2b per document, in a Python loop."""
+        """Sampler version 1: one keyed blake2b per document, in a Python loop. Arrow's buffer reads as
+        signed bytes here, so a document starting with a non-ASCII byte is never checked for being
+        blank (one of only no-break spaces is kept); left so, since version 1 must draw as it always has."""
         import pyarrow as pa
 
         n = len(col)
