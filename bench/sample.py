@@ -4,8 +4,9 @@ Builds corpora of real text (this Python's standard library sources, each docume
 header line) as Parquet shards and as JSONL.zst shards, then, each in a fresh process:
   - polars' raw scan: the total UTF-8 length of the text column (the reference: read + decompress);
   - `mixopt sample` of a config whose first domain is that corpus (a tiny second domain beside it),
-    with 1 and `--workers` processes; wall time, MB/s of corpus text, and the max RSS of the process
-    (this includes the fixed cost of training the tokenizer and tokenizing the slices);
+    into a new workspace (so: the sampler version new workspaces get, and the corpus files hashed),
+    with 1 and `--workers` processes; wall time, MB/s of corpus text, CPU seconds, and the max RSS of
+    the process (this includes the fixed cost of training the tokenizer and tokenizing the slices);
   - the reading pipeline alone (`scan_*`: list, read, hash, bottom-k of the big domain, no tokenizer).
 The RSS is measured at two corpus sizes (`--sizes`, GB of text) to show that memory does not grow
 with the corpus. Prints JSON and writes it to --out. One run each: on a shared machine the ratios
@@ -103,7 +104,11 @@ def polars_scan(folder: Path, fmt: str) -> tuple[float, int]:
 
 
 def mixopt_sample(folder: Path, fmt: str, work: Path, workers: int, small: Path) -> tuple[float, int, dict]:
+    """`sample` into a new workspace (the sampler version a new one gets; the corpus files hashed)."""
+    import shutil
+
     ws = work / f"ws-{folder.name}-{workers}"
+    shutil.rmtree(ws, ignore_errors=True)  # the bench's own folder
     cfg = {"name": "bench", "workspace": str(ws),
            "domains": [{"name": "big", "sources": [{"path": str(folder / f"*.{'parquet' if fmt == 'parquet' else 'jsonl.zst'}")}]},
                        {"name": "small", "sources": [{"path": str(small)}]}],
@@ -114,7 +119,7 @@ def mixopt_sample(folder: Path, fmt: str, work: Path, workers: int, small: Path)
     wall, rss, _ = _timed([sys.executable, "-m", "mixopt.cli", "sample", str(path), "--force",
                            "--workers", str(workers)], env=env)
     manifest = json.loads((ws / "sample" / "manifest.json").read_text())
-    return wall, rss, manifest["domains"]["big"]
+    return wall, rss, {**manifest["domains"]["big"], "version": manifest["version"]}
 
 
 def mixopt_scan(config: Path, workers: int) -> tuple[float, int]:
@@ -166,15 +171,19 @@ def main() -> None:
             row[f"mixopt_w{w}_s"] = round(wall, 1)
             row[f"mixopt_w{w}_cpu_s"] = round(CPU_S["last"], 1)
             row["documents"] = dom["documents"]
+            row["sampler_version"] = dom["version"]
             s_wall, _ = mixopt_scan(args.work / f"{folder.name}-{w}.yaml", w)
             row[f"scan_w{w}_MBps"] = round(mb / s_wall)
+            row[f"scan_w{w}_cpu_s"] = round(CPU_S["last"], 1)
         row["ratio_w1_vs_polars"] = round(row["mixopt_w1_MBps"] / row["polars_MBps"], 3)
         row["scan_ratio_w1_vs_polars"] = round(row["scan_w1_MBps"] / row["polars_MBps"], 3)
+        row["cpu_s_w1_over_polars"] = round(row["mixopt_w1_cpu_s"] / row["polars_cpu_s"], 2)  # load-independent
         if f"mixopt_w{args.workers}_MBps" in row and args.workers > 1:
             row[f"speedup_w{args.workers}_vs_w1"] = round(row[f"mixopt_w{args.workers}_MBps"] / row["mixopt_w1_MBps"], 2)
             row[f"scan_speedup_w{args.workers}_vs_w1"] = round(row[f"scan_w{args.workers}_MBps"] / row["scan_w1_MBps"], 2)
         out["corpora"][name] = row
         print(name, json.dumps(row), flush=True)
+    out["load_average_at_end"] = round(os.getloadavg()[0], 1)
     if len(sizes) > 1:
         a, b = out["corpora"][f"parquet-{sizes[0]:g}GB"], out["corpora"][f"parquet-{sizes[-1]:g}GB"]
         out["rss_growth"] = round(b["mixopt_w1_rss_MB"] / a["mixopt_w1_rss_MB"] - 1, 3)

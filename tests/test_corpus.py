@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import yaml
+from conftest import write_config
 
 from mixopt.config.load import load_experiment
 from mixopt.core.workspace import Workspace
@@ -124,3 +125,75 @@ def test_a_hugging_face_tokenizer_from_a_local_folder(make_config, corpora, tmp_
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(MixoptError, match="tokenizer 'nowhere/none' cannot be loaded"):
         sample_corpus(load_experiment(make_config("b.yaml", ws="ws2", sample={"tokenizer": {"name": "nowhere/none"}})))
+
+
+def test_a_workspace_keeps_its_sampler_version_and_a_new_one_gets_the_latest(make_config, corpora, tmp_path,
+                                                                             monkeypatch):
+    """Sampler version 2 (xxh3 priorities) draws other documents than version 1 (blake2b): a workspace
+    sampled with version 1 stays valid, is not drawn again, and a changed domain in it is drawn with
+    version 1; a new workspace gets version 2."""
+    import shutil
+
+    from mixopt.data import resample
+    from mixopt.data.sample import sample_key
+    from mixopt.sweep.plan import load_plan
+
+    def legal(ws: str, name: str):  # a config whose 'legal' domain reads the folder `name`
+        cfg = yaml.safe_load(make_config(f"{ws}.yaml", ws=ws).read_text())
+        cfg["domains"][2]["sources"] = [{"path": str(tmp_path / name)}]
+        return load_experiment(write_config(tmp_path / f"{ws}-{name}.yaml", cfg))
+
+    shutil.copytree(corpora / "legal", tmp_path / "legal")
+    with monkeypatch.context() as m:  # what a mixopt from before version 2 wrote
+        m.setattr(resample, "SAMPLER_VERSION", 1)
+        old = sample_corpus(legal("old", "legal"))
+        shutil.copytree(corpora / "legal", tmp_path / "legal2")
+        (tmp_path / "legal2" / "extra.txt").write_text("An added clause, then more words. " * 300)
+        reference = sample_corpus(legal("ref", "legal2"))  # version 1 from the start
+    assert old["version"] == reference["version"] == 1
+    exp = legal("old", "legal")
+    assert sample_key(exp) == old["key"]  # sweep's staleness check passes: the old sample is valid
+    load_plan(exp)
+    assert sample_corpus(exp)["reused"] is True
+    forced = sample_corpus(exp, force=True)  # drawn again on request: still with version 1, same slices
+    assert forced["version"] == 1
+    assert {n: d["train_sha256"] for n, d in forced["domains"].items()} == \
+        {n: d["train_sha256"] for n, d in old["domains"].items()}
+    changed = sample_corpus(legal("old", "legal2"))  # one domain's files changed: drawn again, version 1
+    assert changed["version"] == 1 and changed["changes"]["sampled"] == ["legal"]
+    old_ws, ref_ws = Workspace(tmp_path / "old"), Workspace(tmp_path / "ref")
+    for split in ("train", "val"):  # the documents version 1 draws (the tokenizers differ, the texts not)
+        assert _docs(old_ws, "legal", split) == _docs(ref_ws, "legal", split)
+
+    new = sample_corpus(legal("new", "legal"))
+    assert new["version"] == resample.SAMPLER_VERSION == 2 and new["key"] != old["key"]
+    new_ws = Workspace(tmp_path / "new")
+    assert _docs(new_ws, "code", "val") != _docs(Workspace(tmp_path / "old"), "code", "val")  # other documents
+
+
+def test_a_sampler_version_this_mixopt_does_not_know_is_refused(make_config):
+    exp = load_experiment(make_config())
+    sample_corpus(exp)
+    ws = Workspace(exp.workspace_dir)
+    manifest = json.loads(ws.manifest_path.read_text())
+    ws.manifest_path.write_text(json.dumps({**manifest, "version": 9}))
+    with pytest.raises(MixoptError, match="written by sampler version 9, which this mixopt does not know"):
+        sample_corpus(exp, force=True)
+    assert json.loads(ws.manifest_path.read_text())["version"] == 9  # nothing redrawn
+
+
+def test_version_2_tokenizes_only_the_candidates_the_slices_take(corpora):
+    """The leading candidates are tokenized until both slices are full: the same ids as tokenizing all."""
+    from mixopt.data.sample import _encode
+    from mixopt.data.scan import Candidates
+    from mixopt.data.tokenizer import train_tokenizer
+
+    texts = [json.loads(line)["text"] for line in gzip.open(corpora / "prose.jsonl.gz", "rt")]
+    tok = train_tokenizer(texts, 512)
+    c = Candidates(docs=texts, sizes=[len(t.encode()) for t in texts], documents=len(texts), duplicates=0,
+                   bytes=sum(len(t.encode()) for t in texts), complete=False)
+    every = _encode(tok, c, 2000, 8000, every=True)
+    some = _encode(tok, c, 2000, 8000, every=False)
+    assert len(some) < len(every) and some == every[:len(some)]
+    assert sum(len(i) + 1 for i in some) >= 10_000
+    assert _encode(tok, c, 2000, 10 ** 9, every=False) == every  # too few tokens: all of them, as before

@@ -178,25 +178,33 @@ def split_parquet(table, folder, shards: int, name: str = "part-{i}.parquet") ->
         pq.write_table(table.slice(i * step, step), folder / name.format(i=i))
 
 
-def test_any_number_of_workers_gives_byte_identical_samples(corpora, tmp_path):
-    """The bottom-k pools of separate processes merge into the serial result: slices, counts and tokenizer."""
+def test_any_number_of_workers_gives_byte_identical_samples(corpora, tmp_path, monkeypatch):
+    """The bottom-k pools of separate processes and reading threads merge into the serial result: slices,
+    counts and tokenizer (sampler version 2, what a new workspace gets)."""
+    from mixopt.backends import local_executor
+
     table = pq.read_table(corpora / "code.parquet")
     split_parquet(table, tmp_path / "code", 5)
     pq.write_table(table.slice(0, 7), tmp_path / "code" / "dups.parquet")  # exact duplicates across shards
     prose = [json.loads(line)["text"] for line in __import__("gzip").open(corpora / "prose.jsonl.gz", "rt")]
     pq.write_table(pa.table({"text": prose}), tmp_path / "prose.parquet", row_group_size=16)  # one file, split
     manifests = []
-    for workers in (1, 2, 3):
-        cfg = small_config(corpora, tmp_path / f"ws{workers}",
+    # (processes, cores): 1 process reading 1 shard at a time, or 4 (threads); 2 and 3 processes
+    for workers, cores in ((1, 1), (1, 4), (2, 4), (3, 1)):
+        monkeypatch.setattr(local_executor, "cores", lambda: cores)
+        assert local_executor.LocalExecutor(1).threads == cores
+        cfg = small_config(corpora, tmp_path / f"ws{workers}-{cores}",
                            sample={"train_tokens": 8000, "val_tokens": 2000, "max_document_bytes": 20_000,
                                    "tokenizer": {"vocab_size": 512}})
         cfg["domains"][0]["sources"] = [{"path": str(tmp_path / "code" / "*.parquet")}]
         cfg["domains"][1]["sources"] = [{"path": str(tmp_path / "prose.parquet")}]
-        m = sample_corpus(load_experiment(write_config(tmp_path / f"w{workers}.yaml", cfg)), Runtime(workers=workers))
+        m = sample_corpus(load_experiment(write_config(tmp_path / f"w{workers}-{cores}.yaml", cfg)),
+                          Runtime(workers=workers))
         manifests.append({k: v for k, v in m.items() if k != "reused"})
+    assert manifests[0]["version"] == 2
     assert not manifests[0]["domains"]["code"]["tokens_exact"]  # the pools were trimmed
     assert manifests[0]["domains"]["code"]["duplicates_dropped"] > 0
-    assert manifests[0] == manifests[1] == manifests[2]  # slices' and tokenizer's sha256, counts, estimates
+    assert all(m == manifests[0] for m in manifests[1:])  # slices' and tokenizer's sha256, counts, estimates
 
 
 def test_scan_fraction_reads_a_seeded_subset_and_estimates_the_rest(corpora, tmp_path):

@@ -135,3 +135,36 @@ def test_a_giant_document_is_cut(corpora, tmp_path):
     manifest = json.loads((tmp_path / "ws" / "sample" / "manifest.json").read_text())
     assert manifest["domains"]["code"]["truncated_documents"] == 1
     assert rss_kb < 1_500_000, rss_kb  # was 9.9 GB with the whole document in the tokenizer
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_reading_threads_report_the_first_bad_shard_and_skip_as_one_thread_does(tmp_path, on_error):
+    """Shards read by several threads at once: the error names the first bad shard in reading order
+    (not the first to fail), and skipped shards leave the same pool as one thread reading them in turn."""
+    from mixopt.config.source import Source
+    from mixopt.data.scan import scan_units, seed_key
+    from mixopt.data.sources import list_shards
+    from mixopt.errors import MixoptError
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for i in range(6):
+        pq.write_table(pa.table({"text": [f"document {j} of shard {i}" * (j % 7 + 1) for j in range(300)]}),
+                       folder / f"s{i}.parquet")
+    data = (folder / "s1.parquet").read_bytes()
+    (folder / "s1.parquet").write_bytes(data[:len(data) - 20])  # truncated
+    (folder / "s4.parquet").write_bytes(b"not parquet at all" * 50)
+    source = Source(path=str(folder), on_error=on_error)
+    units = [(source, s) for s in list_shards(source, tmp_path)]
+    got = []
+    for threads in (1, 3):
+        if on_error == "fail":
+            with pytest.raises(MixoptError, match="s1.parquet") as e:
+                scan_units(units, seed_key(0, "d"), 4000, 1000, threads=threads)
+            got.append(str(e.value))
+        else:
+            pool, skipped, read = scan_units(units, seed_key(0, "d"), 4000, 1000, threads=threads)
+            got.append((sorted(pool.docs.items()), pool.read, pool.read_bytes, sorted(skipped), sorted(read)))
+    assert got[0] == got[1]
+    if on_error == "skip":
+        assert len(got[0][3]) == 2 and len(got[0][4]) == 4 and got[0][1] == 4 * 300

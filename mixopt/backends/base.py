@@ -81,6 +81,7 @@ class Executor(Protocol):
     tasks (backends.ray_executor). Knows nothing of shards or pools: it runs `fn` and folds with `merge`."""
 
     tasks: int  # how many groups a caller should split its work into (1: one group, read in this process)
+    threads: int  # threads each group's reading may use (a local process: the cores the others leave)
 
     def map_merge(self, fn: Callable, groups: list, merge: Callable, hint: Callable | None = None) -> Any:
         """merge(...merge(fn(g1), fn(g2))..., fn(gn)) in any order, `merge` returning its first argument

@@ -4,13 +4,27 @@ are most of a small domain's time); results merged here as they come. Knows noth
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
+
+
+MAX_THREADS = 8  # reading threads per process: each holds a shard's pool, so memory grows with them
+
+
+def cores() -> int:
+    """CPU cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 class LocalExecutor:
     def __init__(self, workers: int = 1):
         self.tasks = max(workers, 1)
+        # The cores the processes leave: 1 worker on 2 cores reads two shards at a time, 2 workers one each.
+        self.threads = max(1, min(MAX_THREADS, cores() // self.tasks))
         self.processes = None
         if workers > 1:
             import multiprocessing

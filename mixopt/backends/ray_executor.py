@@ -66,6 +66,7 @@ class RayExecutor:
             raise MixoptError(f"the Ray cluster at {address or 'this machine'} has no CPU for a task",
                               "join a cluster whose nodes offer CPUs (`ray start --num-cpus N`)")
         self.tasks = min(workers, cpus) if workers > 1 else cpus
+        self.threads = 1  # a Ray task holds one CPU
         self.refs: set = set()
         self.nodes: Counter = Counter()  # tasks finished per Ray node id
         self.call = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_ray_run)

@@ -25,6 +25,7 @@ from mixopt.core.keys import FileHashes, content_hash
 from mixopt.core.workspace import Workspace
 from mixopt.data.fields import iter_fields
 from mixopt.data.readers import row_group_parts
+from mixopt.data.resample import SAMPLER_VERSION
 from mixopt.data.scan import TASKS_PER_WORKER, Candidates, Pool as DocPool, finish_candidates, read_groups, seed_key
 from mixopt.data.sources import SKIP_FIX, ShardError, list_shards, source_fingerprint
 from mixopt.errors import MixoptError
@@ -246,12 +247,13 @@ def router_for(exp: Experiment, i: int) -> Router:
                   cache=str(assignment_cache(exp, sel[0]["model"])), identities=identities)
 
 
-def scan_routed(units: list, router: Router, keys: list[bytes | None], threshold: int, cap: int) -> tuple:
+def scan_routed(units: list, router: Router, keys: list[bytes | None], threshold: int, cap: int,
+                version: int = SAMPLER_VERSION) -> tuple:
     """Read (source, shard) units once, each document into the pool of its domain (None: not drawn)."""
-    pools = [DocPool(threshold) if k is not None else None for k in keys]
+    pools = [DocPool(threshold, version) if k is not None else None for k in keys]
     skipped = []
     for source, shard in units:
-        parts = [DocPool(threshold) if k is not None else None for k in keys]
+        parts = [DocPool(threshold, version) if k is not None else None for k in keys]
         try:
             for text, where in iter_routed(router, source, shard, cap):
                 if (where == UNKNOWN).any():  # every value is a domain: a new one appeared
@@ -283,8 +285,8 @@ def merge_routed(a: tuple, b: tuple) -> tuple:
 
 
 def draw_pool(exp: Experiment, i: int, draw: list[str], byte_budget: int,
-              executor: Executor | None = None) -> dict[str, Candidates]:
-    """Candidates of the pool's domains named in `draw`, from one pass over its shards."""
+              executor: Executor | None = None, version: int = SAMPLER_VERSION) -> dict[str, Candidates]:
+    """Candidates of the pool's domains named in `draw`, from one pass over its shards (sampler `version`)."""
     import pyarrow  # noqa: F401  (Arrow's filter on the text column)
 
     router = router_for(exp, i)
@@ -298,7 +300,7 @@ def draw_pool(exp: Experiment, i: int, draw: list[str], byte_budget: int,
     if workers > 1 and len(units) < workers * TASKS_PER_WORKER:
         units = [(s, part) for s, shard in units for part in row_group_parts(shard, workers * TASKS_PER_WORKER)]
     pools, skipped = read_groups(executor, units, partial(scan_routed, router=router, keys=keys, threshold=threshold,
-                                                          cap=cap), merge_routed)
+                                                          cap=cap, version=version), merge_routed)
     by_name = {d.name: d for d in exp.domains}
     return {n: finish_candidates(p, skipped, byte_budget, by_name[n], exp.base_dir) for n, p in zip(router.names, pools)
             if p is not None}

@@ -11,20 +11,61 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mixopt.backends.local_executor import cores
+from mixopt.config.paths import is_url, resolve_path, source_paths
 from mixopt.config.schema import Experiment, Sample
 from mixopt.core.keys import FileHashes, content_hash
 from mixopt.core.workspace import Workspace
-from mixopt.data.sources import source_fingerprint
+from mixopt.data.sources import list_shards, source_fingerprint
 from mixopt.data.tokenizer import given_tokenizer_id
 from mixopt.errors import MixoptError
 
-SAMPLER_VERSION = 1  # in every domain's key: a sampler that draws other documents is a new version
+# In every domain's key: a sampler that draws other documents is a new version. A new workspace gets
+# SAMPLER_VERSION; one sampled before keeps the version in its manifest (its slices stay valid, and a
+# changed domain is drawn again as before). 1: keyed blake2b priorities; 2: seeded xxh3 (data.scan).
+SAMPLER_VERSION = 2
+SAMPLER_VERSIONS = (1, 2)
 
 
-def source_keys(exp: Experiment, hashes: FileHashes | None = None) -> dict[str, str]:
-    """Each domain's key (domain_source_key) by name, this sampler's version."""
+def workspace_sampler(exp: Experiment) -> int:
+    """The sampler version of the experiment's workspace: its sample manifest's (1 when it records
+    none), SAMPLER_VERSION when it has no sample yet."""
+    ws = Workspace(exp.workspace_dir)
+    if not ws.manifest_path.is_file():
+        return SAMPLER_VERSION
+    try:
+        version = ws.read_manifest().get("version", 1)
+    except MixoptError:
+        return SAMPLER_VERSION  # unreadable: `sample` says so, or replaces it
+    if version not in SAMPLER_VERSIONS:
+        raise MixoptError(f"{ws.manifest_path} was written by sampler version {version}, which this mixopt "
+                          f"does not know (it knows {', '.join(map(str, SAMPLER_VERSIONS))})",
+                          "upgrade mixopt, or sample into a new workspace")
+    return version
+
+
+def source_keys(exp: Experiment, hashes: FileHashes | None = None, version: int | None = None) -> dict[str, str]:
+    """Each domain's key (domain_source_key) by name, for sampler `version` (the workspace's unless given)."""
     hashes = hashes or FileHashes(Workspace(exp.workspace_dir).file_hashes_path)
-    return {d.name: domain_source_key(exp, d, hashes, SAMPLER_VERSION) for d in exp.domains}
+    version = workspace_sampler(exp) if version is None else version
+    hashes.prefetch(_local_files(exp), cores())  # a new corpus: its files hashed on every core
+    return {d.name: domain_source_key(exp, d, hashes, version) for d in exp.domains}
+
+
+def _local_files(exp: Experiment) -> list[str]:
+    """The local files the domains read (those source_fingerprint hashes), where they can be listed.
+    Sources with a URL or a Hub name are left out: listing them again would cost a round trip."""
+    out = []
+    for d in exp.domains:
+        for s in d.sources:
+            if s.hub or any(is_url(resolve_path(p, exp.base_dir)) for p in source_paths(s)):
+                continue
+            try:
+                shards = list_shards(s, exp.base_dir)
+            except MixoptError:
+                continue  # the fingerprint says "missing"; `sample` says why
+            out += [sh.uri for sh in shards if sh.local and sh.fmt not in ("hf", "hub") and sh.index == 0]
+    return out
 
 
 def domain_source_key(exp: Experiment, domain, hashes: FileHashes, version: int) -> str:

@@ -33,7 +33,7 @@ from mixopt.core.workspace import (
     write_npy,
 )
 from mixopt.data.pools import draw_pool, pool_records
-from mixopt.data.resample import SAMPLER_VERSION, plan_resample, source_keys, tokenizer_key
+from mixopt.data.resample import plan_resample, source_keys, tokenizer_key, workspace_sampler
 from mixopt.data.scan import Candidates, draw_candidates
 from mixopt.data.tokenizer import (
     eos_id,
@@ -54,12 +54,13 @@ _Candidates = Candidates
 
 def sample_key(exp: Experiment, hashes: FileHashes | None = None) -> str:
     """Everything that changes the sample: each domain's own key (data.resample), names and order,
-    the tokenizer settings."""
-    return _sample_key(exp, source_keys(exp, hashes))
+    the tokenizer settings, the workspace's sampler version."""
+    version = workspace_sampler(exp)
+    return _sample_key(exp, source_keys(exp, hashes, version), version)
 
 
-def _sample_key(exp: Experiment, keys: dict[str, str]) -> str:
-    return content_hash({"version": SAMPLER_VERSION, "domains": [[n, keys[n]] for n in exp.domain_names],
+def _sample_key(exp: Experiment, keys: dict[str, str], version: int) -> str:
+    return content_hash({"version": version, "domains": [[n, keys[n]] for n in exp.domain_names],
                          "tokenizer": tokenizer_key(exp)})
 
 
@@ -76,8 +77,9 @@ def sample_corpus(exp: Experiment, runtime: Runtime | None = None, force: bool =
     ws = Workspace(exp.workspace_dir)
     ws.check()  # before anything is written, even the hash cache
     hashes = FileHashes(ws.file_hashes_path)
-    keys = source_keys(exp, hashes)  # the hashes are saved on success
-    key = _sample_key(exp, keys)
+    version = workspace_sampler(exp)  # a workspace keeps the sampler it was first sampled with
+    keys = source_keys(exp, hashes, version)  # the hashes are saved on success
+    key = _sample_key(exp, keys, version)
     previous = ws.read_manifest() if ws.manifest_path.is_file() else None
     if not force and not retokenize and previous is not None and previous.get("key") == key:
         previous["reused"] = True
@@ -92,10 +94,10 @@ def sample_corpus(exp: Experiment, runtime: Runtime | None = None, force: bool =
             if d.name in todo.draw and d.name not in candidates:
                 if d.select:  # a pool's domains: one pass over the pool for every one of them drawn
                     candidates |= draw_pool(exp, d.select["pool"], todo.draw, budget_tokens * MAX_BYTES_PER_TOKEN,
-                                            executor)
+                                            executor, version)
                     say(f"sample: read pool {d.select['pool'] + 1} ({i}/{len(exp.domains)})")
                     continue
-                candidates[d.name] = draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN, executor)
+                candidates[d.name] = draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN, executor, version)
                 say(f"sample: read domain '{d.name}' ({i}/{len(exp.domains)})")
     finally:
         if executor is not None:
@@ -132,7 +134,7 @@ def sample_corpus(exp: Experiment, runtime: Runtime | None = None, force: bool =
                 shutil.copytree(ws.sample_dir / was, tmp / d.name)
                 domains[d.name] = {**previous["domains"][was], "drawn_as": previous["domains"][was].get("drawn_as", was)}
             else:
-                domains[d.name] = _write_slices(exp, d.name, candidates[d.name], tok, eos, dtype, tmp)
+                domains[d.name] = _write_slices(exp, d.name, candidates[d.name], tok, eos, dtype, tmp, version)
                 domains[d.name]["drawn_as"] = d.name
                 say(f"sample: wrote slices of '{d.name}' ({i}/{len(exp.domains)})")
             domains[d.name]["source_key"] = keys[d.name]
@@ -145,7 +147,7 @@ def sample_corpus(exp: Experiment, runtime: Runtime | None = None, force: bool =
             atomic_write_text(tmp / "tokenizer.json", tok.to_str(pretty=True))  # what tok.save writes, byte for byte
         write_npy(token_bytes_file(tmp), token_byte_lengths(tok))
         manifest = {
-            "key": key, "version": SAMPLER_VERSION, "seed": exp.seed, "order": exp.domain_names,
+            "key": key, "version": version, "seed": exp.seed, "order": exp.domain_names,
             "vocab_size": vocab, "eos_id": eos, "dtype": np.dtype(dtype).name,
             "tokenizer_sha256": file_sha256(tmp / "tokenizer.json"), "tokenizer_key": tokenizer_key(exp),
             "domains": domains,
@@ -197,15 +199,36 @@ def _tokenizer_texts(candidates: dict[str, _Candidates], val_region: int, per_do
             yield doc
 
 
-def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dtype, out: Path) -> dict:
+def _encode(tok, c: _Candidates, need_val: int, need_train: int, every: bool) -> list[list[int]]:
+    """Token ids of the candidates in sampling order: all of them when `every`, else only the leading
+    ones that fill the validation and train slices (more when there are none to fill them with)."""
     # The ids only: encode_batch_fast (tokenizers >= 0.21) skips the character offsets, ~40% of the CPU time.
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-    encoded = encode(c.docs, add_special_tokens=False)
-    lengths = np.array([len(e.ids) + 1 for e in encoded])  # + end-of-text
-    cum = np.cumsum(lengths)
+    if every:
+        return [e.ids for e in encode(c.docs, add_special_tokens=False)]
+    ids: list[list[int]] = []
+    upto = np.cumsum(c.sizes)
+    end = int(np.searchsorted(upto, 4 * (need_val + need_train))) + 1  # bytes for ~4 bytes per token
+    while True:
+        ids += [e.ids for e in encode(c.docs[len(ids):end], add_special_tokens=False)]
+        cum = np.cumsum([len(i) + 1 for i in ids])
+        n_val = int(np.searchsorted(cum, need_val) + 1)
+        if end >= len(c.docs) or (n_val < len(cum) and cum[-1] - cum[n_val - 1] >= need_train):
+            return ids
+        end = min(len(c.docs), 2 * end)
+
+
+def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dtype, out: Path,
+                  version: int) -> dict:
     need_val, need_train = exp.sample.val_tokens, exp.train_tokens
+    # Sampler version 1 tokenizes every candidate; version 2 only those the slices take (~half of them),
+    # unless the domain was read whole (its token count is then exact), and estimates the domain's
+    # tokens per byte from those.
+    ids = _encode(tok, c, need_val, need_train, every=version < 2 or c.complete)
+    lengths = np.array([len(i) + 1 for i in ids])  # + end-of-text
+    cum = np.cumsum(lengths)
     n_val = int(np.searchsorted(cum, need_val) + 1)  # documents until val_tokens are reached
-    if n_val >= len(c.docs) or cum[n_val - 1] < need_val:
+    if n_val >= len(ids) or cum[n_val - 1] < need_val:
         have = int(cum[-1]) if c.complete else f"at least {int(cum[-1])}"
         raise MixoptError(f"domain '{name}' has {have} tokens, too few for a {need_val}-token validation "
                           f"slice plus a train slice", "lower sample.val_tokens or add text to the domain")
@@ -222,14 +245,14 @@ def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dty
         raise MixoptError(f"domain '{name}' averages over {MAX_BYTES_PER_TOKEN} bytes per token, so the "
                           "tokenizer would have seen validation text",
                           "lower sample.tokenizer.vocab_size or give sample.tokenizer.path")
-    ids = [e.ids for e in encoded]
     val = join_documents(ids[:n_val], eos, dtype)
     train = join_documents(ids[n_val:n_val + n_train], eos, dtype)
     write_npy(slice_file(out, name, "val"), val)
     write_npy(slice_file(out, name, "train"), train)
 
     # Available tokens: exact when the whole domain was read into the sample, else bytes x tokens/byte.
-    tokens = int(cum[-1]) if c.complete else int(round(c.bytes * cum[-1] / sum(c.sizes)))
+    per_byte = cum[-1] / sum(c.sizes[:len(ids)])  # tokens per byte of the documents tokenized
+    tokens = int(cum[-1]) if c.complete else int(round(c.bytes * per_byte))
     entry = {
         "documents": c.documents, "duplicates_dropped": c.duplicates, "bytes": c.bytes,
         "truncated_documents": c.truncated, "skipped_shards": len(c.skipped), "skipped": c.skipped,
@@ -242,5 +265,5 @@ def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dty
         "val_sha256": file_sha256(slice_file(out, name, "val")),
     }
     if c.scan:  # sample.scan: read a subset of the shards; the token count's standard error
-        entry["scan"] = {**c.scan, "tokens_stderr": int(round(c.scan["bytes_stderr"] * cum[-1] / sum(c.sizes)))}
+        entry["scan"] = {**c.scan, "tokens_stderr": int(round(c.scan["bytes_stderr"] * per_byte))}
     return entry

@@ -1,0 +1,47 @@
+"""data.scan's bottom-k pool: sampler versions 1 and 2 read the same documents, prioritised differently."""
+
+import pyarrow as pa
+
+from mixopt.data.scan import Pool, seed_key
+
+
+def test_both_sampler_versions_skip_cut_and_count_the_same_documents():
+    """Blank documents (ASCII whitespace, empty, null) are skipped, long ones cut at a character
+    boundary, duplicates counted once, in chunks with an offset: version 2's numpy checks keep exactly
+    what version 1's loop keeps. One difference, kept so that version 1 draws as it always has: it
+    read a document's first byte as signed, so a document of only non-ASCII whitespace (no-break
+    spaces) was never looked at and is kept; version 2 skips it."""
+    cap = 1024
+    docs = ["plain text", "", None, "   \n\t", " leading space kept", "\x1c\x1d",
+            "é" * 700, "x" + "€" * 400, "naïve café", "plain text", "\x0b", "\u2028 not blank: z", "ok " * 500]
+    unicode_blank = "\u3000\u2003 \u00a0"
+    kept = {}
+    for version in (1, 2):
+        for extra in ([], [unicode_blank]):
+            pool = Pool(10 ** 9, version)
+            for col in (pa.array(docs + extra, type=pa.string()),
+                        pa.array(docs * 2 + extra, type=pa.large_string()).slice(3)):
+                pool.feed(col, seed_key(0, "d"), cap)
+            kept[version, len(extra)] = (sorted((b, n) for b, n in pool.docs.values()), pool.read, pool.read_bytes,
+                                         pool.truncated, pool.largest)
+    assert kept[1, 0] == kept[2, 0] == kept[2, 1]
+    assert kept[1, 1][1] == kept[1, 0][1] + 2 and unicode_blank.encode() in dict(kept[1, 1][0])
+    kept = kept[2, 0]
+    assert kept[1] == (13 - 5) + (23 - 8)  # both chunks' documents less the empty, null and blank ones
+    texts = [b.decode() for b, _ in kept[0]]
+    assert "plain text" in texts and " leading space kept" in texts and "\u2028 not blank: z" in texts
+    assert not any(t.isspace() for t in texts) and kept[3] == 9  # é*700, €*400 and "ok "*500: 3 copies each
+    assert all(len(t.encode()) <= cap for t in texts) and "é" * 512 in texts  # 1024 bytes: 512 whole characters
+
+
+def test_version_2_priorities_are_seeded_and_differ_from_version_1():
+    col = pa.array([f"document {i}" for i in range(50)])
+    orders = {}
+    for version, seed in ((1, 0), (2, 0), (2, 1)):
+        pool = Pool(10 ** 9, version)
+        pool.feed(col, seed_key(seed, "d"), 1024)
+        orders[version, seed] = [b for _, (b, _) in sorted(pool.docs.items())]
+    assert orders[1, 0] != orders[2, 0] != orders[2, 1]
+    again = Pool(10 ** 9, 2)
+    again.feed(col, seed_key(0, "d"), 1024)
+    assert [b for _, (b, _) in sorted(again.docs.items())] == orders[2, 0]  # deterministic
