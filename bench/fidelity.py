@@ -75,14 +75,14 @@ QUICK = Sizing(tokens=8_000, tiny_runs=4, big_runs=3, train_tokens=20_000, val_t
 REHEARSE = Sizing(tokens=2_048, tiny_runs=2, big_runs=1, train_tokens=8_000, val_tokens=2_000, seeds=2)
 # On a GPU: 5m and 30m with 4,096 tokens a step (seq 256 x batch 16), so a proxy is ~250 steps (full)
 # or ~64 (quick) instead of the CPU's 16-31 at 512 a step; 8 proxies trained together, since one 5m
-# proxy leaves an H100 nearly idle (launch-bound). The python set has ~100k tokens a domain at vocab
-# 512 (400 kB of text each), so the sample stays at 80k a domain and a proxy sees its mixture's
-# domains a few times over (1M tokens: ~3 epochs of the sample): the data, not the GPU, is the limit.
-GPU_FULL = Sizing(tokens=1_048_576, tiny_runs=8, big_runs=3, train_tokens=80_000, small="5m", big="30m",
+# proxy leaves an H100 nearly idle (launch-bound). The python set has ~200k tokens a domain at vocab
+# 512 (400 kB of text each; its code domain 200,826 here), so the sample stays at 150k a domain and a
+# full proxy sees its mixture's text ~1.7 times (1M tokens of a 600k sample): the data is the limit.
+GPU_FULL = Sizing(tokens=1_048_576, tiny_runs=8, big_runs=3, train_tokens=150_000, small="5m", big="30m",
                   seq_len=256, batch_size=16, batch_proxies=8)
 # The quick GPU variant fits `make gpu-check`'s last step (a few minutes at most on one H100): 50
 # proxies in all (38 at 5m, 12 at 30m), 64 steps each.
-GPU_QUICK = Sizing(tokens=262_144, tiny_runs=4, big_runs=3, train_tokens=40_000, val_tokens=4_000, small="5m",
+GPU_QUICK = Sizing(tokens=262_144, tiny_runs=4, big_runs=3, train_tokens=80_000, val_tokens=4_000, small="5m",
                    big="30m", seq_len=256, batch_size=16, batch_proxies=8)
 
 
