@@ -122,3 +122,23 @@ def test_a_step_past_its_time_is_killed_and_the_rest_still_run(tmp_path, monkeyp
         assert row["log_tail"] == ["about to hang"]
     text = gpu_check.summary({"deadline_s": 480, "seconds": 5, "steps": {"hang": row}})
     assert "hang     timeout" in text
+
+
+def test_the_benches_cli_helper_keeps_the_callers_pythonpath(monkeypatch):
+    """bench/fidelity.py's CLI calls (calibration.mixopt) put the worktree first and keep the caller's
+    PYTHONPATH: on a lent GPU machine it holds the wheels gpu_check.sh installed, without which the
+    CLI cannot import pydantic (the fidelity step would fail on its first command)."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import calibration
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    monkeypatch.setenv("PYTHONPATH", "/tmp/mixopt-gpu-site")
+    seen = {}
+    monkeypatch.setattr(calibration.subprocess, "run",
+                        lambda cmd, **kw: seen.update(kw, cmd=cmd) or SimpleNamespace(returncode=0, stdout="{}"))
+    assert calibration.mixopt("status", "x.yaml", json_out=True) == {}
+    assert seen["env"]["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/tmp/mixopt-gpu-site"]
+    assert seen["cmd"][1:] == ["-m", "mixopt.cli", "status", "x.yaml"]
