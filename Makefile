@@ -68,7 +68,8 @@ calibration: env
 # On a machine with a CUDA GPU, as it is (its python3 and CUDA torch; no registry needed: `make
 # gpu-wheels` first, here, packs what such a machine lacks into .whl/): the `gpu` tests, the trainer
 # batched vs one at a time at two sizes with MFU and peak memory, a 16-run sweep with a re-evaluation,
-# Ray's device visibility; one deadline (480 s), every figure written as it goes into $OUT (else
+# Ray's device visibility, then (on what time is left) bench/fidelity.py --quick at 5m/30m; one
+# deadline (480 s), every figure written as it goes into $OUT (else
 # bench/results/gpu/), summary.txt at the end. Without a GPU: one line, and skips. ARGS=--rehearse
 # runs the same steps small on the CPU (tests/test_gpu_check.py does).
 gpu-check:

@@ -207,7 +207,10 @@ def config(corpora: dict[str, dict], set_name: str, tokens: int, seed: int, mode
 
 def mixopt(*args, json_out: bool = False):
     """One CLI verb in a subprocess, with the worktree's mixopt; its stdout parsed as JSON if asked."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MIXOPT_AUTO_BATCH": "1", "MIXOPT_AUTO_COMPILE": "off",
+    # the caller's PYTHONPATH kept after the worktree: on a lent GPU machine it holds the wheels
+    # bench/gpu_check.sh installed (pydantic, zstandard, ...), without which the CLI cannot import
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "MIXOPT_AUTO_BATCH": "1", "MIXOPT_AUTO_COMPILE": "off",
            "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1"}
     r = subprocess.run([sys.executable, "-m", "mixopt.cli", *map(str, args)], capture_output=True, text=True,
                        env=env, cwd=REPO)

@@ -21,6 +21,11 @@ left out in turn, and the three verified mixtures) against what they measured: S
 Every sweep goes through the CLI (what a user runs) and is resumable (the store); a finished set is
 kept under --root/done/, so a rerun picks up where one stopped. --quick: one set, fewer and shorter
 proxies (a smoke run, minutes). Prints one JSON object and writes it to --out.
+
+On a CUDA GPU the same script runs at `5m` (the swarm) and `30m` (the larger fidelity and the verify
+size) with token counts sized for a GPU (GPU_FULL, GPU_QUICK); `--sizes SMALL,LARGE` picks other
+sizes anywhere. The JSON records the sizes and the device. While a set runs, its figures so far are
+kept under --root/partial/ and in the JSON's "partial" (a run cut short keeps them).
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,26 +46,44 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 from calibration import mixopt  # noqa: E402 (one CLI-in-a-subprocess helper for the benches)
-BIG = "1m"  # the size the decision is for
-SEEDS = 3  # verification seeds per mixture
 LEVEL = 0.9
 
 
 @dataclass(frozen=True)
 class Sizing:
-    """One run of the benchmark's proxy budget: multi = tiny x tiny_runs (+ prior + vertices) and
-    1m x big_runs; single = tiny only, as many as the same FLOPs buy."""
+    """One run of the benchmark's proxy budget: multi = small x tiny_runs (+ prior + vertices) and
+    big x big_runs; single = the small size only, as many as the same FLOPs buy."""
 
     tokens: int  # per proxy, at both sizes
-    tiny_runs: int  # the multi arm's random tiny runs
-    big_runs: int  # the multi arm's 1m proxies
+    tiny_runs: int  # the multi arm's random runs at the small size
+    big_runs: int  # the multi arm's proxies at the big size
     train_tokens: int = 40_000  # per domain, the sample
     val_tokens: int = 4_000
     vocab: int = 512
+    small: str = "tiny"  # the swarm's size
+    big: str = "1m"  # the larger fidelity's, and the size the decision is for (verified there)
+    seq_len: int = 64  # one shape for both sizes: at equal tokens both then train the same steps
+    batch_size: int = 8
+    batch_proxies: int = 1  # proxies trained together (--batch-proxies): 1 on 2 CPU cores
+    seeds: int = 3  # verification seeds per mixture at the big size
 
 
 FULL = Sizing(tokens=16_000, tiny_runs=8, big_runs=3)
 QUICK = Sizing(tokens=8_000, tiny_runs=4, big_runs=3, train_tokens=20_000, val_tokens=3_000)
+# make gpu-check's CPU rehearsal: the smallest budget that still has both arms, a verification (2 seeds:
+# the least that has an interval) and a law; ~2 min on 2 loaded cores, most of it per-proxy overhead
+REHEARSE = Sizing(tokens=2_048, tiny_runs=2, big_runs=1, train_tokens=8_000, val_tokens=2_000, seeds=2)
+# On a GPU: 5m and 30m with 4,096 tokens a step (seq 256 x batch 16), so a proxy is ~250 steps (full)
+# or ~64 (quick) instead of the CPU's 16-31 at 512 a step; 8 proxies trained together, since one 5m
+# proxy leaves an H100 nearly idle (launch-bound). The python set has ~200k tokens a domain at vocab
+# 512 (400 kB of text each; its code domain 200,826 here), so the sample stays at 150k a domain and a
+# full proxy sees its mixture's text ~1.7 times (1M tokens of a 600k sample): the data is the limit.
+GPU_FULL = Sizing(tokens=1_048_576, tiny_runs=8, big_runs=3, train_tokens=150_000, small="5m", big="30m",
+                  seq_len=256, batch_size=16, batch_proxies=8)
+# The quick GPU variant fits `make gpu-check`'s last step (a few minutes at most on one H100): 50
+# proxies in all (38 at 5m, 12 at 30m), 64 steps each.
+GPU_QUICK = Sizing(tokens=262_144, tiny_runs=4, big_runs=3, train_tokens=80_000, val_tokens=4_000, small="5m",
+                   big="30m", seq_len=256, batch_size=16, batch_proxies=8)
 
 
 def log(msg: str) -> None:
@@ -93,15 +117,16 @@ def param_counts(s: Sizing) -> dict[str, int]:
     from mixopt.config.schema import Proxy
     from mixopt.proxy.model import param_count, proxy_spec
 
-    return {size: param_count(proxy_spec(Proxy(size=size, tokens=s.tokens, seq_len=64, batch_size=8), s.vocab))
-            for size in ("tiny", BIG)}
+    return {size: param_count(proxy_spec(Proxy(size=size, tokens=s.tokens, seq_len=s.seq_len,
+                                               batch_size=s.batch_size), s.vocab))
+            for size in (s.small, s.big)}
 
 
 def single_runs(s: Sizing) -> int:
-    """The single arm's random tiny runs: the multi arm's plus what its 1m proxies cost in tiny ones
+    """The single arm's random runs: the multi arm's plus what its big proxies cost in small ones
     (both arms have the same prior and vertices, every proxy the same tokens)."""
     p = param_counts(s)
-    return s.tiny_runs + round(s.big_runs * p[BIG] / p["tiny"])
+    return s.tiny_runs + round(s.big_runs * p[s.big] / p[s.small])
 
 
 def config(domains: dict[str, dict], root: Path, set_name: str, arm: str, s: Sizing) -> Path:
@@ -111,15 +136,16 @@ def config(domains: dict[str, dict], root: Path, set_name: str, arm: str, s: Siz
         "name": name, "seed": 0, "workspace": str(root / "ws" / name),
         "domains": [{"name": d, "sources": [v]} for d, v in domains.items()],
         "sample": {"train_tokens": s.train_tokens, "val_tokens": s.val_tokens, "tokenizer": {"vocab_size": s.vocab}},
-        "proxy": {"size": BIG if arm == "verify" else "tiny", "tokens": s.tokens, "seq_len": 64, "batch_size": 8},
+        "proxy": {"size": s.big if arm == "verify" else s.small, "tokens": s.tokens, "seq_len": s.seq_len,
+                  "batch_size": s.batch_size},
         "design": {"min_weight": 0.01, "replicates": None},
         "fit": {"model": "loglinear", "cv_folds": 5},
     }
     if arm == "single":
         doc["design"]["runs"] = single_runs(s)
     elif arm == "multi":
-        doc["design"]["fidelities"] = [{"size": "tiny", "runs": s.tiny_runs}, {"size": BIG, "runs": s.big_runs}]
-        doc["optimum"] = {"target_size": float(param_counts(s)[BIG])}
+        doc["design"]["fidelities"] = [{"size": s.small, "runs": s.tiny_runs}, {"size": s.big, "runs": s.big_runs}]
+        doc["optimum"] = {"target_size": float(param_counts(s)[s.big])}
     else:
         doc["design"]["runs"] = 0
     path = root / "configs" / f"{name}.yaml"
@@ -146,8 +172,8 @@ def compute(cfg: Path) -> dict:
             "device_seconds": round(float(sum(r["device_seconds"] for r in rows)), 1)}
 
 
-def verify_at_big(cfg: Path, named: dict[str, list[float]], workers: int) -> dict[str, list[float]]:
-    """Each named mixture trained at 1m with SEEDS seeds (paired: replicate k, the same seed for every
+def verify_at_big(cfg: Path, named: dict[str, list[float]], workers: int, s: Sizing) -> dict[str, list[float]]:
+    """Each named mixture trained at the big size with s.seeds seeds (paired: replicate k, the same seed for every
     mixture) in the verify workspace; name -> objective per seed."""
     from mixopt.config.load import load_experiment
     from mixopt.config.runtime import Runtime
@@ -158,16 +184,17 @@ def verify_at_big(cfg: Path, named: dict[str, list[float]], workers: int) -> dic
     from mixopt.sweep.store import Store
 
     exp = load_experiment(cfg)
-    extra = [Mixture(f"verify:{name}", tuple(map(float, w)), r) for name, w in named.items() for r in range(SEEDS)]
+    extra = [Mixture(f"verify:{name}", tuple(map(float, w)), r) for name, w in named.items() for r in range(s.seeds)]
     os.environ.setdefault("MIXOPT_AUTO_BATCH", "1")
     os.environ.setdefault("MIXOPT_AUTO_COMPILE", "off")
-    report = run_sweep(exp, Runtime(workers=workers, compile="off"), extra=extra, design=False)
+    report = run_sweep(exp, Runtime(workers=workers, compile="off", batch_proxies=s.batch_proxies), extra=extra,
+                       design=False)
     if report.failed:
         raise RuntimeError(f"a verification run failed: {report.failed[0][1]}")
     plan = load_plan(exp, extra, design=False)
     with Store(plan.workspace.db_path) as store:
         scores = record_scores(plan, store)
-    return {name: [float(scores[plan.key(tuple(map(float, w)), r)]) for r in range(SEEDS)] for name, w in named.items()}
+    return {name: [float(scores[plan.key(tuple(map(float, w)), r)]) for r in range(s.seeds)] for name, w in named.items()}
 
 
 def paired(a: list[float], b: list[float]) -> dict:
@@ -221,9 +248,23 @@ def held_out_law(cfg: Path, form: str, verified: dict[str, list[float]], named: 
             "mean_abs_error": float(np.mean(np.abs(np.array(pred) - np.array(meas))))}
 
 
-def run_set(set_name: str, domains: dict[str, dict], root: Path, s: Sizing, workers: int) -> dict:
-    """Both arms of one domain set, swept, fitted and verified at 1m; the set's record (kept under
-    root/done/, so a rerun reuses it)."""
+def partial_path(root: Path, set_name: str) -> Path:
+    return root / "partial" / f"{set_name}.json"
+
+
+def write_partial(root: Path, set_name: str, rec: dict) -> None:
+    """The set's figures so far (atomically), so a run cut short (a deadline, a lost machine) keeps them."""
+    path = partial_path(root, set_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(rec, indent=1))
+    os.replace(tmp, path)
+
+
+def run_set(set_name: str, domains: dict[str, dict], root: Path, s: Sizing, workers: int,
+            progress: Callable[[dict], None] | None = None) -> dict:
+    """Both arms of one domain set, swept, fitted and verified at the big size; the set's record (kept
+    under root/done/, so a rerun reuses it; the stages reached so far under root/partial/)."""
     done = root / "done" / f"{set_name}.json"
     if done.is_file():
         log(f"{set_name}: finished earlier ({done})")
@@ -231,13 +272,22 @@ def run_set(set_name: str, domains: dict[str, dict], root: Path, s: Sizing, work
     t0 = time.time()
     cfgs = {arm: config(domains, root, set_name, arm, s) for arm in ("single", "multi", "verify")}
     fits, seconds = {}, {}
+    # on the CPU the helper's MIXOPT_AUTO_BATCH=1 decides; a GPU trains s.batch_proxies together
+    batch = ["--batch-proxies", s.batch_proxies] if s.batch_proxies > 1 else []
     for arm in ("multi", "single"):
         ts = time.time()
         mixopt("sample", cfgs[arm])
-        mixopt("sweep", cfgs[arm], "--workers", workers, "--no-progress")
+        mixopt("sweep", cfgs[arm], "--workers", workers, "--no-progress", *batch)
         fits[arm] = mixopt("fit", cfgs[arm], "--format", "json", "--no-plots", json_out=True)
         seconds[arm] = round(time.time() - ts, 1)
         log(f"{set_name} {arm}: swept and fitted in {seconds[arm]:.0f}s")
+        part = {"set": set_name, "stage": f"{arm} fitted", "sizing": asdict(s), "sizes": [s.small, s.big],
+                "arms": {a: {"weights": f["weights"], **compute(cfgs[a])} for a, f in fits.items()},
+                "cross_scale": (fits.get("multi", {}).get("fidelity") or {}).get("cross_scale"),
+                "seconds": {**seconds, "total": round(time.time() - t0, 1)}}
+        write_partial(root, set_name, part)
+        if progress:
+            progress(part)
     prior = list(fits["single"]["prior"].values()) if isinstance(fits["single"].get("prior"), dict) else None
     from mixopt.config.load import load_experiment
     from mixopt.sweep.plan import load_plan
@@ -247,12 +297,12 @@ def run_set(set_name: str, domains: dict[str, dict], root: Path, s: Sizing, work
              "prior": prior}
     ts = time.time()
     mixopt("sample", cfgs["verify"])
-    verified = verify_at_big(cfgs["verify"], named, workers)
+    verified = verify_at_big(cfgs["verify"], named, workers, s)
     seconds["verify"] = round(time.time() - ts, 1)
-    log(f"{set_name}: verified at {BIG} in {seconds['verify']:.0f}s")
+    log(f"{set_name}: verified at {s.big} in {seconds['verify']:.0f}s")
     f = fits["multi"].get("fidelity") or {}
     cost = {arm: compute(cfgs[arm]) for arm in ("single", "multi")}
-    tiny_flops = 6.0 * param_counts(s)["tiny"] * s.tokens
+    tiny_flops = 6.0 * param_counts(s)[s.small] * s.tokens
     # the interval for one new 1m proxy where the 1m runs have replicates, else the fit's for its prediction
     decision = fits["multi"].get("decision") or {}
     kinds = (("new proxy", f.get("new_proxy_interval") or decision.get("new_proxy_interval")),
@@ -261,7 +311,8 @@ def run_set(set_name: str, domains: dict[str, dict], root: Path, s: Sizing, work
     interval_kind, multi_interval = next(((k, v) for k, v in kinds if v), (None, None))
     mean_multi = float(np.mean(verified["multi"]))
     rec = {
-        "set": set_name, "domains": list(domains), "sizing": asdict(s), "params": param_counts(s),
+        "set": set_name, "domains": list(domains), "sizing": asdict(s), "sizes": [s.small, s.big],
+        "params": param_counts(s),
         "arms": {
             "single": {"tiny_runs": single_runs(s), "weights": fits["single"]["weights"],
                        "cv": fits["single"].get("cv"), **cost["single"]},
@@ -273,7 +324,7 @@ def run_set(set_name: str, domains: dict[str, dict], root: Path, s: Sizing, work
                       bool(multi_interval[0] <= mean_multi <= multi_interval[1]),
                       "moved_l1": f.get("moved_l1"), **cost["multi"]},
         },
-        # equal compute: the arms' FLOPs may differ by at most one tiny proxy's
+        # equal compute: the arms' FLOPs may differ by at most one small proxy's
         "flops_ratio_multi_over_single": cost["multi"]["flops"] / cost["single"]["flops"],
         "flops_tolerance": tiny_flops / cost["single"]["flops"],
         "verified": {k: {"per_seed": v, "mean": float(np.mean(v))} for k, v in verified.items()},
@@ -286,8 +337,9 @@ def run_set(set_name: str, domains: dict[str, dict], root: Path, s: Sizing, work
     }
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(rec, indent=1))
+    partial_path(root, set_name).unlink(missing_ok=True)
     d = rec["multi_minus_single"]
-    log(f"{set_name}: at {BIG}, single {rec['verified']['single']['mean']:.4f}, multi {mean_multi:.4f}, "
+    log(f"{set_name}: at {s.big}, single {rec['verified']['single']['mean']:.4f}, multi {mean_multi:.4f}, "
         f"multi - single {d['mean']:+.4f} [{d['interval'][0]:+.4f}, {d['interval'][1]:+.4f}]")
     return rec
 
@@ -302,12 +354,48 @@ def summarize(sets: list[dict], wall_s: float) -> dict:
             "wall_s": round(wall_s, 1)}
 
 
-def write(args, sets: list[dict], t0: float) -> dict:
-    out = {"benchmark": "fidelity", "quick": args.quick, "target": BIG, "seeds": SEEDS, "level": LEVEL,
-           "summary": summarize(sets, time.time() - t0) if sets else None, "results": sets}
+def write(args, s: Sizing, device: str, sets: list[dict], t0: float, partial: dict | None = None) -> dict:
+    """The JSON (atomically): finished sets, and the one under way's figures so far (`partial`)."""
+    out = {"benchmark": "fidelity", "quick": args.quick, "rehearse": args.rehearse, "device": device,
+           "sizes": [s.small, s.big], "target": s.big, "sizing": asdict(s), "seeds": s.seeds, "level": LEVEL,
+           "summary": summarize(sets, time.time() - t0) if sets else None, "results": sets, "partial": partial}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, args.out)
     return out
+
+
+def fail(msg: str) -> None:
+    """Bad input: one line, exit code 2."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def device_name() -> str:
+    import torch
+
+    return f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+
+
+def choose_sizing(cuda: bool, quick: bool, rehearse: bool, sizes: str | None) -> tuple[str, Sizing]:
+    """The preset for this device and mode, with --sizes applied; (its name, the sizing)."""
+    from mixopt.proxy.model import SIZES
+
+    name, s = (("rehearse", REHEARSE) if rehearse else ("gpu-quick", GPU_QUICK) if cuda and quick
+               else ("gpu-full", GPU_FULL) if cuda else ("quick", QUICK) if quick else ("full", FULL))
+    if sizes:
+        small, _, big = sizes.partition(",")
+        bad = [x for x in (small, big) if x not in SIZES]
+        if bad or not big:
+            fail(f"--sizes {sizes}: expected SMALL,LARGE from {', '.join(SIZES)}; e.g. --sizes 5m,30m")
+        s = replace(s, small=small, big=big)
+        p = param_counts(s)
+        if p[small] >= p[big]:
+            fail(f"--sizes {sizes}: {small} ({p[small]:,} parameters) is not smaller than {big} "
+                     f"({p[big]:,}); give the smaller size first")
+        name += f"-{small}-{big}"
+    return name, s
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -316,13 +404,20 @@ def main(argv: list[str] | None = None) -> dict:
                     help="workspaces and finished sets (a rerun reuses them)")
     ap.add_argument("--sets", default="demo,python", help="demo (after `make demo`), python")
     ap.add_argument("--quick", action="store_true", help="one set, fewer and shorter proxies: a smoke run")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rehearse", action="store_true",
+                    help="one set at the smallest budget with both arms (make gpu-check's CPU rehearsal)")
+    ap.add_argument("--sizes", default=None, help="SMALL,LARGE proxy sizes (default: tiny,1m on a CPU, 5m,30m on a GPU)")
+    ap.add_argument("--workers", type=int, default=None, help="default: 2 on a CPU, 1 on a GPU")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "fidelity.json")
     args = ap.parse_args(argv)
     t0 = time.time()
-    s = QUICK if args.quick else FULL
-    root = args.root / ("quick" if args.quick else "full")
-    names = args.sets.split(",")[:1] if args.quick else args.sets.split(",")
+    device = device_name()
+    preset, s = choose_sizing(device != "cpu", args.quick, args.rehearse, args.sizes)
+    workers = args.workers or (2 if device == "cpu" else 1)
+    root = args.root / preset  # each preset and its sizes their own workspaces and finished sets
+    log(f"fidelity: {preset} on {device}: {s.small} swarm, {s.big} larger fidelity and verify size, "
+        f"{s.tokens:,} tokens a proxy")
+    names = args.sets.split(",")[:1] if args.quick or args.rehearse else args.sets.split(",")
     sets = []
     for name in names:
         if name == "demo":
@@ -333,10 +428,11 @@ def main(argv: list[str] | None = None) -> dict:
         elif name == "python":
             domains = python_set(args.root / "corpora")
         else:
-            sys.exit(f"error: --sets {name}: not a domain set; use demo, python")
-        sets.append(run_set(name, domains, root, s, args.workers))
-        out = write(args, sets, t0)  # after each set: a run cut short still has what it finished
-    out = write(args, sets, t0)
+            fail(f"--sets {name}: not a domain set; use demo, python")
+        sets.append(run_set(name, domains, root, s, workers,
+                            progress=lambda part: write(args, s, device, sets, t0, partial=part)))
+        out = write(args, s, device, sets, t0)  # after each set: a run cut short still has what it finished
+    out = write(args, s, device, sets, t0)
     print(json.dumps(out["summary"], indent=1))
     return out
 

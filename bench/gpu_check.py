@@ -7,6 +7,8 @@ Steps, each a subprocess whose time limit is cut to what is left of the deadline
   sweep    bench/gpu_sweep.py: a 16-run sweep with --batch-proxies auto, then a re-evaluation with
            one more evaluation; peak memory vs mixopt's estimate
   ray      bench/ray_devices.py: what Ray tasks asking 0, 0.5 and 1 GPU see (skipped without ray)
+  fidelity bench/fidelity.py --quick on the python set at 5m/30m: multi- vs single-fidelity at equal
+           compute, verified at 30m; last and lowest priority, it gets only what the deadline leaves
 After every step `gpu.json` is rewritten (atomically) in the output folder, with each step's exit
 code, seconds, figures and the tail of its log when it failed; so a run cut short by the deadline
 or by a lost machine keeps every figure measured so far. At the end `summary.txt` holds one screen.
@@ -29,8 +31,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESERVE_S = 10  # seconds kept back from the deadline for the summary
-# Each step's own cap (seconds) on a GPU; the deadline cuts it further. The four add up to ~8 minutes.
-CAPS = {"env": 60, "tests": 120, "trainer": 150, "sweep": 150, "ray": 60}
+# Each step's own cap (seconds) on a GPU; the deadline cuts it further. The first five add up to ~9
+# minutes, more than the deadline, but each usually takes well under its cap; fidelity runs last on
+# what is left (its cap only bounds it when the others were quick).
+CAPS = {"env": 60, "tests": 120, "trainer": 150, "sweep": 150, "ray": 60, "fidelity": 300}
+# Fewer seconds than this left: the step is skipped (fidelity's first figures, the multi arm's sweep
+# and fit, take about a minute on a GPU: less would only kill it half-way).
+MIN_S = {"fidelity": 60}
 OPTIONAL = ("polars", "pyarrow", "datasets", "matplotlib", "lightgbm", "ray", "transformers")
 
 ENV_PROBE = r"""
@@ -103,6 +110,9 @@ def main() -> int:
         "sweep": [py, "bench/gpu_sweep.py", "--work", str(work / "sweep"), "--out", str(out / "sweep.json"),
                   *(["--small"] if small else [])],
         "ray": [py, "bench/ray_devices.py", "--out", str(out / "ray.json")],
+        # writes fidelity.json after each arm and again at the end, so a cut leaves the stages reached
+        "fidelity": [py, "bench/fidelity.py", "--rehearse" if small else "--quick", "--sets", "python",
+                     "--root", str(work / "fidelity"), "--out", str(out / "fidelity.json")],
     }
     if small:  # so the rehearsal stays short in CI: Ray's start alone takes ~10 s on 2 cores
         steps["ray"] = [py, "-c", "import ray"]
@@ -110,8 +120,8 @@ def main() -> int:
           f"writing {out}", flush=True)
     for name, cmd in steps.items():
         left = args.deadline - (time.monotonic() - t0) - RESERVE_S
-        cap = min(CAPS[name] * (3 if small else 1), left)
-        if cap < 15:
+        cap = step_cap(name, left, small)
+        if cap is None:
             result["steps"][name] = {"status": "skipped", "why": f"deadline: {left:.0f} s left"}
         else:
             result["steps"][name] = _step(name, cmd, cap, env, out)
@@ -124,6 +134,13 @@ def main() -> int:
     (out / "summary.txt").write_text(text)
     print(text, end="")
     return 0 if all(s["status"] in ("ok", "skipped") for s in result["steps"].values()) else 1
+
+
+def step_cap(name: str, left: float, small: bool) -> float | None:
+    """A step's time limit: its own cap (x3 in the CPU rehearsal), cut to what the deadline leaves;
+    None (skipped) where that is under the step's minimum."""
+    cap = min(CAPS[name] * (3 if small else 1), left)
+    return None if cap < MIN_S.get(name, 15) else cap
 
 
 def _cuda() -> tuple[bool, str]:
@@ -163,7 +180,8 @@ def _step(name: str, cmd: list[str], cap: float, env: dict, out: Path) -> dict:
 
 def _collect(result: dict, out: Path) -> None:
     """Every figure written so far, read back from the steps' own files."""
-    for key, name in (("env", "env.json"), ("trainer", "trainer.json"), ("sweep", "sweep.json"), ("ray", "ray.json")):
+    for key, name in (("env", "env.json"), ("trainer", "trainer.json"), ("sweep", "sweep.json"), ("ray", "ray.json"),
+                      ("fidelity", "fidelity.json")):
         p = out / name
         if p.is_file():
             try:
@@ -212,11 +230,42 @@ def summary(r: dict) -> str:
         if mem:
             lines.append(f"  memory: peak {mem.get('peak_gib')} GiB vs estimate {mem.get('estimate_gib')} GiB "
                          f"({mem.get('ratio')}x)")
+    lines += fidelity_lines(r.get("fidelity_figures") or {})
     for name, s in r["steps"].items():
         if s.get("log_tail"):
             lines.append(f"  --- {name} (last lines of {name}.log) ---")
             lines += ["    " + line[:160] for line in s["log_tail"][-8:]]
     return "\n".join(lines) + "\n"
+
+
+def fidelity_lines(f: dict) -> list[str]:
+    """The fidelity step's figures: multi - single at the big size with its interval, the cross-scale
+    rank correlation, each arm's compute; or the stage a cut run reached."""
+    if not f.get("sizes"):
+        return []
+    small, big = f["sizes"]
+    rec = (f.get("results") or [None])[0] or f.get("partial")
+    if not rec:
+        return [f"  fidelity ({small} swarm, {big} verify): no set finished a stage"]
+    arms = rec.get("arms", {})
+    cost = ", ".join(f"{a} {v['flops']:.2e} FLOPs {v['device_seconds']:.0f} device-s" for a, v in arms.items()
+                     if "flops" in v)
+    cs = next((c for c in rec.get("cross_scale") or [] if c.get("size") == big), None)
+    def num(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    rho = (f"cross-scale Spearman {num(cs.get('spearman_predicted'))} predicted / {num(cs.get('spearman_measured'))} "
+           f"measured ({cs.get('mixtures')} mixtures at both sizes)" if cs else "cross-scale: -")
+    lines = [f"  fidelity ({rec['set']} set, {small} swarm, {big} verify, on {f.get('device', '?')}):"]
+    d = rec.get("multi_minus_single")
+    if d:
+        v = rec["verified"]
+        lines.append(f"    at {big}: single {v['single']['mean']:.4f}, multi {v['multi']['mean']:.4f}; multi - single "
+                     f"{d['mean']:+.4f} (90% {d['interval'][0]:+.4f} .. {d['interval'][1]:+.4f}); {rho}")
+    else:
+        lines.append(f"    cut after '{rec.get('stage')}' (not verified); {rho}")
+    lines.append(f"    compute: {cost or '-'}")
+    return lines
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -626,7 +626,7 @@ def optimize(config: Path = CONFIG,
         which = "" if out.candidate_round is None else \
             f" (the candidate of round {out.candidate_round}, the mixture the verdict is about)"
         typer.echo(f"recommendation{which}: " + ", ".join(f"{d} {v:.3f}" for d, v in out.weights.items())
-                   + f" (written: {out.written})")
+                   + (f" (written: {out.written})" if out.written else f" (recorded: {out.recorded}; nothing written now)"))
 
 
 def _against(path: Optional[Path], domains: list[str]) -> list:

@@ -216,6 +216,9 @@ def test_a_decided_verdict_stops_the_rounds_before_proposing(corpora, tmp_path, 
     said.clear()
     again = rounds.optimize_budget(exp, parse_budget("80"), say=said.append)  # decided: a larger budget changes nothing
     assert again.already and again.verdict == "worse" and len(asked) == 6
+    # nothing written by the rerun: it says where the recorded result is (here no YAML: the store's rounds)
+    assert again.written is None and again.recorded.startswith("the store's rounds (")
+    assert f"{exp.optimal_path.name} is not there now" in again.recorded
     assert said == ["already finished in round 1 (a decided verdict stays decided): nothing trained, planned or recorded",
                     "  verdict: the recommendation is worse than the prior: keep the prior"]
     with Store(tmp_path / "ws" / "mixopt.db") as store:
@@ -297,6 +300,50 @@ def test_the_candidate_persists_until_a_fit_predicts_better_by_more_than_the_noi
     assert kept is c
 
 
+def test_a_replaced_candidates_planned_seed_is_dropped_before_it_trains(corpora, tmp_path, monkeypatch):
+    """The round that made candidate A planned A's next seed with the prior's; A was then replaced by
+    B before that seed trained (a budget cut, a kill): A's planned run is dropped, untrained and not
+    counted, the prior's stays, and the next round trains only the prior's."""
+    import mixopt.fit.rounds as rounds
+    from mixopt.config.load import load_experiment
+    from mixopt.fit.candidate import Candidate
+    from mixopt.sweep.budget import Costs, fidelity_plans, parse_budget
+    from mixopt.sweep.run import SweepReport
+    from mixopt.sweep.store import Store
+
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2))
+    mixopt("sample", cfg)
+    exp = load_experiment(cfg)
+    sizes = fidelity_plans(exp)
+    fexp, plan = sizes[-1]
+    db = plan.workspace.db_path
+    a, b = Candidate((0.2, 0.3, 0.5), 1), Candidate((0.5, 0.3, 0.2), 2)
+    rounds._propose(exp, sizes, a, 1, None, db)  # round 1 plans seed 0 of A and of the prior
+    with Store(db) as store:
+        planned = {r.origin: r.weights for r in plan.runs(store, "planned") if r.origin.startswith("optimize:")}
+    assert set(planned) == {"optimize:2:replicate:recommended", "optimize:2:replicate:prior"}
+    assert rounds._drop_replaced(plan, a, db) == 0  # A is still the candidate: nothing dropped
+    assert rounds._drop_replaced(plan, None, db) == 0  # no candidate known: nothing dropped
+    assert rounds._drop_replaced(plan, b, db) == 1  # B replaced A: A's seed goes
+    with Store(db) as store:
+        left = [r.origin for r in plan.runs(store) if r.origin.startswith("optimize:")]
+        costs = Costs([p for _, p in sizes], store, "cpu")
+        assert costs.spent(store, "proxies") == 0
+    assert left == ["optimize:2:replicate:prior"]
+    asked = []
+    monkeypatch.setattr(rounds, "run_sweep", lambda e, rt, extra, design: asked.extend(extra) or
+                        SweepReport(planned=len(extra), trained=len(extra)))
+    trained, what = rounds._train_round(exp, sizes, parse_budget("40"), costs, None, 2)
+    assert [m.origin for m in asked] == ["optimize:2:replicate:prior"] and what.startswith("what the last round proposed")
+    # a finished run of a replaced candidate is never dropped: only planned ones are
+    with Store(db) as store:
+        store.add_planned([{"key": "k-done", "context": plan.context, "origin": "optimize:1:verify:recommended",
+                            "weights": list(a.weights), "domains": exp.domain_names, "replicate": 0}])
+        with store._tx():
+            store.db.execute("UPDATE runs SET status='done' WHERE key='k-done'")
+    assert rounds._drop_replaced(plan, b, db) == 0
+
+
 def junk_config(corpora, root, **overrides):
     """prose, code and a junk domain (random letters, ~3 MB: about 0.9 of the token-proportional prior),
     scored on the held-out text of prose and code: the prior is clearly bad, and the rounds must find it."""
@@ -343,6 +390,9 @@ def test_a_clearly_bad_prior_is_decided_better_with_real_proxies(corpora, tmp_pa
     assert optimal["weights"]["junk"] < 0.5  # the junk the prior is made of is cut
     again = mixopt("optimize", cfg, "--budget", "24", "--no-progress")
     assert again.stdout.startswith("already finished in round ") and "(a decided verdict stays decided)" in again.stdout
+    last = json.loads(mixopt("status", cfg, "--format", "json").stdout)["budget"]["rounds"]
+    assert f"(recorded: {tmp_path / 'junk.optimal.yaml'}, written in round {last}; nothing written now)" in again.stdout
+    assert "written:" not in again.stdout
     assert json.loads(mixopt("status", cfg, "--format", "json").stdout)["budget"]["rounds"] == st["budget"]["rounds"]
 
 

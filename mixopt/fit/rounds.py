@@ -68,7 +68,8 @@ class Outcome:
     stopped: str = ""
     verdict: str = "cannot tell"
     weights: dict[str, float] | None = None  # the mixture the verdict is about (the candidate once there is one)
-    written: str | None = None
+    written: str | None = None  # the optimal YAML this run wrote
+    recorded: str | None = None  # a rerun of a finished optimize: where its recorded result is (nothing written)
     verify_size: str | None = None
     candidate_round: int | None = None
     paired: list[tuple[int, float, float]] = field(default_factory=list)  # (seed, candidate, prior) at verify_size
@@ -77,7 +78,7 @@ class Outcome:
 
     def to_json(self) -> dict:
         return {"budget": self.budget.to_json(self.spent), "stopped": self.stopped, "verdict": self.verdict,
-                "recommendation": self.weights, "written": self.written, "verify_size": self.verify_size,
+                "recommendation": self.weights, "written": self.written, "recorded": self.recorded, "verify_size": self.verify_size,
                 "candidate_round": self.candidate_round,
                 "paired_seeds": [{"seed": r, "candidate": a, "prior": b} for r, a, b in self.paired],
                 "fit_recommendation": self.fit_weights, "already_finished": self.already,
@@ -103,7 +104,10 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
     vexp, vplan = sizes[verify_at]
     cand = _candidate_of(rows[-1], exp.domain_names) if rows else None
     for n in range(first, first + MAX_ROUNDS):
+        dropped = _drop_replaced(vplan, cand, db)  # e.g. one a budget cut left planned, or a killed round's
         trained, what = _train_round(exp, sizes, budget, costs, runtime, n)
+        if dropped:
+            what += f"; dropped {dropped} planned run(s) of a replaced candidate"
         try:
             from mixopt.fit.from_store import recommend_mixture
 
@@ -114,6 +118,8 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
                               e.fix or "raise --budget, or lower design.runs") from None
         fit_verdict = rec.decision.verdict if rec.decision is not None else None
         cand, note = choose_candidate(rec, cand, _pairs(vplan, cand.weights, db) if cand else [], n, size)
+        if cand is not None and (dropped := _drop_replaced(vplan, cand, db)):
+            note += f"; {dropped} planned run(s) of the replaced candidate dropped, untrained"
         pairs = _pairs(vplan, cand.weights, db) if cand else []
         if cand is not None and not pairs:  # a new candidate: its first seed, with the prior's
             got, cut = _train(budget, costs, runtime, db,
@@ -266,6 +272,18 @@ def _pairs(plan: Plan, w, db) -> list[tuple[int, float, float]]:
     return out
 
 
+def _drop_replaced(plan: Plan, cand: Candidate | None, db) -> int:
+    """Drop the planned, never started verification runs of a candidate that is no longer the
+    candidate (its next seed, planned by a round that still had it), so they neither train nor count
+    against the budget; the prior's runs stay (they pair with any candidate). How many."""
+    if cand is None:
+        return 0
+    with Store(db) as store:
+        stale = [r.key for r in plan.runs(store, "planned") if r.origin.startswith(f"{ORIGIN}:")
+                 and r.origin.endswith(":recommended") and not same_mixture(r.weights, cand.weights)]
+        return store.drop_planned(stale) if stale else 0
+
+
 def _next_seed(plan: Plan, w, db) -> int:
     """The first seed at which the candidate or the prior has no finished (or for good failed) run."""
     with Store(db) as store:
@@ -350,7 +368,10 @@ def _recorded(exp: Experiment, budget: Budget, costs: Costs, db, rows: list[dict
                         r["summary"] or "", r["candidate_round"]) for r in rows]
     out.stopped, out.verdict, out.already = last["stopped"], last["verdict"] or "cannot tell", True
     out.weights, out.candidate_round = last["weights"], last["candidate_round"]
-    out.written = str(exp.optimal_path)
+    # nothing is written now: the outcome is the store's rounds, and the YAML the finishing round wrote
+    out.recorded = (f"{exp.optimal_path}, written in round {last['round']}" if exp.optimal_path.is_file() else
+                    f"the store's rounds ({db}); {exp.optimal_path.name} is not there now (`mixopt fit` writes the "
+                    "fit's own recommendation there)")
     if str(last["stopped"]).startswith("the budget is spent"):
         why = (f"--budget {budget.text} is no more than the {Budget(last['budget'], last['unit'], last['amount']).show(last['amount'])} "
                "it stopped at; a larger --budget continues where it stopped")

@@ -415,6 +415,13 @@ class Store:
             self.db.executemany("UPDATE runs SET status='planned', error=? WHERE key=? AND status IN ('done', "
                                 "'suspect')", [(problem, k) for k in keys])
 
+    def drop_planned(self, keys: list[str]) -> int:
+        """Forget runs that were planned and never started (what a round planned for a mixture no
+        longer wanted); any other state is kept. How many were dropped."""
+        with self._tx():
+            return sum(self.db.execute("DELETE FROM runs WHERE key=? AND status='planned'", (k,)).rowcount
+                       for k in keys)
+
     def restore(self, keys: list[str]) -> None:
         """Suspect runs whose checkpoint verifies again are done."""
         with self._tx():
