@@ -144,6 +144,47 @@ def test_an_interval_of_batches_is_gathered_at_once_as_one_slice_per_sequence_wo
                 assert staged[k, i, j].tolist() == streams[d][start:start + width].tolist()
 
 
+def test_token_losses_are_cross_entropy_and_the_backward_allocates_no_logits_sized_tensor():
+    """token_losses: F.cross_entropy's losses and gradients within float noise; its backward makes
+    no new [tokens, V] tensor (softmax - one-hot is written over the saved log-probabilities: at
+    1m on a CPU that is what puts the one loop ahead of the plain loop), and a second backward,
+    which would read the overwritten buffer, raises instead of returning a wrong gradient."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    m, v = 64, 1000
+    g = torch.Generator().manual_seed(0)
+    logits, t, w = torch.randn(m, v, generator=g) * 3, torch.randint(0, v, (m,), generator=g), torch.rand(m, generator=g)
+
+    class Made(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.large = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() == m * v and not any(
+                    isinstance(a, torch.Tensor) and a.data_ptr() == out.data_ptr() for a in args):
+                self.large.append(str(func))  # a new logits-sized tensor, not an in-place result
+            return out
+
+    ref = logits.clone().requires_grad_(True)
+    expect = F.cross_entropy(ref, t, reduction="none")
+    (expect * w).sum().backward()
+    ours = logits.clone().requires_grad_(True)
+    got = token_losses()(ours, t)
+    with Made() as made:
+        (got * w).sum().backward()
+    torch.testing.assert_close(got.detach(), expect.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours.grad, ref.grad, rtol=1e-5, atol=1e-7)
+    assert made.large == []
+    again = token_losses()(logits.clone().requires_grad_(True), t).sum()
+    again.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="run it once"):
+        again.backward()
+
+
 def test_the_chunked_loss_never_holds_the_whole_logits_and_equals_the_plain_one():
     """The output layer + cross-entropy in chunks of 32 tokens: the largest tensor any op makes
     (forward and backward, seen by a dispatch hook) is a chunk's logits or the embedding's
