@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from conftest import invoke_ok, write_csv
+from conftest import invoke_ok, sample_as_version_1, write_csv
 
 from mixopt.core.mixtures import Bounds
 from mixopt.fit.noise import collapse_replicates
@@ -148,6 +148,7 @@ def test_verify_seeds_on_trained_proxies(make_config):
         assert r.returncode == 0, r.stderr
         return r.stdout
 
+    sample_as_version_1(cfg)  # the fit cross-validates on version 1's draw (conftest)
     cli("sample", cfg)
     cli("sweep", cfg, "--workers", "2", "--no-progress")
     st = json.loads(cli("status", cfg, "--format", "json"))

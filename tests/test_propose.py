@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import yaml
-from conftest import invoke_ok
+from conftest import invoke_ok, sample_as_version_1
 
 
 @pytest.mark.slow
@@ -13,6 +13,7 @@ def test_propose_train_refit_verify(make_config, tmp_path):
     cfg = make_config()
     run = invoke_ok
 
+    sample_as_version_1(cfg)  # the fit ranks these 12 runs on version 1's draw (conftest)
     run("sample", cfg)
     run("sweep", cfg, "--workers", "2", "--no-progress")
     first = json.loads(run("fit", cfg, "--format", "json", "--no-progress", "--no-plots"))

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import yaml
-from conftest import mixopt
+from conftest import mixopt, sample_as_version_1
 
 from mixopt.config.load import load_experiment
 from mixopt.config.runtime import Runtime
@@ -33,6 +33,7 @@ def _count_training(monkeypatch):
 @pytest.mark.slow
 def test_sample_sweep_fit_end_to_end(make_config, tmp_path, monkeypatch):
     cfg = make_config()
+    sample_as_version_1(cfg)  # the CV figure below is version 1's draw's (conftest); the CLI keeps it
     out = mixopt("sample", cfg).stdout
     assert "code" in out and "prior" in out
     sweep = mixopt("sweep", cfg, "--workers", "2", "--no-progress").stdout
