@@ -140,6 +140,22 @@ def make_config(corpora, tmp_path):
     return make
 
 
+def store_at_version(root: Path, version: int):
+    """A store as mixopt at store version `version` left it (root/mixopt.db, the first `version`
+    migrations applied), open with rows by name: for the tests of the later migrations."""
+    import sqlite3
+
+    from mixopt.sweep.store import MIGRATIONS, SCHEMA
+
+    db = sqlite3.connect(root / "mixopt.db")
+    db.row_factory = sqlite3.Row
+    db.executescript(SCHEMA)
+    for step in MIGRATIONS[:version]:
+        step(db, root)
+    db.execute(f"PRAGMA user_version = {version}")
+    return db
+
+
 def sample_as_version_1(cfg: Path) -> None:
     """Sample `cfg`'s workspace with sampler version 1, as a workspace made before version 2 is (the CLI
     keeps a workspace's version). For the tests that read how well a fit ranks a dozen tiny proxies: on

@@ -12,7 +12,7 @@ from mixopt.sweep.plan import mixed_measurements
 from mixopt.sweep.store import Run
 from mixopt.sweep.work import MeasurementMismatch, TrainRun, TrainTask, planned_measurement, train_task
 
-from conftest import mixopt, small_config, write_config
+from conftest import mixopt, small_config, store_at_version, write_config
 
 SLICES = ["aa" * 32, "bb" * 32, "cc" * 32]
 BF16 = "cuda/bf16-autocast"
@@ -289,14 +289,9 @@ def test_evaluation_is_measured_and_keyed_at_the_precision_the_run_trained(cpu_s
 
 
 def test_a_version_8_store_records_each_measurement_as_its_run_trained(tmp_path):
-    from mixopt.sweep.store import MIGRATIONS, SCHEMA, VERSION, Store
+    from mixopt.sweep.store import VERSION, Store
 
-    db = sqlite3.connect(tmp_path / "mixopt.db")
-    db.row_factory = sqlite3.Row
-    db.executescript(SCHEMA)
-    for step in MIGRATIONS[:8]:
-        step(db, tmp_path)
-    db.execute("PRAGMA user_version = 8")
+    db = store_at_version(tmp_path, 8)
     for key, how in (("cpu", None), ("gpu", BF16)):
         db.execute("INSERT INTO runs (key, context, origin, weights, domains, status, created, measured_as) "
                    "VALUES (?, 'c', 'prior', '[1.0]', '[\"a\"]', 'done', 1.0, ?)", (key, how))

@@ -14,6 +14,8 @@ from mixopt.errors import MixoptError
 from mixopt.sweep import store as store_module
 from mixopt.sweep.store import SCHEMA, VERSION, Run, Store
 
+from conftest import store_at_version
+
 HOST = socket.gethostname()
 ALIVE = f"{HOST}:{os.getpid()}:a"  # this process: alive
 
@@ -228,14 +230,7 @@ def test_version_6_store_opens_keeping_every_row(tmp_path):
     """A store of version 6 (before runs recorded where they trained) migrates to 7: every run, measurement
     and score is kept, and its runs read as trained on a CPU in float32 (measured_as None), the setting
     their keys were computed under."""
-    from mixopt.sweep.store import MIGRATIONS
-
-    db = sqlite3.connect(tmp_path / "mixopt.db")
-    db.row_factory = sqlite3.Row
-    db.executescript(SCHEMA)
-    for step in MIGRATIONS[:6]:
-        step(db, tmp_path)
-    db.execute("PRAGMA user_version = 6")
+    db = store_at_version(tmp_path, 6)
     for i in range(3):
         db.execute("INSERT INTO runs (key, context, origin, weights, domains, slices, tokenizer, status, created, "
                    "params, flops) VALUES (?, 'c', 'prior', '[0.5, 0.5]', '[\"a\", \"b\"]', '[\"s1\", \"s2\"]', 't', "
