@@ -306,8 +306,14 @@ def _on_step(task: TrainTask, progress: Progress | None) -> OnStep:
 
     def on_step(step: int, total: int, losses: list[float]) -> None:
         if log:
-            with open(log, "a") as f:
-                f.write("".join(f"{r.key} {step - 1}\n" for r in task.runs))
+            lines = "".join(f"{r.key} {step - 1}\n" for r in task.runs)
+            while True:
+                try:
+                    with open(log, "a") as f:
+                        f.write(lines)
+                    break
+                except BrokenPipeError:  # a test's FIFO whose reader left between our open and our write:
+                    continue  # open it again, which waits for the next reader (as the test means it to)
         if progress:
             progress(step, total, float(np.mean(losses)))
 
