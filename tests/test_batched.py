@@ -129,6 +129,43 @@ def test_auto_batch_size_is_chosen_by_a_measurement_and_cached(tmp_path, monkeyp
     assert choose.choose_batch(Runtime(), SPEC, ws, runs=1).proxies == 1  # one run: nothing to batch
 
 
+def test_auto_choices_are_timed_at_the_precision_the_sweep_trains_at(tmp_path, monkeypatch):
+    """--batch-proxies auto and --compile auto time the steps at the sweep's --precision (a bf16 sweep is
+    not sized on float32 steps), and a measurement at one precision is not reused for another."""
+    from mixopt.config.runtime import Runtime
+    from mixopt.core.workspace import Workspace
+    from mixopt.proxy import speed
+    from mixopt.sweep import choose
+
+    monkeypatch.delenv("MIXOPT_AUTO_BATCH", raising=False)
+    monkeypatch.delenv("MIXOPT_AUTO_COMPILE", raising=False)
+    ws = Workspace(tmp_path)
+    timed = []
+
+    def rates(spec, ns, device, **k):
+        timed.append(("rates", k.get("precision", "auto")))
+        return {n: float(n) for n in ns}
+
+    def compile_timings(spec, n, device, **k):
+        timed.append(("compile", k.get("precision", "auto")))
+        return {"compile_seconds": 1.0, "eager_step": 0.1, "compiled_step": 0.05}
+
+    monkeypatch.setattr(speed, "training_rates", rates)
+    monkeypatch.setattr(speed, "compile_timings", compile_timings)
+    spec = ProxySpec(**{**SPEC.to_dict(), "tokens": SPEC.seq_len * SPEC.batch_size * 1000})
+    bf16, fp32 = Runtime(precision="bf16"), Runtime(precision="fp32")
+    b = choose.choose_batch(bf16, spec, ws, runs=10)
+    assert timed == [("rates", "bf16")] and "in bf16-autocast" in b.why
+    c = choose.choose_compile(bf16, spec, ws, b.proxies, runs=10, rates=b.rates)
+    assert timed[-1] == ("compile", "bf16") and "in bf16-autocast" in c.why
+    # float32 is measured anew (not the bf16 row), and keyed as before precision entered the key.
+    f = choose.choose_batch(fp32, spec, ws, runs=10)
+    assert timed[-1] == ("rates", "fp32") and "measured now" in f.why and "bf16" not in f.why
+    assert len(json.loads((tmp_path / "trainer-choice.json").read_text())) == 2
+    assert "cached" in choose.choose_batch(Runtime(precision="auto"), spec, ws, runs=10).why  # auto on a CPU: fp32
+    assert "cached" in choose.choose_batch(bf16, spec, ws, runs=10).why and len(timed) == 3
+
+
 def test_auto_compile_pays_only_past_the_break_even(tmp_path, monkeypatch):
     """`--compile auto` on fake timings: compile when the steps each worker trains x the seconds a
     compiled step saves exceed the compile seconds; no measurement when even the whole eager
@@ -144,7 +181,7 @@ def test_auto_compile_pays_only_past_the_break_even(tmp_path, monkeypatch):
     ws = Workspace(tmp_path)
     calls = []
 
-    def timings(spec, n, device):
+    def timings(spec, n, device, **_):
         calls.append(n)
         return {"compile_seconds": 10.0, "eager_step": 0.1, "compiled_step": 0.05}  # break-even: 200 steps
 
@@ -173,12 +210,12 @@ def test_auto_compile_pays_only_past_the_break_even(tmp_path, monkeypatch):
     assert calls[:2] == [1, 2] and len(calls) <= 3  # N = 2 measured once (and once more for 2 workers' threads)
     assert "cached" in choose.choose_compile(Runtime(), spec_of(150), ws, 2, runs=4, rates=rates).why
     # Compiled not faster: never pays; a compiler that fails: eager, saying why, once.
-    monkeypatch.setattr(speed, "compile_timings", lambda *a: {"compile_seconds": 1.0, "eager_step": 0.1,
+    monkeypatch.setattr(speed, "compile_timings", lambda *a, **k: {"compile_seconds": 1.0, "eager_step": 0.1,
                                                               "compiled_step": 0.11})
     slower = choose.choose_compile(Runtime(), replace(spec_of(10**5), lr=1.0), ws, 1, runs=1, rates=rates)
     assert not slower.compile and "never" in slower.why
 
-    def broken(*a):
+    def broken(*a, **k):
         raise RuntimeError("InductorError: no C++ compiler")
 
     monkeypatch.setattr(speed, "compile_timings", broken)

@@ -26,7 +26,7 @@ def _fake_cuda_memory(monkeypatch, peak: list[int]):
 def test_two_proxies_that_do_not_fit_give_a_batch_of_one_not_a_crash(monkeypatch):
     peak = [0]
 
-    def fake_train(spec, mixtures, streams, seed, device):
+    def fake_train(spec, mixtures, streams, seed, device, **_):
         if len(mixtures) == 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
         peak[0] = 6 << 30  # one proxy: 6 GiB at its peak
@@ -37,7 +37,7 @@ def test_two_proxies_that_do_not_fit_give_a_batch_of_one_not_a_crash(monkeypatch
     fixed, per = train.memory_per_proxy.__wrapped__(SPEC, "cuda:0")
     assert (fixed, per) == (0, 6 << 30)
     # 10 GiB free: one fits, two did not: the batch is 1.
-    monkeypatch.setattr(train, "memory_per_proxy", lambda spec, device: (fixed, per))
+    monkeypatch.setattr(train, "memory_per_proxy", lambda spec, device, precision="auto": (fixed, per))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (10 << 30, 80 << 30))
     assert train.proxies_per_batch(SPEC, "cuda:0") == 1
 
@@ -154,7 +154,7 @@ def test_compile_auto_counts_neither_model_construction_nor_one_compile_thread_o
     compiled_once = []
     threads = []
 
-    def fake_train(spec, mixtures, streams, seed, device, compile=False):
+    def fake_train(spec, mixtures, streams, seed, device, compile=False, **_):
         import torch._inductor.config as inductor
 
         clock[0] += 0.5 + spec.steps * (0.08 if compile else 0.10)

@@ -375,7 +375,7 @@ def test_the_compile_measurement_says_it_began(tmp_path, monkeypatch):
     from mixopt.sweep.choose import choose_compile
 
     monkeypatch.delenv("MIXOPT_AUTO_COMPILE", raising=False)
-    monkeypatch.setattr(speed, "compile_timings", lambda spec, n, device: {
+    monkeypatch.setattr(speed, "compile_timings", lambda spec, n, device, **_: {
         "compile_seconds": 20.0, "eager_step": 0.2, "compiled_step": 0.1})
     said: list[str] = []
     spec = proxy_spec(Proxy(size="tiny", tokens=200_000, seq_len=64, batch_size=8), 512)

@@ -18,9 +18,10 @@ TIMED_STEPS = 3  # after one untimed step (first-call allocations, kernel select
 
 
 def training_rates(spec: ProxySpec, ns: tuple[int, ...], device: str, rounds: int = 2,
-                   steps: int = TIMED_STEPS) -> dict[int, float]:
+                   steps: int = TIMED_STEPS, precision: str = "auto") -> dict[int, float]:
     """N -> proxy-steps per second (N x steps / seconds), each N timed `rounds` times interleaved
-    with the others (a shared machine's noise hits them alike) and its best round kept."""
+    with the others (a shared machine's noise hits them alike) and its best round kept; trained at
+    `precision` (--precision), as the sweep will train."""
     import torch
 
     rng = np.random.default_rng(0)
@@ -29,7 +30,7 @@ def training_rates(spec: ProxySpec, ns: tuple[int, ...], device: str, rounds: in
     timed, warm = replace(spec, tokens=spec.seq_len * spec.batch_size * steps), replace(spec, tokens=spec.seq_len * spec.batch_size)
     best = {n: 0.0 for n in ns}
     for n in ns:
-        train_proxies(warm, [(1.0,)] * n, streams, 0, device)
+        train_proxies(warm, [(1.0,)] * n, streams, 0, device, precision=precision)
     gpu = device.startswith("cuda")
     # On a CPU, this process's CPU seconds: what the work costs, not what other processes sharing
     # the cores took from it (the two paths use the same threads). On a GPU, the wall clock.
@@ -39,7 +40,7 @@ def training_rates(spec: ProxySpec, ns: tuple[int, ...], device: str, rounds: in
             if gpu:
                 torch.cuda.synchronize(device)
             t0 = clock()
-            train_proxies(timed, [(1.0,)] * n, streams, 0, device)
+            train_proxies(timed, [(1.0,)] * n, streams, 0, device, precision=precision)
             if gpu:
                 torch.cuda.synchronize(device)
             best[n] = max(best[n], n * timed.steps / max(clock() - t0, 1e-9))
@@ -50,14 +51,15 @@ COMPILE_TIMED_STEPS = 6  # a compiled step saves a few %: more steps than TIMED_
 
 
 def compile_timings(spec: ProxySpec, n: int, device: str, rounds: int = 2,
-                    steps: int = COMPILE_TIMED_STEPS) -> dict[str, float]:
+                    steps: int = COMPILE_TIMED_STEPS, precision: str = "auto") -> dict[str, float]:
     """What torch.compile of the one loop's forward costs and saves at N proxies: compile_seconds
     (its first one-step run less a one-step run once compiled), eager_step and compiled_step
     (seconds per step: a `steps`-step run less a one-step run, over steps - 1, so building the
     model and its optimizer is in neither; the best of `rounds`, interleaved). On a CPU in CPU
     seconds of this process and the compiler processes it waited for (inductor told to compile in
     this process, so none escapes the count); on a GPU the wall clock, with inductor's own compile
-    threads as a worker has them. Raises what the compiler raises."""
+    threads as a worker has them; trained at `precision`, as the sweep will train. Raises what the
+    compiler raises."""
     import torch
     import torch._inductor.config as inductor
 
@@ -72,12 +74,12 @@ def compile_timings(spec: ProxySpec, n: int, device: str, rounds: int = 2,
         if gpu:
             torch.cuda.synchronize(device)
         t0 = time.perf_counter() if gpu else _cpu_seconds()
-        train_proxies(sp, [(1.0,)] * n, streams, 0, device, compile=compile)
+        train_proxies(sp, [(1.0,)] * n, streams, 0, device, compile=compile, precision=precision)
         if gpu:
             torch.cuda.synchronize(device)
         return (time.perf_counter() if gpu else _cpu_seconds()) - t0
 
-    train_proxies(one, [(1.0,)] * n, streams, 0, device)  # eager's first-call costs are not the compiler's
+    train_proxies(one, [(1.0,)] * n, streams, 0, device, precision=precision)  # eager's first-call costs are not the compiler's
     torch._dynamo.reset()  # compile from scratch, as a fresh worker does
     compiled_forward.cache_clear()
     # One compile thread on a CPU only: there the count is CPU seconds, which a thread pool's

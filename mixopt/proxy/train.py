@@ -345,24 +345,24 @@ def _clip_per_proxy(params, max_norm: float) -> None:
         torch._foreach_mul_(rows[i::n], coef[i])
 
 
-def proxies_per_batch(spec: ProxySpec, device: str, cap: int = 64, sharers: int = 1) -> int:
+def proxies_per_batch(spec: ProxySpec, device: str, cap: int = 64, sharers: int = 1, precision: str = "auto") -> int:
     """How many proxies fit: 1 on CPU; on a GPU, what 80% of its free memory, shared by `sharers`
     workers training on it at once, holds at the per-proxy and fixed bytes a one-step dry run at
-    N = 1 and N = 2 measured (memory_per_proxy)."""
+    N = 1 and N = 2 measured (memory_per_proxy, at `precision`)."""
     if not device.startswith("cuda"):
         return 1
     import torch
 
     free = torch.cuda.mem_get_info(torch.device(device))[0] / max(1, sharers)
-    fixed, per = memory_per_proxy(spec, device)
+    fixed, per = memory_per_proxy(spec, device, precision)
     return int(max(1, min(cap, (0.8 * free - fixed) // per)))
 
 
 @functools.cache
-def memory_per_proxy(spec: ProxySpec, device: str) -> tuple[int, int]:
+def memory_per_proxy(spec: ProxySpec, device: str, precision: str = "auto") -> tuple[int, int]:
     """(fixed bytes, bytes per proxy) of training `spec` on a CUDA device, from the peak memory of
     one real step at N = 1 and at N = 2 (weights, gradients, AdamW moments, activations, logits
-    and the loss's temporaries all included, as the allocator sees them)."""
+    and the loss's temporaries all included, as the allocator sees them), at `precision`."""
     import torch
 
     one_step = _dry_spec(spec)
@@ -374,7 +374,7 @@ def memory_per_proxy(spec: ProxySpec, device: str) -> tuple[int, int]:
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         try:
-            W, _, _ = train_proxies(one_step, [(1.0,)] * n, streams, 0, device)
+            W, _, _ = train_proxies(one_step, [(1.0,)] * n, streams, 0, device, precision=precision)
         except torch.OutOfMemoryError:
             if n == 1:
                 raise  # not even one proxy fits: the sweep's own training says so, per run

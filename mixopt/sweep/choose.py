@@ -49,26 +49,27 @@ def choose_batch(runtime: Runtime, spec: ProxySpec, ws: Workspace, runs: int) ->
     # Workers share GPUs round-robin (worker i -> GPU i mod n): each sizes its batch on its share.
     sharers = -(-runtime.workers // gpus) if device == "cuda" and gpus else runtime.workers
     return batch_on_device(device, spec, ws, runs, runtime.workers, sharers, worker_threads(runtime.workers),
-                           runtime.say)
+                           runtime.say, runtime.precision)
 
 
 ON_WORKER = 0  # BatchChoice.proxies when each ray/slurm worker chooses for itself (batch_on_device there)
 
 
 def batch_on_device(device: str, spec: ProxySpec, ws: Workspace, runs: int, workers: int, sharers: int,
-                    threads: int, say) -> BatchChoice:
+                    threads: int, say, precision: str = "auto") -> BatchChoice:
     """choose_batch on `device`, where the training runs: `runs` proxies over `workers` workers, each of
-    `sharers` training on this GPU at once sizing its batch on its share of the memory."""
+    `sharers` training on this GPU at once sizing its batch on its share of the memory; measured at
+    `precision` (--precision), as they will train."""
     if os.environ.get("MIXOPT_AUTO_BATCH"):  # the test suite: what a sweep does must not depend on machine speed
         n = int(os.environ["MIXOPT_AUTO_BATCH"])
         return BatchChoice(n, f"--batch-proxies auto: {n} (MIXOPT_AUTO_BATCH, not measured)", {})
-    fits = proxies_per_batch(spec, device if device != "cuda" else "cuda:0", sharers=sharers) \
+    fits = proxies_per_batch(spec, device if device != "cuda" else "cuda:0", sharers=sharers, precision=precision) \
         if device.startswith("cuda") else CPU_BATCH
     candidate = max(1, min(fits, runs if runs > 0 else fits, -(-runs // workers) if runs else fits))
     if candidate == 1:
         why = "no room for a second proxy on the device" if fits <= 1 else f"{runs} run(s) left for {workers} worker(s)"
         return BatchChoice(1, f"--batch-proxies auto: 1 ({why})", {})
-    machine = _machine(device, threads)
+    machine = _machine(device, threads, precision)
     key = content_hash({"machine": machine, "spec": spec.to_dict(), "n": candidate})
     cache = ws.root / "trainer-choice.json"
     known = _read(cache)
@@ -79,7 +80,8 @@ def batch_on_device(device: str, spec: ProxySpec, ws: Workspace, runs: int, work
         say(f"--batch-proxies auto: timing a few steps of 1 and of {candidate} {spec.size} proxies together "
             f"on {device} (once per machine and proxy shape)...")
 
-        rates = _with_threads(threads, lambda: training_rates(spec, (1, candidate), _one_device(device)))
+        rates = _with_threads(threads, lambda: training_rates(spec, (1, candidate), _one_device(device),
+                                                              precision=precision))
         row = {"machine": machine, "spec": spec.size, "n": candidate, "measured": time.time(),
                "rates": {str(n): round(r, 3) for n, r in rates.items()}}
         known[key] = row
@@ -91,7 +93,7 @@ def batch_on_device(device: str, spec: ProxySpec, ws: Workspace, runs: int, work
     pick = candidate if rates[candidate] > rates[1] else 1
     why = (f"--batch-proxies auto: {pick} ({'batched' if pick > 1 else 'one at a time'}: "
            f"{rates[candidate]:.2f} proxy-steps/s at {candidate} together vs {rates[1]:.2f} one at a time, "
-           f"{spec.size} on {machine['device']}, {source})")
+           f"{spec.size} on {_where(machine)}, {source})")
     return BatchChoice(pick, why, rates)
 
 
@@ -117,13 +119,13 @@ def choose_compile(runtime: Runtime, spec: ProxySpec, ws: Workspace, proxies: in
     if runtime.backend != "local" and runs > 0:  # the worker decides (TrainTask.auto_compile)
         return CompileChoice(False, "--compile auto: chosen on each worker, where its device is (as locally: "
                                     "whether its steps win the compile time back; see the job logs)", {}, on_worker=True)
-    return compile_on_device(resolve_device(runtime.device), spec, ws, proxies, runs, runtime.workers, worker_threads(runtime.workers),
-                             rates, runtime.say)
+    return compile_on_device(resolve_device(runtime.device), spec, ws, proxies, runs, runtime.workers,
+                             worker_threads(runtime.workers), rates, runtime.say, runtime.precision)
 
 
 def compile_on_device(device: str, spec: ProxySpec, ws: Workspace, proxies: int, runs: int, workers: int,
-                      threads: int, rates: dict[int, float] | None, say) -> CompileChoice:
-    """choose_compile on `device`, where the training runs (see choose_compile)."""
+                      threads: int, rates: dict[int, float] | None, say, precision: str = "auto") -> CompileChoice:
+    """choose_compile on `device`, where the training runs (see choose_compile), timed at `precision`."""
     if os.environ.get("MIXOPT_AUTO_COMPILE"):  # the test suite: what a sweep does must not depend on machine speed
         on = os.environ["MIXOPT_AUTO_COMPILE"] == "on"
         return CompileChoice(on, f"--compile auto: {'on' if on else 'off'} (MIXOPT_AUTO_COMPILE, not measured)", {})
@@ -137,13 +139,13 @@ def compile_on_device(device: str, spec: ProxySpec, ws: Workspace, proxies: int,
         eager = proxies / rates[proxies]
     else:
         eager = proxies / _with_threads(threads, lambda: speed.training_rates(
-            spec, (proxies,), _one_device(device), rounds=1, steps=2))[proxies]
+            spec, (proxies,), _one_device(device), rounds=1, steps=2, precision=precision))[proxies]
     unit = "CPU-s" if device == "cpu" else "s"
     if steps * eager <= MIN_COMPILE_SECONDS:
         return CompileChoice(False, f"--compile auto: off, not measured ({steps} steps per worker x {eager:.3f} {unit} "
                                     f"eager = {steps * eager:.1f} {unit}, under the {MIN_COMPILE_SECONDS:g} {unit} any "
                                     "compile takes)", {"eager_step": round(eager, 5), "steps": steps})
-    machine = _machine(device, threads)
+    machine = _machine(device, threads, precision)
     # Not the tokens: one measurement serves sweeps of any length with these shapes.
     key = content_hash({"machine": machine, "spec": replace(spec, tokens=0).to_dict(), "n": proxies})
     cache = ws.root / "compile-choice.json"
@@ -153,7 +155,8 @@ def compile_on_device(device: str, spec: ProxySpec, ws: Workspace, proxies: int,
         say(f"--compile auto: compiling the {spec.size} proxy x{proxies} on {device} to time it (often "
             "30 s or more on a CPU; once per machine and proxy shape)...")
         try:
-            row = _with_threads(threads, lambda: speed.compile_timings(spec, proxies, _one_device(device)))
+            row = _with_threads(threads, lambda: speed.compile_timings(spec, proxies, _one_device(device),
+                                                                       precision=precision))
             row = {k: round(v, 5) for k, v in row.items()}
         except Exception as e:  # no C++ compiler, an op inductor cannot lower: eager, and say why (once)
             row = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
@@ -174,7 +177,7 @@ def compile_on_device(device: str, spec: ProxySpec, ws: Workspace, proxies: int,
            f"{unit} per step = {steps * gain:.1f} {unit} saved vs {compile_s:.1f} {unit} to compile"
            f"{' x2 (a last, smaller batch compiles again)' if compiles > 1 else ''}; break-even "
            f"{f'{even} steps' if even is not None else 'never (compiled is not faster)'}; {spec.size} x{proxies} "
-           f"on {machine['device']}, {source})")
+           f"on {_where(machine)}, {source})")
     return CompileChoice(on, why, {"compile_seconds": compile_s, "eager_step": eager, "compiled_step": compiled,
                                    "steps": steps, "compiles": compiles, "break_even_steps": even})
 
@@ -209,13 +212,25 @@ def _one_device(device: str) -> str:
     return device if device != "cuda" else "cuda:0"
 
 
-def _machine(device: str, threads: int) -> dict:
+def _machine(device: str, threads: int, precision: str = "auto") -> dict:
+    """What a measurement was made on, in its cache key: the device, threads and torch, and the
+    precision the steps ran at where it is not float32 (a float32 measurement keeps the key it had
+    before precision was part of it)."""
     import torch
+
+    from mixopt.proxy.train import precision_name
 
     name = torch.cuda.get_device_name(0 if device == "cuda" else device) if device.startswith("cuda") \
         else platform.processor() or platform.machine()
-    return {"host": platform.node(), "device": f"{device} ({name})", "cores": os.cpu_count(),
-            "threads": threads or torch.get_num_threads(), "torch": torch.__version__}
+    row = {"host": platform.node(), "device": f"{device} ({name})", "cores": os.cpu_count(),
+           "threads": threads or torch.get_num_threads(), "torch": torch.__version__}
+    how = precision_name(_one_device(device), precision)
+    return row if how == "fp32" else row | {"precision": how}
+
+
+def _where(machine: dict) -> str:
+    """'cpu (x86_64)', or 'cpu (x86_64) in bf16-autocast' for a measurement not in float32."""
+    return machine["device"] + (f" in {machine['precision']}" if "precision" in machine else "")
 
 
 def _read(path: Path) -> dict:

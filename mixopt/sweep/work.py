@@ -187,12 +187,12 @@ def choose_on_worker(task: TrainTask, device: str) -> tuple[int, bool]:
     threads = task.threads or torch.get_num_threads()
     n, rates = runs, {}
     if task.auto_batch:
-        choice = batch_on_device(device, task.spec, ws, runs, 1, sharers, threads, say)
+        choice = batch_on_device(device, task.spec, ws, runs, 1, sharers, threads, say, task.precision)
         n, rates = max(1, min(choice.proxies, runs)), choice.rates
         say(choice.why)
     compile = task.compile
     if task.auto_compile:
-        compiled = compile_on_device(device, task.spec, ws, n, runs, 1, threads, rates, say)
+        compiled = compile_on_device(device, task.spec, ws, n, runs, 1, threads, rates, say, task.precision)
         compile = compiled.compile
         say(compiled.why)
     return n, compile
