@@ -305,3 +305,17 @@ def test_a_version_8_store_records_each_measurement_as_its_run_trained(tmp_path)
         s.record_measurements("gpu", {"e": {"loss": 2.6}}, "cuda/fp32")  # the bf16 run measured in float32
         s.record_measurements("cpu", {"e": {"loss": 2.4}}, "cuda/fp32")  # the float32 run on a GPU, in float32
         assert set(s.measurements(as_trained=True)) == {"cpu"} and set(s.measurements()) == {"cpu", "gpu"}
+
+
+def test_export_shows_only_measures_taken_at_the_precision_the_run_trained(cpu_swept, tmp_path):
+    """A float32 run's measure taken in bf16 (as a GPU's `eval` would before re-measuring it) is not its
+    measure: `export` leaves that run's objective and metrics empty, as `fit` leaves it out, and shows
+    every other run's."""
+    cfg, ws = _copy(cpu_swept, tmp_path)
+    with sqlite3.connect(ws / "mixopt.db") as db:
+        keys = [k for (k,) in db.execute("SELECT key FROM runs WHERE status='done' ORDER BY key")]
+        db.execute("UPDATE measurements SET measured_as=? WHERE run_key=?", (BF16, keys[0]))
+    rows = {r["key"]: r for r in json.loads(mixopt("export", cfg, "--format", "json").stdout)}
+    metrics = [c for c in rows[keys[0]] if "/" in c]
+    assert metrics and rows[keys[0]]["objective"] is None and all(rows[keys[0]][c] is None for c in metrics)
+    assert all(rows[k]["objective"] is not None and all(rows[k][c] is not None for c in metrics) for k in keys[1:])

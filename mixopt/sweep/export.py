@@ -37,14 +37,15 @@ def sized_plans(exp: Experiment) -> list:
 def export_rows(exp: Experiment) -> tuple[list[str], list[dict]]:
     """(columns, rows): every run of this config's context (the design's, proposed and verification
     runs alike, `verify --size` runs with their size), any status. `objective` is under the current
-    suite; measurements by evaluations no longer in the suite are kept as '<name>@<key prefix>/<metric>'."""
+    suite; measurements by evaluations no longer in the suite are kept as '<name>@<key prefix>/<metric>';
+    only those taken at the precision the run trained under, as fit reads them (Store.measurements)."""
     from mixopt.sweep.fidelity import params_of
 
     plans = sized_plans(exp)
     plan = plans[0][1]
     with Store(plan.workspace.db_path) as store:
         runs = [(size, params_of(p), r) for size, p in plans for r in store.runs(p.context)]
-        measured = store.measurements()
+        measured = store.measurements(as_trained=True)  # as fit reads them: none taken at another precision
         names = _evaluation_names(store, plan.suite)
     domains = exp.domain_names
     metric_cols: list[str] = []
