@@ -132,3 +132,43 @@ def test_lm_eval_config_errors(corpora, tmp_path, make_config):
     assert "say whether it is better higher with 'higher_is_better'" in error(metric="mystery")
     assert "needs 'metric'" in error()
     assert "task folder not found" in error(metric="acc", path=str(tmp_path / "none"))
+
+
+
+def test_the_harness_runs_under_the_precision_the_proxy_trained(tmp_path, monkeypatch):
+    """lm_eval's forward passes run under the run's precision, as mixopt's own measures do: bf16 autocast
+    for a bf16 run (the float32 weights kept, as in training), none for a float32 one. The harness's entry
+    point is replaced by one that reads the autocast state it is called under (its forward passes run in
+    that thread) and the dtype of the model it would load."""
+    import lm_eval
+
+    from mixopt.evals.lm_eval import lm_eval_scores
+    from mixopt.evals.measure import evaluation_precision
+    from mixopt.proxy.model import ProxySpec, build_model
+    from mixopt.data.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["def f(x):\n    return x + 1\n" * 50, "The cat sat on the mat. " * 50], 300)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    spec = ProxySpec(size="tiny", hidden=32, layers=1, heads=2, seq_len=16, batch_size=2, lr=1e-3, warmup=0.1,
+                     weight_decay=0.0, tokens=64, vocab_size=tok.get_vocab_size())
+    model = build_model(spec)
+    W = {k: p.detach()[None] for k, p in model.named_parameters()}
+    (tmp_path / "task.json").write_text(json.dumps({"task": "mini_qa", "include": None, "defaults": True, "k": 0,
+                                                    "limit": None, "metric": "acc", "tokenizer": str(tmp_path / "tokenizer.json")}))
+    seen = []
+
+    def simple_evaluate(model, model_args, tasks, **k):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), model_args["dtype"]))
+        return {"results": {tasks[0]: {"acc,none": 0.5}}}
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", simple_evaluate)
+    monkeypatch.setattr("lm_eval.tasks.TaskManager", lambda **k: None)
+
+    class M:
+        data = str(tmp_path / "task.json")
+
+    for precision in ("bf16", "fp32"):
+        with evaluation_precision(precision):
+            assert lm_eval_scores(W, spec, M()) == [{"acc": 0.5}]
+    assert seen[0] == (True, torch.bfloat16, "float32")  # bf16: autocast on, the weights float32
+    assert not seen[1][0] and seen[1][2] == "float32"  # float32: no autocast

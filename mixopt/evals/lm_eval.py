@@ -83,16 +83,21 @@ def lm_eval_task(e: LmEvalEvaluation, include: Path | None, tokenizer: Path) -> 
 
 
 def lm_eval_scores(W: dict, spec: ProxySpec, m) -> list[dict[str, float]]:
-    """Each proxy's value of the task's metric."""
+    """Each proxy's value of the task's metric: the harness's `hf` model on the proxy's float32 weights,
+    its forward passes under the precision the proxy trained under (bf16 autocast for a bf16 run, as
+    mixopt's own measures: measure.evaluation_autocast)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
+
+    from mixopt.evals.measure import evaluation_autocast
 
     t = json.loads(Path(m.data).read_text())
     manager = TaskManager(include_path=t["include"], include_defaults=t["defaults"])
     device = str(next(iter(W.values())).device)
     out = []
     for i in range(next(iter(W.values())).shape[0]):
-        with tempfile.TemporaryDirectory(prefix="mixopt-lm-eval-") as tmp, _quiet(Path(tmp) / "log"):
+        with (tempfile.TemporaryDirectory(prefix="mixopt-lm-eval-") as tmp, _quiet(Path(tmp) / "log"),
+              evaluation_autocast(device)):
             folder = export_hf(W, i, spec, Path(t["tokenizer"]), Path(tmp) / "model")
             res = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(folder), "dtype": "float32"},
                                           tasks=[t["task"]], num_fewshot=t["k"] or None, limit=t["limit"],

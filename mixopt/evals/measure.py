@@ -47,7 +47,7 @@ def stream_loss(W: dict, spec: ProxySpec, stream: np.ndarray, token_bytes: np.nd
     starts = list(range(0, len(stream) - 1, seq_len))
     nats, tokens, nbytes = torch.zeros(n, dtype=torch.float64, device=device), 0, 0
     budget = pass_bytes(device)
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), evaluation_autocast(device):
         for chunk in _passes(starts, rows_per_pass(spec, n, budget)):
             x = np.zeros((len(chunk), seq_len + 1), dtype=np.int64)
             mask = np.zeros((len(chunk), seq_len), dtype=bool)
@@ -103,7 +103,7 @@ def choice_scores(W: dict, spec: ProxySpec, items: list[dict]) -> list[dict[str,
             rows.append((i, seq, len(c)))
     ll = np.zeros((n, len(rows)))
     budget = pass_bytes(device)
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), evaluation_autocast(device):
         b = 0
         for chunk in _passes(rows, rows_per_pass(spec, n, budget)):
             width = max(len(s) for _, s, _ in chunk)
@@ -185,9 +185,9 @@ def evaluation_precision(precision: str):
         _PRECISION.reset(token)
 
 
-def _autocast(device):
+def evaluation_autocast(device):
     """The one precision policy (proxy.train.autocast_dtype) at the setting measure_models was given:
-    what the run trained under, its evaluation runs under."""
+    what the run trained under, its evaluation runs under (the lm_eval harness's forward passes too)."""
     import torch
 
     from mixopt.proxy.train import autocast_dtype

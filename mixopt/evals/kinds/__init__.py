@@ -26,7 +26,7 @@ def measure_models(W: dict, spec: ProxySpec, measures: tuple[Measure, ...], samp
                    progress: Callable[[int, int, float], None] | None = None,
                    precision: str = "auto") -> list[dict[str, dict[str, float]]]:
     """For each of the N proxies in W: evaluation key -> {metric: value}, measured under `precision`
-    (proxy.train.autocast_dtype's setting: what the proxies trained under; lm_eval's runs in float32)."""
+    (proxy.train.autocast_dtype's setting: what the proxies trained under; lm_eval's harness too)."""
     token_bytes = np.load(token_bytes_file(sample_dir))
     out: list[dict] = [{} for _ in range(next(iter(W.values())).shape[0])]
     with evaluation_precision(precision):
