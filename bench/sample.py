@@ -7,7 +7,9 @@ header line) as Parquet shards and as JSONL.zst shards, then, each in a fresh pr
     into a new workspace (so: the sampler version new workspaces get, and the corpus files hashed),
     with 1 and `--workers` processes; wall time, MB/s of corpus text, CPU seconds, and the max RSS of
     the process (this includes the fixed cost of training the tokenizer and tokenizing the slices);
-  - the reading pipeline alone (`scan_*`: list, read, hash, bottom-k of the big domain, no tokenizer).
+  - the reading pipeline alone (`scan_*`: list, read, hash, bottom-k of the big domain, no tokenizer),
+    and its scaling per core: 1 worker x 1 thread vs 1 x N threads vs N workers x 1 thread
+    (`scan_lanes_s`: from the executor's start, the second worker's spawn included).
 The RSS is measured at two corpus sizes (`--sizes`, GB of text) to show that memory does not grow
 with the corpus. Prints JSON and writes it to --out. One run each: on a shared machine the ratios
 measured within one run are what to read.
@@ -122,16 +124,22 @@ def mixopt_sample(folder: Path, fmt: str, work: Path, workers: int, small: Path)
     return wall, rss, {**manifest["domains"]["big"], "version": manifest["version"]}
 
 
-def mixopt_scan(config: Path, workers: int) -> tuple[float, int]:
-    """The reading pipeline alone (list, read, hash, bottom-k of the big domain), no tokenizer."""
-    code = ("import sys; from mixopt.config.load import load_experiment; "
+def mixopt_scan(config: Path, workers: int, threads: int = 0) -> tuple[float, int]:
+    """The reading pipeline alone (list, read, hash, bottom-k of the big domain), no tokenizer; with
+    `threads`, each worker reads with that many threads (else what `sample` gives it: cores // workers)."""
+    code = ("import sys, time; from mixopt.config.load import load_experiment; "
             "from mixopt.backends.local_executor import LocalExecutor; "
             "from mixopt.data.scan import draw_candidates; "
-            "exp = load_experiment(sys.argv[1]); ex = LocalExecutor(int(sys.argv[2])); "
+            "exp = load_experiment(sys.argv[1]); t = time.perf_counter(); ex = LocalExecutor(int(sys.argv[2])); "
+            "ex.threads = int(sys.argv[3]) or ex.threads; "
             "c = draw_candidates(exp, exp.domains[0], (exp.train_tokens + exp.sample.val_tokens) * 6, ex); "
-            "print(c.documents)")
-    wall, rss, _ = _timed([sys.executable, "-c", code, str(config), str(workers)])
+            "ex.shutdown(); sys.stderr.write(f'reading_seconds {time.perf_counter() - t}\\n')")
+    wall, rss, err = _timed([sys.executable, "-c", code, str(config), str(workers), str(threads)])
+    READ_S["last"] = float(err.split("reading_seconds ")[-1].split()[0])
     return wall, rss
+
+
+READ_S: dict[str, float] = {}  # the last scan's reading alone (from the executor's start, imports excluded)
 
 
 def main() -> None:
@@ -175,6 +183,16 @@ def main() -> None:
             s_wall, _ = mixopt_scan(args.work / f"{folder.name}-{w}.yaml", w)
             row[f"scan_w{w}_MBps"] = round(mb / s_wall)
             row[f"scan_w{w}_cpu_s"] = round(CPU_S["last"], 1)
+        if gb == sizes[0] and fmt == "parquet" and args.workers > 1:
+            # Scaling per core: reading lanes (worker x threads) of one core each. On a machine whose
+            # cores one worker's threads already fill, this, not workers vs one worker, is what a core buys.
+            lanes = {}
+            for w, t in ((1, 1), (1, args.workers), (args.workers, 1)):
+                mixopt_scan(args.work / f"{folder.name}-1.yaml", w, t)
+                lanes[f"{w}x{t}"] = READ_S["last"]  # spawning the second worker included, the imports of this one not
+            row["scan_lanes_s"] = {k: round(v, 2) for k, v in lanes.items()}
+            row[f"scan_speedup_{args.workers}_threads_vs_1"] = round(lanes["1x1"] / lanes[f"1x{args.workers}"], 2)
+            row[f"scan_speedup_{args.workers}_workers_1_thread_vs_1"] = round(lanes["1x1"] / lanes[f"{args.workers}x1"], 2)
         row["ratio_w1_vs_polars"] = round(row["mixopt_w1_MBps"] / row["polars_MBps"], 3)
         row["scan_ratio_w1_vs_polars"] = round(row["scan_w1_MBps"] / row["polars_MBps"], 3)
         row["cpu_s_w1_over_polars"] = round(row["mixopt_w1_cpu_s"] / row["polars_cpu_s"], 2)  # load-independent
