@@ -258,6 +258,18 @@ def test_bf16_on_the_cpu_trains_in_bf16_and_keys_it(cpu_swept, tmp_path):
     assert len(differ) == len(before) and all(differ), differ
     st = json.loads(mixopt("status", cfg, "--format", "json").stdout)
     assert st["precisions"] == {"cpu/bf16-autocast": len(before) + 1, "cpu/fp32": len(before)}
+    # Each mixture's float32 and bf16 runs (one seed each) are not two seeds: no replicates, no noise floor
+    # measured from their difference (it is the precision's), one fitted row per mixture and precision.
+    assert st["replicates"] == []
+    from mixopt.config.load import load_experiment
+    from mixopt.fit.from_store import experiment_swarm
+    from mixopt.fit.noise import collapse_replicates
+
+    swarm = experiment_swarm(load_experiment(cfg), reeval=False)[1]
+    collapsed = collapse_replicates(swarm, swarm.replicate)
+    assert collapsed.noise is None and len(collapsed.swarm.keys) == len(swarm.keys) == 2 * len(before) + 1
+    fit = mixopt("fit", cfg, "--no-plots", "--format", "json")
+    assert json.loads(fit.stdout)["runs"] == 2 * len(before) + 1 and "different devices or precisions" in fit.stderr
 
 
 def test_evaluation_is_measured_and_keyed_at_the_precision_the_run_trained(cpu_swept, tmp_path):

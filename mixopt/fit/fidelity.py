@@ -45,9 +45,11 @@ def size_swarms(exp: Experiment, plan: Plan, swarm: Swarm, runtime: Runtime, ree
                 X, metrics, keys = training_table(p, store)
                 if not keys:
                     continue
-                seed = {r.key: r.replicate for r in p.runs(store, "done")}
+                done = p.runs(store, "done")
+                seed, how = {r.key: r.replicate for r in done}, {r.key: r.measured_as or "" for r in done}
                 s = Swarm(swarm.domains, X, metrics, swarm.terms, keys, swarm.prior, swarm.bounds, swarm.objective,
-                          swarm.available, replicate=np.array([seed.get(k, 0) for k in keys], dtype=int))
+                          swarm.available, replicate=np.array([seed.get(k, 0) for k in keys], dtype=int),
+                          trained_as=tuple(how.get(k, "") for k in keys))
             c = collapse_replicates(s, s.replicate)
             out.append({"size": label, "params": params_of(p), "tokens": p.spec.tokens, "swarm": c.swarm,
                         "runs": len(s.keys), "mixtures": len(c.swarm.keys),
@@ -63,7 +65,7 @@ def joint_swarm(sizes: list[dict]) -> Swarm:
            TOKENS: np.concatenate([np.full(len(z["swarm"].keys), float(z["tokens"])) for z in sizes])}
     return replace(first, X=np.vstack([z["swarm"].X for z in sizes]),
                    metrics={m: np.concatenate([z["swarm"].metrics[m] for z in sizes]) for m in metrics},
-                   keys=[k for z in sizes for k in z["swarm"].keys], covariates=cov, replicate=None)
+                   keys=[k for z in sizes for k in z["swarm"].keys], covariates=cov, replicate=None, trained_as=None)
 
 
 def cross_scale(sizes: list[dict], single_model: MixtureModel) -> list[dict]:

@@ -92,8 +92,9 @@ def experiment_swarm(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool
             store.add_suite(plan.suite.to_dict())
             record_scores(plan, store)
         X, metrics, keys = training_table(plan, store)
-        seed_of = {r.key: r.replicate for r in plan.runs(store, "done")}
-        if mixed := mixed_measurements([r for r in plan.runs(store, "done") if r.key in set(keys)]):
+        done = plan.runs(store, "done")
+        seed_of, how = {r.key: r.replicate for r in done}, {r.key: r.measured_as or "" for r in done}
+        if mixed := mixed_measurements([r for r in done if r.key in set(keys)]):
             runtime.say(mixed)
         failed = len(plan.runs(store, "failed"))
     if len(keys) < len(exp.domain_names) + 2:
@@ -103,7 +104,8 @@ def experiment_swarm(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool
                           f"{len(exp.domain_names) + 2}", "run `mixopt sweep CONFIG`")
     swarm = Swarm(exp.domain_names, X, metrics, plan.suite.objective_terms(), keys, plan.prior, fit_bounds(exp, plan.bounds),
                   plan.suite.describe_objective(), plan.available,
-                  replicate=np.array([seed_of.get(k, 0) for k in keys], dtype=int))
+                  replicate=np.array([seed_of.get(k, 0) for k in keys], dtype=int),
+                  trained_as=tuple(how.get(k, "") for k in keys))
     seed = exp.seed if exp.fit.seed is None else exp.fit.seed
     settings = FitSettings(exp.fit.model, exp.fit.cv_folds, seed, exp.optimum.kl_weight, exp.fit.bootstrap,
                            exp.fit.ci, *astuple(Sampler.of(exp.design)), trust_region=exp.optimum.trust_region)

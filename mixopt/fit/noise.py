@@ -92,8 +92,11 @@ class Collapsed:
 def collapse_replicates(swarm: Swarm, replicate: np.ndarray | None = None) -> Collapsed:
     """Measure the seed noise from runs that share a mixture, and return the swarm with one row per
     mixture. `replicate`: each run's seed index (0 = the sweep's own); None: no labels."""
-    # runs at another size or token count (covariates) are other experiments, not replicates
-    X = np.round(np.column_stack([swarm.X, *swarm.covariates.values()]), SAME)
+    # runs at another size or token count (covariates), or trained on another device or at another
+    # precision (trained_as: the difference is theirs, not a seed's), are other experiments, not replicates
+    kinds = [np.unique(np.asarray(swarm.trained_as), return_inverse=True)[1].ravel().astype(float)] \
+        if swarm.trained_as is not None else []
+    X = np.round(np.column_stack([swarm.X, *swarm.covariates.values(), *kinds]), SAME)
     _, group, counts = np.unique(X, axis=0, return_inverse=True, return_counts=True)
     group = group.ravel()
     if counts.max() < 2:
@@ -123,7 +126,8 @@ def collapse_replicates(swarm: Swarm, replicate: np.ndarray | None = None) -> Co
                        sd_within, sd_seed, float(total),
                        float(offset_se), tuple(per), bart)
     out = replace(swarm, X=swarm.X[first], metrics=metrics, keys=[swarm.keys[i] for i in first],
-                  covariates={k: v[first] for k, v in swarm.covariates.items()}, replicate=None)
+                  covariates={k: v[first] for k, v in swarm.covariates.items()}, replicate=None,
+                  trained_as=None if swarm.trained_as is None else tuple(swarm.trained_as[i] for i in first))
     return Collapsed(out, noise, counts, _means(y, group, len(counts)))
 
 

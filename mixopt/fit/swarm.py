@@ -25,6 +25,9 @@ class Swarm:
     available: list[int] | None = None  # tokens per domain, when known
     covariates: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. model size per run (scaling.py)
     replicate: np.ndarray | None = None  # each run's seed index (0: the sweep's own); None: not labelled
+    # how each run trained ('' for a CPU in float32, 'cuda/bf16-autocast', ...; Run.measured_as): runs of
+    # one mixture trained two ways are not seed replicates (noise.collapse_replicates). None: all alike.
+    trained_as: tuple[str, ...] | None = None
 
     @property
     def y(self) -> np.ndarray:

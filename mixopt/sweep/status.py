@@ -183,11 +183,15 @@ def kept_by_resample(exp: Experiment, manifest: dict, resample: dict, store: Sto
 
 
 def replicate_groups(runs) -> list[dict]:
-    """Mixtures trained with several seeds (replicates): weights, seeds planned and done."""
+    """Mixtures trained with several seeds (replicates): weights, seeds planned and done. Runs of a
+    mixture trained another way (device, precision: `trained_as`, given where not a CPU in float32)
+    are not its replicates: their difference is not a seed's."""
     groups: dict[tuple, dict] = {}
     for r in runs:
-        g = groups.setdefault(tuple(round(x, 9) for x in r.weights), {"weights": list(r.weights), "seeds": 0, "done": 0,
-                                                                      "replicates": []})
+        how = r.measured_as or ""
+        g = groups.setdefault((tuple(round(x, 9) for x in r.weights), how),
+                              {"weights": list(r.weights), "seeds": 0, "done": 0, "replicates": []}
+                              | ({"trained_as": how} if how else {}))
         g["seeds"] += 1
         g["done"] += r.status == "done"
         g["replicates"].append(r.replicate)
