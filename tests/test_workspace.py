@@ -3,6 +3,7 @@
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,21 @@ def test_one_owner_names_a_fit_folder(tmp_path):
     root = Path(mixopt.__file__).parent
     builders = [str(p.relative_to(root)) for p in root.rglob("*.py") if "fits_dir" in p.read_text()]
     assert builders == ["core/workspace.py"]
+
+
+def test_a_workspace_under_a_file_or_where_no_folder_can_be_made_is_one_line(corpora, tmp_path):
+    """`workspace:` under a file (a typo'd path, /proc/version/ws) is refused before any work; one that
+    cannot be made (sysfs: no folders there, even for root) is one line too; nothing is left behind."""
+    from conftest import small_config, write_config
+
+    (tmp_path / "afile").write_text("mine\n")
+    cases = [(tmp_path / "afile" / "sub" / "ws", "is under"), (Path("/proc/version/ws"), "is under")]
+    if Path("/sys").is_dir():
+        cases.append((Path("/sys/mixopt-test-ws/sub"), "cannot make the folder"))
+    for ws, said in cases:
+        cfg = write_config(tmp_path / "c.yaml", small_config(corpora, ws))
+        r = subprocess.run([sys.executable, "-m", "mixopt.cli", "sample", str(cfg)], capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+        assert said in r.stderr and "Traceback" not in r.stderr
+        assert not ws.exists()
+    assert (tmp_path / "afile").read_text() == "mine\n" and not Path("/sys/mixopt-test-ws").exists()

@@ -65,11 +65,19 @@ def make_dirs(path: Path) -> None:
     while not p.exists() and not p.is_symlink():
         missing.append(p)
         p = p.parent
+    made = []
     for d in reversed(missing):
         try:
             d.mkdir()
         except FileExistsError:  # another process made it: it marks it too
             pass
+        except OSError as e:  # a file on the way, no permission, a read-only or kernel file system
+            for m in reversed(made):  # nothing half-made: the folders made here go again
+                unmake_workspace(m)
+            raise MixoptError(f"cannot make the folder {path}: {e.strerror or e} ({d})",
+                              "choose a folder you can write, under folders (not files)") from None
+        else:
+            made.append(d)
         _mark(d)
     if not path.is_dir():
         raise MixoptError(f"{path} is a file, not a folder", "move it away or choose another folder")
@@ -80,6 +88,9 @@ def check_folder(path: Path, what: str, legacy: tuple[str, ...] = ()) -> None:
     files that neither carry its marker nor look like an older mixopt's output (`legacy`)."""
     if path.exists() and not path.is_dir():
         raise MixoptError(f"{what} {path} is a file, not a folder", "point it at a new or empty folder")
+    above = next((p for p in path.parents if p.exists()), None)
+    if not path.exists() and above is not None and not above.is_dir():
+        raise MixoptError(f"{what} {path} is under {above}, a file, not a folder", "point it at a folder under folders")
     if not path.is_dir() or owns(path):
         return
     entries = sorted(os.listdir(path))
