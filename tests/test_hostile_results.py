@@ -371,6 +371,27 @@ def test_sample_refuses_a_huge_document_with_the_limit_to_raise(corpora, tmp_pat
     assert snapshot(tmp_path) == before
 
 
+def test_a_domain_of_one_document_says_so_not_to_lower_val_tokens(corpora, tmp_path):
+    """A domain that is one big document (one JSON line of 200 KB of text) cannot give a validation and a
+    train slice whatever val_tokens is: the error says it is one document and to split it, exit 2,
+    nothing written."""
+    from test_hostile import snapshot
+
+    t = Case(tmp_path / "case", corpora, None, None)
+    t.dir.mkdir()
+    text = "\n".join(p.read_text(errors="replace") for p in sorted((corpora / "legal").iterdir()))  # real text
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"text": (text * (200_000 // len(text) + 1))[:200_000]}) + "\n")
+    cfg = t.config({"domains.1.sources": [{"path": str(one)}], "sample.val_tokens": 10})
+    before = snapshot(tmp_path)
+    r = cli(["sample", cfg], t.dir, timeout=300)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "is one document (" in lines[0] and "split it into documents" in lines[0], lines[0]
+    assert "val_tokens" not in lines[0]
+    assert snapshot(tmp_path) == before
+
+
 # --- 5. a million domains ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n", [1_000_000, 10_001])

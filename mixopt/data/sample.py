@@ -228,6 +228,10 @@ def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dty
     lengths = np.array([len(i) + 1 for i in ids])  # + end-of-text
     cum = np.cumsum(lengths)
     n_val = int(np.searchsorted(cum, need_val) + 1)  # documents until val_tokens are reached
+    if len(ids) == 1 and c.complete:  # no val_tokens can fix this: a document goes whole to one slice
+        raise MixoptError(f"domain '{name}' is one document ({int(cum[-1])} tokens): a document goes whole to the "
+                          "validation or the train slice, so one cannot make both",
+                          "split it into documents (one per file, JSON line or row) or add documents to the domain")
     if n_val >= len(ids) or cum[n_val - 1] < need_val:
         have = int(cum[-1]) if c.complete else f"at least {int(cum[-1])}"
         raise MixoptError(f"domain '{name}' has {have} tokens, too few for a {need_val}-token validation "
