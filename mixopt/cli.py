@@ -650,7 +650,7 @@ def report(config: Path = CONFIG,
     own = exp.workspace_dir / "report.html"
     out = _output(exp, output or own, "--output", force, owned_inside=(own,))
     r = write_report(exp, out, _runtime(progress=False, say=lambda m: typer.echo(m, err=True)))
-    typer.echo(f"report on {r.runs} runs ({len(r.warnings)} warnings) written to {r.path}")
+    typer.echo(f"report on {r.runs} runs ({len(r.warnings)} warning{'' if len(r.warnings) == 1 else 's'}) written to {r.path}")
 
 
 @app.command("export-model")

@@ -339,7 +339,7 @@ def config_missing(t):
     return ["sample", t.dir / "nope.yaml"]
 
 
-@case("config file not found")
+@case("c.yaml is a folder, not a config file; pass the path of an experiment YAML in it")
 def config_is_a_folder(t):
     (t.dir / "c.yaml").mkdir()
     return ["sample", t.dir / "c.yaml"]
@@ -364,7 +364,7 @@ def config_duplicate_domain(t):
     return ["sample", t.config({"domains.1.name": "code"})]
 
 
-@case("'domains.0.name': use letters, digits")
+@case("'domains.0.name': use ASCII letters (a-z, A-Z), digits")
 def config_domain_name_with_slash(t):
     return ["sample", t.config({"domains.0.name": "a/b"})]
 

@@ -21,6 +21,8 @@ def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment YAML; every problem (all of them at once, each with its line)
     becomes one MixoptError."""
     path = Path(path)
+    if path.is_dir():
+        raise MixoptError(f"{path} is a folder, not a config file", "pass the path of an experiment YAML in it")
     if not path.is_file():
         raise MixoptError(f"config file not found: {path}", "pass the path of an experiment YAML")
     raw, lines = _read_mapping(path, ("base_dir", "config_path", "overrides"), "a mapping at the top",

@@ -17,7 +17,7 @@ def word(v: str) -> str:
     if len(v) > NAME_MAX:
         raise ValueError(f"a name of {len(v)} characters is too long for a file name; use at most {NAME_MAX}")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
-        raise ValueError("use letters, digits, '_', '.', '-' only")
+        raise ValueError("use ASCII letters (a-z, A-Z), digits, '_', '.', '-' only")
     if set(v) == {"."}:  # '.' and '..' name the folder itself or its parent, not a new one
         raise ValueError(f"'{v}' is not a name; use letters or digits")
     return v
