@@ -335,3 +335,19 @@ def test_export_shows_only_measures_taken_at_the_precision_the_run_trained(cpu_s
     metrics = [c for c in rows[keys[0]] if "/" in c]
     assert metrics and rows[keys[0]]["objective"] is None and all(rows[keys[0]][c] is None for c in metrics)
     assert all(rows[k]["objective"] is not None and all(rows[k][c] is not None for c in metrics) for k in keys[1:])
+
+
+def test_verify_says_when_its_proxies_train_another_way_than_the_fit_runs(cpu_swept, tmp_path):
+    """A fit of runs trained in bf16 verified with float32 proxies (verify's default on a CPU): one warning
+    line naming both, and the verification still runs; verified as the runs trained, no warning."""
+    cfg, ws = _copy(cpu_swept, tmp_path)
+    _record_as(ws, "cpu/bf16-autocast")
+    assert mixopt("fit", cfg, "--no-plots").returncode == 0
+    r = mixopt("verify", cfg, "--no-progress")
+    warn = [x for x in r.stderr.splitlines() if "verification proxies train as" in x]
+    assert r.returncode == 0 and warn == [
+        "warning: the fit's runs trained as cpu/bf16-autocast; these verification proxies train as cpu/fp32, which "
+        "changes their numbers beyond the fit's error: pass the sweep's --device and --precision to verify like "
+        "for like"], r.stderr
+    again = mixopt("verify", cfg, "--no-progress", "--precision", "bf16")
+    assert again.returncode == 0 and "verification proxies train as" not in again.stderr, again.stderr

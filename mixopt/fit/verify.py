@@ -136,6 +136,8 @@ def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime(), seeds: 
     where, size_note = verify_size(exp, meta)
     if size_note:
         runtime.say(size_note)
+    if line := _other_kind(swarm.trained_as, sweep_measurement(where, runtime)):
+        runtime.say(line)
     report = run_sweep(where, runtime, extra=extra, design=False)
     if report.failed:
         raise MixoptError(f"a verification run failed: {report.failed[0][1]}", "see the error above and rerun")
@@ -163,6 +165,18 @@ def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime(), seeds: 
         proxy_interval=tuple(doc["new_proxy_objective"]) if doc.get("new_proxy_objective") else None, level=level,
         fit_verdict=decision.get("verdict"), gain=float(diffs.mean()), gain_interval=gain_ci, p_better=p_better,
         warnings=tuple(doc.get("warnings") or ()), size=None if where is exp else size_note)
+
+
+def _other_kind(fitted: tuple[str, ...] | None, verify_as: str) -> str:
+    """A warning line when the verification proxies train another way (device, precision) than any of
+    the fitted runs did: their numbers differ by that too, not only by the fit's error. '' otherwise."""
+    kinds = sorted({k or "cpu/fp32" for k in fitted or ()})
+    mine = verify_as or "cpu/fp32"
+    if not kinds or mine in kinds:
+        return ""
+    return (f"warning: the fit's runs trained as {', '.join(kinds)}; these verification proxies train as {mine}, "
+            "which changes their numbers beyond the fit's error: pass the sweep's --device and --precision to "
+            "verify like for like")
 
 
 def verify_size(exp: Experiment, meta: dict) -> tuple[Experiment, str | None]:
