@@ -84,6 +84,29 @@ def test_release_gives_back_what_is_unfinished(tmp_path):
     assert s.claim(keys, ALIVE, ttl=100, limit=5) == keys[1:]  # done runs are never claimed
 
 
+def test_ctrl_c_as_a_claim_commits_leaves_no_open_transaction(tmp_path, monkeypatch):
+    """Ctrl-C landing while a claim's COMMIT is under way (CI saw it: the sweep then died on
+    'cannot start a transaction within a transaction' in its release, a traceback instead of the
+    interrupted line): the claim is rolled back, and the release and later claims work."""
+    s, keys = _store(tmp_path, 2)
+    owner = "otherhost:1:a"
+    real = store_module._PatientConnection._patiently
+
+    def interrupted(self, call, *args):
+        if args and args[0] == "COMMIT":
+            monkeypatch.setattr(store_module._PatientConnection, "_patiently", real)
+            raise KeyboardInterrupt  # the signal, before the COMMIT ran
+        return real(self, call, *args)
+
+    monkeypatch.setattr(store_module._PatientConnection, "_patiently", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        s.claim(keys, owner, ttl=100, limit=2)
+    assert not s.db.in_transaction
+    s.release(owner)
+    assert [r.status for r in s.runs()] == ["planned", "planned"] and all(r.lease_owner is None for r in s.runs())
+    assert s.claim(keys, ALIVE, ttl=100, limit=5) == keys
+
+
 def test_typed_rows_and_relative_checkpoints(tmp_path):
     s, [k] = _store(tmp_path)
     s.claim([k], ALIVE, 100, 1)

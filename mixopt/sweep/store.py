@@ -605,7 +605,24 @@ class _Transaction:
         self.db = db
 
     def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except BaseException:  # Ctrl-C just after BEGIN ran: __exit__ is not called, so roll back here
+            self._close_open()
+            raise
 
     def __exit__(self, exc_type, *_):
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        try:
+            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self._close_open()
+
+    def _close_open(self) -> None:
+        """Ctrl-C (or an error) before COMMIT took effect: a transaction left open would make every later
+        one fail ("cannot start a transaction within a transaction", a traceback instead of the
+        interrupted line). It is rolled back: the store keeps what was committed before it."""
+        if self.db.in_transaction:
+            try:
+                self.db.rollback()
+            except sqlite3.Error:
+                pass
