@@ -1050,8 +1050,10 @@ def main() -> None:
         if e.errno in DISK_FULL_ERRNOS:
             _disk_full(e)
         if e.errno == errno.EROFS:
+            where = Path(e.filename).parent if e.filename else "the workspace"
             typer.echo(f"error: cannot write {e.filename or 'to the workspace'}: read-only filesystem; run this "
-                       "command where the workspace is writable (status, check, fit and predict read only)", err=True)
+                       f"command where {where} is writable (a read-only workspace still serves status, check and "
+                       "predict, and fit when the config's folder is writable)", err=True)
             sys.exit(2)
         raise
     sys.exit(code if isinstance(code, int) else 0)

@@ -71,9 +71,11 @@ def make_dirs(path: Path) -> None:
             d.mkdir()
         except FileExistsError:  # another process made it: it marks it too
             pass
-        except OSError as e:  # a file on the way, no permission, a read-only or kernel file system
+        except OSError as e:  # a file on the way, no permission, a kernel file system
             for m in reversed(made):  # nothing half-made: the folders made here go again
                 unmake_workspace(m)
+            if e.errno == errno.EROFS or e.errno in DISK_FULL_ERRNOS:  # the CLI's one line for each says more
+                raise
             raise MixoptError(f"cannot make the folder {path}: {e.strerror or e} ({d})",
                               "choose a folder you can write, under folders (not files)") from None
         else:
