@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import astuple, replace
 
 import numpy as np
+import yaml
 
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
@@ -19,7 +20,7 @@ from mixopt.core.mixtures import Bounds, Sampler, name_list
 from mixopt.errors import MixoptError
 from mixopt.evals.suites import prepare_suite
 from mixopt.fit.noise import collapse_replicates
-from mixopt.fit.recommend import Recommendation, fit_swarm, save_fit, write_optimal
+from mixopt.fit.recommend import WORKSPACE_LINE, Recommendation, fit_swarm, save_fit, write_optimal
 from mixopt.fit.swarm import FitSettings, Swarm
 from mixopt.sweep.plan import load_plan, mixed_measurements
 from mixopt.sweep.reeval import evaluate_stored, record_scores
@@ -28,9 +29,12 @@ from mixopt.sweep.store import Store
 
 
 def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool = True,
-                      plots: bool = True, against: list[tuple[str, np.ndarray]] | tuple = ()) -> Recommendation:
+                      plots: bool = True, against: list[tuple[str, np.ndarray]] | tuple = (),
+                      force: bool = False) -> Recommendation:
     """Fit on every finished run; first evaluate stored checkpoints on what the suite added,
-    unless `reeval` is off (then runs lacking the current suite are left out, with a warning)."""
+    unless `reeval` is off (then runs lacking the current suite are left out, with a warning).
+    Refused before any work when the optimal YAML is a file mixopt did not write (unless `force`)."""
+    check_beside_config(exp, exp.optimal_path, force)
     plan, swarm, settings, fit_key = experiment_swarm(exp, runtime, reeval)
     reused = None
     if plan.change is not None and plan.change.virtual is not None:  # design.after_change: reuse
@@ -63,8 +67,57 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
     else:
         # the table as fitted (replicates averaged; reuse: the fit as done, reduced; across sizes: every size's runs)
         save_fit(out, fitted, settings, reused or rec, model, plots=plots)
-    write_optimal(exp.optimal_path, rec, exp.name, None if readonly else out, exp.overrides)
+    write_optimal(exp.optimal_path, rec, exp.name, None if readonly else out, exp.overrides,
+                  workspace=exp.workspace_dir)
     return rec
+
+
+# The verbs whose output beside the config mixopt replaces: the first line of the file names one.
+BESIDE_CONFIG = {".optimal.yaml": ("`mixopt fit`", "`mixopt optimize`"), ".proposed.yaml": ("`mixopt propose`",)}
+
+
+def check_beside_config(exp: Experiment, path: Path, force: bool = False) -> Path:
+    """Before any work: `path` (<name>.optimal.yaml or <name>.proposed.yaml beside the config) is
+    absent or mixopt's own, else one MixoptError (--force replaces it). mixopt's own: listed in this
+    workspace's record with its current content, or (an older mixopt's, before the record; a read-only
+    workspace's) headed by the verb that writes it and naming no other workspace: two configs of one
+    `name:` in one folder never replace each other's file. The config itself is never written over."""
+    import os
+
+    from mixopt.core.outputs import check_output, recorded
+    from mixopt.data.sources import local_inputs
+
+    kind = next(k for k in BESIDE_CONFIG if path.name.endswith(k))
+    verb = BESIDE_CONFIG[kind][0].strip("`")
+    ws = os.path.realpath(exp.workspace_dir)
+
+    def looks_mine(p: Path) -> bool:
+        if recorded(exp.workspace_dir, p):
+            return True
+        try:
+            if p.stat().st_size > 1 << 24:
+                return False
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError):
+            return False
+        lines = text.splitlines()
+        if not lines or "by mixopt" not in lines[0] or not any(v in lines[0] for v in BESIDE_CONFIG[kind]):
+            return False
+        named = next((x[len(WORKSPACE_LINE):] for x in lines[:4] if x.startswith(WORKSPACE_LINE)), None)
+        if named is not None:
+            return named == ws
+        if kind == ".optimal.yaml":  # before the header named it: the fit.json it names is in a workspace
+            try:
+                fit = (yaml.safe_load(text) or {}).get("fit")
+            except (yaml.YAMLError, AttributeError):
+                return False
+            if isinstance(fit, str):
+                return Path(os.path.realpath(fit)).is_relative_to(ws)
+        return True  # an older mixopt's, naming no workspace: it cannot say whose, as mixopt always replaced it
+
+    inputs = tuple((p, what) for p, what in local_inputs(exp) if not Path(p).is_dir())
+    return check_output(path, "", force=force, protected=inputs, looks_mine=looks_mine,
+                        instead=f"move it away (`{verb}` writes {path.name} beside the config)")
 
 
 def experiment_swarm(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool = True):
