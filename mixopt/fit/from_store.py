@@ -9,6 +9,7 @@ and the rest of the core fit arrays and tables, so `fit --runs TABLE` loads no s
 from __future__ import annotations
 
 from dataclasses import astuple, replace
+from pathlib import Path
 
 import numpy as np
 import yaml
