@@ -161,17 +161,20 @@ def test_fit_and_propose_never_replace_a_users_file_beside_the_config(swept, tmp
         assert r.returncode == 2 and "exists and mixopt did not write it" in r.stderr, r.stderr
     assert not (tmp_path / "ws2").exists()
 
-    # An older mixopt's file (no workspace line, not in the record): its fit.json says whose it is
-    text = optimal.read_text()
-    old = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("# workspace: "))
+    # An older mixopt's file (before the record and the workspace line): mixopt's header, replaced as before
+    old = "".join(line for line in optimal.read_text().splitlines(keepends=True) if not line.startswith("# workspace: "))
     os.remove(os.path.join(ws, "outputs.json"))
     optimal.write_text(old)
-    r = mixopt("fit", other, check=False)
-    assert r.returncode == 2 and "exists and mixopt did not write it" in r.stderr, r.stderr
-    mixopt("fit", cfg, "--no-plots", "--bootstrap", "4")  # the fit.json it names is in this workspace: replaced
-    optimal.write_text(old.replace(yaml.safe_load(old)["fit"], "null").replace("'null'", "null"))
-    assert yaml.safe_load(optimal.read_text())["fit"] is None
-    mixopt("fit", cfg, "--no-plots", "--bootstrap", "4")  # names no fit (a read-only workspace's): mixopt's header
+    mixopt("fit", cfg, "--no-plots", "--bootstrap", "4")
+    assert f"# workspace: {os.path.realpath(ws)}\n" in optimal.read_text()
+    # A header naming a workspace that no longer lists the file (a copied or moved project) is not that
+    # workspace's: the other config may replace it (checked in process: its empty workspace cannot fit)
+    from mixopt.config.load import load_experiment
+    from mixopt.fit.from_store import check_beside_config
+
+    os.remove(os.path.join(ws, "outputs.json"))
+    assert check_beside_config(load_experiment(other), optimal) == optimal
+    assert not (tmp_path / "ws2").exists()
     # The config itself is never the output: a config named like the optimal YAML is refused
     clash = tmp_path / "clash"
     clash.mkdir()

@@ -8,11 +8,11 @@ and the rest of the core fit arrays and tables, so `fit --runs TABLE` loads no s
 
 from __future__ import annotations
 
+import json
 from dataclasses import astuple, replace
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
@@ -80,12 +80,14 @@ BESIDE_CONFIG = {".optimal.yaml": ("`mixopt fit`", "`mixopt optimize`"), ".propo
 def check_beside_config(exp: Experiment, path: Path, force: bool = False) -> Path:
     """Before any work: `path` (<name>.optimal.yaml or <name>.proposed.yaml beside the config) is
     absent or mixopt's own, else one MixoptError (--force replaces it). mixopt's own: listed in this
-    workspace's record with its current content, or (an older mixopt's, before the record; a read-only
-    workspace's) headed by the verb that writes it and naming no other workspace: two configs of one
-    `name:` in one folder never replace each other's file. The config itself is never written over."""
+    workspace's record with its current content, or headed by the verb that writes it (an older
+    mixopt's, before the record; a read-only workspace's) and not another workspace's: a header that
+    names a workspace still listing the file in its record is that workspace's (two configs of one
+    `name:` in one folder never replace each other's file; a copied or moved project's file is no
+    longer claimed and is replaced). The config itself is never written over."""
     import os
 
-    from mixopt.core.outputs import check_output, recorded
+    from mixopt.core.outputs import RECORD, check_output, recorded
     from mixopt.data.sources import local_inputs
 
     kind = next(k for k in BESIDE_CONFIG if path.name.endswith(k))
@@ -98,23 +100,18 @@ def check_beside_config(exp: Experiment, path: Path, force: bool = False) -> Pat
         try:
             if p.stat().st_size > 1 << 24:
                 return False
-            text = p.read_text()
+            lines = p.read_text().splitlines()
         except (OSError, UnicodeDecodeError):
             return False
-        lines = text.splitlines()
         if not lines or "by mixopt" not in lines[0] or not any(v in lines[0] for v in BESIDE_CONFIG[kind]):
             return False
         named = next((x[len(WORKSPACE_LINE):] for x in lines[:4] if x.startswith(WORKSPACE_LINE)), None)
-        if named is not None:
-            return named == ws
-        if kind == ".optimal.yaml":  # before the header named it: the fit.json it names is in a workspace
-            try:
-                fit = (yaml.safe_load(text) or {}).get("fit")
-            except (yaml.YAMLError, AttributeError):
-                return False
-            if isinstance(fit, str):
-                return Path(os.path.realpath(fit)).is_relative_to(ws)
-        return True  # an older mixopt's, naming no workspace: it cannot say whose, as mixopt always replaced it
+        if named is None or named == ws:
+            return True
+        try:  # another workspace's header: still that workspace's output when its record lists this file
+            return str(p) not in json.loads((Path(named) / RECORD).read_text())
+        except (OSError, ValueError, TypeError):
+            return True
 
     inputs = tuple((p, what) for p, what in local_inputs(exp) if not Path(p).is_dir())
     return check_output(path, "", force=force, protected=inputs, looks_mine=looks_mine,
