@@ -394,6 +394,14 @@ def test_a_clearly_bad_prior_is_decided_better_with_real_proxies(corpora, tmp_pa
     assert f"(recorded: {tmp_path / 'junk.optimal.yaml'}, written in round {last}; nothing written now)" in again.stdout
     assert "written:" not in again.stdout
     assert json.loads(mixopt("status", cfg, "--format", "json").stdout)["budget"]["rounds"] == st["budget"]["rounds"]
+    # A plain fit rewrites the optimal YAML with its own recommendation: the rerun no longer says the
+    # file holds round N's mixture
+    mixopt("fit", cfg, "--no-plots", "--bootstrap", "4", "--no-progress")
+    after_fit = mixopt("optimize", cfg, "--budget", "24", "--no-progress").stdout
+    assert (f"(recorded: the store's rounds ({tmp_path / 'ws' / 'mixopt.db'}); {tmp_path / 'junk.optimal.yaml'} was "
+            f"rewritten since round {last} (by `mixopt fit` or by hand) and does not hold this mixture; nothing "
+            "written now)") in after_fit, after_fit
+    assert shown in after_fit  # the verified mixture itself, from the store
 
 
 @pytest.mark.slow
