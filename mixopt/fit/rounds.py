@@ -300,7 +300,8 @@ def _next_seed(plan: Plan, w, db) -> int:
                 or plan.key(tuple(map(float, plan.prior)), r) not in taken)
 
 
-def _propose(exp: Experiment, sizes, cand: Candidate | None, n: int, runtime: Runtime, db, force: bool) -> str:
+def _propose(exp: Experiment, sizes, cand: Candidate | None, n: int, runtime: Runtime, db,
+             force: bool = False) -> str:
     """Plan the next round's runs into the store (step 5 of the module's note); what and why."""
     if cand is not None:
         fexp, plan = sizes[-1]
