@@ -59,7 +59,8 @@ def check_output(path: Path, flag: str, *, force: bool = False, workspace: Path 
         if folder and any(real.iterdir()):
             raise MixoptError(f"{at} already exists and is not an empty folder", "name a new folder")
         if not folder and stat.S_ISDIR(mode):
-            raise MixoptError(f"{at} is a folder", f"name a file in it, e.g. {(flag + ' ') if flag else ''}{path / 'out'}")
+            inside = f"{flag} {path / 'out'}" if flag else str(path / "out")
+            raise MixoptError(f"{at} is a folder", f"name a file in it, e.g. {inside}")
         if not folder and not stat.S_ISREG(mode):
             raise MixoptError(f"{at} is not a regular file (a device, FIFO or socket)",
                               "name a regular file")
