@@ -96,6 +96,11 @@ FORCE = typer.Option(False, "--force", help="Replace an existing file mixopt did
                                           "its inputs or the workspace's records).")
 
 
+FORCE_BESIDE = typer.Option(False, "--force", help="Replace the file it writes beside the config "
+                                                  "(<name>.optimal.yaml or .proposed.yaml) when mixopt did not "
+                                                  "write it.")
+
+
 def _finite_at_least_0(value: float) -> float:
     """A number flag: finite and >= 0, by the same rule as the config's numbers (one line if not)."""
     from mixopt.config.validate import check_finite
@@ -388,7 +393,7 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
         at_tokens: Optional[float] = typer.Option(None, help="The target run's tokens (with --tokens-column)."),
         against: Optional[Path] = typer.Option(None, help="Also judge the recommendation against this mixture (a "
                                                "human's choice; any mixture file: YAML, CSV, Parquet; its first row)."),
-        track: list[str] = TRACK):
+        track: list[str] = TRACK, force: bool = FORCE_BESIDE):
     """Fit the regression, cross-validate it, and write the recommended mixture.
 
     With CONFIG: fit the experiment's sweep. With --runs: fit an external swarm table."""
@@ -408,11 +413,13 @@ def fit(config: Optional[Path] = typer.Argument(None, help="The experiment YAML;
 
         exp = _fit_overrides(_load(config), model, cv_folds, bootstrap, seed, kl_weight, trust_region, bound)
         if not _fit_and_print(exp, format, _runtime(workers, progress, device), reeval is not False, plots is not False,
-                              check_trackers(track), _against(against, exp.domain_names)):
+                              check_trackers(track), _against(against, exp.domain_names), force):
             raise typer.Exit(1)
         return
     if config is not None:
         raise MixoptError("give either CONFIG or --runs, not both", "drop one")
+    if force:
+        raise MixoptError("--force applies to a CONFIG's fit (its <name>.optimal.yaml)", "drop it")
     if track:
         raise MixoptError("--track logs an experiment's runs and fits", "use it with a CONFIG")
     # Flags that choose how an experiment's checkpoints are evaluated: a table has none.
@@ -503,7 +510,7 @@ def predict(fit_dir: Path = typer.Argument(..., help="A saved fit: `fit --save D
 def propose(config: Path = CONFIG, n: int = typer.Option(4, "--n", min=1, help="How many mixtures."),
             candidates: Optional[Path] = typer.Option(None, help="Pick among these mixtures only (proposed YAML, "
                                                                  "optimal.yaml, CSV or Parquet)."),
-            format: Format = FORMAT):
+            format: Format = FORMAT, force: bool = FORCE_BESIDE):
     """The next mixtures to train: where the fit is least sure about the optimum."""
     from mixopt.fit.propose import propose_mixtures
 
@@ -512,7 +519,7 @@ def propose(config: Path = CONFIG, n: int = typer.Option(4, "--n", min=1, help="
         from mixopt.config.validate import check_input_path
 
         check_input_path(candidates, "--candidates file", exp.workspace_dir)
-    picks, out = propose_mixtures(exp, n, _runtime(progress=False, **_say_for(format)), candidates)
+    picks, out = propose_mixtures(exp, n, _runtime(progress=False, **_say_for(format)), candidates, force)
     then = f"mixopt sweep {config} --mixtures {out}"
     if format is Format.json:
         typer.echo(json.dumps({"mixtures": [dict(zip(exp.domain_names, map(float, w))) for w in picks],
@@ -604,7 +611,7 @@ def optimize(config: Path = CONFIG,
              budget: str = typer.Option(..., help="What the rounds may spend in all (the store's runs count): "
                                         "proxies (40), FLOPs (3e12flops) or device-hours (0.5h)."),
              workers: int = WORKERS, progress: bool = PROGRESS, device: str = DEVICE, precision: Precision = PRECISION,
-             format: Format = FORMAT):
+             format: Format = FORMAT, force: bool = FORCE_BESIDE):
     """Rounds of sweep -> fit -> verify -> propose until the verdict against the prior is decided or the
     budget is spent; kill it at any time and rerun: nothing is trained twice."""
     from mixopt.fit.rounds import optimize_budget
@@ -615,7 +622,7 @@ def optimize(config: Path = CONFIG,
     say = _stderr if format is Format.json else typer.echo
     runtime = _runtime(workers, progress, device, say=_stderr, precision=precision.value)
     with _interrupted(exp, "optimize", config, flags=f" --budget {budget}", runtime=runtime):
-        out = optimize_budget(exp, b, runtime, say)
+        out = optimize_budget(exp, b, runtime, say, force)
     if format is Format.json:
         typer.echo(json.dumps(out.to_json()))
         return
@@ -720,7 +727,8 @@ class _interrupted:
         raise typer.Exit(130) from None
 
 
-def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = True, trackers=(), against=()) -> bool:
+def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = True, trackers=(), against=(),
+                   force: bool = False) -> bool:
     """Fit and print; False when suspect or failed runs were left out (said on stderr)."""
     from dataclasses import replace
 
@@ -730,7 +738,7 @@ def _fit_and_print(exp, format: Format, runtime, reeval: bool, plots: bool = Tru
 
     if format is Format.json:  # stdout holds the JSON alone
         runtime = replace(runtime, say=lambda m: typer.echo(m, err=True))
-    rec = recommend_mixture(exp, runtime, reeval=reeval, plots=plots, against=against)
+    rec = recommend_mixture(exp, runtime, reeval=reeval, plots=plots, against=against, force=force)
     if trackers:
         track_runs(exp, trackers, _stderr)
         track_fit(exp, rec, trackers, _stderr)

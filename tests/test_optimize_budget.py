@@ -39,6 +39,23 @@ def test_bad_budget_is_one_line_exit_2_and_writes_nothing(corpora, tmp_path):
     assert "e.g. --budget 40" in r.stderr and not (tmp_path / "ws").exists()
 
 
+def test_optimize_refuses_a_users_optimal_or_proposed_yaml_before_training(corpora, tmp_path):
+    """The rounds write <name>.optimal.yaml and <name>.proposed.yaml beside the config: a file there that
+    mixopt did not write is refused before a round trains or records anything (--force replaces it)."""
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2))
+    mixopt("sample", cfg)
+    for name in ("small.optimal.yaml", "small.proposed.yaml"):
+        mine = tmp_path / name
+        mine.write_text("my notes\n")
+        r = mixopt("optimize", cfg, "--budget", "4", "--no-progress", check=False)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"error: {mine} exists and mixopt did not write it; pass --force to replace it")
+        assert mine.read_text() == "my notes\n"
+        st = json.loads(mixopt("status", cfg, "--format", "json").stdout)
+        assert st["runs"]["done"] == 0 and not st.get("budget")
+        mine.unlink()
+
+
 def test_a_flops_budget_is_planned_before_training_and_never_exceeded(corpora, tmp_path):
     """A budget of 6.5 runs' FLOPs: round 1 trains the design's 6 runs; nothing after it fits, so
     the proposal stays planned, untrained, and optimize says why it stopped."""
@@ -394,6 +411,14 @@ def test_a_clearly_bad_prior_is_decided_better_with_real_proxies(corpora, tmp_pa
     assert f"(recorded: {tmp_path / 'junk.optimal.yaml'}, written in round {last}; nothing written now)" in again.stdout
     assert "written:" not in again.stdout
     assert json.loads(mixopt("status", cfg, "--format", "json").stdout)["budget"]["rounds"] == st["budget"]["rounds"]
+    # A plain fit rewrites the optimal YAML with its own recommendation: the rerun no longer says the
+    # file holds round N's mixture
+    mixopt("fit", cfg, "--no-plots", "--bootstrap", "4", "--no-progress")
+    after_fit = mixopt("optimize", cfg, "--budget", "24", "--no-progress").stdout
+    assert (f"(recorded: the store's rounds ({tmp_path / 'ws' / 'mixopt.db'}); {tmp_path / 'junk.optimal.yaml'} was "
+            f"rewritten since round {last} (by `mixopt fit` or by hand) and does not hold this mixture; nothing "
+            "written now)") in after_fit, after_fit
+    assert shown in after_fit  # the verified mixture itself, from the store
 
 
 @pytest.mark.slow

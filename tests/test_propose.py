@@ -119,3 +119,65 @@ def test_a_mixture_rounded_past_its_cap_is_snapped_not_refused():
     s = b.snap(w)
     assert b.contains(s) and abs(s.sum() - 1) < 1e-9 and np.abs(s - w).max() < 1e-5
     assert b.snap(np.array([0.4, 0.3, 0.3])) is None  # really outside: refused
+
+
+def test_fit_and_propose_never_replace_a_users_file_beside_the_config(swept, tmp_path):
+    """`fit` writes <name>.optimal.yaml and `propose` <name>.proposed.yaml beside the config: a file there
+    that mixopt did not write is refused before any work (one line, exit 2, nothing written) unless
+    --force; what they write is recorded, so the next run replaces it silently. A second config of the
+    same `name:` in that folder, with its own workspace, does not replace the first one's file."""
+    import os
+
+    from conftest import mixopt
+
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text(swept.read_text())  # the shared sweep's workspace, from another folder
+    ws = yaml.safe_load(cfg.read_text())["workspace"]
+    optimal, proposed = tmp_path / "small.optimal.yaml", tmp_path / "small.proposed.yaml"
+    fits = lambda: sorted(os.listdir(os.path.join(ws, "fits"))) if os.path.isdir(os.path.join(ws, "fits")) else []
+
+    for path, args, verb in ((optimal, ("fit", cfg, "--no-plots", "--bootstrap", "4"), "mixopt fit"),
+                             (proposed, ("propose", cfg, "--n", "2"), "mixopt propose")):
+        path.write_text("my hand-written mixture: code 0.5\n")
+        before, record = fits(), os.path.join(ws, "outputs.json")
+        record_before = open(record).read() if os.path.exists(record) else None
+        r = mixopt(*args, check=False)
+        assert r.returncode == 2 and r.stderr == (
+            f"error: {path} exists and mixopt did not write it; pass --force to replace it, or move it away "
+            f"(`{verb}` writes {path.name} beside the config)\n"), r.stderr
+        assert path.read_text() == "my hand-written mixture: code 0.5\n" and fits() == before
+        assert (open(record).read() if os.path.exists(record) else None) == record_before
+        mixopt(*args, "--force")
+        assert path.read_text().startswith("# ") and f"# workspace: {os.path.realpath(ws)}\n" in path.read_text()
+        first = path.read_text()
+        assert str(path) in mixopt(*args).stdout  # its own file, recorded: replaced without --force
+        assert path.read_text().splitlines()[0] == first.splitlines()[0]
+
+    # Another config of the same name in this folder, another workspace: refused (the header names the first's)
+    other = tmp_path / "other.yaml"
+    other.write_text(cfg.read_text().replace(ws, str(tmp_path / "ws2")))
+    for args in (("fit", other), ("propose", other)):
+        r = mixopt(*args, check=False)
+        assert r.returncode == 2 and "exists and mixopt did not write it" in r.stderr, r.stderr
+    assert not (tmp_path / "ws2").exists()
+
+    # An older mixopt's file (before the record and the workspace line): mixopt's header, replaced as before
+    old = "".join(line for line in optimal.read_text().splitlines(keepends=True) if not line.startswith("# workspace: "))
+    os.remove(os.path.join(ws, "outputs.json"))
+    optimal.write_text(old)
+    mixopt("fit", cfg, "--no-plots", "--bootstrap", "4")
+    assert f"# workspace: {os.path.realpath(ws)}\n" in optimal.read_text()
+    # A header naming a workspace that no longer lists the file (a copied or moved project) is not that
+    # workspace's: the other config may replace it (checked in process: its empty workspace cannot fit)
+    from mixopt.config.load import load_experiment
+    from mixopt.fit.from_store import check_beside_config
+
+    os.remove(os.path.join(ws, "outputs.json"))
+    assert check_beside_config(load_experiment(other), optimal) == optimal
+    assert not (tmp_path / "ws2").exists()
+    # The config itself is never the output: a config named like the optimal YAML is refused
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    (clash / "small.optimal.yaml").write_text(cfg.read_text())
+    r = mixopt("fit", clash / "small.optimal.yaml", check=False)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {clash / 'small.optimal.yaml'} is the config;"), r.stderr

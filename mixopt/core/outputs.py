@@ -31,52 +31,57 @@ def _under(path: Path, folder: Path) -> bool:
 
 def check_output(path: Path, flag: str, *, force: bool = False, workspace: Path | None = None,
                  owned_inside: tuple[Path, ...] = (), protected: tuple[tuple[Path, str], ...] = (),
-                 looks_mine: Callable[[Path], bool] | None = None, folder: bool = False) -> Path:
+                 looks_mine: Callable[[Path], bool] | None = None, folder: bool = False,
+                 instead: str = "choose another path") -> Path:
     """The real path to write `path` to, or one MixoptError: never a NUL byte, a link that leads nowhere
     or to a folder, a device, FIFO or kernel file, a folder where a file goes (or a non-empty one where a
     folder goes), the config or its inputs (`protected`: path and what it is), a place in the workspace
     other than the verb's own (`owned_inside`), nor an existing file mixopt did not write unless `force`.
-    For a file, `looks_mine` may recognise mixopt's output by its content (a verb with no workspace)."""
+    For a file, `looks_mine` may recognise mixopt's output by its content (a verb with no workspace).
+    `flag` may be empty (a verb that writes beside the config, no flag names the path); `instead`: the
+    fix other than --force when the file is the user's."""
+    at = f"{flag} {path}" if flag else str(path)
     if "\0" in str(path):
         raise MixoptError(f"{flag} holds a NUL byte", "name the path without it")
     kind = "folder" if folder else "file"
     if path.is_symlink():
         target = _real(path)
         if not target.exists():
-            raise MixoptError(f"{flag} {path} is a symbolic link to nothing ({os.readlink(path)})",
+            raise MixoptError(f"{at} is a symbolic link to nothing ({os.readlink(path)})",
                               f"name a new {kind}, not a link")
         if folder or target.is_dir():
-            raise MixoptError(f"{flag} {path} is a symbolic link to a folder", f"name a new {kind}, not a link")
+            raise MixoptError(f"{at} is a symbolic link to a folder", f"name a new {kind}, not a link")
     real = _real(path)
     if real.exists():
         mode = real.stat().st_mode
         if folder and not stat.S_ISDIR(mode):
-            raise MixoptError(f"{flag} {path} is not a folder", "name a new folder")
+            raise MixoptError(f"{at} is not a folder", "name a new folder")
         if folder and any(real.iterdir()):
-            raise MixoptError(f"{flag} {path} already exists and is not an empty folder", "name a new folder")
+            raise MixoptError(f"{at} already exists and is not an empty folder", "name a new folder")
         if not folder and stat.S_ISDIR(mode):
-            raise MixoptError(f"{flag} {path} is a folder", f"name a file in it, e.g. {flag} {path / 'out'}")
+            inside = f"{flag} {path / 'out'}" if flag else str(path / "out")
+            raise MixoptError(f"{at} is a folder", f"name a file in it, e.g. {inside}")
         if not folder and not stat.S_ISREG(mode):
-            raise MixoptError(f"{flag} {path} is not a regular file (a device, FIFO or socket)",
+            raise MixoptError(f"{at} is not a regular file (a device, FIFO or socket)",
                               "name a regular file")
     kernel = next((p for p in PSEUDO_FILESYSTEMS if _under(real, Path(p))), None)
     if kernel:
-        raise MixoptError(f"{flag} {path} is in {kernel}, the kernel's files", "name a file of yours")
+        raise MixoptError(f"{at} is in {kernel}, the kernel's files", "name a file of yours")
     if not real.parent.is_dir():
-        raise MixoptError(f"{flag} {path}: folder {path.parent} does not exist", "create it first")
+        raise MixoptError(f"{at}: folder {path.parent} does not exist", "create it first")
     for p, what in protected:
         if _under(real, _real(p)):
             same = real == _real(p)
-            raise MixoptError(f"{flag} {path} is {what}" if same else f"{flag} {path} is inside {what}",
+            raise MixoptError(f"{at} is {what}" if same else f"{at} is inside {what}",
                               "choose another path: mixopt never writes over its inputs")
     own = any(_under(real, _real(o)) for o in owned_inside)
     if workspace is not None and _under(real, _real(workspace)) and not own:
-        raise MixoptError(f"{flag} {path} is inside the workspace {workspace}",
+        raise MixoptError(f"{at} is inside the workspace {workspace}",
                           "choose a path outside the workspace (its files are mixopt's records)")
     if not folder and real.exists() and not (force or own or recorded(workspace, real)
                                              or (looks_mine is not None and looks_mine(real))):
-        raise MixoptError(f"{flag} {path} exists and mixopt did not write it",
-                          "pass --force to replace it, or choose another path")
+        raise MixoptError(f"{at} exists and mixopt did not write it",
+                          f"pass --force to replace it, or {instead}")
     return real
 
 

@@ -8,7 +8,9 @@ and the rest of the core fit arrays and tables, so `fit --runs TABLE` loads no s
 
 from __future__ import annotations
 
+import json
 from dataclasses import astuple, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -19,7 +21,7 @@ from mixopt.core.mixtures import Bounds, Sampler, name_list
 from mixopt.errors import MixoptError
 from mixopt.evals.suites import prepare_suite
 from mixopt.fit.noise import collapse_replicates
-from mixopt.fit.recommend import Recommendation, fit_swarm, save_fit, write_optimal
+from mixopt.fit.recommend import WORKSPACE_LINE, Recommendation, fit_swarm, save_fit, write_optimal
 from mixopt.fit.swarm import FitSettings, Swarm
 from mixopt.sweep.plan import load_plan, mixed_measurements
 from mixopt.sweep.reeval import evaluate_stored, record_scores
@@ -28,9 +30,12 @@ from mixopt.sweep.store import Store
 
 
 def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool = True,
-                      plots: bool = True, against: list[tuple[str, np.ndarray]] | tuple = ()) -> Recommendation:
+                      plots: bool = True, against: list[tuple[str, np.ndarray]] | tuple = (),
+                      force: bool = False) -> Recommendation:
     """Fit on every finished run; first evaluate stored checkpoints on what the suite added,
-    unless `reeval` is off (then runs lacking the current suite are left out, with a warning)."""
+    unless `reeval` is off (then runs lacking the current suite are left out, with a warning).
+    Refused before any work when the optimal YAML is a file mixopt did not write (unless `force`)."""
+    check_beside_config(exp, exp.optimal_path, force)
     plan, swarm, settings, fit_key = experiment_swarm(exp, runtime, reeval)
     reused = None
     if plan.change is not None and plan.change.virtual is not None:  # design.after_change: reuse
@@ -63,8 +68,54 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
     else:
         # the table as fitted (replicates averaged; reuse: the fit as done, reduced; across sizes: every size's runs)
         save_fit(out, fitted, settings, reused or rec, model, plots=plots)
-    write_optimal(exp.optimal_path, rec, exp.name, None if readonly else out, exp.overrides)
+    write_optimal(exp.optimal_path, rec, exp.name, None if readonly else out, exp.overrides,
+                  workspace=exp.workspace_dir)
     return rec
+
+
+# The verbs whose output beside the config mixopt replaces: the first line of the file names one.
+BESIDE_CONFIG = {".optimal.yaml": ("`mixopt fit`", "`mixopt optimize`"), ".proposed.yaml": ("`mixopt propose`",)}
+
+
+def check_beside_config(exp: Experiment, path: Path, force: bool = False) -> Path:
+    """Before any work: `path` (<name>.optimal.yaml or <name>.proposed.yaml beside the config) is
+    absent or mixopt's own, else one MixoptError (--force replaces it). mixopt's own: listed in this
+    workspace's record with its current content, or headed by the verb that writes it (an older
+    mixopt's, before the record; a read-only workspace's) and not another workspace's: a header that
+    names a workspace still listing the file in its record is that workspace's (two configs of one
+    `name:` in one folder never replace each other's file; a copied or moved project's file is no
+    longer claimed and is replaced). The config itself is never written over."""
+    import os
+
+    from mixopt.core.outputs import RECORD, check_output, recorded
+    from mixopt.data.sources import local_inputs
+
+    kind = next(k for k in BESIDE_CONFIG if path.name.endswith(k))
+    verb = BESIDE_CONFIG[kind][0].strip("`")
+    ws = os.path.realpath(exp.workspace_dir)
+
+    def looks_mine(p: Path) -> bool:
+        if recorded(exp.workspace_dir, p):
+            return True
+        try:
+            if p.stat().st_size > 1 << 24:
+                return False
+            lines = p.read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            return False
+        if not lines or "by mixopt" not in lines[0] or not any(v in lines[0] for v in BESIDE_CONFIG[kind]):
+            return False
+        named = next((x[len(WORKSPACE_LINE):] for x in lines[:4] if x.startswith(WORKSPACE_LINE)), None)
+        if named is None or named == ws:
+            return True
+        try:  # another workspace's header: still that workspace's output when its record lists this file
+            return str(p) not in json.loads((Path(named) / RECORD).read_text())
+        except (OSError, ValueError, TypeError):
+            return True
+
+    inputs = tuple((p, what) for p, what in local_inputs(exp) if not Path(p).is_dir())
+    return check_output(path, "", force=force, protected=inputs, looks_mine=looks_mine,
+                        instead=f"move it away (`{verb}` writes {path.name} beside the config)")
 
 
 def experiment_swarm(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool = True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,10 @@ from mixopt.core.mixtures import drop_small_weights, read_mixtures
 from mixopt.core.workspace import atomic_write_text
 from mixopt.errors import MixoptError
 from mixopt.fit.families.base import MixtureModel
-from mixopt.fit.from_store import experiment_swarm
+from mixopt.fit.from_store import check_beside_config, experiment_swarm
 from mixopt.fit.noise import collapse_replicates
 from mixopt.fit.optimize import penalized_scores, simulated_pool, solve_optimum
-from mixopt.fit.recommend import fit_swarm, refit_resampled
+from mixopt.fit.recommend import WORKSPACE_LINE, fit_swarm, record_written, refit_resampled
 from mixopt.fit.reuse import model_space
 from mixopt.fit.swarm import FitSettings, Swarm
 
@@ -28,13 +29,16 @@ EXPLORATION = 2.0  # lower confidence bound: mean - EXPLORATION x sd of the repl
 
 
 def propose_mixtures(exp: Experiment, n: int, runtime: Runtime = Runtime(),
-                     candidates: Path | None = None) -> tuple[list[np.ndarray], Path]:
+                     candidates: Path | None = None, force: bool = False) -> tuple[list[np.ndarray], Path]:
     """n mixtures where the fit is least sure about the optimum (see pick_mixtures), written to
     <config dir>/<name>.proposed.yaml for `mixopt sweep --mixtures`. With `candidates` (any mixture
     file: proposed YAML, optimal.yaml, CSV, Parquet) the picks are among those mixtures only.
 
     After a data change under `design.after_change: reuse` the fit is the reduced one, so the picks
-    lie on its plane (the unchanged domains at the virtual proportions): candidates off it are left out."""
+    lie on its plane (the unchanged domains at the virtual proportions): candidates off it are left out.
+    Refused before any work when that file is one mixopt did not write (unless `force`)."""
+    out = proposed_path(exp)
+    check_beside_config(exp, out, force)
     plan, full, settings, _ = experiment_swarm(exp, runtime)
     swarm, space, _ = model_space(plan, full)
     given = None
@@ -71,12 +75,18 @@ def propose_mixtures(exp: Experiment, n: int, runtime: Runtime = Runtime(),
                           "lower design.min_distance to propose closer mixtures")
     if space is not None:  # back onto every domain
         picks = list(space.expand(np.array(picks)))
-    out = Path(exp.optimal_path).with_name(f"{exp.name}.proposed.yaml")
     doc = {"mixtures": [{d: round(float(v), 6) for d, v in zip(full.domains, w)} for w in picks]}
     header = (f"# {len(picks)} mixtures proposed by mixopt {__version__} `mixopt propose` for '{exp.name}' "
-              f"({model.kind} fit on {len(swarm.keys)} runs).\n# Train them: mixopt sweep CONFIG --mixtures {out.name}\n")
+              f"({model.kind} fit on {len(swarm.keys)} runs).\n{WORKSPACE_LINE}{os.path.realpath(exp.workspace_dir)}\n"
+              f"# Train them: mixopt sweep CONFIG --mixtures {out.name}\n")
     atomic_write_text(out, header + yaml.safe_dump(doc, sort_keys=False))
+    record_written(exp.workspace_dir, out)
     return picks, out
+
+
+def proposed_path(exp: Experiment) -> Path:
+    """<config folder>/<name>.proposed.yaml: where `mixopt propose` writes."""
+    return Path(exp.optimal_path).with_name(f"{exp.name}.proposed.yaml")
 
 
 def pick_mixtures(swarm: Swarm, settings: FitSettings, model: MixtureModel, optimum: np.ndarray, n: int,

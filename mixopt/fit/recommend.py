@@ -488,9 +488,12 @@ def save_fit(out: Path, swarm: Swarm, settings: FitSettings, rec: Recommendation
 
 
 def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | None,
-                  overrides: dict[str, str] | None = None, rounds: dict | None = None) -> None:
+                  overrides: dict[str, str] | None = None, rounds: dict | None = None,
+                  workspace: Path | None = None) -> None:
     """The recommendation as YAML; `fit` names the fit folder's fit.json when one was written, and the
-    settings its command line overrode; `rounds`: `mixopt optimize`'s verdict on the mixture written."""
+    settings its command line overrode; `rounds`: `mixopt optimize`'s verdict on the mixture written.
+    With `workspace` (an experiment's): its header names it and the workspace records the file, so the
+    next fit replaces it and another workspace's does not (from_store.check_beside_config)."""
     doc = {
         "experiment": name,
         "weights": {d: round(float(v), 6) for d, v in zip(rec.domains, rec.weights)},
@@ -544,7 +547,22 @@ def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | No
         doc["optimize"] = rounds
     verb = "mixopt optimize" if rounds is not None else "mixopt fit"
     header = f"# Recommended mixture for '{name}', written by mixopt {__version__} `{verb}`.\n"
+    if workspace is not None:
+        header += f"{WORKSPACE_LINE}{os.path.realpath(workspace)}\n"
     atomic_write_text(path, header + yaml.dump(doc, Dumper=_OptimalDumper, sort_keys=False))
+    if workspace is not None:
+        record_written(workspace, path)
+
+
+WORKSPACE_LINE = "# workspace: "  # the header line of a file written beside the config: whose it is
+
+
+def record_written(workspace: Path, path: Path) -> None:
+    """Record a file written beside the config in the workspace's outputs record (mixopt's to replace)."""
+    from mixopt.core.keys import file_sha256
+    from mixopt.core.outputs import record_output
+
+    record_output(workspace, Path(os.path.realpath(path)), file_sha256(path))
 
 
 class _Pair(list):

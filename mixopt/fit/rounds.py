@@ -85,8 +85,11 @@ class Outcome:
                 "rounds": [r.__dict__ for r in self.rounds]}
 
 
-def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(), say=print) -> Outcome:
-    """Rounds until decided or spent (see the module's note); `say` gets each round's lines."""
+def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(), say=print,
+                    force: bool = False) -> Outcome:
+    """Rounds until decided or spent (see the module's note); `say` gets each round's lines. Before a
+    round trains, refused when the optimal or proposed YAML beside the config is a file mixopt did not
+    write (unless `force`); a rerun of a finished optimize writes neither and is not refused."""
     from mixopt.sweep.work import device_of
 
     sizes = fidelity_plans(exp)  # (exp at that size, plan), cheapest first
@@ -100,6 +103,11 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
     out.verify_size = size = _label(exp, verify_at)
     if rows and rows[-1]["stopped"] and not _reopens(rows[-1], budget):
         return _recorded(exp, budget, costs, db, rows, out, say)
+    from mixopt.fit.from_store import check_beside_config
+    from mixopt.fit.propose import proposed_path
+
+    for path in (exp.optimal_path, proposed_path(exp)):
+        check_beside_config(exp, path, force)
     first = len(rows) + 1
     vexp, vplan = sizes[verify_at]
     cand = _candidate_of(rows[-1], exp.domain_names) if rows else None
@@ -112,7 +120,7 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
             from mixopt.fit.from_store import recommend_mixture
 
             rec = recommend_mixture(exp, runtime, plots=False,
-                                    against=[("candidate", np.asarray(cand.weights))] if cand else ())
+                                    against=[("candidate", np.asarray(cand.weights))] if cand else (), force=force)
         except MixoptError as e:  # e.g. too few runs: what was trained is kept, and the round says why
             raise MixoptError(f"round {n}: the fit failed after training {trained} proxies ({e.problem})",
                               e.fix or "raise --budget, or lower design.runs") from None
@@ -156,7 +164,7 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
                    "next round fits in what is left"
         if stop is None:
             try:
-                why = _propose(exp, sizes, cand, n, runtime, db)
+                why = _propose(exp, sizes, cand, n, runtime, db, force)
             except MixoptError as e:
                 stop = f"nothing left to propose ({e.problem})"
             else:
@@ -292,7 +300,8 @@ def _next_seed(plan: Plan, w, db) -> int:
                 or plan.key(tuple(map(float, plan.prior)), r) not in taken)
 
 
-def _propose(exp: Experiment, sizes, cand: Candidate | None, n: int, runtime: Runtime, db) -> str:
+def _propose(exp: Experiment, sizes, cand: Candidate | None, n: int, runtime: Runtime, db,
+             force: bool = False) -> str:
     """Plan the next round's runs into the store (step 5 of the module's note); what and why."""
     if cand is not None:
         fexp, plan = sizes[-1]
@@ -305,7 +314,7 @@ def _propose(exp: Experiment, sizes, cand: Candidate | None, n: int, runtime: Ru
     from mixopt.fit.propose import propose_mixtures
 
     k = max(4, len(exp.domain_names))
-    picks, _ = propose_mixtures(exp, k, runtime)
+    picks, _ = propose_mixtures(exp, k, runtime, force=force)
     fexp, plan = sizes[0]
     _plan_runs(fexp, plan, [Mixture(f"{ORIGIN}:{n + 1}:propose:{i}", tuple(map(float, x))) for i, x in enumerate(picks)], db)
     return (f"{len(picks)} cheap runs at {_label(exp, 0)} where the fit is least sure (the fit is not yet decided, "
@@ -369,9 +378,15 @@ def _recorded(exp: Experiment, budget: Budget, costs: Costs, db, rows: list[dict
     out.stopped, out.verdict, out.already = last["stopped"], last["verdict"] or "cannot tell", True
     out.weights, out.candidate_round = last["weights"], last["candidate_round"]
     # nothing is written now: the outcome is the store's rounds, and the YAML the finishing round wrote
-    out.recorded = (f"{exp.optimal_path}, written in round {last['round']}" if exp.optimal_path.is_file() else
-                    f"the store's rounds ({db}); {exp.optimal_path.name} is not there now (`mixopt fit` writes the "
-                    "fit's own recommendation there)")
+    path = exp.optimal_path
+    if not path.is_file():
+        out.recorded = (f"the store's rounds ({db}); {path.name} is not there now (`mixopt fit` writes the "
+                        "fit's own recommendation there)")
+    elif _holds_round(exp, last):
+        out.recorded = f"{path}, written in round {last['round']}"
+    else:  # the rounds' verified mixture is the store's; writing it again would need a fit (a rerun trains nothing)
+        out.recorded = (f"the store's rounds ({db}); {path} was rewritten since round {last['round']} (by `mixopt "
+                        "fit` or by hand) and does not hold this mixture")
     if str(last["stopped"]).startswith("the budget is spent"):
         why = (f"--budget {budget.text} is no more than the {Budget(last['budget'], last['unit'], last['amount']).show(last['amount'])} "
                "it stopped at; a larger --budget continues where it stopped")
@@ -383,6 +398,36 @@ def _recorded(exp: Experiment, budget: Budget, costs: Costs, db, rows: list[dict
     if last["summary"]:
         say(f"  verdict: {last['summary']}")
     return out
+
+
+def _holds_round(exp: Experiment, last: dict) -> bool:
+    """Whether the optimal YAML is the one the last round wrote: optimize's section with that round's
+    verdict and mixture, and, where the workspace recorded the file, unchanged since (a `mixopt fit`
+    after it, or an edit, rewrote it)."""
+    import json
+    import os
+
+    import yaml
+
+    from mixopt.core.keys import file_sha256
+    from mixopt.core.outputs import RECORD
+
+    path = exp.optimal_path
+    try:
+        known = json.loads((exp.workspace_dir / RECORD).read_text()).get(os.path.realpath(path))
+    except (OSError, ValueError, AttributeError):
+        known = None
+    try:
+        if known is not None and known != file_sha256(path):
+            return False
+        doc = yaml.safe_load(path.read_text()) or {}
+        rounds, weights, said = doc.get("optimize") or {}, doc.get("weights") or {}, last.get("weights") or {}
+        if last.get("candidate_round") is not None and (rounds.get("summary") != last.get("summary")
+                                                        or rounds.get("verdict") != last.get("verdict")):
+            return False  # a candidate's round writes the rounds' verdict with it (no candidate: the fit's own)
+        return list(weights) == list(said) and all(abs(float(weights[d]) - float(said[d])) < 1e-5 for d in said)
+    except (OSError, ValueError, TypeError, yaml.YAMLError, AttributeError):
+        return False
 
 
 def _write_candidate(exp: Experiment, plan: Plan, rec, cand: Candidate, verdict: str, line: str, pairs,
@@ -405,7 +450,7 @@ def _write_candidate(exp: Experiment, plan: Plan, rec, cand: Candidate, verdict:
               "paired_seeds": [{"seed": r, "candidate": round(a, 6), "prior": round(b, 6)} for r, a, b in pairs],
               "fit_recommendation": {d: round(float(v), 6) for d, v in zip(rec.domains, rec.weights)}}
     write_optimal(exp.optimal_path, shown, exp.name, fit_dir if (fit_dir / "fit.json").is_file() else None,
-                  exp.overrides, rounds)
+                  exp.overrides, rounds, workspace=exp.workspace_dir)
 
 
 def _label(exp: Experiment, i: int) -> str:
