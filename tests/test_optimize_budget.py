@@ -12,6 +12,7 @@ import pytest
 from conftest import small_config, write_config
 from mixopt.errors import MixoptError
 from mixopt.sweep.budget import parse_budget
+from mixopt.sweep.store import Store
 
 
 def mixopt(*args, check=True):
@@ -421,3 +422,60 @@ def test_a_clearly_bad_prior_is_decided_across_sizes_with_real_proxies(corpora, 
     seeds = [x for x in lines if x.startswith("  paired seeds at 1m")][-(len(shown)):]
     assert [x.count("seed ") for x in seeds] == list(range(1, len(shown) + 1))  # one more seed each round
     assert shown[0].endswith(", ".join(f"{d} {v:.3f}" for d, v in got["recommendation"].items()))
+
+
+def test_a_budget_that_cannot_reach_a_fit_is_refused_before_training(corpora, tmp_path):
+    """3 domains: a fit needs 5 finished runs. --budget 2 would train 2 and fail to fit: refused
+    before anything trains, one line naming the minimum and the fix, nothing written."""
+    import sqlite3
+
+    import mixopt.fit.rounds as rounds
+    from mixopt.config.load import load_experiment
+    from mixopt.core.mixtures import Mixture
+    from mixopt.sweep.budget import Costs, fidelity_plans
+
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2))
+    mixopt("sample", cfg)
+    db = tmp_path / "ws" / "mixopt.db"
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "ws").rglob("*") if p.suffix not in (".db-wal", ".db-shm"))
+    for _ in range(2):  # a rerun: the same
+        r = mixopt("optimize", cfg, "--budget", "2", "--workers", "2", "--no-progress", check=False)
+        assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr == ("error: --budget 2 proxies cannot reach the 5 finished runs a fit of 3 domains needs "
+                            "(0 finished now); raise --budget to at least 5\n")
+    after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "ws").rglob("*") if p.suffix not in (".db-wal", ".db-shm"))
+    assert after == before and not (tmp_path / "ws" / "checkpoints").exists()
+    if db.is_file():
+        with sqlite3.connect(db) as c:
+            assert c.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+            assert c.execute("SELECT COUNT(*) FROM budget_rounds").fetchone()[0] == 0
+    # runs already finished count: 3 done, 3 spent; 4 proxies leave 1 (4 finished < 5), 5 leave 2
+    exp = load_experiment(cfg)
+    sizes = fidelity_plans(exp)
+    fexp, plan = sizes[0]
+    rounds._plan_runs(fexp, plan, [Mixture(f"user:{i}", w) for i, w in
+                                   enumerate([(0.2, 0.3, 0.5), (0.5, 0.3, 0.2), (0.3, 0.4, 0.3)])], db)
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE runs SET status='done'")
+    with Store(db) as store:
+        costs = Costs([p for _, p in sizes], store, "cpu")
+    with pytest.raises(MixoptError) as e:
+        rounds._refuse_unreachable(exp, plan, parse_budget("4"), costs)
+    assert e.value.one_line() == ("--budget 4 proxies cannot reach the 5 finished runs a fit of 3 domains needs "
+                                  "(3 finished now, 3 proxies of it spent); raise --budget to at least 5")
+    rounds._refuse_unreachable(exp, plan, parse_budget("5"), costs)  # 2 more runs: enough
+    # FLOPs: the same count in runs of the swarm's size, the fix rounded up so that it suffices
+    per_run = costs.run(plan, "flops")
+    with pytest.raises(MixoptError) as e:
+        rounds._refuse_unreachable(exp, plan, parse_budget(f"{4.5 * per_run:.6g}flops"), costs)
+    least = e.value.fix.rsplit(" ", 1)[1]
+    assert parse_budget(least).amount >= 5 * per_run and "(3 finished now" in e.value.problem
+    rounds._refuse_unreachable(exp, plan, parse_budget(least), costs)
+
+
+def test_a_budget_flag_rounds_up():
+    from mixopt.sweep.budget import Budget
+
+    assert Budget("1", "proxies", 1).flag(5.0) == "5"
+    assert Budget("1e12flops", "flops", 1e12).flag(3.2101e12) == "3.22e+12flops"
+    assert Budget("0.5h", "seconds", 1800).flag(3600.0) == "1h" and Budget("1h", "seconds", 3600).flag(3601) == "1.01h"

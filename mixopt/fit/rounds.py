@@ -29,6 +29,7 @@ numbered in the store: kill -9 at any point and rerun the same command, nothing 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,13 +94,17 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
     db = sizes[0][1].workspace.db_path
     device = device_of(runtime) or ("cuda" if _cuda() else "cpu")
     out = Outcome(budget)
-    with Store(db) as store:
-        costs = Costs([p for _, p in sizes], store, device)
-        rows = store.rounds()
+    if db.is_file():
+        with Store(db) as store:
+            costs = Costs([p for _, p in sizes], store, device)
+            rows = store.rounds()
+    else:  # no store yet: none is made for a budget refused below
+        costs, rows = Costs([p for _, p in sizes], None, device), []
     verify_at = len(sizes) - 1  # the largest fidelity: the nearest to the target (the swarm itself with one)
     out.verify_size = size = _label(exp, verify_at)
     if rows and rows[-1]["stopped"] and not _reopens(rows[-1], budget):
         return _recorded(exp, budget, costs, db, rows, out, say)
+    _refuse_unreachable(exp, sizes[0][1], budget, costs)  # before anything is trained or recorded
     first = len(rows) + 1
     vexp, vplan = sizes[verify_at]
     cand = _candidate_of(rows[-1], exp.domain_names) if rows else None
@@ -168,6 +173,29 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
             return out
     out.stopped = f"{MAX_ROUNDS} rounds"
     return out
+
+
+def _refuse_unreachable(exp: Experiment, plan: Plan, budget: Budget, costs: Costs) -> None:
+    """One line, before anything trains, when what the budget has left cannot bring the runs finished
+    at the swarm's size (`plan`) up to the fewest a fit needs (domains + 2: a fit and its
+    cross-validation): rounds would train up to the budget and then fail to fit."""
+    need = len(exp.domain_names) + 2
+    done = spent = 0
+    if plan.workspace.db_path.is_file():
+        with Store(plan.workspace.db_path) as store:
+            done = len(plan.runs(store, "done"))
+            spent = costs.spent(store, budget.unit)
+    if done >= need:
+        return
+    each = costs.run(plan, budget.unit)  # one new run at the swarm's size, in the budget's unit
+    affordable = math.floor((budget.amount - spent) / each + 1e-9) if budget.amount > spent else 0
+    if done + affordable >= need:
+        return
+    spent_now = f", {budget.show(spent)} of it spent" if spent else ""
+    raise MixoptError(f"--budget {budget.text}" + (" proxies" if budget.unit == "proxies" else f" ({budget.show(budget.amount)})")
+                      + f" cannot reach the {need} finished runs a fit of {len(exp.domain_names)} domains needs "
+                      f"({done} finished now{spent_now})",
+                      f"raise --budget to at least {budget.flag(spent + (need - done) * each)}")
 
 
 def judge(fit_verdict: str | None, pairs: list[tuple[float, float]], level: float, size: str,
