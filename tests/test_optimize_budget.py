@@ -231,7 +231,7 @@ def test_a_version_6_store_gains_the_rounds_table_and_keeps_its_runs(tmp_path):
 
     from mixopt.sweep.store import VERSION, Store
 
-    assert VERSION == 10
+    assert VERSION == 11
     with Store(tmp_path / "mixopt.db") as s:
         s.add_planned([{"key": "k", "context": "c", "origin": "prior", "weights": [1.0], "domains": ["a"]}])
     with sqlite3.connect(tmp_path / "mixopt.db") as db:  # as mixopt with store version 6 left it
@@ -244,7 +244,7 @@ def test_a_version_6_store_gains_the_rounds_table_and_keeps_its_runs(tmp_path):
         s.record_round({"round": 1, "budget": "3e12flops", "unit": "flops", "amount": 3e12, "trained": 4,
                         "what": "the design at tiny", "spent": 1e12, "verdict": "cannot tell", "stopped": None})
         assert [(r["round"], r["budget"], r["spent"]) for r in s.rounds()] == [(1, "3e12flops", 1e12)]
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == 10
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == 11
         assert s.rounds()[0]["weights"] is None and s.rounds()[0]["candidate_round"] is None
 
 
@@ -479,3 +479,54 @@ def test_a_budget_flag_rounds_up():
     assert Budget("1", "proxies", 1).flag(5.0) == "5"
     assert Budget("1e12flops", "flops", 1e12).flag(3.2101e12) == "3.22e+12flops"
     assert Budget("0.5h", "seconds", 1800).flag(3600.0) == "1h" and Budget("1h", "seconds", 3600).flag(3601) == "1.01h"
+
+
+def test_ctrl_c_in_a_round_counts_its_runs_and_status_shows_that_calls_budget(corpora, tmp_path):
+    """optimize --budget 6 stops on the budget after round 1 (the design's 6 runs) with round 2's runs
+    planned; --budget 30 is Ctrl-C'ed once the first of them finishes: the line counts round 2's runs
+    (not the design's), status shows the interrupted call's budget (30), and the resumed call's summary
+    counts every round, as later reruns do."""
+    import signal
+    import sqlite3
+
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2, proxy__tokens=6000,
+                                                         fit__bootstrap=10))
+    mixopt("sample", cfg)
+    first = mixopt("optimize", cfg, "--budget", "6", "--no-progress")
+    assert "stopped: the budget is spent" in first.stdout and "round 2" not in first.stdout, first.stdout
+    assert "over 1 round(s) in all (1 by this call)" in first.stdout
+    db = tmp_path / "ws" / "mixopt.db"
+    with sqlite3.connect(db) as c:
+        proposed = c.execute("SELECT COUNT(*) FROM runs WHERE origin LIKE 'optimize:2:%' AND status='planned'").fetchone()[0]
+    assert proposed >= 2  # round 2's runs, planned by round 1
+    p = subprocess.Popen([sys.executable, "-m", "mixopt.cli", "optimize", str(cfg), "--budget", "30"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:  # Ctrl-C once round 2's first run is finished (observed, not timed)
+        if line.startswith("sweep: run ") and "finished (1/" in line:
+            break
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    said = [x for x in err.splitlines() if x.startswith("interrupted")]
+    with sqlite3.connect(db) as c:
+        states = dict(c.execute("SELECT status, COUNT(*) FROM runs WHERE origin LIKE 'optimize:2:%' GROUP BY status"))
+        done = c.execute("SELECT COUNT(*) FROM runs WHERE status='done'").fetchone()[0]
+    assert states.get("done", 0) >= 1 and states.get("planned", 0) >= 1, states
+    asked = states["done"] + states["planned"]
+    assert said == [f"interrupted in round 2: {states['done']} of {asked} runs it was training are finished and kept "
+                    f"in {tmp_path / 'ws'}; {states['planned']} left planned (the rerun trains them first); spent "
+                    f"{done} proxies of 30 proxies; `mixopt optimize {cfg} --budget 30` continues where this stopped"], err
+    st = json.loads(mixopt("status", cfg, "--format", "json").stdout)["budget"]
+    assert (st["given"], st["amount"], st["spent"], st["state"], st["round"]) == ("30", 30, done, "interrupted", 2)
+    assert st["stopped"] is None and (st["rounds"], st["rounds_by_call"]) == (1, 0)
+    text = mixopt("status", cfg).stdout
+    assert (f"budget (mixopt optimize --budget 30, interrupted in round 2): spent {done} proxies of 30 proxies "
+            "(the store's runs); 1 round(s) finished in all (0 by this call); verdict ") in text, text
+    assert "rerun `mixopt optimize CONFIG --budget 30` to continue" in text and "stopped:" not in text
+    # resumed (a budget that ends it soon): the summary counts every round, and says how many were this call's
+    more = mixopt("optimize", cfg, "--budget", str(done + 1), "--no-progress")
+    st = json.loads(mixopt("status", cfg, "--format", "json").stdout)["budget"]
+    assert st["state"] == "finished" and st["stopped"] and st["rounds"] >= 2
+    assert f"over {st['rounds']} round(s) in all ({st['rounds_by_call']} by this call)" in more.stdout, more.stdout
+    again = mixopt("optimize", cfg, "--budget", str(done + 1), "--no-progress")
+    assert f"over {st['rounds']} round(s) in all (none by this call)" in again.stdout, again.stdout

@@ -76,6 +76,12 @@ class Outcome:
     paired: list[tuple[int, float, float]] = field(default_factory=list)  # (seed, candidate, prior) at verify_size
     fit_weights: dict[str, float] | None = None  # the last fit's own recommendation
     already: bool = False  # a rerun of a finished optimize: the recorded outcome, nothing done
+    rounds_before: int = 0  # rounds earlier calls finished (`rounds` is this call's, or all of a rerun's)
+
+    @property
+    def rounds_in_all(self) -> int:
+        """Every round recorded in the store for this workspace, earlier calls' included."""
+        return self.rounds_before + len(self.rounds)
 
     def to_json(self) -> dict:
         return {"budget": self.budget.to_json(self.spent), "stopped": self.stopped, "verdict": self.verdict,
@@ -83,6 +89,7 @@ class Outcome:
                 "candidate_round": self.candidate_round,
                 "paired_seeds": [{"seed": r, "candidate": a, "prior": b} for r, a, b in self.paired],
                 "fit_recommendation": self.fit_weights, "already_finished": self.already,
+                "rounds_in_all": self.rounds_in_all,
                 "rounds": [r.__dict__ for r in self.rounds]}
 
 
@@ -106,11 +113,35 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
         return _recorded(exp, budget, costs, db, rows, out, say)
     _refuse_unreachable(exp, sizes[0][1], budget, costs)  # before anything is trained or recorded
     first = len(rows) + 1
+    out.rounds_before = len(rows)
+    with Store(db) as store:
+        call = store.start_call(budget.text, budget.unit, budget.amount, first)
+    taking: list = []  # (plan, mixture) of what the current round trains: a Ctrl-C's line counts them
+    state = "failed"  # an error (a fit that failed) ends it unless it returns or is interrupted
+    try:
+        _rounds(exp, sizes, budget, costs, runtime, say, out, rows, first, taking)
+        state = "finished"
+        return out
+    except KeyboardInterrupt:
+        state = "interrupted"
+        raise _interrupted_in(budget, costs, db, first + len(out.rounds), taking) from None
+    finally:  # the round it was in (a finished call: its last)
+        with Store(db) as store:
+            store.end_call(call, state, first + len(out.rounds) - (state == "finished"))
+
+
+def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runtime, say, out: Outcome,
+            rows: list[dict], first: int, taking: list) -> Outcome:
+    """The rounds themselves (the module's note), from round `first` on."""
+    db = sizes[0][1].workspace.db_path
+    verify_at = len(sizes) - 1
+    size = out.verify_size
     vexp, vplan = sizes[verify_at]
     cand = _candidate_of(rows[-1], exp.domain_names) if rows else None
     for n in range(first, first + MAX_ROUNDS):
+        taking.clear()
         dropped = _drop_replaced(vplan, cand, db)  # e.g. one a budget cut left planned, or a killed round's
-        trained, what = _train_round(exp, sizes, budget, costs, runtime, n)
+        trained, what = _train_round(exp, sizes, budget, costs, runtime, n, taking)
         if dropped:
             what += f"; dropped {dropped} planned run(s) of a replaced candidate"
         try:
@@ -128,7 +159,7 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
         pairs = _pairs(vplan, cand.weights, db) if cand else []
         if cand is not None and not pairs:  # a new candidate: its first seed, with the prior's
             got, cut = _train(budget, costs, runtime, db,
-                              [(vexp, vplan, m) for m in _verify(vplan, cand.weights, n, 0)])
+                              [(vexp, vplan, m) for m in _verify(vplan, cand.weights, n, 0)], taking)
             trained += got
             pairs = _pairs(vplan, cand.weights, db)
             what += f"; {'verified' if pairs else 'could not verify'} the candidate at {size} " \
@@ -198,6 +229,29 @@ def _refuse_unreachable(exp: Experiment, plan: Plan, budget: Budget, costs: Cost
                       f"raise --budget to at least {budget.flag(spent + (need - done) * each)}")
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during `mixopt optimize`: what the round in progress was training, and what is spent."""
+
+    def __init__(self, round: int, done: int, asked: int, spent: str):
+        super().__init__()
+        self.round, self.done, self.asked, self.spent = round, done, asked, spent
+
+
+def _interrupted_in(budget: Budget, costs: Costs, db, n: int, taking: list) -> KeyboardInterrupt:
+    """What round `n` was training ((plan, mixture) in `taking`), counted in the store after the sweep
+    put its unfinished runs back to planned; a plain KeyboardInterrupt when the store cannot be read."""
+    try:
+        with Store(db) as store:
+            spent = costs.spent(store, budget.unit)
+            done = {(p.context, tuple(round(float(w), 9) for w in r.weights), r.replicate or 0)
+                    for p in {id(p): p for p, _ in taking}.values() for r in p.runs(store, "done")}
+    except Exception:  # the interrupt must not be hidden by a store it cannot read
+        return KeyboardInterrupt()
+    finished = sum((p.context, tuple(round(float(w), 9) for w in m.weights), m.replicate or 0) in done
+                   for p, m in taking)
+    return Interrupted(n, finished, len(taking), f"{budget.show(spent)} of {budget.show(budget.amount)}")
+
+
 def judge(fit_verdict: str | None, pairs: list[tuple[float, float]], level: float, size: str,
           decision=None) -> tuple[str, str]:
     """(verdict, sentence): the paired seeds at the verify size when two or more decide; else the
@@ -223,7 +277,8 @@ def judge(fit_verdict: str | None, pairs: list[tuple[float, float]], level: floa
     return "cannot tell", fit_line
 
 
-def _train_round(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runtime, n: int) -> tuple[int, str]:
+def _train_round(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runtime, n: int,
+                 taking: list | None = None) -> tuple[int, str]:
     """Step 1 of a round: what an earlier round left planned, else the design, else nothing (the
     proposal was planned into the store by the round before, so it is 'left planned')."""
     db = sizes[0][1].workspace.db_path
@@ -233,7 +288,7 @@ def _train_round(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: 
             left_over += [(fexp, plan, Mixture(r.origin, r.weights, r.replicate)) for r in plan.runs(store)
                           if r.origin.startswith(f"{ORIGIN}:") and _pending(r)]
     if left_over:
-        got, cut = _train(budget, costs, runtime, db, left_over)
+        got, cut = _train(budget, costs, runtime, db, left_over, taking)
         kinds = sorted({m.origin.split(":")[2] for _, _, m in left_over})
         return got, _described(left_over, "what the last round proposed (" + ", ".join(kinds) + ")", cut)
     from mixopt.sweep.fidelity import fidelities, larger_mixtures
@@ -250,7 +305,7 @@ def _train_round(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: 
                 skip = {r.key for r in plan.runs(store) if not _pending(r)}
             todo = [(fexp, plan, m) for m in larger_mixtures(exp, fids, i) if plan.key(m.weights, m.replicate) not in skip]
         if todo:
-            trained, cut = _train(budget, costs, runtime, db, todo)
+            trained, cut = _train(budget, costs, runtime, db, todo, taking)
             got += trained
             parts.append(_described(todo, f"the design at {fids[i].label}", cut))
     return got, "; ".join(parts) or "nothing: the design is trained and no proposal is pending"
@@ -265,15 +320,18 @@ def _pending(r) -> bool:
     return r.status in ("planned", "running") or (r.status == "failed" and r.failure != "nonfinite")
 
 
-def _train(budget: Budget, costs: Costs, runtime: Runtime, db, todo) -> tuple[int, int]:
+def _train(budget: Budget, costs: Costs, runtime: Runtime, db, todo, taking: list | None = None) -> tuple[int, int]:
     """Train the runs of `todo` ((exp, plan, mixture)) that fit in what is left, each size as one
-    sweep; (trained, left out for the budget). Costs are planned before anything trains."""
+    sweep; (trained, left out for the budget). Costs are planned before anything trains; what will
+    train is added to `taking` ((plan, mixture)) first."""
     with Store(db) as store:
         left = budget.amount - costs.spent(store, budget.unit)
         done = {(r.context, r.key) for _, p, _ in todo for r in p.runs(store) if not _pending(r)}
     fresh = [(e, p, m) for e, p, m in todo if (p.context, p.key(m.weights, m.replicate)) not in done]
     fits, _ = within(budget, left, costs, [(p, m) for _, p, m in fresh])
     kept = {id(m) for _, m in fits}
+    if taking is not None:
+        taking.extend(fits)
     trained = 0
     for fexp, plan in {id(p): (e, p) for e, p, _ in fresh}.values():
         ms = [m for e, p, m in fresh if p is plan and id(m) in kept]

@@ -160,16 +160,26 @@ def within(budget: Budget, left: float, costs: Costs,
 
 
 def budget_status(exp: Experiment, store: Store) -> dict | None:
-    """The budget of the last `mixopt optimize` on this workspace and what is spent of it now."""
+    """The budget of the latest `mixopt optimize` call on this workspace, what is spent of it now, and
+    how that call ended: `state` finished, interrupted, failed, or running (it never ended: killed, or
+    still running); `stopped` is the last round's reason only when that call finished. A store from
+    before version 11 records no calls: the last round's budget, as finished."""
     rows = store.rounds()
-    if not rows:
+    call = store.last_call()
+    if not rows and call is None:
         return None
-    last = rows[-1]
-    budget = Budget(last["budget"], last["unit"], last["amount"])
+    last = rows[-1] if rows else {"verdict": None, "stopped": None, "round": 0}
+    src = call or last
+    budget = Budget(src["budget"], src["unit"], src["amount"])
     plans = fidelity_plans(exp)
     spent = Costs([p for _, p in plans], store).spent(store, budget.unit) if budget.unit != "seconds" else \
         _spent_seconds(plans, store)
-    return {**budget.to_json(spent), "rounds": len(rows), "verdict": last["verdict"], "stopped": last["stopped"]}
+    state = call["state"] if call else "finished"
+    mine = [r for r in rows if call is None or r["round"] >= call["first_round"]]  # the rounds this call finished
+    return {**budget.to_json(spent), "rounds": len(rows), "rounds_by_call": len(mine), "state": state,
+            "round": call["last_round"] if call and call["last_round"] is not None else last["round"],
+            "verdict": last["verdict"], "verdict_round": last["round"] if rows else None,
+            "stopped": last["stopped"] if state == "finished" else None}
 
 
 def _spent_seconds(plans, store: Store) -> float:
