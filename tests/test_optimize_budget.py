@@ -530,3 +530,51 @@ def test_ctrl_c_in_a_round_counts_its_runs_and_status_shows_that_calls_budget(co
     assert f"over {st['rounds']} round(s) in all ({st['rounds_by_call']} by this call)" in more.stdout, more.stdout
     again = mixopt("optimize", cfg, "--budget", str(done + 1), "--no-progress")
     assert f"over {st['rounds']} round(s) in all (none by this call)" in again.stdout, again.stdout
+
+
+def test_each_round_says_its_verdict_once_and_the_mixed_precision_warning_once_per_call(corpora, tmp_path, monkeypatch):
+    """The loop's output alone (training and the fits replaced): the proposal's refit says the fit's
+    verdict as a note and repeats the fit's warnings; a round's verdict shows once, and the warning
+    about runs of several precisions (its counts grow each round) once per call."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import mixopt.fit.from_store as recommend
+    import mixopt.fit.propose as propose
+    import mixopt.fit.rounds as rounds
+    from mixopt.config.load import load_experiment
+    from mixopt.config.runtime import Runtime
+    from mixopt.sweep.plan import MIXED_WARNING
+    from mixopt.sweep.run import SweepReport
+
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2))
+    mixopt("sample", cfg)
+    exp = load_experiment(cfg)
+    monkeypatch.setattr(rounds, "run_sweep", lambda e, rt, extra, design: SweepReport(planned=len(extra),
+                                                                                       trained=len(extra)))
+    line = "cannot tell: the predicted gain over the prior is within its interval"
+    fits = []
+
+    def fit(exp, runtime, **k):
+        fits.append(1)
+        runtime.say(f"{MIXED_WARNING} ({len(fits)} cpu/fp32, 2 cuda/bf16-autocast), which changes their numbers")
+        return SimpleNamespace(weights=np.array([0.2, 0.3, 0.5]), domains=exp.domain_names, ci=0.9, fidelity=None,
+                               decision=SimpleNamespace(verdict="cannot tell", line=line), reliable=True, predicted_ci=None)
+
+    def refit(exp, k, runtime):  # as propose_mixtures: the same runs fitted again, its verdict as a note
+        runtime.say(f"{MIXED_WARNING} ({len(fits)} cpu/fp32, 2 cuda/bf16-autocast), which changes their numbers")
+        runtime.say("warning: the fit is weak")
+        runtime.say(f"note: {line}")
+        if len(fits) > 1:
+            raise MixoptError("every candidate is within design.min_distance of a trained run")
+        return [np.array([0.5, 0.3, 0.2])] * k, None
+
+    monkeypatch.setattr(recommend, "recommend_mixture", fit)
+    monkeypatch.setattr(propose, "propose_mixtures", refit)
+    said = []
+    out = rounds.optimize_budget(exp, parse_budget("40"), Runtime(say=said.append), said.append)
+    assert len(out.rounds) == 2 and out.stopped.startswith("nothing left to propose"), said
+    assert said.count(f"  verdict: {line}") == 2 and f"note: {line}" not in said
+    assert [s.startswith(MIXED_WARNING) for s in said].count(True) == 1 and said[0].startswith(MIXED_WARNING)
+    assert said.count("warning: the fit is weak") == 1

@@ -30,7 +30,7 @@ numbered in the store: kill -9 at any point and rerun the same command, nothing 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -41,7 +41,7 @@ from mixopt.errors import MixoptError
 from mixopt.fit.candidate import Candidate, choose_candidate, predicted_gain, same_mixture
 from mixopt.fit.verdict import paired_gain
 from mixopt.sweep.budget import Budget, Costs, fidelity_plans, within
-from mixopt.sweep.plan import Plan, sweep_plan
+from mixopt.sweep.plan import MIXED_WARNING, Plan, sweep_plan
 from mixopt.sweep.reeval import record_scores
 from mixopt.sweep.run import run_sweep
 from mixopt.sweep.store import Store
@@ -136,6 +136,8 @@ def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runti
     db = sizes[0][1].workspace.db_path
     verify_at = len(sizes) - 1
     size = out.verify_size
+    notices = _Once(runtime.say)  # the fit's and the proposal's notices: each once per call
+    fit_rt = replace(runtime, say=notices)
     vexp, vplan = sizes[verify_at]
     cand = _candidate_of(rows[-1], exp.domain_names) if rows else None
     for n in range(first, first + MAX_ROUNDS):
@@ -147,7 +149,7 @@ def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runti
         try:
             from mixopt.fit.from_store import recommend_mixture
 
-            rec = recommend_mixture(exp, runtime, plots=False,
+            rec = recommend_mixture(exp, fit_rt, plots=False,
                                     against=[("candidate", np.asarray(cand.weights))] if cand else ())
         except MixoptError as e:  # e.g. too few runs: what was trained is kept, and the round says why
             raise MixoptError(f"round {n}: the fit failed after training {trained} proxies ({e.problem})",
@@ -184,6 +186,7 @@ def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runti
             say(f"  paired seeds at {size} (prior - candidate, > 0: the candidate is better): "
                 + (", ".join(f"seed {r} {b - a:+.4f}" for r, a, b in pairs) or "none yet"))
         say(f"  verdict: {line}")
+        notices.seen.add(f"note: {line}")  # the proposal's fit says its verdict as a note: said just above
         stop = None
         if verdict in ("better", "worse"):
             stop = f"the verdict is decided ({verdict})"
@@ -192,7 +195,7 @@ def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runti
                    "next round fits in what is left"
         if stop is None:
             try:
-                why = _propose(exp, sizes, cand, n, runtime, db)
+                why = _propose(exp, sizes, cand, n, fit_rt, db)
             except MixoptError as e:
                 stop = f"nothing left to propose ({e.problem})"
             else:
@@ -204,6 +207,20 @@ def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runti
             return out
     out.stopped = f"{MAX_ROUNDS} rounds"
     return out
+
+
+class _Once:
+    """A `say` for the fits of one optimize call (a round's fit, the proposal's refit of the same runs):
+    each line once, and the device/precision warning once whatever its counts (they grow each round)."""
+
+    def __init__(self, say):
+        self.say, self.seen = say, set()
+
+    def __call__(self, line: str) -> None:
+        key = MIXED_WARNING if line.startswith(MIXED_WARNING) else line
+        if key not in self.seen:
+            self.seen.add(key)
+            self.say(line)
 
 
 def _refuse_unreachable(exp: Experiment, plan: Plan, budget: Budget, costs: Costs) -> None:
@@ -475,8 +492,6 @@ def _write_candidate(exp: Experiment, plan: Plan, rec, cand: Candidate, verdict:
                      size: str) -> None:
     """The candidate, the mixture the verdict is about, as the experiment's optimal YAML (fit wrote
     its own recommendation there): the fit's numbers at the candidate, and the rounds' verdict."""
-    from dataclasses import replace
-
     from mixopt.fit.recommend import write_optimal
 
     shown = rec
