@@ -858,7 +858,7 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
         ended = {"interrupted": f", interrupted in round {b['round']}", "failed": f", ended by an error in round {b['round']}",
                  "running": f", not finished: killed in round {b['round']}, or still running"}.get(b["state"], "")
         typer.echo(f"budget (mixopt optimize --budget {b['given']}{ended}): spent {show(b['spent'])} of {show(b['amount'])} "
-                   f"(the store's runs); {b['rounds']} round(s) finished in all ({b['rounds_by_call']} by this call); "
+                   f"(the store's runs); {b['rounds']} round(s) finished in all ({b['rounds_by_call']} by the latest call); "
                    + (f"verdict {b['verdict']} (round {b['verdict_round']}); " if b["verdict_round"] else "no verdict yet; ")
                    + (f"stopped: {b['stopped']}" if b["stopped"] else
                       f"rerun `mixopt optimize CONFIG --budget {b['given']}` to continue"))

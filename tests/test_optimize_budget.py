@@ -521,7 +521,7 @@ def test_ctrl_c_in_a_round_counts_its_runs_and_status_shows_that_calls_budget(co
     assert st["stopped"] is None and (st["rounds"], st["rounds_by_call"]) == (1, 0)
     text = mixopt("status", cfg).stdout
     assert (f"budget (mixopt optimize --budget 30, interrupted in round 2): spent {done} proxies of 30 proxies "
-            "(the store's runs); 1 round(s) finished in all (0 by this call); verdict ") in text, text
+            "(the store's runs); 1 round(s) finished in all (0 by the latest call); verdict ") in text, text
     assert "rerun `mixopt optimize CONFIG --budget 30` to continue" in text and "stopped:" not in text
     # resumed (a budget that ends it soon): the summary counts every round, and says how many were this call's
     more = mixopt("optimize", cfg, "--budget", str(done + 1), "--no-progress")
