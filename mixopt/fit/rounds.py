@@ -108,7 +108,7 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
     else:  # no store yet: none is made for a budget refused below
         costs, rows = Costs([p for _, p in sizes], None, device), []
     verify_at = len(sizes) - 1  # the largest fidelity: the nearest to the target (the swarm itself with one)
-    out.verify_size = size = _label(exp, verify_at)
+    out.verify_size = _label(exp, verify_at)
     if rows and rows[-1]["stopped"] and not _reopens(rows[-1], budget):
         return _recorded(exp, budget, costs, db, rows, out, say)
     _refuse_unreachable(exp, sizes[0][1], budget, costs)  # before anything is trained or recorded
