@@ -246,6 +246,7 @@ def test_a_version_6_store_gains_the_rounds_table_and_keeps_its_runs(tmp_path):
         assert [(r["round"], r["budget"], r["spent"]) for r in s.rounds()] == [(1, "3e12flops", 1e12)]
         assert s.db.execute("PRAGMA user_version").fetchone()[0] == 11
         assert s.rounds()[0]["weights"] is None and s.rounds()[0]["candidate_round"] is None
+        assert s.last_call() is None  # version 11: no call recorded before it (status: the last round's budget)
 
 
 def _rec(weights, verdict="cannot tell", gain=None, noise_sd=None, reliable=True, fidelity=None, predicted=3.0):
