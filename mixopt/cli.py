@@ -627,8 +627,9 @@ def optimize(config: Path = CONFIG,
         typer.echo(json.dumps(out.to_json()))
         return
     typer.echo(f"stopped: {out.stopped}")
-    typer.echo(f"spent {b.show(out.spent)} of {b.show(b.amount)} in {len(out.rounds)} round(s); verdict against "
-               f"the prior: {out.verdict}")
+    this = "none by this call" if out.already else f"{len(out.rounds)} by this call"
+    typer.echo(f"spent {b.show(out.spent)} of {b.show(b.amount)} (the store's runs) over {out.rounds_in_all} "
+               f"round(s) in all ({this}); verdict against the prior: {out.verdict}")
     if out.weights:
         which = "" if out.candidate_round is None else \
             f" (the candidate of round {out.candidate_round}, the mixture the verdict is about)"
@@ -703,10 +704,19 @@ class _interrupted:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not KeyboardInterrupt:
+        if exc_type is None or not issubclass(exc_type, KeyboardInterrupt):
             return False
+        from mixopt.fit.rounds import Interrupted
         from mixopt.sweep.status import done_kinds, experiment_status
 
+        if isinstance(exc, Interrupted):  # optimize: the round's runs, not the design's
+            left = exc.asked - exc.done
+            typer.echo(f"interrupted in round {exc.round}: " + (
+                f"{exc.done} of {exc.asked} runs it was training are finished and kept in {self.exp.workspace_dir}; "
+                f"{left} left planned (the rerun trains them first)" if exc.asked else "nothing was training")
+                + f"; spent {exc.spent}; `mixopt {self.verb} {self.config}{self.flags}` continues where this stopped",
+                err=True)
+            raise typer.Exit(130) from None
         try:
             trains = None
             if self.runtime is not None:
@@ -853,9 +863,13 @@ def status(config: Path = CONFIG, format: Format = typer.Option(Format.text, "--
 
         b = st["budget"]
         show = Budget(b["given"], b["unit"], b["amount"]).show
-        typer.echo(f"budget (mixopt optimize --budget {b['given']}): spent {show(b['spent'])} of {show(b['amount'])} "
-                   f"in {b['rounds']} round(s); verdict {b['verdict']}; "
-                   + (f"stopped: {b['stopped']}" if b["stopped"] else "not finished (rerun optimize to continue)"))
+        ended = {"interrupted": f", interrupted in round {b['round']}", "failed": f", ended by an error in round {b['round']}",
+                 "running": f", not finished: killed in round {b['round']}, or still running"}.get(b["state"], "")
+        typer.echo(f"budget (mixopt optimize --budget {b['given']}{ended}): spent {show(b['spent'])} of {show(b['amount'])} "
+                   f"(the store's runs); {b['rounds']} round(s) finished in all ({b['rounds_by_call']} by the latest call); "
+                   + (f"verdict {b['verdict']} (round {b['verdict_round']}); " if b["verdict_round"] else "no verdict yet; ")
+                   + (f"stopped: {b['stopped']}" if b["stopped"] else
+                      f"rerun `mixopt optimize CONFIG --budget {b['given']}` to continue"))
     failed = st.get("failed_runs") or []
     for f in failed[:10]:
         again = "the next sweep retries it" if f["retried_by_next_sweep"] else \

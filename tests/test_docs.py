@@ -53,6 +53,8 @@ RUN_BY = {
     ("report", ("--output",)): "tests/test_report.py::test_report_renders_in_chromium",
     ("optimize", ("--budget", "--no-progress")):
         "tests/test_optimize_budget.py::test_kill_9_then_rerun_trains_nothing_twice_and_finishes",
+    ("optimize", ("--budget", "--no-progress", "--workers")):
+        "tests/test_optimize_budget.py::test_a_budget_that_cannot_reach_a_fit_is_refused_before_training",
 }
 
 

@@ -315,7 +315,7 @@ def test_a_version_8_store_records_each_measurement_as_its_run_trained(tmp_path)
     db.commit()
     db.close()
     with Store(tmp_path / "mixopt.db") as s:
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == VERSION == 10
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == VERSION == 11
         assert dict(s.db.execute("SELECT run_key, measured_as FROM measurements")) == {"cpu": None, "gpu": BF16}
         assert set(s.measurements(as_trained=True)) == {"cpu", "gpu"}
         s.record_measurements("gpu", {"e": {"loss": 2.6}}, "cuda/fp32")  # the bf16 run measured in float32

@@ -12,6 +12,7 @@ import pytest
 from conftest import small_config, write_config
 from mixopt.errors import MixoptError
 from mixopt.sweep.budget import parse_budget
+from mixopt.sweep.store import Store
 
 
 def mixopt(*args, check=True):
@@ -247,7 +248,7 @@ def test_a_version_6_store_gains_the_rounds_table_and_keeps_its_runs(tmp_path):
 
     from mixopt.sweep.store import VERSION, Store
 
-    assert VERSION == 10
+    assert VERSION == 11
     with Store(tmp_path / "mixopt.db") as s:
         s.add_planned([{"key": "k", "context": "c", "origin": "prior", "weights": [1.0], "domains": ["a"]}])
     with sqlite3.connect(tmp_path / "mixopt.db") as db:  # as mixopt with store version 6 left it
@@ -260,8 +261,9 @@ def test_a_version_6_store_gains_the_rounds_table_and_keeps_its_runs(tmp_path):
         s.record_round({"round": 1, "budget": "3e12flops", "unit": "flops", "amount": 3e12, "trained": 4,
                         "what": "the design at tiny", "spent": 1e12, "verdict": "cannot tell", "stopped": None})
         assert [(r["round"], r["budget"], r["spent"]) for r in s.rounds()] == [(1, "3e12flops", 1e12)]
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == 10
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == 11
         assert s.rounds()[0]["weights"] is None and s.rounds()[0]["candidate_round"] is None
+        assert s.last_call() is None  # version 11: no call recorded before it (status: the last round's budget)
 
 
 def _rec(weights, verdict="cannot tell", gain=None, noise_sd=None, reliable=True, fidelity=None, predicted=3.0):
@@ -446,3 +448,159 @@ def test_a_clearly_bad_prior_is_decided_across_sizes_with_real_proxies(corpora, 
     seeds = [x for x in lines if x.startswith("  paired seeds at 1m")][-(len(shown)):]
     assert [x.count("seed ") for x in seeds] == list(range(1, len(shown) + 1))  # one more seed each round
     assert shown[0].endswith(", ".join(f"{d} {v:.3f}" for d, v in got["recommendation"].items()))
+
+
+def test_a_budget_that_cannot_reach_a_fit_is_refused_before_training(corpora, tmp_path):
+    """3 domains: a fit needs 5 finished runs. --budget 2 would train 2 and fail to fit: refused
+    before anything trains, one line naming the minimum and the fix, nothing written."""
+    import sqlite3
+
+    import mixopt.fit.rounds as rounds
+    from mixopt.config.load import load_experiment
+    from mixopt.core.mixtures import Mixture
+    from mixopt.sweep.budget import Costs, fidelity_plans
+
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2))
+    mixopt("sample", cfg)
+    db = tmp_path / "ws" / "mixopt.db"
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "ws").rglob("*") if p.suffix not in (".db-wal", ".db-shm"))
+    for _ in range(2):  # a rerun: the same
+        r = mixopt("optimize", cfg, "--budget", "2", "--workers", "2", "--no-progress", check=False)
+        assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr == ("error: --budget 2 proxies cannot reach the 5 finished runs a fit of 3 domains needs "
+                            "(0 finished now); raise --budget to at least 5\n")
+    after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "ws").rglob("*") if p.suffix not in (".db-wal", ".db-shm"))
+    assert after == before and not (tmp_path / "ws" / "checkpoints").exists()
+    if db.is_file():
+        with sqlite3.connect(db) as c:
+            assert c.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+            assert c.execute("SELECT COUNT(*) FROM budget_rounds").fetchone()[0] == 0
+    # runs already finished count: 3 done, 3 spent; 4 proxies leave 1 (4 finished < 5), 5 leave 2
+    exp = load_experiment(cfg)
+    sizes = fidelity_plans(exp)
+    fexp, plan = sizes[0]
+    rounds._plan_runs(fexp, plan, [Mixture(f"user:{i}", w) for i, w in
+                                   enumerate([(0.2, 0.3, 0.5), (0.5, 0.3, 0.2), (0.3, 0.4, 0.3)])], db)
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE runs SET status='done'")
+    with Store(db) as store:
+        costs = Costs([p for _, p in sizes], store, "cpu")
+    with pytest.raises(MixoptError) as e:
+        rounds._refuse_unreachable(exp, plan, parse_budget("4"), costs)
+    assert e.value.one_line() == ("--budget 4 proxies cannot reach the 5 finished runs a fit of 3 domains needs "
+                                  "(3 finished now, 3 proxies of it spent); raise --budget to at least 5")
+    rounds._refuse_unreachable(exp, plan, parse_budget("5"), costs)  # 2 more runs: enough
+    # FLOPs: the same count in runs of the swarm's size, the fix rounded up so that it suffices
+    per_run = costs.run(plan, "flops")
+    with pytest.raises(MixoptError) as e:
+        rounds._refuse_unreachable(exp, plan, parse_budget(f"{4.5 * per_run:.6g}flops"), costs)
+    least = e.value.fix.rsplit(" ", 1)[1]
+    assert parse_budget(least).amount >= 5 * per_run and "(3 finished now" in e.value.problem
+    rounds._refuse_unreachable(exp, plan, parse_budget(least), costs)
+
+
+def test_a_budget_flag_rounds_up():
+    from mixopt.sweep.budget import Budget
+
+    assert Budget("1", "proxies", 1).flag(5.0) == "5"
+    assert Budget("1e12flops", "flops", 1e12).flag(3.2101e12) == "3.22e+12flops"
+    assert Budget("0.5h", "seconds", 1800).flag(3600.0) == "1h" and Budget("1h", "seconds", 3600).flag(3601) == "1.01h"
+
+
+def test_ctrl_c_in_a_round_counts_its_runs_and_status_shows_that_calls_budget(corpora, tmp_path):
+    """optimize --budget 6 stops on the budget after round 1 (the design's 6 runs) with round 2's runs
+    planned; --budget 30 is Ctrl-C'ed once the first of them finishes: the line counts round 2's runs
+    (not the design's), status shows the interrupted call's budget (30), and the resumed call's summary
+    counts every round, as later reruns do."""
+    import signal
+    import sqlite3
+
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2, proxy__tokens=6000,
+                                                         fit__bootstrap=10))
+    mixopt("sample", cfg)
+    first = mixopt("optimize", cfg, "--budget", "6", "--no-progress")
+    assert "stopped: the budget is spent" in first.stdout and "round 2" not in first.stdout, first.stdout
+    assert "over 1 round(s) in all (1 by this call)" in first.stdout
+    db = tmp_path / "ws" / "mixopt.db"
+    with sqlite3.connect(db) as c:
+        proposed = c.execute("SELECT COUNT(*) FROM runs WHERE origin LIKE 'optimize:2:%' AND status='planned'").fetchone()[0]
+    assert proposed >= 2  # round 2's runs, planned by round 1
+    p = subprocess.Popen([sys.executable, "-m", "mixopt.cli", "optimize", str(cfg), "--budget", "30"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:  # Ctrl-C once round 2's first run is finished (observed, not timed)
+        if line.startswith("sweep: run ") and "finished (1/" in line:
+            break
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    said = [x for x in err.splitlines() if x.startswith("interrupted")]
+    with sqlite3.connect(db) as c:
+        states = dict(c.execute("SELECT status, COUNT(*) FROM runs WHERE origin LIKE 'optimize:2:%' GROUP BY status"))
+        done = c.execute("SELECT COUNT(*) FROM runs WHERE status='done'").fetchone()[0]
+    assert states.get("done", 0) >= 1 and states.get("planned", 0) >= 1, states
+    asked = states["done"] + states["planned"]
+    assert said == [f"interrupted in round 2: {states['done']} of {asked} runs it was training are finished and kept "
+                    f"in {tmp_path / 'ws'}; {states['planned']} left planned (the rerun trains them first); spent "
+                    f"{done} proxies of 30 proxies; `mixopt optimize {cfg} --budget 30` continues where this stopped"], err
+    st = json.loads(mixopt("status", cfg, "--format", "json").stdout)["budget"]
+    assert (st["given"], st["amount"], st["spent"], st["state"], st["round"]) == ("30", 30, done, "interrupted", 2)
+    assert st["stopped"] is None and (st["rounds"], st["rounds_by_call"]) == (1, 0)
+    text = mixopt("status", cfg).stdout
+    assert (f"budget (mixopt optimize --budget 30, interrupted in round 2): spent {done} proxies of 30 proxies "
+            "(the store's runs); 1 round(s) finished in all (0 by the latest call); verdict ") in text, text
+    assert "rerun `mixopt optimize CONFIG --budget 30` to continue" in text and "stopped:" not in text
+    # resumed (a budget that ends it soon): the summary counts every round, and says how many were this call's
+    more = mixopt("optimize", cfg, "--budget", str(done + 1), "--no-progress")
+    st = json.loads(mixopt("status", cfg, "--format", "json").stdout)["budget"]
+    assert st["state"] == "finished" and st["stopped"] and st["rounds"] >= 2
+    assert f"over {st['rounds']} round(s) in all ({st['rounds_by_call']} by this call)" in more.stdout, more.stdout
+    again = mixopt("optimize", cfg, "--budget", str(done + 1), "--no-progress")
+    assert f"over {st['rounds']} round(s) in all (none by this call)" in again.stdout, again.stdout
+
+
+def test_each_round_says_its_verdict_once_and_the_mixed_precision_warning_once_per_call(corpora, tmp_path, monkeypatch):
+    """The loop's output alone (training and the fits replaced): the proposal's refit says the fit's
+    verdict as a note and repeats the fit's warnings; a round's verdict shows once, and the warning
+    about runs of several precisions (its counts grow each round) once per call."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import mixopt.fit.from_store as recommend
+    import mixopt.fit.propose as propose
+    import mixopt.fit.rounds as rounds
+    from mixopt.config.load import load_experiment
+    from mixopt.config.runtime import Runtime
+    from mixopt.sweep.plan import MIXED_WARNING
+    from mixopt.sweep.run import SweepReport
+
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2))
+    mixopt("sample", cfg)
+    exp = load_experiment(cfg)
+    monkeypatch.setattr(rounds, "run_sweep", lambda e, rt, extra, design: SweepReport(planned=len(extra),
+                                                                                       trained=len(extra)))
+    line = "cannot tell: the predicted gain over the prior is within its interval"
+    fits = []
+
+    def fit(exp, runtime, **k):
+        fits.append(1)
+        runtime.say(f"{MIXED_WARNING} ({len(fits)} cpu/fp32, 2 cuda/bf16-autocast), which changes their numbers")
+        return SimpleNamespace(weights=np.array([0.2, 0.3, 0.5]), domains=exp.domain_names, ci=0.9, fidelity=None,
+                               decision=SimpleNamespace(verdict="cannot tell", line=line), reliable=True, predicted_ci=None)
+
+    def refit(exp, k, runtime):  # as propose_mixtures: the same runs fitted again, its verdict as a note
+        runtime.say(f"{MIXED_WARNING} ({len(fits)} cpu/fp32, 2 cuda/bf16-autocast), which changes their numbers")
+        runtime.say("warning: the fit is weak")
+        runtime.say(f"note: {line}")
+        if len(fits) > 1:
+            raise MixoptError("every candidate is within design.min_distance of a trained run")
+        return [np.array([0.5, 0.3, 0.2])] * k, None
+
+    monkeypatch.setattr(recommend, "recommend_mixture", fit)
+    monkeypatch.setattr(propose, "propose_mixtures", refit)
+    said = []
+    out = rounds.optimize_budget(exp, parse_budget("40"), Runtime(say=said.append), said.append)
+    assert len(out.rounds) == 2 and out.stopped.startswith("nothing left to propose"), said
+    assert said.count(f"  verdict: {line}") == 2 and f"note: {line}" not in said
+    assert [s.startswith(MIXED_WARNING) for s in said].count(True) == 1 and said[0].startswith(MIXED_WARNING)
+    assert said.count("warning: the fit is weak") == 1

@@ -263,7 +263,7 @@ def test_version_6_store_opens_keeping_every_row(tmp_path):
     db.commit()
     db.close()
     with Store(tmp_path / "mixopt.db") as s:
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == VERSION == 10
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == VERSION == 11
         runs = s.runs()
         assert [r.key for r in runs] == ["k0", "k1", "k2"]
         assert all(r.status == "done" and r.measured_as is None and r.params == 10 for r in runs)

@@ -29,7 +29,8 @@ numbered in the store: kill -9 at any point and rerun the same command, nothing 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -40,7 +41,7 @@ from mixopt.errors import MixoptError
 from mixopt.fit.candidate import Candidate, choose_candidate, predicted_gain, same_mixture
 from mixopt.fit.verdict import paired_gain
 from mixopt.sweep.budget import Budget, Costs, fidelity_plans, within
-from mixopt.sweep.plan import Plan, sweep_plan
+from mixopt.sweep.plan import MIXED_WARNING, Plan, sweep_plan
 from mixopt.sweep.reeval import record_scores
 from mixopt.sweep.run import run_sweep
 from mixopt.sweep.store import Store
@@ -75,6 +76,12 @@ class Outcome:
     paired: list[tuple[int, float, float]] = field(default_factory=list)  # (seed, candidate, prior) at verify_size
     fit_weights: dict[str, float] | None = None  # the last fit's own recommendation
     already: bool = False  # a rerun of a finished optimize: the recorded outcome, nothing done
+    rounds_before: int = 0  # rounds earlier calls finished (`rounds` is this call's, or all of a rerun's)
+
+    @property
+    def rounds_in_all(self) -> int:
+        """Every round recorded in the store for this workspace, earlier calls' included."""
+        return self.rounds_before + len(self.rounds)
 
     def to_json(self) -> dict:
         return {"budget": self.budget.to_json(self.spent), "stopped": self.stopped, "verdict": self.verdict,
@@ -82,6 +89,7 @@ class Outcome:
                 "candidate_round": self.candidate_round,
                 "paired_seeds": [{"seed": r, "candidate": a, "prior": b} for r, a, b in self.paired],
                 "fit_recommendation": self.fit_weights, "already_finished": self.already,
+                "rounds_in_all": self.rounds_in_all,
                 "rounds": [r.__dict__ for r in self.rounds]}
 
 
@@ -96,11 +104,14 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
     db = sizes[0][1].workspace.db_path
     device = device_of(runtime) or ("cuda" if _cuda() else "cpu")
     out = Outcome(budget)
-    with Store(db) as store:
-        costs = Costs([p for _, p in sizes], store, device)
-        rows = store.rounds()
+    if db.is_file():
+        with Store(db) as store:
+            costs = Costs([p for _, p in sizes], store, device)
+            rows = store.rounds()
+    else:  # no store yet: none is made for a budget refused below
+        costs, rows = Costs([p for _, p in sizes], None, device), []
     verify_at = len(sizes) - 1  # the largest fidelity: the nearest to the target (the swarm itself with one)
-    out.verify_size = size = _label(exp, verify_at)
+    out.verify_size = _label(exp, verify_at)
     if rows and rows[-1]["stopped"] and not _reopens(rows[-1], budget):
         return _recorded(exp, budget, costs, db, rows, out, say)
     from mixopt.fit.from_store import check_beside_config
@@ -108,18 +119,45 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
 
     for path in (exp.optimal_path, proposed_path(exp)):
         check_beside_config(exp, path, force)
+    _refuse_unreachable(exp, sizes[0][1], budget, costs)  # before anything is trained or recorded
     first = len(rows) + 1
+    out.rounds_before = len(rows)
+    with Store(db) as store:
+        call = store.start_call(budget.text, budget.unit, budget.amount, first)
+    taking: list = []  # (plan, mixture) of what the current round trains: a Ctrl-C's line counts them
+    state = "failed"  # an error (a fit that failed) ends it unless it returns or is interrupted
+    try:
+        _rounds(exp, sizes, budget, costs, runtime, say, out, rows, first, taking, force)
+        state = "finished"
+        return out
+    except KeyboardInterrupt:
+        state = "interrupted"
+        raise _interrupted_in(budget, costs, db, first + len(out.rounds), taking) from None
+    finally:  # the round it was in (a finished call: its last)
+        with Store(db) as store:
+            store.end_call(call, state, first + len(out.rounds) - (state == "finished"))
+
+
+def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runtime, say, out: Outcome,
+            rows: list[dict], first: int, taking: list, force: bool = False) -> Outcome:
+    """The rounds themselves (the module's note), from round `first` on."""
+    db = sizes[0][1].workspace.db_path
+    verify_at = len(sizes) - 1
+    size = out.verify_size
+    notices = _Once(runtime.say)  # the fit's and the proposal's notices: each once per call
+    fit_rt = replace(runtime, say=notices)
     vexp, vplan = sizes[verify_at]
     cand = _candidate_of(rows[-1], exp.domain_names) if rows else None
     for n in range(first, first + MAX_ROUNDS):
+        taking.clear()
         dropped = _drop_replaced(vplan, cand, db)  # e.g. one a budget cut left planned, or a killed round's
-        trained, what = _train_round(exp, sizes, budget, costs, runtime, n)
+        trained, what = _train_round(exp, sizes, budget, costs, runtime, n, taking)
         if dropped:
             what += f"; dropped {dropped} planned run(s) of a replaced candidate"
         try:
             from mixopt.fit.from_store import recommend_mixture
 
-            rec = recommend_mixture(exp, runtime, plots=False,
+            rec = recommend_mixture(exp, fit_rt, plots=False,
                                     against=[("candidate", np.asarray(cand.weights))] if cand else (), force=force)
         except MixoptError as e:  # e.g. too few runs: what was trained is kept, and the round says why
             raise MixoptError(f"round {n}: the fit failed after training {trained} proxies ({e.problem})",
@@ -131,7 +169,7 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
         pairs = _pairs(vplan, cand.weights, db) if cand else []
         if cand is not None and not pairs:  # a new candidate: its first seed, with the prior's
             got, cut = _train(budget, costs, runtime, db,
-                              [(vexp, vplan, m) for m in _verify(vplan, cand.weights, n, 0)])
+                              [(vexp, vplan, m) for m in _verify(vplan, cand.weights, n, 0)], taking)
             trained += got
             pairs = _pairs(vplan, cand.weights, db)
             what += f"; {'verified' if pairs else 'could not verify'} the candidate at {size} " \
@@ -156,6 +194,7 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
             say(f"  paired seeds at {size} (prior - candidate, > 0: the candidate is better): "
                 + (", ".join(f"seed {r} {b - a:+.4f}" for r, a, b in pairs) or "none yet"))
         say(f"  verdict: {line}")
+        notices.seen.add(f"note: {line}")  # the proposal's fit says its verdict as a note: said just above
         stop = None
         if verdict in ("better", "worse"):
             stop = f"the verdict is decided ({verdict})"
@@ -164,7 +203,7 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
                    "next round fits in what is left"
         if stop is None:
             try:
-                why = _propose(exp, sizes, cand, n, runtime, db, force)
+                why = _propose(exp, sizes, cand, n, fit_rt, db, force)
             except MixoptError as e:
                 stop = f"nothing left to propose ({e.problem})"
             else:
@@ -176,6 +215,66 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
             return out
     out.stopped = f"{MAX_ROUNDS} rounds"
     return out
+
+
+class _Once:
+    """A `say` for the fits of one optimize call (a round's fit, the proposal's refit of the same runs):
+    each line once, and the device/precision warning once whatever its counts (they grow each round)."""
+
+    def __init__(self, say):
+        self.say, self.seen = say, set()
+
+    def __call__(self, line: str) -> None:
+        key = MIXED_WARNING if line.startswith(MIXED_WARNING) else line
+        if key not in self.seen:
+            self.seen.add(key)
+            self.say(line)
+
+
+def _refuse_unreachable(exp: Experiment, plan: Plan, budget: Budget, costs: Costs) -> None:
+    """One line, before anything trains, when what the budget has left cannot bring the runs finished
+    at the swarm's size (`plan`) up to the fewest a fit needs (domains + 2: a fit and its
+    cross-validation): rounds would train up to the budget and then fail to fit."""
+    need = len(exp.domain_names) + 2
+    done = spent = 0
+    if plan.workspace.db_path.is_file():
+        with Store(plan.workspace.db_path) as store:
+            done = len(plan.runs(store, "done"))
+            spent = costs.spent(store, budget.unit)
+    if done >= need:
+        return
+    each = costs.run(plan, budget.unit)  # one new run at the swarm's size, in the budget's unit
+    affordable = math.floor((budget.amount - spent) / each + 1e-9) if budget.amount > spent else 0
+    if done + affordable >= need:
+        return
+    spent_now = f", {budget.show(spent)} of it spent" if spent else ""
+    raise MixoptError(f"--budget {budget.text}" + (" proxies" if budget.unit == "proxies" else f" ({budget.show(budget.amount)})")
+                      + f" cannot reach the {need} finished runs a fit of {len(exp.domain_names)} domains needs "
+                      f"({done} finished now{spent_now})",
+                      f"raise --budget to at least {budget.flag(spent + (need - done) * each)}")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during `mixopt optimize`: what the round in progress was training, and what is spent."""
+
+    def __init__(self, round: int, done: int, asked: int, spent: str):
+        super().__init__()
+        self.round, self.done, self.asked, self.spent = round, done, asked, spent
+
+
+def _interrupted_in(budget: Budget, costs: Costs, db, n: int, taking: list) -> KeyboardInterrupt:
+    """What round `n` was training ((plan, mixture) in `taking`), counted in the store after the sweep
+    put its unfinished runs back to planned; a plain KeyboardInterrupt when the store cannot be read."""
+    try:
+        with Store(db) as store:
+            spent = costs.spent(store, budget.unit)
+            done = {(p.context, tuple(round(float(w), 9) for w in r.weights), r.replicate or 0)
+                    for p in {id(p): p for p, _ in taking}.values() for r in p.runs(store, "done")}
+    except Exception:  # the interrupt must not be hidden by a store it cannot read
+        return KeyboardInterrupt()
+    finished = sum((p.context, tuple(round(float(w), 9) for w in m.weights), m.replicate or 0) in done
+                   for p, m in taking)
+    return Interrupted(n, finished, len(taking), f"{budget.show(spent)} of {budget.show(budget.amount)}")
 
 
 def judge(fit_verdict: str | None, pairs: list[tuple[float, float]], level: float, size: str,
@@ -203,7 +302,8 @@ def judge(fit_verdict: str | None, pairs: list[tuple[float, float]], level: floa
     return "cannot tell", fit_line
 
 
-def _train_round(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runtime, n: int) -> tuple[int, str]:
+def _train_round(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runtime, n: int,
+                 taking: list | None = None) -> tuple[int, str]:
     """Step 1 of a round: what an earlier round left planned, else the design, else nothing (the
     proposal was planned into the store by the round before, so it is 'left planned')."""
     db = sizes[0][1].workspace.db_path
@@ -213,7 +313,7 @@ def _train_round(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: 
             left_over += [(fexp, plan, Mixture(r.origin, r.weights, r.replicate)) for r in plan.runs(store)
                           if r.origin.startswith(f"{ORIGIN}:") and _pending(r)]
     if left_over:
-        got, cut = _train(budget, costs, runtime, db, left_over)
+        got, cut = _train(budget, costs, runtime, db, left_over, taking)
         kinds = sorted({m.origin.split(":")[2] for _, _, m in left_over})
         return got, _described(left_over, "what the last round proposed (" + ", ".join(kinds) + ")", cut)
     from mixopt.sweep.fidelity import fidelities, larger_mixtures
@@ -230,7 +330,7 @@ def _train_round(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: 
                 skip = {r.key for r in plan.runs(store) if not _pending(r)}
             todo = [(fexp, plan, m) for m in larger_mixtures(exp, fids, i) if plan.key(m.weights, m.replicate) not in skip]
         if todo:
-            trained, cut = _train(budget, costs, runtime, db, todo)
+            trained, cut = _train(budget, costs, runtime, db, todo, taking)
             got += trained
             parts.append(_described(todo, f"the design at {fids[i].label}", cut))
     return got, "; ".join(parts) or "nothing: the design is trained and no proposal is pending"
@@ -245,15 +345,18 @@ def _pending(r) -> bool:
     return r.status in ("planned", "running") or (r.status == "failed" and r.failure != "nonfinite")
 
 
-def _train(budget: Budget, costs: Costs, runtime: Runtime, db, todo) -> tuple[int, int]:
+def _train(budget: Budget, costs: Costs, runtime: Runtime, db, todo, taking: list | None = None) -> tuple[int, int]:
     """Train the runs of `todo` ((exp, plan, mixture)) that fit in what is left, each size as one
-    sweep; (trained, left out for the budget). Costs are planned before anything trains."""
+    sweep; (trained, left out for the budget). Costs are planned before anything trains; what will
+    train is added to `taking` ((plan, mixture)) first."""
     with Store(db) as store:
         left = budget.amount - costs.spent(store, budget.unit)
         done = {(r.context, r.key) for _, p, _ in todo for r in p.runs(store) if not _pending(r)}
     fresh = [(e, p, m) for e, p, m in todo if (p.context, p.key(m.weights, m.replicate)) not in done]
     fits, _ = within(budget, left, costs, [(p, m) for _, p, m in fresh])
     kept = {id(m) for _, m in fits}
+    if taking is not None:
+        taking.extend(fits)
     trained = 0
     for fexp, plan in {id(p): (e, p) for e, p, _ in fresh}.values():
         ms = [m for e, p, m in fresh if p is plan and id(m) in kept]
@@ -434,8 +537,6 @@ def _write_candidate(exp: Experiment, plan: Plan, rec, cand: Candidate, verdict:
                      size: str) -> None:
     """The candidate, the mixture the verdict is about, as the experiment's optimal YAML (fit wrote
     its own recommendation there): the fit's numbers at the candidate, and the rounds' verdict."""
-    from dataclasses import replace
-
     from mixopt.fit.recommend import write_optimal
 
     shown = rec

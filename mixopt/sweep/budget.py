@@ -40,9 +40,25 @@ class Budget:
             return f"{value:.3g} FLOPs"
         return f"{value / 3600:.3g} device-hours"
 
+    def flag(self, value: float) -> str:
+        """`value` as a --budget that allows at least it (rounded up, in the unit the flag was given in)."""
+        if self.unit == "proxies":
+            return f"{math.ceil(value - 1e-9):d}"
+        if self.unit == "flops":
+            return f"{_up(value):.3g}flops"
+        return f"{_up(value / 3600):.3g}h"
+
     def to_json(self, spent: float | None = None) -> dict:
         out = {"given": self.text, "unit": self.unit, "amount": self.amount}
         return out if spent is None else {**out, "spent": spent, "left": max(self.amount - spent, 0.0)}
+
+
+def _up(x: float) -> float:
+    """`x` rounded up to 3 significant digits (a --budget shown that way still covers `x`)."""
+    if x <= 0:
+        return 0.0
+    step = 10.0 ** (math.floor(math.log10(x)) - 2)
+    return math.ceil(x / step - 1e-9) * step
 
 
 _FORM = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(flops|h)?\s*$", re.IGNORECASE)
@@ -69,14 +85,15 @@ def parse_budget(text: str) -> Budget:
 class Costs:
     """Per-run cost at each proxy size of the experiment, from its spec and what the store measured."""
 
-    def __init__(self, plans: list[Plan], store: Store, device: str = "cpu"):
+    def __init__(self, plans: list[Plan], store: Store | None, device: str = "cpu"):
+        """`store` None: no store yet (nothing measured)."""
         from mixopt.proxy.model import param_count
 
         self.plans, self.device = plans, device
         self.params = {p.context: param_count(p.spec) for p in plans}
         self.tokens = {p.context: trained_tokens(p.spec) for p in plans}
         self.seconds: dict[str, float] = {}
-        for p in plans:  # the slowest run measured at each size: planned device-seconds err on the safe side
+        for p in plans if store is not None else ():  # the slowest run measured at each size: planned device-seconds err on the safe side
             took = [_seconds(r) for r in store.runs(p.context, "done") if _seconds(r)]
             if took:
                 self.seconds[p.context] = max(took)
@@ -143,16 +160,26 @@ def within(budget: Budget, left: float, costs: Costs,
 
 
 def budget_status(exp: Experiment, store: Store) -> dict | None:
-    """The budget of the last `mixopt optimize` on this workspace and what is spent of it now."""
+    """The budget of the latest `mixopt optimize` call on this workspace, what is spent of it now, and
+    how that call ended: `state` finished, interrupted, failed, or running (it never ended: killed, or
+    still running); `stopped` is the last round's reason only when that call finished. A store from
+    before version 11 records no calls: the last round's budget, as finished."""
     rows = store.rounds()
-    if not rows:
+    call = store.last_call()
+    if not rows and call is None:
         return None
-    last = rows[-1]
-    budget = Budget(last["budget"], last["unit"], last["amount"])
+    last = rows[-1] if rows else {"verdict": None, "stopped": None, "round": 0}
+    src = call or last
+    budget = Budget(src["budget"], src["unit"], src["amount"])
     plans = fidelity_plans(exp)
     spent = Costs([p for _, p in plans], store).spent(store, budget.unit) if budget.unit != "seconds" else \
         _spent_seconds(plans, store)
-    return {**budget.to_json(spent), "rounds": len(rows), "verdict": last["verdict"], "stopped": last["stopped"]}
+    state = call["state"] if call else "finished"
+    mine = [r for r in rows if call is None or r["round"] >= call["first_round"]]  # the rounds this call finished
+    return {**budget.to_json(spent), "rounds": len(rows), "rounds_by_call": len(mine), "state": state,
+            "round": call["last_round"] if call and call["last_round"] is not None else last["round"],
+            "verdict": last["verdict"], "verdict_round": last["round"] if rows else None,
+            "stopped": last["stopped"] if state == "finished" else None}
 
 
 def _spent_seconds(plans, store: Store) -> float:

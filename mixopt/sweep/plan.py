@@ -104,13 +104,16 @@ def measurement_counts(runs: list[Run]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+MIXED_WARNING = "warning: these runs trained on different devices or precisions"  # mixed_measurements' line starts so
+
+
 def mixed_measurements(runs: list[Run]) -> str:
     """One warning line when these runs trained on different devices or precisions, else ''."""
     counts = measurement_counts(runs)
     if len(counts) < 2:
         return ""
     each = ", ".join(f"{n} {m}" for m, n in counts.items())
-    return (f"warning: these runs trained on different devices or precisions ({each}), "
+    return (f"{MIXED_WARNING} ({each}), "
             "which changes their numbers: fitted together as they are; for one kind, sweep on one device "
             "(`mixopt sweep CONFIG --device ...`)")
 

@@ -11,6 +11,7 @@ scores:       one row per (run key, suite key): the run's objective under that s
 suites:       every suite ever used, by key, with its body.
 sweeps:       one row per sweep / eval pass: when, what it trained and evaluated, its wall time.
 budget_rounds: one row per round of `mixopt optimize --budget` (store v8; v10: the candidate).
+optimize_calls: one row per call of `mixopt optimize --budget` and how it ended (store v11).
 Every state change is one transaction with synchronous=FULL: a kill loses no committed result.
 Results are never deleted: a run whose checkpoint is missing or damaged is marked `suspect` (kept,
 left out of fits) until a new training replaces them. Checkpoint paths are relative to the
@@ -157,11 +158,22 @@ def _round_candidates(db: sqlite3.Connection, root: Path) -> None:
         db.execute(f"ALTER TABLE budget_rounds ADD COLUMN {col} {decl}")
 
 
+def _optimize_calls(db: sqlite3.Connection, root: Path) -> None:
+    """`mixopt optimize --budget`: one row per call that went past its checks (a refused budget and a
+    rerun of a finished optimize write none): the budget as given, the round it started at, the round
+    it was in when it ended, and how it ended: running (until it ends; a killed call stays so),
+    finished, interrupted (Ctrl-C) or failed (an error). `status` shows the latest call's budget."""
+    db.execute("CREATE TABLE IF NOT EXISTS optimize_calls (id INTEGER PRIMARY KEY, budget TEXT NOT NULL, "
+               "unit TEXT NOT NULL, amount REAL NOT NULL, first_round INTEGER NOT NULL, last_round INTEGER, "
+               "state TEXT NOT NULL, started REAL NOT NULL, ended REAL)")
+
+
 # Store version i+1 is what MIGRATIONS[i] makes of version i; a new store takes every step too.
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_add_run_columns, _relative_checkpoints,
                                                                  _trained_slices, _replicates, _failure_kinds,
                                                                  _compute, _measured_as, _budget_rounds,
-                                                                 _measurement_precision, _round_candidates]
+                                                                 _measurement_precision, _round_candidates,
+                                                                 _optimize_calls]
 VERSION = len(MIGRATIONS)
 
 # The one lease condition: a run another live driver holds (running, not ours, not expired, and its
@@ -450,6 +462,23 @@ class Store:
                             {"weights": None, "candidate_round": None, "summary": None, **row,
                              "created": time.time()} | ({"weights": json.dumps(row["weights"])}
                                                         if row.get("weights") is not None else {}))
+
+    def start_call(self, budget: str, unit: str, amount: float, first_round: int) -> int:
+        """A call of `mixopt optimize` begins (see _optimize_calls); its id."""
+        with self._tx():
+            return self.db.execute("INSERT INTO optimize_calls (budget, unit, amount, first_round, state, started) "
+                                   "VALUES (?, ?, ?, ?, 'running', ?)",
+                                   (budget, unit, amount, first_round, time.time())).lastrowid
+
+    def end_call(self, call: int, state: str, last_round: int) -> None:
+        with self._tx():
+            self.db.execute("UPDATE optimize_calls SET state=?, last_round=?, ended=? WHERE id=?",
+                            (state, last_round, time.time(), call))
+
+    def last_call(self) -> dict | None:
+        """The latest call of `mixopt optimize` (None: none since store version 11)."""
+        row = self.db.execute("SELECT * FROM optimize_calls ORDER BY id DESC LIMIT 1").fetchone()
+        return dict(row) if row else None
 
     def rounds(self) -> list[dict]:
         """Every round, in order; `weights` decoded (a dict, or None)."""
