@@ -604,3 +604,19 @@ def test_each_round_says_its_verdict_once_and_the_mixed_precision_warning_once_p
     assert said.count(f"  verdict: {line}") == 2 and f"note: {line}" not in said
     assert [s.startswith(MIXED_WARNING) for s in said].count(True) == 1 and said[0].startswith(MIXED_WARNING)
     assert said.count("warning: the fit is weak") == 1
+
+
+def test_optimize_at_bf16_keys_its_rounds_as_its_sweeps_train(corpora, tmp_path):
+    """`optimize --precision bf16` (as `auto` on a GPU): the rounds plan, count and pair runs under the keys
+    their sweeps train (cpu/bf16-autocast here), so the candidate's paired seeds are found and the verdict
+    is decided as in float32, and no run is left planned under float32 keys nobody trains."""
+    import sqlite3
+
+    cfg = junk_config(corpora, tmp_path, design__runs=2, proxy__tokens=6000, fit__bootstrap=10,
+                      sample__val_tokens=1000)
+    mixopt("sample", cfg)
+    r = mixopt("optimize", cfg, "--budget", "24", "--no-progress", "--precision", "bf16")
+    assert "stopped: the verdict is decided (better)" in r.stdout, r.stdout
+    with sqlite3.connect(tmp_path / "ws" / "mixopt.db") as c:
+        kinds = dict(c.execute("SELECT COALESCE(measured_as, 'cpu/fp32'), COUNT(*) FROM runs GROUP BY 1"))
+    assert kinds == {"cpu/bf16-autocast": sum(kinds.values())}, kinds

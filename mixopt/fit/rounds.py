@@ -43,7 +43,7 @@ from mixopt.fit.verdict import paired_gain
 from mixopt.sweep.budget import Budget, Costs, fidelity_plans, within
 from mixopt.sweep.plan import MIXED_WARNING, Plan, sweep_plan
 from mixopt.sweep.reeval import record_scores
-from mixopt.sweep.run import run_sweep
+from mixopt.sweep.run import run_sweep, sweep_measurement
 from mixopt.sweep.store import Store
 
 ORIGIN = "optimize"  # origin of what optimize plans: optimize:<round>:verify|replicate|propose:<name>
@@ -100,7 +100,9 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
     write (unless `force`); a rerun of a finished optimize writes neither and is not refused."""
     from mixopt.sweep.work import device_of
 
-    sizes = fidelity_plans(exp)  # (exp at that size, plan), cheapest first
+    # (exp at that size, plan), cheapest first; keyed as this call's sweeps train (device, --precision):
+    # the rounds look runs up by key (the candidate's paired seeds, what is left to train)
+    sizes = [(e, replace(p, measured_as=sweep_measurement(e, runtime))) for e, p in fidelity_plans(exp)]
     db = sizes[0][1].workspace.db_path
     device = device_of(runtime) or ("cuda" if _cuda() else "cpu")
     out = Outcome(budget)
@@ -426,11 +428,12 @@ def _propose(exp: Experiment, sizes, cand: Candidate | None, n: int, runtime: Ru
 
 def _plan_runs(fexp: Experiment, plan: Plan, ms: list[Mixture], db) -> None:
     """Write a proposal as planned runs before anything trains: a killed optimize resumes it."""
-    p = sweep_plan(fexp, ms, design=False)
+    p = sweep_plan(fexp, ms, design=False, measured_as=plan.measured_as)  # the keys its sweep trains under
     with Store(db) as store:
         store.add_planned([{"key": k, "context": p.context, "origin": m.origin, "weights": list(m.weights),
                             "domains": fexp.domain_names, "slices": list(p.slices), "tokenizer": p.tokenizer,
-                            "replicate": m.replicate} for k, m in zip(p.keys, p.mixtures)])
+                            "replicate": m.replicate, "measured_as": p.measured_as}
+                           for k, m in zip(p.keys, p.mixtures)])
 
 
 def _unaffordable(db, budget: Budget, costs: Costs) -> str | None:
