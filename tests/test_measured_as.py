@@ -335,6 +335,7 @@ def test_export_shows_only_measures_taken_at_the_precision_the_run_trained(cpu_s
     metrics = [c for c in rows[keys[0]] if "/" in c]
     assert metrics and rows[keys[0]]["objective"] is None and all(rows[keys[0]][c] is None for c in metrics)
     assert all(rows[k]["objective"] is not None and all(rows[k][c] is not None for c in metrics) for k in keys[1:])
+    assert {r["trained_as"] for r in rows.values()} == {"cpu/fp32"}  # how each run trained, a column of its own
 
 
 def test_verify_says_when_its_proxies_train_another_way_than_the_fit_runs(cpu_swept, tmp_path):

@@ -16,7 +16,7 @@ from mixopt.sweep.store import Store
 # Columns every export has besides one weight column per domain and one column per measurement
 # ('<evaluation>/<metric>'); `fit --runs` knows them, so it never takes them for weights.
 BOOKKEEPING = ("key", "origin", "status", "replicate", "objective", "size", "train_loss", "tokens", "train_seconds",
-               "trainings", "finished", "error", "params", "flops", "device_seconds")
+               "trainings", "finished", "error", "params", "flops", "device_seconds", "trained_as")
 FORMATS = ("csv", "parquet", "json")
 
 
@@ -64,7 +64,8 @@ def export_rows(exp: Experiment) -> tuple[list[str], list[dict]]:
                     metric_cols.append(col)
                 row[col] = v
         row.update(train_loss=r.train_loss, tokens=r.tokens, train_seconds=r.train_seconds, trainings=r.trainings,
-                   finished=r.finished, error=(r.error or "").splitlines()[-1] if r.error else None)
+                   finished=r.finished, error=(r.error or "").splitlines()[-1] if r.error else None,
+                   trained_as=r.measured_as or "cpu/fp32")  # device and precision: they change the numbers
         rows.append(row)
     current_cols = [f"{m.name}/{k}" for m in plan.suite.measures for k in _metric_names(metric_cols, m.name)]
     metric_cols = current_cols + sorted(c for c in metric_cols if c not in current_cols)
@@ -126,7 +127,7 @@ def export_table(columns: list[str], rows: list[dict], fmt: str) -> bytes:
 def _dtype(col: str, rows: list[dict]):
     import polars as pl
 
-    if col in ("key", "origin", "status", "size", "error"):
+    if col in ("key", "origin", "status", "size", "error", "trained_as"):
         return pl.String
     if col in ("tokens", "trainings", "replicate", "params"):
         return pl.Int64
