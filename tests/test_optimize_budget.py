@@ -588,7 +588,7 @@ def test_each_round_says_its_verdict_once_and_the_mixed_precision_warning_once_p
         return SimpleNamespace(weights=np.array([0.2, 0.3, 0.5]), domains=exp.domain_names, ci=0.9, fidelity=None,
                                decision=SimpleNamespace(verdict="cannot tell", line=line), reliable=True, predicted_ci=None)
 
-    def refit(exp, k, runtime):  # as propose_mixtures: the same runs fitted again, its verdict as a note
+    def refit(exp, k, runtime, **_):  # as propose_mixtures: the same runs fitted again, its verdict as a note
         runtime.say(f"{MIXED_WARNING} ({len(fits)} cpu/fp32, 2 cuda/bf16-autocast), which changes their numbers")
         runtime.say("warning: the fit is weak")
         runtime.say(f"note: {line}")
