@@ -6,6 +6,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -131,7 +132,9 @@ def test_status_of_a_read_only_workspace(swept, tmp_path, monkeypatch):
     """As root, chmod does not stop writes: pretend the folder is read-only (a read-only mount)."""
     config, ws = _copy(swept, tmp_path)
     monkeypatch.setattr(store_module, "read_only", lambda path: True)
-    monkeypatch.setattr(store_module.os, "access", lambda path, mode: False)  # -> opened immutable
+    real_access = store_module.os.access  # the workspace is read-only, the config's folder is not
+    monkeypatch.setattr(store_module.os, "access",
+                        lambda path, mode: real_access(path, mode) and not Path(path).resolve().is_relative_to(ws.resolve()))  # -> opened immutable
     files = sorted(p.name for p in ws.iterdir())
     st = experiment_status(load_experiment(config))
     assert st["design"]["done"] == st["design"]["planned"] > 0 and st["trainings"] == st["design"]["planned"]
@@ -146,7 +149,9 @@ def test_fit_on_a_read_only_workspace_writes_nothing_there(swept, tmp_path, monk
 
     config, ws = _copy(swept, tmp_path)
     monkeypatch.setattr(store_module, "read_only", lambda path: True)
-    monkeypatch.setattr(store_module.os, "access", lambda path, mode: False)
+    real_access = store_module.os.access  # the workspace is read-only, the config's folder is not
+    monkeypatch.setattr(store_module.os, "access",
+                        lambda path, mode: real_access(path, mode) and not Path(path).resolve().is_relative_to(ws.resolve()))
     before = {p: p.stat().st_mtime_ns for p in ws.rglob("*")}
     said = []
     exp = load_experiment(config)

@@ -998,6 +998,18 @@ def workspace_no_sample_propose(t):
     return ["propose", t.config()]
 
 
+@case("small.optimal.yaml: its folder")
+def env_read_only_config_folder_fit(t):
+    """The config in a read-only folder, its workspace writable: `fit` says so before any work (it wrote
+    the fit folder in the workspace, then blamed the workspace)."""
+    if not can_mount_read_only():
+        pytest.skip("needs `unshare -rm` (user and mount namespaces) for a read-only mount")
+    t.sampled()
+    (t.dir / "cfg").mkdir()
+    t.read_only = t.dir / "cfg"
+    return ["fit", t.config(name="cfg/c.yaml")]
+
+
 @case("disk full")
 def env_disk_full_during_sample(t):
     def small_files():

@@ -69,7 +69,7 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
         # the table as fitted (replicates averaged; reuse: the fit as done, reduced; across sizes: every size's runs)
         save_fit(out, fitted, settings, reused or rec, model, plots=plots)
     write_optimal(exp.optimal_path, rec, exp.name, None if readonly else out, exp.overrides,
-                  workspace=exp.workspace_dir)
+                  workspace=exp.workspace_dir, record=not readonly)
     return rec
 
 
@@ -114,8 +114,12 @@ def check_beside_config(exp: Experiment, path: Path, force: bool = False) -> Pat
             return True
 
     inputs = tuple((p, what) for p, what in local_inputs(exp) if not Path(p).is_dir())
-    return check_output(path, "", force=force, protected=inputs, looks_mine=looks_mine,
+    real = check_output(path, "", force=force, protected=inputs, looks_mine=looks_mine,
                         instead=f"move it away (`{verb}` writes {path.name} beside the config)")
+    if not os.access(real.parent, os.W_OK):  # a read-only mount: said now, before a fit folder is written
+        raise MixoptError(f"cannot write {path}: its folder {path.parent} is not writable (`{verb}` writes "
+                          f"{path.name} beside the config)", "run it with the config in a folder you can write")
+    return real
 
 
 def experiment_swarm(exp: Experiment, runtime: Runtime = Runtime(), reeval: bool = True):

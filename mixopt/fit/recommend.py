@@ -489,11 +489,12 @@ def save_fit(out: Path, swarm: Swarm, settings: FitSettings, rec: Recommendation
 
 def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | None,
                   overrides: dict[str, str] | None = None, rounds: dict | None = None,
-                  workspace: Path | None = None) -> None:
+                  workspace: Path | None = None, record: bool = True) -> None:
     """The recommendation as YAML; `fit` names the fit folder's fit.json when one was written, and the
     settings its command line overrode; `rounds`: `mixopt optimize`'s verdict on the mixture written.
     With `workspace` (an experiment's): its header names it and the workspace records the file, so the
-    next fit replaces it and another workspace's does not (from_store.check_beside_config)."""
+    next fit replaces it and another workspace's does not (from_store.check_beside_config); `record`
+    False: a read-only workspace, named in the header and left untouched."""
     doc = {
         "experiment": name,
         "weights": {d: round(float(v), 6) for d, v in zip(rec.domains, rec.weights)},
@@ -550,7 +551,7 @@ def write_optimal(path: Path, rec: Recommendation, name: str, fit_dir: Path | No
     if workspace is not None:
         header += f"{WORKSPACE_LINE}{os.path.realpath(workspace)}\n"
     atomic_write_text(path, header + yaml.dump(doc, Dumper=_OptimalDumper, sort_keys=False))
-    if workspace is not None:
+    if workspace is not None and record:
         record_written(workspace, path)
 
 
