@@ -153,9 +153,14 @@ def measurement_of(device_type: str, precision: str) -> str:
     return "" if (device_type, precision) == ("cpu", "fp32") else f"{device_type}/{precision}"
 
 
+def trained_as(measured_as: str | None) -> str:
+    """How a run trained, as shown: its measured_as, or 'cpu/fp32' for '' and None (a CPU in float32)."""
+    return measured_as or "cpu/fp32"
+
+
 def precision_of(measured_as: str | None) -> str:
     """The precision part of a measured_as ('fp32', 'bf16-autocast'); '' and None are a CPU in float32."""
-    return (measured_as or "cpu/fp32").partition("/")[2]
+    return trained_as(measured_as).partition("/")[2]
 
 
 def replicate_seed(seed: int, replicate: int) -> int:

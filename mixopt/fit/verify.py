@@ -11,6 +11,7 @@ import numpy as np
 from mixopt.config.load import read_yaml
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
+from mixopt.core.keys import trained_as
 from mixopt.core.mixtures import Mixture, read_mixtures
 from mixopt.errors import MixoptError
 from mixopt.fit.from_store import experiment_swarm
@@ -170,8 +171,8 @@ def verify_recommendation(exp: Experiment, runtime: Runtime = Runtime(), seeds: 
 def _other_kind(fitted: tuple[str, ...] | None, verify_as: str) -> str:
     """A warning line when the verification proxies train another way (device, precision) than any of
     the fitted runs did: their numbers differ by that too, not only by the fit's error. '' otherwise."""
-    kinds = sorted({k or "cpu/fp32" for k in fitted or ()})
-    mine = verify_as or "cpu/fp32"
+    kinds = sorted({trained_as(k) for k in fitted or ()})
+    mine = trained_as(verify_as)
     if not kinds or mine in kinds:
         return ""
     return (f"warning: the fit's runs trained as {', '.join(kinds)}; these verification proxies train as {mine}, "

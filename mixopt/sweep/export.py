@@ -8,6 +8,7 @@ import json
 import math
 
 from mixopt.config.schema import Experiment
+from mixopt.core.keys import trained_as
 from mixopt.errors import MixoptError
 from mixopt.sweep.plan import load_plan
 from mixopt.sweep.results import metrics_of
@@ -65,7 +66,7 @@ def export_rows(exp: Experiment) -> tuple[list[str], list[dict]]:
                 row[col] = v
         row.update(train_loss=r.train_loss, tokens=r.tokens, train_seconds=r.train_seconds, trainings=r.trainings,
                    finished=r.finished, error=(r.error or "").splitlines()[-1] if r.error else None,
-                   trained_as=r.measured_as or "cpu/fp32")  # device and precision: they change the numbers
+                   trained_as=trained_as(r.measured_as))  # device and precision: they change the numbers
         rows.append(row)
     current_cols = [f"{m.name}/{k}" for m in plan.suite.measures for k in _metric_names(metric_cols, m.name)]
     metric_cols = current_cols + sorted(c for c in metric_cols if c not in current_cols)

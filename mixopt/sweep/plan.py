@@ -15,7 +15,7 @@ import numpy as np
 
 from mixopt.config.schema import Experiment
 from mixopt.config.validate import check_seq_len, read_model_config
-from mixopt.core.keys import content_hash
+from mixopt.core.keys import content_hash, trained_as
 from mixopt.core.keys import run_key as _run_key
 from mixopt.core.mixtures import Bounds, Mixture, domain_bounds
 from mixopt.core.workspace import Workspace
@@ -100,7 +100,7 @@ def measurement_counts(runs: list[Run]) -> dict[str, int]:
     """How many of these runs trained each way ('cpu/fp32', 'cuda/bf16-autocast', ...), most first."""
     counts: dict[str, int] = {}
     for r in runs:
-        counts[r.measured_as or "cpu/fp32"] = counts.get(r.measured_as or "cpu/fp32", 0) + 1
+        counts[trained_as(r.measured_as)] = counts.get(trained_as(r.measured_as), 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from mixopt.config.schema import Experiment
+from mixopt.core.keys import trained_as
 from mixopt.core.mixtures import Mixture, name_list
 from mixopt.core.workspace import Workspace
 from mixopt.proxy.model import proxy_spec
@@ -114,7 +115,7 @@ def design_states(plan: Plan, state: dict[str, str], kinds: list[str]) -> tuple[
         best = min(seen.values(), key=_RANK.__getitem__)
         statuses.append(best)
         if best == "done":
-            done_as[next(k for k, s in seen.items() if s == "done") or "cpu/fp32"] += 1
+            done_as[trained_as(next(k for k, s in seen.items() if s == "done"))] += 1
     return statuses, dict(sorted(done_as.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
