@@ -41,6 +41,28 @@ def test_slices_are_disjoint_sized_and_reproducible(make_config, tmp_path):
     assert {n: d["train_sha256"] for n, d in m1["domains"].items()} != first
 
 
+def test_parquet_read_by_polars_draws_the_sample_arrow_draws(make_config, monkeypatch):
+    """The sampler reads local Parquet through polars (string views) where it can: the same slices,
+    counts and tokenizer as with Arrow's reader, on one worker and on two."""
+    from mixopt.config.runtime import Runtime
+    from mixopt.data import readers
+
+    exp = load_experiment(make_config())
+    assert any(s.path.endswith(".parquet") for d in exp.domains for s in d.sources)
+
+    def drawn(workers):
+        m = sample_corpus(exp, Runtime(workers=workers), force=True, retokenize=True)
+        return m["tokenizer_sha256"], {n: (d["train_sha256"], d["val_sha256"], d["documents"], d["bytes"], d["tokens"])
+                                       for n, d in m["domains"].items()}
+
+    real, used = readers._polars, []
+    monkeypatch.setattr(readers, "_polars", lambda: used.append(1) or real())
+    with_polars = [drawn(1), drawn(2)]
+    assert used and real() is not None
+    monkeypatch.setattr(readers, "_polars", lambda: None)
+    assert with_polars == [drawn(1)] * 2
+
+
 def test_too_little_text_fails_and_writes_nothing(make_config, tmp_path):
     exp = load_experiment(make_config(sample={"train_tokens": 10_000_000, "val_tokens": 3000}))
     with pytest.raises(MixoptError, match=r"set sample.train_tokens <= \d+"):

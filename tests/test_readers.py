@@ -47,3 +47,66 @@ def test_other_text_field_and_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\nnot json\n')
     with pytest.raises(MixoptError, match="bad.jsonl:2: not valid JSON"):
         list(iter_documents(Source(path="x"), tmp_path / "bad.jsonl"))
+
+
+def _views_and_arrow(source, path, cap=None):
+    """The documents of a Parquet file as the sampler reads them (views: polars where it can) and as
+    Arrow's reader gives them."""
+    from mixopt.data.readers import iter_chunks
+    from mixopt.data.sources import list_shards
+
+    out = []
+    for views in (True, False):
+        docs, types = [], set()
+        for shard in list_shards(source):
+            for col in iter_chunks(source, shard, cap, views=views):
+                types.add(str(col.type))
+                docs += col.to_pylist()
+        out.append((docs, types))
+    return out
+
+
+def test_parquet_read_as_views_gives_the_same_documents(tmp_path, monkeypatch):
+    """A local Parquet file read as string views (polars) yields Arrow's documents, nulls included, in
+    runs of row groups up to POLARS_RUN_BYTES; a row group over it is streamed by Arrow; a file polars
+    cannot read (not UTF-8) fails with Arrow's one line; a column name polars takes for a pattern is
+    read by Arrow."""
+    from mixopt.data import readers
+    from mixopt.data.sources import ShardError
+
+    docs = [None if i % 11 == 0 else f"doc {i} " + "word " * (40 * (i // 200 % 4)) for i in range(3000)]
+    path = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"text": docs, "n": range(3000)}), path, row_group_size=200)
+    meta = pq.ParquetFile(path).metadata
+    sizes = [meta.row_group(g).column(0).total_uncompressed_size for g in range(meta.num_row_groups)]
+    limit = max(sizes) - 1  # the largest row groups are over it, the smaller ones go two or three together
+    monkeypatch.setattr(readers, "POLARS_RUN_BYTES", limit)
+    runs = readers._runs(meta, "text", None)
+    assert [g for _, _, run in runs for g in run] == list(range(meta.num_row_groups))
+    for first, count, run in runs:
+        assert first == 200 * run[0] and run == list(range(run[0], run[-1] + 1))
+        assert (count == 0 and len(run) == 1 and sizes[run[0]] > limit) or \
+            (count == 200 * len(run) and sum(sizes[g] for g in run) <= limit)
+    assert {0, 400} <= {count for _, count, _ in runs}  # Arrow streams some, polars reads several at once
+    (views, vtypes), (arrow, atypes) = _views_and_arrow(Source(path=str(path)), path)
+    assert views == arrow == docs and "string_view" in vtypes and "string_view" not in atypes
+    monkeypatch.setattr(readers, "POLARS_RUN_BYTES", 64 << 20)
+    assert [(c, len(g)) for _, c, g in readers._runs(meta, "text", [1, 2, 3, 7])] == [(600, 3), (200, 1)]
+    (views, _), _ = _views_and_arrow(Source(path=str(path)), path)
+    assert views == docs
+
+    bad = tmp_path / "bad.parquet"  # a UTF-8 column holding Latin-1 bytes
+    offsets = pa.array([0, 4, 9], type=pa.int32()).buffers()[1]
+    col = pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(b"fine" + b"caf\xe9!")])
+    pq.write_table(pa.table({"text": col}), bad)
+    for views in (True, False):
+        with pytest.raises(ShardError, match="not valid UTF-8 text in column 'text'"):
+            from mixopt.data.readers import iter_chunks
+            from mixopt.data.sources import list_shards
+
+            [c for s in list_shards(Source(path=str(bad))) for c in iter_chunks(Source(path=str(bad)), s, views=views)]
+
+    odd = tmp_path / "odd.parquet"
+    pq.write_table(pa.table({"^t.*$": ["a pattern-like name"], "text": ["not this one"]}), odd)
+    (views, vtypes), _ = _views_and_arrow(Source(path=str(odd), text_field="^t.*$"), odd)
+    assert views == ["a pattern-like name"] and vtypes == {"string"}

@@ -45,3 +45,48 @@ def test_version_2_priorities_are_seeded_and_differ_from_version_1():
     again = Pool(10 ** 9, 2)
     again.feed(col, seed_key(0, "d"), 1024)
     assert [b for _, (b, _) in sorted(again.docs.items())] == orders[2, 0]  # deterministic
+
+
+def test_string_views_feed_the_same_pool_as_strings():
+    """Polars hands the sampler Arrow string views (data.readers): short documents held in the view itself
+    (12 bytes or fewer), long ones in one of several data buffers, nulls, an offset. Version 2 keeps,
+    cuts and counts exactly what it keeps from the same documents as plain strings."""
+    cap = 1024
+    docs = ["plain text", "", None, "   \n\t", "short", "exactly 12 b", "thirteen byte", "\x1c\x1d", "é" * 700,
+            "x" + "€" * 400, "naïve café", "plain text", "\u3000\u00a0", "\u2028 not blank: z", "ok " * 500, "é"]
+    more = [f"document number {i} " * (i % 7) for i in range(200)]
+    key = seed_key(3, "d")
+
+    def pool(cols):
+        p = Pool(10 ** 9, 2)
+        for c in cols:
+            p.feed(c, key, cap)
+        return sorted((b, n) for b, n in p.docs.values()), p.read, p.read_bytes, p.truncated, p.largest
+
+    plain = pool([pa.array(docs, type=pa.string()), pa.array(more + docs, type=pa.large_string()).slice(5)])
+    views = pa.concat_arrays([pa.array(more, type=pa.string_view()), pa.array(docs, type=pa.string_view())])
+    assert len(views.buffers()) > 3  # the concatenation keeps each part's data buffer: several of them
+    assert pool([pa.array(docs, type=pa.string_view()), views.slice(5)]) == plain
+    kept = [d for d in docs if d and not d.isspace()]
+    assert plain[1] == 2 * len(kept) + sum(1 for d in more[5:] if d) and plain[3] == 6  # blank ones skipped, cut ones
+
+
+def _polars_threads(group):
+    import polars
+
+    return [polars.thread_pool_size()]
+
+
+def test_a_reading_worker_process_sizes_polars_to_its_share_of_the_cores(monkeypatch):
+    """Two workers on two cores read one shard at a time each: a spawned worker's polars pool gets its
+    one core, not the machine's two (which would put four reading threads on two cores)."""
+    from mixopt.backends import local_executor
+
+    monkeypatch.delenv("POLARS_MAX_THREADS", raising=False)
+    monkeypatch.setattr(local_executor, "cores", lambda: 2)
+    ex = local_executor.LocalExecutor(2)
+    try:
+        sizes = ex.map_merge(_polars_threads, [[1], [2], [3], [4]], lambda a, b: a + b)
+    finally:
+        ex.shutdown()
+    assert ex.threads == 1 and len(sizes) == 4 and 1 in sizes

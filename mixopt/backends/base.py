@@ -4,6 +4,7 @@ finish), `Failure`, a task's error as data the driver classifies by type and err
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +94,12 @@ class Executor(Protocol):
     def shutdown(self, cancel_futures: bool = True) -> None:
         """Cancel what is in flight and release the workers."""
         ...
+
+
+def hold_threads(threads: int) -> None:
+    """In a worker process given `threads` cores: thread pools that size themselves to the machine when
+    first imported (polars') get that many, unless the user set theirs. No effect where one is imported."""
+    os.environ.setdefault("POLARS_MAX_THREADS", str(max(1, threads)))
 
 
 def drain(backend: Backend, tasks: list, poll: float = 0.2):

@@ -8,6 +8,8 @@ import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
+from mixopt.backends.base import hold_threads
+
 
 MAX_THREADS = 8  # reading threads per process: each holds a shard's pool, so memory grows with them
 
@@ -30,8 +32,8 @@ class LocalExecutor:
             import multiprocessing
 
             # workers - 1 processes: the calling process reads too. spawn, not fork: Arrow's threads may hold locks.
-            self.processes = ProcessPoolExecutor(max_workers=workers - 1,
-                                                 mp_context=multiprocessing.get_context("spawn"))
+            self.processes = ProcessPoolExecutor(max_workers=workers - 1, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=hold_threads, initargs=(self.threads,))
 
     def map_merge(self, fn, groups: list, merge, hint=None) -> Any:
         """Every group in this process when there are no others or one group; else two groups queued per

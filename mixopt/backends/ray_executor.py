@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
+from mixopt.backends.base import hold_threads
 from mixopt.backends.ray import MAX_RETRIES, import_ray, join_ray
 from mixopt.errors import MixoptError
 
@@ -159,4 +160,5 @@ def _ray_leaf(fn, *args):
     """fn(*args) in a Ray worker, with a count of one task on this node (merge_all adds the counts)."""
     import ray
 
+    hold_threads(1)  # the task holds one CPU
     return fn(*args), Counter({ray.get_runtime_context().get_node_id(): 1})

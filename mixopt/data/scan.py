@@ -166,31 +166,25 @@ class Pool:
     def _feed_xxh3(self, col, key: bytes, cap: int) -> None:
         """Sampler version 2: the chunk's checks in numpy, one seeded xxh3 per document (~25 GB/s, so the
         cost is the call), and only documents at or under the pool's top priority touch the pool."""
-        import pyarrow as pa
         import xxhash
 
         n = len(col)
         if n == 0:
             return
-        bufs = col.buffers()
-        width = np.int64 if pa.types.is_large_string(col.type) else np.int32
-        offs = np.frombuffer(bufs[1], dtype=width)[col.offset:col.offset + n + 1].astype(np.int64)
-        data = memoryview(bufs[2]) if bufs[2] is not None else memoryview(b"")
-        raw = np.frombuffer(data, dtype=np.uint8)
-        starts, ends = offs[:-1], offs[1:].copy()
+        bufs, which, starts, ends, first = _spans(col)
         keep = ends > starts
         if col.null_count:
             keep &= col.is_valid().to_numpy(zero_copy_only=False)
         odd = np.flatnonzero(keep)
-        odd = odd[_ODD_FIRST[raw[starts[odd]]]]  # may be whitespace only: looked at one by one
+        odd = odd[_ODD_FIRST[first[odd]]]  # may be whitespace only: looked at one by one
         for i in odd.tolist():
-            if _blank(bytes(data[starts[i]:ends[i]])):
+            if _blank(bytes(bufs[which[i]][starts[i]:ends[i]])):
                 keep[i] = False
         idx = np.flatnonzero(keep)
-        starts, ends = starts[idx], ends[idx]
+        which, starts, ends = which[idx], starts[idx], ends[idx]
         long = np.flatnonzero(ends - starts > cap)
         for j in long.tolist():
-            cut = cap
+            raw, cut = bufs[which[j]], cap
             while cut > 0 and (raw[starts[j] + cut] & 0xC0) == 0x80:  # not inside a UTF-8 character
                 cut -= 1
             ends[j] = starts[j] + cut
@@ -202,11 +196,15 @@ class Pool:
         self.truncated += len(long)
         self.largest = max(self.largest, int(sizes.max()))
         seed, h = int.from_bytes(key[:8], "big"), xxhash.xxh3_64_intdigest
-        a, b = starts.tolist(), ends.tolist()
-        pri = [h(data[x:y], seed) for x, y in zip(a, b)]
+        w, a, b = which.tolist(), starts.tolist(), ends.tolist()
+        if len(bufs) == 1:
+            data = bufs[0]
+            pri = [h(data[x:y], seed) for x, y in zip(a, b)]
+        else:
+            pri = [h(bufs[v][x:y], seed) for v, x, y in zip(w, a, b)]
         top, docs = self.top, self.docs
-        which = range(len(pri)) if top is None else np.flatnonzero(np.array(pri, dtype=np.uint64) <= top).tolist()
-        for j in which:
+        chosen = range(len(pri)) if top is None else np.flatnonzero(np.array(pri, dtype=np.uint64) <= top).tolist()
+        for j in chosen:
             p = pri[j]
             if top is not None and p > top:
                 continue
@@ -214,11 +212,39 @@ class Pool:
             if e is not None:
                 e[1] += 1
                 continue
-            docs[p] = [bytes(data[a[j]:b[j]]), 1]
+            docs[p] = [bytes(bufs[w[j]][a[j]:b[j]]), 1]
             self.bytes += b[j] - a[j]
             if self.bytes >= self.next_trim:
                 self.trim()
                 top = self.top
+
+
+def _spans(col) -> tuple[list, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where each document of an Arrow string, large_string or string_view array lies: the data buffers
+    (memoryviews), then per document its buffer's index, start, end, and first byte (0 when empty).
+    A string view of at most 12 bytes is held in the view itself, which stands as one more buffer."""
+    import pyarrow as pa
+
+    n = len(col)
+    bufs = col.buffers()
+    if pa.types.is_string_view(col.type):
+        views = np.frombuffer(bufs[1], dtype=np.int32).reshape(-1, 4)[col.offset:col.offset + n]
+        lengths = views[:, 0].astype(np.int64)
+        inline = lengths <= 12
+        data = [memoryview(b) if b is not None else memoryview(b"") for b in bufs[2:]]
+        here = np.frombuffer(bufs[1], dtype=np.uint8)  # an inline view: 4 bytes of length, then the text
+        slots = (np.arange(n, dtype=np.int64) + col.offset) * 16 + 4
+        which = np.where(inline, len(data), views[:, 2]).astype(np.int64)
+        starts = np.where(inline, slots, views[:, 3].astype(np.int64))
+        first = here[slots]  # both kinds start with the text's first bytes (a long one's 4-byte prefix)
+        return [*data, memoryview(bufs[1])], which, starts, starts + lengths, np.where(lengths > 0, first, 0)
+    width = np.int64 if pa.types.is_large_string(col.type) else np.int32
+    offs = np.frombuffer(bufs[1], dtype=width)[col.offset:col.offset + n + 1].astype(np.int64)
+    data = memoryview(bufs[2]) if bufs[2] is not None else memoryview(b"")
+    raw = np.frombuffer(data, dtype=np.uint8)
+    starts, ends = offs[:-1], offs[1:].copy()
+    first = raw[np.minimum(starts, len(raw) - 1)] if len(raw) else np.zeros(n, np.uint8)
+    return [data], np.zeros(n, np.int64), starts, ends, np.where(ends > starts, first, 0)
 
 
 def seed_key(seed: int, domain: str) -> bytes:
@@ -238,7 +264,7 @@ def scan_units(units: list, key: bytes, threshold: int, cap: int, top: int | Non
     def one(unit) -> Pool:
         part = Pool(threshold, version)
         part.top = pool.top  # the merged pool's, as far as it has got: only decreases
-        for col in iter_chunks(unit[0], unit[1], cap):
+        for col in iter_chunks(unit[0], unit[1], cap, views=version >= 2):
             part.feed(col, key, cap)
         return part
 
