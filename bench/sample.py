@@ -7,12 +7,14 @@ header line) as Parquet shards and as JSONL.zst shards, then, each in a fresh pr
     into a new workspace (so: the sampler version new workspaces get, and the corpus files hashed),
     with 1 and `--workers` processes; wall time, MB/s of corpus text, CPU seconds, and the max RSS of
     the process (this includes the fixed cost of training the tokenizer and tokenizing the slices);
+    at the first size also with that run's tokenizer given (sample.tokenizer.path: no training), and
+    `--repeats` alternating pairs of polars' scan and `sample` (1 worker), with the median ratio;
   - the reading pipeline alone (`scan_*`: list, read, hash, bottom-k of the big domain, no tokenizer),
     and its scaling per core: 1 worker x 1 thread vs 1 x N threads vs N workers x 1 thread
     (`scan_lanes_s`: from the executor's start, the second worker's spawn included).
 The RSS is measured at two corpus sizes (`--sizes`, GB of text) to show that memory does not grow
-with the corpus. Prints JSON and writes it to --out. One run each: on a shared machine the ratios
-measured within one run are what to read.
+with the corpus. Prints JSON and writes it to --out. On a shared machine the ratios measured within
+one run are what to read.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 
@@ -105,17 +108,21 @@ def polars_scan(folder: Path, fmt: str) -> tuple[float, int]:
     return wall, rss
 
 
-def mixopt_sample(folder: Path, fmt: str, work: Path, workers: int, small: Path) -> tuple[float, int, dict]:
-    """`sample` into a new workspace (the sampler version a new one gets; the corpus files hashed)."""
+def mixopt_sample(folder: Path, fmt: str, work: Path, workers: int, small: Path,
+                  tokenizer: Path | None = None) -> tuple[float, int, dict]:
+    """`sample` into a new workspace (the sampler version a new one gets; the corpus files hashed), with
+    a tokenizer trained on the sample, or the `tokenizer` file given (sample.tokenizer.path)."""
     import shutil
 
-    ws = work / f"ws-{folder.name}-{workers}"
+    tag = f"{workers}" + ("-given" if tokenizer else "")
+    ws = work / f"ws-{folder.name}-{tag}"
     shutil.rmtree(ws, ignore_errors=True)  # the bench's own folder
     cfg = {"name": "bench", "workspace": str(ws),
            "domains": [{"name": "big", "sources": [{"path": str(folder / f"*.{'parquet' if fmt == 'parquet' else 'jsonl.zst'}")}]},
                        {"name": "small", "sources": [{"path": str(small)}]}],
-           "sample": {"train_tokens": 200_000, "val_tokens": 20_000, "tokenizer": {"vocab_size": 2048}}}
-    path = work / f"{folder.name}-{workers}.yaml"
+           "sample": {"train_tokens": 200_000, "val_tokens": 20_000,
+                      "tokenizer": {"path": str(tokenizer)} if tokenizer else {"vocab_size": 2048}}}
+    path = work / f"{folder.name}-{tag}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
     wall, rss, _ = _timed([sys.executable, "-m", "mixopt.cli", "sample", str(path), "--force",
@@ -126,7 +133,8 @@ def mixopt_sample(folder: Path, fmt: str, work: Path, workers: int, small: Path)
 
 def mixopt_scan(config: Path, workers: int, threads: int = 0) -> tuple[float, int]:
     """The reading pipeline alone (list, read, hash, bottom-k of the big domain), no tokenizer; with
-    `threads`, each worker reads with that many threads (else what `sample` gives it: cores // workers)."""
+    `threads`, each worker reads with that many threads, polars' pool included (else what `sample`
+    gives it: cores // workers)."""
     code = ("import sys, time; from mixopt.config.load import load_experiment; "
             "from mixopt.backends.local_executor import LocalExecutor; "
             "from mixopt.data.scan import draw_candidates; "
@@ -134,7 +142,8 @@ def mixopt_scan(config: Path, workers: int, threads: int = 0) -> tuple[float, in
             "ex.threads = int(sys.argv[3]) or ex.threads; "
             "c = draw_candidates(exp, exp.domains[0], (exp.train_tokens + exp.sample.val_tokens) * 6, ex); "
             "ex.shutdown(); sys.stderr.write(f'reading_seconds {time.perf_counter() - t}\\n')")
-    wall, rss, err = _timed([sys.executable, "-c", code, str(config), str(workers), str(threads)])
+    env = {**os.environ, "POLARS_MAX_THREADS": str(threads)} if threads else None
+    wall, rss, err = _timed([sys.executable, "-c", code, str(config), str(workers), str(threads)], env=env)
     READ_S["last"] = float(err.split("reading_seconds ")[-1].split()[0])
     return wall, rss
 
@@ -148,6 +157,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="1,4", help="GB of Parquet text for the RSS comparison (first: speed too)")
     ap.add_argument("--jsonl-gb", type=float, default=1.0, help="GB of JSONL.zst text (0: none)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="at the first size: polars' scan and `sample` (1 worker) this many times, alternating")
     ap.add_argument("--out", type=Path, default=Path("bench/results/sample.json"))
     args = ap.parse_args()
     args.work = args.work.resolve()  # the configs written there name their corpora by this path
@@ -183,6 +194,22 @@ def main() -> None:
             s_wall, _ = mixopt_scan(args.work / f"{folder.name}-{w}.yaml", w)
             row[f"scan_w{w}_MBps"] = round(mb / s_wall)
             row[f"scan_w{w}_cpu_s"] = round(CPU_S["last"], 1)
+        if gb == sizes[0] and fmt == "parquet":
+            # With the tokenizer of the run above given (sample.tokenizer.path, as when the target model's
+            # is used): no training, what is left grows with the corpus.
+            tok = args.work / f"ws-{folder.name}-1" / "sample" / "tokenizer.json"
+            wall, _, _ = mixopt_sample(folder, fmt, args.work, 1, small, tokenizer=tok)
+            row["mixopt_w1_given_tokenizer_MBps"] = round(mb / wall)
+            row["mixopt_w1_given_tokenizer_cpu_s"] = round(CPU_S["last"], 1)
+            # Polars' scan is under a second here, and moves between runs a minute apart: pairs of runs,
+            # alternating, and their median.
+            pairs = [(row["polars_MBps"], row["mixopt_w1_MBps"])]
+            for _ in range(args.repeats - 1):
+                p_wall, _ = polars_scan(folder, fmt)
+                m_wall, _, _ = mixopt_sample(folder, fmt, args.work, 1, small)
+                pairs.append((round(mb / p_wall), round(mb / m_wall)))
+            row["pairs_polars_mixopt_w1_MBps"] = pairs
+            row["ratio_w1_vs_polars_median"] = round(float(np.median([m / p for p, m in pairs])), 3)
         if gb == sizes[0] and fmt == "parquet" and args.workers > 1:
             # Scaling per core: reading lanes (worker x threads) of one core each. On a machine whose
             # cores one worker's threads already fill, this, not workers vs one worker, is what a core buys.
@@ -194,6 +221,8 @@ def main() -> None:
             row[f"scan_speedup_{args.workers}_threads_vs_1"] = round(lanes["1x1"] / lanes[f"1x{args.workers}"], 2)
             row[f"scan_speedup_{args.workers}_workers_1_thread_vs_1"] = round(lanes["1x1"] / lanes[f"{args.workers}x1"], 2)
         row["ratio_w1_vs_polars"] = round(row["mixopt_w1_MBps"] / row["polars_MBps"], 3)
+        if "mixopt_w1_given_tokenizer_MBps" in row:
+            row["ratio_w1_given_tokenizer_vs_polars"] = round(row["mixopt_w1_given_tokenizer_MBps"] / row["polars_MBps"], 3)
         row["scan_ratio_w1_vs_polars"] = round(row["scan_w1_MBps"] / row["polars_MBps"], 3)
         row["cpu_s_w1_over_polars"] = round(row["mixopt_w1_cpu_s"] / row["polars_cpu_s"], 2)  # load-independent
         if f"mixopt_w{args.workers}_MBps" in row and args.workers > 1:

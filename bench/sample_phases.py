@@ -5,7 +5,9 @@ Builds (or reuses) bench/sample.py's corpus, then times: start-up (a fresh inter
 `sample` imports), sha256 of the corpus files (the sample key), reading alone (Arrow: decompress,
 decode, UTF-8 check; the first pass and a second one), reading + priorities + bottom-k pool for each
 sampler version (version 2 also with 2 reading threads: CPU and wall), training the tokenizer, and
-tokenizing the candidates (version 1: all of them; version 2: those the slices take). Prints JSON.
+tokenizing the candidates (version 1: all of them; version 2: those the slices take). The reading
+is timed as Arrow's reader gives it (`read`) and as the sampler reads local Parquet (`read_as_views`:
+polars' decode as Arrow string views; the priorities and pool phases read so). Prints JSON.
 """
 
 from __future__ import annotations
@@ -66,15 +68,17 @@ def main() -> None:
         out[f"{name}_wall_s"] = round(time.perf_counter() - wall, 2)
         return result
 
-    def read_all() -> None:
+    def read_all(views: bool = False) -> None:
         for s, sh in units:
-            for _ in readers.iter_chunks(s, sh, cap):
+            for _ in readers.iter_chunks(s, sh, cap, views=views):
                 pass
 
     phase("sha256_files_1thread", lambda: [FileHashes(None).sha256(Path(sh.uri)) for _, sh in units])
     phase("sha256_files_prefetch", lambda: FileHashes(None).prefetch([sh.uri for _, sh in units], 2))
     phase("read_first", read_all)
     phase("read", read_all)
+    phase("read_polars_import", readers._polars)  # once per process, on the first Parquet file read
+    phase("read_as_views", lambda: read_all(views=True))  # polars, as the sampler reads local Parquet
     candidates = {}
     for version, threads in ((1, 1), (2, 1), (2, 2)):
         pool = phase(f"read_priorities_pool_v{version}_threads{threads}",
