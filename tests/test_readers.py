@@ -106,6 +106,11 @@ def test_parquet_read_as_views_gives_the_same_documents(tmp_path, monkeypatch):
 
             [c for s in list_shards(Source(path=str(bad))) for c in iter_chunks(Source(path=str(bad)), s, views=views)]
 
+    categorical = tmp_path / "categorical.parquet"  # stored as an Arrow dictionary of strings
+    pq.write_table(pa.table({"text": pa.array(["one text", "another", "one text"]).dictionary_encode()}), categorical)
+    for docs, _ in _views_and_arrow(Source(path=str(categorical)), categorical):
+        assert docs == ["one text", "another", "one text"]
+
     odd = tmp_path / "odd.parquet"
     pq.write_table(pa.table({"^t.*$": ["a pattern-like name"], "text": ["not this one"]}), odd)
     (views, vtypes), _ = _views_and_arrow(Source(path=str(odd), text_field="^t.*$"), odd)

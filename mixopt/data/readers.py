@@ -102,7 +102,9 @@ def _text_column(table_or_batch, source: Source, where: str):
     col = table_or_batch.column(source.text_field)
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+    if pa.types.is_dictionary(col.type) and _is_text(col.type.value_type):  # a categorical column: its texts
+        col = col.dictionary_decode()
+    if not _is_text(col.type):
         return None
     try:
         col.validate(full=True)  # UTF-8: Parquet and Arrow files need not hold valid text
