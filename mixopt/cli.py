@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from mixopt.errors import MixoptError
+from mixopt.errors import MixoptError, plain
 
 EXIT_CODES = ("Exit codes: 0 done; 1 done, but some runs failed or were left out (see stderr); 2 bad input (one "
               "`error:` line naming the problem and the fix; nothing half-written); 130 interrupted (Ctrl-C: "
@@ -1001,6 +1001,8 @@ def _one_line_usage(e) -> str:
     """click's usage error (a box of lines) as one line naming the command to ask for help."""
     ctx = getattr(e, "ctx", None)
     path = ctx.command_path.replace("python -m mixopt.cli", "mixopt") if ctx else "mixopt"
+    if isinstance(getattr(e, "message", None), str):  # typer checks option values through pydantic
+        e.message = plain(e.message)
     return f"error: {' '.join(e.format_message().split()).rstrip('.')}; see `{path} --help`"
 
 
