@@ -97,7 +97,8 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
                     force: bool = False) -> Outcome:
     """Rounds until decided or spent (see the module's note); `say` gets each round's lines. Before a
     round trains, refused when the optimal or proposed YAML beside the config is a file mixopt did not
-    write (unless `force`); a rerun of a finished optimize writes neither and is not refused."""
+    write (unless `force`); a rerun of a finished optimize writes neither and is not refused. Such a file
+    that appears while the rounds run stops them, unrecorded, before they write (_appeared)."""
     from mixopt.sweep.work import device_of
 
     # (exp at that size, plan), cheapest first; keyed as this call's sweeps train (device, --precision):
@@ -156,6 +157,9 @@ def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runti
         trained, what = _train_round(exp, sizes, budget, costs, runtime, n, taking)
         if dropped:
             what += f"; dropped {dropped} planned run(s) of a replaced candidate"
+        if blocked := _appeared(exp, force):  # before the fit writes: not recorded, a rerun fits this round
+            out.stopped = blocked
+            return out
         try:
             from mixopt.fit.from_store import recommend_mixture
 
@@ -186,8 +190,9 @@ def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runti
         out.fit_weights = dict(zip(rec.domains, map(float, rec.weights)))
         out.weights = dict(zip(rec.domains, cand.weights)) if cand else out.fit_weights
         out.candidate_round = cand.since if cand else None
-        out.written = str(exp.optimal_path)
-        if cand is not None:
+        blocked = _appeared(exp, force)  # during the fit or the verification: written by neither
+        out.written = None if blocked and cand is not None else str(exp.optimal_path)
+        if cand is not None and not blocked:
             _write_candidate(exp, sizes[0][1], rec, cand, verdict, line, pairs, size)
         say(f"round {n}: trained {trained} prox{'y' if trained == 1 else 'ies'} ({what}); spent {budget.show(spent)} of {budget.show(budget.amount)}")
         if cand is not None:
@@ -198,6 +203,10 @@ def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runti
         say(f"  verdict: {line}")
         notices.seen.add(f"note: {line}")  # the proposal's fit says its verdict as a note: said just above
         stop = None
+        if blocked:  # the round is recorded, its stop is not: a rerun goes on with round n + 1
+            _record(db, n, budget, trained, what, costs, verdict, None, out.weights, out.candidate_round, line)
+            out.stopped = blocked
+            return out
         if verdict in ("better", "worse"):
             stop = f"the verdict is decided ({verdict})"
         elif trained == 0 and n > first:
@@ -217,6 +226,23 @@ def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runti
             return out
     out.stopped = f"{MAX_ROUNDS} rounds"
     return out
+
+
+def _appeared(exp: Experiment, force: bool) -> str | None:
+    """Why the rounds stop when a file mixopt did not write appeared beside the config (<name>.optimal.yaml
+    or .proposed.yaml, checked free when the call began) while they ran: it is left alone; else None."""
+    from mixopt.fit.from_store import check_beside_config
+    from mixopt.fit.propose import proposed_path
+
+    for path in (exp.optimal_path, proposed_path(exp)):
+        try:
+            check_beside_config(exp, path, force)
+        except MixoptError:
+            if not path.exists():  # not a file of the user's (e.g. its folder turned read-only): the error itself
+                raise
+            return (f"{path.name} appeared beside the config during this run and was left alone (mixopt did not "
+                    "write it); to go on, move it away and rerun, or rerun with --force to replace it")
+    return None
 
 
 class _Once:
