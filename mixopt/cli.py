@@ -710,7 +710,7 @@ class _interrupted:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None or not issubclass(exc_type, KeyboardInterrupt):
             return False
-        from mixopt.fit.rounds import Interrupted
+        from mixopt.fit.calls import Interrupted
         from mixopt.sweep.status import done_kinds, experiment_status
 
         if isinstance(exc, Interrupted):  # optimize: the round's runs, not the design's

@@ -38,6 +38,7 @@ from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import Mixture
 from mixopt.errors import MixoptError
+from mixopt.fit.calls import RecordedCall
 from mixopt.fit.candidate import Candidate, choose_candidate, predicted_gain, same_mixture
 from mixopt.fit.verdict import paired_gain
 from mixopt.sweep.budget import Budget, Costs, fidelity_plans, within
@@ -125,20 +126,8 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
     _refuse_unreachable(exp, sizes[0][1], budget, costs)  # before anything is trained or recorded
     first = len(rows) + 1
     out.rounds_before = len(rows)
-    with Store(db) as store:
-        call = store.start_call(budget.text, budget.unit, budget.amount, first)
-    taking: list = []  # (plan, mixture) of what the current round trains: a Ctrl-C's line counts them
-    state = "failed"  # an error (a fit that failed) ends it unless it returns or is interrupted
-    try:
-        _rounds(exp, sizes, budget, costs, runtime, say, out, rows, first, taking, force)
-        state = "finished"
-        return out
-    except KeyboardInterrupt:
-        state = "interrupted"
-        raise _interrupted_in(budget, costs, db, first + len(out.rounds), taking) from None
-    finally:  # the round it was in (a finished call: its last)
-        with Store(db) as store:
-            store.end_call(call, state, first + len(out.rounds) - (state == "finished"))
+    with RecordedCall(db, budget, costs, first, out.rounds) as call:
+        return _rounds(exp, sizes, budget, costs, runtime, say, out, rows, first, call.taking, force)
 
 
 def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runtime, say, out: Outcome,
@@ -280,29 +269,6 @@ def _refuse_unreachable(exp: Experiment, plan: Plan, budget: Budget, costs: Cost
                       + f" cannot reach the {need} finished runs a fit of {len(exp.domain_names)} domains needs "
                       f"({done} finished now{spent_now})",
                       f"raise --budget to at least {budget.flag(spent + (need - done) * each)}")
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during `mixopt optimize`: what the round in progress was training, and what is spent."""
-
-    def __init__(self, round: int, done: int, asked: int, spent: str):
-        super().__init__()
-        self.round, self.done, self.asked, self.spent = round, done, asked, spent
-
-
-def _interrupted_in(budget: Budget, costs: Costs, db, n: int, taking: list) -> KeyboardInterrupt:
-    """What round `n` was training ((plan, mixture) in `taking`), counted in the store after the sweep
-    put its unfinished runs back to planned; a plain KeyboardInterrupt when the store cannot be read."""
-    try:
-        with Store(db) as store:
-            spent = costs.spent(store, budget.unit)
-            done = {(p.context, tuple(round(float(w), 9) for w in r.weights), r.replicate or 0)
-                    for p in {id(p): p for p, _ in taking}.values() for r in p.runs(store, "done")}
-    except Exception:  # the interrupt must not be hidden by a store it cannot read
-        return KeyboardInterrupt()
-    finished = sum((p.context, tuple(round(float(w), 9) for w in m.weights), m.replicate or 0) in done
-                   for p, m in taking)
-    return Interrupted(n, finished, len(taking), f"{budget.show(spent)} of {budget.show(budget.amount)}")
 
 
 def judge(fit_verdict: str | None, pairs: list[tuple[float, float]], level: float, size: str,
