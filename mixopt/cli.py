@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from mixopt.errors import MixoptError
+from mixopt.errors import MixoptError, plain
 
 EXIT_CODES = ("Exit codes: 0 done; 1 done, but some runs failed or were left out (see stderr); 2 bad input (one "
               "`error:` line naming the problem and the fix; nothing half-written); 130 interrupted (Ctrl-C: "
@@ -257,6 +257,7 @@ def sweep(config: Path = CONFIG,
                           "the design's runs and trains nothing)", "drop one of them")
     exp = _load(config)
     if dry_run:
+        from mixopt.sweep.plan import other_ways_note
         from mixopt.sweep.run import sweep_measurement
         from mixopt.sweep.status import cost_lines, experiment_status
         from mixopt.sweep.work import check_local_device
@@ -264,7 +265,8 @@ def sweep(config: Path = CONFIG,
         where = _runtime(workers, progress, device, backend=backend.value, precision=precision.value)
         if backend is Backend.local:
             check_local_device(where)
-        st = experiment_status(exp, measured_as=sweep_measurement(exp, where))  # the keys this sweep would train
+        measured_as = sweep_measurement(exp, where)
+        st = experiment_status(exp, measured_as=measured_as)  # the keys this sweep would train
         if exp.design.fidelities and st["sample"] == "up to date":
             from mixopt.sweep.status import fidelity_costs
 
@@ -279,6 +281,8 @@ def sweep(config: Path = CONFIG,
             lines = [f"to train: {st['design']['pending']} runs (the whole design; none trained yet)"]
         for line in lines:
             typer.echo(line)
+        if note := other_ways_note(st.get("done_other_ways") or {}, measured_as):
+            typer.echo(note)
         for c in st.get("fidelity_costs") or []:
             took = f"~{c['seconds']:.0f} device-seconds ({c['seconds_from']})" if c["seconds"] is not None else \
                 "time unknown until a run of some size has trained"
@@ -706,7 +710,7 @@ class _interrupted:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None or not issubclass(exc_type, KeyboardInterrupt):
             return False
-        from mixopt.fit.rounds import Interrupted
+        from mixopt.fit.calls import Interrupted
         from mixopt.sweep.status import done_kinds, experiment_status
 
         if isinstance(exc, Interrupted):  # optimize: the round's runs, not the design's
@@ -1001,6 +1005,8 @@ def _one_line_usage(e) -> str:
     """click's usage error (a box of lines) as one line naming the command to ask for help."""
     ctx = getattr(e, "ctx", None)
     path = ctx.command_path.replace("python -m mixopt.cli", "mixopt") if ctx else "mixopt"
+    if isinstance(getattr(e, "message", None), str):  # typer checks option values through pydantic
+        e.message = plain(e.message)
     return f"error: {' '.join(e.format_message().split()).rstrip('.')}; see `{path} --help`"
 
 

@@ -20,3 +20,13 @@ def shown(value) -> str:
     """A value from the user's input as a message echoes it: its repr, cut to SHOWN_MAX characters."""
     text = repr(value)
     return text if len(text) <= SHOWN_MAX else f"{text[:SHOWN_MAX]}... ({len(text):,} characters)"
+
+
+PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")  # how pydantic words a validator's ValueError/assert
+
+
+def plain(message: str) -> str:
+    """A pydantic validation message as a user reads it: without pydantic's own 'Value error, ' wording."""
+    for prefix in PYDANTIC_PREFIXES:
+        message = message.removeprefix(prefix)
+    return message

@@ -101,6 +101,8 @@ def test_fit_warns_and_status_counts_when_runs_mix_precisions(corpora, tmp_path)
     # A CPU sweep again: the bf16 runs are not its runs (other keys), so it trains those two mixtures on the CPU.
     again = mixopt("sweep", cfg, "--no-progress", "--device", "cpu", check=False)
     assert again.returncode == 0, again.stderr
+    assert (f"note: 2 runs of this design finished as {BF16}; this plan trains at cpu/fp32 (pass --device cuda "
+            "--precision bf16 to use them)") in again.stdout.splitlines(), again.stdout
     with sqlite3.connect(tmp_path / "ws" / "mixopt.db") as db:
         cpu = db.execute("SELECT COUNT(*) FROM runs WHERE status='done' AND measured_as IS NULL").fetchone()[0]
         assert cpu == len(rows)
@@ -160,6 +162,36 @@ def test_status_counts_runs_done_at_the_precision_they_trained(cpu_swept, tmp_pa
     st = json.loads(mixopt("status", cfg, "--format", "json").stdout)
     assert st["design"]["done"] == n and st["design_done_as"] == {BF16: n - 2, "cpu/fp32": 2}
     assert f"{n} done ({n - 2} {BF16}, 2 cpu/fp32)" in mixopt("status", cfg).stdout
+
+
+def test_dry_run_says_when_the_design_finished_under_another_precision(cpu_swept, tmp_path):
+    """A design swept only with --precision bf16 on the CPU: `status` calls it done, and `sweep --dry-run` at
+    the default (float32 on a CPU) plans it all again and says why, in one line naming the flag that finds
+    those runs; with that flag, nothing to train and no such line."""
+    cfg, ws = _copy(cpu_swept, tmp_path)
+    n = _record_as(ws, "cpu/bf16-autocast")  # as `sweep --device cpu --precision bf16` records them
+    assert json.loads(mixopt("status", cfg, "--format", "json").stdout)["design"]["pending"] == 0
+    dry = mixopt("sweep", cfg, "--dry-run", "--device", "cpu").stdout.splitlines()
+    assert f"to train: {n} runs" in "\n".join(dry)
+    notes = [x for x in dry if x.startswith("note: ")]
+    assert notes == [f"note: {n} runs of this design finished as cpu/bf16-autocast; this plan trains at cpu/fp32 "
+                     "(pass --precision bf16 to use them)"], dry
+    js = json.loads(mixopt("sweep", cfg, "--dry-run", "--device", "cpu", "--format", "json").stdout)
+    assert js["done_other_ways"] == {"cpu/bf16-autocast": n} and js["cost"]["to_train"] == n
+    bf16 = mixopt("sweep", cfg, "--dry-run", "--device", "cpu", "--precision", "bf16").stdout
+    assert "note: " not in bf16 and "to train: 0 runs" in bf16, bf16
+    assert "done_other_ways" not in json.loads(mixopt("status", cfg, "--format", "json").stdout)  # status: done
+
+
+def test_other_ways_note_names_each_way_and_the_flags_of_the_most_common():
+    from mixopt.sweep.plan import other_ways_note
+
+    assert other_ways_note({}, "") == ""
+    assert other_ways_note({BF16: 4, "cpu/fp32": 2}, "cpu/bf16-autocast") == (
+        f"note: 4 runs of this design finished as {BF16}, 2 as cpu/fp32; this plan trains at cpu/bf16-autocast "
+        f"(pass --device cuda --precision bf16 to use the {BF16} ones)")
+    assert other_ways_note({"cpu/fp32": 3}, BF16) == ("note: 3 runs of this design finished as cpu/fp32; this plan "
+                                                      f"trains at {BF16} (pass --device cpu --precision fp32 to use them)")
 
 
 def test_interrupted_line_counts_runs_as_the_command_keys_them(cpu_swept, tmp_path, monkeypatch, capsys):

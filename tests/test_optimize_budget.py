@@ -620,3 +620,73 @@ def test_optimize_at_bf16_keys_its_rounds_as_its_sweeps_train(corpora, tmp_path)
     with sqlite3.connect(tmp_path / "ws" / "mixopt.db") as c:
         kinds = dict(c.execute("SELECT COALESCE(measured_as, 'cpu/fp32'), COUNT(*) FROM runs GROUP BY 1"))
     assert kinds == {"cpu/bf16-autocast": sum(kinds.values())}, kinds
+
+
+def test_a_users_file_that_appears_between_rounds_stops_them_plainly_and_a_rerun_goes_on(corpora, tmp_path,
+                                                                                          monkeypatch):
+    """The loop's control alone (training, fits and proposals replaced): <name>.optimal.yaml created by the
+    user while round 1 proposes stops round 2 before its fit, with a stop that says so and how to go on; the
+    file is left alone and round 2 is not recorded. A rerun is refused while the file is there; moved away,
+    the rerun fits round 2. A .proposed.yaml created during a round's fit: that round is recorded (not its
+    stop), nothing is proposed, and the rerun goes on with the next round."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import mixopt.fit.from_store as recommend
+    import mixopt.fit.propose as propose
+    import mixopt.fit.rounds as rounds
+    from mixopt.config.load import load_experiment
+    from mixopt.config.runtime import Runtime
+    from mixopt.sweep.run import SweepReport
+
+    cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2))
+    mixopt("sample", cfg)
+    exp = load_experiment(cfg)
+    optimal, proposed = tmp_path / "small.optimal.yaml", tmp_path / "small.proposed.yaml"
+    monkeypatch.setattr(rounds, "run_sweep", lambda e, rt, extra, design: SweepReport(planned=len(extra),
+                                                                                       trained=len(extra)))
+    fits, user = [], {}
+
+    def fit(exp, runtime, **k):
+        fits.append(1)
+        if user.get("during_fit"):
+            user.pop("during_fit").write_text("mine\n")
+        return SimpleNamespace(weights=np.array([0.2, 0.3, 0.5]), domains=exp.domain_names, ci=0.9, fidelity=None,
+                               decision=SimpleNamespace(verdict=user.get("verdict", "cannot tell"), line="a verdict"),
+                               reliable=True, predicted_ci=None)
+
+    def refit(exp, k, runtime, **_):
+        if user.get("while_proposing"):
+            user.pop("while_proposing").write_text("mine\n")
+        return [np.array([0.5, 0.3, 0.2]) + 0.01 * len(fits)] * k, None
+
+    monkeypatch.setattr(recommend, "recommend_mixture", fit)
+    monkeypatch.setattr(propose, "propose_mixtures", refit)
+
+    def stopped_by(name):
+        return (f"{name} appeared beside the config during this run and was left alone (mixopt did not write it); "
+                "to go on, move it away and rerun, or rerun with --force to replace it")
+
+    def recorded():
+        with Store(tmp_path / "ws" / "mixopt.db") as store:
+            return [(r["round"], r["stopped"]) for r in store.rounds()]
+
+    user["while_proposing"] = optimal
+    said = []
+    out = rounds.optimize_budget(exp, parse_budget("40"), Runtime(say=said.append), said.append)
+    assert out.stopped == stopped_by("small.optimal.yaml") and len(out.rounds) == 1 and len(fits) == 1, said
+    assert optimal.read_text() == "mine\n" and recorded() == [(1, None)]  # round 2 stopped before its fit
+    with pytest.raises(MixoptError, match="small.optimal.yaml exists and mixopt did not write it"):
+        rounds.optimize_budget(exp, parse_budget("40"), Runtime(say=said.append), said.append)
+    optimal.unlink()
+    user["during_fit"] = proposed
+    out = rounds.optimize_budget(exp, parse_budget("40"), Runtime(say=said.append), said.append)
+    assert out.stopped == stopped_by("small.proposed.yaml") and [r.n for r in out.rounds] == [2] and len(fits) == 2
+    assert proposed.read_text() == "mine\n" and recorded() == [(1, None), (2, None)]  # proposed nothing
+    with Store(tmp_path / "ws" / "mixopt.db") as store:
+        assert not [r for r in store.runs() if r.origin.startswith("optimize:3:")]
+    proposed.unlink()
+    user["verdict"] = "worse"  # the rerun's round 3 decides: the rounds end there
+    out = rounds.optimize_budget(exp, parse_budget("40"), Runtime(say=said.append), said.append)
+    assert [r.n for r in out.rounds] == [3] and out.stopped == "the verdict is decided (worse)"

@@ -14,7 +14,7 @@ from mixopt.config.paths import local_roots
 from mixopt.config.evals import EVAL_KINDS
 from mixopt.config.schema import EvalSuite, Experiment
 from mixopt.config.validate import check_weights, input_path_problem, is_inside, read_model_config
-from mixopt.errors import MixoptError
+from mixopt.errors import MixoptError, plain
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -66,7 +66,7 @@ def override_experiment(exp: Experiment, changes: list[tuple[str, tuple, object]
             first = e.errors()[0]
             at = (name, *first["loc"])
             flag = next((f for f, loc, _ in changes if at[:len(loc)] == loc), "a flag")
-            raise MixoptError(f"{flag}: {first['msg'].removeprefix('Value error, ')}",
+            raise MixoptError(f"{flag}: {plain(first['msg'])}",
                               "see `mixopt fit --help`") from None
     new = exp.model_copy(update={**update, "overrides": dict(record)})
     problems = _cross_references(new, Path(exp.config_path or "."), {})
@@ -312,7 +312,7 @@ def _say(e: dict, root: type[BaseModel]) -> str:
         return f"unknown key '{loc}'; {hint}"
     if e["type"] == "missing":
         return f"'{loc}' is required; add it"
-    msg = e["msg"].removeprefix("Value error, ")
+    msg = plain(e["msg"])
     return f"'{loc}': {msg}" if loc else msg
 
 

@@ -38,6 +38,7 @@ from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
 from mixopt.core.mixtures import Mixture
 from mixopt.errors import MixoptError
+from mixopt.fit.calls import RecordedCall
 from mixopt.fit.candidate import Candidate, choose_candidate, predicted_gain, same_mixture
 from mixopt.fit.verdict import paired_gain
 from mixopt.sweep.budget import Budget, Costs, fidelity_plans, within
@@ -97,7 +98,8 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
                     force: bool = False) -> Outcome:
     """Rounds until decided or spent (see the module's note); `say` gets each round's lines. Before a
     round trains, refused when the optimal or proposed YAML beside the config is a file mixopt did not
-    write (unless `force`); a rerun of a finished optimize writes neither and is not refused."""
+    write (unless `force`); a rerun of a finished optimize writes neither and is not refused. Such a file
+    that appears while the rounds run stops them, unrecorded, before they write (_appeared)."""
     from mixopt.sweep.work import device_of
 
     # (exp at that size, plan), cheapest first; keyed as this call's sweeps train (device, --precision):
@@ -124,20 +126,8 @@ def optimize_budget(exp: Experiment, budget: Budget, runtime: Runtime = Runtime(
     _refuse_unreachable(exp, sizes[0][1], budget, costs)  # before anything is trained or recorded
     first = len(rows) + 1
     out.rounds_before = len(rows)
-    with Store(db) as store:
-        call = store.start_call(budget.text, budget.unit, budget.amount, first)
-    taking: list = []  # (plan, mixture) of what the current round trains: a Ctrl-C's line counts them
-    state = "failed"  # an error (a fit that failed) ends it unless it returns or is interrupted
-    try:
-        _rounds(exp, sizes, budget, costs, runtime, say, out, rows, first, taking, force)
-        state = "finished"
-        return out
-    except KeyboardInterrupt:
-        state = "interrupted"
-        raise _interrupted_in(budget, costs, db, first + len(out.rounds), taking) from None
-    finally:  # the round it was in (a finished call: its last)
-        with Store(db) as store:
-            store.end_call(call, state, first + len(out.rounds) - (state == "finished"))
+    with RecordedCall(db, budget, costs, first, out.rounds) as call:
+        return _rounds(exp, sizes, budget, costs, runtime, say, out, rows, first, call.taking, force)
 
 
 def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runtime, say, out: Outcome,
@@ -156,6 +146,9 @@ def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runti
         trained, what = _train_round(exp, sizes, budget, costs, runtime, n, taking)
         if dropped:
             what += f"; dropped {dropped} planned run(s) of a replaced candidate"
+        if blocked := _appeared(exp, force):  # before the fit writes: not recorded, a rerun fits this round
+            out.stopped = blocked
+            return out
         try:
             from mixopt.fit.from_store import recommend_mixture
 
@@ -186,8 +179,9 @@ def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runti
         out.fit_weights = dict(zip(rec.domains, map(float, rec.weights)))
         out.weights = dict(zip(rec.domains, cand.weights)) if cand else out.fit_weights
         out.candidate_round = cand.since if cand else None
-        out.written = str(exp.optimal_path)
-        if cand is not None:
+        blocked = _appeared(exp, force)  # during the fit or the verification: written by neither
+        out.written = None if blocked and cand is not None else str(exp.optimal_path)
+        if cand is not None and not blocked:
             _write_candidate(exp, sizes[0][1], rec, cand, verdict, line, pairs, size)
         say(f"round {n}: trained {trained} prox{'y' if trained == 1 else 'ies'} ({what}); spent {budget.show(spent)} of {budget.show(budget.amount)}")
         if cand is not None:
@@ -198,6 +192,10 @@ def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runti
         say(f"  verdict: {line}")
         notices.seen.add(f"note: {line}")  # the proposal's fit says its verdict as a note: said just above
         stop = None
+        if blocked:  # the round is recorded, its stop is not: a rerun goes on with round n + 1
+            _record(db, n, budget, trained, what, costs, verdict, None, out.weights, out.candidate_round, line)
+            out.stopped = blocked
+            return out
         if verdict in ("better", "worse"):
             stop = f"the verdict is decided ({verdict})"
         elif trained == 0 and n > first:
@@ -217,6 +215,23 @@ def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runti
             return out
     out.stopped = f"{MAX_ROUNDS} rounds"
     return out
+
+
+def _appeared(exp: Experiment, force: bool) -> str | None:
+    """Why the rounds stop when a file mixopt did not write appeared beside the config (<name>.optimal.yaml
+    or .proposed.yaml, checked free when the call began) while they ran: it is left alone; else None."""
+    from mixopt.fit.from_store import check_beside_config
+    from mixopt.fit.propose import proposed_path
+
+    for path in (exp.optimal_path, proposed_path(exp)):
+        try:
+            check_beside_config(exp, path, force)
+        except MixoptError:
+            if not path.exists():  # not a file of the user's (e.g. its folder turned read-only): the error itself
+                raise
+            return (f"{path.name} appeared beside the config during this run and was left alone (mixopt did not "
+                    "write it); to go on, move it away and rerun, or rerun with --force to replace it")
+    return None
 
 
 class _Once:
@@ -254,29 +269,6 @@ def _refuse_unreachable(exp: Experiment, plan: Plan, budget: Budget, costs: Cost
                       + f" cannot reach the {need} finished runs a fit of {len(exp.domain_names)} domains needs "
                       f"({done} finished now{spent_now})",
                       f"raise --budget to at least {budget.flag(spent + (need - done) * each)}")
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during `mixopt optimize`: what the round in progress was training, and what is spent."""
-
-    def __init__(self, round: int, done: int, asked: int, spent: str):
-        super().__init__()
-        self.round, self.done, self.asked, self.spent = round, done, asked, spent
-
-
-def _interrupted_in(budget: Budget, costs: Costs, db, n: int, taking: list) -> KeyboardInterrupt:
-    """What round `n` was training ((plan, mixture) in `taking`), counted in the store after the sweep
-    put its unfinished runs back to planned; a plain KeyboardInterrupt when the store cannot be read."""
-    try:
-        with Store(db) as store:
-            spent = costs.spent(store, budget.unit)
-            done = {(p.context, tuple(round(float(w), 9) for w in r.weights), r.replicate or 0)
-                    for p in {id(p): p for p, _ in taking}.values() for r in p.runs(store, "done")}
-    except Exception:  # the interrupt must not be hidden by a store it cannot read
-        return KeyboardInterrupt()
-    finished = sum((p.context, tuple(round(float(w), 9) for w in m.weights), m.replicate or 0) in done
-                   for p, m in taking)
-    return Interrupted(n, finished, len(taking), f"{budget.show(spent)} of {budget.show(budget.amount)}")
 
 
 def judge(fit_verdict: str | None, pairs: list[tuple[float, float]], level: float, size: str,

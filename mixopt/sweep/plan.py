@@ -118,6 +118,34 @@ def mixed_measurements(runs: list[Run]) -> str:
             "(`mixopt sweep CONFIG --device ...`)")
 
 
+def done_other_ways(plan: Plan, runs: list[Run]) -> dict[str, int]:
+    """How many of the plan's mixtures, not done as it keys them, are done under another device or
+    precision: {trained_as: count}, most first (`runs`: the store's runs valid for the plan)."""
+    done = {r.key for r in runs if r.status == "done"}
+    kinds = sorted({r.measured_as or "" for r in runs if r.status == "done"} - {plan.measured_as})
+    counts: dict[str, int] = {}
+    for key, m in zip(plan.keys, plan.mixtures):
+        for kind in kinds if key not in done else ():
+            if plan.key(m.weights, m.replicate, kind) in done:
+                counts[trained_as(kind)] = counts.get(trained_as(kind), 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def other_ways_note(counts: dict[str, int], measured_as: str) -> str:
+    """One line when finished runs of the design trained another way than this plan trains (done_other_ways):
+    they are not this plan's runs (other keys), so it trains those mixtures again; else ''."""
+    if not counts:
+        return ""
+    (first, n), *rest = counts.items()
+    device, _, precision = first.partition("/")
+    flags = (f"--device {device} " if device != trained_as(measured_as).partition("/")[0] else "") + \
+        f"--precision {precision.removesuffix('-autocast')}"  # the flags that key runs as `first`
+    also = "".join(f", {k} as {m}" for m, k in rest)
+    them = "them" if not rest else f"the {first} ones"
+    return (f"note: {n} runs of this design finished as {first}{also}; this plan trains at {trained_as(measured_as)} "
+            f"(pass {flags} to use {them})")
+
+
 def superseded_runs(store: Store, context: str, domains: tuple[str, ...], slices: tuple[str, ...],
                     tokenizer: str) -> list[tuple[Run, str]]:
     """Trained runs (done or suspect) not valid for these domains' slices, each with why."""

@@ -31,7 +31,7 @@ from mixopt.sweep.choose import (
     record_choice,
     worker_threads,
 )
-from mixopt.sweep.plan import CHANGE_RECORD, Plan, sweep_plan
+from mixopt.sweep.plan import CHANGE_RECORD, Plan, done_other_ways, other_ways_note, sweep_plan
 from mixopt.sweep.reeval import evaluate_stored, record_scores
 from mixopt.sweep.store import Store, new_owner
 from mixopt.sweep.work import (
@@ -90,13 +90,16 @@ def run_sweep(exp: Experiment, runtime: Runtime = Runtime(), extra: list[Mixture
         # A run that could not be evaluated keeps its result but lacks what the suite added: a
         # failure of this sweep (exit 1), retried by the next sweep or `mixopt eval`.
         report.failed += [(k, f"evaluation (no retraining): {e}") for k, e in ev.failed]
-        done = {r.key for r in plan.runs(store, "done")}
+        finished = plan.runs(store, "done")
+        done = {r.key for r in finished}
         report.already_done = sum(k in done for k in plan.keys)
         held = {} if retry_failed else {r.key: r.error or "" for r in plan.runs(store, "failed")
                                         if r.failure == "nonfinite"}
         report.held_back = [(k, held[k]) for k in plan.keys if k in held]
         runs = {k: _run(plan, k, m, exp.seed) for k, m in zip(plan.keys, plan.mixtures)
                 if k not in done and k not in held}
+        if runs and (note := other_ways_note(done_other_ways(plan, finished), plan.measured_as)):
+            runtime.say(note)  # why mixtures `status` calls done train again: their runs trained another way
         choice = choose_batch(runtime, plan.spec, ws, len(runs)) if runs else BatchChoice(1, "", {})
         compiled = choose_compile(runtime, plan.spec, ws, choice.proxies, len(runs), choice.rates) \
             if runs else CompileChoice(False, "", {})

@@ -14,6 +14,7 @@ from mixopt.sweep.change import is_base
 from mixopt.sweep.plan import (
     Plan,
     StaleSample,
+    done_other_ways,
     measurement_counts,
     plan_context,
     superseded_runs,
@@ -28,7 +29,8 @@ def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = (), measur
     """What the workspace holds; "design" counts the design's runs and `extra` (a sweep's --mixtures):
     with `measured_as` (a sweep's work.planned_measurement; '' a CPU in float32), as a sweep trained
     that way would find them; None (`status`), a mixture is done when it is done however it trained
-    ("design_done_as" counts the done ones per device and precision)."""
+    ("design_done_as" counts the done ones per device and precision; with `measured_as`,
+    "done_other_ways" counts those done only another way, when there are any)."""
     ws = Workspace(exp.workspace_dir)
     out = {"workspace": str(ws.root), "sample": "missing", "suite": None,
            "design": {"planned": 0, "done": 0, "failed": 0, "suspect": 0, "pending": 0}, "design_done_as": {},
@@ -73,6 +75,8 @@ def experiment_status(exp: Experiment, extra: list[Mixture] | tuple = (), measur
             statuses, done_as = design_states(plan, state, _kinds(plan, valid, measured_as))
             done_otherwise = {k for k, s in zip(plan.keys, statuses) if s == "done" and state.get(k) != "done"}
             out["cost"] = change_cost(plan, store, state, lacking, others, done_otherwise)
+            if measured_as is not None and (other := done_other_ways(plan, valid)):
+                out["done_other_ways"] = other  # finished as another device or precision: not this plan's
             out["sizes"] = size_table(exp, store)
             # the experiment's own total: every size it has runs at (the store may hold other experiments')
             out["experiment_compute"] = {k: float(sum(z[k] for z in out["sizes"])) for k in ("flops", "device_seconds")}
