@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import sample as bench_sample  # noqa: E402  (the corpus builder)
+import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def main() -> None:
     from mixopt.data import readers, scan
     from mixopt.data.sample import MAX_BYTES_PER_TOKEN, _encode, _tokenizer_texts
     from mixopt.data.sources import list_shards
-    from mixopt.data.tokenizer import train_tokenizer
+    from mixopt.data.tokenizer import eos_id, train_tokenizer
 
     cfg = {"name": "phases", "workspace": str(work / "ws-phases"),
            "domains": [{"name": "big", "sources": [{"path": str(folder / "*.parquet")}]},
@@ -91,8 +92,8 @@ def main() -> None:
                                                            tok_cfg.vocab_size))
     for version, c in candidates.items():
         ids = phase(f"tokenize_v{version}", lambda: _encode(tok, c, exp.sample.val_tokens, exp.train_tokens,
-                                                            every=version < 2))
-        out[f"tokenized_MB_v{version}"] = round(sum(c.sizes[:len(ids)]) / 1e6, 2)
+                                                            version < 2, eos_id(tok), np.uint16))
+        out[f"tokenized_MB_v{version}"] = round(sum(c.sizes[:len(ids.lengths)]) / 1e6, 2)
     out["candidates_MB"] = round(sum(candidates[2].sizes) / 1e6, 2)
     print(json.dumps(out, indent=1))
 

@@ -204,8 +204,10 @@ def test_a_sampler_version_this_mixopt_does_not_know_is_refused(make_config):
     assert json.loads(ws.manifest_path.read_text())["version"] == 9  # nothing redrawn
 
 
-def test_version_2_tokenizes_only_the_candidates_the_slices_take(corpora):
-    """The leading candidates are tokenized until both slices are full: the same ids as tokenizing all."""
+def test_version_2_tokenizes_only_the_candidates_the_slices_take(corpora, monkeypatch):
+    """The leading candidates are tokenized until both slices are full: the same ids as tokenizing all,
+    and the same whatever the text tokenized per call."""
+    from mixopt.data import sample
     from mixopt.data.sample import _encode
     from mixopt.data.scan import Candidates
     from mixopt.data.tokenizer import train_tokenizer
@@ -214,8 +216,18 @@ def test_version_2_tokenizes_only_the_candidates_the_slices_take(corpora):
     tok = train_tokenizer(texts, 512)
     c = Candidates(docs=texts, sizes=[len(t.encode()) for t in texts], documents=len(texts), duplicates=0,
                    bytes=sum(len(t.encode()) for t in texts), complete=False)
-    every = _encode(tok, c, 2000, 8000, every=True)
-    some = _encode(tok, c, 2000, 8000, every=False)
+    eos = tok.token_to_id("<|endoftext|>")
+
+    def encode(need_train, every, batch_bytes=None):
+        if batch_bytes:
+            monkeypatch.setattr(sample, "ENCODE_BYTES", batch_bytes)
+        t = _encode(tok, c, 2000, need_train, every, eos, np.uint16)
+        return [d.tolist() for d in np.split(t.stream, np.cumsum(t.lengths)[:-1])]
+
+    every = encode(8000, True)
+    assert every == [tok.encode(d, add_special_tokens=False).ids + [eos] for d in texts]  # each its own ids + EOS
+    some = encode(8000, False)
     assert len(some) < len(every) and some == every[:len(some)]
-    assert sum(len(i) + 1 for i in some) >= 10_000
-    assert _encode(tok, c, 2000, 10 ** 9, every=False) == every  # too few tokens: all of them, as before
+    assert sum(len(i) for i in some) >= 10_000
+    assert encode(10 ** 9, False) == every  # too few tokens: all of them, as before
+    assert encode(8000, False, batch_bytes=3000) == some and encode(8000, True) == every  # a few documents a call

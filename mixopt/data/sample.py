@@ -10,7 +10,9 @@ both; the tokenizer is trained only on documents outside the reserved validation
 
 from __future__ import annotations
 
+import itertools
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,6 @@ from mixopt.data.scan import Candidates, draw_candidates
 from mixopt.data.tokenizer import (
     eos_id,
     given_tokenizer,
-    join_documents,
     load_tokenizer,
     token_byte_lengths,
     token_dtype,
@@ -199,23 +200,58 @@ def _tokenizer_texts(candidates: dict[str, _Candidates], val_region: int, per_do
             yield doc
 
 
-def _encode(tok, c: _Candidates, need_val: int, need_train: int, every: bool) -> list[list[int]]:
+ENCODE_BYTES = 8 << 20  # text tokenized per call: the tokenizer's per-token objects (~100 bytes each) stay bounded
+
+
+@dataclass
+class Tokenized:
+    """Candidates' token ids in sampling order, each document followed by end-of-text, as one array
+    (2 or 4 bytes a token, not a Python list of ints), and each document's length in it."""
+
+    stream: np.ndarray
+    lengths: np.ndarray  # tokens + 1 per document
+
+    def documents(self, a: int, b: int) -> np.ndarray:
+        """Documents a..b-1 joined, each followed by end-of-text."""
+        cum = np.concatenate([[0], np.cumsum(self.lengths)])
+        return self.stream[cum[a]:cum[b]]
+
+
+def _encode(tok, c: _Candidates, need_val: int, need_train: int, every: bool, eos: int, dtype) -> Tokenized:
     """Token ids of the candidates in sampling order: all of them when `every`, else only the leading
-    ones that fill the validation and train slices (more when there are none to fill them with)."""
+    ones that fill the validation and train slices (more when there are none to fill them with). Text
+    goes to the tokenizer ENCODE_BYTES at a time and its ids into one array, so memory holds ~2-4
+    bytes a token, not the tokenizer's per-token objects of the whole slice."""
     # The ids only: encode_batch_fast (tokenizers >= 0.21) skips the character offsets, ~40% of the CPU time.
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-    if every:
-        return [e.ids for e in encode(c.docs, add_special_tokens=False)]
-    ids: list[list[int]] = []
+    parts: list[np.ndarray] = []
+    lengths: list[int] = []
     upto = np.cumsum(c.sizes)
-    end = int(np.searchsorted(upto, 4 * (need_val + need_train))) + 1  # bytes for ~4 bytes per token
-    while True:
-        ids += [e.ids for e in encode(c.docs[len(ids):end], add_special_tokens=False)]
-        cum = np.cumsum([len(i) + 1 for i in ids])
-        n_val = int(np.searchsorted(cum, need_val) + 1)
-        if end >= len(c.docs) or (n_val < len(cum) and cum[-1] - cum[n_val - 1] >= need_train):
-            return ids
-        end = min(len(c.docs), 2 * end)
+
+    def through(end: int) -> None:
+        """Tokenize the candidates from the first not yet tokenized up to `end` (exclusive)."""
+        a = len(lengths)
+        while a < end:
+            b = max(a + 1, min(end, int(np.searchsorted(upto, (upto[a - 1] if a else 0) + ENCODE_BYTES)) + 1))
+            ids = [e.ids for e in encode(c.docs[a:b], add_special_tokens=False)]
+            n = [len(i) + 1 for i in ids]
+            parts.append(np.fromiter(itertools.chain.from_iterable(itertools.chain(i, (eos,)) for i in ids),
+                                     dtype=dtype, count=sum(n)))
+            lengths.extend(n)
+            a = b
+
+    if every:
+        through(len(c.docs))
+    else:
+        end = min(len(c.docs), int(np.searchsorted(upto, 4 * (need_val + need_train))) + 1)  # ~4 bytes a token
+        while True:
+            through(end)
+            cum = np.cumsum(lengths)
+            n_val = int(np.searchsorted(cum, need_val) + 1)
+            if end >= len(c.docs) or (n_val < len(cum) and cum[-1] - cum[n_val - 1] >= need_train):
+                break
+            end = min(len(c.docs), 2 * end)
+    return Tokenized(np.concatenate(parts) if parts else np.zeros(0, dtype), np.array(lengths, dtype=np.int64))
 
 
 def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dtype, out: Path,
@@ -224,15 +260,14 @@ def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dty
     # Sampler version 1 tokenizes every candidate; version 2 only those the slices take (~half of them),
     # unless the domain was read whole (its token count is then exact), and estimates the domain's
     # tokens per byte from those.
-    ids = _encode(tok, c, need_val, need_train, every=version < 2 or c.complete)
-    lengths = np.array([len(i) + 1 for i in ids])  # + end-of-text
-    cum = np.cumsum(lengths)
+    ids = _encode(tok, c, need_val, need_train, version < 2 or c.complete, eos, dtype)
+    cum = np.cumsum(ids.lengths)  # each document's tokens + end-of-text
     n_val = int(np.searchsorted(cum, need_val) + 1)  # documents until val_tokens are reached
-    if len(ids) == 1 and c.complete:  # no val_tokens can fix this: a document goes whole to one slice
+    if len(cum) == 1 and c.complete:  # no val_tokens can fix this: a document goes whole to one slice
         raise MixoptError(f"domain '{name}' is one document ({int(cum[-1])} tokens): a document goes whole to the "
                           "validation or the train slice, so one cannot make both",
                           "split it into documents (one per file, JSON line or row) or add documents to the domain")
-    if n_val >= len(ids) or cum[n_val - 1] < need_val:
+    if n_val >= len(cum) or cum[n_val - 1] < need_val:
         have = int(cum[-1]) if c.complete else f"at least {int(cum[-1])}"
         raise MixoptError(f"domain '{name}' has {have} tokens, too few for a {need_val}-token validation "
                           f"slice plus a train slice", "lower sample.val_tokens or add text to the domain")
@@ -249,13 +284,13 @@ def _write_slices(exp: Experiment, name: str, c: _Candidates, tok, eos: int, dty
         raise MixoptError(f"domain '{name}' averages over {MAX_BYTES_PER_TOKEN} bytes per token, so the "
                           "tokenizer would have seen validation text",
                           "lower sample.tokenizer.vocab_size or give sample.tokenizer.path")
-    val = join_documents(ids[:n_val], eos, dtype)
-    train = join_documents(ids[n_val:n_val + n_train], eos, dtype)
+    val = ids.documents(0, n_val)
+    train = ids.documents(n_val, n_val + n_train)
     write_npy(slice_file(out, name, "val"), val)
     write_npy(slice_file(out, name, "train"), train)
 
     # Available tokens: exact when the whole domain was read into the sample, else bytes x tokens/byte.
-    per_byte = cum[-1] / sum(c.sizes[:len(ids)])  # tokens per byte of the documents tokenized
+    per_byte = cum[-1] / sum(c.sizes[:len(cum)])  # tokens per byte of the documents tokenized
     tokens = int(cum[-1]) if c.complete else int(round(c.bytes * per_byte))
     entry = {
         "documents": c.documents, "duplicates_dropped": c.duplicates, "bytes": c.bytes,

@@ -127,10 +127,3 @@ def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
         # Byte-level BPE writes each byte as one printable character, so characters = bytes.
         lengths[i] = len(piece) if byte_level else len(tok.decode([i], skip_special_tokens=False).encode())
     return lengths
-
-
-def join_documents(token_ids: list[list[int]], eos: int, dtype) -> np.ndarray:
-    """One stream of the documents' token ids, each followed by the end-of-text token."""
-    if not token_ids:
-        return np.zeros(0, dtype=dtype)
-    return np.concatenate([np.asarray([*ids, eos], dtype=dtype) for ids in token_ids])
