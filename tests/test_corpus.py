@@ -231,3 +231,51 @@ def test_version_2_tokenizes_only_the_candidates_the_slices_take(corpora, monkey
     assert sum(len(i) for i in some) >= 10_000
     assert encode(10 ** 9, False) == every  # too few tokens: all of them, as before
     assert encode(8000, False, batch_bytes=3000) == some and encode(8000, True) == every  # a few documents a call
+
+
+def test_candidates_past_the_memory_budget_wait_on_disk_and_draw_the_same_sample(corpora, tmp_path, monkeypatch):
+    """Every domain is read before the tokenizer can train: past SPILL_BYTES, a domain's candidates
+    go to an Arrow file in the workspace, so memory at that point holds about none of them, not all
+    twelve domains'. The sample is the same byte for byte; the spill folder is gone after, and after a
+    failure too (with the workspace the failed run made)."""
+    import tracemalloc
+
+    from mixopt.data import sample, spill
+
+    def config(ws):
+        return write_config(tmp_path / f"{ws}.yaml", {
+            "name": "many", "workspace": str(tmp_path / ws),
+            "domains": [{"name": f"d{i}", "sources": [{"path": str(corpora / "code.parquet")}]} for i in range(12)],
+            "sample": {"train_tokens": 30_000, "val_tokens": 3000, "max_document_bytes": 20_000,
+                       "tokenizer": {"vocab_size": 512, "train_bytes_per_domain": 30_000}}})
+
+    held, real_train = {}, sample.train_tokenizer
+
+    def train(texts, vocab):  # all domains are read by now: what memory holds of their candidates
+        held[spill.SPILL_BYTES] = tracemalloc.get_traced_memory()[0]
+        return real_train(texts, vocab)
+
+    monkeypatch.setattr(sample, "train_tokenizer", train)
+    monkeypatch.setattr(sample, "ENCODE_BYTES", 16_000)
+    drawn = {}
+    for budget in (1 << 40, 0):
+        monkeypatch.setattr(spill, "SPILL_BYTES", budget)
+        exp = load_experiment(config(f"ws{budget}"))
+        tracemalloc.start()
+        try:
+            m = sample_corpus(exp)
+        finally:
+            tracemalloc.stop()
+        drawn[budget] = (m["tokenizer_sha256"], {n: (d["train_sha256"], d["val_sha256"], d["tokens"])
+                                                 for n, d in m["domains"].items()})
+        assert not list((tmp_path / f"ws{budget}").glob(".sample.spill-*"))
+    assert drawn[0] == drawn[1 << 40]
+    assert held[0] < held[1 << 40] / 4, held  # twelve domains' candidates (~2.4 MB) in memory, or about none
+
+    def fail(*args, **kw):
+        raise MixoptError("a failure after every domain was read and spilled", "none")
+
+    monkeypatch.setattr(sample, "_write_slices", fail)
+    with pytest.raises(MixoptError, match="after every domain was read"):
+        sample_corpus(load_experiment(config("ws-failed")))
+    assert not (tmp_path / "ws-failed").exists()  # the spill folder, and the workspace it claimed, gone

@@ -37,6 +37,7 @@ from mixopt.core.workspace import (
 from mixopt.data.pools import draw_pool, pool_records
 from mixopt.data.resample import plan_resample, source_keys, tokenizer_key, workspace_sampler
 from mixopt.data.scan import Candidates, draw_candidates
+from mixopt.data.spill import Spill
 from mixopt.data.tokenizer import (
     eos_id,
     given_tokenizer,
@@ -87,18 +88,46 @@ def sample_corpus(exp: Experiment, runtime: Runtime | None = None, force: bool =
         return previous
     todo = plan_resample(exp, previous, ws, keys, force, retokenize)
 
+    if ws.sample_dir.exists() and not (owns(ws.sample_dir) or ws.manifest_path.is_file()):
+        raise MixoptError(f"{ws.sample_dir} holds files mixopt did not write, so `sample` will not replace it",
+                          "move that folder away or point `workspace:` at a new folder")
+    fresh = not ws.root.exists()
+    spill = Spill(ws, key)  # candidates past SPILL_BYTES wait on disk for the tokenizer
+    try:
+        manifest = _draw_and_write(exp, runtime, ws, todo, previous, keys, key, version, spill, say)
+    except BaseException:
+        spill.remove()
+        if fresh:  # a workspace made by this failed run goes too: nothing half-written is left
+            unmake_workspace(ws.root)
+        raise
+    spill.remove()
+    hashes.save()  # the workspace exists now: later runs of sweep and fit need not hash the corpus again
+    manifest["reused"] = False
+    manifest["changes"] = todo.summary(retokenized=previous is not None and not todo.keep_tokenizer and
+                                       previous.get("tokenizer_sha256") != manifest["tokenizer_sha256"])
+    return manifest
+
+
+def _draw_and_write(exp: Experiment, runtime: Runtime, ws: Workspace, todo, previous: dict | None,
+                    keys: dict[str, str], key: str, version: int, spill: Spill, say) -> dict:
+    """Read the domains to draw (their candidates held by `spill`), make or keep the tokenizer, and
+    write the slices, tokenizer and manifest into a temp folder swapped in for sample/."""
     budget_tokens = exp.train_tokens + exp.sample.val_tokens
-    candidates = {}
+    candidates: dict[str, _Candidates] = {}
     executor = make_executor(runtime) if todo.draw else None
     try:
         for i, d in enumerate(exp.domains, 1):
             if d.name in todo.draw and d.name not in candidates:
                 if d.select:  # a pool's domains: one pass over the pool for every one of them drawn
-                    candidates |= draw_pool(exp, d.select["pool"], todo.draw, budget_tokens * MAX_BYTES_PER_TOKEN,
-                                            executor, version)
+                    drawn = draw_pool(exp, d.select["pool"], todo.draw, budget_tokens * MAX_BYTES_PER_TOKEN,
+                                      executor, version)
+                    for name, c in drawn.items():
+                        spill.hold(name, c)
+                    candidates |= drawn
                     say(f"sample: read pool {d.select['pool'] + 1} ({i}/{len(exp.domains)})")
                     continue
                 candidates[d.name] = draw_candidates(exp, d, budget_tokens * MAX_BYTES_PER_TOKEN, executor, version)
+                spill.hold(d.name, candidates[d.name])
                 say(f"sample: read domain '{d.name}' ({i}/{len(exp.domains)})")
     finally:
         if executor is not None:
@@ -119,10 +148,6 @@ def sample_corpus(exp: Experiment, runtime: Runtime | None = None, force: bool =
     dtype = token_dtype(vocab)
 
     # Build everything in a temp folder, then swap it in: a crash leaves the old sample or none.
-    if ws.sample_dir.exists() and not (owns(ws.sample_dir) or ws.manifest_path.is_file()):
-        raise MixoptError(f"{ws.sample_dir} holds files mixopt did not write, so `sample` will not replace it",
-                          "move that folder away or point `workspace:` at a new folder")
-    fresh = not ws.root.exists()
     ws.claim()
     tmp = ws.root / f".sample.tmp-{key[:12]}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -135,7 +160,7 @@ def sample_corpus(exp: Experiment, runtime: Runtime | None = None, force: bool =
                 shutil.copytree(ws.sample_dir / was, tmp / d.name)
                 domains[d.name] = {**previous["domains"][was], "drawn_as": previous["domains"][was].get("drawn_as", was)}
             else:
-                domains[d.name] = _write_slices(exp, d.name, candidates[d.name], tok, eos, dtype, tmp, version)
+                domains[d.name] = _write_slices(exp, d.name, candidates.pop(d.name), tok, eos, dtype, tmp, version)
                 domains[d.name]["drawn_as"] = d.name
                 say(f"sample: wrote slices of '{d.name}' ({i}/{len(exp.domains)})")
             domains[d.name]["source_key"] = keys[d.name]
@@ -167,13 +192,7 @@ def sample_corpus(exp: Experiment, runtime: Runtime | None = None, force: bool =
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if fresh:  # a workspace made by this failed run goes too: nothing half-written is left
-            unmake_workspace(ws.root)
         raise
-    hashes.save()  # the workspace exists now: later runs of sweep and fit need not hash the corpus again
-    manifest["reused"] = False
-    manifest["changes"] = todo.summary(retokenized=previous is not None and not todo.keep_tokenizer and
-                                       previous.get("tokenizer_sha256") != manifest["tokenizer_sha256"])
     return manifest
 
 
@@ -191,13 +210,12 @@ def val_region_docs(sizes: list[int], val_region: int) -> int:
 def _tokenizer_texts(candidates: dict[str, _Candidates], val_region: int, per_domain: int):
     """Train-region documents only, the same number of bytes from each domain."""
     for c in candidates.values():
+        start = end = val_region_docs(c.sizes, val_region)
         used = 0
-        start = val_region_docs(c.sizes, val_region)
-        for doc, n in zip(c.docs[start:], c.sizes[start:]):
-            if used >= per_domain:
-                break
-            used += n
-            yield doc
+        while end < len(c.sizes) and used < per_domain:
+            used += c.sizes[end]
+            end += 1
+        yield from c.docs[start:end]  # one slice: spilled documents are read back by slices
 
 
 ENCODE_BYTES = 8 << 20  # text tokenized per call: the tokenizer's per-token objects (~100 bytes each) stay bounded

@@ -53,7 +53,7 @@ def _blank(doc: bytes) -> bool:
 
 @dataclass
 class Candidates:
-    docs: list[str]  # in sampling order
+    docs: list[str]  # in sampling order (a data.spill.SpilledDocs, read by slices, once on disk)
     sizes: list[int]  # UTF-8 bytes of each document
     documents: int  # documents (rows, JSON lines, files) read, less `duplicates`: not a count of distinct texts
     duplicates: int  # exact repeats of documents drawn into the sample, dropped (others are not looked for)
