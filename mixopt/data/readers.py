@@ -142,7 +142,7 @@ def _chunks_parquet(source: Source, shard: Shard, cap, views: bool = False) -> I
                     col = (pl.scan_parquet(shard.uri, glob=False, hive_partitioning=False).slice(first, count)
                            .select(source.text_field).collect().to_arrow(compat_level=pl.CompatLevel.newest())
                            .column(0))
-                except Exception:  # Arrow's reader says what is wrong (not UTF-8, corrupt) as without views
+                except (Exception, _panic(pl)):  # Arrow's reader says what is wrong (not UTF-8, corrupt) as without views
                     col = None
             if col is None:
                 yield from _arrow_batches(pf, source, shard, rows, run)
@@ -167,6 +167,11 @@ def _polars():
     except ImportError:
         return None
     return pl if hasattr(pl, "CompatLevel") and hasattr(pa.types, "is_string_view") else None
+
+
+def _panic(pl) -> type[BaseException]:
+    """polars' PanicException (a Rust panic; a BaseException, so `except Exception` misses it)."""
+    return getattr(getattr(pl, "exceptions", None), "PanicException", Exception)
 
 
 def _pattern(name: str) -> bool:
