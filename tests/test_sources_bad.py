@@ -168,3 +168,33 @@ def test_reading_threads_report_the_first_bad_shard_and_skip_as_one_thread_does(
     assert got[0] == got[1]
     if on_error == "skip":
         assert len(got[0][3]) == 2 and len(got[0][4]) == 4 and got[0][1] == 4 * 300
+
+
+def test_a_skipped_file_is_skipped_whole_whatever_the_cores(tmp_path):
+    """A domain of few files is read in parts of row groups, as many as the reading lanes. With
+    `on_error: skip`, a file with one bad row group is skipped whole: not its bad part alone, which
+    kept the rest of it and made the sample depend on the cores and workers."""
+    from mixopt.backends.local_executor import LocalExecutor
+    from mixopt.config.load import load_experiment
+    from mixopt.data.scan import draw_candidates
+
+    good = [f"good document {i} " + "word " * (i % 40) for i in range(300)]
+    pq.write_table(pa.table({"text": good}), tmp_path / "good.parquet", row_group_size=50)
+    offsets = pa.array([0, 4, 9], type=pa.int32()).buffers()[1]
+    latin1 = pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(b"fine" + b"caf\xe9!")])
+    with pq.ParquetWriter(tmp_path / "bad.parquet", pa.schema([("text", pa.string())])) as w:
+        for i in range(6):
+            w.write_table(pa.table({"text": [f"bad file's document {i}.{j} " * 5 for j in range(50)]}))
+        w.write_table(pa.table({"text": latin1}))
+    cfg = small_config(tmp_path, tmp_path / "ws")
+    cfg["domains"][0]["sources"] = [{"path": str(tmp_path / "bad.parquet"), "on_error": "skip"},
+                                    {"path": str(tmp_path / "good.parquet")}]
+    exp = load_experiment(write_config(tmp_path / "c.yaml", cfg))
+    drawn = []
+    for threads in (1, 2, 4):
+        ex = LocalExecutor(1)
+        ex.threads = threads
+        c = draw_candidates(exp, exp.domains[0], 10 ** 9, ex)
+        drawn.append((c.documents, sorted(c.docs), len(c.skipped)))
+    assert drawn[0] == drawn[1] == drawn[2]
+    assert drawn[0][0] == len(good) and drawn[0][2] == 1  # the good file's documents only; one file skipped

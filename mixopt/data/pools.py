@@ -24,9 +24,16 @@ from mixopt.config.source import NAME_MAX
 from mixopt.core.keys import FileHashes, content_hash
 from mixopt.core.workspace import Workspace
 from mixopt.data.fields import iter_fields
-from mixopt.data.readers import row_group_parts
 from mixopt.data.resample import SAMPLER_VERSION
-from mixopt.data.scan import TASKS_PER_WORKER, Candidates, Pool as DocPool, finish_candidates, read_groups, seed_key
+from mixopt.data.scan import (
+    TASKS_PER_WORKER,
+    Candidates,
+    Pool as DocPool,
+    finish_candidates,
+    read_groups,
+    seed_key,
+    split_units,
+)
 from mixopt.data.sources import SKIP_FIX, ShardError, list_shards, source_fingerprint
 from mixopt.errors import MixoptError
 
@@ -298,7 +305,7 @@ def draw_pool(exp: Experiment, i: int, draw: list[str], byte_budget: int,
     executor = executor or LocalExecutor(1)
     workers = executor.tasks
     if workers > 1 and len(units) < workers * TASKS_PER_WORKER:
-        units = [(s, part) for s, shard in units for part in row_group_parts(shard, workers * TASKS_PER_WORKER)]
+        units = split_units(units, workers * TASKS_PER_WORKER)
     pools, skipped = read_groups(executor, units, partial(scan_routed, router=router, keys=keys, threshold=threshold,
                                                           cap=cap, version=version), merge_routed)
     by_name = {d.name: d for d in exp.domains}

@@ -361,9 +361,16 @@ def split_for(units: list, executor: Executor) -> list:
     makes it the same sample)."""
     lanes = executor.tasks * executor.threads
     if lanes > 1 and len(units) < lanes * 2:
-        parts = executor.tasks * TASKS_PER_WORKER * executor.threads
-        return [(s, part) for s, shard in units for part in row_group_parts(shard, parts)]
+        return split_units(units, executor.tasks * TASKS_PER_WORKER * executor.threads)
     return units
+
+
+def split_units(units: list, parts: int) -> list:
+    """(source, shard) units with each local Parquet file cut into up to `parts` shards of row groups,
+    except where the source skips bad shards: there a bad part must not stand for its file, whose
+    other parts would be kept, and how many depends on the cores and workers. Such a file is read whole."""
+    return [(s, part) for s, shard in units
+            for part in (row_group_parts(shard, parts) if s.on_error != "skip" else [shard])]
 
 
 def draw_candidates(exp, domain, byte_budget: int, executor: Executor | None = None,
@@ -439,4 +446,4 @@ def estimate(read: list, every: list, c: Candidates) -> dict:
     return {"shards_read": n, "shards": big_n, "bytes_stderr": float(se)}
 
 
-__all__ = ["Candidates", "Pool", "draw_candidates", "scan_groups", "scan_units", "seed_key", "split_for"]
+__all__ = ["Candidates", "Pool", "draw_candidates", "scan_groups", "scan_units", "seed_key", "split_for", "split_units"]
