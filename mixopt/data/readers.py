@@ -26,6 +26,11 @@ PARQUET_BATCH_BYTES = 2 << 20
 # string views (~0.9 CPU-s per GB here, against ~1.4 for Arrow's reader), consecutive row groups up
 # to this many bytes of text at a time; a larger row group is streamed by Arrow as without views.
 POLARS_RUN_BYTES = 64 << 20
+# Each run is a polars call that parses the file's footer again, and polars pays more per row group
+# than Arrow: past this many runs (a part of a file of many row groups: every n-th of them, none
+# consecutive), or below this much text per row group on average, Arrow reads the file.
+POLARS_MAX_RUNS = 32
+POLARS_MIN_GROUP_BYTES = 256 << 10
 JSONL_BLOCK = 8 << 20  # JSONL bytes parsed at a time
 # A document is read whole up to READ_FACTOR x max_document_bytes (room for JSON escapes and other
 # fields), then cut to max_document_bytes by the sampler; a longer JSON line or Parquet row is refused
@@ -45,7 +50,8 @@ def _too_long(where: str, size: str, cap: int | None) -> ShardError:
 
 
 def iter_chunks(source: Source, shard: Shard, max_document_bytes: int | None = None, views: bool = False) -> Iterator:
-    """Arrow string arrays with the shard's documents (nulls and non-strings dropped). Any failure
+    """Arrow string arrays with the shard's documents (nulls, and JSON values that are not strings,
+    dropped; a Parquet or Arrow column that is not text is an error). Any failure
     to read the shard raises ShardError naming it. A text file is read up to max_document_bytes (+4).
     `views`: the caller also reads Arrow string_view arrays (a local Parquet file's may come so)."""
     try:
@@ -102,10 +108,10 @@ def _text_column(table_or_batch, source: Source, where: str):
     col = table_or_batch.column(source.text_field)
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    if pa.types.is_dictionary(col.type) and _is_text(col.type.value_type):  # a categorical column: its texts
-        col = col.dictionary_decode()
-    if not _is_text(col.type):
-        return None
+    col = _as_text(col)
+    if col is None:
+        raise MixoptError(f"{where}: column '{source.text_field}' holds {table_or_batch.schema.field(source.text_field).type}"
+                          " values, not text", "set the source's text_field to a column of text")
     try:
         col.validate(full=True)  # UTF-8: Parquet and Arrow files need not hold valid text
     except pa.ArrowInvalid as e:
@@ -135,7 +141,11 @@ def _chunks_parquet(source: Source, shard: Shard, cap, views: bool = False) -> I
         if pl is None or not _is_text(pf.schema_arrow.field(source.text_field).type) or _pattern(source.text_field):
             yield from _arrow_batches(pf, source, shard, rows, groups)
             return
-        for first, count, run in _runs(pf.metadata, source.text_field, groups):
+        runs = _runs(pf.metadata, source.text_field, groups)
+        if not runs:  # polars would not pay here
+            yield from _arrow_batches(pf, source, shard, rows, groups)
+            return
+        for first, count, run in runs:
             col = None
             if count:
                 try:  # a run read whole before it is yielded: on failure nothing of it was
@@ -185,15 +195,41 @@ def _is_text(t) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
+def _is_a(t, kind: str) -> bool:
+    """pa.types.is_<kind>(t), False where this pyarrow has no such type (views: pyarrow >= 16)."""
+    import pyarrow as pa
+
+    return getattr(pa.types, f"is_{kind}", lambda _: False)(t)
+
+
+def _as_text(col):
+    """A column of text as an Arrow string, large_string or string_view array (its UTF-8 not yet
+    checked): categoricals decoded, an extension type's (Arrow's json) storage, bytes (Parquet written
+    without the UTF8 annotation: Hive, Spark) read as text; None for any other type."""
+    import pyarrow as pa
+
+    if isinstance(col.type, pa.BaseExtensionType):
+        col = col.storage
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    t = col.type
+    if _is_text(t) or _is_a(t, "string_view"):
+        return col
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or _is_a(t, "binary_view"):
+        return col.view({pa.binary(): pa.string(), pa.large_binary(): pa.large_string()}.get(t, pa.string_view()))
+    return None
+
+
 def _runs(meta, field: str, groups: list[int] | None) -> list[tuple[int, int, list[int]]]:
     """The row groups (all when None) as runs of consecutive ones holding at most POLARS_RUN_BYTES of
-    text together: (first row, rows, groups). A larger row group is a run of 0 rows (Arrow streams it)."""
+    text together: (first row, rows, groups). A larger row group is a run of 0 rows (Arrow streams it).
+    None at all where polars would not pay: over POLARS_MAX_RUNS runs, or small row groups."""
     starts, row = [], 0
     for g in range(meta.num_row_groups):
         starts.append(row)
         row += meta.row_group(g).num_rows
     runs: list[tuple[int, int, list[int]]] = []
-    size = 0
+    size = total = 0
     for g in groups if groups is not None else range(meta.num_row_groups):
         rg = meta.row_group(g)
         n = sum(rg.column(i).total_uncompressed_size for i in range(rg.num_columns)
@@ -208,7 +244,9 @@ def _runs(meta, field: str, groups: list[int] | None) -> list[tuple[int, int, li
         else:
             runs.append((starts[g], rg.num_rows, [g]))
             size = n
-    return runs
+        total += n
+    read = sum(len(run) for _, _, run in runs)
+    return runs if len(runs) <= POLARS_MAX_RUNS and total >= POLARS_MIN_GROUP_BYTES * read else []
 
 
 def _check_row_sizes(pf, field: str, groups: list[int] | None, where: str, cap: int | None) -> int:

@@ -227,7 +227,7 @@ def _spans(col) -> tuple[list, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
     n = len(col)
     bufs = col.buffers()
-    if pa.types.is_string_view(col.type):
+    if getattr(pa.types, "is_string_view", lambda _: False)(col.type):  # pyarrow >= 16
         views = np.frombuffer(bufs[1], dtype=np.int32).reshape(-1, 4)[col.offset:col.offset + n]
         lengths = views[:, 0].astype(np.int64)
         inline = lengths <= 12
