@@ -1024,6 +1024,19 @@ def _guarded(fn):
     return verb
 
 
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (a scheduler's preemption, `timeout`, `kill`) stops a command as Ctrl-C does: what it
+    finished is kept, what it had half-written (a temp folder, spilled candidates) is removed, and its
+    worker processes are shut down; the default would end it on the spot."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main() -> None:
     import sqlite3
 
@@ -1035,6 +1048,7 @@ def main() -> None:
     for info in app.registered_commands:
         if not getattr(info.callback, "__wrapped__", None):
             info.callback = _guarded(info.callback)
+    _terminate_as_interrupt()
     try:
         try:
             code = app(standalone_mode=False)  # usage errors come back here: one line, like ours

@@ -210,16 +210,16 @@ def mixopt(*args, check=True, env=None, timeout=900, **kw):
     return r
 
 
-def interrupt_sweep(p, finished: str) -> tuple[str, str]:
-    """Ctrl-C a `sweep` started with piped stderr once a run's "finished (...)" line contains `finished`
-    (observed, not timed); asserts exit 130 and one `interrupted:` line without a traceback, and returns
-    that line and the rest of stderr."""
+def interrupt_sweep(p, finished: str, sig=None) -> tuple[str, str]:
+    """Ctrl-C (or `sig`) a `sweep` started with piped stderr once a run's "finished (...)" line contains
+    `finished` (observed, not timed); asserts exit 130 and one `interrupted:` line without a traceback,
+    and returns that line and the rest of stderr."""
     import signal
 
     for line in p.stderr:
         if line.startswith("sweep: run ") and finished in line:
             break
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig or signal.SIGINT)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 130, err
     said = [x for x in err.splitlines() if x.startswith("interrupted: ")]

@@ -274,12 +274,17 @@ def test_progress_lines_off_a_terminal_and_quiet(corpora, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_says_what_was_kept_and_what_is_pending(corpora, tmp_path):
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_says_what_was_kept_and_what_is_pending(corpora, tmp_path, sig):
+    """Ctrl-C, and SIGTERM as a scheduler's preemption or `timeout` sends it (which ended mixopt on the
+    spot, without the line or the shutdown of its workers)."""
+    import signal
+
     cfg = write_config(tmp_path / "c.yaml", small_config(corpora, tmp_path / "ws", design__runs=2))
     assert run("sample", cfg).returncode == 0
     p = subprocess.Popen([sys.executable, "-m", "mixopt.cli", "sweep", str(cfg)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    said, _ = interrupt_sweep(p, "finished (1/")  # once the first run is finished
+    said, _ = interrupt_sweep(p, "finished (1/", getattr(signal, sig))  # once the first run is finished
     st = json.loads(run("status", cfg, "--format", "json").stdout)["design"]
     assert f"{st['done']} of 6 runs of this design are finished and kept" in said
     assert f"{st['pending'] + st['failed']} pending" in said and st["done"] >= 1 and st["pending"] >= 1

@@ -1,6 +1,7 @@
 """data.scan's bottom-k pool: sampler versions 1 and 2 read the same documents, prioritised differently."""
 
 import pyarrow as pa
+import pytest
 
 from mixopt.data.scan import Pool, seed_key
 
@@ -90,3 +91,48 @@ def test_a_reading_worker_process_sizes_polars_to_its_share_of_the_cores(monkeyp
     finally:
         ex.shutdown()
     assert ex.threads == 1 and len(sizes) == 4 and 1 in sizes
+
+
+def test_a_reading_worker_dies_with_its_parent_and_a_dead_worker_is_one_line(tmp_path):
+    """kill -9 of `sample` left its spawned reading workers alive, blocked on a pipe no one reads; the
+    kernel now kills them with it. A worker that dies (the OOM killer) is one line, not a traceback."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    code = ("import os, sys, time; from mixopt.backends.local_executor import LocalExecutor; ex = LocalExecutor(2); "
+            "f = ex.processes.submit(time.sleep, 3600); "
+            "kids = [int(k) for k in open(f'/proc/{os.getpid()}/task/{os.getpid()}/children').read().split()]; "
+            "print(*kids, flush=True); f.result()")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    kids = [int(k) for k in p.stdout.readline().split()]
+    assert kids, "no worker was started"
+    p.kill()
+    p.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while kids and time.monotonic() < deadline:
+        kids = [k for k in kids if os.path.exists(f"/proc/{k}") and "Z" not in open(f"/proc/{k}/stat").read().split()[2]]
+        time.sleep(0.05)
+    assert not kids, f"worker(s) {kids} outlived their parent"
+
+    from mixopt.backends.local_executor import LocalExecutor
+    from mixopt.errors import MixoptError
+
+    ex = LocalExecutor(2)
+    try:
+        with pytest.raises(MixoptError, match="a worker process died while reading"):
+            ex.map_merge(_die, [[1], [2], [3]], lambda a, b: a + b)
+    finally:
+        ex.shutdown()
+
+
+def _die(group):
+    """In a spawned worker: die as the OOM killer kills; in the calling process: a group read."""
+    import multiprocessing
+    import os
+    import signal
+
+    if multiprocessing.current_process().name != "MainProcess":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return group

@@ -4,7 +4,10 @@ finish), `Failure`, a task's error as data the driver classifies by type and err
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,6 +97,23 @@ class Executor(Protocol):
     def shutdown(self, cancel_futures: bool = True) -> None:
         """Cancel what is in flight and release the workers."""
         ...
+
+
+def die_with_parent() -> None:
+    """In a worker process: if the process that started it dies (even by kill -9), the kernel kills
+    this one too (Linux; elsewhere nothing), instead of leaving it blocked on a pipe no one reads."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def start_reader(threads: int, parent: int) -> None:
+    """A spawned reading worker's start (local_executor): dies with its parent, and sizes its thread
+    pools to `threads`. Ctrl-C reaches it with its parent's process group and stops its group."""
+    die_with_parent()
+    if os.getppid() != parent:  # the parent died while this worker was starting
+        os._exit(1)
+    hold_threads(threads)
 
 
 def hold_threads(threads: int) -> None:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing as mp
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 
-from mixopt.backends.base import Backend, Failure, Finished, ProgressFn, drain
+from mixopt.backends.base import Backend, Failure, Finished, ProgressFn, die_with_parent, drain
 
 _events = None  # the progress queue, in a worker process
 
@@ -130,10 +128,7 @@ def _init_worker(events, driver: int, slots, workers: int) -> None:
         os.environ["MIXOPT_LOCAL_WORKER"] = str(slots.value % workers)
         slots.value += 1
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and terminates us
-    if sys.platform.startswith("linux"):
-        # If the driver is killed (even kill -9), the kernel kills this worker too.
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    die_with_parent()  # the driver killed (even kill -9): the kernel kills this worker too
     if os.getppid() != driver:  # the driver died while this worker was still starting up
         os._exit(1)
 

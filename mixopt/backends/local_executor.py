@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from mixopt.backends.base import hold_threads
+from mixopt.backends.base import start_reader
+from mixopt.errors import MixoptError
 
 
 MAX_THREADS = 8  # reading threads per process: each holds a shard's pool, so memory grows with them
@@ -33,7 +35,7 @@ class LocalExecutor:
 
             # workers - 1 processes: the calling process reads too. spawn, not fork: Arrow's threads may hold locks.
             self.processes = ProcessPoolExecutor(max_workers=workers - 1, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=hold_threads, initargs=(self.threads,))
+                                                 initializer=start_reader, initargs=(self.threads, os.getpid()))
 
     def map_merge(self, fn, groups: list, merge, hint=None) -> Any:
         """Every group in this process when there are no others or one group; else two groups queued per
@@ -52,18 +54,22 @@ class LocalExecutor:
             for g in todo:
                 absorb(fn(g, **extra()))
             return acc
-        while todo or pending:
-            while todo and len(pending) < 2 * (self.tasks - 1):
-                pending.add(self.processes.submit(fn, todo.pop(0), **extra()))
-            for f in [f for f in pending if f.done()]:
-                pending.discard(f)
-                absorb(f.result())
-            if todo:
-                absorb(fn(todo.pop(0), **extra()))
-            elif pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
+        try:
+            while todo or pending:
+                while todo and len(pending) < 2 * (self.tasks - 1):
+                    pending.add(self.processes.submit(fn, todo.pop(0), **extra()))
+                for f in [f for f in pending if f.done()]:
+                    pending.discard(f)
                     absorb(f.result())
+                if todo:
+                    absorb(fn(todo.pop(0), **extra()))
+                elif pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        absorb(f.result())
+        except BrokenProcessPool:
+            raise MixoptError("a worker process died while reading (killed: out of memory?); nothing was written",
+                              "rerun, with fewer --workers if memory is short") from None
         return acc
 
     def shutdown(self, cancel_futures: bool = True) -> None:
