@@ -97,23 +97,34 @@ def test_a_reading_worker_dies_with_its_parent_and_a_dead_worker_is_one_line(tmp
     """kill -9 of `sample` left its spawned reading workers alive, blocked on a pipe no one reads; the
     kernel now kills them with it. A worker that dies (the OOM killer) is one line, not a traceback."""
     import os
+    import signal
     import subprocess
     import sys
     import time
 
-    code = ("import os, sys, time; from mixopt.backends.local_executor import LocalExecutor; ex = LocalExecutor(2); "
-            "f = ex.processes.submit(time.sleep, 3600); "
-            "kids = [int(k) for k in open(f'/proc/{os.getpid()}/task/{os.getpid()}/children').read().split()]; "
+    started = tmp_path / "started"  # the worker is running its task (a shell that became `sleep`)
+    code = ("import os, sys; from mixopt.backends.local_executor import LocalExecutor; ex = LocalExecutor(2); "
+            f"f = ex.processes.submit(os.system, 'echo $$ > {started}; exec sleep 3600'); "
+            "kids = [k for k in open(f'/proc/{os.getpid()}/task/{os.getpid()}/children').read().split() "
+            "if b'spawn_main' in open(f'/proc/{k}/cmdline', 'rb').read()]; "  # the workers (not Python's resource tracker)
             "print(*kids, flush=True); f.result()")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     kids = [int(k) for k in p.stdout.readline().split()]
     assert kids, "no worker was started"
-    p.kill()
-    p.wait(timeout=60)
-    deadline = time.monotonic() + 60
-    while kids and time.monotonic() < deadline:
-        kids = [k for k in kids if os.path.exists(f"/proc/{k}") and "Z" not in open(f"/proc/{k}/stat").read().split()[2]]
+    deadline = time.monotonic() + 120
+    while not (started.is_file() and started.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.05)
+    sleeper = int(started.read_text())
+    try:
+        p.kill()
+        p.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while kids and time.monotonic() < deadline:
+            kids = [k for k in kids if _alive(k)]
+            time.sleep(0.05)
+    finally:
+        if _alive(sleeper):
+            os.kill(sleeper, signal.SIGKILL)  # the task's own child, ours to end
     assert not kids, f"worker(s) {kids} outlived their parent"
 
     from mixopt.backends.local_executor import LocalExecutor
@@ -125,6 +136,15 @@ def test_a_reading_worker_dies_with_its_parent_and_a_dead_worker_is_one_line(tmp
             ex.map_merge(_die, [[1], [2], [3]], lambda a, b: a + b)
     finally:
         ex.shutdown()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of ours still runs (not gone, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _die(group):
