@@ -155,6 +155,9 @@ def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runti
             rec = recommend_mixture(exp, fit_rt, plots=False,
                                     against=[("candidate", np.asarray(cand.weights))] if cand else (), force=force)
         except MixoptError as e:  # e.g. too few runs: what was trained is kept, and the round says why
+            if blocked := _appeared(exp, force):  # the fit refused to write over a file made during it: not recorded
+                out.stopped = blocked
+                return out
             raise MixoptError(f"round {n}: the fit failed after training {trained} proxies ({e.problem})",
                               e.fix or "raise --budget, or lower design.runs") from None
         fit_verdict = rec.decision.verdict if rec.decision is not None else None
@@ -205,6 +208,10 @@ def _rounds(exp: Experiment, sizes, budget: Budget, costs: Costs, runtime: Runti
             try:
                 why = _propose(exp, sizes, cand, n, fit_rt, db, force)
             except MixoptError as e:
+                if blocked := _appeared(exp, force):  # propose refused to write over a file made during it
+                    _record(db, n, budget, trained, what, costs, verdict, None, out.weights, out.candidate_round, line)
+                    out.stopped = blocked
+                    return out
                 stop = f"nothing left to propose ({e.problem})"
             else:
                 say(f"  next: {why}")
