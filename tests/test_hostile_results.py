@@ -254,7 +254,7 @@ def test_yaml_bombs_and_deep_nesting_are_one_line(corpora, tmp_path, where, bad)
 def test_the_alias_bomb_check_is_quick_and_a_few_aliases_still_work(tmp_path):
     import time
 
-    from mixopt.config.load import read_yaml
+    from mixopt.config.yaml_file import read_yaml
     from mixopt.errors import MixoptError
 
     (tmp_path / "bomb.yaml").write_text(_bomb(30))  # 9**30 strings: no walk of it could ever finish

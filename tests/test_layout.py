@@ -190,7 +190,7 @@ def test_the_objective_formula_is_written_once():
 # The fit modules that read an experiment's store (the sweep's plan, store, results): every other
 # fit module works on arrays and tables, so `fit --runs TABLE` never loads the sweep.
 FIT_FROM_STORE = {"from_store.py", "fidelity.py", "reuse.py", "rounds.py", "calls.py",  # rounds: optimize --budget sweeps
-                  "verify.py"}
+                  "outcome.py", "verify.py"}
 
 
 def test_only_the_store_facing_fit_modules_import_the_sweep():

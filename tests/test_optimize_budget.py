@@ -652,6 +652,9 @@ def test_a_users_file_that_appears_between_rounds_stops_them_plainly_and_a_rerun
         fits.append(1)
         if user.get("during_fit"):
             user.pop("during_fit").write_text("mine\n")
+        if path := user.pop("refused_during_fit", None):  # the real fit checks again before writing: refused
+            path.write_text("mine\n")
+            recommend.check_beside_config(exp, path, k.get("force", False))
         return SimpleNamespace(weights=np.array([0.2, 0.3, 0.5]), domains=exp.domain_names, ci=0.9, fidelity=None,
                                decision=SimpleNamespace(verdict=user.get("verdict", "cannot tell"), line="a verdict"),
                                reliable=True, predicted_ci=None)
@@ -659,6 +662,9 @@ def test_a_users_file_that_appears_between_rounds_stops_them_plainly_and_a_rerun
     def refit(exp, k, runtime, **_):
         if user.get("while_proposing"):
             user.pop("while_proposing").write_text("mine\n")
+        if path := user.pop("refused_while_proposing", None):  # the real propose checks again before writing
+            path.write_text("mine\n")
+            recommend.check_beside_config(exp, path, False)
         return [np.array([0.5, 0.3, 0.2]) + 0.01 * len(fits)] * k, None
 
     monkeypatch.setattr(recommend, "recommend_mixture", fit)
@@ -687,6 +693,20 @@ def test_a_users_file_that_appears_between_rounds_stops_them_plainly_and_a_rerun
     with Store(tmp_path / "ws" / "mixopt.db") as store:
         assert not [r for r in store.runs() if r.origin.startswith("optimize:3:")]
     proposed.unlink()
-    user["verdict"] = "worse"  # the rerun's round 3 decides: the rounds end there
+    # The fit itself refuses to write over an optimal YAML made during it: a plain stop, round 3 not recorded
+    user["refused_during_fit"] = optimal
     out = rounds.optimize_budget(exp, parse_budget("40"), Runtime(say=said.append), said.append)
-    assert [r.n for r in out.rounds] == [3] and out.stopped == "the verdict is decided (worse)"
+    assert out.stopped == stopped_by("small.optimal.yaml") and out.rounds == [] and len(fits) == 3, said
+    assert optimal.read_text() == "mine\n" and recorded() == [(1, None), (2, None)]
+    optimal.unlink()
+    # propose refuses to write over a proposed YAML made during it: round 3 recorded (not its stop), nothing planned
+    user["refused_while_proposing"] = proposed
+    out = rounds.optimize_budget(exp, parse_budget("40"), Runtime(say=said.append), said.append)
+    assert out.stopped == stopped_by("small.proposed.yaml") and [r.n for r in out.rounds] == [3], said
+    assert proposed.read_text() == "mine\n" and recorded() == [(1, None), (2, None), (3, None)]
+    with Store(tmp_path / "ws" / "mixopt.db") as store:
+        assert not [r for r in store.runs() if r.origin.startswith("optimize:4:")]
+    proposed.unlink()
+    user["verdict"] = "worse"  # the rerun's round 4 decides: the rounds end there
+    out = rounds.optimize_budget(exp, parse_budget("40"), Runtime(say=said.append), said.append)
+    assert [r.n for r in out.rounds] == [4] and out.stopped == "the verdict is decided (worse)"

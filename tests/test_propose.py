@@ -181,3 +181,51 @@ def test_fit_and_propose_never_replace_a_users_file_beside_the_config(swept, tmp
     (clash / "small.optimal.yaml").write_text(cfg.read_text())
     r = mixopt("fit", clash / "small.optimal.yaml", check=False)
     assert r.returncode == 2 and r.stderr.startswith(f"error: {clash / 'small.optimal.yaml'} is the config;"), r.stderr
+
+
+def test_fit_and_propose_leave_alone_a_users_file_made_during_their_fit(swept, tmp_path, monkeypatch, capsys):
+    """<name>.optimal.yaml or .proposed.yaml created by the user while `fit` or `propose` fits (absent when
+    it began) is checked again right before writing: the same one-line refusal as the check up front,
+    exit 2, the user's file and the workspace's record of outputs unchanged (the fit folder may stay)."""
+    import os
+    from dataclasses import replace
+
+    import mixopt.fit.from_store as from_store
+    import mixopt.fit.propose as propose
+    from mixopt.cli import main
+
+    def run(*args) -> tuple[int, str]:  # the CLI in this process, as a user runs it (exit code, stderr)
+        monkeypatch.setattr("sys.argv", ["mixopt", *map(str, args)])
+        with pytest.raises(SystemExit) as e:
+            main()
+        return e.value.code, capsys.readouterr().err
+
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text(swept.read_text())  # the shared sweep's workspace, from another folder
+    record = os.path.join(yaml.safe_load(cfg.read_text())["workspace"], "outputs.json")
+    optimal, proposed = tmp_path / "small.optimal.yaml", tmp_path / "small.proposed.yaml"
+    real_fit, made = from_store.fit_swarm, []
+
+    def fit_making(path):
+        def fit(swarm, settings, *a, **k):  # the real fit (4 replicates: fast), the user's file made during it
+            path.write_text("my hand-written mixture: code 0.5\n")
+            made.append(path)
+            return real_fit(swarm, replace(settings, bootstrap=4), *a, **k)
+        return fit
+
+    monkeypatch.setattr(from_store, "fit_swarm", fit_making(optimal))
+    monkeypatch.setattr(propose, "fit_swarm", fit_making(proposed))
+    monkeypatch.setattr(propose, "pick_mixtures", lambda swarm, *a, **k: [np.asarray(swarm.prior)])  # fast
+    for path, args, verb in ((optimal, ("fit", cfg, "--no-plots"), "mixopt fit"),
+                             (proposed, ("propose", cfg, "--n", "1"), "mixopt propose")):
+        assert not path.exists()
+        record_before = open(record).read() if os.path.exists(record) else None
+        code, err = run(*args)
+        assert made[-1] == path and code == 2 and err.endswith(
+            f"error: {path} exists and mixopt did not write it; pass --force to replace it, or move it away "
+            f"(`{verb}` writes {path.name} beside the config)\n"), err
+        assert path.read_text() == "my hand-written mixture: code 0.5\n"
+        assert (open(record).read() if os.path.exists(record) else None) == record_before
+        assert "Traceback" not in err and err.count("error:") == 1
+    # --force: the file made during the fit is replaced, as one there before it would be
+    assert run("fit", cfg, "--no-plots", "--force")[0] in (0, None) and optimal.read_text().startswith("# ")

@@ -175,7 +175,7 @@ def read_mixtures(path: Path, domains: list[str], tolerance: float = WEIGHT_TOLE
 
 
 def _read_yaml_mixtures(path: Path, domains: list[str], tolerance: float) -> tuple[str, list, np.ndarray]:
-    from mixopt.config.load import read_yaml
+    from mixopt.config.yaml_file import read_yaml
 
     raw = read_yaml(path)
     if isinstance(raw, dict) and isinstance(raw.get("weights"), dict):  # a recommendation: optimal.yaml

@@ -34,7 +34,8 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
                       force: bool = False) -> Recommendation:
     """Fit on every finished run; first evaluate stored checkpoints on what the suite added,
     unless `reeval` is off (then runs lacking the current suite are left out, with a warning).
-    Refused before any work when the optimal YAML is a file mixopt did not write (unless `force`)."""
+    Refused before any work when the optimal YAML is a file mixopt did not write (unless `force`), and
+    again before writing it when such a file appeared there during the fit."""
     check_beside_config(exp, exp.optimal_path, force)
     plan, swarm, settings, fit_key = experiment_swarm(exp, runtime, reeval)
     reused = None
@@ -68,6 +69,8 @@ def recommend_mixture(exp: Experiment, runtime: Runtime = Runtime(), reeval: boo
     else:
         # the table as fitted (replicates averaged; reuse: the fit as done, reduced; across sizes: every size's runs)
         save_fit(out, fitted, settings, reused or rec, model, plots=plots)
+    # again, right before writing: a file the user made there during the fit is left alone (the fit folder stays)
+    check_beside_config(exp, exp.optimal_path, force)
     write_optimal(exp.optimal_path, rec, exp.name, None if readonly else out, exp.overrides,
                   workspace=exp.workspace_dir, record=not readonly)
     return rec
@@ -78,7 +81,7 @@ BESIDE_CONFIG = {".optimal.yaml": ("`mixopt fit`", "`mixopt optimize`"), ".propo
 
 
 def check_beside_config(exp: Experiment, path: Path, force: bool = False) -> Path:
-    """Before any work: `path` (<name>.optimal.yaml or <name>.proposed.yaml beside the config) is
+    """Before any work (and again right before writing): `path` (<name>.optimal.yaml or <name>.proposed.yaml beside the config) is
     absent or mixopt's own, else one MixoptError (--force replaces it). mixopt's own: listed in this
     workspace's record with its current content, or headed by the verb that writes it (an older
     mixopt's, before the record; a read-only workspace's) and not another workspace's: a header that

@@ -36,7 +36,8 @@ def propose_mixtures(exp: Experiment, n: int, runtime: Runtime = Runtime(),
 
     After a data change under `design.after_change: reuse` the fit is the reduced one, so the picks
     lie on its plane (the unchanged domains at the virtual proportions): candidates off it are left out.
-    Refused before any work when that file is one mixopt did not write (unless `force`)."""
+    Refused before any work when that file is one mixopt did not write (unless `force`), and again
+    before writing it when such a file appeared there during the fit."""
     out = proposed_path(exp)
     check_beside_config(exp, out, force)
     plan, full, settings, _ = experiment_swarm(exp, runtime)
@@ -79,6 +80,7 @@ def propose_mixtures(exp: Experiment, n: int, runtime: Runtime = Runtime(),
     header = (f"# {len(picks)} mixtures proposed by mixopt {__version__} `mixopt propose` for '{exp.name}' "
               f"({model.kind} fit on {len(swarm.keys)} runs).\n{WORKSPACE_LINE}{os.path.realpath(exp.workspace_dir)}\n"
               f"# Train them: mixopt sweep CONFIG --mixtures {out.name}\n")
+    check_beside_config(exp, out, force)  # again: a file the user made there during the fit is left alone
     atomic_write_text(out, header + yaml.safe_dump(doc, sort_keys=False))
     record_written(exp.workspace_dir, out)
     return picks, out

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mixopt.config.load import read_yaml
 from mixopt.config.runtime import Runtime
 from mixopt.config.schema import Experiment
+from mixopt.config.yaml_file import read_yaml
 from mixopt.core.keys import trained_as
 from mixopt.core.mixtures import Mixture, read_mixtures
 from mixopt.errors import MixoptError

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixopt.config.load import read_yaml
+from mixopt.config.yaml_file import read_yaml
 from mixopt.core.mixtures import BOUND_SLACK, Bounds
 from mixopt.core.workspace import atomic_write_json
 from mixopt.errors import MixoptError
