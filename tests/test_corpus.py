@@ -279,3 +279,26 @@ def test_candidates_past_the_memory_budget_wait_on_disk_and_draw_the_same_sample
     with pytest.raises(MixoptError, match="after every domain was read"):
         sample_corpus(load_experiment(config("ws-failed")))
     assert not (tmp_path / "ws-failed").exists()  # the spill folder, and the workspace it claimed, gone
+
+
+def test_one_sample_at_a_time_per_workspace_and_killed_runs_spill_folders_go(make_config):
+    """Two `sample`s on one workspace raced over its temp folders (one deleted the other's spilled
+    candidates mid-run: a traceback); now the second is one line. A spill folder a killed run left, of
+    any sample key, goes with the next `sample`."""
+    from mixopt.data.spill import Spill
+
+    exp = load_experiment(make_config())
+    sample_corpus(exp)
+    ws = Workspace(exp.workspace_dir)
+    held = Spill(ws, "f" * 64)  # another `sample` of this workspace, running
+    left = ws.root / ".sample.spill-0123456789ab"
+    left.mkdir()
+    (left / "code.arrow").write_bytes(b"a killed run's candidates")
+    try:
+        with pytest.raises(MixoptError, match=f"another `mixopt sample` is writing the sample of workspace {ws.root}"):
+            sample_corpus(exp, force=True)
+        assert left.is_dir()  # not the refused run's to remove
+    finally:
+        held.remove()
+    sample_corpus(exp, force=True)
+    assert not list(ws.root.glob(".sample.spill-*"))

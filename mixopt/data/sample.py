@@ -149,6 +149,7 @@ def _draw_and_write(exp: Experiment, runtime: Runtime, ws: Workspace, todo, prev
 
     # Build everything in a temp folder, then swap it in: a crash leaves the old sample or none.
     ws.claim()
+    spill.lock()  # a workspace made just now: from here on, the only `sample` writing it
     tmp = ws.root / f".sample.tmp-{key[:12]}"
     shutil.rmtree(tmp, ignore_errors=True)
     make_dirs(tmp)

@@ -4,14 +4,22 @@ train the tokenizer, so without this it would hold every domain's candidates (up
 go to an Arrow file in a folder of the workspace and are read back, memory-mapped, a slice at a time:
 memory then holds about one domain's candidates, whatever the number of domains. The folder is the
 sample's own (`.sample.spill-<key>`), removed when `sample` ends, or by the next `sample` after a kill.
+`Spill` also holds the workspace's sample lock, so that two `sample`s cannot share those folders.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 from mixopt.core.workspace import Workspace, make_dirs
+from mixopt.errors import MixoptError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no sample lock
+    fcntl = None
 
 SPILL_BYTES = 256 << 20  # candidate text held in memory before domains go to disk
 _BATCH_BYTES = 64 << 20  # text per Arrow record batch written
@@ -49,12 +57,31 @@ class SpilledDocs:
 
 
 class Spill:
-    """The workspace folder candidates go to once more than SPILL_BYTES of them are in memory."""
+    """The workspace folder candidates go to once more than SPILL_BYTES of them are in memory, and the
+    workspace's sample lock: one `sample` at a time writes a workspace's sample."""
 
     def __init__(self, ws: Workspace, key: str):
         self.ws, self.folder = ws, ws.root / f".sample.spill-{key[:12]}"
         self.held = 0  # bytes of candidate text in memory
-        shutil.rmtree(self.folder, ignore_errors=True)  # left by a killed run of the same sample
+        self._lock: int | None = None
+        self.lock()
+
+    def lock(self) -> None:
+        """Hold the sample lock (an flock on the workspace folder, once it exists; the kernel releases it
+        when this process ends, kill -9 included), then remove spill folders left by killed runs: with
+        the lock held, none is another run's. A second `sample` on the workspace is one line."""
+        if self._lock is not None or fcntl is None or not self.ws.root.is_dir():
+            return
+        fd = os.open(self.ws.root, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise MixoptError(f"another `mixopt sample` is writing the sample of workspace {self.ws.root}",
+                              "wait for it to finish, then run this again") from None
+        self._lock = fd
+        for left in self.ws.root.glob(".sample.spill-*"):
+            shutil.rmtree(left, ignore_errors=True)
 
     def hold(self, name: str, candidates) -> None:
         """Keep a domain's candidates in memory, or move their documents to disk when memory is full."""
@@ -64,8 +91,13 @@ class Spill:
             return
         if not self.folder.is_dir():
             self.ws.claim()
+            self.lock()
             make_dirs(self.folder)
         candidates.docs = SpilledDocs(self.folder / f"{name}.arrow", candidates.docs, candidates.sizes)
 
     def remove(self) -> None:
+        """Remove the spill folder and release the lock."""
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
