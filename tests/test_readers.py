@@ -157,3 +157,31 @@ def test_text_stored_as_bytes_views_or_json_is_read_and_other_types_are_one_line
     pq.write_table(pa.table({"text": [1, 2, 3]}), tmp_path / "numbers.parquet")
     with pytest.raises(MixoptError, match="column 'text' holds int64 values, not text"):
         list(iter_documents(Source(path=str(tmp_path / "numbers.parquet")), tmp_path / "numbers.parquet"))
+
+
+def test_a_parquet_file_replaced_while_polars_reads_it_is_refused(tmp_path, monkeypatch):
+    """Polars opens the file by its path for each run of row groups, at row offsets from the footer
+    read first: a file replaced meanwhile gave rows of the new file (or a mix) without a word."""
+    import polars
+
+    from mixopt.data.readers import iter_chunks
+    from mixopt.data.sources import ShardError, list_shards
+
+    path = tmp_path / "a.parquet"
+    big = [f"old {i} " + "word " * 400 for i in range(400)]  # two row groups over 256 kB: polars, a run each
+    pq.write_table(pa.table({"text": big}), path, row_group_size=200)
+    monkeypatch.setattr("mixopt.data.readers.POLARS_RUN_BYTES", 500_000)
+    real = polars.scan_parquet
+
+    def replace_then_scan(*args, **kw):  # another writer replaces the file after the footer was read
+        if not (tmp_path / "new.parquet").exists():
+            pq.write_table(pa.table({"text": [f"new {i} " + "word " * 400 for i in range(400)]}), tmp_path / "new.parquet",
+                           row_group_size=200)
+            (tmp_path / "new.parquet").replace(path)
+            (tmp_path / "new.parquet").touch()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(polars, "scan_parquet", replace_then_scan)
+    source = Source(path=str(path))
+    with pytest.raises(ShardError, match="replaced or changed while being read"):
+        [c for s in list_shards(source) for c in iter_chunks(source, s, views=True)]

@@ -34,7 +34,8 @@ class LocalExecutor:
             import multiprocessing
 
             # workers - 1 processes: the calling process reads too. spawn, not fork: Arrow's threads may hold locks.
-            self.processes = ProcessPoolExecutor(max_workers=workers - 1, mp_context=multiprocessing.get_context("spawn"),
+            self.processes = ProcessPoolExecutor(max_workers=workers - 1,
+                                                 mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=start_reader, initargs=(self.threads, os.getpid()))
 
     def map_merge(self, fn, groups: list, merge, hint=None) -> Any:

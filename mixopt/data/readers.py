@@ -108,10 +108,11 @@ def _text_column(table_or_batch, source: Source, where: str):
     col = table_or_batch.column(source.text_field)
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    kind = col.type
     col = _as_text(col)
     if col is None:
-        raise MixoptError(f"{where}: column '{source.text_field}' holds {table_or_batch.schema.field(source.text_field).type}"
-                          " values, not text", "set the source's text_field to a column of text")
+        raise MixoptError(f"{where}: column '{source.text_field}' holds {kind} values, not text",
+                          "set the source's text_field to a column of text")
     try:
         col.validate(full=True)  # UTF-8: Parquet and Arrow files need not hold valid text
     except pa.ArrowInvalid as e:
@@ -145,6 +146,7 @@ def _chunks_parquet(source: Source, shard: Shard, cap, views: bool = False) -> I
         if not runs:  # polars would not pay here
             yield from _arrow_batches(pf, source, shard, rows, groups)
             return
+        was = _identity(shard.uri)  # polars opens the file by its path again for each run
         for first, count, run in runs:
             col = None
             if count:
@@ -156,8 +158,15 @@ def _chunks_parquet(source: Source, shard: Shard, cap, views: bool = False) -> I
                     col = None
             if col is None:
                 yield from _arrow_batches(pf, source, shard, rows, run)
-            else:
-                yield from col.chunks
+                continue
+            if _identity(shard.uri) != was:  # rows of another file at this one's row offsets
+                raise ShardError(f"{shard.uri}: replaced or changed while being read; run the command again")
+            yield from col.chunks
+
+
+def _identity(path: str) -> tuple:
+    st = os.stat(path)
+    return st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns
 
 
 def _arrow_batches(pf, source: Source, shard: Shard, rows: int, groups: list[int] | None) -> Iterator:
