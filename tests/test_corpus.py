@@ -284,21 +284,22 @@ def test_candidates_past_the_memory_budget_wait_on_disk_and_draw_the_same_sample
 def test_one_sample_at_a_time_per_workspace_and_killed_runs_spill_folders_go(make_config):
     """Two `sample`s on one workspace raced over its temp folders (one deleted the other's spilled
     candidates mid-run: a traceback); now the second is one line. A spill folder a killed run left, of
-    any sample key, goes with the next `sample`."""
+    any sample key, goes with the next `sample`, and so do temp and replaced samples beside a sample/."""
     from mixopt.data.spill import Spill
 
     exp = load_experiment(make_config())
     sample_corpus(exp)
     ws = Workspace(exp.workspace_dir)
     held = Spill(ws, "f" * 64)  # another `sample` of this workspace, running
-    left = ws.root / ".sample.spill-0123456789ab"
-    left.mkdir()
-    (left / "code.arrow").write_bytes(b"a killed run's candidates")
+    left = [ws.root / f".sample.{kind}-0123456789ab" for kind in ("spill", "tmp", "old")]
+    for folder in left:
+        folder.mkdir()
+        (folder / "code.arrow").write_bytes(b"a killed run's candidates, half-built or replaced sample")
     try:
         with pytest.raises(MixoptError, match=f"another `mixopt sample` is writing the sample of workspace {ws.root}"):
             sample_corpus(exp, force=True)
-        assert left.is_dir()  # not the refused run's to remove
+        assert all(f.is_dir() for f in left)  # not the refused run's to remove
     finally:
         held.remove()
     sample_corpus(exp, force=True)
-    assert not list(ws.root.glob(".sample.spill-*"))
+    assert not list(ws.root.glob(".sample.*"))

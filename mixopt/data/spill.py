@@ -68,8 +68,9 @@ class Spill:
 
     def lock(self) -> None:
         """Hold the sample lock (an flock on the workspace folder, once it exists; the kernel releases it
-        when this process ends, kill -9 included), then remove spill folders left by killed runs: with
-        the lock held, none is another run's. A second `sample` on the workspace is one line."""
+        when this process ends, kill -9 included), then remove what killed runs left: spill folders, and
+        temp and replaced samples while sample/ is there; with the lock held, none is another run's. A
+        second `sample` on the workspace is one line."""
         if self._lock is not None or fcntl is None or not self.ws.root.is_dir():
             return
         fd = os.open(self.ws.root, os.O_RDONLY)
@@ -80,8 +81,11 @@ class Spill:
             raise MixoptError(f"another `mixopt sample` is writing the sample of workspace {self.ws.root}",
                               "wait for it to finish, then run this again") from None
         self._lock = fd
-        for left in self.ws.root.glob(".sample.spill-*"):
-            shutil.rmtree(left, ignore_errors=True)
+        left = list(self.ws.root.glob(".sample.spill-*"))
+        if self.ws.sample_dir.is_dir():  # a killed run's half-built or replaced samples, now superseded
+            left += [*self.ws.root.glob(".sample.tmp-*"), *self.ws.root.glob(".sample.old-*")]
+        for folder in left:  # (without sample/, they may hold the only copy of one: left for the user)
+            shutil.rmtree(folder, ignore_errors=True)
 
     def hold(self, name: str, candidates) -> None:
         """Keep a domain's candidates in memory, or move their documents to disk when memory is full."""
