@@ -44,7 +44,7 @@ def main() -> None:
 
     from mixopt.config.load import load_experiment
     from mixopt.core.keys import FileHashes
-    from mixopt.data import readers, scan
+    from mixopt.data import parquet_views, readers, scan
     from mixopt.data.sample import MAX_BYTES_PER_TOKEN, _encode, _tokenizer_texts
     from mixopt.data.sources import list_shards
     from mixopt.data.tokenizer import eos_id, train_tokenizer
@@ -78,7 +78,7 @@ def main() -> None:
     phase("sha256_files_prefetch", lambda: FileHashes(None).prefetch([sh.uri for _, sh in units], 2))
     phase("read_first", read_all)
     phase("read", read_all)
-    phase("read_polars_import", readers._polars)  # once per process, on the first Parquet file read
+    phase("read_polars_import", parquet_views.polars_views)  # once per process, on the first Parquet file read
     phase("read_as_views", lambda: read_all(views=True))  # polars, as the sampler reads local Parquet
     candidates = {}
     for version, threads in ((1, 1), (2, 1), (2, 2)):

@@ -45,7 +45,7 @@ def test_parquet_read_by_polars_draws_the_sample_arrow_draws(make_config, monkey
     """The sampler reads local Parquet through polars (string views) where it can: the same slices,
     counts and tokenizer as with Arrow's reader, on one worker and on two."""
     from mixopt.config.runtime import Runtime
-    from mixopt.data import readers
+    from mixopt.data import parquet_views
 
     exp = load_experiment(make_config())
     assert any(s.path.endswith(".parquet") for d in exp.domains for s in d.sources)
@@ -55,11 +55,11 @@ def test_parquet_read_by_polars_draws_the_sample_arrow_draws(make_config, monkey
         return m["tokenizer_sha256"], {n: (d["train_sha256"], d["val_sha256"], d["documents"], d["bytes"], d["tokens"])
                                        for n, d in m["domains"].items()}
 
-    real, used = readers._polars, []
-    monkeypatch.setattr(readers, "_polars", lambda: used.append(1) or real())
+    real, used = parquet_views.polars_views, []
+    monkeypatch.setattr(parquet_views, "polars_views", lambda: used.append(1) or real())
     with_polars = [drawn(1), drawn(2)]
     assert used and real() is not None
-    monkeypatch.setattr(readers, "_polars", lambda: None)
+    monkeypatch.setattr(parquet_views, "polars_views", lambda: None)
     assert with_polars == [drawn(1)] * 2
 
 

@@ -71,7 +71,7 @@ def test_parquet_read_as_views_gives_the_same_documents(tmp_path, monkeypatch):
     runs of row groups up to POLARS_RUN_BYTES; a row group over it is streamed by Arrow; a file polars
     cannot read (not UTF-8) fails with Arrow's one line; a column name polars takes for a pattern is
     read by Arrow."""
-    from mixopt.data import readers
+    from mixopt.data import parquet_views
     from mixopt.data.sources import ShardError
 
     docs = [None if i % 11 == 0 else f"doc {i} " + "word " * (300 * (i // 200 % 4)) for i in range(3000)]
@@ -80,8 +80,8 @@ def test_parquet_read_as_views_gives_the_same_documents(tmp_path, monkeypatch):
     meta = pq.ParquetFile(path).metadata
     sizes = [meta.row_group(g).column(0).total_uncompressed_size for g in range(meta.num_row_groups)]
     limit = max(sizes) - 1  # the largest row groups are over it, the smaller ones go two or three together
-    monkeypatch.setattr(readers, "POLARS_RUN_BYTES", limit)
-    runs = readers._runs(meta, "text", None)
+    monkeypatch.setattr(parquet_views, "POLARS_RUN_BYTES", limit)
+    runs = parquet_views.runs(meta, "text", None)
     assert [g for _, _, run in runs for g in run] == list(range(meta.num_row_groups))
     for first, count, run in runs:
         assert first == 200 * run[0] and run == list(range(run[0], run[-1] + 1))
@@ -90,15 +90,15 @@ def test_parquet_read_as_views_gives_the_same_documents(tmp_path, monkeypatch):
     assert {0, 400} <= {count for _, count, _ in runs}  # Arrow streams some, polars reads several at once
     (views, vtypes), (arrow, atypes) = _views_and_arrow(Source(path=str(path)), path)
     assert views == arrow == docs and "string_view" in vtypes and "string_view" not in atypes
-    monkeypatch.setattr(readers, "POLARS_RUN_BYTES", 64 << 20)
-    assert [(c, len(g)) for _, c, g in readers._runs(meta, "text", [1, 2, 3, 7])] == [(600, 3), (200, 1)]
+    monkeypatch.setattr(parquet_views, "POLARS_RUN_BYTES", 64 << 20)
+    assert [(c, len(g)) for _, c, g in parquet_views.runs(meta, "text", [1, 2, 3, 7])] == [(600, 3), (200, 1)]
     (views, _), _ = _views_and_arrow(Source(path=str(path)), path)
     assert views == docs
     # Where polars would not pay, Arrow reads: many runs (every n-th row group), or small row groups.
-    monkeypatch.setattr(readers, "POLARS_MAX_RUNS", 4)
-    assert readers._runs(meta, "text", list(range(0, 15, 2))) == [] and readers._runs(meta, "text", None)
-    monkeypatch.setattr(readers, "POLARS_MIN_GROUP_BYTES", 10 ** 9)
-    assert readers._runs(meta, "text", None) == []
+    monkeypatch.setattr(parquet_views, "POLARS_MAX_RUNS", 4)
+    assert parquet_views.runs(meta, "text", list(range(0, 15, 2))) == [] and parquet_views.runs(meta, "text", None)
+    monkeypatch.setattr(parquet_views, "POLARS_MIN_GROUP_BYTES", 10 ** 9)
+    assert parquet_views.runs(meta, "text", None) == []
     (views, vtypes), _ = _views_and_arrow(Source(path=str(path)), path)
     assert views == docs and "string_view" not in vtypes
     monkeypatch.undo()
@@ -170,7 +170,7 @@ def test_a_parquet_file_replaced_while_polars_reads_it_is_refused(tmp_path, monk
     path = tmp_path / "a.parquet"
     big = [f"old {i} " + "word " * 400 for i in range(400)]  # two row groups over 256 kB: polars, a run each
     pq.write_table(pa.table({"text": big}), path, row_group_size=200)
-    monkeypatch.setattr("mixopt.data.readers.POLARS_RUN_BYTES", 500_000)
+    monkeypatch.setattr("mixopt.data.parquet_views.POLARS_RUN_BYTES", 500_000)
     real = polars.scan_parquet
 
     def replace_then_scan(*args, **kw):  # another writer replaces the file after the footer was read

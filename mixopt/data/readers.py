@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mixopt.config.schema import Sample
 from mixopt.config.source import Source
+from mixopt.data import parquet_views
 from mixopt.data.sources import SKIP_FIX, Shard, ShardError, fs_for, list_shards, load_hub, walk_files
 from mixopt.errors import MixoptError
 
@@ -22,15 +23,6 @@ BATCH_ROWS = 1024  # Arrow and dataset rows read at a time
 # Parquet text read at a time (rows from the footer's bytes per row): ~2 MB batches reuse the memory
 # Arrow has already touched, where 1024 rows of 14 kB documents cost ~0.2 CPU-s more per GB.
 PARQUET_BATCH_BYTES = 2 << 20
-# With views (the sampler's own reading), a local Parquet file's text is decoded by polars as Arrow
-# string views (~0.9 CPU-s per GB here, against ~1.4 for Arrow's reader), consecutive row groups up
-# to this many bytes of text at a time; a larger row group is streamed by Arrow as without views.
-POLARS_RUN_BYTES = 64 << 20
-# Each run is a polars call that parses the file's footer again, and polars pays more per row group
-# than Arrow: past this many runs (a part of a file of many row groups: every n-th of them, none
-# consecutive), or below this much text per row group on average, Arrow reads the file.
-POLARS_MAX_RUNS = 32
-POLARS_MIN_GROUP_BYTES = 256 << 10
 JSONL_BLOCK = 8 << 20  # JSONL bytes parsed at a time
 # A document is read whole up to READ_FACTOR x max_document_bytes (room for JSON escapes and other
 # fields), then cut to max_document_bytes by the sampler; a longer JSON line or Parquet row is refused
@@ -138,35 +130,20 @@ def _chunks_parquet(source: Source, shard: Shard, cap, views: bool = False) -> I
             if not groups:
                 return
         rows = _check_row_sizes(pf, source.text_field, groups, shard.uri, cap)
-        pl = _polars() if views else None
-        if pl is None or not _is_text(pf.schema_arrow.field(source.text_field).type) or _pattern(source.text_field):
+        field = source.text_field
+        runs = parquet_views.runs_to_read(pf, field, groups) if views and _is_text(pf.schema_arrow.field(field).type) else []
+        if not runs:  # Arrow's reader: no views asked, or polars would not pay here
             yield from _arrow_batches(pf, source, shard, rows, groups)
             return
-        runs = _runs(pf.metadata, source.text_field, groups)
-        if not runs:  # polars would not pay here
-            yield from _arrow_batches(pf, source, shard, rows, groups)
-            return
-        was = _identity(shard.uri)  # polars opens the file by its path again for each run
+        was = parquet_views.identity(shard.uri)  # polars opens the file by its path again for each run
         for first, count, run in runs:
-            col = None
-            if count:
-                try:  # a run read whole before it is yielded: on failure nothing of it was
-                    col = (pl.scan_parquet(shard.uri, glob=False, hive_partitioning=False).slice(first, count)
-                           .select(source.text_field).collect().to_arrow(compat_level=pl.CompatLevel.newest())
-                           .column(0))
-                except (Exception, _panic(pl)):  # Arrow's reader says what is wrong (not UTF-8, corrupt) as without views
-                    col = None
-            if col is None:
+            col = parquet_views.read_run(shard.uri, field, first, count) if count else None
+            if col is None:  # a row group too big for one run, or a run polars could not read: Arrow says why
                 yield from _arrow_batches(pf, source, shard, rows, run)
                 continue
-            if _identity(shard.uri) != was:  # rows of another file at this one's row offsets
+            if parquet_views.identity(shard.uri) != was:  # rows of another file at this one's row offsets
                 raise ShardError(f"{shard.uri}: replaced or changed while being read; run the command again")
             yield from col.chunks
-
-
-def _identity(path: str) -> tuple:
-    st = os.stat(path)
-    return st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns
 
 
 def _arrow_batches(pf, source: Source, shard: Shard, rows: int, groups: list[int] | None) -> Iterator:
@@ -175,27 +152,6 @@ def _arrow_batches(pf, source: Source, shard: Shard, rows: int, groups: list[int
         col = _text_column(batch, source, shard.uri)
         if col is not None:
             yield col
-
-
-def _polars():
-    """polars, where it exports string views to Arrow (polars >= 1.1, pyarrow >= 16); else None."""
-    import pyarrow as pa
-
-    try:
-        import polars as pl
-    except ImportError:
-        return None
-    return pl if hasattr(pl, "CompatLevel") and hasattr(pa.types, "is_string_view") else None
-
-
-def _panic(pl) -> type[BaseException]:
-    """polars' PanicException (a Rust panic; a BaseException, so `except Exception` misses it)."""
-    return getattr(getattr(pl, "exceptions", None), "PanicException", Exception)
-
-
-def _pattern(name: str) -> bool:
-    """Whether polars reads a column name as a pattern (a wildcard or ^regex$), not as the name."""
-    return "*" in name or (name.startswith("^") and name.endswith("$"))
 
 
 def _is_text(t) -> bool:
@@ -227,35 +183,6 @@ def _as_text(col):
     if pa.types.is_binary(t) or pa.types.is_large_binary(t) or _is_a(t, "binary_view"):
         return col.view({pa.binary(): pa.string(), pa.large_binary(): pa.large_string()}.get(t, pa.string_view()))
     return None
-
-
-def _runs(meta, field: str, groups: list[int] | None) -> list[tuple[int, int, list[int]]]:
-    """The row groups (all when None) as runs of consecutive ones holding at most POLARS_RUN_BYTES of
-    text together: (first row, rows, groups). A larger row group is a run of 0 rows (Arrow streams it).
-    None at all where polars would not pay: over POLARS_MAX_RUNS runs, or small row groups."""
-    starts, row = [], 0
-    for g in range(meta.num_row_groups):
-        starts.append(row)
-        row += meta.row_group(g).num_rows
-    runs: list[tuple[int, int, list[int]]] = []
-    size = total = 0
-    for g in groups if groups is not None else range(meta.num_row_groups):
-        rg = meta.row_group(g)
-        n = sum(rg.column(i).total_uncompressed_size for i in range(rg.num_columns)
-                if rg.column(i).path_in_schema == field)
-        if n > POLARS_RUN_BYTES:
-            runs.append((starts[g], 0, [g]))
-            size = POLARS_RUN_BYTES + 1  # the next group starts a run of its own
-        elif runs and runs[-1][1] and runs[-1][2][-1] == g - 1 and size + n <= POLARS_RUN_BYTES:
-            first, count, run = runs[-1]
-            runs[-1] = (first, count + rg.num_rows, run + [g])
-            size += n
-        else:
-            runs.append((starts[g], rg.num_rows, [g]))
-            size = n
-        total += n
-    read = sum(len(run) for _, _, run in runs)
-    return runs if len(runs) <= POLARS_MAX_RUNS and total >= POLARS_MIN_GROUP_BYTES * read else []
 
 
 def _check_row_sizes(pf, field: str, groups: list[int] | None, where: str, cap: int | None) -> int:
