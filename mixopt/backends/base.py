@@ -99,20 +99,21 @@ class Executor(Protocol):
         ...
 
 
-def die_with_parent() -> None:
-    """In a worker process: if the process that started it dies (even by kill -9), the kernel kills
-    this one too (Linux; elsewhere nothing), instead of leaving it blocked on a pipe no one reads."""
+def die_with_parent(parent: int) -> None:
+    """In a worker process started by `parent`: if that process dies (even by kill -9), the kernel
+    kills this one too (Linux; elsewhere nothing), instead of leaving it blocked on a pipe no one
+    reads; if it died already, while this one was starting, this one exits now."""
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def start_reader(threads: int, parent: int) -> None:
     """A spawned reading worker's start (local_executor): dies with its parent, and sizes its thread
     pools to `threads`. Ctrl-C reaches it with its parent's process group and stops its group."""
-    die_with_parent()
-    if os.getppid() != parent:  # the parent died while this worker was starting
-        os._exit(1)
+    die_with_parent(parent)
     hold_threads(threads)
 
 

@@ -128,9 +128,7 @@ def _init_worker(events, driver: int, slots, workers: int) -> None:
         os.environ["MIXOPT_LOCAL_WORKER"] = str(slots.value % workers)
         slots.value += 1
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and terminates us
-    die_with_parent()  # the driver killed (even kill -9): the kernel kills this worker too
-    if os.getppid() != driver:  # the driver died while this worker was still starting up
-        os._exit(1)
+    die_with_parent(driver)  # the driver killed (even kill -9), or gone already: this worker too
 
 
 def _call(fn, task):

@@ -51,6 +51,12 @@ def save_file_hashes() -> None:
         _UNSAVED.pop().save()
 
 
+def file_stamp(path) -> str:
+    """What changes when a file is written to or replaced: its size, mtime and inode."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
 class FileHashes:
     """sha256 of files, remembered by (real path, size, mtime, inode) in a JSON file: a corpus is
     identified by its bytes, so a moved or re-spelled path is the same corpus, and each file is
@@ -104,8 +110,7 @@ class FileHashes:
     def _known(self, path) -> tuple[str, str, str | None]:
         """The file's real path, its stamp, and its sha256 when known for that stamp."""
         real = os.path.realpath(path)
-        st = os.stat(real)
-        stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+        stamp = file_stamp(real)
         hit = self.known.get(real)
         return real, stamp, hit[1] if hit and hit[0] == stamp else None
 

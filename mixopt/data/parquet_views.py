@@ -7,8 +7,6 @@ says what is wrong). The documents are the same byte for byte either way.
 
 from __future__ import annotations
 
-import os
-
 POLARS_RUN_BYTES = 64 << 20  # text per polars call
 # Each run is a polars call that parses the file's footer again, and polars pays more per row group
 # than Arrow: past this many runs (a part of a file of many row groups: every n-th of them, none
@@ -74,12 +72,6 @@ def read_run(path: str, field: str, first: int, count: int):
                 .collect().to_arrow(compat_level=pl.CompatLevel.newest()).column(0))
     except (Exception, _panic(pl)):
         return None
-
-
-def identity(path: str) -> tuple:
-    """What changes when a file is replaced or written to."""
-    st = os.stat(path)
-    return st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns
 
 
 def _panic(pl) -> type[BaseException]:

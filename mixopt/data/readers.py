@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mixopt.config.schema import Sample
 from mixopt.config.source import Source
+from mixopt.core.keys import file_stamp
 from mixopt.data import parquet_views
 from mixopt.data.sources import SKIP_FIX, Shard, ShardError, fs_for, list_shards, load_hub, walk_files
 from mixopt.errors import MixoptError
@@ -135,13 +136,13 @@ def _chunks_parquet(source: Source, shard: Shard, cap, views: bool = False) -> I
         if not runs:  # Arrow's reader: no views asked, or polars would not pay here
             yield from _arrow_batches(pf, source, shard, rows, groups)
             return
-        was = parquet_views.identity(shard.uri)  # polars opens the file by its path again for each run
+        was = file_stamp(shard.uri)  # polars opens the file by its path again for each run
         for first, count, run in runs:
             col = parquet_views.read_run(shard.uri, field, first, count) if count else None
             if col is None:  # a row group too big for one run, or a run polars could not read: Arrow says why
                 yield from _arrow_batches(pf, source, shard, rows, run)
                 continue
-            if parquet_views.identity(shard.uri) != was:  # rows of another file at this one's row offsets
+            if file_stamp(shard.uri) != was:  # rows of another file at this one's row offsets
                 raise ShardError(f"{shard.uri}: replaced or changed while being read; run the command again")
             yield from col.chunks
 
